@@ -1,0 +1,1 @@
+"""The farmwatch agent: probes on the laptop, a typed report, a spool-first transport."""

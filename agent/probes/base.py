@@ -1,0 +1,76 @@
+"""The probe interface: one class per file, one report section per probe.
+
+Like an osquery table, a probe declares what it reads (module docstring) and returns typed
+records (models from :mod:`farmwatch.contract`). OS access is injected through
+:class:`ProbeContext` (``proc_root``, ``sys_root``, ``run``, ``clock``) so tests replay captured
+trees instead of mocking. The runner turns anything a probe raises into an ``errors[]`` entry;
+a probe that could run only partly records why with :meth:`Probe.problem` and still returns
+what it saw.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from farmwatch.contract import Anchor
+
+RunCommand = Callable[[Sequence[str]], str]
+"""Runs a command and returns its stdout; raises ``OSError``/``subprocess.CalledProcessError``."""
+
+
+def run_command(argv: Sequence[str], timeout: float = 10.0) -> str:
+    """The default :data:`RunCommand`: no shell, bounded time, text output."""
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=True)
+    return done.stdout
+
+
+class ProbeUnavailable(Exception):
+    """The probe cannot run on this OS or with these rights; the message says why."""
+
+
+@dataclass
+class ProbeContext:
+    """What a probe may read, injected so tests can point it at captured trees."""
+
+    salt: str = ""  # company-wide salt for hashing outside identifiers (agent config)
+    window_seconds: float = 300.0  # the reporting window the report covers
+    anchors: list[Anchor] = field(default_factory=list)  # latency-probe targets from the collector
+    options: dict[str, Any] = field(default_factory=dict)  # probe-specific settings from config
+    platform: str = sys.platform  # "linux", "darwin", "win32"
+    proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
+    etc_root: Path = Path("/etc")
+    run: RunCommand = run_command
+    clock: Callable[[], float] = time.time
+
+
+class Probe(ABC):
+    """Base class of every probe. Subclasses set ``name`` and ``section`` and write ``collect``."""
+
+    name: ClassVar[str]  # registry key, used in errors[] entries
+    section: ClassVar[str]  # the report field this probe fills
+
+    def __init__(self, context: ProbeContext) -> None:
+        self.context = context
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        """Record something this probe could not see; it becomes an ``errors[]`` entry."""
+        self.problems.append(message)
+
+    def start(self) -> None:
+        """Begin background observation (listeners); most probes need nothing here."""
+
+    def stop(self) -> None:
+        """End background observation."""
+
+    @abstractmethod
+    def collect(self) -> Any:
+        """Return this probe's section of the report (a contract model or a list of them)."""

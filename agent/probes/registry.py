@@ -1,0 +1,22 @@
+"""The probes the agent knows, by name. Adding a probe adds one line here and one file.
+
+Entries are import paths, loaded lazily, so a probe whose OS library is missing becomes an
+``errors[]`` entry instead of stopping the agent from starting.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Probe
+
+PROBES: dict[str, str] = {
+    "remote_access": "farmwatch.agent.probes.remote_access:RemoteAccessProbe",
+}
+
+
+def load_probe(name: str) -> type[Probe]:
+    """The probe class registered under ``name``."""
+    module_name, _, class_name = PROBES[name].partition(":")
+    probe: type[Probe] = getattr(importlib.import_module(module_name), class_name)
+    return probe

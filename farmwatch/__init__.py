@@ -1,0 +1,3 @@
+"""farmwatch: laptop-farm detection. The wire contract lives in :mod:`farmwatch.contract`."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""Console-script entry points that say which extra to install when one is missing.
+
+The agent installs without pandas, scikit-learn or FastAPI; running a collector-side command on
+such an install should print one line naming the extra, not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+_EXTRA_OF = {"agent": "agent", "collector": "collector", "detect": "collector", "simulate": "collector"}
+
+
+def _launch(command: str, module: str) -> Callable[[], int]:
+    def main() -> int:
+        try:
+            target = importlib.import_module(module)
+        except ModuleNotFoundError as missing:
+            if (missing.name or "").split(".")[0] == "farmwatch":
+                raise
+            extra = _EXTRA_OF[command]
+            print(
+                f"farmwatch-{command}: the '{missing.name}' package is missing; "
+                f"install the extra with: pip install 'farmwatch[{extra}]'",
+                file=sys.stderr,
+            )
+            return 3
+        result: int = target.main()
+        return result
+
+    return main
+
+
+agent = _launch("agent", "farmwatch.agent.cli")
+collector = _launch("collector", "farmwatch.collector.cli")
+detect = _launch("detect", "farmwatch.detectors.cli")
+simulate = _launch("simulate", "farmwatch.simulator.cli")

@@ -1,0 +1,1 @@
+"""farmwatch.simulator"""
