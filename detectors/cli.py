@@ -1,0 +1,103 @@
+"""``farmwatch-detect``: score an export of ingest records offline, one verdict per device."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from farmwatch.contract import to_wire
+from farmwatch.detectors.frame import RecordError
+from farmwatch.detectors.pipeline import score
+from farmwatch.roster import TableError, load_anchors, load_roster
+
+DESCRIPTION = """\
+Score an export of ingest records (what `farmwatch-collector export` writes: one JSON object per
+line) against the HR/IT roster, and write one verdict per device as JSON lines: its risk (0..1),
+clear | review | farm, and every finding that moved the risk, each with its evidence.
+The collector serves verdicts computed by the same code."""
+
+EPILOG = """\
+example:
+  farmwatch-detect records.jsonl --roster roster.csv --anchors anchors.csv --out verdicts.jsonl
+exit status: 0 scored; 2 bad input (the message names the file and line)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="farmwatch-detect",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("records", type=Path, metavar="RECORDS.jsonl", help="ingest records, JSON lines")
+    parser.add_argument("--roster", type=Path, required=True, metavar="ROSTER.csv",
+                        help="device_id,employee_id,country,city,latitude,longitude,timezone,approved_tools")
+    parser.add_argument("--anchors", type=Path, metavar="ANCHORS.csv",
+                        help="name,address,port,latitude,longitude of the latency anchors (optional)")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write verdicts here instead of stdout")
+    parser.add_argument("--now", metavar="TIME",
+                        help="score as of this RFC 3339 time (default: the current time)")
+    return parser.parse_args(argv)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSON-lines file; a broken line raises RecordError naming it."""
+    try:
+        handle = path.open("rb")
+    except OSError as failure:
+        raise RecordError(f"{path}: cannot be read ({failure.strerror or failure})") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as broken:
+                raise RecordError(f"{path} line {number}: not valid JSON ({broken})") from None
+            if not isinstance(record, dict):
+                raise RecordError(f"{path} line {number}: expected a JSON object")
+            yield record
+
+
+def _now(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(timezone.utc)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise RecordError(f"--now: not an RFC 3339 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise RecordError(f"--now: needs a time zone, e.g. {text}Z")
+    return moment
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        now = _now(args.now)
+        roster = load_roster(args.roster)
+        anchors = load_anchors(args.anchors) if args.anchors else []
+        verdicts = score(read_records(args.records), roster, anchors, now)
+    except (RecordError, TableError) as problem:
+        print(f"farmwatch-detect: {problem}", file=sys.stderr)
+        return 2
+    lines = b"".join(orjson.dumps(to_wire(verdict)) + b"\n" for verdict in verdicts)
+    if args.out:
+        try:
+            args.out.write_bytes(lines)
+        except OSError as failure:
+            print(f"farmwatch-detect: {args.out}: cannot be written ({failure.strerror})", file=sys.stderr)
+            return 2
+    else:
+        sys.stdout.buffer.write(lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Scoring end to end: ingest records + roster + anchors -> one verdict per device seen.
+
+The live collector and ``farmwatch-detect`` both call :func:`score`, so a verdict served by the API
+is the verdict the offline tool computes from the same export.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from farmwatch.contract import Anchor, Finding, RosterEntry, Verdict
+from farmwatch.detectors.base import Context
+from farmwatch.detectors.config import DetectionConfig
+from farmwatch.detectors.frame import Frames, flatten
+from farmwatch.detectors.registry import REGISTRY
+from farmwatch.detectors.risk import combine, label
+
+
+def score(
+    records: Iterable[dict[str, Any]],
+    roster: Sequence[RosterEntry],
+    anchors: Sequence[Anchor],
+    now: datetime,
+    config: DetectionConfig | None = None,
+) -> list[Verdict]:
+    """One :class:`Verdict` per device in ``records`` (any order), sorted by device id."""
+    return score_frames(flatten(records), roster, anchors, now, config)
+
+
+def score_frames(
+    frames: Frames,
+    roster: Sequence[RosterEntry],
+    anchors: Sequence[Anchor],
+    now: datetime,
+    config: DetectionConfig | None = None,
+) -> list[Verdict]:
+    """:func:`score` over records already flattened."""
+    config = config or DetectionConfig()
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    context = Context(
+        roster={entry.device_id: entry for entry in roster},
+        anchors={anchor.name: anchor for anchor in anchors},
+        now=now.astimezone(timezone.utc),
+        config=config,
+    )
+    by_device: dict[str, list[Finding]] = defaultdict(list)
+    for name, kind in REGISTRY.items():
+        detector = kind(**config.params(name)).fit(frames, context)
+        for item in detector.detect(frames, context):
+            if item.finding.score > 0:
+                by_device[item.device_id].append(item.finding)
+    verdicts = []
+    for device in sorted(frames.reports["device_id"].unique()):
+        findings = sorted(by_device.get(device, []), key=lambda f: (-f.score, f.detector, f.summary))
+        risk = combine(findings, config)
+        entry = context.roster.get(device)
+        verdicts.append(
+            Verdict(
+                device_id=device,
+                employee_id=entry.employee_id if entry else None,
+                scored_at=context.now,
+                risk=risk,
+                verdict=label(risk, config),
+                findings=findings,
+            )
+        )
+    return verdicts

@@ -1,0 +1,167 @@
+"""Remote-access software with a live session: the farm's way in (ATT&CK T1219).
+
+Reads the ``tools`` frame (one row per connection of a catalogued tool) and scores, per device and
+tool: a live (ESTABLISHED) connection; whether the laptop is being *controlled* (an inbound peer or
+injected input during the session) rather than controlling something else (an employee reaching
+their own desktop: outbound only, local input); a first-seen tool (Elastic's "First Time Seen
+Remote Monitoring and Management Tool" new-terms idea); several vendors on one host (Elastic's
+"Multiple Remote Management Tool Vendors on Same Host"); sessions outside the employee's hours.
+A tool the roster approves for the device (the helpdesk's) scores a quarter as much.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+import pandas as pd
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.clock import local_times, outside_working_time
+from farmwatch.detectors.frame import Frames
+
+# How people write the catalogue ids (vendor product names).
+DISPLAY_NAMES = {
+    "anydesk": "AnyDesk",
+    "teamviewer": "TeamViewer",
+    "rustdesk": "RustDesk",
+    "chrome-remote-desktop": "Chrome Remote Desktop",
+    "vnc": "VNC",
+    "parsec": "Parsec",
+    "screenconnect": "ScreenConnect",
+    "splashtop": "Splashtop",
+    "xrdp": "xrdp",
+    "rdp": "Remote Desktop",
+}
+
+
+def display_name(tool: str, process: str | None = None) -> str:
+    """The product name for a catalogue id; the process name (without .exe) for unknown ids."""
+    if tool in DISPLAY_NAMES:
+        return DISPLAY_NAMES[tool]
+    if process:
+        return process.removesuffix(".exe")
+    return tool
+
+
+@lru_cache(maxsize=65536)
+def is_public(address: str) -> bool:
+    """True for a globally routable peer (a LAN or loopback peer is someone in the building)."""
+    try:
+        return ipaddress.ip_address(address).is_global
+    except ValueError:
+        return False
+
+
+class RemoteAccessDetector(Detector):
+    """Unapproved remote-access tools holding live sessions, scored by how controlled the laptop looks."""
+
+    name = "remote_access"
+    group = "remote_control"
+    attack = "T1219"
+
+    def __init__(
+        self,
+        running: float = 0.05,
+        outbound_session: float = 0.2,
+        controlled_session: float = 0.55,
+        public_inbound: float = 0.15,
+        several_vendors: float = 0.1,
+        first_seen: float = 0.05,
+        outside_hours: float = 0.1,
+        approved_factor: float = 0.25,
+        baseline_hours: float = 24.0,
+    ) -> None:
+        self.running = running
+        self.outbound_session = outbound_session
+        self.controlled_session = controlled_session
+        self.public_inbound = public_inbound
+        self.several_vendors = several_vendors
+        self.first_seen = first_seen
+        self.outside_hours = outside_hours
+        self.approved_factor = approved_factor
+        self.baseline_hours = baseline_hours
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        tools = frames.tools
+        if tools.empty:
+            return []
+        reports = frames.reports
+        tools = tools.assign(
+            time=frames.times(tools),
+            live=tools["state"].fillna("").str.upper().eq("ESTABLISHED") & tools["remote_ip"].notna(),
+            injected=reports["injected_events"].fillna(0).to_numpy()[tools["rec"].to_numpy()] > 0,
+        )
+        device_start = reports.groupby("device_id")["window_end"].min()
+        found: list[DeviceFinding] = []
+        for device, rows in tools.groupby("device_id", sort=True):
+            entry = context.roster.get(str(device))
+            approved = set(entry.approved_tools) if entry else set()
+            tz = entry.timezone if entry else None
+            unapproved = sorted(set(rows["tool"].dropna()) - approved)
+            for tool, used in rows.groupby("tool", sort=True):
+                found.append(
+                    self._score_tool(str(device), str(tool), used, tool in approved, unapproved, tz,
+                                     device_start[device])
+                )
+        return found
+
+    def _score_tool(
+        self,
+        device: str,
+        tool: str,
+        used: pd.DataFrame,
+        approved: bool,
+        unapproved: list[str],
+        tz: str | None,
+        device_start: pd.Timestamp,
+    ) -> DeviceFinding:
+        process = str(used["process"].dropna().iloc[0]) if used["process"].notna().any() else None
+        shown = display_name(tool, process)
+        live = used[used["live"]]
+        inbound = live[live["direction"] == "inbound"]
+        public_inbound = [ip for ip in inbound["remote_ip"].unique() if is_public(str(ip))]
+        live_recs = live.drop_duplicates("rec")
+        injected_share = float(live_recs["injected"].mean()) if len(live_recs) else 0.0
+        controlled = bool(len(inbound)) or injected_share > 0.0
+        outside = outside_working_time(local_times(live_recs["time"], tz)) if len(live_recs) else pd.Series([], dtype=bool)
+        outside_share = float(outside.mean()) if len(outside) else 0.0
+        new_tool = used["time"].min() - device_start >= pd.Timedelta(hours=self.baseline_hours)
+
+        if live.empty:
+            score, what = self.running, "ran without a live session"
+        elif controlled:
+            score, what = self.controlled_session, "held a live session controlling this laptop"
+        else:
+            score, what = self.outbound_session, "held a live outbound session"
+        if len(live):
+            score += self.public_inbound * bool(public_inbound)
+            score += self.outside_hours * (outside_share > 0.5)
+        score += self.several_vendors * (len(unapproved) > 1 and not approved)
+        score += self.first_seen * bool(new_tool)
+        if approved:
+            score *= self.approved_factor
+        path = "direct inbound peer" if len(inbound) else ("relay or outbound peer" if len(live) else "none")
+        summary = (
+            f"{'Approved' if approved else 'Unapproved'} remote-access tool {shown} ({tool}) {what}"
+            f" in {len(live_recs)} report(s)"
+            + (f", {len(public_inbound)} public inbound peer(s)" if public_inbound else "")
+            + (f", {outside_share:.0%} outside working hours" if len(live_recs) else "")
+            + "."
+        )
+        evidence = {
+            "tool": tool,
+            "name": shown,
+            "process": process,
+            "approved": approved,
+            "session_reports": len(live_recs),
+            "path": path,
+            "inbound_peers": sorted(map(str, inbound["remote_ip"].unique()))[:5],
+            "outbound_peers": sorted(map(str, live[live["direction"] == "outbound"]["remote_ip"].unique()))[:5],
+            "injected_share_in_session": injected_share,
+            "outside_hours_share": outside_share,
+            "first_seen_tool": bool(new_tool),
+            "unapproved_vendors": unapproved,
+        }
+        span = live if len(live) else used
+        return self.finding(device, score, summary, evidence, span["time"].min(), span["time"].max())

@@ -1,0 +1,60 @@
+"""remote_access: unapproved tools with live sessions, pinned scores and evidence."""
+
+from __future__ import annotations
+
+import pytest
+from detector_records import NOW, connection, make_record, roster_entry, tool, user_input
+
+from farmwatch.detectors.pipeline import score
+
+
+def _finding(records, roster=()):
+    verdicts = score(records, list(roster), [], NOW)
+    found = [f for v in verdicts for f in v.findings if f.detector == "remote_access"]
+    return found
+
+
+def test_inbound_public_session_with_injected_input_names_the_tool() -> None:
+    records = [
+        make_record("d1", 0, input=user_input()),
+        make_record("d1", 5, remote_access=[tool("anydesk", "AnyDesk", connection("175.45.176.71"))],
+                    input=user_input(injected=900)),
+    ]
+    [finding] = _finding(records)
+    assert "AnyDesk" in finding.summary and finding.attack == "T1219"
+    assert finding.score == pytest.approx(0.55 + 0.15)
+    assert finding.evidence["path"] == "direct inbound peer"
+    assert finding.evidence["inbound_peers"] == ["175.45.176.71"]
+    assert finding.evidence["injected_share_in_session"] == 1.0
+    assert finding.severity == "high"
+
+
+@pytest.mark.parametrize(
+    ("approved", "expected"),
+    [pytest.param((), 0.2, id="unapproved"), pytest.param(("anydesk",), 0.05, id="approved-quartered")],
+)
+def test_outbound_only_session_scores_low_and_approval_lowers_it(approved, expected) -> None:
+    records = [make_record("d2", 0, remote_access=[tool("anydesk", "AnyDesk", connection("127.0.0.1", "outbound"))],
+                           input=user_input())]
+    [finding] = _finding(records, [roster_entry("d2", approved)])
+    assert finding.score == pytest.approx(expected)
+    assert finding.evidence["approved"] == bool(approved)
+    assert finding.evidence["path"] == "relay or outbound peer"
+
+
+def test_first_seen_tool_and_several_vendors_add_up() -> None:
+    records = [make_record("d3", m, input=user_input()) for m in range(0, 24 * 60 + 5, 60)]
+    records.append(make_record("d3", 25 * 60, remote_access=[
+        tool("anydesk", "AnyDesk", connection("10.0.0.9", "outbound")),
+        tool("rustdesk", "rustdesk"),
+    ], input=user_input()))
+    by_tool = {f.evidence["tool"]: f for f in _finding(records)}
+    assert by_tool["anydesk"].score == pytest.approx(0.2 + 0.1 + 0.05)
+    assert by_tool["anydesk"].evidence["first_seen_tool"] is True
+    assert by_tool["anydesk"].evidence["unapproved_vendors"] == ["anydesk", "rustdesk"]
+    assert by_tool["rustdesk"].score == pytest.approx(0.05 + 0.1 + 0.05)
+    assert by_tool["rustdesk"].evidence["session_reports"] == 0
+
+
+def test_no_tools_no_finding() -> None:
+    assert _finding([make_record("d4", 0, remote_access=[], input=user_input())]) == []
