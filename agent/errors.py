@@ -1,0 +1,27 @@
+"""The agent's expected failures. The CLI prints their message as one line, never a traceback."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """An expected failure whose message says what went wrong and where."""
+
+    exit_code = 1
+
+
+class UsageError(AgentError):
+    """Bad flags or a missing/unreadable input file (EX_USAGE)."""
+
+    exit_code = 64
+
+
+class CollectorUnavailable(AgentError):
+    """The collector could not be reached or answered 5xx: keep the spool, try later (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class CollectorRefused(AgentError):
+    """The collector refused us for good (e.g. wrong enrol secret); retrying will not help."""
+
+    exit_code = 77  # EX_NOPERM

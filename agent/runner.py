@@ -1,0 +1,129 @@
+"""Runs the registered probes over one window and assembles the report.
+
+Like a Datadog check runner: whatever a probe raises (an import error of its OS library,
+``ProbeUnavailable``, a bug) becomes an ``errors[]`` entry and the other probes still run; a
+section that does not match the contract is dropped with an entry naming the bad fields.
+Listener probes are started at the window's start and read at its end; in ``run`` mode one
+:class:`Runner` lives across windows, so they keep listening between reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import sys
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib.metadata import version
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from farmwatch.contract import REPORT_SCHEMA, AgentInfo, ProbeError, Report, field_errors
+
+from .probes.base import Probe, ProbeContext, ProbeUnavailable
+from .probes.registry import PROBES, load_probe
+
+log = logging.getLogger(__name__)
+
+_OS_NAMES = {"linux": "linux", "win32": "windows", "darwin": "darwin"}
+
+
+def agent_info(os_platform: str = sys.platform) -> AgentInfo:
+    """Who reports: agent version, OS, OS version, host name."""
+    return AgentInfo(
+        version=version("farmwatch"),
+        os=_OS_NAMES.get(os_platform, "linux"),  # type: ignore[arg-type]
+        os_version=platform.release(),
+        hostname=socket.gethostname(),
+    )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ProbeUnavailable):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+class Runner:
+    """Owns one instance of each probe; ``start`` at a window's start, ``report`` at its end."""
+
+    def __init__(self, context: ProbeContext, names: Iterable[str] | None = None) -> None:
+        self.context = context
+        self.probes: list[Probe] = []
+        self._load_errors: list[ProbeError] = []
+        self._pending: list[ProbeError] = []
+        self._started = False
+        for name in PROBES if names is None else names:
+            try:
+                self.probes.append(load_probe(name)(context))
+            except Exception as error:  # a missing OS library must not stop the agent
+                self._load_errors.append(ProbeError(probe=name, message=f"could not load: {_describe(error)}"))
+
+    def start(self) -> None:
+        """Start listener probes (no-op for the rest); idempotent across windows."""
+        if self._started:
+            return
+        self._started = True
+        for probe in self.probes:
+            try:
+                probe.start()
+            except Exception as error:
+                self._pending.append(ProbeError(probe=probe.name, message=f"could not start: {_describe(error)}"))
+
+    def stop(self) -> None:
+        """Stop listener probes at shutdown."""
+        for probe in self.probes:
+            try:
+                probe.stop()
+            except Exception as error:
+                log.warning("probe %s did not stop cleanly: %s", probe.name, _describe(error))
+        self._started = False
+
+    def report(self, device_id: str, seq: int, window_start: datetime, window_end: datetime) -> Report:
+        """Collect every probe once and assemble the window's report."""
+        sections: dict[str, Any] = {}
+        errors = self._load_errors + self._pending
+        self._pending = []
+        for probe in self.probes:
+            probe.problems = []
+            try:
+                value = probe.collect()
+            except Exception as error:  # one broken probe never takes the report down
+                errors.append(ProbeError(probe=probe.name, message=_describe(error)))
+            else:
+                invalid = _section_errors(probe.section, value)
+                if invalid:
+                    errors.append(ProbeError(probe=probe.name, message=invalid))
+                else:
+                    sections[probe.section] = value
+            errors += [ProbeError(probe=probe.name, message=m) for m in probe.problems]
+        return Report.model_validate({
+            "schema": REPORT_SCHEMA,
+            "device_id": device_id,
+            "seq": seq,
+            "window_start": window_start,
+            "window_end": window_end,
+            "agent": agent_info(self.context.platform),
+            **sections,
+            "errors": errors,
+        })
+
+
+def _section_errors(section: str, value: Any) -> str | None:
+    """Why ``value`` cannot fill ``section`` of a report, or None when it can."""
+    field = Report.model_fields.get(section)
+    if field is None:  # a section newer than this contract: kept as-is (forward compatibility)
+        return None
+    try:
+        TypeAdapter(field.annotation).validate_python(value, strict=True)
+    except ValidationError as invalid:
+        named = field_errors(invalid, prefix=section)
+        return "invalid section: " + "; ".join(f"{e['field']}: {e['message']}" for e in named)
+    return None
+
+
+def utc_now(context: ProbeContext) -> datetime:
+    """The context's clock as a tz-aware UTC time."""
+    return datetime.fromtimestamp(context.clock(), timezone.utc)

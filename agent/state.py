@@ -1,0 +1,113 @@
+"""The agent's state directory: identity (device id + token), the seq counter, config cache.
+
+Everything here is readable by the agent's user only (directory 0700, files 0600), because the
+token lets its holder report as this device. Files are replaced atomically (temp file, fsync,
+rename), so a crash leaves either the old or the new content, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/farmwatch-agent`` for root; the user's XDG state folder otherwise."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "farmwatch-agent"
+    if os.geteuid() == 0:
+        return Path("/var/lib/farmwatch-agent")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "farmwatch-agent"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600) so a reader never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); Windows cannot open folders, and NTFS journals renames."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and make it 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What enrolment gave this agent."""
+
+    device_id: str
+    token: str
+
+
+class StateDir:
+    """The agent's on-disk state: ``identity.json``, ``next_seq``, ``config.json``, ``spool/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = private_dir(root)
+        self.spool_dir = private_dir(root / "spool")
+        self.quarantine_dir = private_dir(root / "quarantine")
+
+    @property
+    def identity(self) -> Identity | None:
+        data = self._read_json("identity.json")
+        return Identity(**data) if data else None
+
+    def save_identity(self, identity: Identity) -> None:
+        atomic_write(self.root / "identity.json", json.dumps(asdict(identity)).encode())
+
+    def allocate_seq(self) -> int:
+        """The next report's seq; persisted before it is used, so a seq is never handed out twice."""
+        seq = self._next_seq()
+        atomic_write(self.root / "next_seq", f"{seq + 1}\n".encode())
+        return seq
+
+    def raise_seq_floor(self, next_seq: int) -> None:
+        """Never go below what the collector has stored (a reinstalled agent resumes its sequence)."""
+        if next_seq > self._next_seq():
+            atomic_write(self.root / "next_seq", f"{next_seq}\n".encode())
+
+    def _next_seq(self) -> int:
+        try:
+            return int((self.root / "next_seq").read_text().strip())
+        except FileNotFoundError:
+            return 1
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The last configuration fetched from the collector (``{}`` before the first)."""
+        return self._read_json("config.json") or {}
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        atomic_write(self.root / "config.json", json.dumps(config).encode())
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads((self.root / name).read_text())
+        except FileNotFoundError:
+            return None
+        return data
