@@ -22,6 +22,7 @@ import psutil
 
 from farmwatch.contract import Connection, RemoteAccessTool
 
+from ..tcpinfo import RttUnavailable, tcp_rtts
 from .base import Probe
 
 
@@ -107,7 +108,11 @@ class RemoteAccessProbe(Probe):
         by_pid = self._tcp_sockets({p.pid for _, p in matches}, [p for _, p in matches])
         pairs = [(s.local_ip, s.local_port, s.remote_ip, s.remote_port)
                  for socks in by_pid.values() for s in socks if s.remote_ip is not None]
-        rtts: dict[tuple[str, int, str, int], tuple[float | None, float | None]] = {}  # kernel RTTs: farmwatch.agent.tcpinfo
+        try:
+            rtts = tcp_rtts(pairs)
+        except RttUnavailable as unavailable:
+            self.problem(str(unavailable))
+            rtts = {}
         found = []
         for tool, process in matches:
             listening, connections = connections_of(by_pid.get(process.pid, []), rtts)
