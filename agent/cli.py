@@ -1,0 +1,127 @@
+"""``farmwatch-agent``: collect reports on this laptop and deliver them to a farmwatch collector.
+
+Exit codes: 0 done; 2 bad usage (argparse); 64 bad input (missing file, bad config); 75 collector
+unreachable or busy (reports kept in the spool); 77 collector refused the enrol secret; for
+``verify``: 0 clear, 2 review, 1 farm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import AgentError
+from .service import Agent, print_report
+from .settings import resolve
+
+DEFAULT_ONCE_WINDOW_SECONDS = 10.0
+DEFAULT_VERIFY_SECONDS = 60.0
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="farmwatch-agent",
+        description="Observe this laptop (remote-access tools, sessions, network, input timing) and "
+        "send typed reports to a farmwatch collector. Reports are spooled on disk first and leave "
+        "the spool only when the collector accepted them.",
+        epilog="Start with 'farmwatch-agent once --print' to see what a report holds. "
+        "Exit codes: 0 ok, 64 bad input, 75 collector unreachable (reports kept), "
+        "77 enrol secret refused.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{once,run,verify}")
+
+    def collector_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--collector", metavar="URL", help="collector base URL, e.g. https://farmwatch.example.com")
+        sub.add_argument("--enroll-secret-file", type=Path, metavar="F",
+                         help="file holding the company's enrol secret (used once to get a device token)")
+        sub.add_argument("--state-dir", type=Path, metavar="D",
+                         help="identity, seq counter and spool (default /var/lib/farmwatch-agent as root, "
+                         "~/.local/state/farmwatch-agent otherwise)")
+        sub.add_argument("--config", type=Path, metavar="FILE",
+                         help="optional TOML file with an [agent] table (collector, salt, probes, ...)")
+
+    once = commands.add_parser(
+        "once", help="collect one report and deliver it (with anything spooled), or print it",
+        description="Enrol if needed, collect one window, deliver it and every spooled report in seq "
+        "order, then exit. With --print: collect and print the report; no collector needed.",
+    )
+    once.add_argument("--print", action="store_true", dest="print_only",
+                      help="print the report as JSON instead of sending it")
+    once.add_argument("--window", type=_positive, default=DEFAULT_ONCE_WINDOW_SECONDS, metavar="S",
+                      help=f"seconds to observe (default {DEFAULT_ONCE_WINDOW_SECONDS:g})")
+    collector_flags(once)
+
+    run = commands.add_parser(
+        "run", help="report every interval until stopped (the service mode)",
+        description="Report every --interval seconds until SIGTERM/SIGINT; retry delivery with "
+        "backoff while the collector is away, losing nothing.",
+    )
+    run.add_argument("--interval", type=_positive, metavar="S",
+                     help="seconds per report (default: the collector's setting, else 300)")
+    collector_flags(run)
+
+    verify = commands.add_parser(
+        "verify", help="onboarding check: observe, then print the collector's verdict",
+        description="Collect for --seconds, deliver, ask the collector for this device's verdict "
+        "and print it. Exit 0 clear, 2 review, 1 farm.",
+    )
+    verify.add_argument("--seconds", type=_positive, default=DEFAULT_VERIFY_SECONDS, metavar="S",
+                        help=f"seconds to observe (default {DEFAULT_VERIFY_SECONDS:g})")
+    collector_flags(verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="farmwatch-agent: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    try:
+        settings = resolve(args)
+        if args.command == "once" and args.print_only:
+            return print_report(settings, args.window)
+        agent = Agent(settings)
+        try:
+            if args.command == "once":
+                return agent.once(args.window)
+            if args.command == "verify":
+                return agent.verify(args.seconds)
+            return agent.run(_stop_on_signals())
+        finally:
+            agent.close()
+    except AgentError as error:
+        print(f"farmwatch-agent: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so ``run`` finishes its step and stops probes cleanly."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

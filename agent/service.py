@@ -1,0 +1,190 @@
+"""The agent's three jobs — ``once``, ``run``, ``verify`` — wired from runner, spool and enrolment.
+
+Order of work per window: collect, take the next seq, spool, then deliver the whole spool. The
+report is on disk before the network is touched, so an unreachable collector costs nothing but time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from datetime import datetime
+
+import httpx
+
+from farmwatch.contract import to_wire
+
+from .enrollment import AgentConfig, Enrollment, bearer, call
+from .errors import AgentError, CollectorUnavailable
+from .hardware_id import hardware_id, os_machine_id
+from .probes.base import ProbeContext
+from .runner import Runner, utc_now
+from .settings import DEFAULT_INTERVAL_SECONDS, Settings
+from .state import StateDir
+from .transport import Spool, deliver
+
+log = logging.getLogger(__name__)
+
+UNENROLLED = "unenrolled"  # device id of a report made before the first enrolment (restamped on delivery)
+FIRST_RETRY_SECONDS = 5.0
+HTTP_TIMEOUT_SECONDS = 15.0
+
+
+def collect_window(runner: Runner, seconds: float, stop: threading.Event | None = None) -> tuple[datetime, datetime]:
+    """Start the probes, let ``seconds`` pass (or until ``stop``), return the window's bounds."""
+    start = utc_now(runner.context)
+    runner.start()
+    (stop or threading.Event()).wait(seconds)
+    return start, utc_now(runner.context)
+
+
+def print_report(settings: Settings, window: float) -> int:
+    """``once --print``: one report on stdout, no collector, no state."""
+    runner = Runner(ProbeContext(salt=settings.salt, window_seconds=window), settings.probes)
+    start, end = collect_window(runner, window)
+    report = runner.report(UNENROLLED, 1, start, end)
+    runner.stop()
+    print(json.dumps(to_wire(report), indent=2))
+    return 0
+
+
+class Agent:
+    """One agent talking to one collector, its state in ``settings.state_dir``."""
+
+    def __init__(self, settings: Settings, machine_id: str | None = None) -> None:
+        self.settings = settings
+        self.state = StateDir(settings.state_dir)
+        self.spool = Spool(self.state.spool_dir, self.state.quarantine_dir)
+        self.context = ProbeContext(salt=settings.salt)
+        self.http = httpx.Client(base_url=settings.collector_url(), timeout=HTTP_TIMEOUT_SECONDS)
+        self.enrollment = Enrollment(
+            self.http, self.state, settings.enroll_secret(), socket.gethostname(),
+            hardware_id(machine_id or os_machine_id(self.context.platform, self.context.run, self.context.etc_root)),
+            clock=self.context.clock,
+        )
+        self.runner = Runner(self.context, settings.probes)
+        self._collector_interval: float | None = None
+
+    def close(self) -> None:
+        self.runner.stop()
+        self.http.close()
+
+    def _configure(self) -> None:
+        """Enrol if needed and apply the collector's config (fetched at most hourly)."""
+        self.enrollment.identity()
+        self._apply(self.enrollment.refresh_config())
+
+    def _apply(self, config: AgentConfig) -> None:
+        self.context.anchors = config.anchors
+        self.context.options = config.probe_options
+        self._collector_interval = config.interval_seconds
+
+    def _spool_report(self, start: datetime, end: datetime) -> int:
+        identity = self.state.identity
+        seq = self.state.allocate_seq()
+        report = self.runner.report(identity.device_id if identity else UNENROLLED, seq, start, end)
+        self.spool.put(seq, json.dumps(to_wire(report)).encode())
+        return seq
+
+    def _deliver(self) -> None:
+        done = deliver(self.spool, self.enrollment)
+        if done.delivered:
+            log.info("delivered seq %s to %s", ", ".join(map(str, done.delivered)), self.http.base_url)
+        if done.quarantined:
+            log.warning("quarantined seq %s in %s (see the .response.json beside each)",
+                        ", ".join(map(str, done.quarantined)), self.state.quarantine_dir)
+
+    def once(self, window: float) -> int:
+        """Enrol if needed, collect one window, spool it, deliver the spool."""
+        self._apply(AgentConfig.parse(self.state.config.get("config", {})))
+        try:
+            self._configure()
+            failure: AgentError | None = None
+        except AgentError as error:  # still collect and spool: the report waits for the next run
+            failure = error
+        self.context.window_seconds = window
+        self._spool_report(*collect_window(self.runner, window))
+        if failure is None:
+            try:
+                self._deliver()
+            except AgentError as error:
+                failure = error
+        if failure is not None:
+            kept = len(self.spool.pending())
+            raise type(failure)(f"{failure}; {kept} report(s) kept in {self.spool.folder} for the next run")
+        return 0
+
+    def run(self, stop: threading.Event) -> int:
+        """Report every interval until ``stop``; retry delivery with backoff in between."""
+        self._apply(AgentConfig.parse(self.state.config.get("config", {})))
+        retry = _Backoff()
+        self._attempt(retry)
+        while not stop.is_set():
+            interval = self.settings.interval_seconds or self._collector_interval or DEFAULT_INTERVAL_SECONDS
+            self.context.window_seconds = interval
+            start = utc_now(self.context)
+            self.runner.start()
+            deadline = time.monotonic() + interval
+            while not stop.is_set() and time.monotonic() < deadline:
+                if retry.due() and self.spool.pending():
+                    self._attempt(retry)
+                stop.wait(max(0.0, min(deadline, retry.at) - time.monotonic()))
+            if stop.is_set():
+                break  # a partial window is not reported; the next start begins a fresh one
+            self._spool_report(start, utc_now(self.context))
+            self._attempt(retry)
+        return 0
+
+    def _attempt(self, retry: _Backoff) -> None:
+        try:
+            self._configure()
+            self._deliver()
+        except CollectorUnavailable as error:
+            log.warning("%s; %d report(s) spooled, retrying in %.0f s",
+                        error, len(self.spool.pending()), retry.failed(self._ceiling()))
+        except AgentError as error:
+            log.error("%s; retrying in %.0f s", error, retry.failed(self._ceiling(), at_ceiling=True))
+        else:
+            retry.succeeded()
+
+    def _ceiling(self) -> float:
+        return self.settings.interval_seconds or self._collector_interval or DEFAULT_INTERVAL_SECONDS
+
+    def verify(self, seconds: float) -> int:
+        """Onboarding check: report ``seconds`` of observation, then print the collector's verdict."""
+        self.once(seconds)
+        identity = self.enrollment.identity()
+        response = call(self.http, "POST", "/api/v1/verify", json={"seconds": seconds}, headers=bearer(identity))
+        if response.status_code != 200:
+            raise AgentError(f"collector answered HTTP {response.status_code} to /api/v1/verify: {response.text[:200]}")
+        verdict = response.json()
+        print(f"verdict: {verdict['verdict']} (risk {verdict['risk']:.2f}) for device {verdict['device_id']}")
+        for finding in verdict.get("findings", []):
+            print(f"  [{finding['severity']}] {finding['summary']}")
+        return {"clear": 0, "review": 2}.get(verdict["verdict"], 1)
+
+
+class _Backoff:
+    """Exponential backoff with jitter (so a fleet does not retry in lockstep), capped."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.at = float("inf")
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def failed(self, ceiling: float, at_ceiling: bool = False) -> float:
+        self.failures += 1
+        base = ceiling if at_ceiling else min(ceiling, FIRST_RETRY_SECONDS * 2 ** (self.failures - 1))
+        delay = base * random.uniform(0.5, 1.0)
+        self.at = time.monotonic() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.at = float("inf")

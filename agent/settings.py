@@ -1,0 +1,106 @@
+"""The agent's settings: command-line flags over an optional TOML file over defaults.
+
+``--config FILE`` (all keys optional)::
+
+    [agent]
+    collector = "https://farmwatch.example.com"
+    enroll_secret_file = "/etc/farmwatch/enroll-secret"
+    state_dir = "/var/lib/farmwatch-agent"
+    salt = "company-wide secret"        # salts hashes of outside identifiers (MACs, BSSIDs)
+    interval_seconds = 300
+    probes = ["remote_access"]          # default: every registered probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .probes.registry import PROBES
+from .state import default_state_dir
+
+DEFAULT_INTERVAL_SECONDS = 300.0
+
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "collector": str, "enroll_secret_file": str, "state_dir": str, "salt": str,
+    "interval_seconds": (int, float), "probes": list,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs, resolved once."""
+
+    collector: str | None
+    enroll_secret_file: Path | None
+    state_dir: Path
+    salt: str
+    interval_seconds: float | None  # None: the collector's choice, else the default
+    probes: list[str]
+
+    def enroll_secret(self) -> str:
+        """The enrol secret, read from its file; a missing or empty file is a one-line error."""
+        if self.enroll_secret_file is None:
+            raise UsageError("--enroll-secret-file is required to talk to a collector")
+        try:
+            secret = self.enroll_secret_file.read_text().strip()
+        except OSError as failed:
+            raise UsageError(f"cannot read the enrol secret file {self.enroll_secret_file}: {failed.strerror}") from failed
+        if not secret:
+            raise UsageError(f"the enrol secret file {self.enroll_secret_file} is empty")
+        return secret
+
+    def collector_url(self) -> str:
+        """The collector's base URL; required for every command but ``once --print``."""
+        if not self.collector:
+            raise UsageError("--collector URL is required (or use 'once --print' to only print a report)")
+        if not self.collector.startswith(("http://", "https://")):
+            raise UsageError(f"--collector must be an http:// or https:// URL, got {self.collector!r}")
+        return self.collector.rstrip("/")
+
+
+def load_file(path: Path | None) -> dict[str, Any]:
+    """The ``[agent]`` table of a config file, type-checked key by key."""
+    if path is None:
+        return {}
+    try:
+        table = tomllib.loads(path.read_text()).get("agent", {})
+    except OSError as failed:
+        raise UsageError(f"cannot read config file {path}: {failed.strerror}") from failed
+    except tomllib.TOMLDecodeError as bad:
+        raise UsageError(f"{path}: not valid TOML: {bad}") from bad
+    for key, value in table.items():
+        expected = _KEYS.get(key)
+        if expected is None:
+            raise UsageError(f"{path}: unknown key [agent].{key} (known: {', '.join(sorted(_KEYS))})")
+        if not isinstance(value, expected):
+            raise UsageError(f"{path}: [agent].{key} has the wrong type ({type(value).__name__})")
+    unknown = set(table.get("probes", [])) - set(PROBES)
+    if unknown:
+        raise UsageError(f"{path}: [agent].probes names unknown probes: {', '.join(sorted(unknown))}")
+    return dict(table)
+
+
+def resolve(args: argparse.Namespace) -> Settings:
+    """Flags win over the config file, which wins over the defaults."""
+    file = load_file(args.config)
+
+    def pick(flag: str, key: str) -> Any:
+        value = getattr(args, flag, None)
+        return value if value is not None else file.get(key)
+
+    secret_file = pick("enroll_secret_file", "enroll_secret_file")
+    state_dir = pick("state_dir", "state_dir")
+    interval = pick("interval", "interval_seconds")
+    return Settings(
+        collector=pick("collector", "collector"),
+        enroll_secret_file=Path(secret_file) if secret_file else None,
+        state_dir=Path(state_dir) if state_dir else default_state_dir(),
+        salt=file.get("salt", ""),
+        interval_seconds=float(interval) if interval is not None else None,
+        probes=list(file.get("probes", PROBES)),
+    )
