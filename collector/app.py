@@ -1,0 +1,232 @@
+"""The collector's HTTP surface (``cli.md``): a thin FastAPI layer over ingest, storage and scoring.
+
+:func:`create_app` builds everything from its arguments; importing this module starts nothing.
+Blocking database work runs in the thread pool so one slow query never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from farmwatch.collector import ingest
+from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.ingest import Rejected
+from farmwatch.collector.metrics import Metrics
+from farmwatch.collector.scoring import Scorer
+from farmwatch.collector.storage import Storage
+from farmwatch.contract import field_errors, to_wire
+
+SMALL_BODY = 64 * 1024  # enrol and verify requests are a few hundred bytes
+Text = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class EnrolRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    enroll_secret: str
+    hostname: Text
+    hardware_id: Text
+
+
+class VerifyRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    seconds: Annotated[int, Field(ge=0, le=86_400)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_app(
+    storage: Storage,
+    config: CollectorConfig,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    background_scoring: bool = True,
+) -> FastAPI:
+    """The collector app over ``storage``; metrics go to ``registry`` (a fresh one when None)."""
+    metrics = Metrics(registry or CollectorRegistry(), device_count=lambda: _safe_count(storage))
+    scorer = Scorer(storage, config, metrics, clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if background_scoring:
+            scorer.start()
+        try:
+            yield
+        finally:
+            scorer.stop()
+
+    app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.storage, app.state.metrics, app.state.scorer = storage, metrics, scorer
+
+    async def device_of(request: Request) -> str:
+        token = _bearer(request)
+        device = await run_in_threadpool(storage.device_of_token, token) if token else None
+        if device is None:
+            raise Rejected(401, "unauthorized", [{"field": "Authorization", "message": "unknown, revoked or missing device token"}])
+        return device
+
+    def require_analyst(request: Request) -> None:
+        token = _bearer(request) or ""
+        if not hmac.compare_digest(token.encode(), config.analyst_token.encode()):
+            raise Rejected(401, "unauthorized", [{"field": "Authorization", "message": "analyst token required"}])
+
+    @app.exception_handler(Rejected)
+    async def _refused(_request: Request, refused: Rejected) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
+        return JSONResponse({"errors": refused.errors}, status_code=refused.status, headers=headers)
+
+    @app.post("/api/v1/enroll")
+    async def enroll(request: Request) -> dict[str, Any]:
+        try:
+            asked = _parse(EnrolRequest, await _small_body(request))
+            if not hmac.compare_digest(asked.enroll_secret.encode(), config.enroll_secret.encode()):
+                raise Rejected(401, "unauthorized", [{"field": "enroll_secret", "message": "wrong enrol secret"}])
+        except Rejected:
+            metrics.enrolments.labels("refused").inc()
+            raise
+        token = secrets.token_urlsafe(32)
+        done = await run_in_threadpool(
+            lambda: storage.enrol(
+                hardware_id=asked.hardware_id,
+                hostname=asked.hostname,
+                source_ip=_source(request, config),
+                new_device_id=f"dev-{secrets.token_hex(6)}",
+                token=token,
+                now=clock(),
+            )
+        )
+        metrics.enrolments.labels("renewal" if done.renewal else "new").inc()
+        return {"device_id": done.device_id, "token": token, "next_seq": done.next_seq}
+
+    @app.post("/api/v1/reports", status_code=202)
+    async def post_report(request: Request) -> Any:
+        started = time.perf_counter()
+        try:
+            return await _ingest(request, await device_of(request))
+        except Rejected as refused:
+            metrics.reports_rejected.labels(refused.reason).inc()
+            raise
+        finally:
+            metrics.ingest_latency.observe(time.perf_counter() - started)
+
+    async def _ingest(request: Request, device: str) -> dict[str, int]:
+        body = await ingest.read_body(
+            request.stream(),
+            limit=config.max_report_bytes,
+            declared_length=request.headers.get("content-length"),
+            encoding=request.headers.get("content-encoding"),
+        )
+        report = await run_in_threadpool(ingest.parse_report, body)
+        if report.device_id != device:
+            raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
+        received_at = clock()
+        source_ip = _source(request, config)
+        record = ingest.ingest_record(report, received_at, source_ip, ingest.geo_of(source_ip, config.corporate_networks))
+        stored = await run_in_threadpool(storage.add_report, record, ingest.digest(report), received_at)
+        if stored.conflict:
+            raise Rejected(409, "conflict", [{"field": "seq", "message": f"seq {report.seq} is already stored with different content"}])
+        metrics.reports_accepted.labels("new" if stored.new else "resend").inc()
+        return {"accepted": report.seq}
+
+    @app.get("/api/v1/config")
+    async def agent_config(request: Request) -> dict[str, Any]:
+        await device_of(request)
+        anchors = await run_in_threadpool(storage.anchors)
+        return {
+            "anchors": [to_wire(anchor) for anchor in anchors],
+            "interval_seconds": config.agent_interval_seconds,
+            "probe_options": config.probe_options,
+        }
+
+    @app.get("/api/v1/devices")
+    async def list_devices(request: Request) -> list[dict[str, Any]]:
+        require_analyst(request)
+        await run_in_threadpool(scorer.refresh)
+        rows = await run_in_threadpool(storage.device_summaries)
+        return [{**row, "last_seen": _wire_time(row["last_seen"])} for row in rows]
+
+    @app.get("/api/v1/devices/{device_id}")
+    async def show_device(device_id: str, request: Request) -> dict[str, Any]:
+        require_analyst(request)
+        return await _verdict_of(device_id)
+
+    @app.post("/api/v1/verify")
+    async def verify(request: Request) -> dict[str, Any]:
+        device = await device_of(request)
+        asked = _parse(VerifyRequest, await _small_body(request))
+        return {**await _verdict_of(device), "observed_seconds": asked.seconds}
+
+    async def _verdict_of(device_id: str) -> dict[str, Any]:
+        await run_in_threadpool(scorer.refresh)
+        verdict = await run_in_threadpool(storage.verdict, device_id)
+        if verdict is None:
+            known = await run_in_threadpool(storage.device_exists, device_id)
+            why = "has sent no report yet" if known else "is not enrolled"
+            raise Rejected(404, "not_found", [{"field": "device_id", "message": f"{device_id!r} {why}"}])
+        history = await run_in_threadpool(storage.enrolment_history, device_id)
+        enrolments = [{**item, "enrolled_at": _wire_time(item["enrolled_at"])} for item in history]
+        return {**to_wire(verdict), "enrolments": enrolments}
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        if await run_in_threadpool(storage.ping):
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "the store does not answer"}, status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        text = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _small_body(request: Request) -> bytes:
+    return await ingest.read_body(
+        request.stream(),
+        limit=SMALL_BODY,
+        declared_length=request.headers.get("content-length"),
+        encoding=request.headers.get("content-encoding"),
+    )
+
+
+def _parse(model: type[EnrolRequest] | type[VerifyRequest], body: bytes) -> Any:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as invalid:
+        raise Rejected(422, "invalid", field_errors(invalid)) from None
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _source(request: Request, config: CollectorConfig) -> str:
+    peer = request.client.host if request.client else None
+    return ingest.source_address(peer, request.headers.get("x-forwarded-for"), config.trusted_proxies)
+
+
+def _wire_time(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _safe_count(storage: Storage) -> float:
+    try:
+        return float(storage.device_count())
+    except Exception:  # noqa: BLE001 - /metrics must answer even while the store is down
+        return float("nan")

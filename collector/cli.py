@@ -1,0 +1,214 @@
+"""``farmwatch-collector``: run the collector, export what it stored, load the roster and anchors.
+
+Every expected failure (missing file, bad CSV row, unknown device, unusable database) prints one
+line naming the problem and exits 1; usage mistakes exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from farmwatch.collector.config import ConfigError, load_config
+from farmwatch.collector.storage import Storage, StoreError
+from farmwatch.roster import TableError, load_anchors, load_roster
+
+DEFAULT_DB = "sqlite:///farmwatch.db"
+
+
+class CommandError(Exception):
+    """An expected failure; its message is the one line the user sees."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except (CommandError, ConfigError, TableError, StoreError) as failure:
+        print(f"farmwatch-collector: {failure}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="farmwatch-collector",
+        description="The farmwatch collector: enrols agents, receives their reports, keeps them in a "
+        "database and serves per-device verdicts to analysts. Start with `serve`; the other "
+        "commands work on the same database while it runs.",
+        epilog="Database URLs: sqlite:///path/farmwatch.db (a plain file path also works) or "
+        "postgresql://user@host/db. Run `farmwatch-collector COMMAND --help` for details.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP collector",
+        description="Run the collector's HTTP API (enrolment, report ingest, analyst API, /healthz, "
+        "/metrics). Settings come from --config (TOML); the flags below override it.",
+        epilog="Example: farmwatch-collector serve --db sqlite:///var/lib/farmwatch/farmwatch.db "
+        "--enroll-secret-file /etc/farmwatch/enroll-secret --analyst-token-file /etc/farmwatch/analyst-token",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="TCP port to listen on (default: 8765)")
+    _db_flag(serve)
+    serve.add_argument("--config", type=Path, help="collector.toml with [collector], [detection], [geo] ...")
+    serve.add_argument("--enroll-secret-file", type=Path, help="file holding the secret agents present to enrol")
+    serve.add_argument("--analyst-token-file", type=Path, help="file holding the bearer token of the analyst API")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+    export = commands.add_parser(
+        "export",
+        help="write stored ingest records as JSON lines",
+        description="Write the stored ingest records (received_at, source_ip, geo, report), oldest first, "
+        "one JSON object per line: the input of farmwatch-detect.",
+    )
+    _db_flag(export)
+    export.add_argument("--since", help="only records received at or after this RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output); written whole or not at all")
+    export.set_defaults(run=_export)
+
+    for table, what in (("roster", "the HR/IT roster: which employee holds which device, where"),
+                        ("anchors", "the latency anchors: probe targets and their coordinates")):
+        group = commands.add_parser(table, help=f"manage {what}", description=f"Manage {what}.")
+        actions = group.add_subparsers(title="actions", metavar="ACTION", required=True)
+        load = actions.add_parser(
+            "import",
+            help=f"replace the stored {table} with a CSV file",
+            description=f"Replace the stored {table} with the rows of a CSV file (format: report-v1.md). "
+            "Nothing changes if any row is bad; the error names the line.",
+        )
+        _db_flag(load)
+        load.add_argument("csv", type=Path, metavar=f"{table.upper()}.csv")
+        load.set_defaults(run=_import_table, table=table)
+
+    device_group = commands.add_parser("devices", help="manage enrolled devices", description="Manage enrolled devices.")
+    device_actions = device_group.add_subparsers(title="actions", metavar="ACTION", required=True)
+    revoke = device_actions.add_parser(
+        "revoke",
+        help="revoke a device's token",
+        description="Revoke every token of a device: its agent gets 401 and must enrol again with the enrol secret.",
+    )
+    _db_flag(revoke)
+    revoke.add_argument("device_id", metavar="DEVICE_ID")
+    revoke.set_defaults(run=_revoke)
+    return parser
+
+
+def _db_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file path (default: {DEFAULT_DB})")
+
+
+def database_url(value: str) -> str:
+    """A SQLAlchemy URL from ``--db``: URLs pass through, a bare path means a SQLite file."""
+    return value if "://" in value else f"sqlite:///{value}"
+
+
+def _open_existing(value: str) -> Storage:
+    url = database_url(value)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise CommandError(f"no database at {url.removeprefix('sqlite:///')} (start `serve` with this --db first)")
+    return Storage.open(url)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from farmwatch.collector.app import create_app
+
+    config = load_config(args.config, enroll_secret_file=args.enroll_secret_file, analyst_token_file=args.analyst_token_file)
+    storage = Storage.open(database_url(args.db))
+    try:
+        uvicorn.run(create_app(storage, config), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        storage.close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    since = _parse_time(args.since) if args.since else None
+    storage = _open_existing(args.db)
+    try:
+        lines = (json.dumps(record, separators=(",", ":")) + "\n" for record in storage.records(since))
+        count = _write_lines(lines, args.out)
+    finally:
+        storage.close()
+    if args.out:
+        print(f"wrote {count} ingest records to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_lines(lines: Iterable[str], out: Path | None) -> int:
+    count = 0
+    if out is None:
+        for line in lines:
+            sys.stdout.write(line)
+            count += 1
+        return count
+    folder = out.resolve().parent
+    if not folder.is_dir():
+        raise CommandError(f"cannot write {out}: folder {folder} does not exist")
+    handle = tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{out.name}.", delete=False, encoding="utf-8")
+    try:
+        with handle:
+            for line in lines:
+                handle.write(line)
+                count += 1
+        os.replace(handle.name, out)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+    return count
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"--since {text!r} is not an RFC 3339 time such as 2026-11-28T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise CommandError(f"--since {text!r} has no time zone; add Z for UTC")
+    return moment.astimezone(timezone.utc)
+
+
+def _import_table(args: argparse.Namespace) -> int:
+    storage = _open_existing(args.db)
+    try:
+        if args.table == "roster":
+            count = len(entries := load_roster(args.csv))
+            storage.replace_roster(entries)
+        else:
+            count = len(points := load_anchors(args.csv))
+            storage.replace_anchors(points)
+    finally:
+        storage.close()
+    print(f"imported {count} {args.table} rows from {args.csv}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    storage = _open_existing(args.db)
+    try:
+        revoked = storage.revoke(args.device_id, datetime.now(timezone.utc))
+    except KeyError:
+        raise CommandError(f"no enrolled device {args.device_id!r}") from None
+    finally:
+        storage.close()
+    print(f"revoked {revoked} token(s) of {args.device_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Collector configuration: ``collector.toml`` (``cli.md``) with command-line flags layered on top.
+
+Unknown keys are rejected by name, because a misspelt ``max_report_byte`` silently ignored is a
+security setting silently lost. Additions to ``cli.md``: an ``[agent]`` table (``interval_seconds``,
+``probe_options``) that ``GET /api/v1/config`` hands to agents, and detection-tuning keys in
+``[detection]`` passed on to :class:`farmwatch.detectors.config.DetectionConfig`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from farmwatch.detectors.config import DetectionConfig
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file, table and key."""
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Everything ``serve`` needs besides the database URL and the listening address."""
+
+    enroll_secret: str
+    analyst_token: str
+    max_report_bytes: int = 1_048_576
+    trusted_proxies: tuple[Network, ...] = ()
+    corporate_networks: tuple[Network, ...] = ()
+    detection_interval_seconds: float = 300.0
+    lookback_hours: float = 72.0
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    agent_interval_seconds: int = 300
+    probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: tuple[dict[str, Any], ...] = ()
+
+
+_KNOWN = {
+    "collector": {"enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies"},
+    "detection": {"interval_seconds", "lookback_hours"}
+    | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
+    "geo": {"city_db", "asn_db", "corporate_networks"},
+    "agent": {"interval_seconds", "probe_options"},
+    "outputs": None,  # each output's keys belong to its plugin (collector/outputs/)
+}
+
+
+def load_config(
+    path: Path | None,
+    *,
+    enroll_secret_file: Path | None = None,
+    analyst_token_file: Path | None = None,
+) -> CollectorConfig:
+    """Read ``path`` (optional) and the secret files; flags given here override the file."""
+    raw = _read_toml(path) if path else {}
+    where = str(path) if path else "configuration"
+    collector = raw.get("collector", {})
+    detection = dict(raw.get("detection", {}))
+    geo = raw.get("geo", {})
+    agent = raw.get("agent", {})
+
+    secret_file = enroll_secret_file or _path(collector.get("enroll_secret_file"))
+    token_file = analyst_token_file or _path(collector.get("analyst_token_file"))
+    if secret_file is None:
+        raise ConfigError("no enrol secret: pass --enroll-secret-file or set [collector] enroll_secret_file")
+    if token_file is None:
+        raise ConfigError("no analyst token: pass --analyst-token-file or set [collector] analyst_token_file")
+
+    corporate = _networks(geo.get("corporate_networks", []), f"{where} [geo] corporate_networks")
+    interval = _number(detection.pop("interval_seconds", 300), f"{where} [detection] interval_seconds")
+    lookback = _number(detection.pop("lookback_hours", 72), f"{where} [detection] lookback_hours")
+    try:
+        tuning = DetectionConfig(**detection, corporate_networks=tuple(str(n) for n in corporate))
+    except (TypeError, ValueError) as failure:
+        raise ConfigError(f"{where} [detection]: {failure}") from None
+    max_bytes = collector.get("max_report_bytes", 1_048_576)
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
+        raise ConfigError(f"{where} [collector] max_report_bytes: must be an integer >= 1024, got {max_bytes!r}")
+    probe_options = agent.get("probe_options", {})
+    if not isinstance(probe_options, dict) or not all(isinstance(v, dict) for v in probe_options.values()):
+        raise ConfigError(f"{where} [agent] probe_options: must map probe names to tables")
+    return CollectorConfig(
+        enroll_secret=_secret(secret_file, "enrol secret"),
+        analyst_token=_secret(token_file, "analyst token"),
+        max_report_bytes=max_bytes,
+        trusted_proxies=_networks(collector.get("trusted_proxies", []), f"{where} [collector] trusted_proxies"),
+        corporate_networks=corporate,
+        detection_interval_seconds=interval,
+        lookback_hours=lookback,
+        detection=tuning,
+        agent_interval_seconds=int(_number(agent.get("interval_seconds", 300), f"{where} [agent] interval_seconds")),
+        probe_options=probe_options,
+        outputs=tuple(raw.get("outputs", [])),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as failure:
+        raise ConfigError(f"cannot read config {path}: {failure.strerror or failure}") from None
+    except tomllib.TOMLDecodeError as failure:
+        raise ConfigError(f"{path} is not valid TOML: {failure}") from None
+    for table, value in raw.items():
+        if table not in _KNOWN:
+            raise ConfigError(f"{path}: unknown table [{table}]; known: {', '.join(sorted(_KNOWN))}")
+        allowed = _KNOWN[table]
+        if allowed is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{table}] must be a table")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ConfigError(f"{path} [{table}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    return raw
+
+
+def _path(value: Any) -> Path | None:
+    return Path(value) if value else None
+
+
+def _secret(path: Path, what: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as failure:
+        raise ConfigError(f"cannot read the {what} file {path}: {failure.strerror or failure}") from None
+    if len(value) < 16:
+        raise ConfigError(f"the {what} in {path} is shorter than 16 characters; use a long random value")
+    return value
+
+
+def _networks(values: Any, where: str) -> tuple[Network, ...]:
+    if not isinstance(values, list):
+        raise ConfigError(f"{where}: must be a list of CIDRs")
+    try:
+        return tuple(ipaddress.ip_network(str(v), strict=False) for v in values)
+    except ValueError as failure:
+        raise ConfigError(f"{where}: {failure}") from None
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{where}: must be a positive number, got {value!r}")
+    return float(value)

@@ -1,0 +1,129 @@
+"""From request bytes to an ingest record: size cap, gzip, strict parsing, source address, geo.
+
+Pure functions over bytes and addresses (no HTTP framework here), so every rule can be tested
+directly and the FastAPI layer stays a thin adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import iptocc
+from pydantic import ValidationError
+
+from farmwatch.collector.config import Network
+from farmwatch.contract import IngestRecord, Report, field_errors, to_wire
+
+
+class Rejected(Exception):
+    """A request the collector refuses: HTTP status, metric reason and ``[{field, message}]``."""
+
+    def __init__(self, status: int, reason: str, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{status} {reason}: {errors}")
+        self.status = status
+        self.reason = reason
+        self.errors = errors
+
+
+def too_large(limit: int, what: str) -> Rejected:
+    return Rejected(413, "too_large", [{"field": "(body)", "message": f"{what} exceeds {limit} bytes"}])
+
+
+async def read_body(
+    chunks: AsyncIterator[bytes], *, limit: int, declared_length: str | None, encoding: str | None
+) -> bytes:
+    """The request body, decompressed when gzip, never holding more than ``limit`` bytes of either form.
+
+    The cap is checked while reading, so a client cannot make the collector buffer an endless body,
+    and again on the decompressed bytes, so a small gzip bomb cannot expand past it either.
+    """
+    encoding = (encoding or "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise Rejected(415, "encoding", [{"field": "Content-Encoding", "message": f"unsupported: {encoding!r}; use gzip or none"}])
+    if declared_length and declared_length.isdigit() and int(declared_length) > limit:
+        raise too_large(limit, "the body")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+    received = 0
+    body = bytearray()
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise too_large(limit, "the body")
+        if inflater is None:
+            body += chunk
+            continue
+        try:
+            # max_length stops inflation one byte past the cap: a bomb never expands in memory.
+            body += inflater.decompress(chunk, limit + 1 - len(body))
+        except zlib.error as broken:
+            raise Rejected(422, "invalid", [{"field": "(body)", "message": f"not valid gzip: {broken}"}]) from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise too_large(limit, "the decompressed body")
+    if inflater is not None and not inflater.eof:
+        raise Rejected(422, "invalid", [{"field": "(body)", "message": "not valid gzip: the stream is truncated"}])
+    return bytes(body)
+
+
+def parse_report(body: bytes) -> Report:
+    """Strictly parse one report; a rejection names every bad field (``network.probes[0].sent``)."""
+    try:
+        return Report.model_validate_json(body)
+    except ValidationError as invalid:
+        raise Rejected(422, "invalid", field_errors(invalid)) from None
+
+
+def digest(report: Report) -> str:
+    """SHA-256 of the report's canonical JSON: equal for the same report however it was spelt."""
+    canonical = json.dumps(to_wire(report), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def source_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The client address: the peer, or — only when the peer is a trusted proxy — the nearest
+    untrusted hop of ``X-Forwarded-For`` (read right to left, since the left end is client-written)."""
+    address = peer or "unknown"
+    if not forwarded_for or not _within(address, trusted):
+        return address
+    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return address  # a garbled header proves nothing; keep the proxy's own address
+        address = hop
+        if not _within(hop, trusted):
+            break
+    return address
+
+
+def geo_of(address: str, corporate: Sequence[Network]) -> dict[str, Any]:
+    """The ingest record's ``geo``: country from iptocc (RIR delegation data), ASN unknown for now."""
+    try:
+        country = iptocc.country_code(address)
+    except ValueError:
+        country = None
+    return {
+        "country": country,
+        "asn": None,
+        "asn_org": None,
+        "network_kind": "corporate" if _within(address, corporate) else "unknown",
+    }
+
+
+def ingest_record(report: Report, received_at: datetime, source_ip: str, geo: dict[str, Any]) -> dict[str, Any]:
+    """The stored, exported document (``report-v1.md`` "Ingest record"), checked against the contract."""
+    record = {"received_at": received_at, "source_ip": source_ip, "geo": geo, "report": report}
+    return to_wire(IngestRecord.model_validate(record))
+
+
+def _within(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

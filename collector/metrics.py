@@ -1,0 +1,51 @@
+"""Prometheus metrics of one collector, registered in a registry the caller hands in (no globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Why a report was refused; fixed so dashboards can rely on the label values.
+REJECT_REASONS = ("unauthorized", "forbidden", "too_large", "encoding", "invalid", "conflict")
+
+
+class Metrics:
+    """The collector's counters, gauges and histograms."""
+
+    def __init__(self, registry: CollectorRegistry, device_count: Callable[[], float]) -> None:
+        self.registry = registry
+        self.reports_accepted = Counter(
+            "farmwatch_reports_accepted",
+            "Reports acknowledged with 202; kind=resend when an identical copy was already stored.",
+            ["kind"],
+            registry=registry,
+        )
+        self.reports_rejected = Counter(
+            "farmwatch_reports_rejected", "Reports refused, by reason.", ["reason"], registry=registry
+        )
+        self.enrolments = Counter(
+            "farmwatch_enrolments",
+            "Enrolment requests: new device, renewal of a known hardware id, or refused.",
+            ["result"],
+            registry=registry,
+        )
+        self.ingest_latency = Histogram(
+            "farmwatch_ingest_latency_seconds",
+            "Time from the start of a report request to its answer.",
+            registry=registry,
+        )
+        self.scoring_duration = Histogram(
+            "farmwatch_scoring_duration_seconds",
+            "Time one detector run over the fleet took.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.devices = Gauge("farmwatch_devices", "Enrolled devices.", registry=registry)
+        self.devices.set_function(device_count)
+        for reason in REJECT_REASONS:
+            self.reports_rejected.labels(reason)
+        for kind in ("new", "resend"):
+            self.reports_accepted.labels(kind)
+        for result in ("new", "renewal", "refused"):
+            self.enrolments.labels(result)

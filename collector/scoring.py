@@ -1,0 +1,80 @@
+"""Verdicts for the live collector: the shared detector pipeline run over the stored records.
+
+A background thread re-scores the fleet every ``[detection] interval_seconds``; the analyst API
+also re-scores on demand when a device has a report newer than its stored verdict, so a verdict
+is never older than the data behind it. Fleet detectors (shared networks) need every device's
+records, so a run always scores the whole lookback window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.metrics import Metrics
+from farmwatch.collector.storage import Storage
+from farmwatch.detectors.pipeline import score
+
+log = logging.getLogger("farmwatch.collector.scoring")
+
+
+class Scorer:
+    """Runs :func:`farmwatch.detectors.pipeline.score` and stores the verdicts; one run at a time."""
+
+    def __init__(
+        self, storage: Storage, config: CollectorConfig, metrics: Metrics, clock: Callable[[], datetime]
+    ) -> None:
+        self.storage = storage
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> int:
+        """Score every device with records in the lookback window; returns how many verdicts were stored."""
+        with self._lock:
+            return self._run()
+
+    def refresh(self) -> None:
+        """Re-score when any device has a report newer than its verdict (cheap check otherwise)."""
+        if not self.storage.stale_devices():
+            return
+        with self._lock:
+            if self.storage.stale_devices():  # another request may have just done it
+                self._run()
+
+    def _run(self) -> int:
+        started = time.perf_counter()
+        # Read the high-water mark first: a report arriving during the run leaves its device stale.
+        through = self.storage.last_report_id()
+        now = self.clock()
+        records = self.storage.records(since=now - timedelta(hours=self.config.lookback_hours))
+        verdicts = score(records, self.storage.roster(), self.storage.anchors(), now, self.config.detection)
+        self.storage.save_verdicts(verdicts, through)
+        self.metrics.scoring_duration.observe(time.perf_counter() - started)
+        return len(verdicts)
+
+    def start(self) -> None:
+        """Start the periodic background run (a daemon thread, stopped by :meth:`stop`)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="farmwatch-scorer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.detection_interval_seconds):
+            try:
+                self.run()
+            except Exception:  # noqa: BLE001 - a failed run must not end periodic scoring
+                log.exception("scoring run failed; retrying at the next interval")

@@ -1,0 +1,416 @@
+"""The collector's store: devices, tokens, enrolments, ingest records, roster, anchors, verdicts.
+
+Everything goes through SQLAlchemy Core with portable SQL, so the same code runs on SQLite (one
+collector, WAL mode) and PostgreSQL (N stateless replicas). The only dialect-specific code is in
+:func:`open_engine`. Each public method is one transaction: a report is stored whole or not at all.
+Times are stored as naive UTC and handed back tz-aware.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from farmwatch.contract import Anchor, RosterEntry, Verdict, to_wire
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or used; the message says which and why."""
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp column that takes and returns tz-aware UTC datetimes on every backend."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+metadata = sa.MetaData()
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("hardware_id", sa.String(256), nullable=False, unique=True),
+    sa.Column("hostname", sa.String(256), nullable=False),
+    sa.Column("enrolled_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen", UtcDateTime()),
+    sa.Column("last_seq", sa.BigInteger),
+    # Highest reports.id of this device: a verdict computed through a lower id is stale.
+    sa.Column("last_report_id", sa.BigInteger),
+)
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("device_id", sa.String(128), sa.ForeignKey("devices.device_id"), nullable=False, index=True),
+    sa.Column("issued_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime()),
+)
+enrolments = sa.Table(
+    "enrolments",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(128), sa.ForeignKey("devices.device_id"), nullable=False, index=True),
+    sa.Column("hostname", sa.String(256), nullable=False),
+    sa.Column("source_ip", sa.String(64), nullable=False),
+    sa.Column("enrolled_at", UtcDateTime(), nullable=False),
+    sa.Column("renewal", sa.Boolean, nullable=False),
+)
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(128), sa.ForeignKey("devices.device_id"), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("record", sa.Text, nullable=False),
+    sa.UniqueConstraint("device_id", "seq", name="reports_device_seq"),
+)
+roster = sa.Table(
+    "roster",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("entry", sa.Text, nullable=False),
+)
+anchors = sa.Table(
+    "anchors",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("entry", sa.Text, nullable=False),
+)
+verdicts = sa.Table(
+    "verdicts",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("scored_at", UtcDateTime(), nullable=False),
+    sa.Column("through_report_id", sa.BigInteger, nullable=False),
+    sa.Column("verdict", sa.Text, nullable=False),
+)
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 hex of a device token: the only form in which tokens are stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and write transactions that lock early."""
+    try:
+        engine = sa.create_engine(url, future=True)
+    except (sa.exc.ArgumentError, ImportError) as failure:
+        raise StoreError(f"cannot use database URL {url!r}: {failure}") from None
+    if engine.dialect.name == "sqlite":
+        _tune_sqlite(engine)
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy emits BEGIN itself (below), so the driver must not open transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A deferred transaction that reads and then writes cannot wait for another writer
+        # (SQLITE_BUSY at once); IMMEDIATE takes the write lock up front and honours busy_timeout.
+        immediate = connection.get_execution_options().get("write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    device_id: str
+    next_seq: int
+    renewal: bool
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """Outcome of :meth:`Storage.add_report`: ``new`` False means the same report was already there."""
+
+    new: bool
+    conflict: bool
+
+
+class Storage:
+    """Typed operations over the collector's tables; one transaction per call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(write=True)
+
+    @classmethod
+    def open(cls, url: str) -> Storage:
+        """Open (and create the tables of) the database at ``url``."""
+        storage = cls(open_engine(url))
+        try:
+            metadata.create_all(storage.engine)
+        except sa.exc.SQLAlchemyError as failure:
+            raise StoreError(f"cannot open database {url!r}: {_reason(failure)}") from None
+        return storage
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(sa.select(sa.func.count()).select_from(devices))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    # --- enrolment and tokens -------------------------------------------------------------
+
+    def enrol(
+        self, *, hardware_id: str, hostname: str, source_ip: str, new_device_id: str, token: str, now: datetime
+    ) -> Enrolment:
+        """Issue ``token`` to the device with ``hardware_id`` (created as ``new_device_id`` if unknown).
+
+        A known device keeps its id; its earlier tokens are revoked, and ``next_seq`` continues its
+        sequence so a reinstalled agent does not collide with its own stored reports.
+        """
+        with self._writer.begin() as tx:
+            row = tx.execute(
+                sa.select(devices.c.device_id, devices.c.last_seq).where(devices.c.hardware_id == hardware_id)
+            ).first()
+            if row is None:
+                device_id, last_seq = new_device_id, 0
+                tx.execute(
+                    devices.insert().values(
+                        device_id=device_id, hardware_id=hardware_id, hostname=hostname, enrolled_at=now
+                    )
+                )
+            else:
+                device_id, last_seq = row.device_id, row.last_seq or 0
+                tx.execute(devices.update().where(devices.c.device_id == device_id).values(hostname=hostname))
+                self._revoke(tx, device_id, now)
+            tx.execute(
+                tokens.insert().values(token_sha256=token_digest(token), device_id=device_id, issued_at=now)
+            )
+            tx.execute(
+                enrolments.insert().values(
+                    device_id=device_id, hostname=hostname, source_ip=source_ip, enrolled_at=now,
+                    renewal=row is not None,
+                )
+            )
+        return Enrolment(device_id=device_id, next_seq=last_seq + 1, renewal=row is not None)
+
+    def device_of_token(self, token: str) -> str | None:
+        """The device a live (unrevoked) token belongs to, or None."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(tokens.c.device_id).where(
+                    tokens.c.token_sha256 == token_digest(token), tokens.c.revoked_at.is_(None)
+                )
+            ).scalar_one_or_none()
+
+    def revoke(self, device_id: str, now: datetime) -> int:
+        """Revoke every live token of ``device_id``; returns how many were live. Unknown device: KeyError."""
+        with self._writer.begin() as tx:
+            if tx.execute(sa.select(devices.c.device_id).where(devices.c.device_id == device_id)).first() is None:
+                raise KeyError(device_id)
+            return self._revoke(tx, device_id, now)
+
+    @staticmethod
+    def _revoke(tx: Connection, device_id: str, now: datetime) -> int:
+        result = tx.execute(
+            tokens.update()
+            .where(tokens.c.device_id == device_id, tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        return result.rowcount
+
+    def enrolment_history(self, device_id: str) -> list[dict[str, Any]]:
+        """Every enrolment of a device, oldest first (re-enrolments are a signal worth seeing)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(enrolments.c.hostname, enrolments.c.source_ip, enrolments.c.enrolled_at, enrolments.c.renewal)
+                .where(enrolments.c.device_id == device_id)
+                .order_by(enrolments.c.id)
+            )
+            return [
+                {"hostname": r.hostname, "source_ip": r.source_ip, "enrolled_at": r.enrolled_at, "renewal": r.renewal}
+                for r in rows
+            ]
+
+    # --- reports --------------------------------------------------------------------------
+
+    def add_report(self, record: dict[str, Any], digest: str, received_at: datetime) -> StoredReport:
+        """Store one ingest record unless its (device, seq) is taken: same digest → duplicate, else conflict."""
+        report = record["report"]
+        device_id, seq = report["device_id"], report["seq"]
+        with self._writer.begin() as tx:
+            # Lock the device row first so concurrent reports of one device serialize (PostgreSQL).
+            last_seq = tx.execute(
+                sa.select(devices.c.last_seq).where(devices.c.device_id == device_id).with_for_update()
+            ).scalar_one()
+            stored = tx.execute(
+                sa.select(reports.c.digest).where(reports.c.device_id == device_id, reports.c.seq == seq)
+            ).scalar_one_or_none()
+            if stored is not None:
+                return StoredReport(new=False, conflict=stored != digest)
+            inserted = tx.execute(
+                reports.insert().values(
+                    device_id=device_id, seq=seq, digest=digest, received_at=received_at,
+                    record=json.dumps(record, separators=(",", ":")),
+                )
+            ).inserted_primary_key
+            report_id = inserted[0] if inserted else None
+            tx.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(last_seen=received_at, last_report_id=report_id, last_seq=max(last_seq or 0, seq))
+            )
+        return StoredReport(new=True, conflict=False)
+
+    def records(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        """Ingest records received at or after ``since`` (all when None), oldest first."""
+        query = sa.select(reports.c.record).order_by(reports.c.received_at, reports.c.id)
+        if since is not None:
+            query = query.where(reports.c.received_at >= since)
+        with self.engine.connect() as connection:
+            for (text,) in connection.execution_options(yield_per=1000).execute(query):
+                yield json.loads(text)
+
+    def counts(self) -> dict[str, int]:
+        """Row count of every table (used by health output and by tests proving nothing was written)."""
+        with self.engine.connect() as connection:
+            return {
+                table.name: connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+                for table in metadata.sorted_tables
+            }
+
+    # --- roster and anchors ---------------------------------------------------------------
+
+    def replace_roster(self, entries: Sequence[RosterEntry]) -> None:
+        """Make ``entries`` the whole roster (the HR export is the full list, not a delta)."""
+        self._replace(roster, [{"device_id": e.device_id, "entry": json.dumps(to_wire(e))} for e in entries])
+
+    def replace_anchors(self, entries: Sequence[Anchor]) -> None:
+        """Make ``entries`` the whole anchor list."""
+        self._replace(anchors, [{"name": e.name, "entry": json.dumps(to_wire(e))} for e in entries])
+
+    def _replace(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        with self._writer.begin() as tx:
+            tx.execute(table.delete())
+            if rows:
+                tx.execute(table.insert(), rows)
+
+    def roster(self) -> list[RosterEntry]:
+        return [RosterEntry.model_validate_json(text) for text in self._entries(roster)]
+
+    def anchors(self) -> list[Anchor]:
+        return [Anchor.model_validate_json(text) for text in self._entries(anchors)]
+
+    def _entries(self, table: sa.Table) -> list[str]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(sa.select(table.c.entry).order_by(table.c[0].name)).scalars())
+
+    # --- verdicts and the analyst view ----------------------------------------------------
+
+    def last_report_id(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar_one()
+
+    def stale_devices(self) -> list[str]:
+        """Devices with a report newer than their stored verdict (or with reports and no verdict)."""
+        query = (
+            sa.select(devices.c.device_id)
+            .select_from(devices.outerjoin(verdicts, verdicts.c.device_id == devices.c.device_id))
+            .where(
+                devices.c.last_report_id.is_not(None),
+                sa.or_(verdicts.c.device_id.is_(None), verdicts.c.through_report_id < devices.c.last_report_id),
+            )
+        )
+        with self.engine.connect() as connection:
+            return list(connection.execute(query).scalars())
+
+    def save_verdicts(self, scored: Sequence[Verdict], through_report_id: int) -> None:
+        """Store the verdicts of one scoring run over reports up to ``through_report_id``."""
+        with self._writer.begin() as tx:
+            for verdict in scored:
+                tx.execute(verdicts.delete().where(verdicts.c.device_id == verdict.device_id))
+                tx.execute(
+                    verdicts.insert().values(
+                        device_id=verdict.device_id, scored_at=verdict.scored_at,
+                        through_report_id=through_report_id, verdict=json.dumps(to_wire(verdict)),
+                    )
+                )
+
+    def verdict(self, device_id: str) -> Verdict | None:
+        with self.engine.connect() as connection:
+            text = connection.execute(
+                sa.select(verdicts.c.verdict).where(verdicts.c.device_id == device_id)
+            ).scalar_one_or_none()
+        return None if text is None else Verdict.model_validate_json(text)
+
+    def device_exists(self, device_id: str) -> bool:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(devices.c.device_id).where(devices.c.device_id == device_id)
+            ).first() is not None
+
+    def device_summaries(self) -> list[dict[str, Any]]:
+        """One row per enrolled device for ``GET /api/v1/devices``, sorted by device id."""
+        query = (
+            sa.select(devices.c.device_id, devices.c.hostname, devices.c.last_seen, verdicts.c.verdict, roster.c.entry)
+            .select_from(
+                devices.outerjoin(verdicts, verdicts.c.device_id == devices.c.device_id).outerjoin(
+                    roster, roster.c.device_id == devices.c.device_id
+                )
+            )
+            .order_by(devices.c.device_id)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        summaries = []
+        for row in rows:
+            verdict = json.loads(row.verdict) if row.verdict else {}
+            entry = json.loads(row.entry) if row.entry else {}
+            summaries.append(
+                {
+                    "device_id": row.device_id,
+                    "employee_id": entry.get("employee_id"),
+                    "hostname": row.hostname,
+                    "last_seen": row.last_seen,
+                    "risk": verdict.get("risk"),
+                    "verdict": verdict.get("verdict"),
+                }
+            )
+        return summaries
+
+    def device_count(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one()
+
+
+def _reason(failure: sa.exc.SQLAlchemyError) -> str:
+    original = getattr(failure, "orig", None)
+    return str(original or failure).splitlines()[0]
