@@ -1,0 +1,114 @@
+"""The remote-access probe against real processes, and the catalogue it matches names against.
+
+The "tools" are copies of this Python interpreter renamed ``AnyDesk`` etc.: the probe sees a real
+process with that name holding real loopback TCP connections.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from agent_procs import NamedProcess
+
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.remote_access import CATALOG_PATH, RemoteAccessProbe, tool_for
+from farmwatch.contract import RemoteAccessTool
+
+ROOT = Path(__file__).resolve().parents[2]
+LOLRMM = ROOT.parent / "shared" / "data" / "lolrmm" / "yaml"
+
+
+@pytest.fixture
+def anydesk(tmp_path: Path) -> Iterator[NamedProcess]:
+    holder = NamedProcess(tmp_path, "AnyDesk")
+    yield holder
+    holder.close()
+
+
+def found_by_pid(pid: int) -> RemoteAccessTool:
+    probe = RemoteAccessProbe(ProbeContext())
+    matches = [tool for tool in probe.collect() if tool.pid == pid]
+    assert len(matches) == 1, probe.problems
+    return matches[0]
+
+
+@pytest.mark.slow
+def test_a_running_tool_is_found_with_its_ports_and_session_directions(anydesk: NamedProcess) -> None:
+    tool = found_by_pid(anydesk.pid)
+    assert (tool.tool, tool.process) == ("anydesk", "AnyDesk")
+    assert tool.listening == [anydesk.listen_port]
+    by_local = {c.local_port: c for c in tool.connections}
+    inbound, outbound = by_local[anydesk.listen_port], by_local[anydesk.client_port]
+    assert (inbound.direction, inbound.remote_port, inbound.remote_ip) == ("inbound", anydesk.client_port, "127.0.0.1")
+    assert (outbound.direction, outbound.remote_port) == ("outbound", anydesk.listen_port)
+    assert inbound.state == outbound.state == "ESTABLISHED"
+    assert tool.started_at is not None and tool.started_at <= datetime.now(timezone.utc)
+
+
+@pytest.mark.slow
+def test_the_command_line_is_never_used_to_match(tmp_path: Path) -> None:
+    # A process whose argv names AnyDesk but whose own name is not a catalogued one stays unseen.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "AnyDesk", "--service"],
+                             stdin=subprocess.PIPE)
+    try:
+        probe = RemoteAccessProbe(ProbeContext())
+        assert child.pid not in {tool.pid for tool in probe.collect()}
+    finally:
+        child.communicate(b"")
+
+
+@pytest.mark.slow
+def test_a_tool_named_in_windows_style_is_found(tmp_path: Path) -> None:
+    holder = NamedProcess(tmp_path, "TeamViewer.exe")
+    try:
+        assert found_by_pid(holder.pid).tool == "teamviewer"
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "tool"),
+    [pytest.param("AnyDesk.exe", "anydesk", id="windows-name"),
+     pytest.param("anydesk", "anydesk", id="linux-name"),
+     pytest.param("TEAMVIEWERD", "teamviewer", id="case-insensitive"),
+     pytest.param("chrome-remote-desktop-host", "chrome-remote-desktop", id="crd-linux"),
+     pytest.param("remoting_host.exe", "chrome-remote-desktop", id="crd-windows"),
+     pytest.param("x11vnc", "vnc", id="x11vnc"),
+     pytest.param("wayvnc", "vnc", id="wayvnc"),
+     pytest.param("parsecd", "parsec", id="parsec"),
+     pytest.param("ScreenConnect.ClientService.exe", "screenconnect", id="screenconnect"),
+     pytest.param("rustdesk", "rustdesk", id="rustdesk"),
+     pytest.param("xrdp-sesman", "xrdp", id="xrdp"),
+     pytest.param("anydesk-helper", None, id="prefix-is-not-a-match"),
+     pytest.param("dwm.exe", None, id="generic-windows-name-dropped"),
+     pytest.param("setup.exe", None, id="generic-installer-dropped"),
+     pytest.param("python3", None, id="ordinary-process")],
+)
+def test_names_match_case_insensitively_without_exe(name: str, tool: str | None) -> None:
+    assert tool_for(name) == tool
+
+
+def test_every_catalogue_tool_cites_its_source_and_lolrmm_is_attributed() -> None:
+    catalog = json.loads(CATALOG_PATH.read_text())
+    assert "LOLRMM" in catalog["about"] and catalog["license"] == "Apache-2.0"
+    assert (CATALOG_PATH.parent / "LOLRMM-LICENSE").read_text().split()[:2] == ["Apache", "License"]
+    for tool in catalog["tools"]:
+        assert tool["processes"] and tool["sources"], tool["id"]
+        assert all(p == p.lower() and not p.endswith(".exe") for p in tool["processes"]), tool["id"]
+    ids = {tool["id"] for tool in catalog["tools"]}
+    assert {"anydesk", "teamviewer", "rustdesk", "chrome-remote-desktop", "vnc", "parsec", "screenconnect"} <= ids
+
+
+@pytest.mark.skipif(not LOLRMM.is_dir(), reason=f"LOLRMM source data not present at {LOLRMM}")
+def test_the_committed_catalogue_is_what_the_builder_makes_from_lolrmm(tmp_path: Path) -> None:
+    out = tmp_path / "catalog.json"
+    done = subprocess.run([sys.executable, str(ROOT / "deploy/dev/build_rmm_catalog.py"), str(LOLRMM), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == CATALOG_PATH.read_text()

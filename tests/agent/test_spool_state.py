@@ -1,0 +1,86 @@
+"""State dir and spool: private files, atomic writes, seq never reused, bounded spool, quarantine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+
+from farmwatch.agent.state import Identity, StateDir
+from farmwatch.agent.transport import Spool
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_state_is_readable_by_the_agent_user_only(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.save_identity(Identity(device_id="dev-1", token="secret-token"))
+    state.allocate_seq()
+    assert mode(state.root) == 0o700 and mode(state.spool_dir) == 0o700 and mode(state.quarantine_dir) == 0o700
+    assert mode(state.root / "identity.json") == 0o600
+    assert mode(state.root / "next_seq") == 0o600
+    assert StateDir(tmp_path / "state").identity == Identity(device_id="dev-1", token="secret-token")
+    assert not list(state.root.glob(".*.tmp"))  # no temp file is left behind
+
+
+def test_an_existing_state_dir_with_loose_permissions_is_tightened(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o755)
+    assert mode(StateDir(tmp_path / "state").root) == 0o700
+
+
+def test_seq_is_persisted_before_use_and_never_handed_out_twice(tmp_path: Path) -> None:
+    assert [StateDir(tmp_path).allocate_seq() for _ in range(3)] == [1, 2, 3]  # a new process each time
+
+
+def test_the_collector_can_raise_the_seq_floor_but_never_lower_it(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.raise_seq_floor(41)
+    assert state.allocate_seq() == 41
+    state.raise_seq_floor(5)
+    assert state.allocate_seq() == 42
+
+
+def spool_in(tmp_path: Path, **bounds: int) -> Spool:
+    state = StateDir(tmp_path)
+    return Spool(state.spool_dir, state.quarantine_dir, **bounds)
+
+
+def test_pending_reports_come_back_in_numeric_seq_order(tmp_path: Path) -> None:
+    spool = spool_in(tmp_path)
+    for seq in (10, 2, 9, 1):
+        spool.put(seq, json.dumps({"seq": seq}).encode())
+    assert [json.loads(p.read_bytes())["seq"] for p in spool.pending()] == [1, 2, 9, 10]
+    assert all(mode(p) == 0o600 for p in spool.pending())
+
+
+def test_a_full_spool_drops_the_oldest_and_says_which(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = spool_in(tmp_path, max_reports=3)
+    with caplog.at_level(logging.WARNING):
+        for seq in range(1, 6):
+            spool.put(seq, b"{}")
+    assert [int(p.stem) for p in spool.pending()] == [3, 4, 5]
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert [m.rsplit(" ", 1)[-1] for m in dropped] == ["1", "2"]
+
+
+def test_the_byte_bound_counts_report_sizes(tmp_path: Path) -> None:
+    spool = spool_in(tmp_path, max_bytes=250)
+    for seq in range(1, 4):
+        spool.put(seq, b"x" * 100)
+    assert [int(p.stem) for p in spool.pending()] == [2, 3]
+
+
+def test_quarantine_keeps_the_report_and_the_collectors_answer(tmp_path: Path) -> None:
+    spool = spool_in(tmp_path)
+    path = spool.put(4, b'{"seq": 4}')
+    answer = json.dumps({"errors": [{"field": "agent.os", "message": "Input should be 'linux'"}]})
+    moved = spool.quarantine(path, 422, answer)
+    assert spool.pending() == []
+    assert moved.read_bytes() == b'{"seq": 4}'
+    beside = json.loads((moved.parent / "000000000004.response.json").read_text())
+    assert beside == {"status": 422, "answer": json.loads(answer)}
