@@ -1,0 +1,227 @@
+"""The network probe: interface kinds, VPN products, gateway, Wi-Fi BSSID, anchor latency.
+
+Parsers run over captured trees (tests/fixtures/sysfs/laptop-net, tests/fixtures/proc/laptop-net:
+a laptop's /sys/class/net and /proc/net/{route,arp} reduced to the files the probe reads, since
+Wi-Fi, WWAN and VPN hardware cannot exist on a test box) and over recorded Wi-Fi tool output
+(replayed through the injected ``run``; formats as each tool prints them). Real devices are
+then made in a network namespace of our own and read from the live kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from delayline import Lab, lab  # noqa: F401  (fixture)
+
+from farmwatch.agent.anchor_probe import measure_all
+from farmwatch.agent.interfaces import read_interfaces
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.network import NetworkProbe
+from farmwatch.agent.wifi import parse_airport, parse_iw_link, parse_netsh, parse_nmcli
+from farmwatch.contract import Anchor
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SYS = FIXTURES / "sysfs" / "laptop-net"
+PROC = FIXTURES / "proc" / "laptop-net"
+SALT = "acme-fleet-salt"
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(f"{SALT}\x00{value}".encode()).hexdigest()
+
+
+def _no_tools(argv: Sequence[str]) -> str:
+    raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+
+def _probe(tmp_path: Path, run=_no_tools, proc: Path = PROC, **options: object) -> NetworkProbe:
+    context = ProbeContext(salt=SALT, sys_root=SYS, proc_root=proc, run=run, platform="linux",
+                           options={"network": options})
+    return NetworkProbe(context)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "driver"),
+    [
+        pytest.param("lo", "loopback", None, id="loopback"),
+        pytest.param("enp0s31f6", "ethernet", "e1000e", id="pci-ethernet"),
+        pytest.param("wlp2s0", "wifi", "iwlwifi", id="wifi"),
+        pytest.param("wwan0", "other", "cdc_mbim", id="wwan-modem"),
+        pytest.param("tun0", "vpn", "tun", id="tun"),
+        pytest.param("wg0", "vpn", "wireguard", id="wireguard"),
+        pytest.param("ppp0", "vpn", None, id="ppp"),
+        pytest.param("docker0", "virtual", "bridge", id="docker-bridge"),
+        pytest.param("veth3f2a1b7", "virtual", None, id="veth"),
+    ],
+)
+def test_interface_kinds_from_captured_sysfs(name: str, kind: str, driver: str | None) -> None:
+    links = {link.name: link for link in read_interfaces(SYS)}
+    assert (links[name].kind, links[name].driver) == (kind, driver)
+
+
+def test_vpn_products_from_names_and_running_clients(tmp_path: Path) -> None:
+    facts = _probe(tmp_path).collect()
+    products = {i.name: i.vpn_product for i in facts.interfaces if i.kind == "vpn"}
+    # tailscale0 is named by Tailscale's own interface name; mullvad-daemon runs, so the generic
+    # wg0/tun0/ppp0 tunnels are put down to Mullvad rather than to bare WireGuard.
+    assert products == {"tailscale0": "Tailscale", "wg0": "Mullvad VPN", "tun0": "Mullvad VPN", "ppp0": "Mullvad VPN"}
+    assert all(i.vpn_product is None for i in facts.interfaces if i.kind != "vpn")
+
+
+def test_vpn_products_without_clients_come_from_names_only(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "comm").write_text("systemd\n")
+    facts = _probe(tmp_path, proc=tmp_path).collect()
+    products = {i.name: i.vpn_product for i in facts.interfaces if i.kind == "vpn"}
+    assert products == {"tailscale0": "Tailscale", "wg0": "WireGuard", "tun0": None, "ppp0": None}
+
+
+def test_gateway_and_neighbours_from_captured_proc(tmp_path: Path) -> None:
+    probe = _probe(tmp_path)
+    facts = probe.collect()
+    # Two default routes: the wired one has the lower metric (100 < 600).
+    assert facts.gateway_ip == "172.16.0.1"
+    assert facts.gateway_mac_hash == _hash("3c:84:6a:0e:51:b2")
+    # Four distinct resolved MACs: the incomplete 192.168.1.24 and the repeated a4:83:e7... count once.
+    assert facts.lan_neighbors == 4
+    assert "3c:84:6a" not in json.dumps(facts.model_dump())
+
+
+def test_missing_wifi_tools_are_reported_not_raised(tmp_path: Path) -> None:
+    probe = _probe(tmp_path)
+    facts = probe.collect()
+    assert facts.wifi_bssid_hash is None
+    assert any("Wi-Fi access point unknown" in p and "nmcli" in p and "iw" in p for p in probe.problems)
+
+
+NMCLI = "no:9C\\:3D\\:CF\\:00\\:11\\:22\nyes:F4\\:92\\:BF\\:A0\\:0B\\:1C\nno:\n"
+IW_LINK = ("Connected to f4:92:bf:a0:0b:1c (on wlp2s0)\n\tSSID: home-5G\n\tfreq: 5180\n"
+           "\tsignal: -51 dBm\n\ttx bitrate: 866.7 MBit/s\n")
+AIRPORT = ("     agrCtlRSSI: -52\n     agrExtRSSI: 0\n          state: running\n"
+           "        op mode: station \n     lastTxRate: 867\n        maxRate: 867\n"
+           "          BSSID: f4:92:bf:a0:b:1c\n           SSID: home-5G\n        channel: 36,80\n")
+NETSH = ("\nThere is 1 interface on the system:\n\n    Name                   : Wi-Fi\n"
+         "    Description            : Intel(R) Wi-Fi 6 AX201 160MHz\n    State                  : connected\n"
+         "    SSID                   : home-5G\n    AP BSSID               : f4:92:bf:a0:0b:1c\n"
+         "    Band                   : 5 GHz\n    Radio type             : 802.11ac\n")
+
+
+@pytest.mark.parametrize(
+    ("parse", "output", "expected"),
+    [
+        pytest.param(parse_nmcli, NMCLI, "f4:92:bf:a0:0b:1c", id="nmcli"),
+        pytest.param(parse_nmcli, "no:9C\\:3D\\:CF\\:00\\:11\\:22\n", None, id="nmcli-not-associated"),
+        pytest.param(parse_iw_link, IW_LINK, "f4:92:bf:a0:0b:1c", id="iw"),
+        pytest.param(parse_iw_link, "Not connected.\n", None, id="iw-not-connected"),
+        pytest.param(parse_airport, AIRPORT, "f4:92:bf:a0:0b:1c", id="airport-drops-leading-zeros"),
+        pytest.param(parse_netsh, NETSH, "f4:92:bf:a0:0b:1c", id="netsh"),
+    ],
+)
+def test_bssid_parsers(parse, output: str, expected: str | None) -> None:
+    assert parse(output) == expected
+
+
+def test_bssid_falls_back_to_iw_and_is_hashed(tmp_path: Path) -> None:
+    asked: list[list[str]] = []
+
+    def replay(argv: Sequence[str]) -> str:
+        asked.append(list(argv))
+        if argv[0] == "nmcli":
+            raise FileNotFoundError(2, "No such file or directory", "nmcli")
+        return IW_LINK
+
+    probe = _probe(tmp_path, run=replay)
+    facts = probe.collect()
+    assert asked[-1] == ["iw", "dev", "wlp2s0", "link"]
+    assert facts.wifi_bssid_hash == _hash("f4:92:bf:a0:0b:1c")
+    assert not any("Wi-Fi" in p for p in probe.problems)
+
+
+def _anchor(name: str, port: int, address: str = "127.0.0.1") -> Anchor:
+    return Anchor(name=name, address=address, port=port, latitude=0.0, longitude=0.0)
+
+
+def test_anchor_probe_over_loopback_listener_and_refused_port() -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens now: the kernel answers the SYN with RST
+    try:
+        open_probe, refused = measure_all(
+            [_anchor("open", listener.getsockname()[1]), _anchor("refused", closed_port)], samples=4, timeout_s=2)
+    finally:
+        listener.close()
+    for probe in (open_probe, refused):
+        assert (probe.sent, probe.received, probe.method) == (4, 4, "tcp")
+        assert probe.rtt_min_ms is not None and probe.rtt_median_ms is not None and probe.rtt_max_ms is not None
+        assert probe.rtt_min_ms <= probe.rtt_median_ms <= probe.rtt_max_ms
+    assert [p.target for p in (open_probe, refused)] == ["open", "refused"]
+
+
+def test_icmp_without_the_means_falls_back_to_tcp_and_says_why(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    probe = _probe(tmp_path, method="icmp", samples=2)
+    probe.context.anchors = [_anchor("lo", listener.getsockname()[1])]
+    no_caps = tmp_path / "proc"
+    (no_caps / "self").mkdir(parents=True)
+    (no_caps / "self" / "status").write_text("Name:\tpython\nCapEff:\t0000000000000000\n")
+    probe.context.proc_root = no_caps
+    try:
+        facts = probe.collect()
+    finally:
+        listener.close()
+    assert [(p.method, p.received) for p in facts.probes] == [("tcp", 2)]
+    assert any("CAP_NET_RAW" in p for p in probe.problems)
+
+
+_KINDS_IN_NAMESPACE = (
+    "import json; from pathlib import Path; from farmwatch.agent.interfaces import read_interfaces;"
+    "print(json.dumps({l.name: l.kind for l in read_interfaces(Path('/sys'))}))"
+)
+
+
+def test_kinds_of_real_devices_in_a_namespace(lab: Lab) -> None:  # noqa: F811
+    ns = lab.near
+    for argv in (["link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b"],
+                 ["link", "add", "br-test", "type", "bridge"],
+                 ["tuntap", "add", "dev", "tun7", "mode", "tun"],
+                 ["tuntap", "add", "dev", "tap7", "mode", "tap"]):
+        subprocess.run(["ip", "-n", ns, *argv], check=True)
+    done = lab.run(ns, [sys.executable, "-c", _KINDS_IN_NAMESPACE])
+    assert done.returncode == 0, done.stderr
+    kinds = json.loads(done.stdout)
+    assert kinds == {"lo": "loopback", "veth-a": "virtual", "veth-b": "virtual", "br-test": "virtual",
+                     "tun7": "vpn", "tap7": "vpn"}
+
+
+_LOCAL_NETWORK_IN_NAMESPACE = (
+    "import json; from farmwatch.agent.probes.base import ProbeContext;"
+    "from farmwatch.agent.probes.network import NetworkProbe;"
+    "p = NetworkProbe(ProbeContext(salt={salt!r}));"
+    "f = p.collect(); print(json.dumps([f.gateway_ip, f.gateway_mac_hash, f.lan_neighbors]))"
+)
+
+
+def test_gateway_and_neighbours_of_a_real_namespace(lab: Lab) -> None:  # noqa: F811
+    far = lab._namespace("g")  # a second namespace playing the home router
+    mac = "02:00:5e:10:00:01"
+    subprocess.run(["ip", "-n", lab.near, "link", "add", "lan0", "type", "veth", "peer", "name", "rtr0",
+                    "netns", far], check=True)
+    for ns, dev, address in ((lab.near, "lan0", "192.168.77.20/24"), (far, "rtr0", "192.168.77.1/24")):
+        subprocess.run(["ip", "-n", ns, "addr", "add", address, "dev", dev], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+    subprocess.run(["ip", "-n", far, "link", "set", "rtr0", "address", mac], check=True)
+    subprocess.run(["ip", "-n", lab.near, "route", "add", "default", "via", "192.168.77.1"], check=True)
+    # One packet to the router makes the kernel resolve its MAC into the neighbour table.
+    touch = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('192.168.77.1', 9))"
+    lab.run(lab.near, [sys.executable, "-c", touch])
+    done = lab.run(lab.near, [sys.executable, "-c", _LOCAL_NETWORK_IN_NAMESPACE.format(salt=SALT)])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["192.168.77.1", _hash(mac), 1]
