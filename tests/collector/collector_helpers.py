@@ -1,0 +1,29 @@
+"""Helpers for the collector tests: a valid report for a device, and a snapshot of the whole store."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "reports" / "report-linux-rustdesk.json"
+TABLES = ("devices", "tokens", "enrolments", "reports", "roster", "anchors", "verdicts")
+
+
+def report_for(device_id: str, seq: int = 1, **changes: Any) -> dict[str, Any]:
+    """Our hand-written fixture report, re-addressed to ``device_id`` / ``seq`` with top-level changes."""
+    report: dict[str, Any] = json.loads(FIXTURE.read_text())
+    report.update(device_id=device_id, seq=seq, **copy.deepcopy(changes))
+    return report
+
+
+def snapshot(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read with the stdlib sqlite3 module (independent of our storage code)."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return {table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr) for table in TABLES}
+
+
+def auth(token: object) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
