@@ -13,6 +13,7 @@ from .base import Probe
 PROBES: dict[str, str] = {
     "remote_access": "farmwatch.agent.probes.remote_access:RemoteAccessProbe",
     "host": "farmwatch.agent.probes.host:HostProbe",
+    "hardware": "farmwatch.agent.probes.hardware:HardwareProbe",
     "network": "farmwatch.agent.probes.network:NetworkProbe",
 }
 
