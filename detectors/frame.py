@@ -64,9 +64,10 @@ class Frames:
     """The flattened records.
 
     ``reports``: one row per record, sorted by device and window end (index 0..n-1 = ``rec``).
-    ``tools``: one row per remote-access connection (a tool without connections: one row, no peer).
+    ``tools``: one row per remote-access connection (a tool without connections: one row, no peer);
+    ``live`` marks established connections.
     ``sessions``, ``probes``: one row per entry. ``usb``, ``displays``: one row per device and
-    identity, with ``first_rec``/``last_rec``/``count``.
+    identity, with ``first_rec``/``last_rec``/``reports``.
     """
 
     reports: pd.DataFrame
@@ -78,7 +79,8 @@ class Frames:
 
     def times(self, table: pd.DataFrame, column: str = "rec") -> pd.Series:
         """The window end of the record each row of ``table`` came from."""
-        return pd.Series(self.reports["window_end"].to_numpy()[table[column].to_numpy()], index=table.index)
+        recs = table[column].to_numpy(dtype="int64")
+        return pd.Series(self.reports["window_end"].to_numpy()[recs], index=table.index)
 
 
 class RecordError(ValueError):
@@ -204,6 +206,8 @@ def _frames(
         return frame.sort_values("rec", kind="stable").reset_index(drop=True)
 
     tool_frame = child(tools)
+    # A live session is an established TCP connection with a known peer.
+    tool_frame["live"] = tool_frame["state"].astype(str).str.upper().eq("ESTABLISHED") & tool_frame["remote_ip"].notna()
     for name in ("rtt_ms", "min_rtt_ms"):
         tool_frame[name] = pd.to_numeric(tool_frame[name], errors="coerce").astype("float64")
     probe_frame = child(probes)
@@ -224,4 +228,4 @@ def _folded(seen: dict[tuple[Any, ...], list[int]], key: tuple[str, ...], new_re
     for identity, recs in seen.items():
         renumbered = new_rec[recs]
         rows.append(identity + (int(renumbered.min()), int(renumbered.max()), len(recs)))
-    return pd.DataFrame(rows, columns=list(key) + ["first_rec", "last_rec", "count"])
+    return pd.DataFrame(rows, columns=list(key) + ["first_rec", "last_rec", "reports"])

@@ -89,7 +89,6 @@ class RemoteAccessDetector(Detector):
         reports = frames.reports
         tools = tools.assign(
             time=frames.times(tools),
-            live=tools["state"].fillna("").str.upper().eq("ESTABLISHED") & tools["remote_ip"].notna(),
             injected=reports["injected_events"].fillna(0).to_numpy()[tools["rec"].to_numpy()] > 0,
         )
         device_start = reports.groupby("device_id")["window_end"].min()

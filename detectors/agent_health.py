@@ -1,0 +1,67 @@
+"""The agent itself as evidence: sequence resets, lost reports, silence, one identity on two machines.
+
+Every report carries ``seq`` (+1 per report) and the agent spools until the collector accepts, so a
+healthy device's sequence has no holes and never goes back (design README, security model). A
+reset means the agent's state was wiped or copied; holes mean reports were removed from the spool;
+a device that stops reporting while the fleet reports may have had its agent stopped (agents get
+stopped on farms). One device id seen from two hardware ids (when the record carries
+``hardware_id``; unknown counts as absent) means a token was copied to another machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.frame import Frames
+
+
+class AgentHealthDetector(Detector):
+    """Sequence resets and holes, copied identities, and devices gone silent."""
+
+    name = "agent_health"
+    group = "agent"
+    attack = "T1562.001"  # Impair Defenses: Disable or Modify Tools
+
+    def __init__(self, reset_score: float = 0.35, hole_score: float = 0.15, min_missing: int = 3,
+                 copied_score: float = 0.7, silent_hours: float = 24.0, silent_score: float = 0.15) -> None:
+        self.reset_score = reset_score
+        self.hole_score = hole_score
+        self.min_missing = min_missing
+        self.copied_score = copied_score
+        self.silent_hours = silent_hours
+        self.silent_score = silent_score
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        reports = frames.reports
+        fleet_last = reports["window_end"].max()
+        found = []
+        for device, rows in reports.groupby("device_id", sort=True):
+            parts: dict[str, float] = {}
+            evidence: dict[str, object] = {}
+            sentences = []
+            step = np.diff(rows["seq"].dropna().to_numpy())
+            resets = int((step < 0).sum())
+            missing = int(step[step > 1].sum() - (step > 1).sum())
+            if resets:
+                parts["seq_reset"] = self.reset_score
+                sentences.append(f"its report sequence went back {resets} time(s)")
+            if missing >= self.min_missing:
+                parts["seq_holes"] = self.hole_score
+                sentences.append(f"{missing} report(s) never arrived although the agent spools them")
+            hardware = sorted(rows["hardware_id"].dropna().unique())
+            if len(hardware) > 1:
+                parts["copied_identity"] = self.copied_score
+                sentences.append(f"its identity was used from {len(hardware)} machines")
+            silent = (min(context.now, fleet_last.to_pydatetime()) - rows["window_end"].max()).total_seconds() / 3600
+            if silent >= self.silent_hours:
+                parts["silent"] = self.silent_score
+                sentences.append(f"it has been silent for {silent:.0f} h while the fleet reports")
+            if not parts:
+                continue
+            evidence.update(seq_resets=resets, missing_reports=missing, hardware_ids=len(hardware),
+                            silent_hours=silent, parts=parts)
+            score = 1.0 - float(np.prod([1.0 - p for p in parts.values()]))
+            found.append(self.finding(str(device), score, "Agent health: " + "; ".join(sentences) + ".", evidence,
+                                      rows["window_end"].min(), rows["window_end"].max()))
+        return found

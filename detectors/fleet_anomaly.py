@@ -1,0 +1,111 @@
+"""Which devices look unlike the rest of the fleet? An IsolationForest over per-device features.
+
+scikit-learn's IsolationForest (fixed ``random_state``, so runs repeat exactly) scores every device;
+``decision_function`` below 0 marks an outlier. To say *why*, each outlying device names the features
+furthest from the fleet median in robust z-scores (median/MAD). Weak: unusual is not malicious, so
+the anomaly only adds to other evidence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import IsolationForest
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.clock import local_times
+from farmwatch.detectors.frame import Frames
+
+FEATURES = {
+    "night_active_share": "share of active windows at 00-06 local time",
+    "injected_share": "share of windows with injected input",
+    "key_burst_median": "median share of bunched keystrokes",
+    "key_p10_median": "median 10th-percentile key interval (ms)",
+    "mouse_rate_median": "median mouse-move rate (Hz)",
+    "mouse_jump_median": "median share of mouse jumps",
+    "lan_neighbors_median": "median devices on the LAN",
+    "rmm_tools": "distinct remote-access tools",
+    "report_coverage": "share of the time the laptop reported",
+}
+
+
+def device_features(frames: Frames, context: Context, interval_seconds: float = 300.0) -> pd.DataFrame:
+    """One row per device, the FEATURES columns (NaN filled with the fleet median)."""
+    reports = frames.reports
+    hours = pd.Series(np.nan, index=reports.index)
+    for tz, index in reports.groupby(reports["device_id"].map(
+            lambda d: context.roster[d].timezone if d in context.roster else None), dropna=False).groups.items():
+        hours.loc[index] = local_times(reports.loc[index, "window_end"], tz if isinstance(tz, str) else None).dt.hour
+    active = reports["active_seconds"].fillna(0) >= 30
+    per = pd.DataFrame({
+        "device_id": reports["device_id"],
+        "night": (active & (hours < 6)).astype(float),
+        "active": active.astype(float),
+        "injected": (reports["injected_events"].fillna(0) > 0).astype(float),
+        "burst": reports["key_burst_fraction"], "key_p10": reports["key_interval_ms_p10"],
+        "mouse_rate": reports["mouse_rate_hz_median"], "jump": reports["mouse_jump_fraction"],
+        "lan": reports["lan_neighbors"], "start": reports["window_start"], "end": reports["window_end"],
+    }).groupby("device_id")
+    sums = per[["night", "active", "injected"]].sum()
+    counts = per.size()
+    span = (per["end"].max() - per["start"].min()).dt.total_seconds().clip(lower=interval_seconds)
+    medians = per[["burst", "key_p10", "mouse_rate", "jump", "lan"]].median()
+    tools = frames.tools.groupby("device_id")["tool"].nunique() if len(frames.tools) else pd.Series(dtype=float)
+    features = pd.DataFrame({
+        "night_active_share": sums["night"] / sums["active"].clip(lower=1),
+        "injected_share": sums["injected"] / counts,
+        "key_burst_median": medians["burst"], "key_p10_median": medians["key_p10"],
+        "mouse_rate_median": medians["mouse_rate"], "mouse_jump_median": medians["jump"],
+        "lan_neighbors_median": medians["lan"],
+        "rmm_tools": tools.reindex(counts.index).fillna(0),
+        "report_coverage": (counts * interval_seconds / span).clip(upper=1.0),
+    })
+    return features.fillna(features.median()).fillna(0.0).astype(float)
+
+
+class FleetAnomalyDetector(Detector):
+    """Devices the IsolationForest isolates quickly, with the features that make them stand out."""
+
+    name = "fleet_anomaly"
+    group = "anomaly"
+    weak = True
+
+    def __init__(self, n_estimators: int = 200, random_state: int = 0, min_devices: int = 20,
+                 top_score: float = 0.3, explain: int = 3) -> None:
+        self.n_estimators = n_estimators
+        self.random_state = random_state
+        self.min_devices = min_devices
+        self.top_score = top_score
+        self.explain = explain
+
+    def fit(self, frames: Frames, context: Context) -> FleetAnomalyDetector:
+        self.features_ = device_features(frames, context)
+        self.model_ = None
+        if len(self.features_) >= self.min_devices:
+            self.model_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state)
+            self.model_.fit(self.features_.to_numpy())
+        self.median_ = self.features_.median()
+        mad = (self.features_ - self.median_).abs().median() * 1.4826
+        # A feature constant across most of the fleet has MAD 0: fall back to its spread, then to 1.
+        self.scale_ = mad.where(mad > 0, self.features_.std().where(lambda s: s > 0, 1.0))
+        return self
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        if self.model_ is None:
+            return []
+        decision = self.model_.decision_function(self.features_.to_numpy())
+        z = (self.features_ - self.median_) / self.scale_
+        found = []
+        for device, margin, (_, row) in zip(self.features_.index, decision, z.iterrows()):
+            if margin >= 0:
+                continue
+            top = row.abs().sort_values(ascending=False).head(self.explain)
+            reasons = {name: {"value": float(self.features_.loc[device, name]), "fleet_median": float(self.median_[name]),
+                              "robust_z": float(row[name])} for name in top.index}
+            score = self.top_score * min(-margin / 0.15, 1.0)
+            summary = ("Unlike the fleet in " + ", ".join(
+                f"{FEATURES[name]} ({self.features_.loc[device, name]:.3g} vs {self.median_[name]:.3g})"
+                for name in top.index) + ".")
+            found.append(self.finding(str(device), score, summary,
+                                      {"decision": float(margin), "features": reasons}))
+        return found

@@ -1,0 +1,89 @@
+"""Where the laptop's traffic leaves: egress country vs the roster, impossible travel, VPN/hosting exits.
+
+Reads the collector's geo lookup of each report's source address. Company egress (an office, the
+corporate VPN; ``corporate_networks`` in config or ``network_kind == corporate``) says nothing about
+where the person is and is skipped. Consumer VPN products on the laptop itself are named evidence:
+DOJ laptop-farm cases and Microsoft's Jasper Sleet write-up name Astrill VPN as the operators' choice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.frame import Frames
+from farmwatch.detectors.networks import corporate_mask
+
+OPERATOR_VPNS = frozenset({"astrill"})
+"""VPN products named in public laptop-farm cases (DOJ 2024-2025 indictments; Microsoft, Jasper Sleet 2025)."""
+
+
+class GeoMismatchDetector(Detector):
+    """Egress from the wrong country, country hops faster than travel, and anonymising exits."""
+
+    name = "geo_mismatch"
+    group = "egress"
+    attack = "T1133"
+
+    def __init__(self, country_score: float = 0.6, anonymiser_score: float = 0.45,
+                 operator_vpn_score: float = 0.5, hop_score: float = 0.25, hop_hours: float = 1.0) -> None:
+        self.country_score = country_score
+        self.anonymiser_score = anonymiser_score
+        self.operator_vpn_score = operator_vpn_score
+        self.hop_score = hop_score
+        self.hop_hours = hop_hours
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        reports = frames.reports
+        outside = reports[~corporate_mask(frames, context.config.corporate_networks)]
+        found = []
+        for device, rows in outside.groupby("device_id", sort=True):
+            entry = context.roster.get(str(device))
+            parts: dict[str, float] = {}
+            evidence: dict[str, object] = {"reports": len(rows)}
+            sentences = []
+            known = rows[rows["country"].notna() & ~rows["network_kind"].isin(["vpn", "hosting"])]
+            if entry is not None and entry.country and len(known):
+                foreign = known["country"] != entry.country
+                share = float(foreign.mean())
+                if share > 0:
+                    # Sustained foreign egress weighs fully; a trip abroad (a minority of reports) less.
+                    parts["country"] = self.country_score * share * (1.0 if share >= 0.5 else 0.5)
+                    countries = sorted(known.loc[foreign, "country"].unique())
+                    evidence.update(foreign_countries=countries, foreign_share=share)
+                    sentences.append(f"left from {', '.join(countries)} in {share:.0%} of reports "
+                                     f"(roster: {entry.country})")
+            anonymised = rows["network_kind"].isin(["vpn", "hosting"])
+            if anonymised.any():
+                share = float(anonymised.mean())
+                parts["anonymiser"] = self.anonymiser_score * share
+                evidence.update(anonymiser_share=share,
+                                anonymiser_networks=sorted(rows.loc[anonymised, "asn_org"].dropna().unique())[:5])
+                sentences.append(f"exited through a VPN or hosting network in {share:.0%} of reports")
+            products = sorted({str(p).lower() for p in rows["vpn_product"].dropna()} & OPERATOR_VPNS)
+            if products:
+                parts["operator_vpn"] = self.operator_vpn_score
+                evidence["operator_vpn"] = products
+                sentences.append(f"runs {', '.join(products)} VPN, named in public laptop-farm cases")
+            hops = self._hops(known)
+            if hops:
+                parts["impossible_travel"] = self.hop_score
+                evidence["country_hops"] = hops
+                sentences.append(f"changed country {hops} time(s) within {self.hop_hours:g} h")
+            if not parts:
+                continue
+            score = 1.0 - float(np.prod([1.0 - p for p in parts.values()]))
+            evidence["parts"] = parts
+            summary = "Egress " + "; ".join(sentences) + "."
+            found.append(self.finding(str(device), score, summary, evidence,
+                                      rows["window_end"].min(), rows["window_end"].max()))
+        return found
+
+    def _hops(self, rows: pd.DataFrame) -> int:
+        """Consecutive reports from different countries closer in time than any flight allows."""
+        if len(rows) < 2:
+            return 0
+        changed = rows["country"].ne(rows["country"].shift()) & rows["country"].shift().notna()
+        quick = rows["window_end"].diff() < pd.Timedelta(hours=self.hop_hours)
+        return int((changed & quick).sum())

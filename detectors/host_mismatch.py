@@ -1,0 +1,85 @@
+"""The laptop's own settings vs the roster: its time zone, and input languages of operator countries.
+
+Weak by design (bilingual employees type Korean too): this detector only adds to other evidence.
+Operator languages follow the public cases: DPRK IT workers (FBI/IC3 PSA 2024, Microsoft Jasper
+Sleet 2025) type Korean and often work through Chinese and Russian infrastructure.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.frame import Frames
+
+# Substrings of keyboard layouts / IMEs / locales, lower-cased. Windows layouts are KLIDs
+# (Microsoft "Keyboard identifiers for Windows": 00000412 Korean, 00000804 Chinese (PRC),
+# 00000419 Russian); macOS and X11 name the language.
+OPERATOR_LANGUAGES = {
+    "korean": ("korean", "00000412", "ko_kr", "ko-kr", "keylayout.2-set", "hangul", "kr"),
+    "chinese": ("chinese", "00000804", "zh_cn", "zh-cn", "pinyin", "cn"),
+    "russian": ("russian", "00000419", "ru_ru", "ru-ru", "ru"),
+}
+
+
+def _languages(values: str) -> set[str]:
+    found = set()
+    for item in values.lower().replace(";", " ").replace(",", " ").split():
+        for language, marks in OPERATOR_LANGUAGES.items():
+            if any(item == mark or (len(mark) > 2 and mark in item) for mark in marks):
+                found.add(language)
+    return found
+
+
+def utc_offset_minutes(tz: str | None, at: datetime) -> int | None:
+    """The UTC offset of IANA zone ``tz`` at ``at``; None when the zone is unknown."""
+    try:
+        offset = at.astimezone(ZoneInfo(tz)).utcoffset() if tz else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return None if offset is None else int(offset.total_seconds() // 60)
+
+
+class HostMismatchDetector(Detector):
+    """A clock set to another zone than the roster's, and operator-country input languages."""
+
+    name = "host_mismatch"
+    group = "host"
+    weak = True
+
+    def __init__(self, timezone_score: float = 0.3, language_score: float = 0.2, min_share: float = 0.5) -> None:
+        self.timezone_score = timezone_score
+        self.language_score = language_score
+        self.min_share = min_share
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        reports = frames.reports
+        found = []
+        for device, rows in reports.groupby("device_id", sort=True):
+            entry = context.roster.get(str(device))
+            offsets = rows["utc_offset_minutes"].dropna()
+            evidence: dict[str, object] = {}
+            score = 0.0
+            sentences = []
+            if entry is not None and len(offsets):
+                expected = utc_offset_minutes(entry.timezone, rows["window_end"].iloc[len(rows) // 2].to_pydatetime())
+                share = float((offsets != expected).mean()) if expected is not None else 0.0
+                if share >= self.min_share:
+                    seen = int(offsets.mode().iloc[0])
+                    score = self.timezone_score
+                    evidence.update(utc_offset_minutes=seen, roster_offset_minutes=expected, mismatch_share=share)
+                    sentences.append(f"its clock runs at UTC{seen / 60:+g} while the roster's "
+                                     f"{entry.timezone} is UTC{expected / 60:+g}")
+            typed = ";".join(set(rows["keyboard_layouts"]) | set(rows["input_methods"]) | set(rows["locale"].dropna()))
+            languages = _languages(typed)
+            if languages:
+                score = 1.0 - (1.0 - score) * (1.0 - self.language_score)
+                evidence["languages"] = sorted(languages)
+                sentences.append(f"it has {', '.join(sorted(languages))} input configured")
+            if not sentences:
+                continue
+            summary = "On this laptop " + " and ".join(sentences) + "."
+            found.append(self.finding(str(device), score, summary, evidence,
+                                      rows["window_end"].min(), rows["window_end"].max()))
+        return found

@@ -1,0 +1,151 @@
+"""Does the input come from hands on this keyboard, or through a remote-control pipe?
+
+Remote-desktop clients batch input per packet (Red Hat, US8972563), so keys arrive in bursts with
+tiny intervals, and mouse moves arrive at network rate rather than device rate (US9319422B2), in
+jumpier paths (BioCatch); Amazon (2025) caught a remotely driven laptop by its >110 ms keystroke
+latency (signals.md). One odd window proves nothing, so the detector judges the *share* of odd
+windows over the device's history, each window judged against fixed physical thresholds and the
+fleet's own spread (median +- 3 MADs, learned in :meth:`fit`, so a fleet of slow trackpads is not
+all odd). Injected input while no approved tool holds a session,
+and virtual input devices of remote-desktop servers (xrdp's ``xrdpMouse``/``xrdpKeyboard``) add.
+Macro tools inject too, which is why injection alone stays moderate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.frame import Frames
+
+REMOTE_VIRTUAL_DEVICES = ("xrdp", "vnc", "rustdesk", "anydesk", "teamviewer", "spice")
+"""Virtual input device names created by remote-desktop servers (xrdp source: xrdpMouse/xrdpKeyboard)."""
+
+
+class InputRhythmDetector(Detector):
+    """Remote-like input timing over many windows, injected input, remote virtual devices."""
+
+    name = "input_rhythm"
+    group = "input"
+    attack = "T1219"
+
+    def __init__(self, burst_fraction: float = 0.06, key_p10_ms: float = 15.0, mouse_rate_hz: float = 45.0,
+                 jump_fraction: float = 0.015, min_key_events: int = 40, min_windows: int = 12,
+                 odd_features: int = 2, top_score: float = 0.75, injected_score: float = 0.35,
+                 virtual_score: float = 0.4, fleet_mads: float = 3.0) -> None:
+        self.burst_fraction = burst_fraction
+        self.key_p10_ms = key_p10_ms
+        self.mouse_rate_hz = mouse_rate_hz
+        self.jump_fraction = jump_fraction
+        self.min_key_events = min_key_events
+        self.min_windows = min_windows
+        self.odd_features = odd_features
+        self.top_score = top_score
+        self.injected_score = injected_score
+        self.virtual_score = virtual_score
+        self.fleet_mads = fleet_mads
+
+    def fit(self, frames: Frames, context: Context) -> InputRhythmDetector:
+        """Learn the fleet's spread; a window is odd only beyond both the physical and fleet limits."""
+        typed = frames.reports[frames.reports["key_events"].fillna(0) >= self.min_key_events]
+        k = self.fleet_mads
+        self.thresholds_ = {
+            "burst": max(self.burst_fraction, _robust_bound(typed["key_burst_fraction"], k)),
+            "key_p10": min(self.key_p10_ms, _robust_bound(typed["key_interval_ms_p10"], -k)),
+            "mouse_rate": min(self.mouse_rate_hz, _robust_bound(typed["mouse_rate_hz_median"], -k)),
+            "jump": max(self.jump_fraction, _robust_bound(typed["mouse_jump_fraction"], k)),
+        }
+        return self
+
+    def odd_windows(self, reports: pd.DataFrame) -> pd.DataFrame:
+        """Per typed window: which features look remote, and whether enough of them do."""
+        t = self.thresholds_
+        odd = pd.DataFrame({
+            "burst": reports["key_burst_fraction"] > t["burst"],
+            "key_p10": reports["key_interval_ms_p10"] < t["key_p10"],
+            "mouse_rate": reports["mouse_rate_hz_median"] < t["mouse_rate"],
+            "jump": reports["mouse_jump_fraction"] > t["jump"],
+        })
+        odd["odd"] = odd.sum(axis=1) >= self.odd_features
+        return odd
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        reports = frames.reports
+        typed = reports[reports["key_events"].fillna(0) >= self.min_key_events]
+        odd = self.odd_windows(typed)
+        odd["device_id"] = typed["device_id"]
+        odd["time"] = typed["window_end"]
+        approved_live = self._approved_sessions(frames, context)
+        events = (reports["key_events"].fillna(0) + reports["mouse_events"].fillna(0)).to_numpy()
+        injected = reports["injected_events"].fillna(0).to_numpy()
+        inj = pd.DataFrame({
+            "device_id": reports["device_id"],
+            "injected": (injected > 0.05 * np.maximum(events + injected, 1)) & ~approved_live,
+            "counted": reports["has_input"].to_numpy() & ((events + injected) > 0),
+        })
+        inj_share = inj[inj["counted"]].groupby("device_id")["injected"].mean()
+        virtual = reports.loc[reports["virtual_devices"] != "", ["device_id", "virtual_devices"]]
+        found = []
+        devices = sorted(set(odd["device_id"]) | set(inj_share.index) | set(virtual["device_id"]))
+        odd_groups = odd.groupby("device_id")
+        for device in devices:
+            rows = odd_groups.get_group(device) if device in odd_groups.groups else odd.iloc[0:0]
+            parts, evidence, sentences = {}, {"typed_windows": len(rows)}, []
+            if len(rows) >= self.min_windows:
+                share = float(rows["odd"].mean())
+                evidence["remote_like_share"] = share
+                evidence["thresholds"] = self.thresholds_
+                if share > 0.1:
+                    parts["rhythm"] = self.top_score * min((share - 0.1) / 0.5, 1.0)
+                    features = rows.loc[rows["odd"], ["burst", "key_p10", "mouse_rate", "jump"]].mean()
+                    evidence["odd_feature_share"] = features.round(3).to_dict()
+                    sentences.append(f"{share:.0%} of {len(rows)} typed windows had remote-control rhythm "
+                                     f"(bunched keys, network-rate mouse, jumps)")
+            share_injected = float(inj_share.get(device, 0.0))
+            if share_injected > 0:
+                parts["injected"] = self.injected_score * min(share_injected / 0.5, 1.0)
+                evidence["injected_share"] = share_injected
+                sentences.append(f"{share_injected:.0%} of windows carried injected input with no approved "
+                                 f"remote session")
+            names = virtual.loc[virtual["device_id"] == device, "virtual_devices"]
+            remote_devices = sorted({n for joined in names for n in joined.split(";")
+                                     if any(mark in n.lower() for mark in REMOTE_VIRTUAL_DEVICES)})
+            if remote_devices:
+                parts["virtual_devices"] = self.virtual_score
+                evidence["virtual_devices"] = remote_devices
+                sentences.append(f"remote-desktop input devices {', '.join(remote_devices)} were present")
+            if not parts:
+                continue
+            evidence["parts"] = parts
+            score = 1.0 - float(np.prod([1.0 - p for p in parts.values()]))
+            times = reports.loc[reports["device_id"] == device, "window_end"]
+            found.append(self.finding(str(device), score, "Input: " + "; ".join(sentences) + ".", evidence,
+                                      times.min(), times.max()))
+        return found
+
+    @staticmethod
+    def _approved_sessions(frames: Frames, context: Context) -> np.ndarray:
+        """Per record: an approved tool held a live session (its injected input is expected)."""
+        mask = np.zeros(len(frames.reports), dtype=bool)
+        tools = frames.tools
+        if tools.empty:
+            return mask
+        live = tools[tools["live"]]
+        approved = [
+            tool in (context.roster[device].approved_tools if device in context.roster else ())
+            for device, tool in zip(live["device_id"], live["tool"])
+        ]
+        mask[live.loc[approved, "rec"].to_numpy()] = True
+        return mask
+
+
+def _robust_bound(values: pd.Series, mads: float) -> float:
+    """Fleet median plus ``mads`` scaled MADs (farms are a minority, so they barely move it).
+
+    With no data the bound is infinitely permissive, leaving the physical threshold alone."""
+    values = values.dropna()
+    if not len(values):
+        return -np.inf if mads > 0 else np.inf
+    median = float(values.median())
+    return median + mads * 1.4826 * float((values - median).abs().median())

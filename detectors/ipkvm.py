@@ -1,0 +1,121 @@
+"""IP-KVM hardware on the USB bus or behind the display (ATT&CK T1200, T1219.003).
+
+Farms moved to IP-KVMs (PiKVM, TinyPilot, JetKVM, NanoKVM) to evade RMM detection: the device
+types and moves the mouse as a USB gadget and captures the screen over HDMI. Identities come from
+``data/ipkvm.csv`` (each vendor's own source, cited there). A default identity is strong evidence;
+the generic Linux composite gadget id is weaker (benign gadgets use it); a laptop whose only display
+is an external one (lid closed) is weak alone and left to compound with input behaviour in the
+risk combiner. Desk KVM switches show ordinary vendor ids and are not flagged.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.frame import Frames
+
+# Internal laptop panels as the display probe names them (EDID-less eDP/LVDS, Apple "Color LCD").
+INTERNAL_PANEL_MARKS = ("edp", "lvds", "dsi", "color lcd", "built-in", "internal")
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: str
+    device: str
+    vendor_id: str
+    product_id: str
+    manufacturer: str
+    product: str
+    source: str
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> tuple[Identity, ...]:
+    """The IP-KVM identities shipped in ``detectors/data/ipkvm.csv``."""
+    text = (Path(__file__).parent / "data" / "ipkvm.csv").read_text(encoding="utf-8")
+    rows = csv.reader(line for line in text.splitlines() if line and not line.startswith("#"))
+    return tuple(Identity(*row) for row in rows)
+
+
+def _same(a: object, b: str) -> bool:
+    return isinstance(a, str) and a.strip().lower() == b.lower()
+
+
+class IpKvmDetector(Detector):
+    """Known IP-KVM USB identities and EDID names, generic gadgets, external-only displays."""
+
+    name = "ipkvm"
+    group = "hardware"
+    attack = "T1200"
+
+    def __init__(self, known_score: float = 0.9, generic_score: float = 0.35, external_only_score: float = 0.1,
+                 min_reports: int = 2) -> None:
+        self.known_score = known_score
+        self.generic_score = generic_score
+        self.external_only_score = external_only_score
+        self.min_reports = min_reports
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        hits: dict[str, list[tuple[float, str, dict[str, object], int, int]]] = {}
+        for row in frames.usb.itertuples(index=False):
+            match = self._usb(row)
+            if match is not None:
+                hits.setdefault(row.device_id, []).append((*match, row.first_rec, row.last_rec))
+        for device, rows in frames.displays.groupby("device_id", sort=True):
+            match = self._displays(rows)
+            if match is not None:
+                hits.setdefault(str(device), []).append(match)
+        times = frames.reports["window_end"]
+        found = []
+        for device in sorted(hits):
+            best = max(hits[device], key=lambda hit: hit[0])
+            score, summary, evidence, first, last = best
+            evidence = {**evidence, "other_hits": [h[1] for h in hits[device] if h is not best]}
+            found.append(self.finding(device, score, summary, evidence, times.iloc[first], times.iloc[last],
+                                      attack="T1219.003" if score >= self.known_score else self.attack))
+        return found
+
+    def _usb(self, row: object) -> tuple[float, str, dict[str, object]] | None:
+        vid, pid = getattr(row, "vendor_id"), getattr(row, "product_id")
+        manufacturer, product = getattr(row, "manufacturer"), getattr(row, "product")
+        evidence = {"vendor_id": vid, "product_id": pid, "manufacturer": manufacturer, "product": product,
+                    "reports": getattr(row, "reports")}
+        for identity in catalogue():
+            if identity.kind == "usb" and (vid, pid) == (identity.vendor_id, identity.product_id) and (
+                _same(manufacturer, identity.manufacturer) or _same(product, identity.product)
+            ):
+                return (self.known_score,
+                        f"A {identity.device} (USB {vid}:{pid} \"{manufacturer}\" / \"{product}\", its vendor's "
+                        f"default identity) is attached: an IP-KVM lets someone elsewhere type and see the screen.",
+                        {**evidence, "device": identity.device, "source": identity.source})
+        for identity in catalogue():
+            if identity.kind == "gadget_generic" and (vid, pid) == (identity.vendor_id, identity.product_id):
+                return (self.generic_score,
+                        f"A generic Linux USB gadget ({vid}:{pid} \"{manufacturer}\" / \"{product}\") is attached, "
+                        f"the identity IP-KVMs use when re-branded (benign gadgets use it too).",
+                        {**evidence, "device": "generic gadget", "source": identity.source})
+        return None
+
+    def _displays(self, rows: pd.DataFrame) -> tuple[float, str, dict[str, object], int, int] | None:
+        for row in rows.itertuples(index=False):
+            for identity in catalogue():
+                if identity.kind == "edid" and isinstance(row.name, str) and identity.product.lower() in row.name.lower():
+                    return (self.known_score,
+                            f"The display \"{row.name}\" is the video capture of a {identity.device}: the screen "
+                            f"is being watched through an IP-KVM.",
+                            {"display": row.name, "device": identity.device, "source": identity.source,
+                             "reports": row.reports}, row.first_rec, row.last_rec)
+        names = [str(n).lower() for n in rows["name"].dropna()]
+        internal = rows[[any(mark in n for mark in INTERNAL_PANEL_MARKS) for n in rows["name"].fillna("").str.lower()]]
+        if names and internal.empty and int(rows["reports"].sum()) >= self.min_reports:
+            return (self.external_only_score,
+                    "Only external displays were ever seen (the laptop runs with its lid closed).",
+                    {"displays": sorted(set(rows["name"].dropna()))[:5]},
+                    int(rows["first_rec"].min()), int(rows["last_rec"].max()))
+        return None

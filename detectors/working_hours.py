@@ -1,0 +1,80 @@
+"""Whose working day is this? Fit a 09-18 workday to the device's activity by hour.
+
+Pyongyang office hours are the US night (design README). For every whole-hour UTC offset the
+share of active reports falling in that zone's 09:00-18:00 is computed; the best offset is the
+zone the activity "lives" in. A best zone far from the roster's, explaining far more activity than
+the roster's own workday does, is the finding ("active like someone working 09-18 in UTC+9").
+Weak: night owls and on-call staff exist, so it only adds to other evidence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.frame import Frames
+from farmwatch.detectors.host_mismatch import utc_offset_minutes
+
+OFFSETS = np.arange(-12, 15)
+WORKDAY = np.arange(9, 18)
+
+
+def workday_fit(hist_utc: np.ndarray) -> np.ndarray:
+    """For each offset in OFFSETS, the share of a 24-bin UTC activity histogram inside 09-18 local."""
+    total = hist_utc.sum()
+    if total == 0:
+        return np.zeros(len(OFFSETS))
+    return np.array([hist_utc[(WORKDAY - offset) % 24].sum() / total for offset in OFFSETS])
+
+
+class WorkingHoursDetector(Detector):
+    """Activity that fits another time zone's workday better than the roster's."""
+
+    name = "working_hours"
+    group = "hours"
+    weak = True
+
+    def __init__(self, min_active_reports: int = 24, min_shift_hours: int = 4, min_gain: float = 0.35,
+                 top_score: float = 0.4, active_seconds: float = 30.0) -> None:
+        self.min_active_reports = min_active_reports
+        self.min_shift_hours = min_shift_hours
+        self.min_gain = min_gain
+        self.top_score = top_score
+        self.active_seconds = active_seconds
+
+    def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
+        reports = frames.reports
+        active = reports[reports["active_seconds"].fillna(0) >= self.active_seconds]
+        if active.empty:
+            return []
+        hours = active["window_end"].dt.hour.to_numpy()
+        found = []
+        for device, index in active.groupby("device_id", sort=True).indices.items():
+            entry = context.roster.get(str(device))
+            if entry is None or len(index) < self.min_active_reports:
+                continue
+            middle = active["window_end"].iloc[index[len(index) // 2]].to_pydatetime()
+            roster_minutes = utc_offset_minutes(entry.timezone, middle)
+            if roster_minutes is None:
+                continue
+            hist = np.bincount(hours[index], minlength=24).astype(float)
+            fit = workday_fit(hist)
+            best = int(np.argmax(fit))
+            best_offset = int(OFFSETS[best])
+            roster_offset = roster_minutes / 60
+            roster_fit = float(fit[np.argmin(np.abs(OFFSETS - roster_offset))])
+            shift = abs((best_offset - roster_offset + 12) % 24 - 12)
+            gain = float(fit[best]) - roster_fit
+            if shift < self.min_shift_hours or gain < self.min_gain:
+                continue
+            score = self.top_score * min(gain / 0.7, 1.0)
+            rows = active.iloc[index]
+            summary = (f"Active like someone working 09-18 in UTC{best_offset:+d} ({fit[best]:.0%} of "
+                       f"{len(index)} active reports), not in the roster's {entry.timezone} "
+                       f"({roster_fit:.0%} inside its workday).")
+            evidence = {"best_utc_offset": best_offset, "best_fit": float(fit[best]),
+                        "roster_utc_offset": roster_offset, "roster_fit": roster_fit,
+                        "active_reports": len(index), "hours_utc": hist.astype(int).tolist()}
+            found.append(self.finding(str(device), score, summary, evidence,
+                                      rows["window_end"].min(), rows["window_end"].max()))
+        return found
