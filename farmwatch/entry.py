@@ -15,8 +15,8 @@ _EXTRA_OF = {"agent": "agent", "collector": "collector", "detect": "collector", 
 
 def _launch(command: str, module: str) -> Callable[[], int]:
     def main() -> int:
-        try:
-            target = importlib.import_module(module)
+        try:  # commands import some libraries lazily (e.g. serve -> uvicorn), so guard the run too
+            result: int = importlib.import_module(module).main()
         except ModuleNotFoundError as missing:
             if (missing.name or "").split(".")[0] == "farmwatch":
                 raise
@@ -27,7 +27,6 @@ def _launch(command: str, module: str) -> Callable[[], int]:
                 file=sys.stderr,
             )
             return 3
-        result: int = target.main()
         return result
 
     return main
