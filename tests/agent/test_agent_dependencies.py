@@ -1,0 +1,74 @@
+"""The agent runs without the collector's libraries; collector commands name the missing extra.
+
+Each test starts a fresh interpreter whose ``sys.meta_path`` begins with a finder that refuses the
+blocked packages (as if they were not installed) and records every attempt to import them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from farmwatch.contract import Report
+
+COLLECTOR_ONLY = ["pandas", "sklearn", "fastapi", "sqlalchemy", "uvicorn"]
+
+BLOCKING_LAUNCHER = """
+import importlib.abc, json, sys
+blocked, record, entry, *argv = sys.argv[1:]
+blocked = set(blocked.split(","))
+requested = []
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            requested.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+import farmwatch.entry
+sys.argv = ["farmwatch-" + entry, *argv]
+try:
+    code = getattr(farmwatch.entry, entry)()
+finally:
+    with open(record, "w") as out:
+        json.dump(sorted(set(requested)), out)
+sys.exit(code)
+"""
+
+
+def launch(tmp_path: Path, blocked: list[str], entry: str, *argv: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    record = tmp_path / "requested.json"
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKING_LAUNCHER, ",".join(blocked), str(record), entry, *argv],
+        capture_output=True, text=True, timeout=120,
+    )
+    requested: list[str] = json.loads(record.read_text()) if record.exists() else ["<launcher crashed>"]
+    return done, requested
+
+
+def test_the_agent_prints_a_report_without_any_collector_library(tmp_path: Path) -> None:
+    done, requested = launch(tmp_path, COLLECTOR_ONLY, "agent", "once", "--print", "--window", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert requested == []  # not even attempted: no probe or agent module reaches for them
+    report = Report.model_validate_json(done.stdout)
+    assert report.device_id and report.seq == 1
+
+
+def test_a_collector_command_without_its_extra_names_the_extra_in_one_line(tmp_path: Path) -> None:
+    done, requested = launch(tmp_path, COLLECTOR_ONLY, "collector", "export", "--db", str(tmp_path / "x.db"))
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert "pip install 'farmwatch[collector]'" in done.stderr
+    assert requested
+
+
+def test_serve_without_fastapi_names_the_extra_in_one_line(tmp_path: Path) -> None:
+    done, _ = launch(tmp_path, ["fastapi"], "collector", "serve", "--db", str(tmp_path / "x.db"), "--port", "1")
+    assert "Traceback" not in done.stderr
+    assert "pip install 'farmwatch[collector]'" in done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0
