@@ -8,7 +8,7 @@ Reads, per OS (commands run through ``ProbeContext.run``, files under ``etc_root
 - Linux: ``TZ``, ``/etc/localtime`` link, ``/etc/timezone``; ``LC_ALL``/``LANG``, ``localectl
   status``, ``/etc/locale.conf``, ``/etc/default/locale``; ``setxkbmap -query`` when ``DISPLAY``
   is set, ``/etc/default/keyboard``; ibus (``ibus engine``, dconf ``preload-engines``) and the
-  fcitx5 profile in logged-in users' homes (``options["home_dirs"]`` overrides the homes).
+  fcitx5 profile in logged-in users' homes (``probe_options.host.home_dirs`` overrides the homes).
 - macOS: ``/etc/localtime`` link or ``systemsetup -gettimezone``; ``defaults read -g AppleLocale``;
   ``defaults read com.apple.HIToolbox AppleEnabledInputSources``.
 - Windows: ``tzutil /g`` mapped to IANA via CLDR; ``Get-WinUserLanguageList``; the registry's
@@ -104,8 +104,9 @@ class HostProbe(Probe):
 
     def _homes(self) -> list[Path]:
         """Home folders of the users logged in now (fcitx5 keeps its profile per user)."""
-        if "home_dirs" in self.context.options:
-            return [Path(home) for home in self.context.options["home_dirs"]]
+        mine = self.context.options.get(self.name, {})
+        if "home_dirs" in mine:
+            return [Path(home) for home in mine["home_dirs"]]
         import pwd  # Unix only; this runs on Linux
 
         homes: list[Path] = []

@@ -192,7 +192,7 @@ def test_probe_on_linux_from_recorded_config(tmp_path: Path, monkeypatch: pytest
     run = replay({
         ("dconf", "read", "/desktop/ibus/general/preload-engines"): recorded("dconf-ibus-preload-engines.txt"),
     })
-    context = ProbeContext(platform="linux", run=run, clock=lambda: NOW, etc_root=etc, options={"home_dirs": [str(home)]})
+    context = ProbeContext(platform="linux", run=run, clock=lambda: NOW, etc_root=etc, options={"host": {"home_dirs": [str(home)]}})
     probe = HostProbe(context)
     facts = probe.collect()
     assert (facts.timezone, facts.utc_offset_minutes, facts.locale) == ("America/Chicago", -300, "en_US.UTF-8")
@@ -204,7 +204,7 @@ def test_probe_on_linux_from_recorded_config(tmp_path: Path, monkeypatch: pytest
 def test_probe_says_what_it_could_not_see(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TZ", raising=False)
     monkeypatch.delenv("DISPLAY", raising=False)
-    probe = HostProbe(ProbeContext(platform="linux", run=replay({}), etc_root=tmp_path, options={"home_dirs": []}))
+    probe = HostProbe(ProbeContext(platform="linux", run=replay({}), etc_root=tmp_path, options={"host": {"home_dirs": []}}))
     facts = probe.collect()
     assert (facts.timezone, facts.utc_offset_minutes, facts.keyboard_layouts) == (None, None, [])
     assert probe.problems == [
@@ -260,7 +260,7 @@ def test_probe_reads_the_x_session_layout(monkeypatch: pytest.MonkeyPatch) -> No
         assert "layout:     us,kr" in xtool(display, "setxkbmap", "-query")
         connection.close()
         monkeypatch.setenv("DISPLAY", display)
-        facts = HostProbe(ProbeContext(platform="linux", options={"home_dirs": []})).collect()
+        facts = HostProbe(ProbeContext(platform="linux", options={"host": {"home_dirs": []}})).collect()
     assert facts.keyboard_layouts[:2] == ["us", "kr(kr104)"]
 
 
@@ -269,6 +269,6 @@ def test_failed_command_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise subprocess.CalledProcessError(1, list(argv))
 
     monkeypatch.setenv("DISPLAY", ":99")
-    probe = HostProbe(ProbeContext(platform="linux", run=broken, etc_root=tmp_path, options={"home_dirs": []}))
+    probe = HostProbe(ProbeContext(platform="linux", run=broken, etc_root=tmp_path, options={"host": {"home_dirs": []}}))
     probe.collect()
     assert probe.problems[0].startswith("setxkbmap failed: Command '['setxkbmap', '-query']' returned non-zero")
