@@ -86,7 +86,7 @@ def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform) -> list[
     try:
         from pyroute2 import DiagSocket
     except ImportError as missing:
-        raise RttUnavailable(f"pyroute2 is not installed ({missing}); kernel TCP RTTs unknown")
+        raise RttUnavailable(f"pyroute2 could not be imported ({missing}); kernel TCP RTTs unknown")
     found: list[TcpSocket] = []
     try:
         with DiagSocket() as diag:

@@ -15,6 +15,7 @@ PROBES: dict[str, str] = {
     "host": "farmwatch.agent.probes.host:HostProbe",
     "hardware": "farmwatch.agent.probes.hardware:HardwareProbe",
     "network": "farmwatch.agent.probes.network:NetworkProbe",
+    "sessions": "farmwatch.agent.probes.sessions:SessionsProbe",
 }
 
 
