@@ -32,7 +32,8 @@ def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Res
     try:
         response = http.request(method, path, **kwargs)
     except httpx.TransportError as failed:
-        raise CollectorUnavailable(f"collector at {http.base_url} unreachable ({type(failed).__name__}: {failed})") from failed
+        reason = f"{type(failed).__name__}: {failed}"
+        raise CollectorUnavailable(f"collector at {http.base_url} unreachable ({reason})") from failed
     if response.status_code >= 500:
         raise CollectorUnavailable(f"collector at {http.base_url} answered {response.status_code} to {method} {path}")
     return response

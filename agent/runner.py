@@ -114,7 +114,7 @@ class Runner:
 def _section_errors(section: str, value: Any) -> str | None:
     """Why ``value`` cannot fill ``section`` of a report, or None when it can."""
     field = Report.model_fields.get(section)
-    if field is None:  # a section newer than this contract: kept as-is (forward compatibility)
+    if field is None or field.annotation is None:  # a section newer than this contract: kept as-is
         return None
     try:
         TypeAdapter(field.annotation).validate_python(value, strict=True)

@@ -49,7 +49,8 @@ class Settings:
         try:
             secret = self.enroll_secret_file.read_text().strip()
         except OSError as failed:
-            raise UsageError(f"cannot read the enrol secret file {self.enroll_secret_file}: {failed.strerror}") from failed
+            reason = failed.strerror
+            raise UsageError(f"cannot read the enrol secret file {self.enroll_secret_file}: {reason}") from failed
         if not secret:
             raise UsageError(f"the enrol secret file {self.enroll_secret_file} is empty")
         return secret

@@ -121,7 +121,8 @@ def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
             done.quarantined.append(seq)
             log.warning("report seq %d rejected (HTTP %d); moved to %s", seq, response.status_code, target)
         else:
-            raise AgentError(f"collector answered HTTP {response.status_code} to report seq {seq}: {response.text[:200]}")
+            answer = f"HTTP {response.status_code}: {response.text[:200]}"
+            raise AgentError(f"collector answered report seq {seq} with {answer}")
     return done
 
 

@@ -22,7 +22,7 @@ import psutil
 
 from farmwatch.contract import Connection, RemoteAccessTool
 
-from ..tcpinfo import RttUnavailable, tcp_rtts
+from ..tcpinfo import Pair, RttPair, RttUnavailable, tcp_rtts
 from .base import Probe
 
 
@@ -70,7 +70,7 @@ def _socket(conn: Any) -> Socket:
     )
 
 
-def connections_of(sockets: list[Socket], rtts: dict[tuple[str, int, str, int], tuple[float | None, float | None]]) -> tuple[list[int], list[Connection]]:
+def connections_of(sockets: list[Socket], rtts: dict[Pair, RttPair]) -> tuple[list[int], list[Connection]]:
     """A process's listening ports and its connections with a peer, each with a direction."""
     listening = sorted({s.local_port for s in sockets if s.state == psutil.CONN_LISTEN})
     connections = []
@@ -107,7 +107,7 @@ class RemoteAccessProbe(Probe):
             return []
         by_pid = self._tcp_sockets({p.pid for _, p in matches}, [p for _, p in matches])
         pairs = [(s.local_ip, s.local_port, s.remote_ip, s.remote_port)
-                 for socks in by_pid.values() for s in socks if s.remote_ip is not None]
+                 for socks in by_pid.values() for s in socks if s.remote_ip is not None and s.remote_port is not None]
         try:
             rtts = tcp_rtts(pairs)
         except RttUnavailable as unavailable:
@@ -142,5 +142,6 @@ class RemoteAccessProbe(Probe):
             try:
                 by_pid[process.pid] = [_socket(c) for c in process.net_connections(kind="tcp")]
             except (psutil.AccessDenied, psutil.NoSuchProcess) as denied:
-                self.problem(f"cannot read the sockets of {process.info['name']} (pid {process.pid}): {type(denied).__name__}")
+                name = process.info["name"]
+                self.problem(f"cannot read the sockets of {name} (pid {process.pid}): {type(denied).__name__}")
         return by_pid
