@@ -5,6 +5,7 @@ These tests need root and /dev/net/tun (the ``lab`` fixture skips with the reaso
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -79,3 +80,79 @@ def test_lab_cleans_up_after_a_failing_test(tmp_path: Path) -> None:
     assert near not in namespaces and far not in namespaces
     for pid in (line_pid, child_pid):
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived its test"
+
+
+AGENT = str(Path(sys.executable).parent / "farmwatch-agent")
+FAR_RTT_MS = 180.0
+OPERATOR_SIDE = """
+import socket, time
+server = socket.create_server(("0.0.0.0", 7070))
+print("ready", flush=True)
+held = []
+while True:
+    conn, _ = server.accept()
+    conn.sendall(b"welcome")
+    held.append(conn)
+"""
+ANYDESK = """
+import socket, sys
+relay = socket.create_connection(("{ip}", 7070), timeout=10)
+relay.recv(7)
+relay.sendall(b"frames")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+SSHD_LIKE = """
+import socket
+server = socket.create_server(("0.0.0.0", 22))
+print("ready", flush=True)
+held = []
+while True:
+    conn, _ = server.accept()
+    conn.sendall(b"SSH-2.0-OpenSSH_9.6\\r\\n")
+    held.append(conn)
+"""
+SSH_CLIENT = """
+import socket, sys
+c = socket.create_connection(("{ip}", 22), timeout=10)
+c.recv(64)
+c.sendall(b"SSH-2.0-operator\\r\\n")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _ready(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+
+
+def _within_10_percent(measured: float | None, configured: float) -> bool:
+    return measured is not None and abs(measured - configured) <= configured * 0.10
+
+
+def test_agent_shows_the_far_operator_of_anydesk_and_ssh(lab: Lab) -> None:  # noqa: F811
+    """The issue's "done when": a far AnyDesk peer and an inbound SSH session, 180 ms away."""
+    link = lab.far_peer(FAR_RTT_MS)
+    _ready(lab.spawn(link.far_ns, [sys.executable, "-c", OPERATOR_SIDE], stdout=subprocess.PIPE))
+    anydesk = lab.spawn_named(lab.near, "AnyDesk", ANYDESK.format(ip=link.far_ip),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    _ready(anydesk)
+    _ready(lab.spawn_named(lab.near, "sshd", SSHD_LIKE, stdout=subprocess.PIPE))
+    _ready(lab.spawn(link.far_ns, [sys.executable, "-c", SSH_CLIENT.format(ip=link.near_ip)],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+
+    done = lab.run(lab.near, [AGENT, "once", "--print", "--window", "0.5"])
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+
+    tools = [t for t in report["remote_access"] if t["pid"] == anydesk.pid]
+    assert [t["tool"] for t in tools] == ["anydesk"]
+    (relay,) = [c for c in tools[0]["connections"] if c["remote_ip"] == link.far_ip]
+    assert (relay["remote_port"], relay["direction"]) == (7070, "outbound")
+    assert _within_10_percent(relay["min_rtt_ms"], FAR_RTT_MS), relay
+
+    (session,) = [s for s in report["sessions"] if s["remote_ip"] == link.far_ip]
+    assert session["kind"] == "ssh"
+    assert _within_10_percent(session["min_rtt_ms"], FAR_RTT_MS), session
+    print(f"AnyDesk min_rtt {relay['min_rtt_ms']} ms, ssh min_rtt {session['min_rtt_ms']} ms "
+          f"(configured {FAR_RTT_MS} ms)")
