@@ -15,8 +15,9 @@ import time
 from datetime import datetime
 
 import httpx
+from pydantic import ValidationError
 
-from farmwatch.contract import to_wire
+from farmwatch.contract import Verdict, to_wire
 
 from .enrollment import AgentConfig, Enrollment, bearer, call
 from .errors import AgentError, CollectorUnavailable
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 UNENROLLED = "unenrolled"  # device id of a report made before the first enrolment (restamped on delivery)
 FIRST_RETRY_SECONDS = 5.0
 HTTP_TIMEOUT_SECONDS = 15.0
+VERIFY_EXIT_CODES = {"clear": 0, "review": 2, "farm": 1}  # cli.md: a script can gate onboarding on it
 
 
 def collect_window(runner: Runner, seconds: float, stop: threading.Event | None = None) -> tuple[datetime, datetime]:
@@ -58,6 +60,7 @@ class Agent:
     def __init__(self, settings: Settings, machine_id: str | None = None) -> None:
         self.settings = settings
         self.state = StateDir(settings.state_dir)
+        self.state.lock()
         self.spool = Spool(self.state.spool_dir, self.state.quarantine_dir)
         self.context = ProbeContext(salt=settings.salt)
         self.http = httpx.Client(base_url=settings.collector_url(), timeout=HTTP_TIMEOUT_SECONDS)
@@ -158,14 +161,17 @@ class Agent:
         """Onboarding check: report ``seconds`` of observation, then print the collector's verdict."""
         self.once(seconds)
         identity = self.enrollment.identity()
-        response = call(self.http, "POST", "/api/v1/verify", json={"seconds": seconds}, headers=bearer(identity))
+        response = call(self.http, "POST", "/api/v1/verify", json={"seconds": round(seconds)}, headers=bearer(identity))
         if response.status_code != 200:
             raise AgentError(f"collector answered HTTP {response.status_code} to /api/v1/verify: {response.text[:200]}")
-        verdict = response.json()
-        print(f"verdict: {verdict['verdict']} (risk {verdict['risk']:.2f}) for device {verdict['device_id']}")
-        for finding in verdict.get("findings", []):
-            print(f"  [{finding['severity']}] {finding['summary']}")
-        return {"clear": 0, "review": 2}.get(verdict["verdict"], 1)
+        try:
+            verdict = Verdict.model_validate_json(response.text)
+        except ValidationError as bad:
+            raise AgentError(f"the collector's verdict is malformed: {bad}") from bad
+        print(f"verdict: {verdict.verdict} (risk {verdict.risk:.2f}) for device {verdict.device_id}")
+        for finding in verdict.findings:
+            print(f"  [{finding.severity}] {finding.summary}")
+        return VERIFY_EXIT_CODES[verdict.verdict]
 
 
 class _Backoff:

@@ -12,7 +12,9 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from .errors import AgentError
 
 
 def default_state_dir() -> Path:
@@ -71,6 +73,27 @@ class StateDir:
         self.root = private_dir(root)
         self.spool_dir = private_dir(root / "spool")
         self.quarantine_dir = private_dir(root / "quarantine")
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        """Claim the state dir for this process until it exits.
+
+        Two agents on one state dir would hand out the same seq twice; the second one stops here.
+        """
+        handle = open(self.root / "lock", "a+")
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise AgentError(f"another farmwatch-agent is using the state dir {self.root}") from None
+        self._lock = handle
 
     @property
     def identity(self) -> Identity | None:
