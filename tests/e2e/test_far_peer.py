@@ -10,16 +10,16 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import delayline
 import pytest
+from collector_process import DEFAULT_CONFIG, SERVE, RunningCollector
 from delayline import Lab, lab  # noqa: F401  (the fixture is used by name)
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
-_LISTEN = "import socket,time;s=socket.create_server(('0.0.0.0',{port}));time.sleep(600)"
+LISTEN_READY = "import socket,time;s=socket.create_server(('0.0.0.0',{port}));print('ready',flush=True);time.sleep(600)"
 _CONNECT_TIMES = (
     "import socket,time\n"
     "for _ in range({n}):\n"
@@ -28,27 +28,24 @@ _CONNECT_TIMES = (
 )
 
 
-def _wait_listening(lab: Lab, namespace: str, port: int) -> None:
-    probe = f"import socket;socket.create_connection(('127.0.0.1',{port}),timeout=1).close()"
-    for _ in range(50):
-        if lab.run(namespace, [sys.executable, "-c", probe]).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on port {port} in {namespace}")
+def _ready(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
 
 
 @pytest.mark.parametrize("rtt_ms", [20.0, 180.0])
 def test_delay_line_gives_the_configured_round_trip(lab: Lab, rtt_ms: float) -> None:
     link = lab.far_peer(rtt_ms)
-    lab.spawn(link.far_ns, [sys.executable, "-c", _LISTEN.format(port=7000)])
-    _wait_listening(lab, link.far_ns, 7000)
+    _ready(lab.spawn(link.far_ns, [sys.executable, "-c", LISTEN_READY.format(port=7000)], stdout=subprocess.PIPE))
     done = lab.run(lab.near, [sys.executable, "-c", _CONNECT_TIMES.format(n=7, ip=link.far_ip, port=7000)])
     assert done.returncode == 0, done.stderr
     samples = [float(line) for line in done.stdout.split()]
     # A TCP connect is one round trip (SYN out, SYN-ACK back); the line can only add delay.
     assert min(samples) >= rtt_ms
     assert statistics.median(samples) <= rtt_ms * 1.10
-    print(f"delay line {rtt_ms} ms: connect min {min(samples):.2f} median {statistics.median(samples):.2f} ms")
+    lab.close()  # the delay line writes how late it forwarded each packet when it stops
+    assert link.lateness["packets"] >= 2 * len(samples)  # each connect: a SYN out, a SYN-ACK back
+    print(f"delay line {rtt_ms} ms: connect min {min(samples):.2f} median {statistics.median(samples):.2f} ms; "
+          f"forwarding lateness {link.lateness}")
 
 
 _FAILING_TEST = """
@@ -122,10 +119,6 @@ sys.stdin.read()
 """
 
 
-def _ready(process: subprocess.Popen[str]) -> None:
-    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-
-
 def _within_10_percent(measured: float | None, configured: float) -> bool:
     return measured is not None and abs(measured - configured) <= configured * 0.10
 
@@ -156,3 +149,78 @@ def test_agent_shows_the_far_operator_of_anydesk_and_ssh(lab: Lab) -> None:  # n
     assert _within_10_percent(session["min_rtt_ms"], FAR_RTT_MS), session
     print(f"AnyDesk min_rtt {relay['min_rtt_ms']} ms, ssh min_rtt {session['min_rtt_ms']} ms "
           f"(configured {FAR_RTT_MS} ms)")
+
+
+ANCHOR_RTTS = {"anchor-near": 30.0, "anchor-mid": 90.0, "anchor-far": 180.0}
+ANCHOR_PORT = 8443
+COLLECTOR_CONFIG = DEFAULT_CONFIG + """
+[agent.probe_options.network]
+samples = 5
+timeout_seconds = 1.0
+"""
+WAIT_HEALTHY = """
+import sys, time, httpx
+for _ in range(300):
+    try:
+        if httpx.get("{url}/healthz", timeout=1).status_code == 200:
+            sys.exit(0)
+    except httpx.TransportError:
+        pass
+    time.sleep(0.1)
+sys.exit(1)
+"""
+
+
+def _collector_in(lab: Lab, workdir: Path) -> RunningCollector:
+    """A real collector inside the near namespace, where the agent can reach it on loopback."""
+    collector = RunningCollector(workdir=workdir, port=8765, config_text=COLLECTOR_CONFIG)
+    log = open(collector.log_path, "ab")
+    lab.spawn(lab.near, [*SERVE, "--host", "127.0.0.1", "--port", str(collector.port), "--db", collector.db_url,
+                         "--config", str(collector.config_file),
+                         "--enroll-secret-file", str(collector.enroll_secret_file),
+                         "--analyst-token-file", str(collector.analyst_token_file)],
+              stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    healthy = lab.run(lab.near, [sys.executable, "-c", WAIT_HEALTHY.format(url=collector.url)])
+    assert healthy.returncode == 0, collector.log()
+    return collector
+
+
+def test_anchor_latency_from_the_collectors_config(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+    """Anchors at three delays come out within 10 % and in order; unreachable ones report loss."""
+    links = {name: lab.far_peer(rtt) for name, rtt in ANCHOR_RTTS.items()}
+    for link in links.values():
+        _ready(lab.spawn(link.far_ns, [sys.executable, "-c", LISTEN_READY.format(port=ANCHOR_PORT)],
+                         stdout=subprocess.PIPE))
+    # 10.88.0.0/24 leads into the first far namespace, which owns none of it and forwards
+    # nothing: SYNs vanish (timeouts). 10.99.0.1 has no route at all (ENETUNREACH at once).
+    subprocess.run(["ip", "-n", lab.near, "route", "add", "10.88.0.0/24", "dev",
+                    links["anchor-near"].near_dev], check=True)
+    anchors_csv = tmp_path / "anchors.csv"
+    anchors_csv.write_text("name,address,port,latitude,longitude\n" + "".join(
+        f"{name},{link.far_ip},{ANCHOR_PORT},40.7,-74.0\n" for name, link in links.items())
+        + f"anchor-silent,10.88.0.5,{ANCHOR_PORT},51.5,-0.1\nanchor-unroutable,10.99.0.1,{ANCHOR_PORT},35.7,139.7\n")
+    collector = _collector_in(lab, tmp_path / "collector")
+    imported = collector.cli("anchors", "import", "--db", collector.db_url, str(anchors_csv))
+    assert imported.returncode == 0, imported.stderr
+
+    done = lab.run(lab.near, [AGENT, "once", "--collector", collector.url, "--enroll-secret-file",
+                              str(collector.enroll_secret_file), "--state-dir", str(tmp_path / "state"),
+                              "--window", "0.2"])
+    assert done.returncode == 0, done.stderr + collector.log()
+    exported = collector.cli("export", "--db", collector.db_url)
+    assert exported.returncode == 0, exported.stderr
+    (record,) = [json.loads(line) for line in exported.stdout.splitlines() if line.strip()]
+    probes = {p["target"]: p for p in record["report"]["network"]["probes"]}
+
+    assert set(probes) == {*ANCHOR_RTTS, "anchor-silent", "anchor-unroutable"}
+    for name, rtt in ANCHOR_RTTS.items():
+        probe = probes[name]
+        assert (probe["method"], probe["sent"], probe["received"]) == ("tcp", 5, 5)
+        assert _within_10_percent(probe["rtt_min_ms"], rtt), probe
+    minimums = [probes[name]["rtt_min_ms"] for name in ANCHOR_RTTS]
+    assert minimums == sorted(minimums)
+    for name in ("anchor-silent", "anchor-unroutable"):
+        probe = probes[name]
+        assert (probe["sent"], probe["received"], probe["rtt_min_ms"], probe["rtt_median_ms"]) == (5, 0, None, None)
+    print("anchor minimums:", {name: probes[name]["rtt_min_ms"] for name in ANCHOR_RTTS})
