@@ -67,8 +67,9 @@ def has_cap_net_raw(proc_root: str = "/proc") -> bool:
 def measure(anchor: Anchor, samples: int, timeout_s: float, method: str = "tcp",
             sampler: Sampler = tcp_connect_rtt) -> LatencyProbe:
     """``samples`` round trips to one anchor, summarised; an unresolvable name sends nothing."""
+    ip: str | None
     try:
-        ip = socket.getaddrinfo(anchor.address, anchor.port, type=socket.SOCK_STREAM)[0][4][0]
+        ip = str(socket.getaddrinfo(anchor.address, anchor.port, type=socket.SOCK_STREAM)[0][4][0])
     except (OSError, UnicodeError):
         ip = None
     rtts = [] if ip is None else [r for r in (sampler(ip, anchor.port, timeout_s) for _ in range(samples))

@@ -60,7 +60,7 @@ def socket_holders(proc_root: Path, pids: list[int]) -> tuple[dict[int, list[int
 
 def user_names(etc_root: Path) -> dict[int, str]:
     """uid -> login name from ``<etc_root>/passwd`` (local accounts; directory users stay unknown)."""
-    names = {}
+    names: dict[int, str] = {}
     try:
         lines = (etc_root / "passwd").read_text().splitlines()
     except OSError:

@@ -20,6 +20,7 @@ import socket
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 Pair = tuple[str, int, str, int]
 """(local_ip, local_port, remote_ip, remote_port) of one TCP connection."""
@@ -117,10 +118,10 @@ def _normal_pair(pair: Pair) -> Pair:
     return (normalize_ip(local_ip), int(local_port), normalize_ip(remote_ip), int(remote_port))
 
 
-def _from_message(message: object) -> TcpSocket:
-    """A :class:`TcpSocket` from one decoded pyroute2 ``inet_diag_msg``."""
-    get = message.__getitem__  # type: ignore[attr-defined]
-    info = message.get_attr("INET_DIAG_INFO")  # type: ignore[attr-defined]
+def _from_message(message: Any) -> TcpSocket:
+    """A :class:`TcpSocket` from one decoded pyroute2 ``inet_diag_msg`` (untyped library object)."""
+    get = message.__getitem__
+    info = message.get_attr("INET_DIAG_INFO")
     rtt: RttPair = (None, None)
     if info is not None:
         rtt = rtts_from_tcp_info(info["tcpi_rtt"], info["tcpi_min_rtt"])

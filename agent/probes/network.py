@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from farmwatch.contract import Interface, NetworkFacts
+from farmwatch.contract import Interface, LatencyProbe, NetworkFacts
 
 from ..anchor_probe import has_cap_net_raw, icmp_echo_rtt, measure_all, tcp_connect_rtt
 from ..interfaces import VPN_NAME_PREFIXES, LinkFacts, read_interfaces
@@ -130,7 +130,7 @@ class NetworkProbe(Probe):
             return None
         return salted_sha256(self.context.salt, bssid) if bssid else None
 
-    def _anchor_probes(self) -> list[Any]:
+    def _anchor_probes(self) -> list[LatencyProbe]:
         samples = int(self.options.get("samples", 5))
         timeout_s = float(self.options.get("timeout_seconds", 2.0))
         method, sampler = "tcp", tcp_connect_rtt
@@ -142,7 +142,11 @@ class NetworkProbe(Probe):
                              "measured with TCP connects instead")
             else:
                 method, sampler = "icmp", icmp_echo_rtt
-        return measure_all(self.context.anchors, samples, timeout_s, method, sampler)
+        measured = measure_all(self.context.anchors, samples, timeout_s, method, sampler)
+        for probe in measured:
+            if probe.sent == 0:
+                self.problem(f"anchor {probe.target}: {probe.address} did not resolve; nothing sent")
+        return measured
 
 
 def _scapy_installed() -> bool:

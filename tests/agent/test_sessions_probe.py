@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pwd
+import subprocess
 import sys
 from typing import Any
 
@@ -38,24 +39,6 @@ while True:
             pass
         os._exit(0)
 """
-LISTENER = """
-import socket, time
-server = socket.create_server(("0.0.0.0", {port}))
-print("ready", flush=True)
-held = []
-while True:
-    held.append(server.accept()[0])
-"""
-CLIENT = """
-import socket, sys
-held = []
-for port in {ports}:
-    c = socket.create_connection(("{ip}", port), timeout=10)
-    c.sendall(b"hello")
-    held.append(c)
-print("ready", flush=True)
-sys.stdin.read()
-"""
 COLLECT = """
 import json, os, sys
 import pyroute2.netlink.diag  # imported before dropping root: this interpreter lives under /root (0700)
@@ -69,21 +52,16 @@ print(json.dumps({"sessions": [s.model_dump(mode="json") for s in found], "probl
 """
 
 
-def _ready(process: Any) -> None:
-    assert process.stdout.readline().strip() == "ready"
-
-
 def _farm(lab: Lab) -> str:
     """sshd-like on 22, x11vnc-like on 5901, an unrelated server on 8080, all with a far client.
 
     Returns the far client's address."""
     link = lab.far_peer(RTT_MS)
-    for name, script in (("sshd", SSHD_LIKE), ("x11vnc", LISTENER.format(port=5901)),
-                         ("webserver", LISTENER.format(port=8080))):
-        _ready(lab.spawn_named(lab.near, name, script, stdout=-1))
-    client = lab.spawn(link.far_ns, [sys.executable, "-c", CLIENT.format(ports=[22, 5901, 8080], ip=link.near_ip)],
-                       stdin=-1, stdout=-1)
-    _ready(client)
+    sshd = lab.spawn_named(lab.near, "sshd", SSHD_LIKE, stdout=subprocess.PIPE)
+    assert sshd.stdout is not None and sshd.stdout.readline().strip() == "ready"
+    lab.server(lab.near, 5901, name="x11vnc", greeting=b"RFB 003.008\n")
+    lab.server(lab.near, 8080, name="webserver")
+    lab.client(link.far_ns, link.near_ip, [22, 5901, 8080])
     return link.far_ip
 
 

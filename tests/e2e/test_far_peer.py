@@ -19,7 +19,6 @@ from delayline import Lab, lab  # noqa: F401  (the fixture is used by name)
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
-LISTEN_READY = "import socket,time;s=socket.create_server(('0.0.0.0',{port}));print('ready',flush=True);time.sleep(600)"
 _CONNECT_TIMES = (
     "import socket,time\n"
     "for _ in range({n}):\n"
@@ -28,14 +27,10 @@ _CONNECT_TIMES = (
 )
 
 
-def _ready(process: subprocess.Popen[str]) -> None:
-    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-
-
 @pytest.mark.parametrize("rtt_ms", [20.0, 180.0])
 def test_delay_line_gives_the_configured_round_trip(lab: Lab, rtt_ms: float) -> None:
     link = lab.far_peer(rtt_ms)
-    _ready(lab.spawn(link.far_ns, [sys.executable, "-c", LISTEN_READY.format(port=7000)], stdout=subprocess.PIPE))
+    lab.server(link.far_ns, 7000)
     done = lab.run(lab.near, [sys.executable, "-c", _CONNECT_TIMES.format(n=7, ip=link.far_ip, port=7000)])
     assert done.returncode == 0, done.stderr
     samples = [float(line) for line in done.stdout.split()]
@@ -81,44 +76,6 @@ def test_lab_cleans_up_after_a_failing_test(tmp_path: Path) -> None:
 
 AGENT = str(Path(sys.executable).parent / "farmwatch-agent")
 FAR_RTT_MS = 180.0
-OPERATOR_SIDE = """
-import socket, time
-server = socket.create_server(("0.0.0.0", 7070))
-print("ready", flush=True)
-held = []
-while True:
-    conn, _ = server.accept()
-    conn.sendall(b"welcome")
-    held.append(conn)
-"""
-ANYDESK = """
-import socket, sys
-relay = socket.create_connection(("{ip}", 7070), timeout=10)
-relay.recv(7)
-relay.sendall(b"frames")
-print("ready", flush=True)
-sys.stdin.read()
-"""
-SSHD_LIKE = """
-import socket
-server = socket.create_server(("0.0.0.0", 22))
-print("ready", flush=True)
-held = []
-while True:
-    conn, _ = server.accept()
-    conn.sendall(b"SSH-2.0-OpenSSH_9.6\\r\\n")
-    held.append(conn)
-"""
-SSH_CLIENT = """
-import socket, sys
-c = socket.create_connection(("{ip}", 22), timeout=10)
-c.recv(64)
-c.sendall(b"SSH-2.0-operator\\r\\n")
-print("ready", flush=True)
-sys.stdin.read()
-"""
-
-
 def _within_10_percent(measured: float | None, configured: float) -> bool:
     return measured is not None and abs(measured - configured) <= configured * 0.10
 
@@ -126,13 +83,10 @@ def _within_10_percent(measured: float | None, configured: float) -> bool:
 def test_agent_shows_the_far_operator_of_anydesk_and_ssh(lab: Lab) -> None:  # noqa: F811
     """The issue's "done when": a far AnyDesk peer and an inbound SSH session, 180 ms away."""
     link = lab.far_peer(FAR_RTT_MS)
-    _ready(lab.spawn(link.far_ns, [sys.executable, "-c", OPERATOR_SIDE], stdout=subprocess.PIPE))
-    anydesk = lab.spawn_named(lab.near, "AnyDesk", ANYDESK.format(ip=link.far_ip),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    _ready(anydesk)
-    _ready(lab.spawn_named(lab.near, "sshd", SSHD_LIKE, stdout=subprocess.PIPE))
-    _ready(lab.spawn(link.far_ns, [sys.executable, "-c", SSH_CLIENT.format(ip=link.near_ip)],
-                     stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+    lab.server(link.far_ns, 7070, greeting=b"relay")  # the operator's end, as AnyDesk's relay
+    anydesk = lab.client(lab.near, link.far_ip, [7070], name="AnyDesk")
+    lab.server(lab.near, 22, name="sshd", greeting=b"SSH-2.0-OpenSSH_9.6\r\n")
+    lab.client(link.far_ns, link.near_ip, [22])  # the operator logs in over SSH
 
     done = lab.run(lab.near, [AGENT, "once", "--print", "--window", "0.5"])
     assert done.returncode == 0, done.stderr
@@ -190,8 +144,7 @@ def test_anchor_latency_from_the_collectors_config(lab: Lab, tmp_path: Path) -> 
     """Anchors at three delays come out within 10 % and in order; unreachable ones report loss."""
     links = {name: lab.far_peer(rtt) for name, rtt in ANCHOR_RTTS.items()}
     for link in links.values():
-        _ready(lab.spawn(link.far_ns, [sys.executable, "-c", LISTEN_READY.format(port=ANCHOR_PORT)],
-                         stdout=subprocess.PIPE))
+        lab.server(link.far_ns, ANCHOR_PORT)
     # 10.88.0.0/24 leads into the first far namespace, which owns none of it and forwards
     # nothing: SYNs vanish (timeouts). 10.99.0.1 has no route at all (ENETUNREACH at once).
     subprocess.run(["ip", "-n", lab.near, "route", "add", "10.88.0.0/24", "dev",
