@@ -14,6 +14,7 @@ PROBES: dict[str, str] = {
     "remote_access": "farmwatch.agent.probes.remote_access:RemoteAccessProbe",
     "host": "farmwatch.agent.probes.host:HostProbe",
     "hardware": "farmwatch.agent.probes.hardware:HardwareProbe",
+    "input": "farmwatch.agent.probes.input_timing:InputTimingProbe",
     "network": "farmwatch.agent.probes.network:NetworkProbe",
     "sessions": "farmwatch.agent.probes.sessions:SessionsProbe",
 }

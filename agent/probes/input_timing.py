@@ -1,0 +1,148 @@
+"""Input timing: how the keyboard and mouse are being used, never what is typed.
+
+Why security cares: remote control reshapes input. Injected events (XTest, xrdp, uinput on
+Linux; the OS's injected flags on Windows/macOS), bursts of keys arriving together, mouse moves
+at network rate and in jumps are what a person driving the laptop from abroad leaves behind
+(see :mod:`farmwatch.agent.input_stats` for the definitions and sources).
+
+A listener runs inside the agent from ``start()`` to ``stop()``; ``collect()`` returns the
+window's aggregates and starts the next window. Linux: X11 through XInput2 raw events on
+``DISPLAY`` (or ``probe_options.input.display``; the agent needs that session's X authority);
+Windows/macOS: pynput. uinput devices under ``<sys_root>/devices/virtual/input`` are reported
+as ``virtual_devices``. Without a display server or the right to listen, ``collect()`` raises
+``ProbeUnavailable`` with the reason and the rest of the report still goes out.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from farmwatch.contract import InputTiming
+
+from ..input_stats import InputStats
+from .base import Probe, ProbeContext, ProbeUnavailable
+
+
+class _LockedStats:
+    """The listener thread records while ``collect()`` reads and resets: one lock between them."""
+
+    def __init__(self, stats: InputStats) -> None:
+        self._stats = stats
+        self._lock = threading.Lock()
+
+    def key(self, at: float, injected: bool = False) -> None:
+        with self._lock:
+            self._stats.key(at, injected)
+
+    def button(self, at: float, injected: bool = False) -> None:
+        with self._lock:
+            self._stats.button(at, injected)
+
+    def move(self, at: float, distance: float | None, injected: bool = False) -> None:
+        with self._lock:
+            self._stats.move(at, distance, injected)
+
+    def events(self) -> int:
+        with self._lock:
+            return self._stats.key_events + self._stats.mouse_events
+
+    def take(self, seconds_observed: float, virtual_devices: list[str]) -> InputTiming:
+        """The window's summary; the next window starts empty."""
+        with self._lock:
+            summary = self._stats.summary(seconds_observed, virtual_devices)
+            self._stats.reset()
+            return summary
+
+
+def uinput_device_names(sys_root: Path) -> list[str]:
+    """Names of input devices created in software (uinput), e.g. by a remote-control tool."""
+    names = []
+    for name_file in sorted((sys_root / "devices" / "virtual" / "input").glob("input*/name")):
+        try:
+            names.append(name_file.read_text(encoding="utf-8", errors="replace").strip())
+        except OSError:
+            continue
+    return [name for name in names if name]
+
+
+class InputTimingProbe(Probe):
+    name = "input"
+    section = "input"
+
+    def __init__(self, context: ProbeContext) -> None:
+        super().__init__(context)
+        self._recorder = _LockedStats(InputStats())
+        self._listener: object | None = None
+        self._unavailable: str | None = None
+        self._window_start: float | None = None
+
+    def start(self) -> None:
+        if self._window_start is not None:
+            return
+        self._window_start = time.monotonic()
+        try:
+            self._listener = self._open_listener()
+        except ProbeUnavailable as error:
+            self._unavailable = str(error)
+
+    def stop(self) -> None:
+        stop = getattr(self._listener, "stop", None)
+        if stop is not None:
+            stop()
+        self._listener = None
+        self._window_start = None
+        self._unavailable = None
+
+    def events_seen(self) -> int:
+        """Key and mouse events counted so far in this window (e.g. to wait for a test's input)."""
+        return self._recorder.events()
+
+    def collect(self) -> InputTiming:
+        if self._window_start is None:
+            raise ProbeUnavailable("the input listener was not started for this window")
+        if self._unavailable is not None:
+            raise ProbeUnavailable(self._unavailable)
+        now = time.monotonic()
+        seconds, self._window_start = now - self._window_start, now
+        names = getattr(self._listener, "device_names", lambda: [])()
+        return self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names)
+
+    def _open_listener(self) -> object:
+        platform = self.context.platform
+        if platform in ("win32", "darwin"):
+            return self._open_pynput()
+        if platform == "linux":
+            return self._open_x11()
+        raise ProbeUnavailable(f"no input listener for platform {platform}")
+
+    def _open_x11(self) -> object:
+        display = self.context.options.get(self.name, {}).get("display") or os.environ.get("DISPLAY")
+        if not display:
+            raise ProbeUnavailable("no X display to listen on: DISPLAY is not set (console or Wayland session)")
+        try:
+            from Xlib.error import DisplayError, XError
+
+            from ..x11_input import X11InputListener
+        except ImportError as error:
+            raise ProbeUnavailable(f"python-xlib is not installed: {error}") from None
+        listener = X11InputListener(display, self._recorder, lambda: uinput_device_names(self.context.sys_root))
+        try:
+            listener.start()
+        except (OSError, DisplayError, XError) as error:
+            raise ProbeUnavailable(f"cannot listen on X display {display}: {error}") from None
+        return listener
+
+    def _open_pynput(self) -> object:
+        from ..pynput_input import PynputInputListener
+
+        listener = PynputInputListener(self._recorder)
+        try:
+            listener.start()
+        except ImportError as error:
+            raise ProbeUnavailable(f"pynput is not installed: {error}") from None
+        except OSError as error:  # e.g. macOS without the Input Monitoring permission
+            raise ProbeUnavailable(f"cannot listen to input: {error}") from None
+        return listener
