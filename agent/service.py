@@ -36,11 +36,11 @@ HTTP_TIMEOUT_SECONDS = 15.0
 VERIFY_EXIT_CODES = {"clear": 0, "review": 2, "farm": 1}  # cli.md: a script can gate onboarding on it
 
 
-def collect_window(runner: Runner, seconds: float, stop: threading.Event | None = None) -> tuple[datetime, datetime]:
-    """Start the probes, let ``seconds`` pass (or until ``stop``), return the window's bounds."""
+def collect_window(runner: Runner, seconds: float) -> tuple[datetime, datetime]:
+    """Start the probes, let ``seconds`` pass, return the window's bounds."""
     start = utc_now(runner.context)
     runner.start()
-    (stop or threading.Event()).wait(seconds)
+    time.sleep(seconds)
     return start, utc_now(runner.context)
 
 
@@ -59,15 +59,15 @@ class Agent:
 
     def __init__(self, settings: Settings, machine_id: str | None = None) -> None:
         self.settings = settings
+        self.context = ProbeContext(salt=settings.salt)
+        url, secret = settings.collector_url(), settings.enroll_secret()
+        machine = machine_id or os_machine_id(self.context.platform, self.context.run, self.context.etc_root)
         self.state = StateDir(settings.state_dir)
         self.state.lock()
         self.spool = Spool(self.state.spool_dir, self.state.quarantine_dir)
-        self.context = ProbeContext(salt=settings.salt)
-        self.http = httpx.Client(base_url=settings.collector_url(), timeout=HTTP_TIMEOUT_SECONDS)
+        self.http = httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_SECONDS)
         self.enrollment = Enrollment(
-            self.http, self.state, settings.enroll_secret(), socket.gethostname(),
-            hardware_id(machine_id or os_machine_id(self.context.platform, self.context.run, self.context.etc_root)),
-            clock=self.context.clock,
+            self.http, self.state, secret, socket.gethostname(), hardware_id(machine), clock=self.context.clock
         )
         self.runner = Runner(self.context, settings.probes)
         self._collector_interval: float | None = None
@@ -86,12 +86,11 @@ class Agent:
         self.context.options = config.probe_options
         self._collector_interval = config.interval_seconds
 
-    def _spool_report(self, start: datetime, end: datetime) -> int:
+    def _spool_report(self, start: datetime, end: datetime) -> None:
         identity = self.state.identity
         seq = self.state.allocate_seq()
         report = self.runner.report(identity.device_id if identity else UNENROLLED, seq, start, end)
         self.spool.put(seq, json.dumps(to_wire(report)).encode())
-        return seq
 
     def _deliver(self) -> None:
         done = deliver(self.spool, self.enrollment)
@@ -127,7 +126,7 @@ class Agent:
         retry = _Backoff()
         self._attempt(retry)
         while not stop.is_set():
-            interval = self.settings.interval_seconds or self._collector_interval or DEFAULT_INTERVAL_SECONDS
+            interval = self._interval()
             self.context.window_seconds = interval
             start = utc_now(self.context)
             self.runner.start()
@@ -148,20 +147,22 @@ class Agent:
             self._deliver()
         except CollectorUnavailable as error:
             log.warning("%s; %d report(s) spooled, retrying in %.0f s",
-                        error, len(self.spool.pending()), retry.failed(self._ceiling()))
+                        error, len(self.spool.pending()), retry.failed(self._interval()))
         except AgentError as error:
-            log.error("%s; retrying in %.0f s", error, retry.failed(self._ceiling(), at_ceiling=True))
+            log.error("%s; retrying in %.0f s", error, retry.failed(self._interval(), at_ceiling=True))
         else:
             retry.succeeded()
 
-    def _ceiling(self) -> float:
+    def _interval(self) -> float:
+        """Seconds per report: the flag or config file, else the collector's choice, else 5 minutes."""
         return self.settings.interval_seconds or self._collector_interval or DEFAULT_INTERVAL_SECONDS
 
     def verify(self, seconds: float) -> int:
         """Onboarding check: report ``seconds`` of observation, then print the collector's verdict."""
         self.once(seconds)
         identity = self.enrollment.identity()
-        response = call(self.http, "POST", "/api/v1/verify", json={"seconds": round(seconds)}, headers=bearer(identity))
+        asked = {"seconds": round(seconds)}
+        response = call(self.http, "POST", "/api/v1/verify", json=asked, headers=bearer(identity))
         if response.status_code != 200:
             raise AgentError(f"collector answered HTTP {response.status_code} to /api/v1/verify: {response.text[:200]}")
         try:
