@@ -59,8 +59,8 @@ class Spool:
         """Spooled reports, lowest seq first (temp files start with a dot and are skipped)."""
         return sorted(self.folder.glob("[0-9]*.json"), key=lambda p: int(p.stem))
 
-    def quarantine(self, path: Path, status: int, answer: str) -> Path:
-        """Move a rejected report aside with the collector's answer next to it."""
+    def quarantine(self, path: Path, status: int | None, answer: str) -> Path:
+        """Move a rejected report aside with the collector's answer (or why) next to it."""
         target = self.quarantine_folder / path.name
         try:
             body: object = json.loads(answer)
@@ -105,25 +105,33 @@ def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
     reenrolled = False
     identity = enrollment.identity()
     for path in spool.pending():
-        body = _stamped(path, identity.device_id)
+        seq = int(path.stem)
+        try:
+            body = _stamped(path, identity.device_id)
+        except ValueError as unreadable:  # damaged on disk: sending it could never succeed
+            _set_aside(spool, path, None, f"the spooled file is not a JSON report: {unreadable}", done)
+            continue
         response = _post(enrollment.http, body, identity)
         if response.status_code == 401 and not reenrolled:
             reenrolled = True
             identity = enrollment.reenroll()
             body = _stamped(path, identity.device_id)
             response = _post(enrollment.http, body, identity)
-        seq = int(path.stem)
         if 200 <= response.status_code < 300:
             path.unlink()
             done.delivered.append(seq)
         elif response.status_code in REJECTED_FOR_GOOD:
-            target = spool.quarantine(path, response.status_code, response.text)
-            done.quarantined.append(seq)
-            log.warning("report seq %d rejected (HTTP %d); moved to %s", seq, response.status_code, target)
+            _set_aside(spool, path, response.status_code, response.text, done)
         else:
             answer = f"HTTP {response.status_code}: {response.text[:200]}"
             raise AgentError(f"collector answered report seq {seq} with {answer}")
     return done
+
+
+def _set_aside(spool: Spool, path: Path, status: int | None, answer: str, done: Delivery) -> None:
+    target = spool.quarantine(path, status, answer)
+    done.quarantined.append(int(path.stem))
+    log.warning("report seq %d set aside (HTTP %s): moved to %s", int(path.stem), status, target)
 
 
 def _stamped(path: Path, device_id: str) -> bytes:

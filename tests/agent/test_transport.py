@@ -180,3 +180,15 @@ def test_run_keeps_reports_while_the_collector_is_down_and_delivers_them_in_orde
     stored = seqs(collector)
     assert stored == list(range(1, len(stored) + 1)) and len(stored) >= 5
     assert "unreachable" in finished.stderr
+
+
+def test_a_damaged_spool_file_is_set_aside_and_the_rest_delivered(collector: RunningCollector, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert agent_once(collector, state).returncode == 0
+    (state / "next_seq").write_text("3\n")
+    (state / "spool" / "000000000002.json").write_bytes(b'{"schema": "farmwatch.rep')  # cut short
+    done = agent_once(collector, state)
+    assert done.returncode == 0, done.stderr
+    assert seqs(collector) == [1, 3]
+    beside = json.loads((state / "quarantine" / "000000000002.response.json").read_text())
+    assert beside["status"] is None and "not a JSON report" in beside["answer"]
