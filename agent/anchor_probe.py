@@ -43,13 +43,15 @@ def tcp_connect_rtt(ip: str, port: int, timeout_s: float) -> float | None:
 
 def icmp_echo_rtt(ip: str, port: int, timeout_s: float) -> float | None:
     """One ICMP echo through scapy (needs CAP_NET_RAW and the ``raw`` extra); ``port`` unused."""
-    from scapy.all import ICMP, IP, IPv6, ICMPv6EchoRequest, sr1  # type: ignore[import-untyped]
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+    from scapy.sendrecv import sr1
 
     request = IPv6(dst=ip) / ICMPv6EchoRequest() if ":" in ip else IP(dst=ip) / ICMP()
     answer = sr1(request, timeout=timeout_s, verbose=False)
     if answer is None:
         return None
-    return float(answer.time - request.sent_time) * 1000.0
+    return (float(answer.time) - float(request.sent_time or 0)) * 1000.0  # capture timestamps, seconds
 
 
 def has_cap_net_raw(proc_root: str = "/proc") -> bool:

@@ -9,16 +9,18 @@ the distance to r x 100 km). Gateway MAC and BSSID leave only as salted SHA-256.
 
 Options (``probe_options.network``): ``samples`` (default 5), ``timeout_seconds`` (2.0),
 ``method`` ("tcp" default, or "icmp": scapy + CAP_NET_RAW, else a problem and TCP is used),
-``arp_sweep`` (false; scapy + CAP_NET_RAW, sweeps each IPv4 /24 or smaller before counting).
+``arp_sweep`` (false; scapy + CAP_NET_RAW: :mod:`farmwatch.agent.arp_sweep` adds who answers
+on each attached IPv4 /24 or smaller to the passive neighbour count).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.util import find_spec
 from typing import Any
 
 from farmwatch.contract import Interface, LatencyProbe, NetworkFacts
 
+from ..arp_sweep import sweep
 from ..anchor_probe import has_cap_net_raw, icmp_echo_rtt, measure_all, tcp_connect_rtt
 from ..interfaces import VPN_NAME_PREFIXES, LinkFacts, read_interfaces
 from ..neighbours import default_gateway, gateway_mac, neighbours
@@ -26,6 +28,8 @@ from ..salted import salted_sha256
 from ..vpn_catalog import load_catalog, product_of_interface, products_running
 from ..wifi import BssidUnavailable, current_bssid
 from .base import Probe
+
+_LAN_KINDS = ("ethernet", "wifi", "virtual")  # link layers that carry ARP (not TUN/PPP)
 
 
 class NetworkProbe(Probe):
@@ -37,7 +41,7 @@ class NetworkProbe(Probe):
     def collect(self) -> NetworkFacts:
         linux = self.context.platform.startswith("linux")
         links = self._links() if linux else self._links_by_name()
-        gateway_ip, gateway_hash, neighbour_count = self._local_network() if linux else (None, None, None)
+        gateway_ip, gateway_hash, neighbour_count = self._local_network(links) if linux else (None, None, None)
         return NetworkFacts(
             interfaces=self._with_vpn_products(links),
             gateway_ip=gateway_ip,
@@ -105,7 +109,7 @@ class NetworkProbe(Probe):
                 continue  # the process exited meanwhile
         return names
 
-    def _local_network(self) -> tuple[str | None, str | None, int | None]:
+    def _local_network(self, links: list[LinkFacts]) -> tuple[str | None, str | None, int | None]:
         proc = self.context.proc_root
         try:
             gateway = default_gateway(proc)
@@ -113,14 +117,25 @@ class NetworkProbe(Probe):
         except OSError as failure:
             self.problem(f"cannot read {proc}/net/route or {proc}/net/arp: {failure}")
             return None, None, None
-        if self.options.get("arp_sweep"):
-            self.problem("arp_sweep is configured but not implemented in this agent; counted the passive table")
+        macs = {n.mac for n in table}
+        if self.options.get("arp_sweep") and self._raw_packets_possible("the ARP sweep"):
+            macs |= sweep([link.name for link in links if link.kind in _LAN_KINDS])
         mac = gateway_mac(gateway, table) if gateway else None
         return (
             gateway.ip if gateway else None,
             salted_sha256(self.context.salt, mac) if mac else None,
-            len({n.mac for n in table}),
+            len(macs),
         )
+
+    def _raw_packets_possible(self, purpose: str) -> bool:
+        """Whether scapy and CAP_NET_RAW are there; if not, a problem says which is missing."""
+        if not has_cap_net_raw(str(self.context.proc_root)):
+            self.problem(f"{purpose} needs CAP_NET_RAW, which this agent lacks; skipped")
+            return False
+        if find_spec("scapy") is None:
+            self.problem(f"{purpose} needs scapy (pip install 'farmwatch[raw]'); skipped")
+            return False
+        return True
 
     def _bssid_hash(self, wifi_interfaces: list[str]) -> str | None:
         try:
@@ -135,12 +150,7 @@ class NetworkProbe(Probe):
         timeout_s = float(self.options.get("timeout_seconds", 2.0))
         method, sampler = "tcp", tcp_connect_rtt
         if self.options.get("method") == "icmp":
-            if not has_cap_net_raw(str(self.context.proc_root)):
-                self.problem("ICMP anchor probes need CAP_NET_RAW; measured with TCP connects instead")
-            elif not _scapy_installed():
-                self.problem("ICMP anchor probes need scapy (pip install 'farmwatch[raw]'); "
-                             "measured with TCP connects instead")
-            else:
+            if self._raw_packets_possible("ICMP anchor probing (measured with TCP connects instead)"):
                 method, sampler = "icmp", icmp_echo_rtt
         measured = measure_all(self.context.anchors, samples, timeout_s, method, sampler)
         for probe in measured:
@@ -148,8 +158,3 @@ class NetworkProbe(Probe):
                 self.problem(f"anchor {probe.target}: {probe.address} did not resolve; nothing sent")
         return measured
 
-
-def _scapy_installed() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("scapy") is not None

@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -201,27 +202,92 @@ def test_kinds_of_real_devices_in_a_namespace(lab: Lab) -> None:  # noqa: F811
                      "tun7": "vpn", "tap7": "vpn"}
 
 
-_LOCAL_NETWORK_IN_NAMESPACE = (
-    "import json; from farmwatch.agent.probes.base import ProbeContext;"
-    "from farmwatch.agent.probes.network import NetworkProbe;"
-    "p = NetworkProbe(ProbeContext(salt={salt!r}));"
-    "f = p.collect(); print(json.dumps([f.gateway_ip, f.gateway_mac_hash, f.lan_neighbors]))"
-)
+_NETWORK_IN_NAMESPACE = """
+import json, sys
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.network import NetworkProbe
+from farmwatch.contract import Anchor
+options, anchors = json.loads(sys.argv[1]), [Anchor(**a) for a in json.loads(sys.argv[2])]
+probe = NetworkProbe(ProbeContext(salt={salt!r}, anchors=anchors, options={{"network": options}}))
+facts = probe.collect()
+print(json.dumps({{"facts": facts.model_dump(mode="json"), "problems": probe.problems}}))
+""".format(salt=SALT)
+
+
+def _network_in(lab: Lab, options: dict | None = None, anchors: Sequence[Anchor] = ()) -> dict:  # noqa: F811
+    """The network probe run inside the lab's near namespace; its section and problems."""
+    argv = [sys.executable, "-c", _NETWORK_IN_NAMESPACE, json.dumps(options or {}),
+            json.dumps([a.model_dump() for a in anchors])]
+    done = lab.run(lab.near, argv)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _veth(lab: Lab, near_dev: str, far_dev: str, far_ns: str) -> None:  # noqa: F811
+    subprocess.run(["ip", "-n", lab.near, "link", "add", near_dev, "type", "veth", "peer", "name", far_dev,
+                    "netns", far_ns], check=True)
+
+
+def _up(ns: str, dev: str, address: str | None = None, mac: str | None = None) -> None:
+    if address:
+        subprocess.run(["ip", "-n", ns, "addr", "add", address, "dev", dev], check=True)
+    if mac:
+        subprocess.run(["ip", "-n", ns, "link", "set", dev, "address", mac], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
 
 
 def test_gateway_and_neighbours_of_a_real_namespace(lab: Lab) -> None:  # noqa: F811
-    far = lab._namespace("g")  # a second namespace playing the home router
+    router = lab._namespace("g")  # a second namespace playing the home router
     mac = "02:00:5e:10:00:01"
-    subprocess.run(["ip", "-n", lab.near, "link", "add", "lan0", "type", "veth", "peer", "name", "rtr0",
-                    "netns", far], check=True)
-    for ns, dev, address in ((lab.near, "lan0", "192.168.77.20/24"), (far, "rtr0", "192.168.77.1/24")):
-        subprocess.run(["ip", "-n", ns, "addr", "add", address, "dev", dev], check=True)
-        subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
-    subprocess.run(["ip", "-n", far, "link", "set", "rtr0", "address", mac], check=True)
+    _veth(lab, "lan0", "rtr0", router)
+    _up(lab.near, "lan0", "192.168.77.20/24")
+    _up(router, "rtr0", "192.168.77.1/24", mac)
     subprocess.run(["ip", "-n", lab.near, "route", "add", "default", "via", "192.168.77.1"], check=True)
     # One packet to the router makes the kernel resolve its MAC into the neighbour table.
     touch = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('192.168.77.1', 9))"
     lab.run(lab.near, [sys.executable, "-c", touch])
-    done = lab.run(lab.near, [sys.executable, "-c", _LOCAL_NETWORK_IN_NAMESPACE.format(salt=SALT)])
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == ["192.168.77.1", _hash(mac), 1]
+    facts = _network_in(lab)["facts"]
+    assert [facts["gateway_ip"], facts["gateway_mac_hash"], facts["lan_neighbors"]] == ["192.168.77.1", _hash(mac), 1]
+
+
+def _wait_forwarding(switch: str, ports: list[str]) -> None:
+    """Until every bridge port has carrier and forwards (a fresh port passes through "learning")."""
+    for _ in range(100):
+        shown = json.loads(subprocess.run(["ip", "-n", switch, "-j", "-d", "link", "show"], capture_output=True,
+                                          text=True, check=True).stdout)
+        ready = {link["ifname"] for link in shown if link.get("operstate") == "UP"
+                 and link.get("linkinfo", {}).get("info_slave_data", {}).get("state") == "forwarding"}
+        if set(ports) <= ready:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"bridge ports of {switch} never forwarded: {shown}")
+
+
+def test_arp_sweep_finds_quiet_neighbours_when_configured(lab: Lab) -> None:  # noqa: F811
+    """Three hosts on a bridged LAN the laptop never talked to: only the sweep counts them."""
+    switch = lab._namespace("s")
+    _veth(lab, "lan0", "port0", switch)
+    _up(lab.near, "lan0", "192.168.88.20/24")
+    subprocess.run(["ip", "-n", switch, "link", "add", "br0", "type", "bridge"], check=True)
+    _up(switch, "br0")
+    for index in range(1, 4):
+        host = lab._namespace(f"h{index}")
+        subprocess.run(["ip", "-n", switch, "link", "add", f"port{index}", "type", "veth", "peer", "name", "eth0",
+                        "netns", host], check=True)
+        _up(host, "eth0", f"192.168.88.{index}/24", f"02:00:5e:20:00:0{index}")
+    for port in range(4):
+        subprocess.run(["ip", "-n", switch, "link", "set", f"port{port}", "master", "br0"], check=True)
+        _up(switch, f"port{port}")
+    _wait_forwarding(switch, [f"port{port}" for port in range(4)])
+    assert _network_in(lab)["facts"]["lan_neighbors"] == 0  # passive: nobody talked yet
+    swept = _network_in(lab, {"arp_sweep": True})
+    assert swept["facts"]["lan_neighbors"] == 3, swept
+
+
+def test_icmp_anchor_probe_across_the_delay_line(lab: Lab) -> None:  # noqa: F811
+    link = lab.far_peer(60.0)
+    result = _network_in(lab, {"method": "icmp", "samples": 3}, [_anchor("far", 0, link.far_ip)])
+    (probe,) = result["facts"]["probes"]
+    assert (probe["method"], probe["sent"], probe["received"]) == ("icmp", 3, 3)
+    assert probe["rtt_min_ms"] >= 60.0  # the line only adds delay
+    assert result["problems"] == []
