@@ -65,7 +65,7 @@ class Agent:
         self.state = StateDir(settings.state_dir)
         self.state.lock()
         self.spool = Spool(self.state.spool_dir, self.state.quarantine_dir)
-        self.http = httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_SECONDS)
+        self.http = httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_SECONDS, verify=settings.tls())
         self.enrollment = Enrollment(
             self.http, self.state, secret, socket.gethostname(), hardware_id(machine), clock=self.context.clock
         )

@@ -7,6 +7,7 @@
     enroll_secret_file = "/etc/farmwatch/enroll-secret"
     state_dir = "/var/lib/farmwatch-agent"
     salt = "company-wide secret"        # salts hashes of outside identifiers (MACs, BSSIDs)
+    ca_file = "/etc/farmwatch/ca.pem"   # trust this CA for an https:// collector (default: system CAs)
     interval_seconds = 300
     probes = ["remote_access"]          # default: every registered probe
 """
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ DEFAULT_INTERVAL_SECONDS = 300.0
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "collector": str, "enroll_secret_file": str, "state_dir": str, "salt": str,
-    "interval_seconds": (int, float), "probes": list,
+    "interval_seconds": (int, float), "probes": list, "ca_file": str,
 }
 
 
@@ -41,6 +43,7 @@ class Settings:
     salt: str
     interval_seconds: float | None  # None: the collector's choice, else the default
     probes: list[str]
+    ca_file: Path | None = None
 
     def enroll_secret(self) -> str:
         """The enrol secret, read from its file; a missing or empty file is a one-line error."""
@@ -54,6 +57,15 @@ class Settings:
         if not secret:
             raise UsageError(f"the enrol secret file {self.enroll_secret_file} is empty")
         return secret
+
+    def tls(self) -> ssl.SSLContext | bool:
+        """How to check the collector's certificate: the configured CA, else the system's."""
+        if self.ca_file is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        except (OSError, ssl.SSLError) as failed:
+            raise UsageError(f"cannot use ca_file {self.ca_file}: {failed}") from failed
 
     def collector_url(self) -> str:
         """The collector's base URL; required for every command but ``once --print``."""
@@ -104,4 +116,5 @@ def resolve(args: argparse.Namespace) -> Settings:
         salt=file.get("salt", ""),
         interval_seconds=float(interval) if interval is not None else None,
         probes=list(file.get("probes", PROBES)),
+        ca_file=Path(file["ca_file"]) if "ca_file" in file else None,
     )

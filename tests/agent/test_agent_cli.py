@@ -117,3 +117,14 @@ def test_a_second_agent_on_the_same_state_dir_stops_in_one_line(collector: Runni
     assert "another farmwatch-agent is using the state dir" in one_line_error(done)
     assert service.returncode == 0
     assert not (state / "next_seq").exists() and not list((state / "spool").iterdir())  # it took no seq
+
+
+def test_an_unusable_ca_file_is_named_in_one_line(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nca_file = "{tmp_path / "missing-ca.pem"}"\n')
+    done = run_agent("once", "--window", "0", "--config", str(config), "--collector", "https://127.0.0.1:1",
+                     "--enroll-secret-file", str(secret), "--state-dir", str(tmp_path / "state"))
+    assert done.returncode == 64
+    assert "cannot use ca_file" in one_line_error(done)
