@@ -42,8 +42,8 @@ def _no_tools(argv: Sequence[str]) -> str:
     raise FileNotFoundError(2, "No such file or directory", argv[0])
 
 
-def _probe(tmp_path: Path, run=_no_tools, proc: Path = PROC, **options: object) -> NetworkProbe:
-    context = ProbeContext(salt=SALT, sys_root=SYS, proc_root=proc, run=run, platform="linux",
+def _probe(run=_no_tools, proc: Path = PROC, platform: str = "linux", **options: object) -> NetworkProbe:
+    context = ProbeContext(salt=SALT, sys_root=SYS, proc_root=proc, run=run, platform=platform,
                            options={"network": options})
     return NetworkProbe(context)
 
@@ -67,8 +67,8 @@ def test_interface_kinds_from_captured_sysfs(name: str, kind: str, driver: str |
     assert (links[name].kind, links[name].driver) == (kind, driver)
 
 
-def test_vpn_products_from_names_and_running_clients(tmp_path: Path) -> None:
-    facts = _probe(tmp_path).collect()
+def test_vpn_products_from_names_and_running_clients() -> None:
+    facts = _probe().collect()
     products = {i.name: i.vpn_product for i in facts.interfaces if i.kind == "vpn"}
     # tailscale0 is named by Tailscale's own interface name; mullvad-daemon runs, so the generic
     # wg0/tun0/ppp0 tunnels are put down to Mullvad rather than to bare WireGuard.
@@ -79,13 +79,13 @@ def test_vpn_products_from_names_and_running_clients(tmp_path: Path) -> None:
 def test_vpn_products_without_clients_come_from_names_only(tmp_path: Path) -> None:
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "comm").write_text("systemd\n")
-    facts = _probe(tmp_path, proc=tmp_path).collect()
+    facts = _probe(proc=tmp_path).collect()
     products = {i.name: i.vpn_product for i in facts.interfaces if i.kind == "vpn"}
     assert products == {"tailscale0": "Tailscale", "wg0": "WireGuard", "tun0": None, "ppp0": None}
 
 
-def test_gateway_and_neighbours_from_captured_proc(tmp_path: Path) -> None:
-    probe = _probe(tmp_path)
+def test_gateway_and_neighbours_from_captured_proc() -> None:
+    probe = _probe()
     facts = probe.collect()
     # Two default routes: the wired one has the lower metric (100 < 600).
     assert facts.gateway_ip == "172.16.0.1"
@@ -95,8 +95,8 @@ def test_gateway_and_neighbours_from_captured_proc(tmp_path: Path) -> None:
     assert "3c:84:6a" not in json.dumps(facts.model_dump())
 
 
-def test_missing_wifi_tools_are_reported_not_raised(tmp_path: Path) -> None:
-    probe = _probe(tmp_path)
+def test_missing_wifi_tools_are_reported_not_raised() -> None:
+    probe = _probe()
     facts = probe.collect()
     assert facts.wifi_bssid_hash is None
     assert any("Wi-Fi access point unknown" in p and "nmcli" in p and "iw" in p for p in probe.problems)
@@ -129,7 +129,7 @@ def test_bssid_parsers(parse, output: str, expected: str | None) -> None:
     assert parse(output) == expected
 
 
-def test_bssid_falls_back_to_iw_and_is_hashed(tmp_path: Path) -> None:
+def test_bssid_falls_back_to_iw_and_is_hashed() -> None:
     asked: list[list[str]] = []
 
     def replay(argv: Sequence[str]) -> str:
@@ -138,11 +138,21 @@ def test_bssid_falls_back_to_iw_and_is_hashed(tmp_path: Path) -> None:
             raise FileNotFoundError(2, "No such file or directory", "nmcli")
         return IW_LINK
 
-    probe = _probe(tmp_path, run=replay)
+    probe = _probe(run=replay)
     facts = probe.collect()
     assert asked[-1] == ["iw", "dev", "wlp2s0", "link"]
     assert facts.wifi_bssid_hash == _hash("f4:92:bf:a0:0b:1c")
     assert not any("Wi-Fi" in p for p in probe.problems)
+
+
+def test_macos_names_interfaces_and_reads_airport() -> None:
+    probe = _probe(run=lambda argv: AIRPORT if "airport" in argv[0] else _no_tools(argv), platform="darwin")
+    facts = probe.collect()
+    kinds = {i.name: i.kind for i in facts.interfaces}
+    assert kinds.get("lo") == "loopback" and set(kinds.values()) <= {"loopback", "vpn", "other"}
+    assert facts.wifi_bssid_hash == _hash("f4:92:bf:a0:0b:1c")
+    assert (facts.gateway_ip, facts.lan_neighbors) == (None, None)
+    assert any("guessed from names" in p for p in probe.problems)
 
 
 def _anchor(name: str, port: int, address: str = "127.0.0.1") -> Anchor:
@@ -164,22 +174,6 @@ def test_anchor_probe_over_loopback_listener_and_refused_port() -> None:
         assert probe.rtt_min_ms is not None and probe.rtt_median_ms is not None and probe.rtt_max_ms is not None
         assert probe.rtt_min_ms <= probe.rtt_median_ms <= probe.rtt_max_ms
     assert [p.target for p in (open_probe, refused)] == ["open", "refused"]
-
-
-def test_icmp_without_the_means_falls_back_to_tcp_and_says_why(tmp_path: Path) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    probe = _probe(tmp_path, method="icmp", samples=2)
-    probe.context.anchors = [_anchor("lo", listener.getsockname()[1])]
-    no_caps = tmp_path / "proc"
-    (no_caps / "self").mkdir(parents=True)
-    (no_caps / "self" / "status").write_text("Name:\tpython\nCapEff:\t0000000000000000\n")
-    probe.context.proc_root = no_caps
-    try:
-        facts = probe.collect()
-    finally:
-        listener.close()
-    assert [(p.method, p.received) for p in facts.probes] == [("tcp", 2)]
-    assert any("CAP_NET_RAW" in p for p in probe.problems)
 
 
 _KINDS_IN_NAMESPACE = (
@@ -209,15 +203,19 @@ from farmwatch.agent.probes.network import NetworkProbe
 from farmwatch.contract import Anchor
 options, anchors = json.loads(sys.argv[1]), [Anchor(**a) for a in json.loads(sys.argv[2])]
 probe = NetworkProbe(ProbeContext(salt={salt!r}, anchors=anchors, options={{"network": options}}))
+if sys.argv[3:] == ["unprivileged"]:  # like an agent run as an ordinary user: no CAP_NET_RAW
+    import os, encodings.idna, scapy.sendrecv  # imported first: this interpreter lives under /root (0700)
+    os.setgid(65534); os.setuid(65534)
 facts = probe.collect()
 print(json.dumps({{"facts": facts.model_dump(mode="json"), "problems": probe.problems}}))
 """.format(salt=SALT)
 
 
-def _network_in(lab: Lab, options: dict | None = None, anchors: Sequence[Anchor] = ()) -> dict:  # noqa: F811
+def _network_in(lab: Lab, options: dict | None = None, anchors: Sequence[Anchor] = (),  # noqa: F811
+                *flags: str) -> dict:
     """The network probe run inside the lab's near namespace; its section and problems."""
     argv = [sys.executable, "-c", _NETWORK_IN_NAMESPACE, json.dumps(options or {}),
-            json.dumps([a.model_dump() for a in anchors])]
+            json.dumps([a.model_dump() for a in anchors]), *flags]
     done = lab.run(lab.near, argv)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -291,3 +289,16 @@ def test_icmp_anchor_probe_across_the_delay_line(lab: Lab) -> None:  # noqa: F81
     assert (probe["method"], probe["sent"], probe["received"]) == ("icmp", 3, 3)
     assert probe["rtt_min_ms"] >= 60.0  # the line only adds delay
     assert result["problems"] == []
+
+
+def test_without_root_the_default_path_works_and_the_rest_is_said(lab: Lab) -> None:  # noqa: F811
+    link = lab.far_peer(20.0)
+    lab.server(link.far_ns, 443)
+    options = {"method": "icmp", "arp_sweep": True, "samples": 2}
+    result = _network_in(lab, options, [_anchor("far", 443, link.far_ip)], "unprivileged")
+    (probe,) = result["facts"]["probes"]
+    assert (probe["method"], probe["sent"], probe["received"]) == ("tcp", 2, 2)
+    assert probe["rtt_min_ms"] >= 20.0
+    assert {kind for kind in (i["kind"] for i in result["facts"]["interfaces"])} == {"loopback", "vpn"}
+    assert sorted(p.split(" needs ")[0] for p in result["problems"] if "CAP_NET_RAW" in p) == [
+        "ICMP anchor probing (measured with TCP connects instead)", "the ARP sweep"]
