@@ -1,0 +1,94 @@
+"""Enrolment and the hourly config refresh, in-process against the real collector process.
+
+The clock is the one injected into :class:`Enrollment` (the agent passes ``ProbeContext.clock``),
+so an hour passes without waiting for it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from collector_process import RunningCollector
+
+from farmwatch.agent.enrollment import CONFIG_REFRESH_SECONDS, Enrollment
+from farmwatch.agent.errors import CollectorRefused
+from farmwatch.agent.hardware_id import hardware_id
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.runner import Runner
+from farmwatch.agent.state import StateDir
+from farmwatch.agent.transport import Spool, deliver
+from farmwatch.contract import to_wire
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime(2026, 11, 28, 4, 0, tzinfo=timezone.utc)
+T1 = T0 + timedelta(minutes=5)
+ANCHORS = "name,address,port,latitude,longitude\n{rows}"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def enrollment(collector: RunningCollector, state: Path, clock: Clock, secret: str | None = None) -> Enrollment:
+    http = httpx.Client(base_url=collector.url, timeout=10)
+    return Enrollment(http, StateDir(state), secret or collector.enroll_secret, "test-host",
+                      hardware_id("machine-under-test"), clock)
+
+
+def import_anchors(collector: RunningCollector, tmp_path: Path, *names: str) -> None:
+    rows = "".join(f"{name},127.0.0.1,443,41.88,-87.63\n" for name in names)
+    path = tmp_path / f"anchors-{len(names)}.csv"
+    path.write_text(ANCHORS.format(rows=rows))
+    done = collector.cli("anchors", "import", "--db", collector.db_url, str(path))
+    assert done.returncode == 0, done.stderr
+
+
+def anchor_names(agent: Enrollment) -> list[str]:
+    return sorted(a.name for a in agent.refresh_config().anchors)
+
+
+def test_config_is_read_at_enrolment_then_at_most_hourly(collector: RunningCollector, tmp_path: Path) -> None:
+    clock = Clock()
+    import_anchors(collector, tmp_path, "chicago")
+    agent = enrollment(collector, tmp_path / "state", clock)
+    agent.identity()
+    assert anchor_names(agent) == ["chicago"]  # read right after enrolment
+
+    import_anchors(collector, tmp_path, "chicago", "dallas")
+    clock.now += CONFIG_REFRESH_SECONDS / 2
+    assert anchor_names(agent) == ["chicago"]  # within the hour: the cached config
+    clock.now += CONFIG_REFRESH_SECONDS / 2
+    assert anchor_names(agent) == ["chicago", "dallas"]
+
+
+def test_a_reinstalled_agent_keeps_its_device_and_resumes_its_sequence(collector: RunningCollector, tmp_path: Path) -> None:
+    first = enrollment(collector, tmp_path / "old-install", Clock())
+    device = first.identity()
+    runner = Runner(ProbeContext(), names=[])
+    spool = Spool(first.state.spool_dir, first.state.quarantine_dir)
+    for _ in range(2):
+        seq = first.state.allocate_seq()
+        spool.put(seq, json.dumps(to_wire(runner.report(device.device_id, seq, T0, T1))).encode())
+    assert deliver(spool, first).delivered == [1, 2]
+
+    # A reinstall: a fresh state dir on the same machine gets the same device and the next seq.
+    again = enrollment(collector, tmp_path / "new-install", Clock())
+    assert again.identity().device_id == device.device_id
+    assert again.identity().token != device.token
+    assert again.state.allocate_seq() == 3
+
+
+def test_a_wrong_secret_is_refused_for_good(collector: RunningCollector, tmp_path: Path) -> None:
+    agent = enrollment(collector, tmp_path / "state", Clock(), secret="wrong")
+    with pytest.raises(CollectorRefused, match="refused the enrol secret"):
+        agent.identity()
+    assert agent.state.identity is None
