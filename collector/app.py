@@ -89,6 +89,12 @@ def create_app(
         headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
         return JSONResponse({"errors": refused.errors}, status_code=refused.status, headers=headers)
 
+    @app.exception_handler(Exception)
+    async def _failed(_request: Request, _failure: Exception) -> JSONResponse:
+        # The traceback goes to the server log (Starlette re-raises after this handler answers).
+        message = "internal error; the collector log has the details"
+        return JSONResponse({"errors": [{"field": "(server)", "message": message}]}, status_code=500)
+
     @app.post("/api/v1/enroll")
     async def enroll(request: Request) -> dict[str, Any]:
         try:

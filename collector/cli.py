@@ -131,7 +131,12 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, enroll_secret_file=args.enroll_secret_file, analyst_token_file=args.analyst_token_file)
     storage = Storage.open(database_url(args.db))
     try:
-        uvicorn.run(create_app(storage, config), host=args.host, port=args.port, log_level=args.log_level)
+        # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
+        # own; the collector applies [collector] trusted_proxies itself (ingest.source_address).
+        uvicorn.run(
+            create_app(storage, config), host=args.host, port=args.port, log_level=args.log_level,
+            proxy_headers=False,
+        )
     finally:
         storage.close()
     return 0

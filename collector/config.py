@@ -74,10 +74,7 @@ def load_config(
     corporate = _networks(geo.get("corporate_networks", []), f"{where} [geo] corporate_networks")
     interval = _number(detection.pop("interval_seconds", 300), f"{where} [detection] interval_seconds")
     lookback = _number(detection.pop("lookback_hours", 72), f"{where} [detection] lookback_hours")
-    try:
-        tuning = DetectionConfig(**detection, corporate_networks=tuple(str(n) for n in corporate))
-    except (TypeError, ValueError) as failure:
-        raise ConfigError(f"{where} [detection]: {failure}") from None
+    tuning = _detection_tuning(detection, corporate, f"{where} [detection]")
     max_bytes = collector.get("max_report_bytes", 1_048_576)
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
         raise ConfigError(f"{where} [collector] max_report_bytes: must be an integer >= 1024, got {max_bytes!r}")
@@ -97,6 +94,22 @@ def load_config(
         probe_options=probe_options,
         outputs=tuple(raw.get("outputs", [])),
     )
+
+
+def _detection_tuning(values: dict[str, Any], corporate: tuple[Network, ...], where: str) -> DetectionConfig:
+    """:class:`DetectionConfig` from ``[detection]``, each value checked against its default's type."""
+    defaults = DetectionConfig()
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if isinstance(default, float):
+            _number(value, f"{where} {name}")
+        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where} {name}: must be an integer, got {value!r}")
+        elif not isinstance(default, (int, float)) and not (
+            isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+        ):
+            raise ConfigError(f"{where} {name}: must map detector names to tables of parameters")
+    return DetectionConfig(**values, corporate_networks=tuple(str(n) for n in corporate))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

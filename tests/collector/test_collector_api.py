@@ -1,0 +1,168 @@
+"""Analyst API, agent config, verify, /healthz and /metrics of a real collector process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from collector_helpers import auth, report_for
+from collector_process import RunningCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.slow
+
+
+def samples(collector: RunningCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = httpx.get(f"{collector.url}/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def test_healthz(collector: RunningCollector) -> None:
+    answer = httpx.get(f"{collector.url}/healthz")
+    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
+
+def test_metrics_count_what_happened(collector: RunningCollector) -> None:
+    device = collector.enrol()
+    token = device["token"]
+    url = f"{collector.url}/api/v1/reports"
+    assert httpx.post(url, json=report_for(str(device["device_id"]), 1), headers=auth(token)).status_code == 202
+    assert httpx.post(url, json=report_for(str(device["device_id"]), 1), headers=auth(token)).status_code == 202
+    assert httpx.post(url, json={"seq": 2}, headers=auth(token)).status_code == 422
+    assert httpx.post(url, json={"seq": 2}).status_code == 401
+    httpx.post(f"{collector.url}/api/v1/enroll", json={"enroll_secret": "nope", "hostname": "h", "hardware_id": "x"})
+
+    seen = samples(collector)
+    assert seen[("farmwatch_reports_accepted_total", (("kind", "new"),))] == 1
+    assert seen[("farmwatch_reports_accepted_total", (("kind", "resend"),))] == 1
+    assert seen[("farmwatch_reports_rejected_total", (("reason", "invalid"),))] == 1
+    assert seen[("farmwatch_reports_rejected_total", (("reason", "unauthorized"),))] == 1
+    assert seen[("farmwatch_reports_rejected_total", (("reason", "conflict"),))] == 0
+    assert seen[("farmwatch_enrolments_total", (("result", "new"),))] == 1
+    assert seen[("farmwatch_enrolments_total", (("result", "refused"),))] == 1
+    assert seen[("farmwatch_devices", ())] == 1
+    assert seen[("farmwatch_ingest_latency_seconds_count", ())] == 4
+
+
+def test_devices_api_requires_the_analyst_token(collector: RunningCollector) -> None:
+    device = collector.enrol()
+    for headers in ({}, auth("wrong"), auth(device["token"]), auth(collector.analyst_token + "x")):
+        assert httpx.get(f"{collector.url}/api/v1/devices", headers=headers).status_code == 401
+        assert httpx.get(f"{collector.url}/api/v1/devices/{device['device_id']}", headers=headers).status_code == 401
+    assert httpx.get(f"{collector.url}/api/v1/devices", headers=auth(collector.analyst_token)).status_code == 200
+
+
+def test_device_verdict_is_fresh_right_after_ingest(collector: RunningCollector, tmp_path: Path) -> None:
+    device = collector.enrol(hostname="tp-anna")
+    device_id = str(device["device_id"])
+    roster = tmp_path / "roster.csv"
+    roster.write_text(
+        "device_id,employee_id,country,city,latitude,longitude,timezone,approved_tools\n"
+        f"{device_id},E-3310,DE,Berlin,52.52,13.40,Europe/Berlin,\n"
+    )
+    assert collector.cli("roster", "import", "--db", collector.db_url, str(roster)).returncode == 0
+    analyst = auth(collector.analyst_token)
+
+    listed = httpx.get(f"{collector.url}/api/v1/devices", headers=analyst).json()
+    assert listed == [
+        {"device_id": device_id, "employee_id": "E-3310", "hostname": "tp-anna", "last_seen": None,
+         "risk": None, "verdict": None}
+    ]
+    assert httpx.get(f"{collector.url}/api/v1/devices/{device_id}", headers=analyst).status_code == 404
+
+    sent = httpx.post(f"{collector.url}/api/v1/reports", json=report_for(device_id, 1), headers=auth(device["token"]))
+    assert sent.status_code == 202
+    verdict = httpx.get(f"{collector.url}/api/v1/devices/{device_id}", headers=analyst).json()
+    assert verdict["device_id"] == device_id and verdict["employee_id"] == "E-3310"
+    assert verdict["verdict"] in {"clear", "review", "farm"}
+    # The fixture report holds an unapproved RustDesk with a live session: the detector must say so.
+    assert any(f["detector"] == "remote_access" and f["evidence"].get("tool") == "rustdesk" for f in verdict["findings"])
+    assert [e["renewal"] for e in verdict["enrolments"]] == [False]
+    (row,) = httpx.get(f"{collector.url}/api/v1/devices", headers=analyst).json()
+    assert row["risk"] == verdict["risk"] and row["verdict"] == verdict["verdict"]
+    assert row["last_seen"].endswith("Z")
+
+    missing = httpx.get(f"{collector.url}/api/v1/devices/dev-nope", headers=analyst)
+    assert missing.status_code == 404 and "not enrolled" in missing.json()["errors"][0]["message"]
+
+
+def test_agent_config_carries_the_anchors(collector: RunningCollector, tmp_path: Path) -> None:
+    device = collector.enrol()
+    anchors = tmp_path / "anchors.csv"
+    anchors.write_text("name,address,port,latitude,longitude\neu-frankfurt,198.51.100.40,443,50.11,8.68\n")
+    assert collector.cli("anchors", "import", "--db", collector.db_url, str(anchors)).returncode == 0
+    assert httpx.get(f"{collector.url}/api/v1/config").status_code == 401
+    config = httpx.get(f"{collector.url}/api/v1/config", headers=auth(device["token"])).json()
+    assert config == {
+        "anchors": [{"name": "eu-frankfurt", "address": "198.51.100.40", "port": 443, "latitude": 50.11, "longitude": 8.68}],
+        "interval_seconds": 300,
+        "probe_options": {},
+    }
+
+
+def test_verify_returns_the_devices_own_verdict(collector: RunningCollector) -> None:
+    device = collector.enrol()
+    device_id, token = str(device["device_id"]), device["token"]
+    url = f"{collector.url}/api/v1/verify"
+    assert httpx.post(url, json={"seconds": 30}, headers=auth(token)).status_code == 404
+    httpx.post(f"{collector.url}/api/v1/reports", json=report_for(device_id, 1), headers=auth(token)).raise_for_status()
+    assert httpx.post(url, json={"seconds": 30}).status_code == 401
+    bad = httpx.post(url, json={"seconds": "30"}, headers=auth(token))
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "seconds"
+    answer = httpx.post(url, json={"seconds": 30}, headers=auth(token)).json()
+    assert answer["device_id"] == device_id and answer["observed_seconds"] == 30
+
+
+TRUSTING_LOOPBACK = """\
+[collector]
+trusted_proxies = ["127.0.0.0/8"]
+
+[detection]
+interval_seconds = 3600
+
+[geo]
+corporate_networks = ["198.51.100.0/24"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "source_ip", "country", "kind"),
+    [
+        pytest.param("8.8.8.8", "8.8.8.8", "US", "unknown", id="client-behind-proxy"),
+        pytest.param("198.51.100.7, 127.0.0.5", "198.51.100.7", None, "corporate", id="two-proxies-corporate"),
+        pytest.param("1.1.1.1, 8.8.8.8", "8.8.8.8", "US", "unknown", id="left-end-is-client-written"),
+    ],
+)
+def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    collector_factory: object, forwarded: str, source_ip: str, country: str | None, kind: str
+) -> None:
+    collector = collector_factory(TRUSTING_LOOPBACK)  # type: ignore[operator]
+    device = collector.enrol()
+    httpx.post(
+        f"{collector.url}/api/v1/reports",
+        json=report_for(str(device["device_id"]), 1),
+        headers={**auth(device["token"]), "X-Forwarded-For": forwarded},
+    ).raise_for_status()
+    (record,) = [json.loads(line) for line in collector.cli("export", "--db", collector.db_url).stdout.splitlines()]
+    assert record["source_ip"] == source_ip
+    assert record["geo"]["country"] == country
+    assert record["geo"]["network_kind"] == kind
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored(collector: RunningCollector) -> None:
+    device = collector.enrol()
+    httpx.post(
+        f"{collector.url}/api/v1/reports",
+        json=report_for(str(device["device_id"]), 1),
+        headers={**auth(device["token"]), "X-Forwarded-For": "8.8.8.8"},
+    ).raise_for_status()
+    (record,) = [json.loads(line) for line in collector.cli("export", "--db", collector.db_url).stdout.splitlines()]
+    assert record["source_ip"] == "127.0.0.1"

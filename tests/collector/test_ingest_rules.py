@@ -1,0 +1,101 @@
+"""The ingest rules as plain functions (body cap, gzip, source address, digest) and /healthz going 503."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ipaddress
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from collector_helpers import report_for
+from fastapi.testclient import TestClient
+
+from farmwatch.collector.app import create_app
+from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.ingest import Rejected, digest, parse_report, read_body, source_address
+from farmwatch.collector.storage import Storage
+
+
+def read(chunks: list[bytes], limit: int, encoding: str | None = None, length: str | None = None) -> bytes:
+    async def stream() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    return asyncio.run(read_body(stream(), limit=limit, declared_length=length, encoding=encoding))
+
+
+def test_body_at_the_cap_passes_and_one_byte_more_is_413() -> None:
+    assert read([b"a" * 600, b"b" * 424], 1024) == b"a" * 600 + b"b" * 424
+    with pytest.raises(Rejected) as refused:
+        read([b"a" * 600, b"b" * 425], 1024)
+    assert refused.value.status == 413
+
+
+def test_declared_length_over_the_cap_is_refused_before_reading() -> None:
+    with pytest.raises(Rejected) as refused:
+        read([], 1024, length="5000")
+    assert refused.value.status == 413
+
+
+def test_gzip_is_inflated_in_pieces_and_capped() -> None:
+    packed = gzip.compress(b"x" * 5000)
+    pieces = [packed[i : i + 7] for i in range(0, len(packed), 7)]
+    assert read(pieces, 5000, "gzip") == b"x" * 5000
+    with pytest.raises(Rejected) as refused:
+        read(pieces, 4999, "gzip")
+    assert (refused.value.status, refused.value.reason) == (413, "too_large")
+
+
+def test_unknown_encoding_is_415() -> None:
+    with pytest.raises(Rejected) as refused:
+        read([b"{}"], 1024, "br")
+    assert refused.value.status == 415
+
+
+PROXIES = (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "expected"),
+    [
+        pytest.param("192.0.2.1", "8.8.8.8", "192.0.2.1", id="untrusted-peer"),
+        pytest.param("10.1.1.1", None, "10.1.1.1", id="no-header"),
+        pytest.param("10.1.1.1", "8.8.8.8", "8.8.8.8", id="one-hop"),
+        pytest.param("10.1.1.1", "6.6.6.6, 8.8.8.8, 10.2.2.2", "8.8.8.8", id="spoofed-left-end"),
+        pytest.param("10.1.1.1", "10.3.3.3, 10.2.2.2", "10.3.3.3", id="all-trusted"),
+        pytest.param("10.1.1.1", "8.8.8.8, garbage", "10.1.1.1", id="garbled"),
+    ],
+)
+def test_source_address(peer: str, header: str | None, expected: str) -> None:
+    assert source_address(peer, header, PROXIES) == expected
+
+
+def test_digest_ignores_spelling_but_not_content() -> None:
+    report = report_for("lt-1", 3)
+    compact = parse_report(json.dumps(report).encode())
+    spaced = parse_report(json.dumps(report, indent=3).replace('"2026-10-02T08:30:00Z"', '"2026-10-02T10:30:00+02:00"').encode())
+    assert digest(compact) == digest(spaced)
+    report["input"]["key_events"] += 1
+    assert digest(parse_report(json.dumps(report).encode())) != digest(compact)
+
+
+def test_healthz_is_503_while_the_store_cannot_be_opened(tmp_path: Path) -> None:
+    home = tmp_path / "data"
+    home.mkdir()
+    storage = Storage.open(f"sqlite:///{home / 'farmwatch.db'}")
+    config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20)
+    with TestClient(create_app(storage, config, background_scoring=False)) as client:
+        assert client.get("/healthz").status_code == 200
+        storage.engine.dispose()  # close pooled connections so the next query must open the file
+        home.rename(tmp_path / "moved")
+        answer = client.get("/healthz")
+        assert answer.status_code == 503
+        assert "does not answer" in answer.json()["status"]
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "farmwatch_devices NaN" in metrics.text
+        (tmp_path / "moved").rename(home)
+        assert client.get("/healthz").status_code == 200
+    storage.close()
