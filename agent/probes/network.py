@@ -56,6 +56,15 @@ class NetworkProbe(Probe):
         mine = self.context.options.get(self.name, {})
         return mine if isinstance(mine, dict) else {}
 
+    def _option(self, key: str, default: float, lowest: float, highest: float) -> float:
+        """A numeric option within its range; anything else is named in errors and the default used."""
+        value = self.options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lowest <= value <= highest:
+            self.problem(f"probe_options.network.{key}: must be a number from {lowest:g} to {highest:g}, "
+                         f"got {value!r}; used {default:g}")
+            return default
+        return float(value)
+
     def _links(self) -> list[LinkFacts]:
         try:
             return read_interfaces(self.context.sys_root)
@@ -146,8 +155,8 @@ class NetworkProbe(Probe):
         return salted_sha256(self.context.salt, bssid) if bssid else None
 
     def _anchor_probes(self) -> list[LatencyProbe]:
-        samples = int(self.options.get("samples", 5))
-        timeout_s = float(self.options.get("timeout_seconds", 2.0))
+        samples = int(self._option("samples", 5, 1, 50))
+        timeout_s = self._option("timeout_seconds", 2.0, 0.05, 30.0)
         method, sampler = "tcp", tcp_connect_rtt
         if self.options.get("method") == "icmp":
             if self._raw_packets_possible("ICMP anchor probing (measured with TCP connects instead)"):

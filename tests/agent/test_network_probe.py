@@ -145,6 +145,20 @@ def test_bssid_falls_back_to_iw_and_is_hashed() -> None:
     assert not any("Wi-Fi" in p for p in probe.problems)
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"samples": "five"}, "probe_options.network.samples", id="not-a-number"),
+        pytest.param({"samples": 0}, "probe_options.network.samples", id="too-few"),
+        pytest.param({"timeout_seconds": 600}, "probe_options.network.timeout_seconds", id="too-long"),
+    ],
+)
+def test_bad_options_are_named_and_defaults_used(options: dict, named: str) -> None:
+    probe = _probe(**options)
+    probe.collect()
+    assert [p for p in probe.problems if p.startswith(named)], probe.problems
+
+
 def test_macos_names_interfaces_and_reads_airport() -> None:
     probe = _probe(run=lambda argv: AIRPORT if "airport" in argv[0] else _no_tools(argv), platform="darwin")
     facts = probe.collect()
