@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from collections import defaultdict
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -105,7 +106,7 @@ class RemoteAccessProbe(Probe):
                 matches.append((tool, process))
         if not matches:
             return []
-        by_pid = self._tcp_sockets({p.pid for _, p in matches}, [p for _, p in matches])
+        by_pid = self._tcp_sockets([p for _, p in matches])
         pairs = [(s.local_ip, s.local_port, s.remote_ip, s.remote_port)
                  for socks in by_pid.values() for s in socks if s.remote_ip is not None and s.remote_port is not None]
         try:
@@ -127,17 +128,23 @@ class RemoteAccessProbe(Probe):
             ))
         return found
 
-    def _tcp_sockets(self, pids: set[int], processes: list[psutil.Process]) -> dict[int, list[Socket]]:
-        """TCP sockets of ``pids``: one system-wide read, or per process where that is denied."""
+    def _tcp_sockets(self, processes: list[psutil.Process]) -> dict[int, list[Socket]]:
+        """TCP sockets of ``processes``: one system-wide read, or per process where that is denied."""
+        pids = {p.pid for p in processes}
         by_pid: dict[int, list[Socket]] = defaultdict(list)
         try:
-            for conn in psutil.net_connections(kind="tcp"):
-                if conn.pid in pids:
-                    by_pid[conn.pid].append(_socket(conn))
-            return by_pid
+            table = psutil.net_connections(kind="tcp")
         except psutil.AccessDenied:
             # macOS without root: the system-wide table needs privileges, a process's own may not.
-            pass
+            return self._sockets_one_by_one(processes)
+        for conn in table:
+            if conn.pid in pids:
+                by_pid[conn.pid].append(_socket(conn))
+        self._note_unattributable(processes)
+        return by_pid
+
+    def _sockets_one_by_one(self, processes: list[psutil.Process]) -> dict[int, list[Socket]]:
+        by_pid: dict[int, list[Socket]] = {}
         for process in processes:
             try:
                 by_pid[process.pid] = [_socket(c) for c in process.net_connections(kind="tcp")]
@@ -145,3 +152,17 @@ class RemoteAccessProbe(Probe):
                 name = process.info["name"]
                 self.problem(f"cannot read the sockets of {name} (pid {process.pid}): {type(denied).__name__}")
         return by_pid
+
+    def _note_unattributable(self, processes: list[psutil.Process]) -> None:
+        """Say so when sockets may be missing: without root, Linux ties no socket to another user's process."""
+        if self.context.platform != "linux" or os.geteuid() == 0:
+            return
+        for process in processes:
+            try:
+                foreign = process.uids().real != os.getuid()
+            except psutil.Error:
+                foreign = True
+            if foreign:
+                name = process.info["name"]
+                self.problem(f"cannot see the sockets of {name} (pid {process.pid}): another user's process "
+                             "and the agent is not root")

@@ -7,6 +7,7 @@ process with that name holding real loopback TCP connections.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,3 +113,28 @@ def test_the_committed_catalogue_is_what_the_builder_makes_from_lolrmm(tmp_path:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.read_text() == CATALOG_PATH.read_text()
+
+
+DROPPED_PRIVILEGES = """
+import json, os, sys
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.remote_access import RemoteAccessProbe
+import farmwatch.agent.tcpinfo, pyroute2  # loaded while still root: the venv lives under /root
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody
+probe = RemoteAccessProbe(ProbeContext())
+tools = [t for t in probe.collect() if t.pid == int(sys.argv[1])]
+print(json.dumps({"connections": [len(t.connections) for t in tools], "problems": probe.problems}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0,
+                    reason="needs root: the tool runs as root and the probe drops to nobody")
+def test_without_root_a_tool_of_another_user_is_reported_with_a_problem(anydesk: NamedProcess) -> None:
+    done = subprocess.run([sys.executable, "-c", DROPPED_PRIVILEGES, str(anydesk.pid)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["connections"] == [0]  # the kernel does not tie root's sockets to the process for nobody
+    assert any(f"pid {anydesk.pid}" in p and "not root" in p for p in seen["problems"]), seen["problems"]
