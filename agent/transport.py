@@ -142,6 +142,8 @@ def _stamped(path: Path, device_id: str) -> bytes:
     """
     body = path.read_bytes()
     report = json.loads(body)
+    if not isinstance(report, dict):
+        raise ValueError(f"a JSON {type(report).__name__}, not an object")
     if report.get("device_id") == device_id:
         return body
     report["device_id"] = device_id
