@@ -249,7 +249,7 @@ def _up(ns: str, dev: str, address: str | None = None, mac: str | None = None) -
 
 
 def test_gateway_and_neighbours_of_a_real_namespace(lab: Lab) -> None:  # noqa: F811
-    router = lab._namespace("g")  # a second namespace playing the home router
+    router = lab.add_namespace("g")  # a second namespace playing the home router
     mac = "02:00:5e:10:00:01"
     _veth(lab, "lan0", "rtr0", router)
     _up(lab.near, "lan0", "192.168.77.20/24")
@@ -277,13 +277,13 @@ def _wait_forwarding(switch: str, ports: list[str]) -> None:
 
 def test_arp_sweep_finds_quiet_neighbours_when_configured(lab: Lab) -> None:  # noqa: F811
     """Three hosts on a bridged LAN the laptop never talked to: only the sweep counts them."""
-    switch = lab._namespace("s")
+    switch = lab.add_namespace("s")
     _veth(lab, "lan0", "port0", switch)
     _up(lab.near, "lan0", "192.168.88.20/24")
     subprocess.run(["ip", "-n", switch, "link", "add", "br0", "type", "bridge"], check=True)
     _up(switch, "br0")
     for index in range(1, 4):
-        host = lab._namespace(f"h{index}")
+        host = lab.add_namespace(f"h{index}")
         subprocess.run(["ip", "-n", switch, "link", "add", f"port{index}", "type", "veth", "peer", "name", "eth0",
                         "netns", host], check=True)
         _up(host, "eth0", f"192.168.88.{index}/24", f"02:00:5e:20:00:0{index}")

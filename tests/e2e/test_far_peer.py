@@ -44,16 +44,28 @@ def test_delay_line_gives_the_configured_round_trip(lab: Lab, rtt_ms: float) -> 
 
 
 _FAILING_TEST = """
-import sys
+import sys, time
 from delayline import lab
+
+FORKS = "import os, sys, time; child = os.fork(); print(child if child else '', flush=True); time.sleep(600)"
 
 def test_fails_midway(lab):
     link = lab.far_peer(50)
-    child = lab.spawn(link.far_ns, [sys.executable, "-c", "import time; time.sleep(600)"])
+    parent = lab.spawn(link.far_ns, [sys.executable, "-c", FORKS], stdout=-1)
+    forked = parent.stdout.readline().strip()
     with open({record!r}, "w") as out:
-        out.write(f"{{lab.near}} {{link.far_ns}} {{link.process.pid}} {{child.pid}}")
+        out.write(f"{{lab.near}} {{link.far_ns}} {{link.process.pid}} {{parent.pid}} {{forked}}")
     raise AssertionError("this test fails on purpose")
 """
+
+
+def _running(pid: str) -> bool:
+    """Whether ``pid`` still runs (a killed orphan may linger a moment as a zombie until reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 @pytest.mark.skipif(delayline.unavailable_reason() is not None, reason=str(delayline.unavailable_reason()))
@@ -67,11 +79,12 @@ def test_lab_cleans_up_after_a_failing_test(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": fixtures}, timeout=120,
     )
     assert done.returncode == 1 and "this test fails on purpose" in done.stdout, done.stdout + done.stderr
-    near, far, line_pid, child_pid = record.read_text().split()
+    near, far, *pids = record.read_text().split()
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert near not in namespaces and far not in namespaces
-    for pid in (line_pid, child_pid):
-        assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived its test"
+    assert len(pids) == 3  # the delay line, a process, the child it forked
+    for pid in pids:
+        assert not _running(pid), f"process {pid} outlived its test"
 
 
 AGENT = str(Path(sys.executable).parent / "farmwatch-agent")
