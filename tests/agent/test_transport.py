@@ -5,9 +5,11 @@ Each test runs the installed ``farmwatch-agent`` CLI as a subprocess, as an oper
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -192,3 +194,36 @@ def test_a_damaged_spool_file_is_set_aside_and_the_rest_delivered(collector: Run
     assert seqs(collector) == [1, 3]
     beside = json.loads((state / "quarantine" / "000000000002.response.json").read_text())
     assert beside["status"] is None and "not a JSON report" in beside["answer"]
+
+
+class _NoHealthyUpstream(http.server.BaseHTTPRequestHandler):
+    """What a load balancer in front of collector replicas answers while none is healthy."""
+
+    def _busy(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "19")
+        self.end_headers()
+        self.wfile.write(b"no healthy upstream")
+
+    do_GET = do_POST = _busy
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_5xx_keeps_the_report_for_a_later_run(collector: RunningCollector, tmp_path: Path) -> None:
+    balancer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoHealthyUpstream)
+    threading.Thread(target=balancer.serve_forever, daemon=True).start()
+    state = tmp_path / "state"
+    try:
+        done = run_agent("once", "--collector", f"http://127.0.0.1:{balancer.server_port}", "--enroll-secret-file",
+                         str(collector.enroll_secret_file), "--state-dir", str(state), "--window", "0")
+    finally:
+        balancer.shutdown()
+        balancer.server_close()
+    assert done.returncode == 75
+    assert "answered 503" in one_clean_line(done.stderr)
+    assert spooled(state) == ["000000000001.json"]
+
+    assert agent_once(collector, state).returncode == 0  # the upstream is back
+    assert seqs(collector) == [1, 2]
