@@ -1,0 +1,58 @@
+"""`make run` (collector.devrun): a real collector and a real agent come up, report, and both stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from collector_process import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_devrun_reports_this_machine_and_stops_cleanly(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    out = tmp_path / "devrun.out"
+    with open(out, "wb") as sink:
+        devrun = subprocess.Popen(
+            [sys.executable, "-m", "farmwatch.collector.devrun", "--dir", str(folder), "--port", str(free_port()),
+             "--interval", "2"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        row = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and devrun.poll() is None:
+            text = out.read_text()
+            found = re.search(r"collector\s+(http://127\.0\.0\.1:\d+)", text)
+            if found and (folder / "analyst-token").exists():
+                token = (folder / "analyst-token").read_text().strip()
+                listed = httpx.get(f"{found.group(1)}/api/v1/devices", headers={"Authorization": f"Bearer {token}"}).json()
+                row = next((r for r in listed if r["employee_id"] == "E-LOCAL" and r["verdict"]), None)
+                if row:
+                    break
+            time.sleep(0.5)
+        assert row is not None, out.read_text() + (folder / "agent.log").read_text()
+        assert "curl -H 'Authorization: Bearer" in out.read_text()
+        children = psutil.Process(devrun.pid).children(recursive=True)
+        assert len(children) == 2  # the collector and the agent
+
+        devrun.send_signal(signal.SIGINT)
+        assert devrun.wait(timeout=40) == 0
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert alive == []
+        assert "stopping the agent and the collector" in out.read_text()
+    finally:
+        if devrun.poll() is None:  # the test failed midway: its children sit in their own sessions
+            leftovers = psutil.Process(devrun.pid).children(recursive=True)
+            devrun.kill()
+            devrun.wait()
+            for child in leftovers:
+                child.kill()
