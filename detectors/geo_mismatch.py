@@ -20,13 +20,16 @@ OPERATOR_VPNS = frozenset({"astrill"})
 
 
 class GeoMismatchDetector(Detector):
-    """Egress from the wrong country, country hops faster than travel, and anonymising exits."""
+    """Egress from the wrong country, country hops faster than travel, and anonymising exits.
+
+    A week abroad fills a 72-hour lookback with foreign egress, so the country alone stays below
+    the review threshold; it needs another signal to matter."""
 
     name = "geo_mismatch"
     group = "egress"
     attack = "T1133"
 
-    def __init__(self, country_score: float = 0.6, anonymiser_score: float = 0.45,
+    def __init__(self, country_score: float = 0.45, anonymiser_score: float = 0.45,
                  operator_vpn_score: float = 0.5, hop_score: float = 0.25, hop_hours: float = 1.0) -> None:
         self.country_score = country_score
         self.anonymiser_score = anonymiser_score

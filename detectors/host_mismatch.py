@@ -48,8 +48,11 @@ class HostMismatchDetector(Detector):
     group = "host"
     weak = True
 
-    def __init__(self, timezone_score: float = 0.3, language_score: float = 0.2, min_share: float = 0.5) -> None:
+    def __init__(self, timezone_score: float = 0.3, near_timezone_score: float = 0.1, far_hours: float = 4.0,
+                 language_score: float = 0.2, min_share: float = 0.5) -> None:
         self.timezone_score = timezone_score
+        self.near_timezone_score = near_timezone_score
+        self.far_hours = far_hours
         self.language_score = language_score
         self.min_share = min_share
 
@@ -67,7 +70,10 @@ class HostMismatchDetector(Detector):
                 share = float((offsets != expected).mean()) if expected is not None else 0.0
                 if share >= self.min_share:
                     seen = int(offsets.mode().iloc[0])
-                    score = self.timezone_score
+                    # Travellers inside a continent shift a few hours; a clock set to an operator's
+                    # zone (Asia from the US) is half a day away.
+                    far = abs(seen - expected) >= self.far_hours * 60
+                    score = self.timezone_score if far else self.near_timezone_score
                     evidence.update(utc_offset_minutes=seen, roster_offset_minutes=expected, mismatch_share=share)
                     sentences.append(f"its clock runs at UTC{seen / 60:+g} while the roster's "
                                      f"{entry.timezone} is UTC{expected / 60:+g}")

@@ -32,7 +32,7 @@ class InputRhythmDetector(Detector):
 
     def __init__(self, burst_fraction: float = 0.06, key_p10_ms: float = 15.0, mouse_rate_hz: float = 45.0,
                  jump_fraction: float = 0.015, min_key_events: int = 40, min_windows: int = 12,
-                 odd_features: int = 2, top_score: float = 0.75, injected_score: float = 0.35,
+                 odd_features: int = 2, top_score: float = 0.85, injected_score: float = 0.35,
                  virtual_score: float = 0.4, fleet_mads: float = 3.0) -> None:
         self.burst_fraction = burst_fraction
         self.key_p10_ms = key_p10_ms
@@ -72,11 +72,12 @@ class InputRhythmDetector(Detector):
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
-        typed = reports[reports["key_events"].fillna(0) >= self.min_key_events]
+        approved_live = self._approved_sessions(frames, context)
+        # Windows an approved tool (the helpdesk) was driving are expected to look remote.
+        typed = reports[(reports["key_events"].fillna(0) >= self.min_key_events) & ~approved_live]
         odd = self.odd_windows(typed)
         odd["device_id"] = typed["device_id"]
         odd["time"] = typed["window_end"]
-        approved_live = self._approved_sessions(frames, context)
         events = (reports["key_events"].fillna(0) + reports["mouse_events"].fillna(0)).to_numpy()
         injected = reports["injected_events"].fillna(0).to_numpy()
         inj = pd.DataFrame({
@@ -97,7 +98,7 @@ class InputRhythmDetector(Detector):
                 evidence["remote_like_share"] = share
                 evidence["thresholds"] = self.thresholds_
                 if share > 0.1:
-                    parts["rhythm"] = self.top_score * min((share - 0.1) / 0.5, 1.0)
+                    parts["rhythm"] = self.top_score * min((share - 0.1) / 0.4, 1.0)
                     features = rows.loc[rows["odd"], ["burst", "key_p10", "mouse_rate", "jump"]].mean()
                     evidence["odd_feature_share"] = features.round(3).to_dict()
                     sentences.append(f"{share:.0%} of {len(rows)} typed windows had remote-control rhythm "

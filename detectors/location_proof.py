@@ -92,7 +92,8 @@ class LocationProofDetector(Detector):
         worst = bad.loc[bad.groupby("target")["violation_km"].idxmax()].sort_values("violation_km").iloc[-1]
         typical = float(np.median(per_report.loc[violating, "violation"]))
         strength = min(max(typical / self.full_violation_km, 0.3), 1.0)
-        score = self.proof_score * share * strength
+        # Squared share: a week's trip (a third of reports) weighs a ninth, a farm laptop (all reports) fully.
+        score = self.proof_score * share**2 * strength
         summary = (
             f"Anchor {worst['target']} answered in {worst['rtt_min_ms']:.1f} ms, so the laptop was within "
             f"{worst['bound_km']:,.0f} km of it, but the roster's {entry.city or entry.country} is "
