@@ -177,7 +177,7 @@ def create_app(
         return {**await _verdict_of(device), "observed_seconds": asked.seconds}
 
     async def _verdict_of(device_id: str) -> dict[str, Any]:
-        await run_in_threadpool(scorer.refresh)
+        await run_in_threadpool(scorer.refresh, device_id)
         verdict = await run_in_threadpool(storage.verdict, device_id)
         if verdict is None:
             known = await run_in_threadpool(storage.device_exists, device_id)

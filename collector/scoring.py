@@ -41,13 +41,17 @@ class Scorer:
         with self._lock:
             return self._run()
 
-    def refresh(self) -> None:
-        """Re-score when any device has a report newer than its verdict (cheap check otherwise)."""
-        if not self.storage.stale_devices():
+    def refresh(self, device_id: str | None = None) -> None:
+        """Re-score when ``device_id`` (or, when None, any device) has a report newer than its verdict."""
+        if not self._stale(device_id):
             return
         with self._lock:
-            if self.storage.stale_devices():  # another request may have just done it
+            if self._stale(device_id):  # another request may have just done it
                 self._run()
+
+    def _stale(self, device_id: str | None) -> bool:
+        stale = self.storage.stale_devices()
+        return bool(stale) if device_id is None else device_id in stale
 
     def _run(self) -> int:
         started = time.perf_counter()
