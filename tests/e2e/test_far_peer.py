@@ -118,7 +118,7 @@ def test_agent_shows_the_far_operator_of_anydesk_and_ssh(lab: Lab) -> None:  # n
           f"(configured {FAR_RTT_MS} ms)")
 
 
-ANCHOR_RTTS = {"anchor-near": 30.0, "anchor-mid": 90.0, "anchor-far": 180.0}
+ANCHOR_RTTS = {"anchor-near": 40.0, "anchor-mid": 100.0, "anchor-far": 180.0}
 ANCHOR_PORT = 8443
 COLLECTOR_CONFIG = DEFAULT_CONFIG + """
 [agent.probe_options.network]
