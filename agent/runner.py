@@ -4,7 +4,9 @@ Like a Datadog check runner: whatever a probe raises (an import error of its OS 
 ``ProbeUnavailable``, a bug) becomes an ``errors[]`` entry and the other probes still run; a
 section that does not match the contract is dropped with an entry naming the bad fields.
 Listener probes are started at the window's start and read at its end; in ``run`` mode one
-:class:`Runner` lives across windows, so they keep listening between reports.
+:class:`Runner` lives across windows, so they keep listening between reports. Each ``collect()``
+runs on its own thread with a time limit, so a probe stuck in an OS call delays the report by
+at most :data:`PROBE_TIMEOUT_SECONDS` and is skipped, with an entry, until it returns.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import platform
 import socket
 import sys
+import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -28,6 +31,8 @@ from .probes.registry import PROBES, load_probe
 log = logging.getLogger(__name__)
 
 _OS_NAMES = {"linux": "linux", "win32": "windows", "darwin": "darwin"}
+PROBE_TIMEOUT_SECONDS = 120.0  # generous: latency probes to many anchors take tens of seconds
+_NOTHING = object()  # a probe that filled no section this window (None is a valid section value)
 
 
 def agent_info(os_platform: str = sys.platform) -> AgentInfo:
@@ -49,9 +54,16 @@ def _describe(error: BaseException) -> str:
 class Runner:
     """Owns one instance of each probe; ``start`` at a window's start, ``report`` at its end."""
 
-    def __init__(self, context: ProbeContext, names: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        context: ProbeContext,
+        names: Iterable[str] | None = None,
+        timeout: float = PROBE_TIMEOUT_SECONDS,
+    ) -> None:
         self.context = context
+        self.timeout = timeout
         self.probes: list[Probe] = []
+        self._stuck: dict[str, _Attempt] = {}
         self._load_errors: list[ProbeError] = []
         self._pending: list[ProbeError] = []
         self._started = False
@@ -87,18 +99,10 @@ class Runner:
         errors = self._load_errors + self._pending
         self._pending = []
         for probe in self.probes:
-            probe.problems = []
-            try:
-                value = probe.collect()
-            except Exception as error:  # one broken probe never takes the report down
-                errors.append(ProbeError(probe=probe.name, message=_describe(error)))
-            else:
-                invalid = _section_errors(probe.section, value)
-                if invalid:
-                    errors.append(ProbeError(probe=probe.name, message=invalid))
-                else:
-                    sections[probe.section] = value
-            errors += [ProbeError(probe=probe.name, message=m) for m in probe.problems]
+            value, found = self._collect(probe)
+            errors += found
+            if value is not _NOTHING:
+                sections[probe.section] = value
         return Report.model_validate({
             "schema": REPORT_SCHEMA,
             "device_id": device_id,
@@ -109,6 +113,46 @@ class Runner:
             **sections,
             "errors": errors,
         })
+
+    def _collect(self, probe: Probe) -> tuple[Any, list[ProbeError]]:
+        """The probe's section (``_NOTHING`` if none) and the errors[] entries it earned this window."""
+
+        def entry(message: str) -> ProbeError:
+            return ProbeError(probe=probe.name, message=message)
+
+        earlier = self._stuck.get(probe.name)
+        if earlier and earlier.thread.is_alive():
+            return _NOTHING, [entry("skipped: its collect() from an earlier window has not returned yet")]
+        probe.problems = []
+        attempt = _Attempt(probe)
+        attempt.thread.join(self.timeout)
+        if attempt.thread.is_alive():
+            self._stuck[probe.name] = attempt
+            return _NOTHING, [entry(f"collect() did not finish within {self.timeout:g} s; skipped until it returns")]
+        self._stuck.pop(probe.name, None)
+        problems = [entry(message) for message in probe.problems]
+        if attempt.error is not None:  # one broken probe never takes the report down
+            return _NOTHING, [entry(_describe(attempt.error)), *problems]
+        invalid = _section_errors(probe.section, attempt.value)
+        if invalid:
+            return _NOTHING, [entry(invalid), *problems]
+        return attempt.value, problems
+
+
+class _Attempt:
+    """One probe's ``collect()`` on its own (daemon) thread, with its result or exception."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(probe,), name=f"probe-{probe.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self, probe: Probe) -> None:
+        try:
+            self.value = probe.collect()
+        except Exception as error:
+            self.error = error
 
 
 def _section_errors(section: str, value: Any) -> str | None:

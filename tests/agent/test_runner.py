@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -124,3 +125,34 @@ def test_agent_info_names_the_os_as_the_contract_does(platform: str, expected: s
     info = agent_info(platform)
     assert info.os == expected
     assert info.hostname and info.version
+
+
+class Stuck(Probe):
+    name = "test_stuck"
+    section = "hardware"
+    release = threading.Event()
+
+    def collect(self) -> HardwareFacts:
+        Stuck.release.wait(30)  # an OS call that hangs until something gives way
+        return HardwareFacts(usb=[], displays=[])
+
+
+def test_a_hung_probe_is_skipped_until_it_returns_and_the_others_still_report(
+    probes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.PROBES, "test_stuck", f"{__name__}:Stuck")
+    Stuck.release = threading.Event()
+    runner = Runner(ProbeContext(), ["test_stuck", "test_listener"], timeout=0.2)
+    first = to_wire(runner.report("dev-1", 1, T0, T1))
+    assert _errors(first)["test_stuck"] == ["collect() did not finish within 0.2 s; skipped until it returns"]
+    assert first["remote_access"] == [] and first["hardware"] is None
+
+    second = to_wire(runner.report("dev-1", 2, T0, T1))
+    assert "has not returned yet" in _errors(second)["test_stuck"][0]
+
+    Stuck.release.set()
+    for thread in threading.enumerate():
+        if thread.name == "probe-test_stuck":
+            thread.join(5)
+    third = to_wire(runner.report("dev-1", 3, T0, T1))
+    assert "test_stuck" not in _errors(third) and third["hardware"] == {"usb": [], "displays": []}
