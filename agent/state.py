@@ -18,10 +18,12 @@ from .errors import AgentError
 
 
 def default_state_dir() -> Path:
-    """``/var/lib/farmwatch-agent`` for root; the user's XDG state folder otherwise."""
+    """The system's place for a service's state when root; the user's XDG state folder otherwise."""
     if sys.platform == "win32":
         return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "farmwatch-agent"
     if os.geteuid() == 0:
+        if sys.platform == "darwin":
+            return Path("/Library/Application Support/farmwatch-agent")
         return Path("/var/lib/farmwatch-agent")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "farmwatch-agent"
