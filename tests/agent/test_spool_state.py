@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,13 @@ def test_quarantine_keeps_the_report_and_the_collectors_answer(tmp_path: Path) -
     assert moved.read_bytes() == b'{"seq": 4}'
     beside = json.loads((moved.parent / "000000000004.response.json").read_text())
     assert beside == {"status": 422, "answer": json.loads(answer)}
+
+
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="needs root to compare root and nobody")
+def test_the_default_state_dir_is_the_systems_for_root_and_the_users_otherwise(tmp_path: Path) -> None:
+    script = ("import os; from farmwatch.agent.state import default_state_dir; print(default_state_dir()); "
+              "os.setgid(65534); os.setuid(65534); print(default_state_dir())")
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["/var/lib/farmwatch-agent", str(tmp_path / "xdg" / "farmwatch-agent")]
