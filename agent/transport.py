@@ -9,6 +9,8 @@ operator, never retried forever, never silently dropped. 401 leads to one re-enr
 
 The spool is bounded (:data:`MAX_SPOOL_REPORTS`, :data:`MAX_SPOOL_BYTES`): about a month of
 five-minute reports. Only beyond that are the oldest reports dropped, each named in a log line.
+The quarantine keeps the latest :data:`MAX_QUARANTINED_REPORTS` (a collector that rejects every
+report must not fill the disk), dropping older ones the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,14 @@ log = logging.getLogger(__name__)
 
 MAX_SPOOL_REPORTS = 10_000  # 34 days of reports at the default 5-minute interval
 MAX_SPOOL_BYTES = 256 * 1024 * 1024
+MAX_QUARANTINED_REPORTS = 1_000
 REJECTED_FOR_GOOD = {409, 413, 422}
+_REPORT_NAME = re.compile(r"[0-9]+\.json")  # temp files start with a dot; answers end .response.json
+
+
+def _reports(folder: Path) -> list[Path]:
+    """The report files in ``folder``, lowest seq first."""
+    return sorted((p for p in folder.iterdir() if _REPORT_NAME.fullmatch(p.name)), key=lambda p: int(p.stem))
 
 
 class Spool:
@@ -42,11 +52,13 @@ class Spool:
         quarantine: Path,
         max_reports: int = MAX_SPOOL_REPORTS,
         max_bytes: int = MAX_SPOOL_BYTES,
+        max_quarantined: int = MAX_QUARANTINED_REPORTS,
     ) -> None:
         self.folder = folder
         self.quarantine_folder = quarantine
         self.max_reports = max_reports
         self.max_bytes = max_bytes
+        self.max_quarantined = max_quarantined
 
     def put(self, seq: int, body: bytes) -> Path:
         """Store a report durably (temp file, fsync, rename), then enforce the bound."""
@@ -56,8 +68,8 @@ class Spool:
         return path
 
     def pending(self) -> list[Path]:
-        """Spooled reports, lowest seq first (temp files start with a dot and are skipped)."""
-        return sorted(self.folder.glob("[0-9]*.json"), key=lambda p: int(p.stem))
+        """Spooled reports, lowest seq first."""
+        return _reports(self.folder)
 
     def quarantine(self, path: Path, status: int | None, answer: str) -> Path:
         """Move a rejected report aside with the collector's answer (or why) next to it."""
@@ -71,6 +83,11 @@ class Spool:
             json.dumps({"status": status, "answer": body}, indent=1).encode(),
         )
         shutil.move(path, target)
+        for dropped in _reports(self.quarantine_folder)[:-self.max_quarantined]:
+            dropped.unlink()
+            dropped.with_suffix(".response.json").unlink(missing_ok=True)
+            log.warning("quarantine keeps its last %d reports: dropped seq %d", self.max_quarantined,
+                        int(dropped.stem))
         return target
 
     def _enforce_bound(self) -> None:

@@ -97,3 +97,13 @@ def test_the_default_state_dir_is_the_systems_for_root_and_the_users_otherwise(t
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["/var/lib/farmwatch-agent", str(tmp_path / "xdg" / "farmwatch-agent")]
+
+
+def test_the_quarantine_keeps_only_its_latest_reports(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = spool_in(tmp_path, max_quarantined=2)
+    with caplog.at_level(logging.WARNING):
+        for seq in (1, 2, 3):
+            spool.quarantine(spool.put(seq, b"{}"), 422, "{}")
+    assert sorted(p.name for p in spool.quarantine_folder.iterdir()) == [
+        "000000000002.json", "000000000002.response.json", "000000000003.json", "000000000003.response.json"]
+    assert any(r.getMessage().endswith("dropped seq 1") for r in caplog.records)
