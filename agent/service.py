@@ -125,20 +125,24 @@ class Agent:
         self._apply(AgentConfig.parse(self.state.config.get("config", {})))
         retry = _Backoff()
         self._attempt(retry)
+        self.runner.start()
+        start, deadline = utc_now(self.context), time.monotonic() + self._interval()
         while not stop.is_set():
-            interval = self._interval()
-            self.context.window_seconds = interval
-            start = utc_now(self.context)
-            self.runner.start()
-            deadline = time.monotonic() + interval
+            self.context.window_seconds = self._interval()
             while not stop.is_set() and time.monotonic() < deadline:
                 if retry.due() and self.spool.pending():
                     self._attempt(retry)
                 stop.wait(max(0.0, min(deadline, retry.at) - time.monotonic()))
             if stop.is_set():
                 break  # a partial window is not reported; the next start begins a fresh one
-            self._spool_report(start, utc_now(self.context))
+            end = utc_now(self.context)
+            self._spool_report(start, end)
             self._attempt(retry)
+            # Windows tile (each starts where the last ended) on a fixed cadence; after a long
+            # delivery or a suspended laptop the cadence restarts from now instead of catching up.
+            start, deadline = end, deadline + self._interval()
+            if deadline <= time.monotonic():
+                deadline = time.monotonic() + self._interval()
         return 0
 
     def _attempt(self, retry: _Backoff) -> None:

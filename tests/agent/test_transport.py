@@ -159,8 +159,10 @@ def _run_agent_until(collector: RunningCollector, state: Path, done: Callable[[]
 def test_run_reports_every_interval_and_stops_cleanly_on_sigterm(collector: RunningCollector, tmp_path: Path) -> None:
     finished = _run_agent_until(collector, tmp_path / "state", lambda: len(seqs(collector)) >= 3)
     assert finished.returncode == 0, finished.stderr
-    stored = seqs(collector)
-    assert stored == list(range(1, len(stored) + 1)) and len(stored) >= 3
+    reports = [record["report"] for record in export(collector)]
+    assert [r["seq"] for r in reports] == list(range(1, len(reports) + 1)) and len(reports) >= 3
+    for earlier, later in zip(reports, reports[1:]):
+        assert later["window_start"] == earlier["window_end"]  # windows tile: no gap, no overlap
 
 
 def test_run_keeps_reports_while_the_collector_is_down_and_delivers_them_in_order(
