@@ -6,9 +6,14 @@ presses come D/2 apart: ``--delay 300`` gives 150 ms, ``--delay 4`` gives 2 ms b
 ``mousemove`` warps the pointer (no input event at all), so moves use ``mousemove_relative``.
 
 Tolerances: X stamps events in whole milliseconds and xdotool sleeps at least as long as asked
-(plus scheduler delay on a loaded 2-core box). Counts are exact. Intervals of 150 ms are held to
-±15 ms; 2 ms burst intervals to < 5 ms, of which at most 2 of the 12 may slip past 5 ms under
-load; the 10 ms mouse cadence to 50-112 Hz (10 ms ± 1 ms stamp granularity, slower under load).
+(plus scheduler delay on a loaded 2-core box), so jitter lengthens intervals and never shortens
+them beyond the 1 ms stamp granularity. Counts are exact. The 150 ms median is held to
+148-180 ms and p90 (the slow tail of that group) to 148-250 ms (worst seen with three busy
+loops on the two cores: p50 168, p90 204); the 10 ms mouse cadence to 50-112 Hz. Bursts are the
+fragile part: on this shared VM, xdotool's 1 ms sleeps overran to 6-21 ms for about one burst
+key in five even at raised priority (measured: 5 of 24 burst intervals over 5 ms, idle; similar
+with three busy loops), so at least half the burst keys must land under 5 ms, and p10 must
+stay under 5 ms.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from farmwatch.contract import InputTiming
 REGULAR = "abcdefghijklmnopqrstu"  # 21 keys, 150 ms apart -> 20 intervals of 150 ms
 BURSTS = ["abcde", "fghij", "klmno"]  # 3 bursts of 5 keys 2 ms apart -> 12 intervals of 2 ms
 KEYS = len(REGULAR) + sum(map(len, BURSTS))  # 36
-SMALL_MOVES, JUMPS, CLICKS = 40, 2, 2
+SMALL_MOVES, JUMPS, CLICKS = 30, 2, 2
 MOUSE = SMALL_MOVES + JUMPS + CLICKS
 
 
@@ -64,13 +69,21 @@ def typing_session(display: str) -> None:
         xtool(display, "xdotool", "type", "--delay", "4", burst)
 
 
-def mouse_session(display: str) -> None:
+def mouse_session(display: str, probe: InputTimingProbe, seen: int) -> None:
+    """Small moves at 100 Hz, then two jumps and two clicks, each after the listener caught up.
+
+    XTest moves carry no trustworthy delta, so the listener measures them by asking the server
+    where the pointer is when it handles the event (see agent/x11_input.py); waiting for it
+    between jumps keeps a starved test process from merging the two.
+    """
     argv = ["xdotool"]
     for _ in range(SMALL_MOVES):
-        argv += ["mousemove_relative", "--", "3", "4", "sleep", "0.01"]  # 5 px every 10 ms
-    argv += ["sleep", "0.1", "mousemove_relative", "--", "300", "0", "sleep", "0.1",
-             "mousemove_relative", "--", "-300", "0", "sleep", "0.1", "click", "1", "click", "1"]
+        argv += ["mousemove_relative", "--", "3", "4", "sleep", "0.01"]  # 5 px every 10 ms, 150 px in all
     xtool(display, *argv)
+    for step, dx in enumerate(("300", "-300"), start=1):
+        settle(probe, seen + SMALL_MOVES + step - 1)
+        xtool(display, "xdotool", "mousemove_relative", "--", dx, "0")
+    xtool(display, "xdotool", "click", "1", "click", "1")
 
 
 @pytest.mark.slow
@@ -78,7 +91,7 @@ def test_xtest_typing_and_moving_aggregates(display: str, tmp_path: Path) -> Non
     probe = listening(display, tmp_path)
     try:
         typing_session(display)
-        mouse_session(display)
+        mouse_session(display, probe, KEYS)
         settle(probe, KEYS + MOUSE)
         section = probe.collect()
     finally:
@@ -88,13 +101,25 @@ def test_xtest_typing_and_moving_aggregates(display: str, tmp_path: Path) -> Non
     assert section.virtual_devices == []  # the XTest slaves exist on every X server: not listed
     # Sorted key intervals: 12 x 2 ms, 20 x 150 ms, 3 pauses > 300 ms (35 intervals):
     # p10 falls among the bursts, p50 and p90 among the 150 ms keys.
-    assert section.key_interval_ms_p10 is not None and section.key_interval_ms_p10 < 5
-    assert section.key_interval_ms_p50 == pytest.approx(150, abs=15)
-    assert section.key_interval_ms_p90 == pytest.approx(150, abs=15)
-    assert section.key_burst_fraction is not None and 10 / KEYS <= section.key_burst_fraction <= 12 / KEYS
+    assert_typing_bands(section, bursts=12)
     assert section.mouse_rate_hz_median is not None and 50 <= section.mouse_rate_hz_median <= 112
     assert section.mouse_jump_fraction == round(JUMPS / (SMALL_MOVES + JUMPS), 4)
     assert section.seconds_observed > 0 and 1 <= section.active_seconds <= section.seconds_observed + 1
+
+
+def assert_typing_bands(section: InputTiming, bursts: int) -> None:
+    """The timing bands of a window of 150 ms typing plus ``bursts`` burst intervals.
+
+    Sleeps never end early, so jitter only lengthens intervals: tight below, looser above,
+    loosest for p90, which sits in the slow tail of the 150 ms group. No key comes faster than
+    asked, so ``bursts`` is the ceiling of burst keys; slipped ones lower it, to half at most.
+    """
+    assert section.key_interval_ms_p10 is not None and section.key_interval_ms_p10 < 5
+    assert section.key_interval_ms_p50 is not None and 148 <= section.key_interval_ms_p50 <= 180
+    assert section.key_interval_ms_p90 is not None and 148 <= section.key_interval_ms_p90 <= 250
+    assert section.key_burst_fraction is not None
+    ceiling = round(bursts / section.key_events, 4)  # the probe reports fractions to 4 places
+    assert round(ceiling / 2, 4) <= section.key_burst_fraction <= ceiling
 
 
 def _jitter_free(section: InputTiming) -> dict:
@@ -106,29 +131,31 @@ def _jitter_free(section: InputTiming) -> dict:
 
 @pytest.mark.slow
 def test_different_words_same_rhythm_give_the_same_section(display: str, tmp_path: Path) -> None:
-    """Content does not leak: 'farms' and 'login' typed alike give equal input sections.
+    """Content does not leak: 'farms' and 'login', typed alike, give the same input section.
 
-    Counts, injected counts, devices and the jump share must be identical. Timing fields depend
-    on the scheduler, not on the words, so they are held to the stated jitter instead; the
-    serialized sections must not contain the typed words either.
+    Each window: the word twice at 150 ms (9 intervals), a pause longer than a typing run's 2 s
+    gap (so the harness's own jittery pause never enters the quantiles), then the word as one
+    burst (4 intervals). Counts, injected counts, devices and the jump share must be identical.
+    Timing fields depend on the scheduler, not on the words, so both windows must fall in the
+    same bands (p50 lands inside the 150 ms group, p10 inside the bursts). The serialized
+    sections must not contain the typed words either.
     """
     probe = listening(display, tmp_path)
     sections = []
     try:
         for word in ("farms", "login"):
-            xtool(display, "xdotool", "type", "--delay", "300", word)
-            time.sleep(0.3)
-            xtool(display, "xdotool", "type", "--delay", "4", word)
-            settle(probe, 10)
+            xtool(display, "xdotool", "type", "--delay", "300", word * 2)
+            time.sleep(2.5)
+            xtool(display, "xdotool", "type", "--delay", "0", word)  # a burst: no sleeps to overrun
+            settle(probe, 15)
             sections.append(probe.collect())
     finally:
         probe.stop()
     first, second = sections
-    assert first.key_events == 10
+    assert first.key_events == 15
     assert _jitter_free(first) == _jitter_free(second)
-    for field in ("key_interval_ms_p10", "key_interval_ms_p50", "key_interval_ms_p90"):
-        assert getattr(first, field) == pytest.approx(getattr(second, field), abs=15)
-    assert abs(first.key_burst_fraction - second.key_burst_fraction) <= 0.1  # type: ignore[operator]
+    for section in sections:
+        assert_typing_bands(section, bursts=4)
     for word in ("farms", "login"):
         assert word not in first.model_dump_json() + second.model_dump_json()
 
