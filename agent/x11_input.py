@@ -11,6 +11,10 @@ Privacy: a key event's keycode is never read (only its time and source); a point
 is read only to compute the distance of one move, then dropped. Pointer warps
 (``XWarpPointer``, e.g. ``xdotool mousemove``) are not input and produce no raw events.
 
+Limit: XTest moves carry either a delta or a position (the raw event does not say which), and
+absolute devices carry positions, so their distance is taken from the pointer's position when
+the event is handled; a listener starved of CPU while a tool moves several times merges moves.
+
 Protocol references: X Input Extension 2.2 protocol (``XIproto2.txt``), "RawEvent" layout.
 """
 

@@ -107,7 +107,7 @@ class InputTimingProbe(Probe):
             raise ProbeUnavailable(self._unavailable)
         now = time.monotonic()
         seconds, self._window_start = now - self._window_start, now
-        names = getattr(self._listener, "device_names", lambda: [])()
+        names: list[str] = getattr(self._listener, "device_names", list)()
         return self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names)
 
     def _open_listener(self) -> object:
