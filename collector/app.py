@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from farmwatch.collector import ingest
 from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.geo import GeoLookup
 from farmwatch.collector.ingest import Rejected
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.scoring import Scorer
@@ -58,6 +59,7 @@ def create_app(
 ) -> FastAPI:
     """The collector app over ``storage``; metrics go to ``registry`` (a fresh one when None)."""
     metrics = Metrics(registry or CollectorRegistry(), device_count=lambda: _safe_count(storage))
+    geo = GeoLookup(config.corporate_networks, config.city_db, config.asn_db)
     scorer = Scorer(storage, config, metrics, clock)
 
     @asynccontextmanager
@@ -141,7 +143,7 @@ def create_app(
             raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
         received_at = clock()
         source_ip = _source(request, config)
-        record = ingest.ingest_record(report, received_at, source_ip, ingest.geo_of(source_ip, config.corporate_networks))
+        record = ingest.ingest_record(report, received_at, source_ip, geo.lookup(source_ip))
         stored = await run_in_threadpool(storage.add_report, record, ingest.digest(report), received_at)
         if stored.conflict:
             raise Rejected(409, "conflict", [{"field": "seq", "message": f"seq {report.seq} is already stored with different content"}])

@@ -38,6 +38,8 @@ class CollectorConfig:
     agent_interval_seconds: int = 300
     probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: tuple[dict[str, Any], ...] = ()
+    city_db: Path | None = None
+    asn_db: Path | None = None
 
 
 _KNOWN = {
@@ -93,6 +95,8 @@ def load_config(
         agent_interval_seconds=int(_number(agent.get("interval_seconds", 300), f"{where} [agent] interval_seconds")),
         probe_options=probe_options,
         outputs=tuple(raw.get("outputs", [])),
+        city_db=_path(geo.get("city_db")),
+        asn_db=_path(geo.get("asn_db")),
     )
 
 

@@ -1,4 +1,4 @@
-"""From request bytes to an ingest record: size cap, gzip, strict parsing, source address, geo.
+"""From request bytes to an ingest record: size cap, gzip, strict parsing, source address.
 
 Pure functions over bytes and addresses (no HTTP framework here), so every rule can be tested
 directly and the FastAPI layer stays a thin adapter.
@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-import iptocc
 from pydantic import ValidationError
 
 from farmwatch.collector.config import Network
+from farmwatch.collector.geo import within
 from farmwatch.contract import IngestRecord, Report, field_errors, to_wire
 
 
@@ -88,7 +88,7 @@ def source_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
     """The client address: the peer, or — only when the peer is a trusted proxy — the nearest
     untrusted hop of ``X-Forwarded-For`` (read right to left, since the left end is client-written)."""
     address = peer or "unknown"
-    if not forwarded_for or not _within(address, trusted):
+    if not forwarded_for or not within(address, trusted):
         return address
     for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
         try:
@@ -96,23 +96,9 @@ def source_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
         except ValueError:
             return address  # a garbled header proves nothing; keep the proxy's own address
         address = hop
-        if not _within(hop, trusted):
+        if not within(hop, trusted):
             break
     return address
-
-
-def geo_of(address: str, corporate: Sequence[Network]) -> dict[str, Any]:
-    """The ingest record's ``geo``: country from iptocc (RIR delegation data), ASN unknown for now."""
-    try:
-        country = iptocc.country_code(address)
-    except ValueError:
-        country = None
-    return {
-        "country": country,
-        "asn": None,
-        "asn_org": None,
-        "network_kind": "corporate" if _within(address, corporate) else "unknown",
-    }
 
 
 def ingest_record(report: Report, received_at: datetime, source_ip: str, geo: dict[str, Any]) -> dict[str, Any]:
@@ -120,10 +106,3 @@ def ingest_record(report: Report, received_at: datetime, source_ip: str, geo: di
     record = {"received_at": received_at, "source_ip": source_ip, "geo": geo, "report": report}
     return to_wire(IngestRecord.model_validate(record))
 
-
-def _within(address: str, networks: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)

@@ -166,3 +166,52 @@ def test_forwarded_for_from_an_untrusted_peer_is_ignored(collector: RunningColle
     ).raise_for_status()
     (record,) = [json.loads(line) for line in collector.cli("export", "--db", collector.db_url).stdout.splitlines()]
     assert record["source_ip"] == "127.0.0.1"
+
+
+def _mmdb(path: Path, database_type: str, networks: dict[str, dict[str, object]]) -> Path:
+    """A small MaxMind-format file written with mmdb-writer (the real format the reader parses)."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=database_type)
+    for network, record in networks.items():
+        writer.insert_network(IPSet([network]), record)
+    writer.to_db_file(str(path))
+    return path
+
+
+def test_geo_from_configured_maxmind_databases(collector_factory: object, tmp_path: Path) -> None:
+    city = _mmdb(tmp_path / "city.mmdb", "GeoLite2-City", {"203.0.113.0/24": {"country": {"iso_code": "KP"}}})
+    asn = _mmdb(tmp_path / "asn.mmdb", "GeoLite2-ASN", {
+        "203.0.113.0/24": {"autonomous_system_number": 64496, "autonomous_system_organization": "Example Hosting"},
+    })
+    config = TRUSTING_LOOPBACK.replace("[geo]\n", f"[geo]\ncity_db = '{city}'\nasn_db = '{asn}'\n")
+    collector = collector_factory(config)  # type: ignore[operator]
+    device = collector.enrol()
+    for seq, address in ((1, "203.0.113.50"), (2, "8.8.8.8")):
+        httpx.post(
+            f"{collector.url}/api/v1/reports",
+            json=report_for(str(device["device_id"]), seq),
+            headers={**auth(device["token"]), "X-Forwarded-For": address},
+        ).raise_for_status()
+    first, second = [json.loads(line)["geo"] for line in collector.cli("export", "--db", collector.db_url).stdout.splitlines()]
+    assert first == {"country": "KP", "asn": 64496, "asn_org": "Example Hosting", "network_kind": "unknown"}
+    # Outside both files: with a city database configured, its silence is the answer (no iptocc guess).
+    assert second == {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}
+
+
+def test_unreadable_geo_database_stops_serve_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "secret").write_text("s" * 32)
+    (tmp_path / "bogus.mmdb").write_bytes(b"not a database")
+    (tmp_path / "collector.toml").write_text(f"[geo]\nasn_db = '{tmp_path / 'bogus.mmdb'}'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "farmwatch.collector.cli", "serve", "--db", str(tmp_path / "x.db"), "--port", "0",
+         "--config", str(tmp_path / "collector.toml"), "--enroll-secret-file", str(tmp_path / "secret"),
+         "--analyst-token-file", str(tmp_path / "secret")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("farmwatch-collector: [geo] asn_db: cannot open")

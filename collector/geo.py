@@ -1,0 +1,74 @@
+"""Where a report came from: the ingest record's ``geo`` (country, ASN, network kind).
+
+Country comes from a MaxMind-format city/country database when ``[geo] city_db`` names one
+(GeoLite2, DB-IP Lite), else from ``iptocc`` (built from the regional internet registries'
+delegation files: the country an address block was assigned to). ASN and its organisation come
+from ``[geo] asn_db`` when given. ``network_kind`` is "corporate" for the company's own egress
+ranges (``[geo] corporate_networks``); classifying residential/hosting/VPN needs data we do not
+ship yet, so everything else is "unknown".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import iptocc
+import maxminddb
+
+from farmwatch.collector.config import ConfigError, Network
+
+
+class GeoLookup:
+    """Looks addresses up in the configured databases, opened once for the life of the process."""
+
+    def __init__(self, corporate: Sequence[Network], city_db: Path | None = None, asn_db: Path | None = None) -> None:
+        self.corporate = tuple(corporate)
+        self._city = _open(city_db, "city_db")
+        self._asn = _open(asn_db, "asn_db")
+
+    def lookup(self, address: str) -> dict[str, Any]:
+        """The ``geo`` object of ``report-v1.md`` for ``address`` (unknown parts null)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}
+        city = _record(self._city, ip)
+        asn = _record(self._asn, ip)
+        country = (city.get("country") or {}).get("iso_code") if self._city else iptocc.country_code(str(ip))
+        return {
+            "country": country,
+            "asn": asn.get("autonomous_system_number"),
+            "asn_org": asn.get("autonomous_system_organization"),
+            "network_kind": "corporate" if within(str(ip), self.corporate) else "unknown",
+        }
+
+
+def within(address: str, networks: Sequence[Network]) -> bool:
+    """True when ``address`` is a valid IP inside any of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _open(path: Path | None, key: str) -> maxminddb.Reader | None:
+    if path is None:
+        return None
+    try:
+        return maxminddb.open_database(str(path))
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as failure:
+        raise ConfigError(f"[geo] {key}: cannot open {path} as a MaxMind-format database ({failure})") from None
+
+
+def _record(reader: maxminddb.Reader | None, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dict[str, Any]:
+    if reader is None:
+        return {}
+    try:
+        found = reader.get(ip)
+    except ValueError:  # an IPv6 address in an IPv4-only database
+        return {}
+    return found if isinstance(found, dict) else {}
