@@ -39,10 +39,20 @@ def agent_info(os_platform: str = sys.platform) -> AgentInfo:
     """Who reports: agent version, OS, OS version, host name."""
     return AgentInfo(
         version=version("farmwatch"),
+        # Other Unixes report as linux, the nearest OS the v1 contract names.
         os=_OS_NAMES.get(os_platform, "linux"),  # type: ignore[arg-type]
-        os_version=platform.release(),
+        os_version=_os_version(os_platform),
         hostname=socket.gethostname(),
     )
+
+
+def _os_version(os_platform: str) -> str:
+    """The version people know: macOS 14.5 (not Darwin 23.5), Windows 10.0.22631, Linux's kernel."""
+    if os_platform == "darwin":
+        return platform.mac_ver()[0] or platform.release()
+    if os_platform == "win32":
+        return platform.version()
+    return platform.release()
 
 
 def _describe(error: BaseException) -> str:
