@@ -6,9 +6,10 @@ JetKVM, NanoKVM), which the laptop sees as a USB keyboard/mouse/storage gadget a
 identities lives with the detectors.
 
 Linux: ``<sys_root>/bus/usb/devices`` (see :mod:`farmwatch.agent.usb_sysfs`) and
-``<sys_root>/class/drm/*/edid`` (see :mod:`farmwatch.agent.edid`). A display serial leaves the
-machine only as a salted SHA-256. macOS (``system_profiler``/``ioreg``) and Windows (SetupAPI/WMI)
-inventories are not implemented yet: there the probe says so in ``errors[]``.
+``<sys_root>/class/drm/*/edid`` (see :mod:`farmwatch.agent.edid`). macOS: ``system_profiler``
+(USB only; displays are named missing in ``errors[]``). Windows: PnP devices and WMI monitor ids
+through PowerShell (see :mod:`farmwatch.agent.hardware_os`). A display serial leaves the machine
+only as a salted SHA-256.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from farmwatch.contract import Display, HardwareFacts
 
+from .. import hardware_os
 from ..edid import EdidError, parse_edid
 from ..salted import salted_sha256
 from ..usb_sysfs import read_usb_devices
@@ -28,14 +30,24 @@ class HardwareProbe(Probe):
     section = "hardware"
 
     def collect(self) -> HardwareFacts:
-        if self.context.platform != "linux":
-            raise ProbeUnavailable(
-                f"hardware inventory is implemented for Linux sysfs only, not {self.context.platform} yet"
-            )
+        platform = self.context.platform
+        if platform == "darwin":
+            usb = hardware_os.parse_system_profiler_usb(self.context.run(["system_profiler", "SPUSBDataType", "-json"]))
+            self.problem("display identities are not read on macOS yet (its EDID sits in ioreg)")
+            return HardwareFacts(usb=usb, displays=[])
+        if platform == "win32":
+            usb = hardware_os.parse_windows_pnp_usb(self._powershell(hardware_os.WINDOWS_USB_SCRIPT))
+            monitors = self._powershell(hardware_os.WINDOWS_MONITOR_SCRIPT)
+            return HardwareFacts(usb=usb, displays=hardware_os.parse_windows_monitors(monitors, self.context.salt))
+        if platform != "linux":
+            raise ProbeUnavailable(f"no hardware inventory for platform {platform}")
         sys_root = self.context.sys_root
         if not (sys_root / "bus" / "usb" / "devices").is_dir():
             self.problem(f"no USB bus in {sys_root}/bus/usb/devices (no USB controller visible)")
         return HardwareFacts(usb=read_usb_devices(sys_root), displays=self._displays(sys_root))
+
+    def _powershell(self, script: str) -> str:
+        return self.context.run(["powershell", "-NoProfile", "-NonInteractive", "-Command", script])
 
     def _displays(self, sys_root: Path) -> list[Display]:
         """Connected displays: every DRM connector whose ``edid`` file holds bytes."""

@@ -1,4 +1,5 @@
-"""Hardware probe over captured sysfs trees (tests/fixtures/sysfs/) and EDID blobs built here.
+"""Hardware probe over captured sysfs trees (tests/fixtures/sysfs/) and EDID blobs built here,
+and over recorded macOS/Windows tool outputs (tests/fixtures/host/).
 
 No IP-KVM can be plugged into a test box, so the trees are replayed (see the fixtures' README);
 the EDID blobs are built by :func:`build_edid` following VESA E-EDID, and the parser is also
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from farmwatch.agent.edid import EdidError, parse_edid
+from farmwatch.agent.hardware_os import WINDOWS_MONITOR_SCRIPT, WINDOWS_USB_SCRIPT
 from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
 from farmwatch.agent.probes.hardware import HardwareProbe
 from farmwatch.agent.salted import salted_sha256
@@ -20,6 +22,7 @@ from farmwatch.agent.usb_sysfs import interface_class_name
 from farmwatch.contract import to_wire
 
 SYSFS = Path(__file__).parents[1] / "fixtures" / "sysfs"
+HOST = Path(__file__).parents[1] / "fixtures" / "host"  # recorded macOS/Windows tool outputs
 SALT = "acme-salt"
 
 
@@ -185,7 +188,50 @@ def test_no_usb_bus_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     assert problems == [f"no USB bus in {tmp_path}/bus/usb/devices (no USB controller visible)"]
 
 
-@pytest.mark.parametrize("platform", ["darwin", "win32"])
-def test_other_oses_say_so(platform: str) -> None:
-    with pytest.raises(ProbeUnavailable, match=f"Linux sysfs only, not {platform}"):
-        HardwareProbe(ProbeContext(platform=platform)).collect()
+def recorded(name: str) -> str:
+    return (HOST / name).read_text(encoding="utf-8")
+
+
+def replay(outputs: dict[str, str]):
+    """A RunCommand answering from recorded outputs, keyed by the command's last argument."""
+    return lambda argv: outputs[argv[-1]]
+
+
+PIKVM_USB = {"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device"}
+
+
+def test_macos_from_recorded_system_profiler() -> None:
+    probe = HardwareProbe(ProbeContext(platform="darwin", run=replay({"-json": recorded("macos-system_profiler-SPUSBDataType.json")})))
+    assert to_wire(probe.collect()) == {
+        "usb": [
+            {**PIKVM_USB, "interface_classes": []},  # system_profiler lists no interfaces
+            {"vendor_id": "05e3", "product_id": "0610", "manufacturer": "GenesysLogic", "product": "USB2.0 Hub",
+             "interface_classes": []},
+            {"vendor_id": "046d", "product_id": "c52b", "manufacturer": "Logitech", "product": "USB Receiver",
+             "interface_classes": []},
+        ],
+        "displays": [],
+    }
+    assert probe.problems == ["display identities are not read on macOS yet (its EDID sits in ioreg)"]
+
+
+def test_windows_from_recorded_pnp_and_wmi() -> None:
+    run = replay({
+        WINDOWS_USB_SCRIPT: recorded("windows-pnp-usb.json"),
+        WINDOWS_MONITOR_SCRIPT: recorded("windows-WmiMonitorID.json"),
+    })
+    probe = HardwareProbe(ProbeContext(platform="win32", run=run, salt=SALT))
+    assert to_wire(probe.collect()) == {
+        "usb": [
+            {"vendor_id": "046d", "product_id": "c077", "manufacturer": None, "product": "USB Optical Mouse",
+             "interface_classes": ["hid"]},
+            {**PIKVM_USB, "manufacturer": None, "interface_classes": ["hid", "mass-storage"]},
+        ],
+        "displays": [{"name": "Toshiba-H2C", "manufacturer": "TSB", "serial_hash": salted_sha256(SALT, "1")}],
+    }
+    assert probe.problems == []
+
+
+def test_unknown_platform_says_so() -> None:
+    with pytest.raises(ProbeUnavailable, match="no hardware inventory for platform freebsd"):
+        HardwareProbe(ProbeContext(platform="freebsd")).collect()
