@@ -113,8 +113,10 @@ def token_digest(token: str) -> str:
 
 def open_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and write transactions that lock early."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3 is the driver we ship
     try:
-        engine = sa.create_engine(url, future=True)
+        engine = sa.create_engine(url, pool_pre_ping=True)
     except (sa.exc.ArgumentError, ImportError) as failure:
         raise StoreError(f"cannot use database URL {url!r}: {failure}") from None
     if engine.dialect.name == "sqlite":
@@ -196,6 +198,15 @@ class Storage:
         A known device keeps its id; its earlier tokens are revoked, and ``next_seq`` continues its
         sequence so a reinstalled agent does not collide with its own stored reports.
         """
+        try:
+            return self._enrol(hardware_id, hostname, source_ip, new_device_id, token, now)
+        except sa.exc.IntegrityError:
+            # Another replica created this hardware id between our read and insert: now it is known.
+            return self._enrol(hardware_id, hostname, source_ip, new_device_id, token, now)
+
+    def _enrol(
+        self, hardware_id: str, hostname: str, source_ip: str, new_device_id: str, token: str, now: datetime
+    ) -> Enrolment:
         with self._writer.begin() as tx:
             row = tx.execute(
                 sa.select(devices.c.device_id, devices.c.last_seq).where(devices.c.hardware_id == hardware_id)
@@ -331,7 +342,7 @@ class Storage:
 
     def _entries(self, table: sa.Table) -> list[str]:
         with self.engine.connect() as connection:
-            return list(connection.execute(sa.select(table.c.entry).order_by(table.c[0].name)).scalars())
+            return list(connection.execute(sa.select(table.c.entry).order_by(*table.primary_key)).scalars())
 
     # --- verdicts and the analyst view ----------------------------------------------------
 

@@ -7,8 +7,9 @@ a :class:`collector_process.RunningCollector` (``.url``, ``.db_path``, ``.db_url
 ``.config_file``, ``.log()``, ``.enrol()``, ``.cli(...)``, ``.stop()``, ``.start()`` to restart on
 the same port and database) and always stops the process afterwards, even when the test fails.
 
-``collector_factory``: a callable ``(config_text=DEFAULT_CONFIG, name="collector")`` for tests that
-need their own TOML settings or several collectors; every collector it started is stopped at the end.
+``collector_factory``: a callable ``(config_text=DEFAULT_CONFIG, name="collector", database=None)`` for
+tests that need their own TOML settings, another database URL (e.g. PostgreSQL) or several
+collectors; every collector it started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from collector_process import DEFAULT_CONFIG, RunningCollector, launch_collector
 def collector_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCollector]]:
     started: list[RunningCollector] = []
 
-    def start(config_text: str = DEFAULT_CONFIG, name: str = "collector") -> RunningCollector:
-        running = launch_collector(tmp_path / name, config_text)
+    def start(config_text: str = DEFAULT_CONFIG, name: str = "collector", database: str | None = None) -> RunningCollector:
+        running = launch_collector(tmp_path / name, config_text, database=database)
         started.append(running)
         return running
 
