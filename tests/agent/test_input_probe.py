@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from Xlib.display import Display
@@ -32,7 +33,8 @@ from xserver import xtool, xvfb
 
 from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
 from farmwatch.agent.probes.input_timing import InputTimingProbe, uinput_device_names
-from farmwatch.agent.x11_input import RAW_MOTION, is_injecting_device, parse_raw_event
+from farmwatch.agent.input_stats import InputStats
+from farmwatch.agent.x11_input import RAW_MOTION, X11InputListener, is_injecting_device, parse_raw_event
 from farmwatch.contract import InputTiming
 
 REGULAR = "abcdefghijklmnopqrstu"  # 21 keys, 150 ms apart -> 20 intervals of 150 ms
@@ -206,16 +208,49 @@ def test_uinput_devices_are_listed_and_count_as_injecting(tmp_path: Path) -> Non
     assert not is_injecting_device("SynPS/2 Synaptics TouchPad", names)
 
 
-def test_raw_event_decoding_drops_the_keycode() -> None:
-    # deviceid 2, time 1000, detail 38 (a keycode), sourceid 4, one mask word (axes 0 and 1), flags 0
-    body = (2).to_bytes(2, "little") + (1000).to_bytes(4, "little") + (38).to_bytes(4, "little")
-    body += (4).to_bytes(2, "little") + (1).to_bytes(2, "little") + (0).to_bytes(4, "little") + bytes(4)
+def raw_motion_body(sourceid: int, time_ms: int, dx: float, dy: float, detail: int = 0) -> bytes:
+    """An XI2 RawMotion body as the server sends it (after the generic-event header).
+
+    deviceid 2, time, detail, sourceid, one mask word (axes 0 and 1), flags 0, pad, then the
+    accelerated and the raw values as FP3232 (here equal).
+    """
+    body = (2).to_bytes(2, "little") + time_ms.to_bytes(4, "little") + detail.to_bytes(4, "little")
+    body += sourceid.to_bytes(2, "little") + (1).to_bytes(2, "little") + bytes(4) + bytes(4)
     body += (0b11).to_bytes(4, "little")
-    body += (3).to_bytes(4, "little", signed=True) + (2**31).to_bytes(4, "little")  # 3.5
-    body += (-4).to_bytes(4, "little", signed=True) + (0).to_bytes(4, "little")  # -4.0
-    event = parse_raw_event(RAW_MOTION, body + bytes(16))
+    values = b"".join(int(v // 1).to_bytes(4, "little", signed=True) + int(v % 1 * 2**32).to_bytes(4, "little")
+                      for v in (dx, dy))
+    return body + values + values
+
+
+def test_raw_event_decoding_drops_the_keycode() -> None:
+    event = parse_raw_event(RAW_MOTION, raw_motion_body(4, 1000, 3.5, -4.0, detail=38))
     assert (event.sourceid, event.time_ms, event.valuators) == (4, 1000, {0: 3.5, 1: -4.0})
     assert 38 not in vars(event).values()
+
+
+@pytest.mark.slow
+def test_physical_relative_mouse_moves_use_their_deltas(display: str) -> None:
+    """Moves from a relative device (Xvfb's own mouse) are measured from the event's deltas.
+
+    xdotool cannot move a physical device, so the events a real mouse would produce are handed
+    to the listener as the server would deliver them, over a real X connection whose device list
+    says which device is relative.
+    """
+    stats = InputStats()
+    listener = X11InputListener(display, stats)
+    listener.start()
+    try:
+        mouse = next(i for i, d in listener.devices.items() if d.name == "Xvfb mouse")
+        assert listener.devices[mouse].relative and not listener.devices[mouse].injected
+        for index, (dx, dy) in enumerate([(3.0, 4.0), (0.5, -1.0), (240.0, 70.0)]):
+            event = SimpleNamespace(evtype=RAW_MOTION, _data={"data": raw_motion_body(mouse, 5000 + 8 * index, dx, dy)})
+            listener._handle(event)
+    finally:
+        listener.stop()
+    summary = stats.summary(1.0)
+    assert (summary.mouse_events, summary.injected_events) == (3, 0)
+    assert summary.mouse_jump_fraction == round(1 / 3, 4)  # only the 250 px move
+    assert summary.mouse_rate_hz_median == pytest.approx(125.0)  # 8 ms apart
 
 
 def x_clients(display: str) -> int:
