@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from Xlib import display as xdisplay
+from Xlib.error import ConnectionClosedError, XError
 from Xlib.ext import xinput
 
 RAW_KEY_PRESS = xinput.RawKeyPress
@@ -102,6 +103,7 @@ class X11InputListener:
         self._clock_ms = 0  # server time, unwrapped (X time is a 32-bit millisecond counter)
         self._last_server_ms: int | None = None
         self._pointer: tuple[int, int] | None = None
+        self.failure: str | None = None  # why the listener thread ended early, if it did
 
     def start(self) -> None:
         """Connect and subscribe; raises ``Xlib.error`` / ``OSError`` if the display is unusable."""
@@ -134,7 +136,10 @@ class X11InputListener:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._connection is not None:
-            self._connection.close()
+            try:
+                self._connection.close()
+            except (ConnectionClosedError, OSError):
+                pass  # the server is already gone; nothing to release
             self._connection = None
 
     def device_names(self) -> list[str]:
@@ -155,12 +160,15 @@ class X11InputListener:
     def _run(self) -> None:
         connection = self._connection
         assert connection is not None
-        while not self._stop.is_set():
-            readable, _, _ = select.select([connection.fileno()], [], [], 0.2)
-            if not readable and not connection.pending_events():
-                continue
-            while connection.pending_events():
-                self._handle(connection.next_event())
+        try:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([connection.fileno()], [], [], 0.2)
+                if not readable and not connection.pending_events():
+                    continue
+                while connection.pending_events():
+                    self._handle(connection.next_event())
+        except (ConnectionClosedError, XError, OSError) as error:  # the session ended, the server died
+            self.failure = f"lost X display {self.display_name}: {error or type(error).__name__}"
 
     def _handle(self, event: object) -> None:
         evtype = getattr(event, "evtype", None)

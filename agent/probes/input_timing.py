@@ -83,16 +83,10 @@ class InputTimingProbe(Probe):
         if self._window_start is not None:
             return
         self._window_start = time.monotonic()
-        try:
-            self._listener = self._open_listener()
-        except ProbeUnavailable as error:
-            self._unavailable = str(error)
+        self._listen()
 
     def stop(self) -> None:
-        stop = getattr(self._listener, "stop", None)
-        if stop is not None:
-            stop()
-        self._listener = None
+        self._close()
         self._window_start = None
         self._unavailable = None
 
@@ -101,14 +95,36 @@ class InputTimingProbe(Probe):
         return self._recorder.events()
 
     def collect(self) -> InputTiming:
+        """The window's aggregates; a listener that could not start or died is retried for the next."""
         if self._window_start is None:
             raise ProbeUnavailable("the input listener was not started for this window")
-        if self._unavailable is not None:
-            raise ProbeUnavailable(self._unavailable)
         now = time.monotonic()
         seconds, self._window_start = now - self._window_start, now
+        if self._listener is None:
+            reason = self._unavailable or "the input listener is not running"
+            self._listen()  # the display may be there by the next window (a user logged in)
+            raise ProbeUnavailable(reason)
         names: list[str] = getattr(self._listener, "device_names", list)()
+        failure = getattr(self._listener, "failure", None)
+        if failure is not None:  # e.g. the X session ended: report what was seen, listen again
+            self.problem(failure)
+            self._close()
+            self._listen()
         return self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names)
+
+    def _listen(self) -> None:
+        try:
+            self._listener = self._open_listener()
+            self._unavailable = None
+        except ProbeUnavailable as error:
+            self._listener = None
+            self._unavailable = str(error)
+
+    def _close(self) -> None:
+        stop = getattr(self._listener, "stop", None)
+        if stop is not None:
+            stop()
+        self._listener = None
 
     def _open_listener(self) -> object:
         platform = self.context.platform

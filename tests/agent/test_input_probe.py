@@ -171,6 +171,28 @@ def test_no_display_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.Mo
     probe.stop()
 
 
+@pytest.mark.slow
+def test_lost_display_keeps_the_window_and_says_why(tmp_path: Path) -> None:
+    """The X server ends mid-window: the keys seen so far are reported with a problem entry,
+    and the next window says the display is gone instead of reporting silence."""
+    with xvfb() as display:
+        probe = listening(display, tmp_path)
+        xtool(display, "xdotool", "type", "--delay", "100", "abc")
+        settle(probe, 3)
+    deadline = time.monotonic() + 20
+    while probe._listener is not None and getattr(probe._listener, "failure", None) is None:
+        assert time.monotonic() < deadline, "the listener never noticed the server was gone"
+        time.sleep(0.05)
+    try:
+        section = probe.collect()
+        assert section.key_events == 3
+        assert len(probe.problems) == 1 and probe.problems[0].startswith(f"lost X display {display}")
+        with pytest.raises(ProbeUnavailable, match=f"cannot listen on X display {display}"):
+            probe.collect()
+    finally:
+        probe.stop()
+
+
 def test_unreachable_display_is_reported(tmp_path: Path) -> None:
     probe = InputTimingProbe(ProbeContext(platform="linux", sys_root=tmp_path, options={"input": {"display": ":4242"}}))
     probe.start()
