@@ -223,6 +223,18 @@ def _real_zone() -> str:
     return os.path.realpath("/etc/localtime").split("zoneinfo/", 1)[1]
 
 
+def _real_locale() -> str | None:
+    """The agent's own locale variables, else the system's LANG from /etc (no systemd here)."""
+    if os.environ.get("LC_ALL") or os.environ.get("LANG"):
+        return os.environ.get("LC_ALL") or os.environ.get("LANG")
+    for path in ("/etc/locale.conf", "/etc/default/locale"):
+        if os.path.exists(path):
+            for line in Path(path).read_text().splitlines():
+                if line.startswith("LANG="):
+                    return line.removeprefix("LANG=").strip().strip('"')
+    return None
+
+
 def _real_boot_time() -> datetime:
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith("btime "):
@@ -238,7 +250,7 @@ def test_probe_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert facts.timezone == zone
     now = datetime.now(timezone.utc)
     assert facts.utc_offset_minutes == int(now.astimezone(ZoneInfo(zone)).utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
-    assert facts.locale == (os.environ.get("LC_ALL") or os.environ.get("LANG"))
+    assert facts.locale == _real_locale()
     assert facts.boot_time is not None and abs((facts.boot_time - _real_boot_time()).total_seconds()) <= 1
     assert [u.name for u in facts.users] == [u.name for u in psutil.users()]
 
