@@ -1,8 +1,8 @@
 """``farmwatch-agent``: collect reports on this laptop and deliver them to a farmwatch collector.
 
-Exit codes: 0 done; 2 bad usage (argparse); 64 bad input (missing file, bad config); 75 collector
-unreachable or busy (reports kept in the spool); 77 collector refused the enrol secret; for
-``verify``: 0 clear, 2 review, 1 farm.
+Exit codes: 0 done; 2 bad usage (argparse); 64 bad input (missing file, bad config); 74 a local
+I/O error (e.g. disk full); 75 collector unreachable or busy (reports kept in the spool); 77
+collector refused the enrol secret; for ``verify``: 0 clear, 2 review, 1 farm.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .settings import resolve
 
 DEFAULT_ONCE_WINDOW_SECONDS = 10.0
 DEFAULT_VERIFY_SECONDS = 60.0
+EX_IOERR = 74  # sysexits.h
 
 
 def _positive(text: str) -> float:
@@ -111,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as error:
         print(f"farmwatch-agent: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # e.g. a full disk under the spool: say so, the spool stays consistent
+        print(f"farmwatch-agent: {error}", file=sys.stderr)
+        return EX_IOERR
     except KeyboardInterrupt:
         return 130
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import AgentError
+from .errors import AgentError, UsageError
 
 
 def default_state_dir() -> Path:
@@ -72,9 +72,12 @@ class StateDir:
     """The agent's on-disk state: ``identity.json``, ``next_seq``, ``config.json``, ``spool/``."""
 
     def __init__(self, root: Path) -> None:
-        self.root = private_dir(root)
-        self.spool_dir = private_dir(root / "spool")
-        self.quarantine_dir = private_dir(root / "quarantine")
+        try:
+            self.root = private_dir(root)
+            self.spool_dir = private_dir(root / "spool")
+            self.quarantine_dir = private_dir(root / "quarantine")
+        except OSError as failed:
+            raise UsageError(f"cannot use the state dir {root}: {failed.strerror or failed}") from failed
         self._lock: IO[str] | None = None
 
     def lock(self) -> None:

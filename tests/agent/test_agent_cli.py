@@ -45,10 +45,15 @@ def test_every_command_explains_itself(argv: list[str], mentions: list[str]) -> 
      pytest.param(["once", "--collector", "http://127.0.0.1:1", "--enroll-secret-file", "/no/such/file"], 64,
                   "cannot read the enrol secret file /no/such/file", id="missing-secret-file"),
      pytest.param(["once", "--collector", "http://127.0.0.1:1", "--enroll-secret-file", "/dev/null"], 64,
-                  "is empty", id="empty-secret-file")],
+                  "is empty", id="empty-secret-file"),
+     pytest.param(["once", "--collector", "http://127.0.0.1:1", "--enroll-secret-file", "/etc/hostname",
+                   "--state-dir", "/dev/null/state"], 64, "cannot use the state dir /dev/null/state",
+                  id="unusable-state-dir")],
 )
 def test_bad_input_is_one_line_and_a_usage_exit_code(argv: list[str], exit_code: int, says: str, tmp_path: Path) -> None:
-    done = run_agent(*argv, "--state-dir", str(tmp_path / "state"))
+    if "--state-dir" not in argv:
+        argv = [*argv, "--state-dir", str(tmp_path / "state")]
+    done = run_agent(*argv)
     assert done.returncode == exit_code
     assert says in one_line_error(done)
 
