@@ -22,26 +22,26 @@ CLASS_NAMES = {
     0x05: "physical",
     0x06: "image",
     0x07: "printer",
-    0x08: "mass-storage",
+    0x08: "mass_storage",
     0x09: "hub",
-    0x0A: "cdc-data",
-    0x0B: "smart-card",
-    0x0D: "content-security",
+    0x0A: "cdc_data",
+    0x0B: "smart_card",
+    0x0D: "content_security",
     0x0E: "video",
-    0x0F: "personal-healthcare",
-    0x10: "audio-video",
+    0x0F: "personal_healthcare",
+    0x10: "audio_video",
     0x11: "billboard",
-    0x12: "usb-c-bridge",
-    0x13: "bulk-display",
+    0x12: "usb_c_bridge",
+    0x13: "bulk_display",
     0x14: "mctp",
     0x3C: "i3c",
     0xDC: "diagnostic",
-    0xE0: "wireless-controller",
+    0xE0: "wireless_controller",
     0xEF: "miscellaneous",
-    0xFE: "application-specific",
-    0xFF: "vendor-specific",
+    0xFE: "application_specific",
+    0xFF: "vendor_specific",
 }
-CDC_SUBCLASSES = {0x02: "cdc-acm", 0x06: "cdc-ethernet", 0x0C: "cdc-eem", 0x0D: "cdc-ncm", 0x0E: "cdc-mbim"}
+CDC_SUBCLASSES = {0x02: "cdc_acm", 0x06: "cdc_ethernet", 0x0C: "cdc_eem", 0x0D: "cdc_ncm", 0x0E: "cdc_mbim"}
 # (class, subclass, protocol) triples that name a well-known function more precisely.
 FUNCTIONS = {
     (0xE0, 0x01, 0x01): "bluetooth",
@@ -51,12 +51,12 @@ FUNCTIONS = {
 
 
 def interface_class_name(cls: int, subclass: int, protocol: int) -> str:
-    """The name of an interface's class, e.g. ``hid``, ``mass-storage``, ``cdc-ethernet``."""
+    """The name of an interface's class, e.g. ``hid``, ``mass_storage``, ``cdc_ethernet``."""
     if (cls, subclass, protocol) in FUNCTIONS:
         return FUNCTIONS[(cls, subclass, protocol)]
     if cls == 0x02 and subclass in CDC_SUBCLASSES:
         return CDC_SUBCLASSES[subclass]
-    return CLASS_NAMES.get(cls, f"class-{cls:02x}")
+    return CLASS_NAMES.get(cls, f"class_{cls:02x}")
 
 
 def _text(path: Path) -> str | None:

@@ -106,7 +106,7 @@ def test_pikvm_default_identity(tmp_path: Path) -> None:
     assert facts == {
         "usb": [
             {"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device",
-             "interface_classes": ["hid", "mass-storage"]},
+             "interface_classes": ["hid", "mass_storage"]},
             ROOT_HUB_2,
         ],
         "displays": [{"name": "Toshiba-H2C", "manufacturer": "TSB", "serial_hash": salted_sha256(SALT, "1")}],
@@ -123,7 +123,7 @@ def test_rebranded_kvm_shows_only_its_functions(tmp_path: Path) -> None:
     assert facts == {
         "usb": [
             {"vendor_id": "046d", "product_id": "c52b", "manufacturer": "Logitech", "product": "USB Receiver",
-             "interface_classes": ["hid", "mass-storage", "cdc-ethernet", "cdc-data"]},
+             "interface_classes": ["hid", "mass_storage", "cdc_ethernet", "cdc_data"]},
             ROOT_HUB_2,
         ],
         "displays": [
@@ -169,13 +169,13 @@ def test_serial_hash_depends_on_the_salt(tmp_path: Path) -> None:
     ("triple", "name"),
     [
         pytest.param((0x03, 0x01, 0x01), "hid", id="keyboard"),
-        pytest.param((0x08, 0x06, 0x50), "mass-storage", id="bulk-only-scsi"),
-        pytest.param((0x02, 0x06, 0x00), "cdc-ethernet", id="ecm"),
-        pytest.param((0x02, 0x02, 0x01), "cdc-acm", id="serial"),
+        pytest.param((0x08, 0x06, 0x50), "mass_storage", id="bulk-only-scsi"),
+        pytest.param((0x02, 0x06, 0x00), "cdc_ethernet", id="ecm"),
+        pytest.param((0x02, 0x02, 0x01), "cdc_acm", id="serial"),
         pytest.param((0xEF, 0x04, 0x01), "rndis", id="rndis-misc"),
         pytest.param((0xE0, 0x01, 0x01), "bluetooth", id="bluetooth"),
         pytest.param((0x0E, 0x01, 0x00), "video", id="uvc"),
-        pytest.param((0x42, 0x00, 0x00), "class-42", id="unassigned"),
+        pytest.param((0x42, 0x00, 0x00), "class_42", id="unassigned"),
     ],
 )
 def test_interface_class_names(triple: tuple[int, int, int], name: str) -> None:
@@ -225,7 +225,7 @@ def test_windows_from_recorded_pnp_and_wmi() -> None:
         "usb": [
             {"vendor_id": "046d", "product_id": "c077", "manufacturer": None, "product": "USB Optical Mouse",
              "interface_classes": ["hid"]},
-            {**PIKVM_USB, "manufacturer": None, "interface_classes": ["hid", "mass-storage"]},
+            {**PIKVM_USB, "manufacturer": None, "interface_classes": ["hid", "mass_storage"]},
         ],
         "displays": [{"name": "Toshiba-H2C", "manufacturer": "TSB", "serial_hash": salted_sha256(SALT, "1")}],
     }
