@@ -72,7 +72,6 @@ def create_app(
             scorer.stop()
 
     app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.storage, app.state.metrics, app.state.scorer = storage, metrics, scorer
 
     async def device_of(request: Request) -> str:
         token = _bearer(request)

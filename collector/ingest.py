@@ -31,7 +31,7 @@ class Rejected(Exception):
         self.errors = errors
 
 
-def too_large(limit: int, what: str) -> Rejected:
+def _too_large(limit: int, what: str) -> Rejected:
     return Rejected(413, "too_large", [{"field": "(body)", "message": f"{what} exceeds {limit} bytes"}])
 
 
@@ -47,14 +47,14 @@ async def read_body(
     if encoding not in ("identity", "gzip"):
         raise Rejected(415, "encoding", [{"field": "Content-Encoding", "message": f"unsupported: {encoding!r}; use gzip or none"}])
     if declared_length and declared_length.isdigit() and int(declared_length) > limit:
-        raise too_large(limit, "the body")
+        raise _too_large(limit, "the body")
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     received = 0
     body = bytearray()
     async for chunk in chunks:
         received += len(chunk)
         if received > limit:
-            raise too_large(limit, "the body")
+            raise _too_large(limit, "the body")
         if inflater is None:
             body += chunk
             continue
@@ -64,9 +64,10 @@ async def read_body(
         except zlib.error as broken:
             raise Rejected(422, "invalid", [{"field": "(body)", "message": f"not valid gzip: {broken}"}]) from None
         if len(body) > limit or inflater.unconsumed_tail:
-            raise too_large(limit, "the decompressed body")
-    if inflater is not None and not inflater.eof:
-        raise Rejected(422, "invalid", [{"field": "(body)", "message": "not valid gzip: the stream is truncated"}])
+            raise _too_large(limit, "the decompressed body")
+    if inflater is not None and (not inflater.eof or inflater.unused_data):
+        problem = "data after the end of the gzip stream" if inflater.eof else "the stream is truncated"
+        raise Rejected(422, "invalid", [{"field": "(body)", "message": f"not valid gzip: {problem}"}])
     return bytes(body)
 
 

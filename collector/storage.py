@@ -310,14 +310,6 @@ class Storage:
             for (text,) in connection.execution_options(yield_per=1000).execute(query):
                 yield json.loads(text)
 
-    def counts(self) -> dict[str, int]:
-        """Row count of every table (used by health output and by tests proving nothing was written)."""
-        with self.engine.connect() as connection:
-            return {
-                table.name: connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-                for table in metadata.sorted_tables
-            }
-
     # --- roster and anchors ---------------------------------------------------------------
 
     def replace_roster(self, entries: Sequence[RosterEntry]) -> None:

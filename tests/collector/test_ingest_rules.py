@@ -49,6 +49,20 @@ def test_gzip_is_inflated_in_pieces_and_capped() -> None:
     assert (refused.value.status, refused.value.reason) == (413, "too_large")
 
 
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        pytest.param(gzip.compress(b"{}")[:-3], "truncated", id="truncated"),
+        pytest.param(gzip.compress(b"{}") + gzip.compress(b"{}"), "after the end", id="second-member"),
+        pytest.param(b"{}", "not valid gzip", id="plain-bytes"),
+    ],
+)
+def test_broken_gzip_is_422(body: bytes, words: str) -> None:
+    with pytest.raises(Rejected) as refused:
+        read([body], 1024, "gzip")
+    assert refused.value.status == 422 and words in refused.value.errors[0]["message"]
+
+
 def test_unknown_encoding_is_415() -> None:
     with pytest.raises(Rejected) as refused:
         read([b"{}"], 1024, "br")
