@@ -32,7 +32,7 @@ REPORT_IDS = {"chrome_remote_desktop": "chrome-remote-desktop"}
 # installer/updater/agent names that many unrelated products use.
 GENERIC_NAMES = {
     "agent", "appcore", "autoupdate", "clm", "dwm", "installcore", "installshield setup",
-    "notificationhelper", "plink", "recycler", "selfupdater", "setup", "si", "upload",
+    "notificationhelper", "plink", "recycler", "selfupdater", "setup", "si", "update-shim", "upload",
 }
 
 # Linux/macOS (and some Windows) process names and default TCP ports that LOLRMM lacks, each
