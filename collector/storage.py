@@ -325,6 +325,8 @@ class Storage:
             tx.execute(table.delete())
             if rows:
                 tx.execute(table.insert(), rows)
+            # Verdicts depend on the roster and anchors too: mark them all stale (still readable).
+            tx.execute(verdicts.update().values(through_report_id=0))
 
     def roster(self) -> list[RosterEntry]:
         return [RosterEntry.model_validate_json(text) for text in self._entries(roster)]

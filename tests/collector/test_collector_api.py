@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,13 @@ def test_device_verdict_is_fresh_right_after_ingest(collector: RunningCollector,
     (row,) = httpx.get(f"{collector.url}/api/v1/devices", headers=analyst).json()
     assert row["risk"] == verdict["risk"] and row["verdict"] == verdict["verdict"]
     assert row["last_seen"].endswith("Z")
+
+    # Approving the tool in the roster changes the verdict at once, without a new report.
+    roster.write_text(roster.read_text().replace("Europe/Berlin,", "Europe/Berlin,rustdesk"))
+    assert collector.cli("roster", "import", "--db", collector.db_url, str(roster)).returncode == 0
+    approved = httpx.get(f"{collector.url}/api/v1/devices/{device_id}", headers=analyst).json()
+    assert datetime.fromisoformat(approved["scored_at"]) > datetime.fromisoformat(verdict["scored_at"])
+    assert all(f["evidence"].get("approved") is not False for f in approved["findings"])
 
     missing = httpx.get(f"{collector.url}/api/v1/devices/dev-nope", headers=analyst)
     assert missing.status_code == 404 and "not enrolled" in missing.json()["errors"][0]["message"]
