@@ -40,11 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Observe this laptop (remote-access tools, sessions, network, input timing) and "
         "send typed reports to a farmwatch collector. Reports are spooled on disk first and leave "
         "the spool only when the collector accepted them.",
-        epilog="Start with 'farmwatch-agent once --print' to see what a report holds. "
-        "Exit codes: 0 ok, 64 bad input, 75 collector unreachable (reports kept), "
-        "77 enrol secret refused.",
+        epilog="Start with 'farmwatch-agent once --print' to see what a report holds. Reports the "
+        "collector rejects go to STATE_DIR/quarantine/ with its answer beside them. "
+        "Exit codes: 0 ok, 64 bad input, 74 local I/O error, 75 collector unreachable or busy "
+        "(reports kept), 77 enrol secret refused.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{once,run,verify}")
 
     def collector_flags(sub: argparse.ArgumentParser) -> None:
