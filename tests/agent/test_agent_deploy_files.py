@@ -1,7 +1,8 @@
-"""The shipped systemd unit and example config are accepted by the agent as they stand."""
+"""The shipped service definitions (systemd, launchd) and example config work as they stand."""
 
 from __future__ import annotations
 
+import plistlib
 import shlex
 import shutil
 import subprocess
@@ -38,3 +39,11 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     unit.write_text(text)
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_the_launchd_job_parses_and_runs_the_agent_as_a_service() -> None:
+    job = plistlib.loads((DEPLOY / "com.farmwatch.agent.plist").read_bytes())
+    program, *argv = job["ProgramArguments"]
+    assert Path(program).name == "farmwatch-agent" and job["Umask"] == 0o077
+    args = build_parser().parse_args(argv)
+    assert args.command == "run" and args.state_dir == Path("/Library/Application Support/farmwatch-agent")
