@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -290,7 +291,7 @@ class Storage:
             inserted = tx.execute(
                 reports.insert().values(
                     device_id=device_id, seq=seq, digest=digest, received_at=received_at,
-                    record=json.dumps(record, separators=(",", ":")),
+                    record=orjson.dumps(record).decode(),
                 )
             ).inserted_primary_key
             report_id = inserted[0] if inserted else None
@@ -308,7 +309,7 @@ class Storage:
             query = query.where(reports.c.received_at >= since)
         with self.engine.connect() as connection:
             for (text,) in connection.execution_options(yield_per=1000).execute(query):
-                yield json.loads(text)
+                yield orjson.loads(text)  # the scorer reads every record of the lookback: parse fast
 
     # --- roster and anchors ---------------------------------------------------------------
 
