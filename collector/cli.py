@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="collector.toml with [collector], [detection], [geo] ...")
     serve.add_argument("--enroll-secret-file", type=Path, help="file holding the secret agents present to enrol")
     serve.add_argument("--analyst-token-file", type=Path, help="file holding the bearer token of the analyst API")
+    serve.add_argument("--tls-cert-file", type=Path, help="PEM certificate (chain) to serve HTTPS; needs --tls-key-file")
+    serve.add_argument("--tls-key-file", type=Path, help="PEM private key of --tls-cert-file")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -128,7 +130,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from farmwatch.collector.app import create_app
 
-    config = load_config(args.config, enroll_secret_file=args.enroll_secret_file, analyst_token_file=args.analyst_token_file)
+    config = load_config(
+        args.config,
+        enroll_secret_file=args.enroll_secret_file,
+        analyst_token_file=args.analyst_token_file,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
+    )
     storage = Storage.open(database_url(args.db))
     try:
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
@@ -136,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run(
             create_app(storage, config), host=args.host, port=args.port, log_level=args.log_level,
             proxy_headers=False,
+            ssl_certfile=config.tls_cert_file,
+            ssl_keyfile=config.tls_key_file,
         )
     finally:
         storage.close()

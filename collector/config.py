@@ -9,6 +9,7 @@ security setting silently lost. Additions to ``cli.md``: an ``[agent]`` table (`
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,10 +41,14 @@ class CollectorConfig:
     outputs: tuple[dict[str, Any], ...] = ()
     city_db: Path | None = None
     asn_db: Path | None = None
+    tls_cert_file: Path | None = None  # PEM certificate chain; with tls_key_file, serve HTTPS
+    tls_key_file: Path | None = None
 
 
 _KNOWN = {
-    "collector": {"enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies"},
+    "collector": {
+        "enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies", "tls_cert_file", "tls_key_file",
+    },
     "detection": {"interval_seconds", "lookback_hours"}
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
     "geo": {"city_db", "asn_db", "corporate_networks"},
@@ -57,6 +62,8 @@ def load_config(
     *,
     enroll_secret_file: Path | None = None,
     analyst_token_file: Path | None = None,
+    tls_cert_file: Path | None = None,
+    tls_key_file: Path | None = None,
 ) -> CollectorConfig:
     """Read ``path`` (optional) and the secret files; flags given here override the file."""
     raw = _read_toml(path) if path else {}
@@ -73,6 +80,7 @@ def load_config(
     if token_file is None:
         raise ConfigError("no analyst token: pass --analyst-token-file or set [collector] analyst_token_file")
 
+    tls = _tls(tls_cert_file or _path(collector.get("tls_cert_file")), tls_key_file or _path(collector.get("tls_key_file")))
     corporate = _networks(geo.get("corporate_networks", []), f"{where} [geo] corporate_networks")
     interval = _number(detection.pop("interval_seconds", 300), f"{where} [detection] interval_seconds")
     lookback = _number(detection.pop("lookback_hours", 72), f"{where} [detection] lookback_hours")
@@ -97,6 +105,8 @@ def load_config(
         outputs=tuple(raw.get("outputs", [])),
         city_db=_path(geo.get("city_db")),
         asn_db=_path(geo.get("asn_db")),
+        tls_cert_file=tls[0],
+        tls_key_file=tls[1],
     )
 
 
@@ -139,6 +149,19 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _path(value: Any) -> Path | None:
     return Path(value) if value else None
+
+
+def _tls(cert: Path | None, key: Path | None) -> tuple[Path | None, Path | None]:
+    """Both files or neither; loaded once here so a bad pair fails in one line before serving."""
+    if cert is None and key is None:
+        return None, None
+    if cert is None or key is None:
+        raise ConfigError("TLS needs both a certificate and a key (--tls-cert-file and --tls-key-file)")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as failure:
+        raise ConfigError(f"cannot use TLS certificate {cert} with key {key}: {failure}") from None
+    return cert, key
 
 
 def _secret(path: Path, what: str) -> str:
