@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from farmwatch.contract import Anchor, RosterEntry, Verdict, to_wire
+
+Done = TypeVar("Done")
 
 
 class StoreError(RuntimeError):
@@ -199,11 +201,8 @@ class Storage:
         A known device keeps its id; its earlier tokens are revoked, and ``next_seq`` continues its
         sequence so a reinstalled agent does not collide with its own stored reports.
         """
-        try:
-            return self._enrol(hardware_id, hostname, source_ip, new_device_id, token, now)
-        except sa.exc.IntegrityError:
-            # Another replica created this hardware id between our read and insert: now it is known.
-            return self._enrol(hardware_id, hostname, source_ip, new_device_id, token, now)
+        # A retry sees the device another replica created between our read and our insert.
+        return _once_more_on_conflict(lambda: self._enrol(hardware_id, hostname, source_ip, new_device_id, token, now))
 
     def _enrol(
         self, hardware_id: str, hostname: str, source_ip: str, new_device_id: str, token: str, now: datetime
@@ -360,15 +359,21 @@ class Storage:
 
     def save_verdicts(self, scored: Sequence[Verdict], through_report_id: int) -> None:
         """Store the verdicts of one scoring run over reports up to ``through_report_id``."""
-        with self._writer.begin() as tx:
-            for verdict in scored:
-                tx.execute(verdicts.delete().where(verdicts.c.device_id == verdict.device_id))
-                tx.execute(
-                    verdicts.insert().values(
-                        device_id=verdict.device_id, scored_at=verdict.scored_at,
-                        through_report_id=through_report_id, verdict=json.dumps(to_wire(verdict)),
-                    )
-                )
+
+        def save() -> None:
+            with self._writer.begin() as tx:
+                for verdict in scored:
+                    values = {
+                        "scored_at": verdict.scored_at,
+                        "through_report_id": through_report_id,
+                        "verdict": json.dumps(to_wire(verdict)),
+                    }
+                    match = verdicts.c.device_id == verdict.device_id
+                    if not tx.execute(verdicts.update().where(match).values(**values)).rowcount:
+                        tx.execute(verdicts.insert().values(device_id=verdict.device_id, **values))
+
+        # Two replicas scoring at once may both insert a first verdict; the retry updates instead.
+        _once_more_on_conflict(save)
 
     def verdict(self, device_id: str) -> Verdict | None:
         with self.engine.connect() as connection:
@@ -415,6 +420,14 @@ class Storage:
     def device_count(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one()
+
+
+def _once_more_on_conflict(step: Callable[[], Done]) -> Done:
+    """Run a transaction; when a unique key raced with another writer, run it once more."""
+    try:
+        return step()
+    except sa.exc.IntegrityError:
+        return step()
 
 
 def _reason(failure: sa.exc.SQLAlchemyError) -> str:
