@@ -62,16 +62,16 @@ class ColocationDetector(Detector):
     def _sightings(self, frames: Frames, context: Context) -> pd.DataFrame:
         """(kind, key, device, hour) for every network identity seen outside company networks."""
         reports = frames.reports[~corporate_mask(frames, context.config.corporate_networks)]
-        hour = reports["window_end"].dt.floor("h")
-        mobile = reports["network_kind"].eq("mobile")
-        parts = [
-            pd.DataFrame({"kind": np.where(mobile, "egress_ip_mobile", "egress_ip"), "key": reports["source_ip"]}),
-            pd.DataFrame({"kind": "gateway_mac", "key": reports["gateway_mac_hash"]}),
-            pd.DataFrame({"kind": "wifi_bssid", "key": reports["wifi_bssid_hash"]}),
-        ]
+        mobile = reports["network_kind"].eq("mobile").to_numpy()
+        devices, hours = reports["device_id"].to_numpy(), reports["hour"].to_numpy()
+        keyed = (
+            (np.where(mobile, "egress_ip_mobile", "egress_ip"), reports["source_ip"].to_numpy()),
+            ("gateway_mac", reports["gateway_mac_hash"].to_numpy()),
+            ("wifi_bssid", reports["wifi_bssid_hash"].to_numpy()),
+        )
         rows = []
-        for part in parts:
-            part["device_id"], part["hour"] = reports["device_id"].to_numpy(), hour.to_numpy()
+        for kind, keys in keyed:
+            part = pd.DataFrame({"kind": kind, "key": keys, "device_id": devices, "hour": hours})
             rows.append(part[part["key"].notna()])
         return pd.concat(rows, ignore_index=True).drop_duplicates()
 
@@ -96,7 +96,7 @@ class ColocationDetector(Detector):
         linked = pairs.merge(together[["device_id_x", "device_id_y"]], on=["device_id_x", "device_id_y"])
         shared = pd.concat([linked[["device_id_x", "kind", "key", "hour"]].set_axis(["device_id", "kind", "key", "hour"], axis=1),
                             linked[["device_id_y", "kind", "key", "hour"]].set_axis(["device_id", "kind", "key", "hour"], axis=1)])
-        hours_total = frames.reports.assign(hour=frames.reports["window_end"].dt.floor("h")).groupby("device_id")["hour"].nunique()
+        hours_total = frames.reports.groupby("device_id")["hour"].nunique()
         hours_shared = shared.groupby("device_id")["hour"].nunique()
         best_kind = shared.groupby("device_id")["kind"].agg(lambda kinds: max(KIND_WEIGHT[k] for k in set(kinds)))
         clusters: dict[str, list[str]] = {}
@@ -128,8 +128,8 @@ class ColocationDetector(Detector):
                    f"shared a network ({', '.join(kinds)}) at the same time for a median "
                    f"{evidence['overlap_hours_median']:.0f} h, {persistence:.0%} of their time"
                    + (", though the roster places them in different cities" if apart else "") + ".")
-        return [self.finding(d, score, summary, evidence, inside["first"].min(), inside["last"].max())
-                for d in members]
+        first, last = (pd.Timestamp(int(h) * 3600, unit="s", tz="UTC") for h in (inside["first"].min(), inside["last"].max()))
+        return [self.finding(d, score, summary, evidence, first, last) for d in members]
 
     def _apart(self, members: list[str], context: Context) -> bool:
         places = [(e.latitude, e.longitude) for d in members if (e := context.roster.get(d)) is not None

@@ -1,10 +1,10 @@
 """Flatten ingest records (wire JSON dicts) into the pandas frames every detector reads.
 
 Speed matters here (a million records must score in well under a minute on two cores), so each
-record is walked once in plain Python, appending to column lists; pandas only sees whole columns.
-List sections become their own long tables keyed by ``rec`` (the record's row in ``reports``).
-USB devices and displays barely change between reports, so they are folded per device into
-first/last/count rows while flattening instead of being repeated a million times.
+record is walked once in plain Python into a row tuple holding only the fields detectors read;
+pandas only sees whole columns. List sections become their own long tables keyed by ``rec`` (the
+record's row in ``reports``). USB devices and displays barely change between reports, so they are
+folded per device into first/last/count rows instead of being repeated a million times.
 
 Missing sections and unknown values become None/NaN: a detector treats "not reported" as absent,
 never as evidence.
@@ -12,36 +12,34 @@ never as evidence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 # Columns of the one-row-per-record table, by source: (column, section, field).
 _HOST = ("timezone", "utc_offset_minutes", "locale")
 _INPUT = (
-    "seconds_observed",
     "active_seconds",
     "key_events",
     "mouse_events",
     "injected_events",
     "key_interval_ms_p10",
-    "key_interval_ms_p50",
-    "key_interval_ms_p90",
     "key_burst_fraction",
     "mouse_rate_hz_median",
     "mouse_jump_fraction",
 )
 _NETWORK = ("gateway_ip", "gateway_mac_hash", "wifi_bssid_hash", "lan_neighbors")
 _GEO = ("country", "asn", "asn_org", "network_kind")
-_TIMES = ("received_at", "window_start", "window_end", "boot_time")
 _REPORT_COLUMNS = (
-    ("device_id", "seq", "hostname", "os", "source_ip", "hardware_id", "n_errors")
-    + _TIMES
+    ("device_id", "seq", "source_ip", "hardware_id", "window_start", "window_end")
     + _GEO
     + _HOST
-    + ("keyboard_layouts", "input_methods", "remote_users")
+    + ("keyboard_layouts", "input_methods")
     + _NETWORK
     + ("vpn_product", "has_vpn_interface")
     + _INPUT
@@ -63,7 +61,8 @@ _EMPTY: dict[str, Any] = {}
 class Frames:
     """The flattened records.
 
-    ``reports``: one row per record, sorted by device and window end (index 0..n-1 = ``rec``).
+    ``reports``: one row per record, sorted by device and window end (index 0..n-1 = ``rec``);
+    ``hour`` is the window end in whole hours since the epoch.
     ``tools``: one row per remote-access connection (a tool without connections: one row, no peer);
     ``live`` marks established connections.
     ``sessions``, ``probes``: one row per entry. ``usb``, ``displays``: one row per device and
@@ -80,144 +79,166 @@ class Frames:
     def times(self, table: pd.DataFrame, column: str = "rec") -> pd.Series:
         """The window end of the record each row of ``table`` came from."""
         recs = table[column].to_numpy(dtype="int64")
-        return pd.Series(self.reports["window_end"].to_numpy()[recs], index=table.index)
+        return pd.Series(self.reports["window_end"].array.take(recs), index=table.index)
 
 
 class RecordError(ValueError):
     """An ingest record that lacks what every detector relies on; the message names the record."""
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a bulk step.
+
+    Millions of small containers (parsed records, then the strings in object columns) make the
+    collector rescan the whole heap again and again; nothing here forms reference cycles, so
+    reference counting frees everything anyway.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def flatten(records: Iterable[dict[str, Any]]) -> Frames:
     """Walk every record once and build :class:`Frames`. Raises :class:`RecordError` on a record
     without ``report.device_id`` or ``report.window_end``."""
-    cols: dict[str, list[Any]] = {name: [] for name in _REPORT_COLUMNS}
-    tools: dict[str, list[Any]] = {name: [] for name in _TOOL_COLUMNS}
-    sessions: dict[str, list[Any]] = {name: [] for name in _SESSION_COLUMNS}
-    probes: dict[str, list[Any]] = {name: [] for name in _PROBE_COLUMNS}
+    with paused_gc():
+        return _flatten(records)
+
+
+def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
+    rows: list[tuple[Any, ...]] = []
+    tools: list[tuple[Any, ...]] = []
+    sessions: list[tuple[Any, ...]] = []
+    probes: list[tuple[Any, ...]] = []
     usb: dict[tuple[Any, ...], list[int]] = {}
     displays: dict[tuple[Any, ...], list[int]] = {}
-    add = {name: column.append for name, column in cols.items()}
-    rec = -1
+    last_hardware: dict[str, tuple[Any, list[list[int]]]] = {}
     for rec, record in enumerate(records):
         report = record.get("report")
         if not isinstance(report, dict) or not report.get("device_id") or not report.get("window_end"):
             raise RecordError(f"record {rec + 1}: report.device_id and report.window_end are required")
         device = report["device_id"]
         agent = report.get("agent") or _EMPTY
-        geo = record.get("geo") or _EMPTY
         host = report.get("host") or _EMPTY
         network = report.get("network") or _EMPTY
         given = report.get("input")
         inp = given or _EMPTY
-        add["device_id"](device)
-        add["seq"](report.get("seq"))
-        add["hostname"](agent.get("hostname"))
-        add["os"](agent.get("os"))
-        add["source_ip"](record.get("source_ip"))
-        # Not in report v1 yet: a collector or agent may add the enrolled hardware id; absent = unknown.
-        add["hardware_id"](record.get("hardware_id") or report.get("hardware_id") or agent.get("hardware_id"))
-        add["n_errors"](len(report.get("errors") or ()))
-        add["received_at"](record.get("received_at"))
-        add["window_start"](report.get("window_start"))
-        add["window_end"](report["window_end"])
-        add["boot_time"](host.get("boot_time"))
-        for name in _GEO:
-            add[name](geo.get(name))
-        for name in _HOST:
-            add[name](host.get(name))
-        add["keyboard_layouts"](";".join(host.get("keyboard_layouts") or ()))
-        add["input_methods"](";".join(host.get("input_methods") or ()))
-        add["remote_users"](sum(1 for user in host.get("users") or () if user.get("remote_host")))
-        for name in _NETWORK:
-            add[name](network.get(name))
         vpn = [i for i in network.get("interfaces") or () if i.get("kind") == "vpn"]
-        add["vpn_product"](next((i.get("vpn_product") for i in vpn if i.get("vpn_product")), None))
-        add["has_vpn_interface"](bool(vpn))
-        for name in _INPUT:
-            add[name](inp.get(name))
-        add["virtual_devices"](";".join(inp.get("virtual_devices") or ()))
-        add["has_input"](given is not None)
+        rows.append((
+            device, report.get("seq"), record.get("source_ip"),
+            # Not in report v1: a collector or agent may add the enrolled hardware id; absent = unknown.
+            record.get("hardware_id") or report.get("hardware_id") or agent.get("hardware_id"),
+            report.get("window_start"), report["window_end"],
+            *map((record.get("geo") or _EMPTY).get, _GEO),
+            *map(host.get, _HOST),
+            ";".join(host.get("keyboard_layouts") or ()),
+            ";".join(host.get("input_methods") or ()),
+            *map(network.get, _NETWORK),
+            next((i.get("vpn_product") for i in vpn if i.get("vpn_product")), None),
+            bool(vpn),
+            *map(inp.get, _INPUT),
+            ";".join(inp.get("virtual_devices") or ()),
+            given is not None,
+        ))
         for tool in report.get("remote_access") or ():
-            _add_tool(tools, rec, tool)
+            head = (rec, tool.get("tool"), tool.get("process"), tool.get("started_at"), len(tool.get("listening") or ()))
+            for connection in tool.get("connections") or (_EMPTY,):
+                tools.append((*head, *map(connection.get, _TOOL_COLUMNS[5:])))
         for session in report.get("sessions") or ():
-            for name in _SESSION_COLUMNS[1:]:
-                sessions[name].append(session.get(name))
-            sessions["rec"].append(rec)
+            sessions.append((rec, *map(session.get, _SESSION_COLUMNS[1:])))
         for probe in network.get("probes") or ():
-            for name in _PROBE_COLUMNS[1:]:
-                probes[name].append(probe.get(name))
-            probes["rec"].append(rec)
+            probes.append((rec, *map(probe.get, _PROBE_COLUMNS[1:])))
         hardware = report.get("hardware") or _EMPTY
-        for item in hardware.get("usb") or ():
-            _fold(usb, (device, item.get("vendor_id"), item.get("product_id"), item.get("manufacturer"),
-                        item.get("product"), item.get("serial")), rec)
-        for item in hardware.get("displays") or ():
-            _fold(displays, (device, item.get("name"), item.get("manufacturer"), item.get("serial_hash")), rec)
-    return _frames(cols, tools, sessions, probes, usb, displays)
+        previous = last_hardware.get(device)
+        if previous is not None and previous[0] == hardware:  # unchanged since this device's last report
+            for recs in previous[1]:
+                recs.append(rec)
+            continue
+        folded = [_fold(usb, (device, item.get("vendor_id"), item.get("product_id"), item.get("manufacturer"),
+                              item.get("product"), item.get("serial"))) for item in hardware.get("usb") or ()]
+        folded += [_fold(displays, (device, item.get("name"), item.get("manufacturer"), item.get("serial_hash")))
+                   for item in hardware.get("displays") or ()]
+        for recs in folded:
+            recs.append(rec)
+        last_hardware[device] = (hardware, folded)
+    return _frames(rows, tools, sessions, probes, usb, displays)
 
 
-def _add_tool(tools: dict[str, list[Any]], rec: int, tool: dict[str, Any]) -> None:
-    head = (rec, tool.get("tool"), tool.get("process"), tool.get("started_at"), len(tool.get("listening") or ()))
-    connections = tool.get("connections") or (_EMPTY,)
-    for connection in connections:
-        for name, value in zip(_TOOL_COLUMNS[:5], head):
-            tools[name].append(value)
-        for name in _TOOL_COLUMNS[5:]:
-            tools[name].append(connection.get(name))
+def _fold(seen: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...]) -> list[int]:
+    """The list of records holding hardware identity ``key`` (created empty on first sight)."""
+    recs = seen.get(key)
+    if recs is None:
+        recs = seen[key] = []
+    return recs
 
 
-def _fold(seen: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], rec: int) -> None:
-    entry = seen.get(key)
-    if entry is None:
-        seen[key] = [rec]
-    else:
-        entry.append(rec)
+def _utc(values: Any) -> pd.Series:
+    return pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
 
 
-def _utc(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+_NUMERIC = frozenset(_INPUT + ("utc_offset_minutes", "lan_neighbors", "seq", "asn", "rtt_ms", "min_rtt_ms",
+                               "rtt_min_ms", "rtt_median_ms", "sent", "received"))
+_INTEGER = frozenset(("rec", "listening"))
+_BOOLEAN = frozenset(("has_vpn_interface", "has_input"))
+_PARSED_TIMES = ("window_start", "window_end")
+
+
+def _column(name: str, values: tuple[Any, ...]) -> Any:
+    if name in _NUMERIC:
+        return np.array(values, dtype=np.float64)  # None becomes NaN
+    if name in _INTEGER:
+        return np.array(values, dtype=np.int64)
+    if name in _BOOLEAN:
+        return np.array(values, dtype=bool)
+    if name in _PARSED_TIMES:
+        return _utc(values).array
+    return np.array(values, dtype=object)
+
+
+def _table(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
+    """Columns from row tuples, each converted once (numbers to float64 with NaN for null)."""
+    if not rows:
+        empty = {name: _column(name, ()) for name in columns}
+        return pd.DataFrame(empty)
+    return pd.DataFrame({name: _column(name, values) for name, values in zip(columns, zip(*rows))}, copy=False)
 
 
 def _frames(
-    cols: dict[str, list[Any]],
-    tools: dict[str, list[Any]],
-    sessions: dict[str, list[Any]],
-    probes: dict[str, list[Any]],
+    rows: list[tuple[Any, ...]],
+    tools: list[tuple[Any, ...]],
+    sessions: list[tuple[Any, ...]],
+    probes: list[tuple[Any, ...]],
     usb: dict[tuple[Any, ...], list[int]],
     displays: dict[tuple[Any, ...], list[int]],
 ) -> Frames:
-    reports = pd.DataFrame(cols)
-    for name in _TIMES:
-        reports[name] = _utc(reports[name])
-    for name in _INPUT + ("utc_offset_minutes", "lan_neighbors", "seq", "asn"):
-        reports[name] = pd.to_numeric(reports[name], errors="coerce").astype("float64")
+    reports = _table(rows, _REPORT_COLUMNS)
     # Sort once so every detector sees each device's records in time order; remap child tables.
     order = reports.sort_values(["device_id", "window_end", "seq"], kind="stable").index.to_numpy()
     reports = reports.iloc[order].reset_index(drop=True)
-    new_rec = pd.Series(range(len(order)), index=order).sort_index().to_numpy()
+    # Whole hours since the epoch: a cheap integer key for "at the same time" joins.
+    reports["hour"] = ((reports["window_end"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(hours=1)).astype("int64")
+    new_rec = np.empty(len(order), dtype=np.int64)
+    new_rec[order] = np.arange(len(order))
+    devices = reports["device_id"].to_numpy()
 
-    def child(columns: dict[str, list[Any]]) -> pd.DataFrame:
-        frame = pd.DataFrame(columns)
-        if len(frame):
-            frame["rec"] = new_rec[frame["rec"].to_numpy()]
-            frame["device_id"] = reports["device_id"].to_numpy()[frame["rec"].to_numpy()]
-        else:
-            frame["device_id"] = pd.Series(dtype=object)
-        return frame.sort_values("rec", kind="stable").reset_index(drop=True)
+    def child(table: pd.DataFrame) -> pd.DataFrame:
+        table["rec"] = new_rec[table["rec"].to_numpy()]
+        table["device_id"] = devices[table["rec"].to_numpy()]
+        return table.sort_values("rec", kind="stable").reset_index(drop=True)
 
-    tool_frame = child(tools)
+    tool_frame = child(_table(tools, _TOOL_COLUMNS))
     # A live session is an established TCP connection with a known peer.
     tool_frame["live"] = tool_frame["state"].astype(str).str.upper().eq("ESTABLISHED") & tool_frame["remote_ip"].notna()
-    for name in ("rtt_ms", "min_rtt_ms"):
-        tool_frame[name] = pd.to_numeric(tool_frame[name], errors="coerce").astype("float64")
-    probe_frame = child(probes)
-    for name in ("rtt_min_ms", "rtt_median_ms"):
-        probe_frame[name] = pd.to_numeric(probe_frame[name], errors="coerce").astype("float64")
     return Frames(
         reports=reports,
         tools=tool_frame,
-        sessions=child(sessions),
-        probes=probe_frame,
+        sessions=child(_table(sessions, _SESSION_COLUMNS)),
+        probes=child(_table(probes, _PROBE_COLUMNS)),
         usb=_folded(usb, _USB_KEY, new_rec),
         displays=_folded(displays, _DISPLAY_KEY, new_rec),
     )

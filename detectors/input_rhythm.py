@@ -87,9 +87,11 @@ class InputRhythmDetector(Detector):
         })
         inj_share = inj[inj["counted"]].groupby("device_id")["injected"].mean()
         virtual = reports.loc[reports["virtual_devices"] != "", ["device_id", "virtual_devices"]]
+        virtual_by_device = virtual.groupby("device_id")["virtual_devices"].agg(set).to_dict()
         found = []
         devices = sorted(set(odd["device_id"]) | set(inj_share.index) | set(virtual["device_id"]))
         odd_groups = odd.groupby("device_id")
+        spans = reports.groupby("device_id")["window_end"].agg(["min", "max"])
         for device in devices:
             rows = odd_groups.get_group(device) if device in odd_groups.groups else odd.iloc[0:0]
             parts, evidence, sentences = {}, {"typed_windows": len(rows)}, []
@@ -109,7 +111,7 @@ class InputRhythmDetector(Detector):
                 evidence["injected_share"] = share_injected
                 sentences.append(f"{share_injected:.0%} of windows carried injected input with no approved "
                                  f"remote session")
-            names = virtual.loc[virtual["device_id"] == device, "virtual_devices"]
+            names = virtual_by_device.get(device, [])
             remote_devices = sorted({n for joined in names for n in joined.split(";")
                                      if any(mark in n.lower() for mark in REMOTE_VIRTUAL_DEVICES)})
             if remote_devices:
@@ -120,9 +122,8 @@ class InputRhythmDetector(Detector):
                 continue
             evidence["parts"] = parts
             score = 1.0 - float(np.prod([1.0 - p for p in parts.values()]))
-            times = reports.loc[reports["device_id"] == device, "window_end"]
             found.append(self.finding(str(device), score, "Input: " + "; ".join(sentences) + ".", evidence,
-                                      times.min(), times.max()))
+                                      spans.loc[device, "min"], spans.loc[device, "max"]))
         return found
 
     @staticmethod

@@ -50,43 +50,49 @@ class LocationProofDetector(Detector):
         if probes.empty:
             return []
         anchors = context.anchors
-        probes["claim_lat"] = probes["device_id"].map(lambda d: claimed[d].latitude)
-        probes["claim_lon"] = probes["device_id"].map(lambda d: claimed[d].longitude)
-        probes["anchor_lat"] = probes["target"].map(lambda a: anchors[a].latitude)
-        probes["anchor_lon"] = probes["target"].map(lambda a: anchors[a].longitude)
-        claim_km = great_circle_km(probes["claim_lat"].to_numpy(), probes["claim_lon"].to_numpy(),
-                                   probes["anchor_lat"].to_numpy(), probes["anchor_lon"].to_numpy())
+        claim_km = great_circle_km(
+            probes["device_id"].map({d: e.latitude for d, e in claimed.items()}).to_numpy(dtype=float),
+            probes["device_id"].map({d: e.longitude for d, e in claimed.items()}).to_numpy(dtype=float),
+            probes["target"].map({n: a.latitude for n, a in anchors.items()}).to_numpy(dtype=float),
+            probes["target"].map({n: a.longitude for n, a in anchors.items()}).to_numpy(dtype=float),
+        )
         probes["claim_km"] = claim_km
         probes["bound_km"] = max_distance_km(probes["rtt_min_ms"].to_numpy())
         probes["violation_km"] = probes["claim_km"] - probes["bound_km"] - self.slack_km
         probes["excess_ms"] = probes["rtt_min_ms"] - (ACCESS_OVERHEAD_MS + claim_km / SLOW_PATH_KM_PER_RTT_MS)
-        vpn = frames.reports["has_vpn_interface"].to_numpy()
-        probes["vpn"] = vpn[probes["rec"].to_numpy()]
-        probes["time"] = frames.times(probes)
+        per_report = probes.groupby("rec", sort=True).agg(violation=("violation_km", "max"), excess=("excess_ms", "min"))
+        recs = per_report.index.to_numpy()
+        per_report["device_id"] = frames.reports["device_id"].to_numpy()[recs]
+        per_report["direct"] = ~frames.reports["has_vpn_interface"].to_numpy()[recs]
+        per_report["violating"] = per_report["violation"] > 0
+        per_report["slow"] = per_report["direct"] & (per_report["excess"] > self.slow_excess_ms)
+        per_report["time"] = frames.reports["window_end"].array.take(recs)
+        devices = per_report.groupby("device_id", sort=True).agg(
+            reports=("violation", "size"), violating=("violating", "sum"), direct=("direct", "sum"),
+            slow=("slow", "sum"), first=("time", "min"), last=("time", "max"))
+        devices = devices[devices["reports"] >= self.min_reports]
+        report_rows = per_report.groupby("device_id").indices
+        probe_rows = probes.groupby("device_id").indices
         found = []
-        for device, rows in probes.groupby("device_id", sort=True):
-            per_report = rows.groupby("rec").agg(violation=("violation_km", "max"), excess=("excess_ms", "min"),
-                                                 vpn=("vpn", "first"))
-            if len(per_report) < self.min_reports:
-                continue
+        for device, row in devices.iterrows():
             entry = claimed[str(device)]
-            violating = per_report["violation"] > 0
-            if violating.any():
-                found.append(self._proof(str(device), rows, per_report, violating, entry))
-                continue
-            direct = per_report[~per_report["vpn"]]
-            if len(direct) >= self.min_reports and (direct["excess"] > self.slow_excess_ms).mean() >= 0.9:
-                excess = float(direct["excess"].median())
+            if row["violating"]:
+                found.append(self._proof(str(device), probes.iloc[probe_rows[device]],
+                                         per_report.iloc[report_rows[device]], entry, frames))
+            elif row["direct"] >= self.min_reports and row["slow"] >= 0.9 * row["direct"]:
+                mine = per_report.iloc[report_rows[device]]
+                excess = float(mine.loc[mine["direct"], "excess"].median())
                 summary = (f"Every anchor answers at least {excess:.0f} ms slower than a laptop in "
                            f"{entry.city or entry.country} plausibly would (median excess), in "
-                           f"{(direct['excess'] > self.slow_excess_ms).mean():.0%} of {len(direct)} reports.")
+                           f"{row['slow'] / row['direct']:.0%} of {int(row['direct'])} reports.")
                 found.append(self.finding(str(device), self.slow_score, summary,
-                                          {"kind": "too_slow", "median_excess_ms": excess, "reports": len(direct)},
-                                          rows["time"].min(), rows["time"].max()))
+                                          {"kind": "too_slow", "median_excess_ms": excess, "reports": int(row["direct"])},
+                                          row["first"], row["last"]))
         return found
 
-    def _proof(self, device: str, rows: pd.DataFrame, per_report: pd.DataFrame, violating: pd.Series,
-               entry: RosterEntry) -> DeviceFinding:
+    def _proof(self, device: str, rows: pd.DataFrame, per_report: pd.DataFrame, entry: RosterEntry,
+               frames: Frames) -> DeviceFinding:
+        violating = per_report["violating"]
         share = float(violating.mean())
         bad = rows[rows["violation_km"] > 0]
         worst = bad.loc[bad.groupby("target")["violation_km"].idxmax()].sort_values("violation_km").iloc[-1]
@@ -105,4 +111,5 @@ class LocationProofDetector(Detector):
             "bound_km": worst["bound_km"], "claimed_distance_km": worst["claim_km"],
             "typical_violation_km": typical, "violating_share": share, "reports": len(per_report),
         }
-        return self.finding(device, score, summary, evidence, bad["time"].min(), bad["time"].max())
+        times = frames.times(bad)
+        return self.finding(device, score, summary, evidence, times.min(), times.max())

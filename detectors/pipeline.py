@@ -14,7 +14,7 @@ from typing import Any
 from farmwatch.contract import Anchor, Finding, RosterEntry, Verdict
 from farmwatch.detectors.base import Context
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.frame import Frames, flatten
+from farmwatch.detectors.frame import Frames, flatten, paused_gc
 from farmwatch.detectors.registry import REGISTRY
 from farmwatch.detectors.risk import combine, label
 
@@ -27,7 +27,8 @@ def score(
     config: DetectionConfig | None = None,
 ) -> list[Verdict]:
     """One :class:`Verdict` per device in ``records`` (any order), sorted by device id."""
-    return score_frames(flatten(records), roster, anchors, now, config)
+    with paused_gc():
+        return score_frames(flatten(records), roster, anchors, now, config)
 
 
 def score_frames(

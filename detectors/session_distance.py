@@ -35,12 +35,12 @@ class SessionDistanceDetector(Detector):
         tools = frames.tools
         direct = tools[(tools["direction"] == "inbound") & tools["min_rtt_ms"].notna() & tools["live"]]
         sessions = frames.sessions
-        remote = sessions[sessions["remote_ip"].notna() & pd.to_numeric(sessions["min_rtt_ms"]).notna()]
+        remote = sessions[sessions["remote_ip"].notna() & sessions["min_rtt_ms"].notna()]
         return pd.concat([
             pd.DataFrame({"device_id": direct["device_id"], "rec": direct["rec"], "via": direct["tool"],
                           "peer": direct["remote_ip"], "min_rtt_ms": direct["min_rtt_ms"]}),
             pd.DataFrame({"device_id": remote["device_id"], "rec": remote["rec"], "via": remote["kind"],
-                          "peer": remote["remote_ip"], "min_rtt_ms": pd.to_numeric(remote["min_rtt_ms"])}),
+                          "peer": remote["remote_ip"], "min_rtt_ms": remote["min_rtt_ms"]}),
         ], ignore_index=True)
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:

@@ -1,0 +1,58 @@
+"""How long farmwatch-detect takes on 1,000,000 ingest records, against merely parsing them.
+
+The records come from the simulator (a fleet of ~1,000 laptops over a week) written to a temporary
+folder. The baseline reads the same file and parses every line with orjson, doing nothing else; the
+full run is the real `farmwatch-detect` command (a separate process, imports included).
+Target (issue 5): under a minute on this 2-core machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from farmwatch.simulator.cli import write_fleet
+
+RECORDS = 1_000_000
+
+
+def parse_only(path: Path) -> int:
+    """Parse every line of ``path`` and keep nothing: the floor any scorer pays."""
+    count = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            orjson.loads(line)
+            count += 1
+    return count
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="farmwatch-speed-") as tmp:
+        began = time.perf_counter()
+        files = write_fleet(Path(tmp), seed=11, legit=1040, farms=220, days=7, limit=RECORDS)
+        size = files.records.stat().st_size
+        print(f"simulated {files.count:,} records ({size / 1e9:.2f} GB) in {time.perf_counter() - began:.0f} s",
+              flush=True)
+        began = time.perf_counter()
+        parsed = parse_only(files.records)
+        parse_seconds = time.perf_counter() - began
+        detect = Path(sys.executable).with_name("farmwatch-detect")
+        command = [str(detect), str(files.records), "--roster", str(files.roster), "--anchors", str(files.anchors),
+                   "--out", str(Path(tmp) / "verdicts.jsonl")]
+        began = time.perf_counter()
+        subprocess.run(command, check=True)
+        detect_seconds = time.perf_counter() - began
+        verdicts = sum(1 for _ in (Path(tmp) / "verdicts.jsonl").open("rb"))
+    print(f"parse only: {parsed:,} records in {parse_seconds:.1f} s")
+    print(f"farmwatch-detect: {files.count:,} records -> {verdicts} verdicts in {detect_seconds:.1f} s "
+          f"({detect_seconds / parse_seconds:.1f}x parsing; target < 60 s: {'met' if detect_seconds < 60 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
