@@ -1,16 +1,19 @@
 """Verdicts for the live collector: the shared detector pipeline run over the stored records.
 
-A background thread re-scores the fleet every ``[detection] interval_seconds``; the analyst API
-also re-scores on demand when a device has a report newer than its stored verdict, so a verdict
-is never older than the data behind it. Fleet detectors (shared networks) need every device's
+A background thread re-scores the fleet every ``[detection] interval_seconds`` (one replica at a
+time, under a lease in the database); the analyst API also re-scores on demand when a device has a
+report newer than its stored verdict, so a verdict is never older than the data behind it. Fleet detectors (shared networks) need every device's
 records, so a run always scores the whole lookback window.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -20,6 +23,7 @@ from farmwatch.collector.storage import Storage
 from farmwatch.detectors.pipeline import score
 
 log = logging.getLogger("farmwatch.collector.scoring")
+LEASE = "scoring"
 
 
 class Scorer:
@@ -35,6 +39,7 @@ class Scorer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def run(self) -> int:
         """Score every device with records in the lookback window; returns how many verdicts were stored."""
@@ -71,14 +76,23 @@ class Scorer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the periodic run and hand the lease over so another replica continues at once."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+            try:
+                self.storage.release_lease(LEASE, self._holder)
+            except Exception:  # noqa: BLE001 - shutting down; the lease lapses on its own
+                log.warning("could not release the scoring lease; it lapses by itself")
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.config.detection_interval_seconds):
+        interval = self.config.detection_interval_seconds
+        while not self._stop.wait(interval):
             try:
-                self.run()
+                # One replica scores per interval; the lease outlives a late tick and lapses when
+                # its holder stops, so another replica takes over.
+                if self.storage.take_lease(LEASE, self._holder, self.clock(), max(3 * interval, 30.0)):
+                    self.run()
             except Exception:  # noqa: BLE001 - a failed run must not end periodic scoring
                 log.exception("scoring run failed; retrying at the next interval")

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import orjson
@@ -106,6 +106,14 @@ verdicts = sa.Table(
     sa.Column("scored_at", UtcDateTime(), nullable=False),
     sa.Column("through_report_id", sa.BigInteger, nullable=False),
     sa.Column("verdict", sa.Text, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
 )
 
 
@@ -339,6 +347,31 @@ class Storage:
             return list(connection.execute(sa.select(table.c.entry).order_by(*table.primary_key)).scalars())
 
     # --- verdicts and the analyst view ----------------------------------------------------
+
+    def take_lease(self, name: str, holder: str, now: datetime, seconds: float) -> bool:
+        """Hold (or renew) the lease ``name`` until ``now + seconds``; False while another holder has it.
+
+        Replicas sharing one database use this so only one runs the periodic fleet scoring.
+        """
+        until = now + timedelta(seconds=seconds)
+
+        def take() -> bool:
+            with self._writer.begin() as tx:
+                row = tx.execute(sa.select(leases).where(leases.c.name == name).with_for_update()).first()
+                if row is None:
+                    tx.execute(leases.insert().values(name=name, holder=holder, expires_at=until))
+                    return True
+                if row.holder != holder and row.expires_at > now:
+                    return False
+                tx.execute(leases.update().where(leases.c.name == name).values(holder=holder, expires_at=until))
+                return True
+
+        return _once_more_on_conflict(take)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once (a clean shutdown), if ``holder`` has it."""
+        with self._writer.begin() as tx:
+            tx.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
 
     def last_report_id(self) -> int:
         with self.engine.connect() as connection:
