@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +29,22 @@ def snapshot(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 def auth(token: object) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def serve_refusal(folder: Path, config_text: str = "", *flags: str) -> str:
+    """Run ``serve`` expecting it to refuse before listening; returns its one-line message.
+
+    Checks the contract for expected failures: exit 1, one line on stderr, no traceback.
+    """
+    (folder / "secret").write_text("s" * 32)
+    (folder / "refused.toml").write_text(config_text)
+    done = subprocess.run(
+        [sys.executable, "-m", "farmwatch.collector.cli", "serve", "--port", "0", "--db", str(folder / "refused.db"),
+         "--config", str(folder / "refused.toml"), "--enroll-secret-file", str(folder / "secret"),
+         "--analyst-token-file", str(folder / "secret"), *flags],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from collector_helpers import auth, report_for
+from collector_helpers import auth, report_for, serve_refusal
 from collector_process import RunningCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -209,17 +209,6 @@ def test_geo_from_configured_maxmind_databases(collector_factory: object, tmp_pa
 
 
 def test_unreadable_geo_database_stops_serve_in_one_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    (tmp_path / "secret").write_text("s" * 32)
     (tmp_path / "bogus.mmdb").write_bytes(b"not a database")
-    (tmp_path / "collector.toml").write_text(f"[geo]\nasn_db = '{tmp_path / 'bogus.mmdb'}'\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "farmwatch.collector.cli", "serve", "--db", str(tmp_path / "x.db"), "--port", "0",
-         "--config", str(tmp_path / "collector.toml"), "--enroll-secret-file", str(tmp_path / "secret"),
-         "--analyst-token-file", str(tmp_path / "secret")],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().startswith("farmwatch-collector: [geo] asn_db: cannot open")
+    message = serve_refusal(tmp_path, f"[geo]\nasn_db = '{tmp_path / 'bogus.mmdb'}'\n")
+    assert message.startswith("farmwatch-collector: [geo] asn_db: cannot open")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from collector_helpers import auth, report_for, snapshot
+from collector_helpers import auth, report_for, serve_refusal, snapshot
 from collector_process import RunningCollector
 
 pytestmark = pytest.mark.slow
@@ -102,14 +102,7 @@ def test_revoking_an_unknown_device(collector: RunningCollector) -> None:
     ],
 )
 def test_serve_refuses_a_bad_config_in_one_line(tmp_path: Path, config: str, words: str) -> None:
-    (tmp_path / "secret").write_text("s" * 32)
-    (tmp_path / "collector.toml").write_text(config)
-    result = run(
-        "serve", "--db", str(tmp_path / "x.db"), "--config", str(tmp_path / "collector.toml"),
-        "--enroll-secret-file", str(tmp_path / "secret"), "--analyst-token-file", str(tmp_path / "secret"),
-        "--port", "0",
-    )
-    assert words in one_clear_line(result)
+    assert words in serve_refusal(tmp_path, config)
 
 
 def test_serve_without_secrets_says_which_flag(tmp_path: Path) -> None:
