@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from typing import Any
 
 from farmwatch.contract import Anchor, IngestRecord, RosterEntry
@@ -73,3 +74,40 @@ ANCHORS = [
 ]
 
 NOW = START + timedelta(days=3)
+
+
+def run(cls: type, records: list[dict[str, Any]], roster: Sequence[RosterEntry] = (), anchors: Sequence[Anchor] = (),
+        config: Any = None, **params: Any) -> dict[str, Any]:
+    """Fit and run one detector; its findings by device id (one finding per device expected)."""
+    from farmwatch.detectors.base import Context
+    from farmwatch.detectors.config import DetectionConfig
+    from farmwatch.detectors.frame import flatten
+
+    context = Context({e.device_id: e for e in roster}, {a.name: a for a in anchors}, NOW, config or DetectionConfig())
+    frames = flatten(records)
+    found = cls(**params).fit(frames, context).detect(frames, context)
+    return {item.device_id: item.finding for item in found}
+
+
+def probe(target: str, rtt_min: float) -> dict[str, Any]:
+    """A network.probes[] entry."""
+    return {"target": target, "address": "203.0.113.1", "method": "tcp", "sent": 3, "received": 3,
+            "rtt_min_ms": rtt_min, "rtt_median_ms": rtt_min + 1, "rtt_max_ms": rtt_min + 5}
+
+
+def network(probes: Sequence[dict[str, Any]] = (), gateway: str | None = None, bssid: str | None = None,
+            vpn: str | None = None) -> dict[str, Any]:
+    """A network section; ``gateway``/``bssid`` are short names turned into 64-hex salted-hash stand-ins."""
+    def as_hash(name: str | None) -> str | None:
+        return None if name is None else (name.encode().hex() * 64)[:64]
+    interfaces = [{"name": "wlan0", "kind": "wifi", "vpn_product": None}]
+    if vpn:
+        interfaces.append({"name": "tun0", "kind": "vpn", "vpn_product": vpn})
+    return {"interfaces": interfaces, "gateway_ip": "192.168.1.1", "gateway_mac_hash": as_hash(gateway),
+            "wifi_bssid_hash": as_hash(bssid), "lan_neighbors": 4, "probes": list(probes)}
+
+
+def host(tz: str = "America/Chicago", offset: int = -360, layouts: tuple[str, ...] = ("00000409",),
+         imes: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"timezone": tz, "utc_offset_minutes": offset, "locale": "en_US", "keyboard_layouts": list(layouts),
+            "input_methods": list(imes), "boot_time": None, "users": []}
