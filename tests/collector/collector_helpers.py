@@ -44,7 +44,14 @@ def serve_refusal(folder: Path, config_text: str = "", *flags: str) -> str:
          "--analyst-token-file", str(folder / "secret"), *flags],
         capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
+    assert done.returncode == 1
+    return one_clear_line(done)
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The failure message, after checking it is one line without a traceback and the exit is non-zero."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
     return lines[0]

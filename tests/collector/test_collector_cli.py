@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from collector_helpers import auth, report_for, serve_refusal, snapshot
+from collector_helpers import auth, one_clear_line, report_for, serve_refusal, snapshot
 from collector_process import RunningCollector
 
 pytestmark = pytest.mark.slow
@@ -19,15 +19,6 @@ ROSTER_HEADER = "device_id,employee_id,country,city,latitude,longitude,timezone,
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
-
-
-def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The failure message, after checking it is one line without a traceback and the exit is non-zero."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def test_export_sorts_by_received_at_and_filters_with_since(collector: RunningCollector, tmp_path: Path) -> None:

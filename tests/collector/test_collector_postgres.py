@@ -42,7 +42,7 @@ def test_collector_on_postgresql(postgres: str, collector_factory: Callable[...,
     assert httpx.post(url, json=report_for(device_id, 1), headers=auth(token)).status_code == 202
     assert httpx.post(url, json=report_for(device_id, 1), headers=auth(token)).status_code == 202
     assert httpx.post(url, json=report_for(device_id, 1, window_end="2026-10-02T08:39:00Z"), headers=auth(token)).status_code == 409
-    assert httpx.post(url, json=report_for(device_id, "2"), headers=auth(token)).status_code == 422
+    assert httpx.post(url, json={**report_for(device_id, 2), "seq": "2"}, headers=auth(token)).status_code == 422
 
     again = collector.enrol(hardware_id="hw-pg")
     assert (again["device_id"], again["next_seq"]) == (device_id, 2)
