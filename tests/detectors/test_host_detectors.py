@@ -1,0 +1,99 @@
+"""host_mismatch, working_hours, always_on, agent_health on hand-made records: pinned scores and evidence."""
+
+from __future__ import annotations
+
+import pytest
+from detector_records import NOW, START, host, make_record, roster_entry, run, user_input
+
+from farmwatch.detectors.agent_health import AgentHealthDetector
+from farmwatch.detectors.always_on import AlwaysOnDetector
+from farmwatch.detectors.host_mismatch import HostMismatchDetector
+from farmwatch.detectors.working_hours import WorkingHoursDetector
+
+
+@pytest.mark.parametrize(
+    ("section", "expected", "evidence"),
+    [
+        pytest.param(host("Asia/Seoul", 540), 0.3, {"utc_offset_minutes": 540, "roster_offset_minutes": -360},
+                     id="operator-zone"),
+        pytest.param(host("America/New_York", -300), 0.1, {"utc_offset_minutes": -300}, id="travel-zone"),
+        pytest.param(host(imes=("Microsoft IME (Korean)",)), 0.2, {"languages": ["korean"]}, id="korean-ime"),
+        pytest.param(host("Asia/Seoul", 540, layouts=("00000409", "00000419")), 1 - 0.7 * 0.8,
+                     {"languages": ["russian"]}, id="zone-and-russian-layout"),
+    ],
+)
+def test_host_mismatch(section, expected, evidence) -> None:
+    records = [make_record("d1", 5 * k, host=section) for k in range(4)]
+    finding = run(HostMismatchDetector, records, [roster_entry("d1")])["d1"]
+    assert finding.score == pytest.approx(expected)
+    assert evidence.items() <= finding.evidence.items()
+
+
+def test_host_mismatch_matching_host_is_quiet() -> None:
+    records = [make_record("d1", 5 * k, host=host()) for k in range(4)]
+    assert run(HostMismatchDetector, records, [roster_entry("d1")]) == {}
+
+
+def _active_hours(device: str, utc_hours: range, days: int = 3) -> list[dict]:
+    """Active windows at each listed UTC hour on ``days`` days (START is 15:00 UTC)."""
+    records = []
+    for day in range(days):
+        for hour in utc_hours:
+            minutes = day * 1440 + ((hour - 15) % 24) * 60 + 30
+            records.append(make_record(device, minutes, input=user_input()))
+    return records
+
+
+def test_working_hours_fits_the_operator_zone() -> None:
+    finding = run(WorkingHoursDetector, _active_hours("d1", range(0, 9)), [roster_entry("d1")])["d1"]
+    assert finding.evidence["best_utc_offset"] == 9  # 09-18 in UTC+9 is 00-09 UTC
+    assert finding.evidence["best_fit"] == 1.0 and finding.evidence["roster_fit"] == 0.0
+    assert finding.score == pytest.approx(0.4)
+    assert "UTC+9" in finding.summary
+
+
+def test_working_hours_ordinary_day_is_quiet() -> None:
+    # 09-18 in Chicago (UTC-6) is 15-24 UTC.
+    assert run(WorkingHoursDetector, _active_hours("d1", range(15, 24)), [roster_entry("d1")]) == {}
+
+
+def test_always_on_with_night_input() -> None:
+    records = [make_record("d1", 5 * k, input=user_input()) for k in range(int(2.5 * 288))]
+    finding = run(AlwaysOnDetector, records, [roster_entry("d1")])["d1"]
+    assert finding.evidence["coverage"] == 1.0
+    assert finding.evidence["night_active_share"] == pytest.approx(12 / 60, abs=0.01)  # two 6-hour nights in 60 h
+    assert finding.score == pytest.approx(0.35 * finding.evidence["night_active_share"] / 0.3, abs=1e-3)
+
+
+def test_always_on_idle_nights_are_quiet() -> None:
+    records = [make_record("d1", 5 * k, input=user_input(active_seconds=0.0) if (k // 12 + 9) % 24 < 6 else
+                           user_input()) for k in range(int(2.5 * 288))]
+    assert run(AlwaysOnDetector, records, [roster_entry("d1")]) == {}
+
+
+@pytest.mark.parametrize(
+    ("seqs", "extra", "part", "expected"),
+    [
+        pytest.param([1, 2, 3, 1, 2], {}, "seq_reset", 0.35, id="reset"),
+        pytest.param([1, 2, 3, 9, 10], {}, "seq_holes", 0.15, id="five-missing"),
+        pytest.param([1, 2, 3, 4], {"hardware_id": ["hw-a", "hw-a", "hw-b", "hw-b"]}, "copied_identity", 0.7,
+                     id="two-machines"),
+    ],
+)
+def test_agent_health_sequence_and_identity(seqs, extra, part, expected) -> None:
+    records = []
+    for k, seq in enumerate(seqs):
+        record = make_record("d1", 5 * k, seq=seq)
+        if "hardware_id" in extra:
+            record["hardware_id"] = extra["hardware_id"][k]
+        records.append(record)
+    records.append(make_record("other", (NOW - START).total_seconds() / 60))  # the fleet reports until NOW
+    found = run(AgentHealthDetector, records, [roster_entry("d1")])
+    assert found["d1"].evidence["parts"] == {part: expected, "silent": 0.15}  # and it went quiet 3 days ago
+    assert found["d1"].score == pytest.approx(1 - (1 - expected) * 0.85)
+    assert "other" not in found
+
+
+def test_agent_health_two_small_gaps_are_not_holes() -> None:
+    records = [make_record("d1", 5 * k, seq=seq) for k, seq in enumerate([1, 2, 4, 5, 7])]
+    assert run(AgentHealthDetector, records, [roster_entry("d1")]) == {}
