@@ -118,9 +118,11 @@ class _Ids:
 
 
 def _pick(rng: np.random.Generator, shares: dict[str, float], n: int) -> list[str]:
+    """``n`` kinds: first every kind once (in random order, as far as ``n`` allows), then draws by share."""
     names = list(shares)
     weights = np.array([shares[k] for k in names])
-    return list(rng.choice(names, size=n, p=weights / weights.sum()))
+    rest = rng.choice(names, size=max(n - len(names), 0), p=weights / weights.sum())
+    return [str(kind) for kind in rng.permutation(names)[:n]] + [str(kind) for kind in rest]
 
 
 def make_fleet(seed: int, legit: int, farms: int, days: int) -> list[Device]:
@@ -145,22 +147,23 @@ def make_fleet(seed: int, legit: int, farms: int, days: int) -> list[Device]:
         devices.append(device)
         return device
 
-    kinds = _pick(rng, LEGIT_KINDS, legit)
-    while len([d for d in devices if d.label == "legit"]) < legit:
-        kind = kinds[len([d for d in devices if d.label == "legit"]) % len(kinds)]
+    for kind in _pick(rng, LEGIT_KINDS, legit):
+        if len(devices) >= legit:
+            break
         city = office_city if kind == "office" else CITIES[int(rng.integers(len(CITIES)))]
         home = ids.network(city)
         device = new_device("legit", kind, city, home)
         _legit_traits(device, kind, rng, ids, days, office, cowork)
-        if kind == "couple" and len([d for d in devices if d.label == "legit"]) < legit:
-            partner = new_device("legit", kind, city, home)
-            partner.helpdesk_days = ()
+        if kind == "couple" and len(devices) < legit:
+            new_device("legit", kind, city, home)  # the partner: same household, own laptop
     farm_kinds = _pick(rng, FARM_KINDS, farms)
-    placed = 0
+    placed = site = 0
     while placed < farms:
-        kind = farm_kinds[placed]
+        kind = farm_kinds[site]
+        site += 1
         town = FARM_TOWNS[int(rng.integers(len(FARM_TOWNS)))]
-        size = 1 if kind == "single-facilitator" else int(min(rng.integers(2, 7), farms - placed))
+        room = farms - placed - max(len(FARM_KINDS) - site, 0)  # leave a laptop for every kind not yet placed
+        size = 1 if kind == "single-facilitator" else int(min(rng.integers(2, 7), max(room, 1)))
         own_line = kind != "single-facilitator" and rng.random() < 0.2
         shared = ids.network(town, "residential", "Comcast")
         operator_asia = rng.random() < 0.7

@@ -1,0 +1,83 @@
+"""farmwatch-detect as operators run it: a real process over the shared example export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farmwatch.contract import Verdict
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT.parent / "shared" / "examples"
+DETECT = Path(sys.executable).with_name("farmwatch-detect")
+
+
+def _detect(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(DETECT), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_scores_the_example_export(tmp_path: Path) -> None:
+    out = tmp_path / "verdicts.jsonl"
+    done = _detect(EXAMPLES / "records.jsonl", "--roster", EXAMPLES / "roster.csv", "--anchors",
+                   EXAMPLES / "anchors.csv", "--out", out, "--now", "2026-11-25T04:00:00Z")
+    assert done.returncode == 0, done.stderr
+    verdicts = {v.device_id: v for v in (Verdict.model_validate_json(line) for line in out.read_text().splitlines())}
+    assert sorted(verdicts) == ["dev-3f9a1c22e0", "dev-81c07d5b12", "dev-c4410e9b77"]
+    assert verdicts["dev-3f9a1c22e0"].verdict == "clear" and verdicts["dev-3f9a1c22e0"].findings == []
+    abroad = verdicts["dev-81c07d5b12"]
+    [remote] = [f for f in abroad.findings if f.detector == "remote_access"]
+    assert "AnyDesk" in remote.summary and remote.evidence["tool"] == "anydesk" and remote.attack == "T1219"
+    assert abroad.employee_id == "E20988" and abroad.verdict in {"review", "farm"}
+    kvm = verdicts["dev-c4410e9b77"]
+    assert [f.evidence["device"] for f in kvm.findings if f.detector == "ipkvm"] == ["PiKVM"]
+    assert str(kvm.scored_at) == "2026-11-25 04:00:00+00:00"
+
+
+def test_writes_json_lines_to_stdout() -> None:
+    done = _detect(EXAMPLES / "records.jsonl", "--roster", EXAMPLES / "roster.csv")
+    assert done.returncode == 0
+    assert [json.loads(line)["device_id"] for line in done.stdout.splitlines()] == [
+        "dev-3f9a1c22e0", "dev-81c07d5b12", "dev-c4410e9b77"]
+
+
+@pytest.mark.parametrize(
+    ("records", "roster", "message"),
+    [
+        pytest.param('{"report": {}}\n', None, "record 1: report.device_id", id="record-without-device"),
+        pytest.param(None, "device_id,employee_id\n", "line 1", id="roster-header"),
+        pytest.param("missing", None, "cannot be read", id="missing-records"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path: Path, records: str | None, roster: str | None, message: str) -> None:
+    records_path = EXAMPLES / "records.jsonl"
+    if records == "missing":
+        records_path = tmp_path / "nope.jsonl"
+    elif records is not None:
+        records_path = tmp_path / "records.jsonl"
+        records_path.write_text(records)
+    roster_path = EXAMPLES / "roster.csv"
+    if roster is not None:
+        roster_path = tmp_path / "roster.csv"
+        roster_path.write_text(roster)
+    done = _detect(records_path, "--roster", roster_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_broken_json_names_the_line(tmp_path: Path) -> None:
+    broken = tmp_path / "records.jsonl"
+    good = (EXAMPLES / "records.jsonl").read_text().splitlines()[0]
+    broken.write_text(good + "\n{not json\n")
+    done = _detect(broken, "--roster", EXAMPLES / "roster.csv")
+    assert done.returncode == 2 and f"{broken} line 2: not valid JSON" in done.stderr
+
+
+def test_help_explains_the_command() -> None:
+    done = _detect("--help")
+    assert done.returncode == 0
+    assert "--roster" in done.stdout and "one verdict per device" in done.stdout
