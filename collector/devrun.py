@@ -171,7 +171,10 @@ class DevRun:
         with open(roster, "a", newline="") as out:
             csv.writer(out).writerows([[device, LOCAL_EMPLOYEE, "", "", "", "", "", ""] for device in ours])
         self._import("roster", roster)
-        print(f"this machine enrolled as {', '.join(ours)} (roster: {LOCAL_EMPLOYEE}); its verdict is below the URLs above")
+        for device in ours:
+            print(f"this machine enrolled as {device} (roster: {LOCAL_EMPLOYEE}); its verdict:\n"
+                  f"  curl -H 'Authorization: Bearer {self.token_file.read_text().strip()}' {self.url}/api/v1/devices/{device}",
+                  flush=True)
         return True
 
     def _analyst(self) -> dict[str, str]:
