@@ -160,7 +160,7 @@ class DevRun:
 
     def _add_local_device(self) -> bool:
         try:
-            listed = httpx.get(f"{self.url}/api/v1/devices", headers=self._analyst(), timeout=5).json()
+            listed = httpx.get(f"{self.url}/api/v1/devices", headers={"Authorization": f"Bearer {self._token()}"}, timeout=5).json()
         except (httpx.HTTPError, ValueError):
             return False
         ours = [row["device_id"] for row in listed if row["employee_id"] is None]
@@ -173,15 +173,15 @@ class DevRun:
         self._import("roster", roster)
         for device in ours:
             print(f"this machine enrolled as {device} (roster: {LOCAL_EMPLOYEE}); its verdict:\n"
-                  f"  curl -H 'Authorization: Bearer {self.token_file.read_text().strip()}' {self.url}/api/v1/devices/{device}",
+                  f"  curl -H 'Authorization: Bearer {self._token()}' {self.url}/api/v1/devices/{device}",
                   flush=True)
         return True
 
-    def _analyst(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
+    def _token(self) -> str:
+        return self.token_file.read_text().strip()
 
     def _print_guide(self) -> None:
-        token = self.token_file.read_text().strip()
+        token = self._token()
         print(f"""
 farmwatch is running (Ctrl-C stops both processes)
 
