@@ -57,18 +57,24 @@ def _parser() -> argparse.ArgumentParser:
         help="run the HTTP collector",
         description="Run the collector's HTTP API (enrolment, report ingest, analyst API, /healthz, "
         "/metrics). Settings come from --config (TOML); the flags below override it.",
-        epilog="Example: farmwatch-collector serve --db sqlite:///var/lib/farmwatch/farmwatch.db "
-        "--enroll-secret-file /etc/farmwatch/enroll-secret --analyst-token-file /etc/farmwatch/analyst-token",
+        epilog="Example: farmwatch-collector serve --db /var/lib/farmwatch/farmwatch.db "
+        "--enroll-secret-file /etc/farmwatch/enroll-secret --analyst-token-file /etc/farmwatch/analyst-token "
+        "(make each secret with e.g. `openssl rand -base64 32 > FILE`; 16 characters at least). "
+        "Agents enrol with the enrol secret; analysts call /api/v1/devices with the analyst token.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="TCP port to listen on (default: 8765)")
+    serve.add_argument("--host", default="127.0.0.1", metavar="H",
+                       help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8765, metavar="P", help="TCP port to listen on (default: 8765)")
     _db_flag(serve)
-    serve.add_argument("--config", type=Path, help="collector.toml with [collector], [detection], [geo] ...")
-    serve.add_argument("--enroll-secret-file", type=Path, help="file holding the secret agents present to enrol")
-    serve.add_argument("--analyst-token-file", type=Path, help="file holding the bearer token of the analyst API")
-    serve.add_argument("--tls-cert-file", type=Path, help="PEM certificate (chain) to serve HTTPS; needs --tls-key-file")
-    serve.add_argument("--tls-key-file", type=Path, help="PEM private key of --tls-cert-file")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="collector.toml with [collector], [detection], [geo], [agent] (see collector/README.md)")
+    serve.add_argument("--enroll-secret-file", type=Path, metavar="FILE", help="file holding the secret agents present to enrol")
+    serve.add_argument("--analyst-token-file", type=Path, metavar="FILE", help="file holding the bearer token of the analyst API")
+    serve.add_argument("--tls-cert-file", type=Path, metavar="FILE",
+                       help="PEM certificate (chain) to serve HTTPS; needs --tls-key-file")
+    serve.add_argument("--tls-key-file", type=Path, metavar="FILE", help="PEM private key of --tls-cert-file")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="how much the server logs (default: info, one line per request)")
     serve.set_defaults(run=_serve)
 
     export = commands.add_parser(
@@ -78,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         "one JSON object per line: the input of farmwatch-detect.",
     )
     _db_flag(export)
-    export.add_argument("--since", help="only records received at or after this RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
-    export.add_argument("--out", type=Path, help="file to write (default: standard output); written whole or not at all")
+    export.add_argument("--since", metavar="TIME", help="only records received at or after this RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
+    export.add_argument("--out", type=Path, metavar="FILE", help="file to write (default: standard output); written whole or not at all")
     export.set_defaults(run=_export)
 
     for table, what in (("roster", "the HR/IT roster: which employee holds which device, where"),
@@ -110,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file path (default: {DEFAULT_DB})")
+    parser.add_argument("--db", default=DEFAULT_DB, metavar="URL",
+                        help=f"database URL or SQLite file path (default: {DEFAULT_DB})")
 
 
 def database_url(value: str) -> str:
