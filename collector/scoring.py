@@ -55,7 +55,7 @@ class Scorer:
                 self._run()
 
     def _stale(self, device_id: str | None) -> bool:
-        stale = self.storage.stale_devices()
+        stale = self.storage.stale_devices(self._window_start(self.clock()))
         return bool(stale) if device_id is None else device_id in stale
 
     def _run(self) -> int:
@@ -63,11 +63,14 @@ class Scorer:
         # Read the high-water mark first: a report arriving during the run leaves its device stale.
         through = self.storage.last_report_id()
         now = self.clock()
-        records = self.storage.records(since=now - timedelta(hours=self.config.lookback_hours))
+        records = self.storage.records(since=self._window_start(now))
         verdicts = score(records, self.storage.roster(), self.storage.anchors(), now, self.config.detection)
         self.storage.save_verdicts(verdicts, through)
         self.metrics.scoring_duration.observe(time.perf_counter() - started)
         return len(verdicts)
+
+    def _window_start(self, now: datetime) -> datetime:
+        return now - timedelta(hours=self.config.lookback_hours)
 
     def start(self) -> None:
         """Start the periodic background run (a daemon thread, stopped by :meth:`stop`)."""

@@ -377,13 +377,17 @@ class Storage:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar_one()
 
-    def stale_devices(self) -> list[str]:
-        """Devices with a report newer than their stored verdict (or with reports and no verdict)."""
+    def stale_devices(self, seen_since: datetime) -> list[str]:
+        """Devices seen since ``seen_since`` whose report is newer than their verdict (or have none).
+
+        Devices silent since then are left out: a scoring run over the lookback window would not
+        produce a verdict for them, so asking again could never make them fresh.
+        """
         query = (
             sa.select(devices.c.device_id)
             .select_from(devices.outerjoin(verdicts, verdicts.c.device_id == devices.c.device_id))
             .where(
-                devices.c.last_report_id.is_not(None),
+                devices.c.last_seen >= seen_since,
                 sa.or_(verdicts.c.device_id.is_(None), verdicts.c.through_report_id < devices.c.last_report_id),
             )
         )
