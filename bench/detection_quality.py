@@ -1,7 +1,9 @@
 """Detection quality on simulated fleets: recall on farms, and what legitimate employees suffer.
 
-Tuning used seed 1 (the detector parameters were adjusted while looking at it); seeds 2-4 were
-not looked at while tuning and are the figures to quote. Targets (issue 5): recall at farm >= 0.95,
+Tuning used seed 1 (the detector parameters were adjusted while looking at it). Seeds 2-4 were
+held out at first, then looked at once (two travellers abroad went to review there, which led to
+the host_mismatch travel fix), so they are no longer clean; seeds 5-7 were not looked at before
+the figures below were first printed and are the ones to quote. Targets (issue 5): recall at farm >= 0.95,
 recall at farm-or-review >= 0.98, legitimate called farm <= 0.5 %, sent to review <= 3 %.
 """
 
@@ -24,7 +26,7 @@ from farmwatch.simulator.cli import write_fleet
 from farmwatch.simulator.places import CORPORATE_NETWORK
 
 TUNING_SEED = 1
-REPORT_SEEDS = (2, 3, 4)
+REPORT_SEEDS = (5, 6, 7)
 LEGIT, FARMS, DAYS = 170, 36, 5
 
 

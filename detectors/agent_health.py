@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, noisy_or
 from farmwatch.detectors.frame import Frames
 
 
@@ -61,7 +61,7 @@ class AgentHealthDetector(Detector):
                 continue
             evidence.update(seq_resets=resets, missing_reports=missing, hardware_ids=len(hardware),
                             silent_hours=silent, parts=parts)
-            score = 1.0 - float(np.prod([1.0 - p for p in parts.values()]))
+            score = noisy_or(parts.values())
             found.append(self.finding(str(device), score, "Agent health: " + "; ".join(sentences) + ".", evidence,
                                       rows["window_end"].min(), rows["window_end"].max()))
         return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -83,6 +84,14 @@ class Detector(ABC):
             last_seen=_time(last_seen),
         )
         return DeviceFinding(device_id, finding)
+
+
+def noisy_or(scores: Iterable[float]) -> float:
+    """Probability that at least one of several independent signals is right: ``1 - prod(1 - s)``."""
+    remaining = 1.0
+    for score in scores:
+        remaining *= 1.0 - score
+    return 1.0 - remaining
 
 
 def severity_of(score: float) -> Severity:

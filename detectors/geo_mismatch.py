@@ -8,10 +8,9 @@ DOJ laptop-farm cases and Microsoft's Jasper Sleet write-up name Astrill VPN as 
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, noisy_or
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.networks import corporate_mask
 
@@ -76,7 +75,7 @@ class GeoMismatchDetector(Detector):
                 sentences.append(f"changed country {hops} time(s) within {self.hop_hours:g} h")
             if not parts:
                 continue
-            score = 1.0 - float(np.prod([1.0 - p for p in parts.values()]))
+            score = noisy_or(parts.values())
             evidence["parts"] = parts
             summary = "Egress " + "; ".join(sentences) + "."
             found.append(self.finding(str(device), score, summary, evidence,

@@ -61,14 +61,17 @@ class HostMismatchDetector(Detector):
         found = []
         for device, rows in reports.groupby("device_id", sort=True):
             entry = context.roster.get(str(device))
-            offsets = rows["utc_offset_minutes"].dropna()
+            # A clock following the laptop abroad (egress from another country) is travel, not a
+            # mismatch; an operator's zone on a laptop that egresses at home is.
+            home = rows if entry is None or not entry.country else rows[rows["country"].isna() | (rows["country"] == entry.country)]
+            offsets = home["utc_offset_minutes"].dropna()
             evidence: dict[str, object] = {}
             score = 0.0
             sentences = []
             if entry is not None and len(offsets):
                 expected = utc_offset_minutes(entry.timezone, rows["window_end"].iloc[len(rows) // 2].to_pydatetime())
                 share = float((offsets != expected).mean()) if expected is not None else 0.0
-                if share >= self.min_share:
+                if expected is not None and share >= self.min_share:
                     seen = int(offsets.mode().iloc[0])
                     # Travellers inside a continent shift a few hours; a clock set to an operator's
                     # zone (Asia from the US) is half a day away.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, noisy_or
 from farmwatch.detectors.frame import Frames
 
 REMOTE_VIRTUAL_DEVICES = ("xrdp", "vnc", "rustdesk", "anydesk", "teamviewer", "spice")
@@ -94,7 +94,9 @@ class InputRhythmDetector(Detector):
         spans = reports.groupby("device_id")["window_end"].agg(["min", "max"])
         for device in devices:
             rows = odd_groups.get_group(device) if device in odd_groups.groups else odd.iloc[0:0]
-            parts, evidence, sentences = {}, {"typed_windows": len(rows)}, []
+            parts: dict[str, float] = {}
+            evidence: dict[str, object] = {"typed_windows": len(rows)}
+            sentences = []
             if len(rows) >= self.min_windows:
                 share = float(rows["odd"].mean())
                 evidence["remote_like_share"] = share
@@ -121,7 +123,7 @@ class InputRhythmDetector(Detector):
             if not parts:
                 continue
             evidence["parts"] = parts
-            score = 1.0 - float(np.prod([1.0 - p for p in parts.values()]))
+            score = noisy_or(parts.values())
             found.append(self.finding(str(device), score, "Input: " + "; ".join(sentences) + ".", evidence,
                                       spans.loc[device, "min"], spans.loc[device, "max"]))
         return found

@@ -64,13 +64,13 @@ class IpKvmDetector(Detector):
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         hits: dict[str, list[tuple[float, str, dict[str, object], int, int]]] = {}
         for row in frames.usb.itertuples(index=False):
-            match = self._usb(row)
-            if match is not None:
-                hits.setdefault(row.device_id, []).append((*match, row.first_rec, row.last_rec))
+            usb = self._usb(row)
+            if usb is not None:
+                hits.setdefault(row.device_id, []).append((*usb, row.first_rec, row.last_rec))
         for device, rows in frames.displays.groupby("device_id", sort=True):
-            match = self._displays(rows)
-            if match is not None:
-                hits.setdefault(str(device), []).append(match)
+            display = self._displays(rows)
+            if display is not None:
+                hits.setdefault(str(device), []).append(display)
         times = frames.reports["window_end"]
         found = []
         for device in sorted(hits):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from farmwatch.contract import Finding, VerdictLabel
+from farmwatch.detectors.base import noisy_or
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.registry import REGISTRY
 
@@ -35,22 +36,15 @@ def group_scores(findings: Iterable[Finding]) -> dict[tuple[str, bool], float]:
     return best
 
 
-def _noisy_or(scores: Iterable[float]) -> float:
-    remaining = 1.0
-    for score in scores:
-        remaining *= 1.0 - score
-    return 1.0 - remaining
-
-
 def combine(findings: Iterable[Finding], config: DetectionConfig | None = None) -> float:
     """The device's risk in 0..1 from its findings (see the module docstring)."""
     config = config or DetectionConfig()
     best = group_scores(findings)
     strong = [score for (_, weak), score in sorted(best.items()) if not weak]
-    weak = _noisy_or(score for (_, is_weak), score in sorted(best.items()) if is_weak)
+    weak = noisy_or(score for (_, is_weak), score in sorted(best.items()) if is_weak)
     if not any(score >= config.corroboration for score in strong):
         weak = min(weak, config.weak_cap)
-    return round(_noisy_or(strong + [weak]), 4)
+    return round(noisy_or(strong + [weak]), 4)
 
 
 def label(risk: float, config: DetectionConfig | None = None) -> VerdictLabel:

@@ -163,7 +163,7 @@ def make_fleet(seed: int, legit: int, farms: int, days: int) -> list[Device]:
         site += 1
         town = FARM_TOWNS[int(rng.integers(len(FARM_TOWNS)))]
         room = farms - placed - max(len(FARM_KINDS) - site, 0)  # leave a laptop for every kind not yet placed
-        size = 1 if kind == "single-facilitator" else int(min(rng.integers(2, 7), max(room, 1)))
+        size = 1 if kind == "single-facilitator" else min(int(rng.integers(2, 7)), max(room, 1))
         own_line = kind != "single-facilitator" and rng.random() < 0.2
         shared = ids.network(town, "residential", "Comcast")
         operator_asia = rng.random() < 0.7

@@ -97,3 +97,9 @@ def test_agent_health_sequence_and_identity(seqs, extra, part, expected) -> None
 def test_agent_health_two_small_gaps_are_not_holes() -> None:
     records = [make_record("d1", 5 * k, seq=seq) for k, seq in enumerate([1, 2, 4, 5, 7])]
     assert run(AgentHealthDetector, records, [roster_entry("d1")]) == {}
+
+
+def test_host_mismatch_clock_abroad_is_travel() -> None:
+    records = [make_record("d1", 5 * k, host=host("Europe/London", 0), geo={"country": "GB"}) for k in range(4)]
+    records += [make_record("d1", 20 + 5 * k, host=host()) for k in range(2)]
+    assert run(HostMismatchDetector, records, [roster_entry("d1")]) == {}
