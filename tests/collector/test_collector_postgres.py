@@ -22,11 +22,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres() -> Iterator[str]:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"), free_port())
+    server = PostgresServer(free_port())
     try:
         yield server.start()
     finally:
