@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import secrets
 import shutil
 import signal
@@ -121,7 +122,8 @@ class DevRun:
         with open(self._log(name), "ab") as log:
             # Own process group: Ctrl-C reaches only devrun, which then stops the children in order.
             self.children[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                                   preexec_fn=_die_with_parent)
 
     def _log(self, name: str) -> Path:
         return self.folder / f"{name}.log"
@@ -221,15 +223,21 @@ def _free_port() -> int:
 
 
 def _stop_signal() -> list[bool]:
-    """A flag set by SIGINT/SIGTERM, checked by :meth:`DevRun.wait` (no exception mid-step)."""
+    """A flag set by Ctrl-C, SIGTERM or a closed terminal, checked by :meth:`DevRun.wait`."""
     flag = [False]
 
     def _set(_signum: int, _frame: FrameType | None) -> None:
         flag[0] = True
 
-    signal.signal(signal.SIGINT, _set)
-    signal.signal(signal.SIGTERM, _set)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _set)
     return flag
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when devrun itself dies, even by SIGKILL (Linux prctl)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 if __name__ == "__main__":

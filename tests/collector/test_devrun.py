@@ -56,3 +56,23 @@ def test_devrun_reports_this_machine_and_stops_cleanly(tmp_path: Path) -> None:
             devrun.wait()
             for child in leftovers:
                 child.kill()
+
+
+def test_children_end_when_devrun_is_killed(tmp_path: Path) -> None:
+    devrun = subprocess.Popen(
+        [sys.executable, "-m", "farmwatch.collector.devrun", "--dir", str(tmp_path / "run"), "--port", str(free_port())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(children) < 2:
+            # Wait for the two long-lived children (short CLI imports come and go before them).
+            children = [c for c in psutil.Process(devrun.pid).children() if {"serve", "run"} & set(c.cmdline())]
+            time.sleep(0.2)
+        assert sorted("serve" in c.cmdline() for c in children) == [False, True]
+    finally:
+        devrun.kill()  # no chance to clean up: the children must notice on their own
+        devrun.wait()
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == []
