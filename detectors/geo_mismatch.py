@@ -40,7 +40,7 @@ class GeoMismatchDetector(Detector):
         reports = frames.reports
         outside = reports[~corporate_mask(frames, context.config.corporate_networks)]
         found = []
-        for device, rows in outside.groupby("device_id", sort=True):
+        for device, rows in self._candidates(outside, context).groupby("device_id", sort=True):
             entry = context.roster.get(str(device))
             parts: dict[str, float] = {}
             evidence: dict[str, object] = {"reports": len(rows)}
@@ -81,6 +81,20 @@ class GeoMismatchDetector(Detector):
             found.append(self.finding(str(device), score, summary, evidence,
                                       rows["window_end"].min(), rows["window_end"].max()))
         return found
+
+    @staticmethod
+    def _candidates(outside: pd.DataFrame, context: Context) -> pd.DataFrame:
+        """Only the devices with something to say: a foreign, anonymised or changing egress, or an
+        operator VPN (a cheap vectorised pass, so the per-device work stays small)."""
+        home = outside["device_id"].map({d: e.country for d, e in context.roster.items() if e.country})
+        country = outside["country"]
+        odd = (
+            (country.notna() & home.notna() & (country != home))
+            | outside["network_kind"].isin(["vpn", "hosting"])
+            | outside["vpn_product"].str.lower().isin(OPERATOR_VPNS)
+            | (country.notna() & (country != country.shift()) & (outside["device_id"] == outside["device_id"].shift()))
+        )
+        return outside[outside["device_id"].isin(outside.loc[odd, "device_id"].unique())]
 
     def _hops(self, rows: pd.DataFrame) -> int:
         """Consecutive reports from different countries closer in time than any flight allows."""

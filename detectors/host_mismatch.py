@@ -80,7 +80,8 @@ class HostMismatchDetector(Detector):
                     evidence.update(utc_offset_minutes=seen, roster_offset_minutes=expected, mismatch_share=share)
                     sentences.append(f"its clock runs at UTC{seen / 60:+g} while the roster's "
                                      f"{entry.timezone} is UTC{expected / 60:+g}")
-            typed = ";".join(set(rows["keyboard_layouts"]) | set(rows["input_methods"]) | set(rows["locale"].dropna()))
+            typed = ";".join(list(rows["keyboard_layouts"].unique()) + list(rows["input_methods"].unique())
+                             + list(rows["locale"].dropna().unique()))
             languages = _languages(typed)
             if languages:
                 score = 1.0 - (1.0 - score) * (1.0 - self.language_score)

@@ -133,13 +133,11 @@ class InputRhythmDetector(Detector):
         """Per record: an approved tool held a live session (its injected input is expected)."""
         mask = np.zeros(len(frames.reports), dtype=bool)
         tools = frames.tools
-        if tools.empty:
+        pairs = [(device, tool) for device, entry in context.roster.items() for tool in entry.approved_tools]
+        if tools.empty or not pairs:
             return mask
         live = tools[tools["live"]]
-        approved = [
-            tool in (context.roster[device].approved_tools if device in context.roster else ())
-            for device, tool in zip(live["device_id"], live["tool"])
-        ]
+        approved = pd.MultiIndex.from_arrays([live["device_id"], live["tool"]]).isin(pd.MultiIndex.from_tuples(pairs))
         mask[live.loc[approved, "rec"].to_numpy()] = True
         return mask
 
