@@ -6,6 +6,7 @@ is the verdict the offline tool computes from the same export.
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -31,6 +32,18 @@ def score(
         return score_frames(flatten(records), roster, anchors, now, config)
 
 
+def check_config(config: DetectionConfig) -> None:
+    """Raise ValueError naming any configured detector or parameter that does not exist."""
+    for name, params in config.detectors.items():
+        if name not in REGISTRY:
+            raise ValueError(f"detection config: no detector named {name!r} (known: {', '.join(REGISTRY)})")
+        accepted = set(inspect.signature(REGISTRY[name].__init__).parameters) - {"self"}
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            raise ValueError(f"detection config: detector {name!r} has no parameter(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(accepted))})")
+
+
 def score_frames(
     frames: Frames,
     roster: Sequence[RosterEntry],
@@ -48,9 +61,13 @@ def score_frames(
         now=now.astimezone(timezone.utc),
         config=config,
     )
+    check_config(config)
     by_device: dict[str, list[Finding]] = defaultdict(list)
     for name, kind in REGISTRY.items():
-        detector = kind(**config.params(name)).fit(frames, context)
+        params = config.params(name)
+        if "random_state" in inspect.signature(kind.__init__).parameters:
+            params.setdefault("random_state", config.random_state)
+        detector = kind(**params).fit(frames, context)
         for item in detector.detect(frames, context):
             if item.finding.score > 0:
                 by_device[item.device_id].append(item.finding)
