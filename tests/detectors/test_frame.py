@@ -1,0 +1,50 @@
+"""Flattening: records in any order become time-sorted frames whose child tables point at the right record."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from detector_records import connection, make_record, tool, user_input
+
+from farmwatch.detectors.frame import RecordError, flatten
+
+PIKVM = {"usb": [{"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device",
+                  "interface_classes": ["hid"]}], "displays": []}
+
+
+def test_records_in_any_order_are_sorted_and_children_follow() -> None:
+    records = [
+        make_record("b", 10, remote_access=[tool("rustdesk", "rustdesk", connection("10.0.0.5", "outbound"))]),
+        make_record("a", 5, hardware=PIKVM),
+        make_record("b", 0),
+        make_record("a", 0, hardware=PIKVM, input=user_input(injected=7)),
+    ]
+    frames = flatten(records)
+    reports = frames.reports
+    assert list(zip(reports["device_id"], reports["seq"])) == [("a", 1), ("a", 2), ("b", 1), ("b", 3)]
+    assert reports["window_end"].is_monotonic_increasing is False  # sorted by device first, then time
+    [row] = frames.tools.to_dict("records")
+    assert (row["device_id"], row["rec"], row["tool"], bool(row["live"])) == ("b", 3, "rustdesk", True)
+    assert frames.times(frames.tools).iloc[0] == reports["window_end"].iloc[3]
+    [usb] = frames.usb.to_dict("records")
+    assert (usb["device_id"], usb["first_rec"], usb["last_rec"], usb["reports"]) == ("a", 0, 1, 2)
+    assert reports["injected_events"].iloc[0] == 7 and math.isnan(reports["injected_events"].iloc[1])
+    assert list(reports["has_input"]) == [True, False, False, False]
+
+
+def test_a_tool_without_connections_is_one_row_without_a_peer() -> None:
+    frames = flatten([make_record("a", 0, remote_access=[tool("anydesk", "AnyDesk")])])
+    [row] = frames.tools.to_dict("records")
+    assert row["remote_ip"] is None and not row["live"]
+
+
+def test_no_records_gives_empty_frames() -> None:
+    frames = flatten([])
+    assert frames.reports.empty and frames.tools.empty and frames.usb.empty
+
+
+@pytest.mark.parametrize("broken", [{"report": {"device_id": "a"}}, {"received_at": "x"}, {"report": "text"}])
+def test_a_record_without_device_or_window_is_named(broken: dict) -> None:
+    with pytest.raises(RecordError, match="record 2: report.device_id and report.window_end are required"):
+        flatten([make_record("a", 0), broken])
