@@ -34,7 +34,7 @@ def parse_only(path: Path) -> int:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="farmwatch-speed-") as tmp:
         began = time.perf_counter()
-        files = write_fleet(Path(tmp), seed=11, legit=1040, farms=220, days=7, limit=RECORDS)
+        files = write_fleet(Path(tmp), seed=11, legit=1080, farms=230, days=7, limit=RECORDS)
         size = files.records.stat().st_size
         print(f"simulated {files.count:,} records ({size / 1e9:.2f} GB) in {time.perf_counter() - began:.0f} s",
               flush=True)
