@@ -1,10 +1,11 @@
-"""Which egress networks belong to the company (configured CIDRs or a geo lookup saying so)."""
+"""Networks: which egress belongs to the company, and which country a peer address is registered in."""
 
 from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
 
+import iptocc
 import numpy as np
 import pandas as pd
 
@@ -33,3 +34,15 @@ def corporate_mask(frames: Frames, cidrs: tuple[str, ...]) -> np.ndarray:
         if any(address in network for network in networks):
             inside.add(text)
     return mask | reports["source_ip"].isin(inside).to_numpy()
+
+
+@lru_cache(maxsize=65536)
+def peer_country(address: str) -> str | None:
+    """ISO country of a public address from the regional registries' delegations (``iptocc``, offline);
+    None for private, reserved or malformed addresses. Registration country, not a street address:
+    VPN exits and proxies move it, so it is evidence about the path, never proof about a person."""
+    try:
+        code: str | None = iptocc.country_code(address)
+    except ValueError:
+        return None
+    return code

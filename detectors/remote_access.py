@@ -3,7 +3,8 @@
 Reads the ``tools`` frame (one row per connection of a catalogued tool) and scores, per device and
 tool: a live (ESTABLISHED) connection; whether the laptop is being *controlled* (an inbound peer or
 injected input during the session) rather than controlling something else (an employee reaching
-their own desktop: outbound only, local input); a first-seen tool (Elastic's "First Time Seen
+their own desktop: outbound only, local input); the registry country of a direct peer (a relay's
+says nothing about the operator); a first-seen tool (Elastic's "First Time Seen
 Remote Monitoring and Management Tool" new-terms idea); several vendors on one host (Elastic's
 "Multiple Remote Management Tool Vendors on Same Host"); sessions outside the employee's hours.
 A tool the roster approves for the device (the helpdesk's) scores a quarter as much.
@@ -16,9 +17,11 @@ from functools import lru_cache
 
 import pandas as pd
 
+from farmwatch.contract import RosterEntry
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.clock import local_times, outside_working_time
 from farmwatch.detectors.frame import Frames
+from farmwatch.detectors.networks import peer_country
 
 # How people write the catalogue ids (vendor product names).
 DISPLAY_NAMES = {
@@ -66,6 +69,7 @@ class RemoteAccessDetector(Detector):
         outbound_session: float = 0.2,
         controlled_session: float = 0.55,
         public_inbound: float = 0.15,
+        foreign_peer: float = 0.1,
         several_vendors: float = 0.1,
         first_seen: float = 0.05,
         outside_hours: float = 0.1,
@@ -76,6 +80,7 @@ class RemoteAccessDetector(Detector):
         self.outbound_session = outbound_session
         self.controlled_session = controlled_session
         self.public_inbound = public_inbound
+        self.foreign_peer = foreign_peer
         self.several_vendors = several_vendors
         self.first_seen = first_seen
         self.outside_hours = outside_hours
@@ -96,11 +101,10 @@ class RemoteAccessDetector(Detector):
         for device, rows in tools.groupby("device_id", sort=True):
             entry = context.roster.get(str(device))
             approved = set(entry.approved_tools) if entry else set()
-            tz = entry.timezone if entry else None
             unapproved = sorted(set(rows["tool"].dropna()) - approved)
             for tool, used in rows.groupby("tool", sort=True):
                 found.append(
-                    self._score_tool(str(device), str(tool), used, tool in approved, unapproved, tz,
+                    self._score_tool(str(device), str(tool), used, tool in approved, unapproved, entry,
                                      device_start[device])
                 )
         return found
@@ -112,7 +116,7 @@ class RemoteAccessDetector(Detector):
         used: pd.DataFrame,
         approved: bool,
         unapproved: list[str],
-        tz: str | None,
+        entry: RosterEntry | None,
         device_start: pd.Timestamp,
     ) -> DeviceFinding:
         process = str(used["process"].dropna().iloc[0]) if used["process"].notna().any() else None
@@ -120,10 +124,13 @@ class RemoteAccessDetector(Detector):
         live = used[used["live"]]
         inbound = live[live["direction"] == "inbound"]
         public_inbound = [ip for ip in inbound["remote_ip"].unique() if is_public(str(ip))]
+        # Direct peers only: a relay's country is the vendor's data centre, not the operator's.
+        countries = sorted({c for ip in public_inbound if (c := peer_country(str(ip)))})
+        foreign = [c for c in countries if entry is not None and entry.country and c != entry.country]
         live_recs = live.drop_duplicates("rec")
         injected_share = float(live_recs["injected"].mean()) if len(live_recs) else 0.0
         controlled = bool(len(inbound)) or injected_share > 0.0
-        outside = outside_working_time(local_times(live_recs["time"], tz)) if len(live_recs) else pd.Series([], dtype=bool)
+        outside = outside_working_time(local_times(live_recs["time"], entry.timezone if entry else None)) if len(live_recs) else pd.Series([], dtype=bool)
         outside_share = float(outside.mean()) if len(outside) else 0.0
         new_tool = used["time"].min() - device_start >= pd.Timedelta(hours=self.baseline_hours)
 
@@ -135,6 +142,7 @@ class RemoteAccessDetector(Detector):
             score, what = self.outbound_session, "held a live outbound session"
         if len(live):
             score += self.public_inbound * bool(public_inbound)
+            score += self.foreign_peer * bool(foreign)
             score += self.outside_hours * (outside_share > 0.5)
         score += self.several_vendors * (len(unapproved) > 1 and not approved)
         score += self.first_seen * bool(new_tool)
@@ -145,6 +153,7 @@ class RemoteAccessDetector(Detector):
             f"{'Approved' if approved else 'Unapproved'} remote-access tool {shown} ({tool}) {what}"
             f" in {len(live_recs)} report(s)"
             + (f", {len(public_inbound)} public inbound peer(s)" if public_inbound else "")
+            + (f" registered in {', '.join(countries)}" if countries else "")
             + (f", {outside_share:.0%} outside working hours" if len(live_recs) else "")
             + "."
         )
@@ -156,6 +165,8 @@ class RemoteAccessDetector(Detector):
             "session_reports": len(live_recs),
             "path": path,
             "inbound_peers": sorted(map(str, inbound["remote_ip"].unique()))[:5],
+            "inbound_peer_countries": countries,
+            "foreign_peer": bool(foreign),
             "outbound_peers": sorted(map(str, live[live["direction"] == "outbound"]["remote_ip"].unique()))[:5],
             "injected_share_in_session": injected_share,
             "outside_hours_share": outside_share,

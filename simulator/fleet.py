@@ -39,6 +39,12 @@ FARM_KINDS = {
     "single-facilitator": 0.15,  # one laptop at a facilitator's home, relayed RMM
 }
 
+OPERATOR_PEERS = (
+    # Addresses a direct session arrives from, checked against the registries with iptocc: the DPRK's
+    # own block (175.45.176.0/22) is rare in practice; operators mostly come through China, Russia
+    # or a rented VPS/VPN exit (Mandiant UNC5267; Microsoft, Jasper Sleet).
+    "175.45.176.71", "113.200.0.9", "221.192.0.7", "95.165.0.4", "45.76.10.20", "210.152.0.5",
+)
 RMM_TOOLS = {"anydesk": "AnyDesk.exe", "rustdesk": "rustdesk.exe", "teamviewer": "TeamViewer.exe"}
 RELAY_PORTS = {"anydesk": 443, "rustdesk": 21117, "teamviewer": 5938}  # vendor relay ports (signals.md)
 KVM_DEFAULTS = (
@@ -93,6 +99,7 @@ class Device:
     path: str | None = None  # direct | relay | rdp-vpn | ipkvm
     kvm: tuple[str, str, str, str, str] | None = None
     operator_rtt_ms: float = 0.0
+    operator_ip: str = ""
     vpn_product: str | None = None
     seq_reset_day: int | None = None
     local_like: float = 0.0  # farms: share of operator windows whose input looks local (a good link)
@@ -221,6 +228,7 @@ def _farm_traits(device: Device, kind: str, rng: np.random.Generator, operator_a
     device.os = "windows"
     device.operator_rtt_ms = float(rng.uniform(150.0, 230.0))
     device.local_like = float(rng.uniform(0.1, 0.5))
+    device.operator_ip = str(rng.choice(OPERATOR_PEERS))
     if kind in ("rmm-direct", "rmm-relay", "single-facilitator"):
         device.tool = str(rng.choice(["anydesk", "rustdesk"] if kind == "rmm-direct" else ["anydesk", "teamviewer"]))
         device.path = "direct" if kind == "rmm-direct" else "relay"

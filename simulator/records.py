@@ -172,7 +172,7 @@ class Simulator:
         if device.path == "direct":
             rtt = device.operator_rtt_ms + float(rng.uniform(0, 6))
             return [_tool(device.tool, RMM_TOOLS[device.tool],
-                          [relay, _conn("175.45.176.71", 7070, "inbound", rtt)])]
+                          [relay, _conn(device.operator_ip, 7070, "inbound", rtt)])]
         return [_tool(device.tool, RMM_TOOLS[device.tool], [relay])]
 
     def _sessions(self, device: Device, state: str, rng: np.random.Generator) -> list[dict[str, Any]]:

@@ -42,6 +42,17 @@ def test_outbound_only_session_scores_low_and_approval_lowers_it(approved, expec
     assert finding.evidence["path"] == "relay or outbound peer"
 
 
+@pytest.mark.parametrize(("peer", "countries", "expected"), [
+    pytest.param("175.45.176.71", ["KP"], 0.55 + 0.15 + 0.1, id="foreign-direct-peer"),
+    pytest.param("45.76.10.20", ["US"], 0.55 + 0.15, id="domestic-vps-peer"),
+])
+def test_direct_peer_registry_country(peer, countries, expected) -> None:
+    records = [make_record("d5", 0, remote_access=[tool("rustdesk", "rustdesk", connection(peer))], input=user_input())]
+    [finding] = _finding(records, [roster_entry("d5")])
+    assert finding.evidence["inbound_peer_countries"] == countries
+    assert finding.score == pytest.approx(expected)
+
+
 def test_first_seen_tool_and_several_vendors_add_up() -> None:
     records = [make_record("d3", m, input=user_input()) for m in range(0, 24 * 60 + 5, 60)]
     records.append(make_record("d3", 25 * 60, remote_access=[
