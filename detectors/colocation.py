@@ -94,8 +94,9 @@ class ColocationDetector(Detector):
         for a, b in zip(together["device_id_x"], together["device_id_y"]):
             components.union(a, b)
         linked = pairs.merge(together[["device_id_x", "device_id_y"]], on=["device_id_x", "device_id_y"])
-        shared = pd.concat([linked[["device_id_x", "kind", "key", "hour"]].set_axis(["device_id", "kind", "key", "hour"], axis=1),
-                            linked[["device_id_y", "kind", "key", "hour"]].set_axis(["device_id", "kind", "key", "hour"], axis=1)])
+        columns = ["device_id", "kind", "key", "hour"]
+        shared = pd.concat([linked[[side, "kind", "key", "hour"]].set_axis(columns, axis=1)
+                            for side in ("device_id_x", "device_id_y")])
         hours_total = frames.reports.groupby("device_id")["hour"].nunique()
         hours_shared = shared.groupby("device_id")["hour"].nunique()
         best_kind = shared.groupby("device_id")["kind"].agg(lambda kinds: max(KIND_WEIGHT[k] for k in set(kinds)))
@@ -128,7 +129,8 @@ class ColocationDetector(Detector):
                    f"shared a network ({', '.join(kinds)}) at the same time for a median "
                    f"{evidence['overlap_hours_median']:.0f} h, {persistence:.0%} of their time"
                    + (", though the roster places them in different cities" if apart else "") + ".")
-        first, last = (pd.Timestamp(int(h) * 3600, unit="s", tz="UTC") for h in (inside["first"].min(), inside["last"].max()))
+        first, last = (pd.Timestamp(int(hour) * 3600, unit="s", tz="UTC")
+                       for hour in (inside["first"].min(), inside["last"].max()))
         return [self.finding(d, score, summary, evidence, first, last) for d in members]
 
     def _apart(self, members: list[str], context: Context) -> bool:

@@ -100,7 +100,8 @@ class FleetAnomalyDetector(Detector):
             if margin >= 0:
                 continue
             top = row.abs().sort_values(ascending=False).head(self.explain)
-            reasons = {name: {"value": float(self.features_.loc[device, name]), "fleet_median": float(self.median_[name]),
+            reasons = {name: {"value": float(self.features_.loc[device, name]),
+                              "fleet_median": float(self.median_[name]),
                               "robust_z": float(row[name])} for name in top.index}
             score = self.top_score * min(-margin / 0.15, 1.0)
             summary = ("Unlike the fleet in " + ", ".join(

@@ -146,7 +146,8 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
             given is not None,
         ))
         for tool in report.get("remote_access") or ():
-            head = (rec, tool.get("tool"), tool.get("process"), tool.get("started_at"), len(tool.get("listening") or ()))
+            head = (rec, tool.get("tool"), tool.get("process"), tool.get("started_at"),
+                    len(tool.get("listening") or ()))
             for connection in tool.get("connections") or (_EMPTY,):
                 tools.append((*head, *map(connection.get, _TOOL_COLUMNS[5:])))
         for session in report.get("sessions") or ():

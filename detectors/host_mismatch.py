@@ -63,7 +63,9 @@ class HostMismatchDetector(Detector):
             entry = context.roster.get(str(device))
             # A clock following the laptop abroad (egress from another country) is travel, not a
             # mismatch; an operator's zone on a laptop that egresses at home is.
-            home = rows if entry is None or not entry.country else rows[rows["country"].isna() | (rows["country"] == entry.country)]
+            home = rows
+            if entry is not None and entry.country:
+                home = rows[rows["country"].isna() | (rows["country"] == entry.country)]
             offsets = home["utc_offset_minutes"].dropna()
             evidence: dict[str, object] = {}
             score = 0.0

@@ -105,7 +105,8 @@ class IpKvmDetector(Detector):
     def _displays(self, rows: pd.DataFrame) -> tuple[float, str, dict[str, object], int, int] | None:
         for row in rows.itertuples(index=False):
             for identity in catalogue():
-                if identity.kind == "edid" and isinstance(row.name, str) and identity.product.lower() in row.name.lower():
+                named = isinstance(row.name, str) and identity.product.lower() in row.name.lower()
+                if identity.kind == "edid" and named:
                     return (self.known_score,
                             f"The display \"{row.name}\" is the video capture of a {identity.device}: the screen "
                             f"is being watched through an IP-KVM.",

@@ -60,7 +60,8 @@ class LocationProofDetector(Detector):
         probes["bound_km"] = max_distance_km(probes["rtt_min_ms"].to_numpy())
         probes["violation_km"] = probes["claim_km"] - probes["bound_km"] - self.slack_km
         probes["excess_ms"] = probes["rtt_min_ms"] - (ACCESS_OVERHEAD_MS + claim_km / SLOW_PATH_KM_PER_RTT_MS)
-        per_report = probes.groupby("rec", sort=True).agg(violation=("violation_km", "max"), excess=("excess_ms", "min"))
+        per_report = probes.groupby("rec", sort=True).agg(violation=("violation_km", "max"),
+                                                          excess=("excess_ms", "min"))
         recs = per_report.index.to_numpy()
         per_report["device_id"] = frames.reports["device_id"].to_numpy()[recs]
         per_report["direct"] = ~frames.reports["has_vpn_interface"].to_numpy()[recs]
@@ -85,9 +86,8 @@ class LocationProofDetector(Detector):
                 summary = (f"Every anchor answers at least {excess:.0f} ms slower than a laptop in "
                            f"{entry.city or entry.country} plausibly would (median excess), in "
                            f"{row['slow'] / row['direct']:.0%} of {int(row['direct'])} reports.")
-                found.append(self.finding(str(device), self.slow_score, summary,
-                                          {"kind": "too_slow", "median_excess_ms": excess, "reports": int(row["direct"])},
-                                          row["first"], row["last"]))
+                evidence = {"kind": "too_slow", "median_excess_ms": excess, "reports": int(row["direct"])}
+                found.append(self.finding(str(device), self.slow_score, summary, evidence, row["first"], row["last"]))
         return found
 
     def _proof(self, device: str, rows: pd.DataFrame, per_report: pd.DataFrame, entry: RosterEntry,

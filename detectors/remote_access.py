@@ -130,8 +130,8 @@ class RemoteAccessDetector(Detector):
         live_recs = live.drop_duplicates("rec")
         injected_share = float(live_recs["injected"].mean()) if len(live_recs) else 0.0
         controlled = bool(len(inbound)) or injected_share > 0.0
-        outside = outside_working_time(local_times(live_recs["time"], entry.timezone if entry else None)) if len(live_recs) else pd.Series([], dtype=bool)
-        outside_share = float(outside.mean()) if len(outside) else 0.0
+        local = local_times(live_recs["time"], entry.timezone if entry else None)
+        outside_share = float(outside_working_time(local).mean()) if len(live_recs) else 0.0
         new_tool = used["time"].min() - device_start >= pd.Timedelta(hours=self.baseline_hours)
 
         if live.empty:
