@@ -3,14 +3,15 @@
 Every report carries ``seq`` (+1 per report) and the agent spools until the collector accepts, so a
 healthy device's sequence has no holes and never goes back (design README, security model). A
 reset means the agent's state was wiped or copied; holes mean reports were removed from the spool;
-a device that stops reporting while the fleet reports may have had its agent stopped (agents get
-stopped on farms). One device id seen from two hardware ids (when the record carries
+a device that stops reporting while the fleet reports, or an always-on laptop that goes quiet for
+hours, may have had its agent stopped (agents get stopped on farms). One device id seen from two hardware ids (when the record carries
 ``hardware_id``; unknown counts as absent) means a token was copied to another machine.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector, noisy_or
 from farmwatch.detectors.frame import Frames
@@ -24,13 +25,19 @@ class AgentHealthDetector(Detector):
     attack = "T1562.001"  # Impair Defenses: Disable or Modify Tools
 
     def __init__(self, reset_score: float = 0.35, hole_score: float = 0.15, min_missing: int = 3,
-                 copied_score: float = 0.7, silent_hours: float = 24.0, silent_score: float = 0.15) -> None:
+                 copied_score: float = 0.7, silent_hours: float = 24.0, silent_score: float = 0.15,
+                 gap_hours: float = 3.0, always_on_coverage: float = 0.8, gap_score: float = 0.15,
+                 interval_seconds: float = 300.0) -> None:
         self.reset_score = reset_score
         self.hole_score = hole_score
         self.min_missing = min_missing
         self.copied_score = copied_score
         self.silent_hours = silent_hours
         self.silent_score = silent_score
+        self.gap_hours = gap_hours
+        self.always_on_coverage = always_on_coverage
+        self.gap_score = gap_score
+        self.interval_seconds = interval_seconds
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
@@ -57,11 +64,29 @@ class AgentHealthDetector(Detector):
             if silent >= self.silent_hours:
                 parts["silent"] = self.silent_score
                 sentences.append(f"it has been silent for {silent:.0f} h while the fleet reports")
+            gaps = self._gaps_in_always_on(rows)
+            if gaps:
+                parts["silent_gaps"] = self.gap_score
+                sentences.append(f"a laptop that otherwise never sleeps went silent {gaps} time(s) for "
+                                 f"{self.gap_hours:g} h or more")
             if not parts:
                 continue
             evidence.update(seq_resets=resets, missing_reports=missing, hardware_ids=len(hardware),
-                            silent_hours=silent, parts=parts)
+                            silent_hours=silent, silent_gaps=gaps, parts=parts)
             score = noisy_or(parts.values())
             found.append(self.finding(str(device), score, "Agent health: " + "; ".join(sentences) + ".", evidence,
                                       rows["window_end"].min(), rows["window_end"].max()))
         return found
+
+    def _gaps_in_always_on(self, rows: pd.DataFrame) -> int:
+        """Long silences of a device that reports most of the time (``always_on_coverage`` of its span,
+        gaps included): a person's laptop sleeps every night, so gaps mean nothing there; on an
+        always-on laptop they suggest a stopped agent."""
+        ends = rows["window_end"]
+        if len(ends) < 2:
+            return 0
+        gap = ends.diff().dt.total_seconds().fillna(0.0)
+        long = gap >= self.gap_hours * 3600
+        span = (ends.iloc[-1] - ends.iloc[0]).total_seconds() + self.interval_seconds
+        coverage = len(ends) * self.interval_seconds / span
+        return int(long.sum()) if coverage >= self.always_on_coverage else 0

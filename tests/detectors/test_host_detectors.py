@@ -103,3 +103,19 @@ def test_host_mismatch_clock_abroad_is_travel() -> None:
     records = [make_record("d1", 5 * k, host=host("Europe/London", 0), geo={"country": "GB"}) for k in range(4)]
     records += [make_record("d1", 20 + 5 * k, host=host()) for k in range(2)]
     assert run(HostMismatchDetector, records, [roster_entry("d1")]) == {}
+
+
+def test_agent_health_gap_in_an_always_on_laptop() -> None:
+    # Every 5 minutes for a day, 4 hours of silence, then every 5 minutes again; seq continues.
+    minutes = [5 * k for k in range(288)] + [1440 + 240 + 5 * k for k in range(100)]
+    records = [make_record("d1", m, seq=n + 1) for n, m in enumerate(minutes)]
+    records.append(make_record("other", (NOW - START).total_seconds() / 60))
+    found = run(AgentHealthDetector, records, [roster_entry("d1")])
+    assert found["d1"].evidence["silent_gaps"] == 1
+    assert found["d1"].evidence["parts"]["silent_gaps"] == 0.15
+
+
+def test_agent_health_nightly_sleep_is_no_gap() -> None:
+    minutes = [day * 1440 + 5 * k for day in range(3) for k in range(108)]  # 9 h a day
+    records = [make_record("d1", m, seq=n + 1) for n, m in enumerate(minutes)]
+    assert run(AgentHealthDetector, records, [roster_entry("d1")]) == {}
