@@ -3,7 +3,12 @@
 Tuning used seed 1 (the detector parameters were adjusted while looking at it). Seeds 2-4 were
 held out at first, then looked at once (two travellers abroad went to review there, which led to
 the host_mismatch travel fix), so they are no longer clean; seeds 5-7 were not looked at before
-the figures below were first printed and are the ones to quote. Targets (issue 5): recall at farm >= 0.95,
+the figures below were first printed and are the ones to quote. The stress run (``--stealthy``
+farms: own lines, US hours, roster address at the farm, a good link) shows where detection ends;
+it has no target.
+
+Caveat: the simulator and the detectors were written by the same people from the same sources, so
+these figures measure the detectors against the behaviour we modelled, not against real farms. Targets (issue 5): recall at farm >= 0.95,
 recall at farm-or-review >= 0.98, legitimate called farm <= 0.5 %, sent to review <= 3 %.
 """
 
@@ -27,12 +32,13 @@ from farmwatch.simulator.places import CORPORATE_NETWORK
 
 TUNING_SEED = 1
 REPORT_SEEDS = (5, 6, 7)
+STRESS_SEEDS = (8,)
 LEGIT, FARMS, DAYS = 170, 36, 5
 
 
-def evaluate(seed: int, workdir: Path, verbose: bool = False) -> dict[str, float]:
+def evaluate(seed: int, workdir: Path, verbose: bool = False, stealthy: bool = False) -> dict[str, float]:
     """Simulate a fleet for ``seed``, score it, and compare the verdicts with the labels."""
-    files = write_fleet(workdir / f"seed{seed}", seed, LEGIT, FARMS, DAYS)
+    files = write_fleet(workdir / f"seed{seed}", seed, LEGIT, FARMS, DAYS, stealthy=stealthy)
     with files.records.open("rb") as handle:
         records = [orjson.loads(line) for line in handle]
     config = DetectionConfig(corporate_networks=(CORPORATE_NETWORK,))
@@ -62,13 +68,15 @@ def evaluate(seed: int, workdir: Path, verbose: bool = False) -> dict[str, float
 def main() -> int:
     verbose = "-v" in sys.argv
     with tempfile.TemporaryDirectory(prefix="farmwatch-quality-") as tmp:
-        for role, seeds in (("tuning seed", (TUNING_SEED,)), ("held-out seed", REPORT_SEEDS)):
-            for seed in seeds:
-                began = time.perf_counter()
-                figures = evaluate(seed, Path(tmp), verbose)
-                print(f"{role} {seed}: " + ", ".join(
-                    f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
-                    for name, value in figures.items()) + f" ({time.perf_counter() - began:.0f} s)", flush=True)
+        runs = [("tuning seed", seed, False) for seed in (TUNING_SEED,)]
+        runs += [("held-out seed", seed, False) for seed in REPORT_SEEDS]
+        runs += [("stress (stealthy farms) seed", seed, True) for seed in STRESS_SEEDS]
+        for role, seed, stealthy in runs:
+            began = time.perf_counter()
+            figures = evaluate(seed, Path(tmp), verbose, stealthy)
+            print(f"{role} {seed}: " + ", ".join(
+                f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
+                for name, value in figures.items()) + f" ({time.perf_counter() - began:.0f} s)", flush=True)
     return 0
 
 

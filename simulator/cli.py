@@ -37,10 +37,11 @@ class FleetFiles:
     count: int
 
 
-def write_fleet(out: Path, seed: int, legit: int, farms: int, days: int, limit: int | None = None) -> FleetFiles:
+def write_fleet(out: Path, seed: int, legit: int, farms: int, days: int, limit: int | None = None,
+                stealthy: bool = False) -> FleetFiles:
     """Simulate and write the four files; ``limit`` stops after that many records."""
     out.mkdir(parents=True, exist_ok=True)
-    devices = make_fleet(seed, legit, farms, days)
+    devices = make_fleet(seed, legit, farms, days, stealthy)
     simulator = Simulator(seed, days)
     files = FleetFiles(out / "records.jsonl", out / "roster.csv", out / "anchors.csv", out / "labels.csv", 0)
     count = 0
@@ -89,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--farms", type=_positive, default=36, help="farm devices (default 36)")
     parser.add_argument("--days", type=_positive, default=5, help="days simulated, from a Monday (default 5)")
     parser.add_argument("--limit", type=_positive, help="stop after this many records")
+    parser.add_argument("--stealthy", action="store_true",
+                        help="farms hide every way the simulator knows (a stress test, not typical farms)")
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
     try:
-        files = write_fleet(args.out, args.seed, args.legit, args.farms, args.days, args.limit)
+        files = write_fleet(args.out, args.seed, args.legit, args.farms, args.days, args.limit, args.stealthy)
     except OSError as failure:
         print(f"farmwatch-simulate: {args.out}: {failure.strerror or failure}", file=sys.stderr)
         return 2

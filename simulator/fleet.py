@@ -132,8 +132,13 @@ def _pick(rng: np.random.Generator, shares: dict[str, float], n: int) -> list[st
     return [str(kind) for kind in rng.permutation(names)[:n]] + [str(kind) for kind in rest]
 
 
-def make_fleet(seed: int, legit: int, farms: int, days: int) -> list[Device]:
-    """``legit`` legitimate and ``farms`` farm devices, deterministic for ``seed``."""
+def make_fleet(seed: int, legit: int, farms: int, days: int, stealthy: bool = False) -> list[Device]:
+    """``legit`` legitimate and ``farms`` farm devices, deterministic for ``seed``.
+
+    ``stealthy`` farms do everything the simulator knows to hide: own lines, operators on the
+    employee's hours, the roster's address at the farm, no foreign input settings, a good link
+    (40-80 % of operated windows look local) and laptops that sleep half the time. A stress test
+    of where detection ends, not a model of typical farms."""
     rng = np.random.default_rng(seed)
     ids = _Ids(seed, rng)
     office_city = CITIES[0]
@@ -179,6 +184,8 @@ def make_fleet(seed: int, legit: int, farms: int, days: int) -> list[Device]:
             home = ids.network(town, "residential", "Comcast") if own_line else shared
             device = new_device("farm", kind + ("/own-line" if own_line else ""), claimed, home)
             _farm_traits(device, kind, rng, operator_asia)
+            if stealthy:
+                _hide(device, town, rng)
             placed += 1
             if placed >= farms:
                 break
@@ -248,3 +255,18 @@ def _farm_traits(device: Device, kind: str, rng: np.random.Generator, operator_a
         device.timezone = "Asia/Seoul"  # the operator set the clock to their own zone
     if rng.random() < 0.1:
         device.seq_reset_day = 1  # agent state wiped and reinstalled once
+
+
+def _hide(device: Device, town: City, rng: np.random.Generator) -> None:
+    """Make a farm laptop as quiet as the simulator allows (see ``make_fleet``)."""
+    device.claimed, device.timezone = town, town.timezone
+    device.schedule = "operator-us"
+    device.home = Network(**{**vars(device.home), "name": device.device_id,
+                             "source_ip": f"98.{rng.integers(0, 250)}.{rng.integers(0, 250)}.{rng.integers(2, 250)}",
+                             "gateway_mac_hash": salted_hash(int(rng.integers(1 << 30)), device.device_id),
+                             "wifi_bssid_hash": salted_hash(int(rng.integers(1 << 30)), device.device_id + "ap")})
+    device.local_like = float(rng.uniform(0.4, 0.8))
+    device.input_methods, device.layouts = [], ["00000409"]
+    device.seq_reset_day = None
+    device.always_on = rng.random() < 0.5
+    device.vpn_product = None if device.vpn_product == "astrill" else device.vpn_product
