@@ -64,3 +64,14 @@ def test_cli_help_and_bad_input(args: list[str]) -> None:
         assert done.returncode == 0 and "laptop farms" in done.stdout
     else:
         assert done.returncode == 2 and "--days" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_stealthy_farms_hide_what_the_simulator_knows() -> None:
+    from farmwatch.simulator.fleet import make_fleet
+    from farmwatch.simulator.places import FARM_TOWNS
+
+    farms = [d for d in make_fleet(4, legit=10, farms=12, days=1, stealthy=True) if d.label == "farm"]
+    assert len(farms) == 12
+    assert all(d.claimed in FARM_TOWNS and d.timezone == d.claimed.timezone for d in farms)
+    assert all(d.schedule == "operator-us" and d.input_methods == [] and 0.4 <= d.local_like <= 0.8 for d in farms)
+    assert len({d.home.gateway_mac_hash for d in farms}) == 12  # every laptop on its own line
