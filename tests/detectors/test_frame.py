@@ -48,3 +48,10 @@ def test_no_records_gives_empty_frames() -> None:
 def test_a_record_without_device_or_window_is_named(broken: dict) -> None:
     with pytest.raises(RecordError, match="record 2: report.device_id and report.window_end are required"):
         flatten([make_record("a", 0), broken])
+
+
+def test_an_unreadable_window_end_is_named() -> None:
+    broken = make_record("a", 5)
+    broken["report"]["window_end"] = "yesterday"
+    with pytest.raises(RecordError, match="record 2: report.window_end is not an RFC 3339 time: 'yesterday'"):
+        flatten([make_record("a", 0), broken])
