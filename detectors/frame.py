@@ -221,7 +221,8 @@ def _frames(
     unreadable = reports["window_end"].isna().to_numpy()
     if unreadable.any():
         first = int(unreadable.argmax())
-        raise RecordError(f"record {first + 1}: report.window_end is not an RFC 3339 time: {rows[first][_REPORT_COLUMNS.index("window_end")]!r}")
+        given = rows[first][_REPORT_COLUMNS.index("window_end")]
+        raise RecordError(f"record {first + 1}: report.window_end is not an RFC 3339 time: {given!r}")
     # Sort once so every detector sees each device's records in time order; remap child tables.
     order = reports.sort_values(["device_id", "window_end", "seq"], kind="stable").index.to_numpy()
     reports = reports.iloc[order].reset_index(drop=True)
