@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector, noisy_or
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
 
 
@@ -45,7 +45,6 @@ class AgentHealthDetector(Detector):
         found = []
         for device, rows in reports.groupby("device_id", sort=True):
             parts: dict[str, float] = {}
-            evidence: dict[str, object] = {}
             sentences = []
             step = np.diff(rows["seq"].dropna().to_numpy())
             resets = int((step < 0).sum())
@@ -69,13 +68,12 @@ class AgentHealthDetector(Detector):
                 parts["silent_gaps"] = self.gap_score
                 sentences.append(f"a laptop that otherwise never sleeps went silent {gaps} time(s) for "
                                  f"{self.gap_hours:g} h or more")
-            if not parts:
-                continue
-            evidence.update(seq_resets=resets, missing_reports=missing, hardware_ids=len(hardware),
-                            silent_hours=silent, silent_gaps=gaps, parts=parts)
-            score = noisy_or(parts.values())
-            found.append(self.finding(str(device), score, "Agent health: " + "; ".join(sentences) + ".", evidence,
-                                      rows["window_end"].min(), rows["window_end"].max()))
+            evidence = {"seq_resets": resets, "missing_reports": missing, "hardware_ids": len(hardware),
+                        "silent_hours": silent, "silent_gaps": gaps}
+            finding = self.combined(str(device), parts, sentences, "Agent health: ", evidence,
+                                    rows["window_end"].min(), rows["window_end"].max())
+            if finding is not None:
+                found.append(finding)
         return found
 
     def _gaps_in_always_on(self, rows: pd.DataFrame) -> int:

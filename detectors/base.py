@@ -85,6 +85,24 @@ class Detector(ABC):
         )
         return DeviceFinding(device_id, finding)
 
+    def combined(
+        self,
+        device_id: str,
+        parts: dict[str, float],
+        sentences: list[str],
+        lead: str,
+        evidence: dict[str, Any],
+        first_seen: Any = None,
+        last_seen: Any = None,
+    ) -> DeviceFinding | None:
+        """One finding from independent sub-signals: their scores combined by :func:`noisy_or`, their
+        sentences joined after ``lead``, the parts kept in the evidence; None when there are none."""
+        if not parts:
+            return None
+        summary = lead + "; ".join(sentences) + "."
+        return self.finding(device_id, noisy_or(parts.values()), summary, {**evidence, "parts": parts},
+                            first_seen, last_seen)
+
 
 def noisy_or(scores: Iterable[float]) -> float:
     """Probability that at least one of several independent signals is right: ``1 - prod(1 - s)``."""

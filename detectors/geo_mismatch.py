@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector, noisy_or
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.networks import corporate_mask
 
@@ -73,13 +73,10 @@ class GeoMismatchDetector(Detector):
                 parts["impossible_travel"] = self.hop_score
                 evidence["country_hops"] = hops
                 sentences.append(f"changed country {hops} time(s) within {self.hop_hours:g} h")
-            if not parts:
-                continue
-            score = noisy_or(parts.values())
-            evidence["parts"] = parts
-            summary = "Egress " + "; ".join(sentences) + "."
-            found.append(self.finding(str(device), score, summary, evidence,
-                                      rows["window_end"].min(), rows["window_end"].max()))
+            finding = self.combined(str(device), parts, sentences, "Egress ", evidence,
+                                    rows["window_end"].min(), rows["window_end"].max())
+            if finding is not None:
+                found.append(finding)
         return found
 
     @staticmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector, noisy_or
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
 
 REMOTE_VIRTUAL_DEVICES = ("xrdp", "vnc", "rustdesk", "anydesk", "teamviewer", "spice")
@@ -120,12 +120,10 @@ class InputRhythmDetector(Detector):
                 parts["virtual_devices"] = self.virtual_score
                 evidence["virtual_devices"] = remote_devices
                 sentences.append(f"remote-desktop input devices {', '.join(remote_devices)} were present")
-            if not parts:
-                continue
-            evidence["parts"] = parts
-            score = noisy_or(parts.values())
-            found.append(self.finding(str(device), score, "Input: " + "; ".join(sentences) + ".", evidence,
-                                      spans.loc[device, "min"], spans.loc[device, "max"]))
+            finding = self.combined(str(device), parts, sentences, "Input: ", evidence,
+                                    spans.loc[device, "min"], spans.loc[device, "max"])
+            if finding is not None:
+                found.append(finding)
         return found
 
     @staticmethod
