@@ -62,6 +62,9 @@ def evaluate(seed: int, workdir: Path, verbose: bool = False, stealthy: bool = F
         "recall (farm or review)": (outcome["farm", "farm"] + outcome["farm", "review"]) / farms,
         "legit called farm": outcome["legit", "farm"] / legit,
         "legit sent to review": outcome["legit", "review"] / legit,
+        # Margins: how close the riskiest employee and the quietest farm came to the thresholds.
+        "max legit risk": max(v.risk for v in verdicts if labels[v.device_id]["label"] == "legit"),
+        "min farm risk": min(v.risk for v in verdicts if labels[v.device_id]["label"] == "farm"),
     }
 
 
