@@ -81,3 +81,9 @@ def test_help_explains_the_command() -> None:
     done = _detect("--help")
     assert done.returncode == 0
     assert "--roster" in done.stdout and "one verdict per device" in done.stdout
+
+
+@pytest.mark.parametrize(("now", "message"), [("tomorrow", "not an RFC 3339 time"), ("2026-11-25T04:00:00", "needs a time zone")])
+def test_now_must_be_an_rfc3339_time(now: str, message: str) -> None:
+    done = _detect(EXAMPLES / "records.jsonl", "--roster", EXAMPLES / "roster.csv", "--now", now)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -45,3 +45,20 @@ def test_config_errors_name_the_detector_and_parameter(detectors, message) -> No
 def test_now_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         score(_records(), [], [], datetime(2026, 11, 25))
+
+
+def test_record_order_does_not_matter(tmp_path) -> None:
+    import random
+
+    import orjson
+
+    from farmwatch.roster import load_anchors, load_roster
+    from farmwatch.simulator.cli import write_fleet
+
+    files = write_fleet(tmp_path, seed=12, legit=30, farms=8, days=2)
+    records = [orjson.loads(line) for line in files.records.open("rb")]
+    roster, anchors = load_roster(files.roster), load_anchors(files.anchors)
+    in_order = score(records, roster, anchors, NOW)
+    random.Random(4).shuffle(records)
+    assert score(records, roster, anchors, NOW) == in_order
+    assert any(v.verdict == "farm" for v in in_order)
