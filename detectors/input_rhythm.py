@@ -4,7 +4,8 @@ Remote-desktop clients batch input per packet (Red Hat, US8972563), so keys arri
 tiny intervals, and mouse moves arrive at network rate rather than device rate (US9319422B2), in
 jumpier paths (BioCatch); Amazon (2025) caught a remotely driven laptop by its >110 ms keystroke
 latency (signals.md). One odd window proves nothing, so the detector judges the *share* of odd
-windows over the device's history, each window judged against fixed physical thresholds and the
+windows over the device's history (and over its recent half, so a laptop that turns remote after
+weeks of local typing shows), each window judged against fixed physical thresholds and the
 fleet's own spread (median +- 3 MADs, learned in :meth:`fit`, so a fleet of slow trackpads is not
 all odd). Injected input while no approved tool holds a session,
 and virtual input devices of remote-desktop servers (xrdp's ``xrdpMouse``/``xrdpKeyboard``) add.
@@ -99,14 +100,21 @@ class InputRhythmDetector(Detector):
             sentences = []
             if len(rows) >= self.min_windows:
                 share = float(rows["odd"].mean())
-                evidence["remote_like_share"] = share
-                evidence["thresholds"] = self.thresholds_
-                if share > 0.1:
-                    parts["rhythm"] = self.top_score * min((share - 0.1) / 0.4, 1.0)
+                # Against its own history: a laptop typed on locally for weeks that turns remote
+                # (handed to a facilitator after onboarding) shows it in its recent windows.
+                recent = rows.iloc[len(rows) // 2:]
+                recent_share = float(recent["odd"].mean()) if len(recent) >= self.min_windows else share
+                judged = max(share, recent_share)
+                evidence.update(remote_like_share=share, recent_remote_like_share=recent_share,
+                                thresholds=self.thresholds_)
+                if judged > 0.1:
+                    parts["rhythm"] = self.top_score * min((judged - 0.1) / 0.4, 1.0)
                     features = rows.loc[rows["odd"], ["burst", "key_p10", "mouse_rate", "jump"]].mean()
                     evidence["odd_feature_share"] = features.round(3).to_dict()
+                    since = (f", {recent_share:.0%} since {recent['time'].iloc[0]:%Y-%m-%d %H:%M} UTC"
+                             if recent_share > share + 0.2 else "")
                     sentences.append(f"{share:.0%} of {len(rows)} typed windows had remote-control rhythm "
-                                     f"(bunched keys, network-rate mouse, jumps)")
+                                     f"(bunched keys, network-rate mouse, jumps){since}")
             share_injected = float(inj_share.get(device, 0.0))
             if share_injected > 0:
                 parts["injected"] = self.injected_score * min(share_injected / 0.5, 1.0)

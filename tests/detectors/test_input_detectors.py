@@ -107,3 +107,12 @@ def test_fleet_anomaly_names_what_sets_the_outlier_apart() -> None:
     margin = float(forest.decision_function(features.loc[["x"]].to_numpy())[0])
     assert finding.score == pytest.approx(round(0.3 * min(-margin / 0.15, 1.0), 4))
     assert all(f.score <= finding.score for f in found.values())
+
+
+def test_input_rhythm_a_laptop_that_turns_remote_is_judged_on_its_recent_windows() -> None:
+    windows = [make_record("x", 5 * k, input=user_input(**(REMOTE if k >= 24 else {}))) for k in range(36)]
+    finding = run(InputRhythmDetector, _fleet(windows))["x"]
+    assert finding.evidence["remote_like_share"] == pytest.approx(12 / 36, abs=1e-3)
+    assert finding.evidence["recent_remote_like_share"] == pytest.approx(12 / 18, abs=1e-3)
+    assert finding.score == pytest.approx(0.85)  # (2/3 - 0.1) / 0.4 > 1
+    assert "67% since" in finding.summary
