@@ -6,7 +6,8 @@ injected input during the session) rather than controlling something else (an em
 their own desktop: outbound only, local input); the registry country of a direct peer (a relay's
 says nothing about the operator); a first-seen tool (Elastic's "First Time Seen
 Remote Monitoring and Management Tool" new-terms idea); several vendors on one host (Elastic's
-"Multiple Remote Management Tool Vendors on Same Host"); sessions outside the employee's hours.
+"Multiple Remote Management Tool Vendors on Same Host"); sessions outside the employee's hours. Inbound RDP/VNC sessions (the OS's own remote desktop)
+count as a tool named after their kind.
 A tool the roster approves for the device (the helpdesk's) scores a quarter as much.
 """
 
@@ -34,7 +35,8 @@ DISPLAY_NAMES = {
     "screenconnect": "ScreenConnect",
     "splashtop": "Splashtop",
     "xrdp": "xrdp",
-    "rdp": "Remote Desktop",
+    "rdp": "Remote Desktop (RDP)",
+    "x11": "X11 forwarding",
 }
 
 
@@ -88,7 +90,7 @@ class RemoteAccessDetector(Detector):
         self.baseline_hours = baseline_hours
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
-        tools = frames.tools
+        tools = pd.concat([frames.tools, _session_rows(frames)], ignore_index=True)
         if tools.empty:
             return []
         reports = frames.reports
@@ -175,3 +177,17 @@ class RemoteAccessDetector(Detector):
         }
         span = live if len(live) else used
         return self.finding(device, score, summary, evidence, span["time"].min(), span["time"].max())
+
+
+def _session_rows(frames: Frames) -> pd.DataFrame:
+    """Inbound RDP/VNC/X11 sessions from another machine, shaped like tool connections (the
+    operating system's own remote desktop is remote-access software too; ``approved_tools`` may
+    name ``rdp``). SSH is left out: developers reach their laptops over SSH without driving the
+    screen, and session_distance still weighs a far SSH peer."""
+    sessions = frames.sessions
+    remote = sessions[sessions["remote_ip"].notna() & sessions["kind"].isin(["rdp", "vnc", "x11"])]
+    return pd.DataFrame({
+        "rec": remote["rec"], "tool": remote["kind"], "process": None, "remote_ip": remote["remote_ip"],
+        "direction": "inbound", "state": "ESTABLISHED", "min_rtt_ms": remote["min_rtt_ms"],
+        "device_id": remote["device_id"], "live": True,
+    })

@@ -69,3 +69,14 @@ def test_first_seen_tool_and_several_vendors_add_up() -> None:
 
 def test_no_tools_no_finding() -> None:
     assert _finding([make_record("d4", 0, remote_access=[], input=user_input())]) == []
+
+
+def test_inbound_rdp_session_counts_as_remote_access() -> None:
+    rdp = [{"kind": "rdp", "user": "u", "remote_ip": "10.8.0.2", "rtt_ms": 190.0, "min_rtt_ms": 185.0}]
+    records = [make_record("d6", 5 * k, sessions=rdp, input=user_input()) for k in range(2)]
+    [finding] = _finding(records, [roster_entry("d6")])
+    assert finding.evidence["tool"] == "rdp" and finding.evidence["path"] == "direct inbound peer"
+    assert finding.score == pytest.approx(0.55)  # a VPN address: not public, no country
+    assert "Remote Desktop (RDP)" in finding.summary
+    ssh = [{**rdp[0], "kind": "ssh"}]
+    assert _finding([make_record("d7", 0, sessions=ssh)], [roster_entry("d7")]) == []
