@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# Columns of the one-row-per-record table, by source: (column, section, field).
+# The fields detectors read, by report section (everything else in a record is skipped).
 _HOST = ("timezone", "utc_offset_minutes", "locale")
 _INPUT = (
     "active_seconds",
@@ -91,8 +91,8 @@ def paused_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector for a bulk step.
 
     Millions of small containers (parsed records, then the strings in object columns) make the
-    collector rescan the whole heap again and again; nothing here forms reference cycles, so
-    reference counting frees everything anyway.
+    collector rescan the whole heap again and again; records form no reference cycles, so reference
+    counting frees them, and anything cyclic left by the step is collected once it ends.
     """
     collecting = gc.isenabled()
     gc.disable()
