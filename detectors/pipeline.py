@@ -27,9 +27,19 @@ def score(
     now: datetime,
     config: DetectionConfig | None = None,
 ) -> list[Verdict]:
-    """One :class:`Verdict` per device in ``records`` (any order), sorted by device id."""
+    """One :class:`Verdict` per device in ``records`` (any order), sorted by device id.
+
+    Raises ValueError for a naive ``now`` or a config naming unknown detectors or parameters
+    (checked before any record is read), and RecordError for a record it cannot use."""
+    _check_now(now)
+    check_config(config or DetectionConfig())
     with paused_gc():
         return score_frames(flatten(records), roster, anchors, now, config)
+
+
+def _check_now(now: datetime) -> None:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
 
 
 def check_config(config: DetectionConfig) -> None:
@@ -53,15 +63,14 @@ def score_frames(
 ) -> list[Verdict]:
     """:func:`score` over records already flattened."""
     config = config or DetectionConfig()
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware (UTC)")
+    _check_now(now)
+    check_config(config)
     context = Context(
         roster={entry.device_id: entry for entry in roster},
         anchors={anchor.name: anchor for anchor in anchors},
         now=now.astimezone(timezone.utc),
         config=config,
     )
-    check_config(config)
     by_device: dict[str, list[Finding]] = defaultdict(list)
     for name, kind in REGISTRY.items():
         params = config.params(name)
