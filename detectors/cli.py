@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 
 from farmwatch.contract import to_wire
+from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import RecordError
 from farmwatch.detectors.pipeline import score
 from farmwatch.roster import TableError, load_anchors, load_roster
@@ -24,7 +26,8 @@ The collector serves verdicts computed by the same code."""
 
 EPILOG = """\
 example:
-  farmwatch-detect records.jsonl --roster roster.csv --anchors anchors.csv --out verdicts.jsonl
+  farmwatch-detect records.jsonl --roster roster.csv --anchors anchors.csv --out verdicts.jsonl \
+      --corporate-network 198.51.100.0/24
 exit status: 0 scored; 2 bad input (the message names the file and line)."""
 
 
@@ -43,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, metavar="FILE", help="write verdicts here instead of stdout")
     parser.add_argument("--now", metavar="TIME",
                         help="score as of this RFC 3339 time (default: the current time)")
+    parser.add_argument("--corporate-network", action="append", default=[], metavar="CIDR", type=_cidr,
+                        help="the company's own egress range (offices, corporate VPN), as in the collector's "
+                             "[geo] corporate_networks; repeat for several")
     return parser.parse_args(argv)
 
 
@@ -65,6 +71,13 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address range such as 198.51.100.0/24: {text!r}") from None
+
+
 def _now(text: str | None) -> datetime:
     if text is None:
         return datetime.now(timezone.utc)
@@ -83,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         now = _now(args.now)
         roster = load_roster(args.roster)
         anchors = load_anchors(args.anchors) if args.anchors else []
-        verdicts = score(read_records(args.records), roster, anchors, now)
+        config = DetectionConfig(corporate_networks=tuple(args.corporate_network))
+        verdicts = score(read_records(args.records), roster, anchors, now, config)
     except (RecordError, TableError) as problem:
         print(f"farmwatch-detect: {problem}", file=sys.stderr)
         return 2

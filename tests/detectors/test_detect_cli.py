@@ -83,7 +83,29 @@ def test_help_explains_the_command() -> None:
     assert "--roster" in done.stdout and "one verdict per device" in done.stdout
 
 
-@pytest.mark.parametrize(("now", "message"), [("tomorrow", "not an RFC 3339 time"), ("2026-11-25T04:00:00", "needs a time zone")])
+@pytest.mark.parametrize(("now", "message"), [
+    ("tomorrow", "not an RFC 3339 time"), ("2026-11-25T04:00:00", "needs a time zone")])
 def test_now_must_be_an_rfc3339_time(now: str, message: str) -> None:
     done = _detect(EXAMPLES / "records.jsonl", "--roster", EXAMPLES / "roster.csv", "--now", now)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_corporate_networks_are_not_colocation(tmp_path: Path) -> None:
+    """Three employees behind the office egress are colleagues, once the office range is named."""
+    from detector_records import make_record
+
+    office_egress = {"source_ip": "198.51.100.20", "geo": {"network_kind": "residential"}}
+    lines = [json.dumps(make_record(d, 60 * h, seq=h + 1, **office_egress)) for d in ("a", "b", "c") for h in range(6)]
+    records = tmp_path / "records.jsonl"
+    records.write_text("\n".join(lines) + "\n")
+    roster = tmp_path / "roster.csv"
+    roster.write_text("device_id,employee_id,country,city,latitude,longitude,timezone,approved_tools\n"
+                      + "".join(f"{d},E{d},US,,,,America/Chicago,\n" for d in "abc"))
+    office = _detect(records, "--roster", roster, "--corporate-network", "198.51.100.0/24")
+    unknown = _detect(records, "--roster", roster)
+    assert office.returncode == unknown.returncode == 0
+    lines = (office.stdout + unknown.stdout).splitlines()
+    detectors = [{f["detector"] for f in json.loads(line)["findings"]} for line in lines]
+    assert detectors == [set(), set(), set(), {"colocation"}, {"colocation"}, {"colocation"}]
+    bad = _detect(records, "--roster", roster, "--corporate-network", "office")
+    assert bad.returncode == 2 and "--corporate-network" in bad.stderr
