@@ -34,7 +34,7 @@ class InputRhythmDetector(Detector):
     def __init__(self, burst_fraction: float = 0.06, key_p10_ms: float = 15.0, mouse_rate_hz: float = 45.0,
                  jump_fraction: float = 0.015, min_key_events: int = 40, min_windows: int = 12,
                  odd_features: int = 2, top_score: float = 0.85, injected_score: float = 0.35,
-                 virtual_score: float = 0.4, fleet_mads: float = 3.0) -> None:
+                 virtual_score: float = 0.4, fleet_mads: float = 3.0, min_fleet: int = 20) -> None:
         self.burst_fraction = burst_fraction
         self.key_p10_ms = key_p10_ms
         self.mouse_rate_hz = mouse_rate_hz
@@ -46,10 +46,13 @@ class InputRhythmDetector(Detector):
         self.injected_score = injected_score
         self.virtual_score = virtual_score
         self.fleet_mads = fleet_mads
+        self.min_fleet = min_fleet
 
     def fit(self, frames: Frames, context: Context) -> InputRhythmDetector:
         """Learn the fleet's spread; a window is odd only beyond both the physical and fleet limits."""
         typed = frames.reports[frames.reports["key_events"].fillna(0) >= self.min_key_events]
+        if typed["device_id"].nunique() < self.min_fleet:
+            typed = typed.iloc[0:0]  # too few devices to call anything "the fleet": physics only
         k = self.fleet_mads
         self.thresholds_ = {
             "burst": max(self.burst_fraction, _robust_bound(typed["key_burst_fraction"], k)),

@@ -116,3 +116,13 @@ def test_input_rhythm_a_laptop_that_turns_remote_is_judged_on_its_recent_windows
     assert finding.evidence["recent_remote_like_share"] == pytest.approx(12 / 18, abs=1e-3)
     assert finding.score == pytest.approx(0.85)  # (2/3 - 0.1) / 0.4 > 1
     assert "67% since" in finding.summary
+
+
+def test_input_rhythm_fleet_baseline_needs_a_fleet() -> None:
+    """A fleet of trackpads at ~40 Hz moves the mouse-rate bound; two devices are no fleet."""
+    timing = {"key_burst_fraction": 0.07}
+    slow = [make_record(f"t{n:02}", 5 * k, input=user_input(mouse_rate_hz_median=40.0 + n % 3, **timing))
+            for n in range(25) for k in range(12)]
+    assert run(InputRhythmDetector, slow) == {}  # the whole fleet types like this: nobody stands out
+    few = run(InputRhythmDetector, slow[:24])  # two devices: physical thresholds apply
+    assert set(few) == {"t00", "t01"}
