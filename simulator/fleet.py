@@ -1,8 +1,9 @@
 """The simulated company: employees with the confounders real fleets have, and laptop farms of every kind.
 
 Each device gets a profile (who really holds it, where it is, how it is driven). ``make_fleet`` is
-deterministic for a seed. Kinds and their share follow the issue's list; farm behaviours follow the
-public cases (DOJ 2024-2025, Microsoft Jasper Sleet, Mandiant UNC5267) summarised in signals.md.
+deterministic for a seed. The kinds are the issue's list; their shares are our illustrative choice
+(no public base rates exist). Farm behaviours follow the public cases (DOJ 2024-2025, Microsoft
+Jasper Sleet, Mandiant UNC5267) summarised in signals.md.
 """
 
 from __future__ import annotations
