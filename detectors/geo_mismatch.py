@@ -19,7 +19,7 @@ OPERATOR_VPNS = frozenset({"astrill"})
 
 
 class GeoMismatchDetector(Detector):
-    """Egress from the wrong country, country hops faster than travel, and anonymising exits.
+    """Egress from the wrong country, country hops faster than travel, anonymising or unclassified exits.
 
     A week abroad fills a 72-hour lookback with foreign egress, so the country alone stays below
     the review threshold; it needs another signal to matter."""
@@ -29,12 +29,14 @@ class GeoMismatchDetector(Detector):
     attack = "T1133"
 
     def __init__(self, country_score: float = 0.45, anonymiser_score: float = 0.45,
-                 operator_vpn_score: float = 0.5, hop_score: float = 0.25, hop_hours: float = 1.0) -> None:
+                 operator_vpn_score: float = 0.5, hop_score: float = 0.25, hop_hours: float = 1.0,
+                 unknown_score: float = 0.1) -> None:
         self.country_score = country_score
         self.anonymiser_score = anonymiser_score
         self.operator_vpn_score = operator_vpn_score
         self.hop_score = hop_score
         self.hop_hours = hop_hours
+        self.unknown_score = unknown_score
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
@@ -63,6 +65,15 @@ class GeoMismatchDetector(Detector):
                 evidence.update(anonymiser_share=share,
                                 anonymiser_networks=sorted(rows.loc[anonymised, "asn_org"].dropna().unique())[:5])
                 sentences.append(f"exited through a VPN or hosting network in {share:.0%} of reports")
+            # A network the geo database knows (an ASN) but cannot classify: weak, and only when it
+            # is where the laptop usually is.
+            unclassified = rows["network_kind"].eq("unknown") & rows["asn"].notna()
+            if unclassified.mean() >= 0.5:
+                share = float(unclassified.mean())
+                parts["unknown_network"] = self.unknown_score * share
+                evidence.update(unknown_share=share,
+                                unknown_networks=sorted(rows.loc[unclassified, "asn_org"].dropna().unique())[:5])
+                sentences.append(f"left through a network of unknown kind in {share:.0%} of reports")
             products = sorted({str(p).lower() for p in rows["vpn_product"].dropna()} & OPERATOR_VPNS)
             if products:
                 parts["operator_vpn"] = self.operator_vpn_score
@@ -88,6 +99,7 @@ class GeoMismatchDetector(Detector):
         odd = (
             (country.notna() & home.notna() & (country != home))
             | outside["network_kind"].isin(["vpn", "hosting"])
+            | (outside["network_kind"].eq("unknown") & outside["asn"].notna())
             | outside["vpn_product"].str.lower().isin(OPERATOR_VPNS)
             | (country.notna() & (country != country.shift()) & (outside["device_id"] == outside["device_id"].shift()))
         )

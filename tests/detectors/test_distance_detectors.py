@@ -141,3 +141,11 @@ def test_colocation_part_time_neighbours_are_discounted() -> None:
     found = run(ColocationDetector, records, [roster_entry(d) for d in "abc"])
     assert found["a"].evidence["persistence"] == 0.25
     assert found["a"].score == pytest.approx(0.55 * 0.25 / 0.8, abs=1e-4)  # full weight needs 80 % persistence
+
+
+def test_geo_mismatch_unclassified_network_is_weak_and_needs_an_asn() -> None:
+    known = [make_record("d1", 5 * k, geo={"network_kind": "unknown", "asn_org": "Tiny ISP"}) for k in range(4)]
+    finding = run(GeoMismatchDetector, known, [roster_entry("d1")])["d1"]
+    assert finding.score == pytest.approx(0.1) and finding.evidence["unknown_networks"] == ["Tiny ISP"]
+    no_asn = [make_record("d2", 5 * k, geo={"network_kind": "unknown", "asn": None}) for k in range(4)]
+    assert run(GeoMismatchDetector, no_asn, [roster_entry("d2")]) == {}
