@@ -131,17 +131,23 @@ class RemoteAccessDetector(Detector):
         foreign = [c for c in countries if entry is not None and entry.country and c != entry.country]
         live_recs = live.drop_duplicates("rec")
         injected_share = float(live_recs["injected"].mean()) if len(live_recs) else 0.0
-        controlled = bool(len(inbound)) or injected_share > 0.0
-        local = local_times(live_recs["time"], entry.timezone if entry else None)
-        outside_share = float(outside_working_time(local).mean()) if len(live_recs) else 0.0
+        # Reports in which the laptop was being driven: an inbound peer, or injected input.
+        driven = live_recs[live_recs["injected"] | live_recs["rec"].isin(inbound["rec"])]
+        controlled = not driven.empty
+        # Whose hours: the driven reports when there are any (an idle relay link runs all day).
+        timed = driven if controlled else live_recs
+        local = local_times(timed["time"], entry.timezone if entry else None)
+        outside_share = float(outside_working_time(local).mean()) if len(timed) else 0.0
         new_tool = used["time"].min() - device_start >= pd.Timedelta(hours=self.baseline_hours)
 
         if live.empty:
             score, what = self.running, "ran without a live session"
         elif controlled:
-            score, what = self.controlled_session, "held a live session controlling this laptop"
+            score = self.controlled_session
+            what = (f"held live connections in {len(live_recs)} report(s) and drove this laptop (inbound peer or "
+                    f"injected input) in {len(driven)}")
         else:
-            score, what = self.outbound_session, "held a live outbound session"
+            score, what = self.outbound_session, f"held a live outbound session in {len(live_recs)} report(s)"
         if len(live):
             score += self.public_inbound * bool(public_inbound)
             score += self.foreign_peer * bool(foreign)
@@ -153,10 +159,9 @@ class RemoteAccessDetector(Detector):
         path = "direct inbound peer" if len(inbound) else ("relay or outbound peer" if len(live) else "none")
         summary = (
             f"{'Approved' if approved else 'Unapproved'} remote-access tool {shown} ({tool}) {what}"
-            f" in {len(live_recs)} report(s)"
             + (f", {len(public_inbound)} public inbound peer(s)" if public_inbound else "")
             + (f" registered in {', '.join(countries)}" if countries else "")
-            + (f", {outside_share:.0%} outside working hours" if len(live_recs) else "")
+            + (f", {outside_share:.0%} of them outside working hours" if len(timed) else "")
             + "."
         )
         evidence = {
@@ -165,6 +170,7 @@ class RemoteAccessDetector(Detector):
             "process": process,
             "approved": approved,
             "session_reports": len(live_recs),
+            "driven_reports": len(driven),
             "path": path,
             "inbound_peers": sorted(map(str, inbound["remote_ip"].unique()))[:5],
             "inbound_peer_countries": countries,

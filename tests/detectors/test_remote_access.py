@@ -26,6 +26,7 @@ def test_inbound_public_session_with_injected_input_names_the_tool() -> None:
     assert finding.evidence["path"] == "direct inbound peer"
     assert finding.evidence["inbound_peers"] == ["175.45.176.71"]
     assert finding.evidence["injected_share_in_session"] == 1.0
+    assert (finding.evidence["session_reports"], finding.evidence["driven_reports"]) == (1, 1)
     assert finding.severity == "high"
 
 
@@ -40,6 +41,7 @@ def test_outbound_only_session_scores_low_and_approval_lowers_it(approved, expec
     assert finding.score == pytest.approx(expected)
     assert finding.evidence["approved"] == bool(approved)
     assert finding.evidence["path"] == "relay or outbound peer"
+    assert finding.evidence["driven_reports"] == 0 and "live outbound session in 1 report(s)" in finding.summary
 
 
 @pytest.mark.parametrize(("peer", "countries", "expected"), [
