@@ -161,7 +161,7 @@ class RemoteAccessDetector(Detector):
             f"{'Approved' if approved else 'Unapproved'} remote-access tool {shown} ({tool}) {what}"
             + (f", {len(public_inbound)} public inbound peer(s)" if public_inbound else "")
             + (f" registered in {', '.join(countries)}" if countries else "")
-            + (f", {outside_share:.0%} of them outside working hours" if len(timed) else "")
+            + (f"; {outside_share:.0%} of those reports fell outside working hours" if len(timed) else "")
             + "."
         )
         evidence = {
