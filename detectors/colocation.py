@@ -60,7 +60,7 @@ class ColocationDetector(Detector):
         self.max_score = max_score
 
     def _sightings(self, frames: Frames, context: Context) -> pd.DataFrame:
-        """(kind, key, device, hour) for every network identity seen outside company networks."""
+        """(kind, key code, device, hour) for every network identity seen outside company networks."""
         reports = frames.reports[~corporate_mask(frames, context.config.corporate_networks)]
         mobile = reports["network_kind"].eq("mobile").to_numpy()
         devices, hours = reports["device_id"].to_numpy(), reports["hour"].to_numpy()
@@ -71,9 +71,13 @@ class ColocationDetector(Detector):
         )
         rows = []
         for kind, keys in keyed:
-            part = pd.DataFrame({"kind": kind, "key": keys, "device_id": devices, "hour": hours})
-            rows.append(part[part["key"].notna()])
-        return pd.concat(rows, ignore_index=True).drop_duplicates()
+            # Integer codes instead of 64-character hashes: the joins below then run on numbers.
+            codes = pd.factorize(keys, use_na_sentinel=True)[0]
+            part = pd.DataFrame({"kind": kind, "key": codes, "device_id": devices, "hour": hours})
+            rows.append(part[codes >= 0])
+        seen = pd.concat(rows, ignore_index=True)
+        seen["kind"] = seen["kind"].astype("category")
+        return seen.drop_duplicates()
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         seen = self._sightings(frames, context)
