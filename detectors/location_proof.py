@@ -44,18 +44,25 @@ class LocationProofDetector(Detector):
         probes = frames.probes
         if probes.empty or not context.anchors:
             return []
-        probes = probes[probes["rtt_min_ms"].notna() & probes["target"].isin(list(context.anchors))].copy()
         claimed = {d: e for d, e in context.roster.items() if e.latitude is not None and e.longitude is not None}
-        probes = probes[probes["device_id"].isin(list(claimed))]
+        # Coordinates per device and per anchor, spread to the probe rows by integer codes
+        # (millions of rows: no per-row string lookups).
+        devices, names = pd.factorize(frames.reports["device_id"])
+        device_place = np.array([(claimed[n].latitude, claimed[n].longitude) if n in claimed else (np.nan, np.nan)
+                                 for n in names], dtype=float).reshape(-1, 2)
+        targets, anchor_names = pd.factorize(probes["target"])
+        anchors = context.anchors
+        anchor_place = np.array([(anchors[n].latitude, anchors[n].longitude) if n in anchors else (np.nan, np.nan)
+                                 for n in anchor_names], dtype=float).reshape(-1, 2)
+        claim = device_place[devices[probes["rec"].to_numpy()]] if len(names) else np.empty((0, 2))
+        anchor = anchor_place[targets] if len(anchor_names) else np.empty((len(probes), 2))
+        usable = (probes["rtt_min_ms"].notna().to_numpy() & ~np.isnan(claim[:, 0]) & ~np.isnan(anchor[:, 0])
+                  & (targets >= 0))
+        probes = probes[usable].copy()
         if probes.empty:
             return []
-        anchors = context.anchors
-        claim_km = great_circle_km(
-            probes["device_id"].map({d: e.latitude for d, e in claimed.items()}).to_numpy(dtype=float),
-            probes["device_id"].map({d: e.longitude for d, e in claimed.items()}).to_numpy(dtype=float),
-            probes["target"].map({n: a.latitude for n, a in anchors.items()}).to_numpy(dtype=float),
-            probes["target"].map({n: a.longitude for n, a in anchors.items()}).to_numpy(dtype=float),
-        )
+        claim, anchor = claim[usable], anchor[usable]
+        claim_km = great_circle_km(claim[:, 0], claim[:, 1], anchor[:, 0], anchor[:, 1])
         probes["claim_km"] = claim_km
         probes["bound_km"] = max_distance_km(probes["rtt_min_ms"].to_numpy())
         probes["violation_km"] = probes["claim_km"] - probes["bound_km"] - self.slack_km
