@@ -4,8 +4,9 @@ Every report carries ``seq`` (+1 per report) and the agent spools until the coll
 healthy device's sequence has no holes and never goes back (design README, security model). A
 reset means the agent's state was wiped or copied; holes mean reports were removed from the spool;
 a device that stops reporting while the fleet reports, or an always-on laptop that goes quiet for
-hours, may have had its agent stopped (agents get stopped on farms). One device id seen from two hardware ids (when the record carries
-``hardware_id``; unknown counts as absent) means a token was copied to another machine.
+hours, may have had its agent stopped (agents get stopped on farms). One device id seen from two
+hardware ids (when the record carries ``hardware_id``; unknown counts as absent) means a token was
+copied to another machine.
 """
 
 from __future__ import annotations

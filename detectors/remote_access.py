@@ -4,11 +4,11 @@ Reads the ``tools`` frame (one row per connection of a catalogued tool) and scor
 tool: a live (ESTABLISHED) connection; whether the laptop is being *controlled* (an inbound peer or
 injected input during the session) rather than controlling something else (an employee reaching
 their own desktop: outbound only, local input); the registry country of a direct peer (a relay's
-says nothing about the operator); a first-seen tool (Elastic's "First Time Seen
-Remote Monitoring and Management Tool" new-terms idea); several vendors on one host (Elastic's
-"Multiple Remote Management Tool Vendors on Same Host"); sessions outside the employee's hours. Inbound RDP/VNC sessions (the OS's own remote desktop)
-count as a tool named after their kind.
-A tool the roster approves for the device (the helpdesk's) scores a quarter as much.
+says nothing about the operator); a first-seen tool (Elastic's "First Time Seen Remote Monitoring
+and Management Tool" new-terms idea); several vendors on one host (Elastic's "Multiple Remote
+Management Tool Vendors on Same Host"); sessions outside the employee's hours. Inbound RDP/VNC
+sessions (the OS's own remote desktop) count as a tool named after their kind. A tool the roster
+approves for the device (the helpdesk's) scores a quarter as much.
 """
 
 from __future__ import annotations
