@@ -258,10 +258,12 @@ def _local_stats(device: Device, rng: np.random.Generator) -> tuple[float, float
     rate = max(20.0, rng.normal(device.mouse_rate, 8))
     jump = abs(rng.normal(0.002, 0.0012))
     stray = rng.random()
-    if stray < 0.02:
+    if stray < 0.02:  # key chords and games bunch keys; a laggy Bluetooth mouse reports slowly
         burst = rng.uniform(0.06, 0.12)
     elif stray < 0.04:
         rate = rng.uniform(30, 45)
+    elif stray < 0.05:  # both at once: a window that looks remote although hands are on the keys
+        burst, rate = rng.uniform(0.06, 0.12), rng.uniform(30, 45)
     return p10, burst, rate, jump
 
 
