@@ -130,3 +130,12 @@ def test_strict_types_are_rejected_by_schema_and_model() -> None:
         jsonschema.validate(report, schema)
     with pytest.raises(ValueError, match="seq"):
         Report.model_validate_json(json.dumps(report))
+
+
+def test_shipped_example_fleet_validates_and_matches_the_design_copy() -> None:
+    fleet = Path(__file__).resolve().parent / "fixtures" / "example_fleet"
+    records = [IngestRecord.model_validate_json(line) for line in (fleet / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and load_roster(fleet / "roster.csv") and load_anchors(fleet / "anchors.csv")
+    if SHARED.is_dir():
+        for name in ("records.jsonl", "roster.csv", "anchors.csv"):
+            assert (fleet / name).read_bytes() == (SHARED / name).read_bytes(), f"{name} drifted from the design"

@@ -1,4 +1,4 @@
-"""farmwatch-detect as operators run it: a real process over the shared example export."""
+"""farmwatch-detect as operators run it: a real process over the example export (tests/fixtures/example_fleet)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from farmwatch.contract import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT.parent / "shared" / "examples"
+EXAMPLES = ROOT / "tests" / "fixtures" / "example_fleet"
 DETECT = Path(sys.executable).with_name("farmwatch-detect")
 
 
