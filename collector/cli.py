@@ -18,6 +18,7 @@ from pathlib import Path
 from farmwatch.collector.config import ConfigError, load_config
 from farmwatch.collector.storage import Storage, StoreError
 from farmwatch.roster import TableError, load_anchors, load_roster
+from farmwatch.times import parse_utc
 
 DEFAULT_DB = "sqlite:///farmwatch.db"
 
@@ -197,12 +198,9 @@ def _write_lines(lines: Iterable[str], out: Path | None) -> int:
 
 def _parse_time(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise CommandError(f"--since {text!r} is not an RFC 3339 time such as 2026-11-28T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise CommandError(f"--since {text!r} has no time zone; add Z for UTC")
-    return moment.astimezone(timezone.utc)
+        return parse_utc(text)
+    except ValueError as problem:
+        raise CommandError(f"--since {problem}") from None
 
 
 def _import_table(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import RecordError
 from farmwatch.detectors.pipeline import score
 from farmwatch.roster import TableError, load_anchors, load_roster
+from farmwatch.times import parse_utc
 
 DESCRIPTION = """\
 Score an export of ingest records (what `farmwatch-collector export` writes: one JSON object per
@@ -82,12 +83,9 @@ def _now(text: str | None) -> datetime:
     if text is None:
         return datetime.now(timezone.utc)
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise RecordError(f"--now: not an RFC 3339 time: {text!r}") from None
-    if moment.tzinfo is None:
-        raise RecordError(f"--now: needs a time zone, e.g. {text}Z")
-    return moment
+        return parse_utc(text)
+    except ValueError as problem:
+        raise RecordError(f"--now: {problem}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

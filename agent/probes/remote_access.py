@@ -10,7 +10,6 @@ the tool listens on, else ``outbound`` (a relay or the vendor's rendezvous servi
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections import defaultdict
@@ -23,7 +22,7 @@ import psutil
 
 from farmwatch.contract import Connection, RemoteAccessTool
 
-from ..tcpinfo import Pair, RttPair, RttUnavailable, tcp_rtts
+from ..tcpinfo import Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
 from .base import Probe
 
 
@@ -53,19 +52,12 @@ class Socket(NamedTuple):
     state: str
 
 
-def _plain_ip(address: str) -> str:
-    """``::ffff:10.0.0.1`` → ``10.0.0.1``: dual-stack sockets show IPv4 peers in mapped form."""
-    parsed = ipaddress.ip_address(address.split("%")[0])
-    mapped = getattr(parsed, "ipv4_mapped", None)
-    return str(mapped or parsed)
-
-
 def _socket(conn: Any) -> Socket:
     remote = conn.raddr or None
     return Socket(
-        local_ip=_plain_ip(conn.laddr.ip),
+        local_ip=normalize_ip(conn.laddr.ip),
         local_port=conn.laddr.port,
-        remote_ip=_plain_ip(remote.ip) if remote else None,
+        remote_ip=normalize_ip(remote.ip) if remote else None,
         remote_port=remote.port if remote else None,
         state=conn.status,
     )

@@ -84,7 +84,7 @@ def test_help_explains_the_command() -> None:
 
 
 @pytest.mark.parametrize(("now", "message"), [
-    ("tomorrow", "not an RFC 3339 time"), ("2026-11-25T04:00:00", "needs a time zone")])
+    ("tomorrow", "not an RFC 3339 time"), ("2026-11-25T04:00:00", "has no time zone; add Z for UTC")])
 def test_now_must_be_an_rfc3339_time(now: str, message: str) -> None:
     done = _detect(EXAMPLES / "records.jsonl", "--roster", EXAMPLES / "roster.csv", "--now", now)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
