@@ -4,9 +4,10 @@ The kernel keeps, per TCP socket, a smoothed RTT (``tcpi_rtt``) and the minimum 
 (``tcpi_min_rtt``), both in microseconds (``struct tcp_info``, include/uapi/linux/tcp.h). The
 minimum is the physics: light in fibre covers ~200 km per ms one way, so a round trip of r ms
 bounds the peer's distance to r x 100 km, and congestion only ever adds to it. ``ss -ti`` reads
-the same numbers through inet_diag (``INET_DIAG_INFO``); we ask netlink directly through pyroute2,
-which decodes ``tcp_info`` including ``tcpi_min_rtt``. An unprivileged process may dump every
-TCP socket of its network namespace with ``INET_DIAG_INFO``, so the default path needs no root.
+the same numbers through inet_diag (``INET_DIAG_INFO``); we send the same SOCK_DIAG_BY_FAMILY
+dump request and unpack the answer with :mod:`struct` (a netlink library cost the agent more
+memory than everything else it reads). An unprivileged process may dump every TCP socket of its
+network namespace with ``INET_DIAG_INFO``, so the default path needs no root.
 
 macOS exposes ``TCP_CONNECTION_INFO`` only for the caller's own sockets and Windows'
 ``GetPerTcpConnectionEStats`` needs administrator rights and per-connection enabling; neither is
@@ -16,11 +17,12 @@ implemented, and :func:`tcp_rtts` says so by raising :class:`RttUnavailable`.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 Pair = tuple[str, int, str, int]
 """(local_ip, local_port, remote_ip, remote_port) of one TCP connection."""
@@ -36,10 +38,42 @@ STATE_NAMES = {
     6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
 }
 ALL_STATES = sum(1 << state for state in STATE_NAMES)
-# Bit (INET_DIAG_INFO - 1) of idiag_ext asks for struct tcp_info (include/uapi/linux/inet_diag.h).
-_EXT_INFO = 1 << (2 - 1)
 # tcp_min_rtt() reports ~0U until the first RTT sample (include/net/tcp.h, lib/win_minmax.c).
 _NO_SAMPLE = 0xFFFFFFFF
+
+# Wire layouts, from the kernel's UAPI headers; all fields native-endian except where noted.
+# include/uapi/linux/netlink.h: struct nlmsghdr {u32 len; u16 type; u16 flags; u32 seq; u32 pid},
+# every message and attribute padded to 4 bytes; a dump ends with NLMSG_DONE, a refusal is
+# NLMSG_ERROR carrying a negative errno.
+_NETLINK_SOCK_DIAG = 4
+_NLMSG_HEADER = struct.Struct("=IHHII")
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_NLM_F_REQUEST = 0x01
+_NLM_F_DUMP = 0x100 | 0x200  # NLM_F_ROOT | NLM_F_MATCH
+_ERRNO = struct.Struct("=i")
+# include/uapi/linux/sock_diag.h
+_SOCK_DIAG_BY_FAMILY = 20
+# include/uapi/linux/inet_diag.h: struct inet_diag_req_v2 {u8 family, protocol, ext, pad;
+# u32 states; struct inet_diag_sockid id (48 bytes, all zero: no filter)}. Bit (INET_DIAG_INFO - 1)
+# of idiag_ext asks for struct tcp_info as an INET_DIAG_INFO attribute.
+_REQUEST = struct.Struct("=BBBxI48x")
+_INET_DIAG_INFO = 2
+# struct inet_diag_msg {u8 family, state, timer, retrans; struct inet_diag_sockid {__be16 sport,
+# dport; __be32 src[4], dst[4]; u32 if; u32 cookie[2]}; u32 expires, rqueue, wqueue, uid, inode}.
+_DIAG_HEAD = struct.Struct("=BBxx")
+_PORTS = struct.Struct("!HH")
+_DIAG_TAIL = struct.Struct("=12xII")  # after the 48-byte sockid: expires, rqueue, wqueue skipped
+_DIAG_MSG_SIZE = _DIAG_HEAD.size + 48 + _DIAG_TAIL.size
+# include/uapi/linux/rtnetlink.h: struct rtattr {u16 len; u16 type}; the top two type bits are flags.
+_RTATTR = struct.Struct("=HH")
+_RTATTR_TYPE_MASK = 0x3FFF
+# include/uapi/linux/tcp.h struct tcp_info: 8 one-byte fields, then u32 and u64 fields in order;
+# tcpi_rtt is the 15th u32, tcpi_min_rtt follows 24 u32, 4 u64 and 3 more u32 (kernels >= 4.6).
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_OFFSET = 8 + 15 * 4
+_TCPI_MIN_RTT_OFFSET = 8 + 24 * 4 + 4 * 8 + 3 * 4
+_RECV_BYTES = 64 * 1024  # the kernel sizes dump parts to at most 32 KiB
 
 
 class RttUnavailable(OSError):
@@ -80,23 +114,61 @@ def rtts_from_tcp_info(rtt_us: int, min_rtt_us: int) -> RttPair:
     return (rtt_us / 1000.0, min_rtt_us / 1000.0)
 
 
+def dump_request(family: int, states: int, seq: int) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for the TCP sockets of ``family`` in ``states``."""
+    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (_INET_DIAG_INFO - 1), states)
+    flags = _NLM_F_REQUEST | _NLM_F_DUMP
+    return _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
+
+
+def parse_dump_part(data: bytes) -> tuple[list[TcpSocket], bool]:
+    """The sockets in one datagram of a dump answer, and whether it ended the dump (NLMSG_DONE).
+
+    Raises :class:`OSError` with the kernel's errno for NLMSG_ERROR (or a failed dump's DONE), and
+    :class:`RttUnavailable` naming the offset for bytes that do not hold whole messages.
+    """
+    found: list[TcpSocket] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _NLMSG_HEADER.size:
+            raise _malformed(f"{len(data) - offset} bytes left at offset {offset}, too few for a nlmsghdr")
+        length, kind, _, _, _ = _NLMSG_HEADER.unpack_from(data, offset)
+        if length < _NLMSG_HEADER.size or offset + length > len(data):
+            raise _malformed(f"message at offset {offset} claims {length} bytes of the {len(data) - offset} left")
+        payload = data[offset + _NLMSG_HEADER.size:offset + length]
+        if kind == _NLMSG_ERROR:
+            errno = -_ERRNO.unpack_from(payload)[0] if len(payload) >= _ERRNO.size else 0
+            if errno <= 0:  # an acknowledgement, which a dump request does not ask for
+                raise _malformed(f"NLMSG_ERROR at offset {offset} carries no errno")
+            raise OSError(errno, os.strerror(errno))
+        if kind == _NLMSG_DONE:  # a dump that failed part-way puts its negative errno here
+            status = _ERRNO.unpack_from(payload)[0] if len(payload) >= _ERRNO.size else 0
+            if status < 0:
+                raise OSError(-status, os.strerror(-status))
+            return found, True
+        if kind == _SOCK_DIAG_BY_FAMILY:
+            found.append(_parse_diag_msg(payload, offset))
+        offset += _align(length)
+    return found, False
+
+
 def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform) -> list[TcpSocket]:
     """Every IPv4 and IPv6 TCP socket of this network namespace in ``states`` (a bit mask)."""
     if not platform.startswith("linux"):
         raise RttUnavailable(_UNSUPPORTED.get(platform, f"kernel TCP RTT is not read on {platform}"))
-    try:
-        from pyroute2 import DiagSocket
-    except ImportError as missing:
-        raise RttUnavailable(f"pyroute2 could not be imported ({missing}); kernel TCP RTTs unknown")
     found: list[TcpSocket] = []
     try:
-        with DiagSocket() as diag:
-            diag.bind()
-            for family in (socket.AF_INET, socket.AF_INET6):
-                for message in diag.get_sock_stats(family=family, states=states, extensions=_EXT_INFO):
-                    found.append(_from_message(message))
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
+            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
+                diag.sendto(dump_request(family, states, seq), (0, 0))
+                done = False
+                while not done:
+                    part, done = parse_dump_part(diag.recv(_RECV_BYTES))
+                    found.extend(part)
+    except RttUnavailable:
+        raise
     except OSError as failure:
-        raise RttUnavailable(f"NETLINK_SOCK_DIAG refused the TCP socket dump: {failure}")
+        raise RttUnavailable(f"NETLINK_SOCK_DIAG refused the TCP socket dump: {failure}") from failure
     return found
 
 
@@ -118,24 +190,60 @@ def _normal_pair(pair: Pair) -> Pair:
     return (normalize_ip(local_ip), int(local_port), normalize_ip(remote_ip), int(remote_port))
 
 
-def _from_message(message: Any) -> TcpSocket:
-    """A :class:`TcpSocket` from one decoded pyroute2 ``inet_diag_msg`` (untyped library object)."""
-    get = message.__getitem__
-    info = message.get_attr("INET_DIAG_INFO")
+def _parse_diag_msg(payload: bytes, at: int) -> TcpSocket:
+    """A :class:`TcpSocket` from one inet_diag_msg and its attributes (``at``: offset, for errors)."""
+    if len(payload) < _DIAG_MSG_SIZE:
+        raise _malformed(f"inet_diag_msg at offset {at} has {len(payload)} of {_DIAG_MSG_SIZE} bytes")
+    family, state = _DIAG_HEAD.unpack_from(payload)
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise _malformed(f"inet_diag_msg at offset {at} is of address family {family}")
+    sport, dport = _PORTS.unpack_from(payload, _DIAG_HEAD.size)
+    width = 4 if family == socket.AF_INET else 16
+    src = payload[_DIAG_HEAD.size + 4:_DIAG_HEAD.size + 4 + width]
+    dst = payload[_DIAG_HEAD.size + 20:_DIAG_HEAD.size + 20 + width]
+    uid, inode = _DIAG_TAIL.unpack_from(payload, _DIAG_HEAD.size + 48)
+    info = _attribute(payload, _DIAG_MSG_SIZE, _INET_DIAG_INFO, at)
     rtt: RttPair = (None, None)
     if info is not None:
-        rtt = rtts_from_tcp_info(info["tcpi_rtt"], info["tcpi_min_rtt"])
+        if len(info) < _TCPI_MIN_RTT_OFFSET + _TCPI_RTT.size:
+            raise _malformed(f"tcp_info at offset {at} has {len(info)} bytes, too few for tcpi_min_rtt")
+        rtt = rtts_from_tcp_info(_TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)[0],
+                                 _TCPI_RTT.unpack_from(info, _TCPI_MIN_RTT_OFFSET)[0])
     return TcpSocket(
-        local_ip=normalize_ip(get("idiag_src")),
-        local_port=get("idiag_sport"),
-        remote_ip=normalize_ip(get("idiag_dst")),
-        remote_port=get("idiag_dport"),
-        state=STATE_NAMES.get(get("idiag_state"), str(get("idiag_state"))),
-        uid=get("idiag_uid"),
-        inode=get("idiag_inode"),
+        local_ip=normalize_ip(socket.inet_ntop(family, src)),
+        local_port=sport,
+        remote_ip=normalize_ip(socket.inet_ntop(family, dst)),
+        remote_port=dport,
+        state=STATE_NAMES.get(state, str(state)),
+        uid=uid,
+        inode=inode,
         rtt_ms=rtt[0],
         min_rtt_ms=rtt[1],
     )
+
+
+def _attribute(payload: bytes, offset: int, wanted: int, at: int) -> bytes | None:
+    """The value of the first rtattr of type ``wanted`` from ``offset`` on, or None."""
+    while offset < len(payload):
+        if len(payload) - offset < _RTATTR.size:
+            raise _malformed(f"attribute at offset {at} + {offset} is cut short")
+        length, kind = _RTATTR.unpack_from(payload, offset)
+        if length < _RTATTR.size or offset + length > len(payload):
+            raise _malformed(f"attribute at offset {at} + {offset} claims {length} bytes of the "
+                             f"{len(payload) - offset} left")
+        if kind & _RTATTR_TYPE_MASK == wanted:
+            return payload[offset + _RTATTR.size:offset + length]
+        offset += _align(length)
+    return None
+
+
+def _align(length: int) -> int:
+    """NLMSG_ALIGN / RTA_ALIGN: netlink pads every message and attribute to 4 bytes."""
+    return (length + 3) & ~3
+
+
+def _malformed(where: str) -> RttUnavailable:
+    return RttUnavailable(f"NETLINK_SOCK_DIAG answer is malformed: {where}")
 
 
 _UNSUPPORTED = {

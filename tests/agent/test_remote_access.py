@@ -119,7 +119,6 @@ DROPPED_PRIVILEGES = """
 import json, os, sys
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.probes.remote_access import RemoteAccessProbe
-import farmwatch.agent.tcpinfo, pyroute2  # loaded while still root: the venv lives under /root
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody
 probe = RemoteAccessProbe(ProbeContext())
 tools = [t for t in probe.collect() if t.pid == int(sys.argv[1])]

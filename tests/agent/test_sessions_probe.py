@@ -41,7 +41,6 @@ while True:
 """
 COLLECT = """
 import json, os, sys
-import pyroute2.netlink.diag  # imported before dropping root: this interpreter lives under /root (0700)
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.probes.sessions import SessionsProbe
 probe = SessionsProbe(ProbeContext())

@@ -1,21 +1,34 @@
-"""farmwatch.agent.tcpinfo against real loopback TCP connections.
+"""farmwatch.agent.tcpinfo against real loopback TCP connections and captured netlink answers.
 
 The netlink answer is checked against the kernel's other door to the same numbers: the
 ``TCP_INFO`` socket option on our own socket (``struct tcp_info``, include/uapi/linux/tcp.h).
+The parser is also fed the kernel's own bytes (tests/fixtures/netlink/), whole, cut short and
+altered, since a hostile or buggy answer must become :class:`RttUnavailable`, not a crash.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from farmwatch.agent.tcpinfo import RttUnavailable, normalize_ip, rtts_from_tcp_info, tcp_rtts, tcp_sockets
+from farmwatch.agent.tcpinfo import (
+    RttUnavailable,
+    TcpSocket,
+    normalize_ip,
+    parse_dump_part,
+    rtts_from_tcp_info,
+    tcp_rtts,
+    tcp_sockets,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="NETLINK_SOCK_DIAG is Linux-only")
 
@@ -139,3 +152,104 @@ def test_other_systems_say_why_they_cannot(platform: str) -> None:
 )
 def test_address_spellings_are_normalized(given: str, normal: str) -> None:
     assert normalize_ip(given) == normal
+
+
+CAPTURED = Path(__file__).parents[1] / "fixtures" / "netlink"
+NLMSG_HEADER = struct.Struct("=IHHII")
+NLMSG_ERROR, NLMSG_DONE, SOCK_DIAG_BY_FAMILY = 2, 3, 20
+DIAG_MSG_SIZE = 72  # struct inet_diag_msg
+
+
+def _sock(local: tuple[str, int], remote: tuple[str, int], state: str, inode: int,
+          rtt: tuple[float | None, float | None]) -> TcpSocket:
+    return TcpSocket(local[0], local[1], remote[0], remote[1], state, 0, inode, *rtt)
+
+
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [
+        pytest.param("inet", [
+            _sock(("127.0.0.1", 40000), ("0.0.0.0", 0), "LISTEN", 209933, (None, None)),
+            _sock(("127.0.0.1", 40000), ("127.0.0.1", 50000), "ESTABLISHED", 209935, (0.018, 0.004)),
+            _sock(("127.0.0.1", 50000), ("127.0.0.1", 40000), "ESTABLISHED", 209934, (0.026, 0.009)),
+        ], id="ipv4"),
+        pytest.param("inet6", [
+            _sock(("::1", 40006), ("::", 0), "LISTEN", 209936, (None, None)),
+            _sock(("::1", 50006), ("::1", 40006), "ESTABLISHED", 209937, (0.013, 0.004)),
+            _sock(("::1", 40006), ("::1", 50006), "ESTABLISHED", 209938, (0.007, 0.004)),
+        ], id="ipv6"),
+    ],
+)
+def test_a_captured_multipart_dump_parses_to_its_sockets(family: str, expected: list[TcpSocket]) -> None:
+    sockets, done = parse_dump_part((CAPTURED / f"{family}.0.bin").read_bytes())
+    assert (sockets, done) == (expected, False)  # the sockets' part does not end the dump ...
+    assert parse_dump_part((CAPTURED / f"{family}.1.bin").read_bytes()) == ([], True)  # ... NLMSG_DONE does
+
+
+def test_a_live_dump_finds_a_new_loopback_connection_with_its_own_rtt() -> None:
+    with _connected(socket.AF_INET, "127.0.0.1") as client:
+        pair = _pair(client)
+        found = [s for s in tcp_sockets() if s.pair == pair]
+        _, own_min = _own_tcp_info(client)
+        assert len(found) == 1 and found[0].state == "ESTABLISHED" and found[0].uid == os.getuid()
+        assert found[0].rtt_ms is not None and 0 < found[0].rtt_ms < 1000  # loopback: well under a second
+        assert found[0].min_rtt_ms == own_min / 1000.0
+
+
+def _first_message() -> bytes:
+    data = (CAPTURED / "inet.0.bin").read_bytes()
+    return data[:NLMSG_HEADER.unpack_from(data)[0]]
+
+
+def _message(kind: int, payload: bytes) -> bytes:
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(payload), kind, 0, 1, 0) + payload
+
+
+def _with_attribute(length: int, kind: int, value: bytes) -> bytes:
+    """The captured first socket with its attributes replaced by one rtattr."""
+    diag_msg = _first_message()[NLMSG_HEADER.size:NLMSG_HEADER.size + DIAG_MSG_SIZE]
+    return _message(SOCK_DIAG_BY_FAMILY, diag_msg + struct.pack("=HH", length, kind) + value)
+
+
+def test_every_cut_of_a_real_answer_is_refused_or_a_prefix() -> None:
+    data = (CAPTURED / "inet.0.bin").read_bytes()
+    whole, _ = parse_dump_part(data)
+    refused = 0
+    for cut in range(len(data)):
+        try:
+            sockets, done = parse_dump_part(data[:cut])
+        except RttUnavailable as why:
+            assert "malformed" in str(why)
+            refused += 1
+        else:
+            assert not done and sockets == whole[:len(sockets)]
+    assert refused > len(data) - 4 * len(whole)  # only the few cuts at message boundaries parse
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        pytest.param(NLMSG_HEADER.pack(8, SOCK_DIAG_BY_FAMILY, 0, 1, 0), "claims 8 bytes", id="length-below-header"),
+        pytest.param(_message(SOCK_DIAG_BY_FAMILY, b"\0" * 40), "40 of 72 bytes", id="short-inet-diag-msg"),
+        pytest.param(_message(SOCK_DIAG_BY_FAMILY, b"\x01" + b"\0" * 71), "address family 1", id="unknown-family"),
+        pytest.param(_with_attribute(200, 2, b"\0" * 8), "claims 200 bytes", id="attribute-past-the-end"),
+        pytest.param(_with_attribute(2, 2, b""), "claims 2 bytes", id="attribute-shorter-than-its-header"),
+        pytest.param(_with_attribute(4 + 64, 2, b"\0" * 64), "too few for tcpi_min_rtt", id="short-tcp-info"),
+        pytest.param(_message(NLMSG_ERROR, struct.pack("=i", 0)), "carries no errno", id="error-without-errno"),
+    ],
+)
+def test_malformed_answers_are_refused_with_where(data: bytes, match: str) -> None:
+    with pytest.raises(RttUnavailable, match=match):
+        parse_dump_part(data)
+
+
+def test_an_attribute_other_than_tcp_info_is_skipped() -> None:
+    (sock,), done = parse_dump_part(_with_attribute(4 + 1, 8, b"\x03"))  # INET_DIAG_SHUTDOWN, padded
+    assert sock.pair == ("127.0.0.1", 40000, "0.0.0.0", 0) and sock.rtt_ms is None and not done
+
+
+@pytest.mark.parametrize("kind", [pytest.param(NLMSG_ERROR, id="error"), pytest.param(NLMSG_DONE, id="failed-dump")])
+def test_a_kernel_refusal_carries_its_errno(kind: int) -> None:
+    with pytest.raises(OSError) as refused:
+        parse_dump_part(_first_message() + _message(kind, struct.pack("=i", -errno.EPERM)))
+    assert refused.value.errno == errno.EPERM and not isinstance(refused.value, RttUnavailable)
