@@ -96,7 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="farmwatch-agent: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     try:
         settings = resolve(args)
         if args.command == "once" and args.print_only:

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from farmwatch.contract import Anchor
 
 from .errors import AgentError, CollectorRefused, CollectorUnavailable
+from .http_client import TRANSPORT_ERRORS, CollectorClient, Response
 from .state import Identity, StateDir
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 CONFIG_REFRESH_SECONDS = 3600.0
 
 
-def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def call(http: CollectorClient, method: str, path: str, **kwargs: Any) -> Response:
     """One request; an unreachable collector or a 5xx answer raises :class:`CollectorUnavailable`."""
     try:
         response = http.request(method, path, **kwargs)
-    except httpx.TransportError as failed:
+    except TRANSPORT_ERRORS as failed:
         reason = f"{type(failed).__name__}: {failed}"
         raise CollectorUnavailable(f"collector at {http.base_url} unreachable ({reason})") from failed
     if response.status_code >= 500:
@@ -65,7 +65,7 @@ class Enrollment:
 
     def __init__(
         self,
-        http: httpx.Client,
+        http: CollectorClient,
         state: StateDir,
         enroll_secret: str,
         hostname: str,
@@ -130,7 +130,7 @@ class Enrollment:
         self._config_stale = False
         return config
 
-    def _get_config(self, identity: Identity) -> httpx.Response:
+    def _get_config(self, identity: Identity) -> Response:
         return call(self.http, "GET", "/api/v1/config", headers=bearer(identity))
 
 

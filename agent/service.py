@@ -14,7 +14,6 @@ import threading
 import time
 from datetime import datetime
 
-import httpx
 from pydantic import ValidationError
 
 from farmwatch.contract import Verdict, to_wire
@@ -22,6 +21,7 @@ from farmwatch.contract import Verdict, to_wire
 from .enrollment import AgentConfig, Enrollment, bearer, call
 from .errors import AgentError, CollectorUnavailable
 from .hardware_id import hardware_id, os_machine_id
+from .http_client import CollectorClient
 from .probes.base import ProbeContext
 from .runner import Runner, utc_now
 from .settings import DEFAULT_INTERVAL_SECONDS, Settings
@@ -65,7 +65,7 @@ class Agent:
         self.state = StateDir(settings.state_dir)
         self.state.lock()
         self.spool = Spool(self.state.spool_dir, self.state.quarantine_dir)
-        self.http = httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_SECONDS, verify=settings.tls())
+        self.http = CollectorClient(url, HTTP_TIMEOUT_SECONDS, settings.tls())
         self.enrollment = Enrollment(
             self.http, self.state, secret, socket.gethostname(), hardware_id(machine), clock=self.context.clock
         )
@@ -74,7 +74,6 @@ class Agent:
 
     def close(self) -> None:
         self.runner.stop()
-        self.http.close()
 
     def _configure(self) -> None:
         """Enrol if needed and apply the collector's config (fetched at most hourly)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ssl
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,10 @@ class Settings:
             raise UsageError(f"the enrol secret file {self.enroll_secret_file} is empty")
         return secret
 
-    def tls(self) -> ssl.SSLContext | bool:
-        """How to check the collector's certificate: the configured CA, else the system's."""
+    def tls(self) -> ssl.SSLContext | None:
+        """How to check the collector's certificate: the configured CA, else (None) the system's."""
         if self.ca_file is None:
-            return True
+            return None
         try:
             return ssl.create_default_context(cafile=str(self.ca_file))
         except (OSError, ssl.SSLError) as failed:
@@ -71,8 +72,8 @@ class Settings:
         """The collector's base URL; required for every command but ``once --print``."""
         if not self.collector:
             raise UsageError("--collector URL is required (or use 'once --print' to only print a report)")
-        if not self.collector.startswith(("http://", "https://")):
-            raise UsageError(f"--collector must be an http:// or https:// URL, got {self.collector!r}")
+        if not self.collector.startswith(("http://", "https://")) or not urllib.parse.urlsplit(self.collector).hostname:
+            raise UsageError(f"--collector must be an http:// or https:// URL with a host, got {self.collector!r}")
         return self.collector.rstrip("/")
 
 

@@ -23,10 +23,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from .enrollment import Enrollment, bearer, call
 from .errors import AgentError
+from .http_client import CollectorClient, Response
 from .state import Identity, atomic_write
 
 log = logging.getLogger(__name__)
@@ -169,6 +168,6 @@ def _stamped(path: Path, device_id: str) -> bytes:
     return body
 
 
-def _post(http: httpx.Client, body: bytes, identity: Identity) -> httpx.Response:
+def _post(http: CollectorClient, body: bytes, identity: Identity) -> Response:
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", **bearer(identity)}
     return call(http, "POST", "/api/v1/reports", content=gzip.compress(body), headers=headers)

@@ -42,6 +42,8 @@ def test_every_command_explains_itself(argv: list[str], mentions: list[str]) -> 
     [pytest.param(["once", "--window", "0"], 64, "--collector URL is required", id="no-collector"),
      pytest.param(["once", "--collector", "ftp://x", "--enroll-secret-file", "/dev/null"], 64,
                   "http:// or https://", id="bad-url"),
+     pytest.param(["once", "--collector", "https://", "--enroll-secret-file", "/dev/null"], 64,
+                  "URL with a host", id="url-without-host"),
      pytest.param(["once", "--collector", "http://127.0.0.1:1"], 64, "--enroll-secret-file is required",
                   id="no-secret"),
      pytest.param(["once", "--collector", "http://127.0.0.1:1", "--enroll-secret-file", "/no/such/file"], 64,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from farmwatch.contract import Report
 
-COLLECTOR_ONLY = ["pandas", "sklearn", "fastapi", "sqlalchemy", "uvicorn"]
+COLLECTOR_ONLY = ["pandas", "sklearn", "fastapi", "sqlalchemy", "uvicorn", "httpx"]
 
 BLOCKING_LAUNCHER = """
 import importlib.abc, json, sys

@@ -10,13 +10,13 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 from collector_process import RunningCollector
 
 from farmwatch.agent.enrollment import CONFIG_REFRESH_SECONDS, Enrollment
 from farmwatch.agent.errors import CollectorRefused
 from farmwatch.agent.hardware_id import hardware_id
+from farmwatch.agent.http_client import CollectorClient
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.runner import Runner
 from farmwatch.agent.state import StateDir
@@ -39,7 +39,7 @@ class Clock:
 
 
 def enrollment(collector: RunningCollector, state: Path, clock: Clock, secret: str | None = None) -> Enrollment:
-    http = httpx.Client(base_url=collector.url, timeout=10)
+    http = CollectorClient(collector.url, timeout=10)
     return Enrollment(http, StateDir(state), secret or collector.enroll_secret, "test-host",
                       hardware_id("machine-under-test"), clock)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from certificates import self_signed
 from collector_helpers import serve_refusal
 from collector_process import SERVE, free_port
 
@@ -19,16 +20,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate"),
 ]
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-         "-subj", "/CN=farmwatch-test", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 def test_agent_reports_over_https(tmp_path: Path) -> None:
