@@ -35,7 +35,9 @@ def call(http: CollectorClient, method: str, path: str, **kwargs: Any) -> Respon
         reason = f"{type(failed).__name__}: {failed}"
         raise CollectorUnavailable(f"collector at {http.base_url} unreachable ({reason})") from failed
     if response.status_code >= 500:
-        raise CollectorUnavailable(f"collector at {http.base_url} answered {response.status_code} to {method} {path}")
+        raise CollectorUnavailable(
+            f"collector at {http.base_url} answered {response.status_code} to {method} {path}", response.status_code
+        )
     return response
 
 

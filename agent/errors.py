@@ -20,6 +20,10 @@ class CollectorUnavailable(AgentError):
 
     exit_code = 75
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of a 5xx answer; None when nothing answered
+
 
 class CollectorRefused(AgentError):
     """The collector refused us for good (e.g. wrong enrol secret); retrying will not help."""

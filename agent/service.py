@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 UNENROLLED = "unenrolled"  # device id of a report made before the first enrolment (restamped on delivery)
 FIRST_RETRY_SECONDS = 5.0
 HTTP_TIMEOUT_SECONDS = 15.0
+VERIFY_PATIENCE_SECONDS = 600.0  # how long `verify` waits for a busy collector to score its report
+VERIFY_POLL_SECONDS = 5.0
 VERIFY_EXIT_CODES = {"clear": 0, "review": 2, "farm": 1}  # cli.md: a script can gate onboarding on it
 
 
@@ -165,17 +167,39 @@ class Agent:
         self.once(seconds)
         identity = self.enrollment.identity()
         asked = {"seconds": round(seconds)}
-        response = call(self.http, "POST", "/api/v1/verify", json=asked, headers=bearer(identity))
+        patience = time.monotonic() + VERIFY_PATIENCE_SECONDS
+        while True:
+            # 503, or a verdict marked stale: the collector's scoring run has not reached this
+            # report yet (big fleets); an onboarding answer must include it, so ask again.
+            try:
+                response = call(self.http, "POST", "/api/v1/verify", json=asked, headers=bearer(identity))
+            except CollectorUnavailable as failed:
+                if failed.status != 503 or time.monotonic() > patience:
+                    raise
+            else:
+                if not _marked_stale(response.text) or time.monotonic() > patience:
+                    break
+            log.warning("the collector is still scoring this report; asking again in %.0f s", VERIFY_POLL_SECONDS)
+            time.sleep(VERIFY_POLL_SECONDS)
         if response.status_code != 200:
             raise AgentError(f"collector answered HTTP {response.status_code} to /api/v1/verify: {response.text[:200]}")
         try:
             verdict = Verdict.model_validate_json(response.text)
         except ValidationError as bad:
             raise AgentError(f"the collector's verdict is malformed: {bad}") from bad
+        if _marked_stale(response.text):
+            print(f"note: after {VERIFY_PATIENCE_SECONDS:.0f} s the collector's verdict still predates this report")
         print(f"verdict: {verdict.verdict} (risk {verdict.risk:.2f}) for device {verdict.device_id}")
         for finding in verdict.findings:
             print(f"  [{finding.severity}] {finding.summary}")
         return VERIFY_EXIT_CODES[verdict.verdict]
+
+
+def _marked_stale(body: str) -> bool:
+    try:
+        return json.loads(body).get("stale") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 class _Backoff:

@@ -87,7 +87,7 @@ def create_app(
 
     @app.exception_handler(Rejected)
     async def _refused(_request: Request, refused: Rejected) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "30"}}.get(refused.status)
         return JSONResponse({"errors": refused.errors}, status_code=refused.status, headers=headers)
 
     @app.exception_handler(Exception)
@@ -162,9 +162,12 @@ def create_app(
     @app.get("/api/v1/devices")
     async def list_devices(request: Request) -> list[dict[str, Any]]:
         require_analyst(request)
-        await run_in_threadpool(scorer.refresh)
+        fresh = await run_in_threadpool(scorer.refresh)
         rows = await run_in_threadpool(storage.device_summaries)
-        return [{**row, "last_seen": _wire_time(row["last_seen"])} for row in rows]
+        stale = set() if fresh else await run_in_threadpool(scorer.stale_devices)
+        return [
+            {**row, "last_seen": _wire_time(row["last_seen"]), "stale": row["device_id"] in stale} for row in rows
+        ]
 
     @app.get("/api/v1/devices/{device_id}")
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:
@@ -178,15 +181,18 @@ def create_app(
         return {**await _verdict_of(device), "observed_seconds": asked.seconds}
 
     async def _verdict_of(device_id: str) -> dict[str, Any]:
-        await run_in_threadpool(scorer.refresh, device_id)
+        fresh = await run_in_threadpool(scorer.refresh, device_id)
         verdict = await run_in_threadpool(storage.verdict, device_id)
         if verdict is None:
+            if not fresh:
+                raise Rejected(503, "scoring", [{"field": "device_id", "message": (
+                    f"the first verdict of {device_id!r} is still being computed; ask again in a minute")}])
             known = await run_in_threadpool(storage.device_exists, device_id)
             why = "has sent no report yet" if known else "is not enrolled"
             raise Rejected(404, "not_found", [{"field": "device_id", "message": f"{device_id!r} {why}"}])
         history = await run_in_threadpool(storage.enrolment_history, device_id)
         enrolments = [{**item, "enrolled_at": _wire_time(item["enrolled_at"])} for item in history]
-        return {**to_wire(verdict), "enrolments": enrolments}
+        return {**to_wire(verdict), "stale": not fresh, "enrolments": enrolments}
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -35,6 +35,7 @@ class CollectorConfig:
     corporate_networks: tuple[Network, ...] = ()
     detection_interval_seconds: float = 300.0
     lookback_hours: float = 72.0
+    refresh_wait_seconds: float = 10.0  # how long an API request waits for an on-demand re-score
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     agent_interval_seconds: int = 300
     probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -49,7 +50,7 @@ _KNOWN = {
     "collector": {
         "enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies", "tls_cert_file", "tls_key_file",
     },
-    "detection": {"interval_seconds", "lookback_hours"}
+    "detection": {"interval_seconds", "lookback_hours", "refresh_wait_seconds"}
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
     "geo": {"city_db", "asn_db", "corporate_networks"},
     "agent": {"interval_seconds", "probe_options"},
@@ -84,6 +85,7 @@ def load_config(
     corporate = _networks(geo.get("corporate_networks", []), f"{where} [geo] corporate_networks")
     interval = _number(detection.pop("interval_seconds", 300), f"{where} [detection] interval_seconds")
     lookback = _number(detection.pop("lookback_hours", 72), f"{where} [detection] lookback_hours")
+    refresh_wait = _number(detection.pop("refresh_wait_seconds", 10), f"{where} [detection] refresh_wait_seconds")
     tuning = _detection_tuning(detection, corporate, f"{where} [detection]")
     max_bytes = collector.get("max_report_bytes", 1_048_576)
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
@@ -99,6 +101,7 @@ def load_config(
         corporate_networks=corporate,
         detection_interval_seconds=interval,
         lookback_hours=lookback,
+        refresh_wait_seconds=refresh_wait,
         detection=tuning,
         agent_interval_seconds=int(_number(agent.get("interval_seconds", 300), f"{where} [agent] interval_seconds")),
         probe_options=probe_options,

@@ -1,9 +1,12 @@
 """Verdicts for the live collector: the shared detector pipeline run over the stored records.
 
 A background thread re-scores the fleet every ``[detection] interval_seconds`` (one replica at a
-time, under a lease in the database); the analyst API also re-scores on demand when a device has a
-report newer than its stored verdict, so a verdict is never older than the data behind it. Fleet detectors (shared networks) need every device's
-records, so a run always scores the whole lookback window.
+time, under a lease in the database). The analyst API also asks for a re-score when a device has a
+report newer than its stored verdict. Fleet detectors (shared networks) need every device's records,
+so a run always scores the whole lookback window, and on a fleet of a thousand laptops that takes
+tens of seconds. So on-demand runs are coalesced (at most one running and one queued, however many
+requests ask) and a request waits for one at most ``[detection] refresh_wait_seconds``; past that it
+answers with the stored verdicts, marked stale, while the run finishes and stores its verdicts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as Unfinished
 from datetime import datetime, timedelta
 
 from farmwatch.collector.config import CollectorConfig
@@ -39,6 +44,9 @@ class Scorer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_demand: ThreadPoolExecutor | None = None
+        self._queued: Future[int] | None = None
+        self._queue_lock = threading.Lock()
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def run(self) -> int:
@@ -46,13 +54,38 @@ class Scorer:
         with self._lock:
             return self._run()
 
-    def refresh(self, device_id: str | None = None) -> None:
-        """Re-score when ``device_id`` (or, when None, any device) has a report newer than its verdict."""
+    def refresh(self, device_id: str | None = None) -> bool:
+        """Re-score when ``device_id`` (or, when None, any device) has a report newer than its verdict.
+
+        Returns True when the verdicts are fresh on return, False when the run outlasted
+        ``refresh_wait_seconds`` (it goes on and stores its verdicts when done)."""
         if not self._stale(device_id):
-            return
-        with self._lock:
-            if self._stale(device_id):  # another request may have just done it
-                self._run()
+            return True
+        run = self._coalesced_run(device_id)
+        if run is None:
+            return True
+        try:
+            run.result(timeout=self.config.refresh_wait_seconds)
+        except Unfinished:
+            return not self._stale(device_id)  # an earlier run may have covered it meanwhile
+        return True
+
+    def stale_devices(self) -> set[str]:
+        """Devices within the lookback whose newest report is not yet behind their verdict."""
+        return set(self.storage.stale_devices(self._window_start(self.clock())))
+
+    def _coalesced_run(self, device_id: str | None) -> Future[int] | None:
+        """A run that starts after this call, shared with every other request waiting for one."""
+        with self._queue_lock:
+            queued = self._queued
+            if queued is not None and not queued.running() and not queued.done():
+                return queued  # not started yet, so it will read every report stored before this call
+            if not self._stale(device_id):  # the run that just ended covered it
+                return None
+            if self._on_demand is None:
+                self._on_demand = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farmwatch-rescore")
+            self._queued = self._on_demand.submit(self.run)
+            return self._queued
 
     def _stale(self, device_id: str | None) -> bool:
         stale = self.storage.stale_devices(self._window_start(self.clock()))
@@ -84,6 +117,10 @@ class Scorer:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        with self._queue_lock:
+            if self._on_demand is not None:
+                self._on_demand.shutdown(wait=False, cancel_futures=True)
+                self._on_demand = None
             try:
                 self.storage.release_lease(LEASE, self._holder)
             except Exception:  # noqa: BLE001 - shutting down; the lease lapses on its own

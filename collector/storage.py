@@ -450,6 +450,7 @@ class Storage:
                     "last_seen": row.last_seen,
                     "risk": verdict.get("risk"),
                     "verdict": verdict.get("verdict"),
+                    "scored_at": verdict.get("scored_at"),
                 }
             )
         return summaries

@@ -35,7 +35,7 @@ def test_lease_holder_renewal_lapse_and_release(tmp_path: Path) -> None:
         storage.close()
 
 
-def _store_report(storage: Storage, device: str, seq: int, at: datetime) -> None:
+def store_report(storage: Storage, device: str, seq: int, at: datetime) -> None:
     report = parse_report(json.dumps(report_for(device, seq)).encode())
     geo = {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}
     storage.add_report(ingest_record(report, at, "127.0.0.1", geo), digest(report), at)
@@ -55,7 +55,7 @@ def test_only_devices_seen_within_the_lookback_are_rescored(tmp_path: Path) -> N
         for device, hardware in (("dev-old", "hw-old"), ("dev-new", "hw-new")):
             storage.enrol(hardware_id=hardware, hostname="h", source_ip="127.0.0.1", new_device_id=device,
                           token=f"token-{device}", now=T0)
-        _store_report(storage, "dev-old", 1, T0)
+        store_report(storage, "dev-old", 1, T0)
         scorer.refresh("dev-old")
         assert runs() == 1 and storage.verdict("dev-old") is not None
 
@@ -64,7 +64,7 @@ def test_only_devices_seen_within_the_lookback_are_rescored(tmp_path: Path) -> N
         scorer.refresh()
         assert runs() == 1, "a device outside the lookback can never be made fresh, so it must not trigger runs"
 
-        _store_report(storage, "dev-new", 1, clock[0])
+        store_report(storage, "dev-new", 1, clock[0])
         scorer.refresh()
         assert runs() == 2 and storage.verdict("dev-new") is not None
         scorer.refresh()
