@@ -41,9 +41,10 @@ def main() -> int:
             process = psutil.Process(agent.pid)
             time.sleep(INTERVAL_SECONDS + 1)  # past start-up and the first report
             before, started = process.cpu_times(), time.monotonic()
-            peak = 0
+            peak = peak_unique = 0
             while time.monotonic() - started < MEASURE_SECONDS:
-                peak = max(peak, process.memory_info().rss)
+                memory = process.memory_full_info()
+                peak, peak_unique = max(peak, memory.rss), max(peak_unique, memory.uss)
                 time.sleep(1)
             after, elapsed = process.cpu_times(), time.monotonic() - started
             agent.send_signal(signal.SIGTERM)
@@ -57,6 +58,8 @@ def main() -> int:
     print(f"  cpu        {cpu:6.2f} % of one core   (budget {BUDGET_CPU_PERCENT:g} %; at the default "
           f"300 s interval the per-report work is {300 // INTERVAL_SECONDS}x rarer)")
     print(f"  peak rss   {peak / 2**20:6.1f} MB            (budget {BUDGET_RSS_MB:g} MB)")
+    print(f"  peak uss   {peak_unique / 2**20:6.1f} MB            (pages only the agent holds: RSS without the "
+          "shared libraries and interpreter pages other processes map too)")
     print(f"  report     {len(report)} bytes JSON, {len(gzip.compress(report))} bytes gzip as sent")
     return 0
 

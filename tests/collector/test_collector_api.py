@@ -75,7 +75,7 @@ def test_device_verdict_is_fresh_right_after_ingest(collector: RunningCollector,
     listed = httpx.get(f"{collector.url}/api/v1/devices", headers=analyst).json()
     assert listed == [
         {"device_id": device_id, "employee_id": "E-3310", "hostname": "tp-anna", "last_seen": None,
-         "risk": None, "verdict": None}
+         "risk": None, "verdict": None, "scored_at": None, "stale": False}
     ]
     assert httpx.get(f"{collector.url}/api/v1/devices/{device_id}", headers=analyst).status_code == 404
 
@@ -88,7 +88,8 @@ def test_device_verdict_is_fresh_right_after_ingest(collector: RunningCollector,
     assert any(f["detector"] == "remote_access" and f["evidence"].get("tool") == "rustdesk" for f in verdict["findings"])
     assert [e["renewal"] for e in verdict["enrolments"]] == [False]
     (row,) = httpx.get(f"{collector.url}/api/v1/devices", headers=analyst).json()
-    assert row["risk"] == verdict["risk"] and row["verdict"] == verdict["verdict"]
+    assert row["risk"] == verdict["risk"] and row["verdict"] == verdict["verdict"] and row["stale"] is False
+    assert row["scored_at"] == verdict["scored_at"] and verdict["stale"] is False
     assert row["last_seen"].endswith("Z")
 
     # Approving the tool in the roster changes the verdict at once, without a new report.
