@@ -13,9 +13,10 @@ never as evidence.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -118,42 +119,46 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
     usb: dict[tuple[Any, ...], list[int]] = {}
     displays: dict[tuple[Any, ...], list[int]] = {}
     last_hardware: dict[str, tuple[Any, list[list[int]]]] = {}
+    # Every record brings its own copy of the same few strings (device ids, networks, time zones);
+    # keeping one object per distinct value roughly halves the frames' memory at fleet scale.
+    keep = _string_pool()
     for rec, record in enumerate(records):
         report = record.get("report")
         if not isinstance(report, dict) or not report.get("device_id") or not report.get("window_end"):
             raise RecordError(f"record {rec + 1}: report.device_id and report.window_end are required")
-        device = report["device_id"]
+        device = keep(report["device_id"])
         agent = report.get("agent") or _EMPTY
         host = report.get("host") or _EMPTY
         network = report.get("network") or _EMPTY
         given = report.get("input")
         inp = given or _EMPTY
         vpn = [i for i in network.get("interfaces") or () if i.get("kind") == "vpn"]
+        geo = record.get("geo") or _EMPTY
+        # Not in report v1: a collector or agent may add the enrolled hardware id; absent = unknown.
+        hardware_id = record.get("hardware_id") or report.get("hardware_id") or agent.get("hardware_id")
         rows.append((
-            device, report.get("seq"), record.get("source_ip"),
-            # Not in report v1: a collector or agent may add the enrolled hardware id; absent = unknown.
-            record.get("hardware_id") or report.get("hardware_id") or agent.get("hardware_id"),
+            device, report.get("seq"), keep(record.get("source_ip")), keep(hardware_id),
             report.get("window_start"), report["window_end"],
-            *map((record.get("geo") or _EMPTY).get, _GEO),
-            *map(host.get, _HOST),
-            ";".join(host.get("keyboard_layouts") or ()),
-            ";".join(host.get("input_methods") or ()),
-            *map(network.get, _NETWORK),
-            next((i.get("vpn_product") for i in vpn if i.get("vpn_product")), None),
+            *map(keep, map(geo.get, _GEO)),
+            *map(keep, map(host.get, _HOST)),
+            keep(";".join(host.get("keyboard_layouts") or ())),
+            keep(";".join(host.get("input_methods") or ())),
+            *map(keep, map(network.get, _NETWORK)),
+            keep(next((i.get("vpn_product") for i in vpn if i.get("vpn_product")), None)),
             bool(vpn),
             *map(inp.get, _INPUT),
-            ";".join(inp.get("virtual_devices") or ()),
+            keep(";".join(inp.get("virtual_devices") or ())),
             given is not None,
         ))
         for tool in report.get("remote_access") or ():
-            head = (rec, tool.get("tool"), tool.get("process"), tool.get("started_at"),
+            head = (rec, keep(tool.get("tool")), keep(tool.get("process")), tool.get("started_at"),
                     len(tool.get("listening") or ()))
             for connection in tool.get("connections") or (_EMPTY,):
-                tools.append((*head, *map(connection.get, _TOOL_COLUMNS[5:])))
+                tools.append((*head, *map(keep, map(connection.get, _TOOL_COLUMNS[5:]))))
         for session in report.get("sessions") or ():
-            sessions.append((rec, *map(session.get, _SESSION_COLUMNS[1:])))
+            sessions.append((rec, *map(keep, map(session.get, _SESSION_COLUMNS[1:]))))
         for probe in network.get("probes") or ():
-            probes.append((rec, *map(probe.get, _PROBE_COLUMNS[1:])))
+            probes.append((rec, *map(keep, map(probe.get, _PROBE_COLUMNS[1:]))))
         hardware = report.get("hardware") or _EMPTY
         previous = last_hardware.get(device)
         if previous is not None and previous[0] == hardware:  # unchanged since this device's last report
@@ -168,6 +173,17 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
             recs.append(rec)
         last_hardware[device] = (hardware, folded)
     return _frames(rows, tools, sessions, probes, usb, displays)
+
+
+def _string_pool() -> Callable[[Any], Any]:
+    """A function giving, for any string, the first equal string it was given; other values pass
+    through (1, 1.0 and True are equal dict keys, so pooling them would change their type)."""
+    pool: dict[str, str] = {}
+
+    def keep(value: Any) -> Any:
+        return pool.setdefault(value, value) if type(value) is str else value
+
+    return keep
 
 
 def _fold(seen: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...]) -> list[int]:
@@ -189,7 +205,7 @@ _BOOLEAN = frozenset(("has_vpn_interface", "has_input"))
 _PARSED_TIMES = ("window_start", "window_end")
 
 
-def _column(name: str, values: tuple[Any, ...]) -> Any:
+def _column(name: str, values: Sequence[Any]) -> Any:
     if name in _NUMERIC:
         return np.array(values, dtype=np.float64)  # None becomes NaN
     if name in _INTEGER:
@@ -202,11 +218,14 @@ def _column(name: str, values: tuple[Any, ...]) -> Any:
 
 
 def _table(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
-    """Columns from row tuples, each converted once (numbers to float64 with NaN for null)."""
-    if not rows:
-        empty = {name: _column(name, ()) for name in columns}
-        return pd.DataFrame(empty)
-    return pd.DataFrame({name: _column(name, values) for name, values in zip(columns, zip(*rows))}, copy=False)
+    """Columns from row tuples, each converted once (numbers to float64 with NaN for null).
+
+    Consumes ``rows`` (the list is emptied) and goes one column at a time, so the rows, a full
+    transposed copy and the arrays never all exist at once."""
+    table = pd.DataFrame({name: _column(name, list(map(itemgetter(index), rows)))
+                          for index, name in enumerate(columns)}, copy=False)
+    rows.clear()
+    return table
 
 
 def _frames(
@@ -217,12 +236,17 @@ def _frames(
     usb: dict[tuple[Any, ...], list[int]],
     displays: dict[tuple[Any, ...], list[int]],
 ) -> Frames:
+    # Largest list first: each is freed once it is a table, which lowers the peak for the next.
+    probe_table = _table(probes, _PROBE_COLUMNS)
+    tool_table = _table(tools, _TOOL_COLUMNS)
+    session_table = _table(sessions, _SESSION_COLUMNS)
+    window_ends = list(map(itemgetter(_REPORT_COLUMNS.index("window_end")), rows))
     reports = _table(rows, _REPORT_COLUMNS)
     unreadable = reports["window_end"].isna().to_numpy()
     if unreadable.any():
         first = int(unreadable.argmax())
-        given = rows[first][_REPORT_COLUMNS.index("window_end")]
-        raise RecordError(f"record {first + 1}: report.window_end is not an RFC 3339 time: {given!r}")
+        raise RecordError(f"record {first + 1}: report.window_end is not an RFC 3339 time: {window_ends[first]!r}")
+    del window_ends
     # Sort once so every detector sees each device's records in time order; remap child tables.
     order = reports.sort_values(["device_id", "window_end", "seq"], kind="stable").index.to_numpy()
     reports = reports.iloc[order].reset_index(drop=True)
@@ -237,14 +261,14 @@ def _frames(
         table["device_id"] = devices[table["rec"].to_numpy()]
         return table.sort_values("rec", kind="stable").reset_index(drop=True)
 
-    tool_frame = child(_table(tools, _TOOL_COLUMNS))
+    tool_frame = child(tool_table)
     # A live session is an established TCP connection with a known peer.
     tool_frame["live"] = tool_frame["state"].astype(str).str.upper().eq("ESTABLISHED") & tool_frame["remote_ip"].notna()
     return Frames(
         reports=reports,
         tools=tool_frame,
-        sessions=child(_table(sessions, _SESSION_COLUMNS)),
-        probes=child(_table(probes, _PROBE_COLUMNS)),
+        sessions=child(session_table),
+        probes=child(probe_table),
         usb=_folded(usb, _USB_KEY, new_rec),
         displays=_folded(displays, _DISPLAY_KEY, new_rec),
     )

@@ -55,3 +55,13 @@ def test_an_unreadable_window_end_is_named() -> None:
     broken["report"]["window_end"] = "yesterday"
     with pytest.raises(RecordError, match="record 2: report.window_end is not an RFC 3339 time: 'yesterday'"):
         flatten([make_record("a", 0), broken])
+
+
+def test_equal_strings_from_different_records_are_held_once() -> None:
+    records = [make_record("a", 0), make_record("a", 5)]
+    for record in records:  # separate string objects, as parsing separate JSON lines gives
+        record["report"]["device_id"] = "".join(["lap", "top-1"])
+        record["source_ip"] = "".join(["68.2.", "14.77"])
+    reports = flatten(records).reports
+    assert reports["device_id"].iloc[0] is reports["device_id"].iloc[1]
+    assert reports["source_ip"].iloc[0] is reports["source_ip"].iloc[1]
