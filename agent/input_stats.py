@@ -26,8 +26,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
-from farmwatch.contract import InputTiming
+from farmwatch.contract import InputSource, InputTiming
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -36,6 +37,16 @@ def quantile(ordered: Sequence[float], q: float) -> float:
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class InputSink(Protocol):
+    """What a listener feeds: the recording methods of :class:`InputStats`."""
+
+    def key(self, at: float, injected: bool = False) -> None: ...
+
+    def button(self, at: float, injected: bool = False) -> None: ...
+
+    def move(self, at: float, distance: float | None, injected: bool = False) -> None: ...
 
 
 class InputStats:
@@ -120,8 +131,9 @@ class InputStats:
 
         return (at_rank((total - 1) // 2) + at_rank(total // 2)) / 2 * self.resolution
 
-    def summary(self, seconds_observed: float, virtual_devices: Sequence[str] = ()) -> InputTiming:
-        """The window's aggregates as the contract's ``input`` section."""
+    def summary(self, seconds_observed: float, virtual_devices: Sequence[str] = (),
+                source: InputSource | None = None) -> InputTiming:
+        """The window's aggregates as the contract's ``input`` section; ``source`` names the listener."""
         intervals_ms = sorted(interval * 1000 for interval in self.key_intervals)
         median_interval = self._median_move_interval()
 
@@ -141,4 +153,5 @@ class InputStats:
             key_burst_fraction=round(self.key_bursts / self.key_events, 4) if self.key_events else None,
             mouse_rate_hz_median=round(1 / median_interval, 3) if median_interval else None,
             mouse_jump_fraction=round(self.mouse_jumps / self.mouse_moves, 4) if self.mouse_moves else None,
+            source=source,
         )

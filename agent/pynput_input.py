@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from .x11_input import InputSink
+from .input_stats import InputSink
 
 
 class PynputInputListener:
     """Keyboard and mouse hooks in pynput's own threads, feeding a sink with times only."""
+
+    source: ClassVar[Literal["pynput"]] = "pynput"  # named in the report's input section
 
     def __init__(self, sink: InputSink) -> None:
         self.sink = sink

@@ -26,11 +26,13 @@ import struct
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Literal
 
 from Xlib import display as xdisplay
 from Xlib.error import ConnectionClosedError, XError
 from Xlib.ext import xinput
+
+from .input_stats import InputSink
 
 RAW_KEY_PRESS = xinput.RawKeyPress
 RAW_BUTTON_PRESS = xinput.RawButtonPress
@@ -78,18 +80,10 @@ class _Device:
     relative: bool  # both pointer axes report deltas (mice, touchpads), not positions
 
 
-class InputSink(Protocol):
-    """What a listener feeds: the recording methods of :class:`~farmwatch.agent.input_stats.InputStats`."""
-
-    def key(self, at: float, injected: bool = False) -> None: ...
-
-    def button(self, at: float, injected: bool = False) -> None: ...
-
-    def move(self, at: float, distance: float | None, injected: bool = False) -> None: ...
-
-
 class X11InputListener:
     """Listens on one X display in a background thread and feeds a sink with times only."""
+
+    source: ClassVar[Literal["x11"]] = "x11"  # named in the report's input section
 
     def __init__(self, display_name: str, sink: InputSink,
                  uinput_names: Callable[[], Collection[str]] = frozenset) -> None:

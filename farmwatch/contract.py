@@ -118,6 +118,9 @@ class NetworkFacts(_Section):
     probes: list[LatencyProbe]
 
 
+InputSource = Literal["x11", "evdev", "pynput"]
+
+
 class InputTiming(_Section):
     """Timing aggregates of one window; never key codes, characters or positions."""
 
@@ -133,6 +136,9 @@ class InputTiming(_Section):
     key_burst_fraction: Fraction | None  # share of key events < 5 ms after the previous one
     mouse_rate_hz_median: NonNegative | None  # median mouse-move rate while moving
     mouse_jump_fraction: Fraction | None  # share of mouse moves > 200 px in one event
+    # Added to v1 (optional): the listener behind these figures. "evdev" reads the kernel's devices
+    # and cannot see input injected inside a display server (XTest, xrdp), so its zero means less.
+    source: InputSource | None = None
 
 
 class UsbDevice(_Section):

@@ -2,7 +2,7 @@
 
 Like an osquery table, a probe declares what it reads (module docstring) and returns typed
 records (models from :mod:`farmwatch.contract`). OS access is injected through
-:class:`ProbeContext` (``proc_root``, ``sys_root``, ``run``, ``clock``) so tests replay captured
+:class:`ProbeContext` (``proc_root``, ``sys_root``, ``dev_root``, ``run``, ``clock``) so tests replay captured
 trees instead of mocking. The runner turns anything a probe raises into an ``errors[]`` entry;
 a probe that could run only partly records why with :meth:`Probe.problem` and still returns
 what it saw.
@@ -46,6 +46,7 @@ class ProbeContext:
     platform: str = sys.platform  # "linux", "darwin", "win32"
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
+    dev_root: Path = Path("/dev")
     etc_root: Path = Path("/etc")
     run: RunCommand = run_command
     clock: Callable[[], float] = time.time

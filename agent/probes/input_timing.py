@@ -7,10 +7,13 @@ at network rate and in jumps are what a person driving the laptop from abroad le
 
 A listener runs inside the agent from ``start()`` to ``stop()``; ``collect()`` returns the
 window's aggregates and starts the next window. Linux: X11 through XInput2 raw events on
-``DISPLAY`` (or ``probe_options.input.display``; the agent needs that session's X authority);
-Windows/macOS: pynput. uinput devices under ``<sys_root>/devices/virtual/input`` are reported
-as ``virtual_devices``. Without a display server or the right to listen, ``collect()`` raises
-``ProbeUnavailable`` with the reason and the rest of the report still goes out.
+``DISPLAY`` (or ``probe_options.input.display``; the agent needs that session's X authority),
+else the kernel's evdev nodes (root or the input group; Wayland, consoles, a service without a
+display); ``probe_options.input.source`` = ``x11`` or ``evdev`` forces one. Windows/macOS:
+pynput. The section names its ``source``. uinput devices under
+``<sys_root>/devices/virtual/input`` are reported as ``virtual_devices``. Without any listener it
+may use, ``collect()`` raises ``ProbeUnavailable`` with the reason and the rest of the report
+still goes out.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from farmwatch.contract import InputTiming
+from farmwatch.contract import InputSource, InputTiming
 
 from ..input_stats import InputStats
 from .base import Probe, ProbeContext, ProbeUnavailable
@@ -49,10 +52,10 @@ class _LockedStats:
         with self._lock:
             return self._stats.key_events + self._stats.mouse_events
 
-    def take(self, seconds_observed: float, virtual_devices: list[str]) -> InputTiming:
+    def take(self, seconds_observed: float, virtual_devices: list[str], source: InputSource) -> InputTiming:
         """The window's summary; the next window starts empty."""
         with self._lock:
-            summary = self._stats.summary(seconds_observed, virtual_devices)
+            summary = self._stats.summary(seconds_observed, virtual_devices, source)
             self._stats.reset()
             return summary
 
@@ -105,12 +108,13 @@ class InputTimingProbe(Probe):
             self._listen()  # the display may be there by the next window (a user logged in)
             raise ProbeUnavailable(reason)
         names: list[str] = getattr(self._listener, "device_names", list)()
+        source: InputSource = getattr(self._listener, "source")
         failure = getattr(self._listener, "failure", None)
         if failure is not None:  # e.g. the X session ended: report what was seen, listen again
             self.problem(failure)
             self._close()
             self._listen()
-        return self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names)
+        return self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, source)
 
     def _listen(self) -> None:
         try:
@@ -130,9 +134,22 @@ class InputTimingProbe(Probe):
         platform = self.context.platform
         if platform in ("win32", "darwin"):
             return self._open_pynput()
-        if platform == "linux":
+        if platform != "linux":
+            raise ProbeUnavailable(f"no input listener for platform {platform}")
+        source = self.context.options.get(self.name, {}).get("source", "auto")
+        if source == "x11":
             return self._open_x11()
-        raise ProbeUnavailable(f"no input listener for platform {platform}")
+        if source == "evdev":
+            return self._open_evdev()
+        if source != "auto":
+            raise ProbeUnavailable(f"probe_options.input.source is {source!r}; use auto, x11 or evdev")
+        try:  # X11 first: only it sees input injected inside the display server (XTest, xrdp)
+            return self._open_x11()
+        except ProbeUnavailable as x11:
+            try:
+                return self._open_evdev()
+            except ProbeUnavailable as evdev:
+                raise ProbeUnavailable(f"{x11}; {evdev}") from None
 
     def _open_x11(self) -> object:
         display = self.context.options.get(self.name, {}).get("display") or os.environ.get("DISPLAY")
@@ -149,6 +166,16 @@ class InputTimingProbe(Probe):
             listener.start()
         except (OSError, DisplayError, XError) as error:
             raise ProbeUnavailable(f"cannot listen on X display {display}: {error}") from None
+        return listener
+
+    def _open_evdev(self) -> object:
+        from ..evdev_input import EvdevInputListener
+
+        listener = EvdevInputListener(self._recorder, self.context.sys_root, self.context.dev_root)
+        try:
+            listener.start()
+        except OSError as error:
+            raise ProbeUnavailable(f"cannot read kernel input devices: {error}") from None
         return listener
 
     def _open_pynput(self) -> object:

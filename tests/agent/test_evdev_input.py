@@ -1,0 +1,266 @@
+"""The kernel input listener (evdev): device discovery, timing aggregates, injected devices, privacy.
+
+A replay, by necessity: this test box's kernel is built without uinput (CONFIG_INPUT_UINPUT is not
+set) and the VM has no input devices, so no real evdev node can exist here. The sysfs tree below is
+laid out as the kernel lays it out (class/input/eventN -> devices/.../inputK/eventN, capability
+bitmaps as hex words of unsigned long, most significant first) with capability values typical of a
+laptop's AT keyboard, a USB mouse, a Synaptics touchpad, the lid switch and power button, and a
+uinput keyboard; each event node is a FIFO fed with ``struct input_event`` records as the kernel
+writes them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farmwatch.agent.evdev_input import EvdevInputListener, capability_bits, input_devices
+from farmwatch.agent.input_stats import InputStats
+from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
+from farmwatch.agent.probes.input_timing import InputTimingProbe
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or struct.calcsize("@l") != 8,
+                                reason="evdev is Linux's; the recorded input_event layout is the 64-bit one")
+
+EVENT = struct.Struct("@llHHi")
+EV_SYN, EV_KEY, EV_REL, EV_ABS = 0, 1, 2, 3
+KEY_A, KEY_S, KEY_D, KEY_F = 30, 31, 32, 33
+BTN_LEFT, BTN_TOUCH = 0x110, 0x14A
+REL_X, REL_Y, REL_WHEEL = 0, 1, 8
+ABS_X, ABS_Y = 0, 1
+
+# name, sysfs device path, capabilities: what the kernel prints for each device kind
+KEYBOARD = ("AT Translated Set 2 keyboard", "devices/platform/i8042/serio0/input/input0",
+            {"ev": "120013", "key": "402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe"})
+MOUSE = ("Logitech USB Optical Mouse",
+         "devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/0003:046D:C077.0001/input/input5",
+         {"ev": "17", "key": "70000 0 0 0 0", "rel": "903"})
+TOUCHPAD = ("SynPS/2 Synaptics TouchPad", "devices/platform/i8042/serio1/input/input6",
+            {"ev": "b", "key": "e520 10000 0 0 0 0", "abs": "660800011000003"})
+LID = ("Lid Switch", "devices/LNXSYSTM:00/LNXSYBUS:00/PNP0C0D:00/input/input1", {"ev": "21"})
+POWER = ("Power Button", "devices/LNXSYSTM:00/LNXPWRBN:00/input/input2", {"ev": "3", "key": "10000000000000 0"})
+UINPUT = ("remote-control virtual keyboard", "devices/virtual/input/input9",
+          {"ev": "3", "key": "402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe"})
+
+
+class Machine:
+    """A sysfs tree and a /dev/input of FIFOs; ``write`` feeds a device's node."""
+
+    def __init__(self, root: Path) -> None:
+        self.sys_root, self.dev_root = root / "sys", root / "dev"
+        (self.sys_root / "class" / "input").mkdir(parents=True)
+        (self.dev_root / "input").mkdir(parents=True)
+        self.writers: dict[str, int] = {}
+
+    def plug(self, node: str, device: tuple[str, str, dict[str, str]], with_node: bool = True) -> None:
+        name, path, caps = device
+        folder = self.sys_root / path
+        (folder / "capabilities").mkdir(parents=True)
+        (folder / "name").write_text(name + "\n")
+        for kind, bits in caps.items():
+            (folder / "capabilities" / kind).write_text(bits + "\n")
+        (folder / node).mkdir()
+        (folder / node / "device").symlink_to(folder)
+        (self.sys_root / "class" / "input" / node).symlink_to(folder / node)
+        if with_node:
+            os.mkfifo(self.dev_root / "input" / node)
+            # Held open for writing, as a live device is: the reader never sees end of file.
+            self.writers[node] = os.open(self.dev_root / "input" / node, os.O_RDWR)
+
+    def write(self, node: str, events: list[tuple[float, int, int, int]]) -> None:
+        data = b"".join(EVENT.pack(int(at), round(at % 1 * 1e6), kind, code, value) for at, kind, code, value in events)
+        os.write(self.writers[node], data)
+
+    def close(self) -> None:
+        for fd in self.writers.values():
+            os.close(fd)
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Iterator[Machine]:
+    built = Machine(tmp_path)
+    yield built
+    built.close()
+
+
+def keys(times: list[float], codes: list[int]) -> list[tuple[float, int, int, int]]:
+    """Presses with their releases and one auto-repeat each (neither is a keystroke)."""
+    events = []
+    for at, code in zip(times, codes):
+        events += [(at, EV_KEY, code, 1), (at, EV_SYN, 0, 0), (at + 0.0005, EV_KEY, code, 2),
+                   (at + 0.0005, EV_SYN, 0, 0), (at + 0.001, EV_KEY, code, 0), (at + 0.001, EV_SYN, 0, 0)]
+    return events
+
+
+def rel_move(at: float, dx: int, dy: int = 0) -> list[tuple[float, int, int, int]]:
+    return [(at, EV_REL, REL_X, dx), (at, EV_REL, REL_Y, dy), (at, EV_SYN, 0, 0)]
+
+
+def settle(seen: object, count: int) -> None:
+    """Wait until the listener has handed ``count`` key and mouse events to its sink."""
+    deadline = time.monotonic() + 20
+    while True:
+        total = seen.events_seen() if isinstance(seen, InputTimingProbe) else seen.key_events + seen.mouse_events  # type: ignore[attr-defined]
+        if total >= count:
+            return
+        assert time.monotonic() < deadline, f"the listener saw {total} of {count} events"
+        time.sleep(0.02)
+
+
+def evdev_probe(machine: Machine, source: str = "evdev") -> InputTimingProbe:
+    probe = InputTimingProbe(ProbeContext(platform="linux", sys_root=machine.sys_root, dev_root=machine.dev_root,
+                                          options={"input": {"source": source}}))
+    probe.start()
+    return probe
+
+
+def test_capability_bitmaps_are_read_most_significant_word_first() -> None:
+    assert capability_bits("1f0000 0 0 0 0") == set(range(0x110, 0x115))
+    assert capability_bits("903") == {0, 1, 8, 11}
+    assert KEY_A in capability_bits(KEYBOARD[2]["key"])
+
+
+def test_keyboards_and_pointers_are_found_switches_and_buttons_are_not(machine: Machine) -> None:
+    for number, device in enumerate((KEYBOARD, MOUSE, TOUCHPAD, LID, POWER, UINPUT)):
+        machine.plug(f"event{number}", device, with_node=False)
+    found = input_devices(machine.sys_root)
+    assert [(d.node, d.name, d.injected) for d in found] == [
+        ("event0", "AT Translated Set 2 keyboard", False),
+        ("event1", "Logitech USB Optical Mouse", False),
+        ("event2", "SynPS/2 Synaptics TouchPad", False),
+        ("event5", "remote-control virtual keyboard", True),
+    ]
+
+
+def test_a_window_of_keyboard_mouse_touchpad_and_uinput_input(machine: Machine) -> None:
+    for number, device in enumerate((KEYBOARD, MOUSE, TOUCHPAD, LID, UINPUT)):
+        machine.plug(f"event{number}", device, with_node=device is not LID)
+    probe = evdev_probe(machine)
+    try:
+        t0 = 5000.0
+        # 11 keys 150 ms apart, 1 s later a burst of 5 keys 2 ms apart (a batched remote burst)
+        typed = [t0 + i * 0.150 for i in range(11)] + [t0 + 2.5 + i * 0.002 for i in range(5)]
+        machine.write("event0", keys(typed, [KEY_A] * len(typed)))
+        settle(probe, 16)
+        # 10 small moves and one 269 px jump 8 ms apart, a wheel step and a click
+        moves = [t0 + 10 + i * 0.008 for i in range(11)]
+        mouse = [e for at in moves[:10] for e in rel_move(at, 3)] + rel_move(moves[10], 250, -100)
+        mouse += [(t0 + 11, EV_REL, REL_WHEEL, -1), (t0 + 11, EV_SYN, 0, 0),
+                  (t0 + 12, EV_KEY, BTN_LEFT, 1), (t0 + 12, EV_SYN, 0, 0), (t0 + 12.1, EV_KEY, BTN_LEFT, 0)]
+        machine.write("event1", mouse)
+        settle(probe, 16 + 13)
+        # a finger lands (not a click), slides for three frames, then a tap-click
+        touch = [(t0 + 20, EV_KEY, BTN_TOUCH, 1), (t0 + 20, EV_SYN, 0, 0)]
+        for step in range(3):
+            at = t0 + 20.1 + step * 0.008
+            touch += [(at, EV_ABS, ABS_X, 1000 + 40 * step), (at, EV_ABS, ABS_Y, 2000), (at, EV_SYN, 0, 0)]
+        touch += [(t0 + 21, EV_KEY, BTN_LEFT, 1), (t0 + 21, EV_SYN, 0, 0)]
+        machine.write("event2", touch)
+        settle(probe, 16 + 13 + 4)
+        # a uinput keyboard types three keys 100 ms apart, a minute later
+        machine.write("event4", keys([t0 + 60 + i * 0.1 for i in range(3)], [KEY_S] * 3))
+        settle(probe, 16 + 13 + 4 + 3)
+        section = probe.collect()
+    finally:
+        probe.stop()
+    assert (section.key_events, section.mouse_events, section.injected_events) == (19, 17, 3)
+    assert section.virtual_devices == ["remote-control virtual keyboard"]
+    assert section.source == "evdev"
+    # intervals: 4 x 2 ms, 2 x 100 ms (uinput), 10 x 150 ms, 1 x 1000 ms; the 57.5 s pause is no interval
+    assert (section.key_interval_ms_p10, section.key_interval_ms_p50, section.key_interval_ms_p90) == (2.0, 150.0, 150.0)
+    assert section.key_burst_fraction == round(4 / 19, 4)
+    assert section.mouse_rate_hz_median == 125.0  # moves 8 ms apart on the mouse and on the touchpad
+    assert section.mouse_jump_fraction == round(1 / 14, 4)  # touchpad moves have no pixel distance
+    counted = typed + [t0 + 60 + i * 0.1 for i in range(3)] + moves + [t0 + 11, t0 + 12, t0 + 21]
+    counted += [t0 + 20.1 + step * 0.008 for step in range(3)]
+    assert section.active_seconds == len({math.floor(at) for at in counted})
+
+
+def test_different_keys_in_the_same_rhythm_give_the_same_section(machine: Machine) -> None:
+    """Content does not leak: 'asdf' and 'fdsa' typed alike give identical sections."""
+    machine.plug("event0", KEYBOARD)
+    sections = []
+    for window, codes in enumerate(([KEY_A, KEY_S, KEY_D, KEY_F], [KEY_F, KEY_D, KEY_S, KEY_A])):
+        probe = evdev_probe(machine)
+        try:
+            start = 100.0 * (window + 1)
+            machine.write("event0", keys([start, start + 0.2, start + 0.203, start + 0.5], codes))
+            settle(probe, 4)
+            sections.append(probe.collect().model_dump(exclude={"seconds_observed"}))
+        finally:
+            probe.stop()
+    assert sections[0] == sections[1]
+    assert sections[0]["key_events"] == 4 and sections[0]["key_burst_fraction"] == 0.25
+
+
+def test_events_the_kernel_dropped_are_skipped_to_the_next_frame(machine: Machine) -> None:
+    machine.plug("event0", MOUSE)
+    stats = InputStats()
+    listener = EvdevInputListener(stats, machine.sys_root, machine.dev_root)
+    listener.start()
+    try:
+        machine.write("event0", [(1.0, EV_SYN, 3, 0), (1.0, EV_REL, REL_X, 900), (1.0, EV_SYN, 0, 0)]
+                      + rel_move(2.0, 5))
+        settle(stats, 1)
+        time.sleep(0.1)
+    finally:
+        listener.stop()
+    assert (stats.mouse_moves, stats.mouse_jumps) == (1, 0)  # the 900 px frame was cut short
+
+
+def test_a_keyboard_plugged_in_later_is_picked_up(machine: Machine) -> None:
+    machine.plug("event0", MOUSE)
+    stats = InputStats()
+    listener = EvdevInputListener(stats, machine.sys_root, machine.dev_root, rescan_seconds=0.05)
+    listener.start()
+    try:
+        machine.plug("event1", KEYBOARD)
+        deadline = time.monotonic() + 20
+        while "event1" not in {r.device.node for r in listener._reading.values()}:
+            assert time.monotonic() < deadline, "the new keyboard was never opened"
+            time.sleep(0.02)
+        machine.write("event1", keys([7.0], [KEY_A]))
+        settle(stats, 1)
+    finally:
+        listener.stop()
+    assert stats.key_events == 1
+
+
+def test_without_devices_or_access_the_probe_says_why(machine: Machine) -> None:
+    probe = evdev_probe(machine)
+    with pytest.raises(ProbeUnavailable, match=r"cannot read kernel input devices: no keyboard or pointer under .*class/input"):
+        probe.collect()
+    probe.stop()
+    machine.plug("event0", KEYBOARD, with_node=False)  # listed in sysfs, but no node we may open
+    probe = evdev_probe(machine)
+    with pytest.raises(ProbeUnavailable, match=r"cannot read any input device: .*event0: No such file or directory "
+                                               r"\(the agent needs root or the input group\)"):
+        probe.collect()
+    probe.stop()
+
+
+def test_without_a_display_auto_falls_back_to_evdev(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    machine.plug("event0", KEYBOARD)
+    probe = evdev_probe(machine, source="auto")
+    try:
+        machine.write("event0", keys([1.0, 1.2], [KEY_A, KEY_S]))
+        settle(probe, 2)
+        section = probe.collect()
+    finally:
+        probe.stop()
+    assert (section.source, section.key_events) == ("evdev", 2)
+
+
+def test_an_unknown_source_is_named(machine: Machine) -> None:
+    probe = evdev_probe(machine, source="wayland")
+    with pytest.raises(ProbeUnavailable, match="probe_options.input.source is 'wayland'; use auto, x11 or evdev"):
+        probe.collect()
+    probe.stop()
