@@ -33,6 +33,7 @@ from Xlib.error import ConnectionClosedError, XError
 from Xlib.ext import xinput
 
 from .input_stats import InputSink
+from .x11_session import connect
 
 RAW_KEY_PRESS = xinput.RawKeyPress
 RAW_BUTTON_PRESS = xinput.RawButtonPress
@@ -86,8 +87,9 @@ class X11InputListener:
     source: ClassVar[Literal["x11"]] = "x11"  # named in the report's input section
 
     def __init__(self, display_name: str, sink: InputSink,
-                 uinput_names: Callable[[], Collection[str]] = frozenset) -> None:
+                 uinput_names: Callable[[], Collection[str]] = frozenset, xauthority: str | None = None) -> None:
         self.display_name = display_name
+        self.xauthority = xauthority  # the session's cookie file; None: XAUTHORITY or ~/.Xauthority
         self.sink = sink
         self.uinput_names = uinput_names  # read again whenever X reports new devices
         self.devices: dict[int, _Device] = {}
@@ -101,7 +103,7 @@ class X11InputListener:
 
     def start(self) -> None:
         """Connect and subscribe; raises ``Xlib.error`` / ``OSError`` if the display is unusable."""
-        connection = xdisplay.Display(self.display_name)
+        connection = connect(self.display_name, self.xauthority)
         try:
             if not connection.has_extension(xinput.extname):
                 raise OSError(f"X display {self.display_name} has no XInputExtension")

@@ -7,8 +7,9 @@ at network rate and in jumps are what a person driving the laptop from abroad le
 
 A listener runs inside the agent from ``start()`` to ``stop()``; ``collect()`` returns the
 window's aggregates and starts the next window. Linux: X11 through XInput2 raw events on
-``DISPLAY`` (or ``probe_options.input.display``; the agent needs that session's X authority),
-else the kernel's evdev nodes (root or the input group; Wayland, consoles, a service without a
+``DISPLAY`` (or ``probe_options.input.display``; without either, as a service, the display and
+cookie a desktop session's processes name: :mod:`farmwatch.agent.x11_session`), else the
+kernel's evdev nodes (root or the input group; Wayland, consoles, a service without a
 display); ``probe_options.input.source`` = ``x11`` or ``evdev`` forces one. Windows/macOS:
 pynput. The section names its ``source``. uinput devices under
 ``<sys_root>/devices/virtual/input`` are reported as ``virtual_devices``. Without any listener it
@@ -22,6 +23,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from farmwatch.contract import InputSource, InputTiming
 
@@ -114,7 +116,9 @@ class InputTimingProbe(Probe):
             self.problem(failure)
             self._close()
             self._listen()
-        return self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, source)
+        summary = self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, source)
+        self._prefer_x11()
+        return summary
 
     def _listen(self) -> None:
         try:
@@ -130,13 +134,29 @@ class InputTimingProbe(Probe):
             stop()
         self._listener = None
 
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = self.context.options.get(self.name, {})
+        return options
+
+    def _prefer_x11(self) -> None:
+        """Under ``auto``, take up an X desktop that appeared after the kernel's devices were chosen:
+        only X11 sees input injected inside the display server."""
+        if getattr(self._listener, "source", None) != "evdev" or self._options().get("source", "auto") != "auto":
+            return
+        try:
+            x11 = self._open_x11()
+        except ProbeUnavailable:
+            return
+        self._close()
+        self._listener = x11
+
     def _open_listener(self) -> object:
         platform = self.context.platform
         if platform in ("win32", "darwin"):
             return self._open_pynput()
         if platform != "linux":
             raise ProbeUnavailable(f"no input listener for platform {platform}")
-        source = self.context.options.get(self.name, {}).get("source", "auto")
+        source = self._options().get("source", "auto")
         if source == "x11":
             return self._open_x11()
         if source == "evdev":
@@ -152,21 +172,30 @@ class InputTimingProbe(Probe):
                 raise ProbeUnavailable(f"{x11}; {evdev}") from None
 
     def _open_x11(self) -> object:
-        display = self.context.options.get(self.name, {}).get("display") or os.environ.get("DISPLAY")
-        if not display:
-            raise ProbeUnavailable("no X display to listen on: DISPLAY is not set (console or Wayland session)")
+        from ..x11_session import XSession, x11_sessions
+
+        display = self._options().get("display") or os.environ.get("DISPLAY")
+        # A service has no DISPLAY: the desktop session's processes say where it is.
+        sessions = [XSession(display, None)] if display else x11_sessions(self.context.proc_root)
+        if not sessions:
+            raise ProbeUnavailable("no X display to listen on: DISPLAY is not set and no desktop session "
+                                   "has an X display (console or Wayland session)")
         try:
             from Xlib.error import DisplayError, XError
 
             from ..x11_input import X11InputListener
         except ImportError as error:
             raise ProbeUnavailable(f"python-xlib is not installed: {error}") from None
-        listener = X11InputListener(display, self._recorder, lambda: uinput_device_names(self.context.sys_root))
-        try:
-            listener.start()
-        except (OSError, DisplayError, XError) as error:
-            raise ProbeUnavailable(f"cannot listen on X display {display}: {error}") from None
-        return listener
+        refusals = []
+        for session in sessions:
+            listener = X11InputListener(session.display, self._recorder,
+                                        lambda: uinput_device_names(self.context.sys_root), session.xauthority)
+            try:
+                listener.start()
+                return listener
+            except (OSError, DisplayError, XError) as error:
+                refusals.append(f"cannot listen on X display {session.display}: {error}")
+        raise ProbeUnavailable("; ".join(refusals))
 
     def _open_evdev(self) -> object:
         from ..evdev_input import EvdevInputListener

@@ -1,18 +1,11 @@
 """The kernel input listener (evdev): device discovery, timing aggregates, injected devices, privacy.
 
-A replay, by necessity: this test box's kernel is built without uinput (CONFIG_INPUT_UINPUT is not
-set) and the VM has no input devices, so no real evdev node can exist here. The sysfs tree below is
-laid out as the kernel lays it out (class/input/eventN -> devices/.../inputK/eventN, capability
-bitmaps as hex words of unsigned long, most significant first) with capability values typical of a
-laptop's AT keyboard, a USB mouse, a Synaptics touchpad, the lid switch and power button, and a
-uinput keyboard; each event node is a FIFO fed with ``struct input_event`` records as the kernel
-writes them.
+Devices are replayed (see tests/fixtures/evdev_devices.py for why and how).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import struct
 import sys
 import time
@@ -20,6 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from evdev_devices import (
+    ABS_X, ABS_Y, BTN_LEFT, BTN_TOUCH, EV_ABS, EV_KEY, EV_REL, EV_SYN, KEY_A, KEY_D, KEY_F, KEY_S, KEYBOARD, LID,
+    MOUSE, POWER, REL_WHEEL, REL_X, REL_Y, TOUCHPAD, UINPUT, Machine, keys,
+)
 
 from farmwatch.agent.evdev_input import EvdevInputListener, capability_bits, input_devices
 from farmwatch.agent.input_stats import InputStats
@@ -29,74 +26,12 @@ from farmwatch.agent.probes.input_timing import InputTimingProbe
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or struct.calcsize("@l") != 8,
                                 reason="evdev is Linux's; the recorded input_event layout is the 64-bit one")
 
-EVENT = struct.Struct("@llHHi")
-EV_SYN, EV_KEY, EV_REL, EV_ABS = 0, 1, 2, 3
-KEY_A, KEY_S, KEY_D, KEY_F = 30, 31, 32, 33
-BTN_LEFT, BTN_TOUCH = 0x110, 0x14A
-REL_X, REL_Y, REL_WHEEL = 0, 1, 8
-ABS_X, ABS_Y = 0, 1
-
-# name, sysfs device path, capabilities: what the kernel prints for each device kind
-KEYBOARD = ("AT Translated Set 2 keyboard", "devices/platform/i8042/serio0/input/input0",
-            {"ev": "120013", "key": "402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe"})
-MOUSE = ("Logitech USB Optical Mouse",
-         "devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/0003:046D:C077.0001/input/input5",
-         {"ev": "17", "key": "70000 0 0 0 0", "rel": "903"})
-TOUCHPAD = ("SynPS/2 Synaptics TouchPad", "devices/platform/i8042/serio1/input/input6",
-            {"ev": "b", "key": "e520 10000 0 0 0 0", "abs": "660800011000003"})
-LID = ("Lid Switch", "devices/LNXSYSTM:00/LNXSYBUS:00/PNP0C0D:00/input/input1", {"ev": "21"})
-POWER = ("Power Button", "devices/LNXSYSTM:00/LNXPWRBN:00/input/input2", {"ev": "3", "key": "10000000000000 0"})
-UINPUT = ("remote-control virtual keyboard", "devices/virtual/input/input9",
-          {"ev": "3", "key": "402000000 3803078f800d001 feffffdfffefffff fffffffffffffffe"})
-
-
-class Machine:
-    """A sysfs tree and a /dev/input of FIFOs; ``write`` feeds a device's node."""
-
-    def __init__(self, root: Path) -> None:
-        self.sys_root, self.dev_root = root / "sys", root / "dev"
-        (self.sys_root / "class" / "input").mkdir(parents=True)
-        (self.dev_root / "input").mkdir(parents=True)
-        self.writers: dict[str, int] = {}
-
-    def plug(self, node: str, device: tuple[str, str, dict[str, str]], with_node: bool = True) -> None:
-        name, path, caps = device
-        folder = self.sys_root / path
-        (folder / "capabilities").mkdir(parents=True)
-        (folder / "name").write_text(name + "\n")
-        for kind, bits in caps.items():
-            (folder / "capabilities" / kind).write_text(bits + "\n")
-        (folder / node).mkdir()
-        (folder / node / "device").symlink_to(folder)
-        (self.sys_root / "class" / "input" / node).symlink_to(folder / node)
-        if with_node:
-            os.mkfifo(self.dev_root / "input" / node)
-            # Held open for writing, as a live device is: the reader never sees end of file.
-            self.writers[node] = os.open(self.dev_root / "input" / node, os.O_RDWR)
-
-    def write(self, node: str, events: list[tuple[float, int, int, int]]) -> None:
-        data = b"".join(EVENT.pack(int(at), round(at % 1 * 1e6), kind, code, value) for at, kind, code, value in events)
-        os.write(self.writers[node], data)
-
-    def close(self) -> None:
-        for fd in self.writers.values():
-            os.close(fd)
-
 
 @pytest.fixture
 def machine(tmp_path: Path) -> Iterator[Machine]:
     built = Machine(tmp_path)
     yield built
     built.close()
-
-
-def keys(times: list[float], codes: list[int]) -> list[tuple[float, int, int, int]]:
-    """Presses with their releases and one auto-repeat each (neither is a keystroke)."""
-    events = []
-    for at, code in zip(times, codes):
-        events += [(at, EV_KEY, code, 1), (at, EV_SYN, 0, 0), (at + 0.0005, EV_KEY, code, 2),
-                   (at + 0.0005, EV_SYN, 0, 0), (at + 0.001, EV_KEY, code, 0), (at + 0.001, EV_SYN, 0, 0)]
-    return events
 
 
 def rel_move(at: float, dx: int, dy: int = 0) -> list[tuple[float, int, int, int]]:
@@ -115,8 +50,9 @@ def settle(seen: object, count: int) -> None:
 
 
 def evdev_probe(machine: Machine, source: str = "evdev") -> InputTimingProbe:
+    # An empty proc folder: no desktop session to find, whatever runs on the developer's machine.
     probe = InputTimingProbe(ProbeContext(platform="linux", sys_root=machine.sys_root, dev_root=machine.dev_root,
-                                          options={"input": {"source": source}}))
+                                          proc_root=machine.proc_root, options={"input": {"source": source}}))
     probe.start()
     return probe
 

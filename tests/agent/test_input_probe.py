@@ -165,7 +165,8 @@ def test_different_words_same_rhythm_give_the_same_section(display: str, tmp_pat
 
 def test_no_display_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
-    probe = InputTimingProbe(ProbeContext(platform="linux", sys_root=tmp_path))
+    # proc_root without processes: no desktop session to find, whatever runs on the developer's machine.
+    probe = InputTimingProbe(ProbeContext(platform="linux", sys_root=tmp_path, proc_root=tmp_path))
     probe.start()
     # Without a display the kernel's devices are tried next; this box has none to offer either.
     with pytest.raises(ProbeUnavailable, match="no X display to listen on: DISPLAY is not set.*; "
