@@ -4,14 +4,17 @@ Country comes from a MaxMind-format city/country database when ``[geo] city_db``
 (GeoLite2, DB-IP Lite), else from ``iptocc`` (built from the regional internet registries'
 delegation files: the country an address block was assigned to). ASN and its organisation come
 from ``[geo] asn_db`` when given. ``network_kind`` is "corporate" for the company's own egress
-ranges (``[geo] corporate_networks``); classifying residential/hosting/VPN needs data we do not
-ship yet, so everything else is "unknown".
+ranges (``[geo] corporate_networks``), then "hosting" or "vpn" when the ASN is in
+``data/network_kinds.csv`` (cloud and hosting companies, anonymisers; sources in its header).
+Residential and mobile networks need data we do not ship yet, so everything else is "unknown".
 """
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ class GeoLookup:
         self.corporate = tuple(corporate)
         self._city = _open(city_db, "city_db")
         self._asn = _open(asn_db, "asn_db")
+        self.kinds = network_kinds()
 
     def lookup(self, address: str) -> dict[str, Any]:
         """The ``geo`` object of ``report-v1.md`` for ``address`` (unknown parts null)."""
@@ -42,8 +46,20 @@ class GeoLookup:
             "country": country,
             "asn": asn.get("autonomous_system_number"),
             "asn_org": asn.get("autonomous_system_organization"),
-            "network_kind": "corporate" if within(str(ip), self.corporate) else "unknown",
+            "network_kind": self._kind(ip, asn.get("autonomous_system_number")),
         }
+
+    def _kind(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, asn: object) -> str:
+        if within(str(ip), self.corporate):
+            return "corporate"
+        return self.kinds.get(asn, "unknown") if isinstance(asn, int) else "unknown"
+
+
+def network_kinds() -> dict[int, str]:
+    """ASN -> "hosting" | "vpn", from the shipped catalogue."""
+    text = resources.files("farmwatch.collector.data").joinpath("network_kinds.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {int(row["asn"]): row["kind"] for row in rows}
 
 
 def within(address: str, networks: Sequence[Network]) -> bool:

@@ -12,6 +12,8 @@ from collector_helpers import auth, report_for, serve_refusal
 from collector_process import RunningCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from farmwatch.collector.geo import network_kinds
+
 pytestmark = pytest.mark.slow
 
 
@@ -207,6 +209,34 @@ def test_geo_from_configured_maxmind_databases(collector_factory: object, tmp_pa
     assert first == {"country": "KP", "asn": 64496, "asn_org": "Example Hosting", "network_kind": "unknown"}
     # Outside both files: with a city database configured, its silence is the answer (no iptocc guess).
     assert second == {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}
+
+
+def test_hosting_and_anonymiser_networks_are_named_by_their_asn(collector_factory: object, tmp_path: Path) -> None:
+    """ASNs in collector/data/network_kinds.csv classify the egress; the company's own ranges win."""
+    asn = _mmdb(tmp_path / "asn.mmdb", "GeoLite2-ASN", {
+        "203.0.113.0/25": {"autonomous_system_number": 14061, "autonomous_system_organization": "DIGITALOCEAN-ASN"},
+        "203.0.113.128/25": {"autonomous_system_number": 53559, "autonomous_system_organization": "ANONYMIZER"},
+        # the company's range (TRUSTING_LOOPBACK's corporate_networks), hosted at a listed cloud
+        "198.51.100.0/24": {"autonomous_system_number": 14061, "autonomous_system_organization": "DIGITALOCEAN-ASN"},
+        "192.0.2.0/24": {"autonomous_system_number": 7922, "autonomous_system_organization": "COMCAST-7922"},
+    })
+    config = TRUSTING_LOOPBACK.replace("[geo]\n", f"[geo]\nasn_db = '{asn}'\n")
+    collector = collector_factory(config)  # type: ignore[operator]
+    device = collector.enrol()
+    for seq, address in enumerate(("203.0.113.10", "203.0.113.200", "198.51.100.7", "192.0.2.9"), start=1):
+        httpx.post(
+            f"{collector.url}/api/v1/reports",
+            json=report_for(str(device["device_id"]), seq),
+            headers={**auth(device["token"]), "X-Forwarded-For": address},
+        ).raise_for_status()
+    kinds = [json.loads(line)["geo"]["network_kind"] for line in collector.cli("export", "--db", collector.db_url).stdout.splitlines()]
+    assert kinds == ["hosting", "vpn", "corporate", "unknown"]
+
+
+def test_the_network_kind_catalogue_is_well_formed() -> None:
+    kinds = network_kinds()
+    assert len(kinds) >= 40 and set(kinds.values()) == {"hosting", "vpn"}
+    assert kinds[16509] == "hosting"  # AMAZON-02
 
 
 def test_unreadable_geo_database_stops_serve_in_one_line(tmp_path: Path) -> None:
