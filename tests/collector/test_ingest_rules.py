@@ -6,12 +6,18 @@ import asyncio
 import gzip
 import ipaddress
 import json
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from collector_helpers import report_for
-from fastapi.testclient import TestClient
+from collector_process import free_port
 
 from farmwatch.collector.app import create_app
 from farmwatch.collector.config import CollectorConfig
@@ -96,12 +102,31 @@ def test_digest_ignores_spelling_but_not_content() -> None:
     assert digest(parse_report(json.dumps(report).encode())) != digest(compact)
 
 
+@contextmanager
+def served(app: FastAPI) -> Iterator[httpx.Client]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread (this process holds the store,
+    so the test can pull it away); yields an HTTP client pointed at it."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_healthz_is_503_while_the_store_cannot_be_opened(tmp_path: Path) -> None:
     home = tmp_path / "data"
     home.mkdir()
     storage = Storage.open(f"sqlite:///{home / 'farmwatch.db'}")
     config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20)
-    with TestClient(create_app(storage, config, background_scoring=False)) as client:
+    with served(create_app(storage, config, background_scoring=False)) as client:
         assert client.get("/healthz").status_code == 200
         storage.engine.dispose()  # close pooled connections so the next query must open the file
         home.rename(tmp_path / "moved")
