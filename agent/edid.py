@@ -42,8 +42,7 @@ def parse_edid(blob: bytes) -> Edid:
         raise EdidError(f"EDID header is {block[:8].hex()}, expected {HEADER.hex()}")
     if sum(block) % 256:
         raise EdidError(f"EDID checksum mismatch: bytes sum to {sum(block) % 256} mod 256, expected 0")
-    packed = int.from_bytes(block[8:10], "big")
-    manufacturer = "".join(chr(ord("A") - 1 + (packed >> shift & 0x1F)) for shift in (10, 5, 0))
+    manufacturer = pnp_id(int.from_bytes(block[8:10], "big"))
     texts = dict(_descriptor_texts(block))
     numeric_serial = int.from_bytes(block[12:16], "little")
     return Edid(
@@ -52,6 +51,11 @@ def parse_edid(blob: bytes) -> Edid:
         name=texts.get(TAG_NAME),
         serial=texts.get(TAG_SERIAL) or (str(numeric_serial) if numeric_serial else None),
     )
+
+
+def pnp_id(packed: int) -> str:
+    """The three-letter PNP manufacturer id packed in 16 bits (three 5-bit letters, 1 = 'A')."""
+    return "".join(chr(ord("A") - 1 + (packed >> shift & 0x1F)) for shift in (10, 5, 0))
 
 
 def _descriptor_texts(block: bytes) -> list[tuple[int, str]]:

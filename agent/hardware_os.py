@@ -1,8 +1,9 @@
 """USB devices and displays from macOS and Windows tool output (Linux reads sysfs instead).
 
-- macOS: ``system_profiler SPUSBDataType -json``: a tree of buses whose ``_items`` are devices
+- macOS: ``system_profiler -json SPUSBDataType``: a tree of buses whose ``_items`` are devices
   with ``vendor_id`` ("0x1d6b" or "0x05ac  (Apple Inc.)"), ``product_id``, ``manufacturer`` and
-  ``_name`` (the product string). It lists no interface classes.
+  ``_name`` (the product string). It lists no interface classes. Displays from
+  ``system_profiler -json SPDisplaysDataType`` (see :func:`parse_system_profiler_displays`).
 - Windows: ``Get-PnpDevice`` rows for ``USB\\VID_xxxx&PID_yyyy[&MI_nn]\\...`` instance ids with
   their ``CompatibleIds`` (``USB\\Class_03&SubClass_01&Prot_01``: the interface class) and
   ``DEVPKEY_Device_BusReportedDeviceDesc`` (the device's own product string); Windows exposes
@@ -18,6 +19,7 @@ from typing import Any
 
 from farmwatch.contract import Display, UsbDevice
 
+from .edid import pnp_id
 from .salted import salted_sha256
 from .usb_sysfs import interface_class_name
 
@@ -60,6 +62,29 @@ def parse_system_profiler_usb(output: str) -> list[UsbDevice]:
 
     walk(json.loads(output).get("SPUSBDataType", []))
     return devices
+
+
+def parse_system_profiler_displays(output: str, salt: str) -> list[Display]:
+    """Displays from ``system_profiler -json SPDisplaysDataType``.
+
+    Each graphics entry lists its displays under ``spdisplays_ndrvs``. macOS has decoded the EDID
+    already: ``_name`` is the monitor name ("Color LCD" for a built-in panel),
+    ``_spdisplays_display-vendor-id`` the PNP manufacturer id as hex of its packed 16 bits (610 is
+    APP), the serial is ``_spdisplays_display-serial-number`` (older releases drop the leading
+    underscore). Vendor id 756e6b6e (ASCII "unkn") marks a virtual display: no manufacturer.
+    """
+    displays = []
+    for adapter in _as_list((json.loads(output) if output.strip() else {}).get("SPDisplaysDataType")):
+        for screen in _as_list(adapter.get("spdisplays_ndrvs")):
+            vendor = str(screen.get("_spdisplays_display-vendor-id") or "")
+            manufacturer = pnp_id(int(vendor, 16)) if re.fullmatch(r"[0-9a-fA-F]{1,4}", vendor) else None
+            serial = screen.get("_spdisplays_display-serial-number") or screen.get("spdisplays_display-serial-number")
+            displays.append(Display(
+                name=screen.get("_name") or None,
+                manufacturer=manufacturer if manufacturer and manufacturer.isalpha() else None,
+                serial_hash=salted_sha256(salt, str(serial)) if serial and str(serial) != "0" else None,
+            ))
+    return displays
 
 
 def parse_windows_pnp_usb(output: str) -> list[UsbDevice]:

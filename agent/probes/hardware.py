@@ -7,8 +7,8 @@ identities lives with the detectors.
 
 Linux: ``<sys_root>/bus/usb/devices`` (see :mod:`farmwatch.agent.usb_sysfs`) and
 ``<sys_root>/class/drm/*/edid`` (see :mod:`farmwatch.agent.edid`). macOS: ``system_profiler``
-(USB only; displays are named missing in ``errors[]``). Windows: PnP devices and WMI monitor ids
-through PowerShell (see :mod:`farmwatch.agent.hardware_os`). A display serial leaves the machine
+for USB and displays. Windows: PnP devices and WMI monitor ids through PowerShell (see
+:mod:`farmwatch.agent.hardware_os`). A display serial leaves the machine
 only as a salted SHA-256.
 """
 
@@ -32,9 +32,9 @@ class HardwareProbe(Probe):
     def collect(self) -> HardwareFacts:
         platform = self.context.platform
         if platform == "darwin":
-            usb = hardware_os.parse_system_profiler_usb(self.context.run(["system_profiler", "SPUSBDataType", "-json"]))
-            self.problem("display identities are not read on macOS yet (its EDID sits in ioreg)")
-            return HardwareFacts(usb=usb, displays=[])
+            usb = hardware_os.parse_system_profiler_usb(self.context.run(["system_profiler", "-json", "SPUSBDataType"]))
+            screens = self.context.run(["system_profiler", "-json", "SPDisplaysDataType"])
+            return HardwareFacts(usb=usb, displays=hardware_os.parse_system_profiler_displays(screens, self.context.salt))
         if platform == "win32":
             usb = hardware_os.parse_windows_pnp_usb(self._powershell(hardware_os.WINDOWS_USB_SCRIPT))
             monitors = self._powershell(hardware_os.WINDOWS_MONITOR_SCRIPT)

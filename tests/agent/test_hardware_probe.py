@@ -201,7 +201,9 @@ PIKVM_USB = {"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM",
 
 
 def test_macos_from_recorded_system_profiler() -> None:
-    probe = HardwareProbe(ProbeContext(platform="darwin", run=replay({"-json": recorded("macos-system_profiler-SPUSBDataType.json")})))
+    run = replay({"SPUSBDataType": recorded("macos-system_profiler-SPUSBDataType.json"),
+                  "SPDisplaysDataType": recorded("macos-system_profiler-SPDisplaysDataType.json")})
+    probe = HardwareProbe(ProbeContext(platform="darwin", run=run, salt=SALT))
     assert to_wire(probe.collect()) == {
         "usb": [
             {**PIKVM_USB, "interface_classes": []},  # system_profiler lists no interfaces
@@ -210,9 +212,13 @@ def test_macos_from_recorded_system_profiler() -> None:
             {"vendor_id": "046d", "product_id": "c52b", "manufacturer": "Logitech", "product": "USB Receiver",
              "interface_classes": []},
         ],
-        "displays": [],
+        "displays": [
+            {"name": "Color LCD", "manufacturer": "APP", "serial_hash": salted_sha256(SALT, "fd626d62")},
+            {"name": "Toshiba-H2C", "manufacturer": "TSB", "serial_hash": salted_sha256(SALT, "1")},  # PiKVM's capture
+            {"name": "Virtual 16:9", "manufacturer": None, "serial_hash": None},  # vendor 756e6b6e: "unkn"
+        ],
     }
-    assert probe.problems == ["display identities are not read on macOS yet (its EDID sits in ioreg)"]
+    assert probe.problems == []
 
 
 def test_windows_from_recorded_pnp_and_wmi() -> None:
