@@ -91,12 +91,14 @@ class InputStats:
         self._event(at, injected)
         self.key_events += 1
         if self._last_key is not None:
-            interval = at - self._last_key
+            # Listeners reading several devices (evdev) may hand over one device's earlier key
+            # after another's later one: the gap between the two presses is what counts.
+            interval = abs(at - self._last_key)
             if interval < self.burst:
                 self.key_bursts += 1
             if interval <= self.typing_gap:
                 self.key_intervals.append(interval)
-        self._last_key = at
+        self._last_key = at if self._last_key is None else max(at, self._last_key)
 
     def button(self, at: float, injected: bool = False) -> None:
         """A mouse button press (or wheel step) at time ``at``."""
@@ -110,9 +112,9 @@ class InputStats:
         self.mouse_moves += 1
         if distance is not None and distance > self.jump:
             self.mouse_jumps += 1
-        if self._last_move is not None and at - self._last_move < self.moving_gap:
-            self.move_steps[max(1, round((at - self._last_move) / self.resolution))] += 1
-        self._last_move = at
+        if self._last_move is not None and abs(at - self._last_move) < self.moving_gap:
+            self.move_steps[max(1, round(abs(at - self._last_move) / self.resolution))] += 1
+        self._last_move = at if self._last_move is None else max(at, self._last_move)
 
     def _median_move_interval(self) -> float | None:
         """Median of the histogram of move intervals, in seconds."""

@@ -105,3 +105,12 @@ def test_same_rhythm_same_summary_whatever_was_typed() -> None:
 )
 def test_quantile_is_linear_between_ranks(values: list[float], q: float, expected: float) -> None:
     assert quantile(values, q) == pytest.approx(expected)
+
+
+def test_events_handed_over_out_of_order_give_no_negative_interval() -> None:
+    """Two keyboards read one after the other (evdev): an earlier press may arrive after a later one."""
+    stats = InputStats()
+    typed(stats, [1.000, 1.300, 1.298, 1.600])  # the third press happened 2 ms before the second
+    summary = stats.summary(2.0)
+    assert stats.key_intervals == pytest.approx([0.300, 0.002, 0.300])  # the last counts from the latest press
+    assert summary.key_burst_fraction == 0.25 and (summary.key_interval_ms_p10 or 0) >= 0
