@@ -41,6 +41,11 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        self.scoring_pending = Gauge(
+            "farmwatch_scoring_runs_pending",
+            "On-demand scoring runs running or queued (at most one of each).",
+            registry=registry,
+        )
         self.devices = Gauge("farmwatch_devices", "Enrolled devices.", registry=registry)
         self.devices.set_function(device_count)
         for reason in REJECT_REASONS:

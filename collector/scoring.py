@@ -84,8 +84,15 @@ class Scorer:
                 return None
             if self._on_demand is None:
                 self._on_demand = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farmwatch-rescore")
-            self._queued = self._on_demand.submit(self.run)
+            self._queued = self._on_demand.submit(self._run_if_stale)
+            self.metrics.scoring_pending.inc()
+            self._queued.add_done_callback(lambda _: self.metrics.scoring_pending.dec())
             return self._queued
+
+    def _run_if_stale(self) -> int:
+        """An on-demand run, skipped when the run before it already covered every report (a queued
+        run often is: it was asked for while that one was reading)."""
+        return self.run() if self._stale(None) else 0
 
     def _stale(self, device_id: str | None) -> bool:
         stale = self.storage.stale_devices(self._window_start(self.clock()))
