@@ -133,10 +133,6 @@ class EvdevInputListener:
             self._close(node)
         self._selector.close()
 
-    def device_names(self) -> list[str]:
-        """Names of the software-made devices being read (they also appear in sysfs' virtual tree)."""
-        return sorted(r.device.name for r in self._reading.values() if r.device.injected)
-
     def _open(self, devices: list[EventDevice]) -> list[str]:
         refused = []
         for device in devices:

@@ -102,10 +102,11 @@ def connect(display: str, xauthority: str | None) -> Display:
 
     if xauthority is None:
         return xdisplay.Display(display)
-    cookie = _cookie(Path(xauthority), _number(display))
+    number = _number(display)
+    cookie = _cookie(Path(xauthority), number)
     memory = os.memfd_create("farmwatch-xauthority", os.MFD_CLOEXEC)
     try:
-        os.write(memory, _entry(FAMILY_LOCAL, socket.gethostname().encode(), _number(display).encode(), cookie))
+        os.write(memory, _entry(FAMILY_LOCAL, socket.gethostname().encode(), number.encode(), cookie))
         with _xauthority(f"/proc/self/fd/{memory}"):
             return xdisplay.Display(display)
     finally:

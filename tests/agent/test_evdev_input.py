@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from evdev_devices import (
     ABS_X, ABS_Y, BTN_LEFT, BTN_TOUCH, EV_ABS, EV_KEY, EV_REL, EV_SYN, KEY_A, KEY_D, KEY_F, KEY_S, KEYBOARD, LID,
-    MOUSE, POWER, REL_WHEEL, REL_X, REL_Y, TOUCHPAD, UINPUT, Machine, keys,
+    MOUSE, POWER, REL_WHEEL, REL_X, REL_Y, TOUCHPAD, UINPUT, Machine, keys, settle,
 )
 
 from farmwatch.agent.evdev_input import EvdevInputListener, capability_bits, input_devices
@@ -36,17 +36,6 @@ def machine(tmp_path: Path) -> Iterator[Machine]:
 
 def rel_move(at: float, dx: int, dy: int = 0) -> list[tuple[float, int, int, int]]:
     return [(at, EV_REL, REL_X, dx), (at, EV_REL, REL_Y, dy), (at, EV_SYN, 0, 0)]
-
-
-def settle(seen: object, count: int) -> None:
-    """Wait until the listener has handed ``count`` key and mouse events to its sink."""
-    deadline = time.monotonic() + 20
-    while True:
-        total = seen.events_seen() if isinstance(seen, InputTimingProbe) else seen.key_events + seen.mouse_events  # type: ignore[attr-defined]
-        if total >= count:
-            return
-        assert time.monotonic() < deadline, f"the listener saw {total} of {count} events"
-        time.sleep(0.02)
 
 
 def evdev_probe(machine: Machine, source: str = "evdev") -> InputTimingProbe:
@@ -84,14 +73,14 @@ def test_a_window_of_keyboard_mouse_touchpad_and_uinput_input(machine: Machine) 
         # 11 keys 150 ms apart, 1 s later a burst of 5 keys 2 ms apart (a batched remote burst)
         typed = [t0 + i * 0.150 for i in range(11)] + [t0 + 2.5 + i * 0.002 for i in range(5)]
         machine.write("event0", keys(typed, [KEY_A] * len(typed)))
-        settle(probe, 16)
+        settle(probe.events_seen, 16)
         # 10 small moves and one 269 px jump 8 ms apart, a wheel step and a click
         moves = [t0 + 10 + i * 0.008 for i in range(11)]
         mouse = [e for at in moves[:10] for e in rel_move(at, 3)] + rel_move(moves[10], 250, -100)
         mouse += [(t0 + 11, EV_REL, REL_WHEEL, -1), (t0 + 11, EV_SYN, 0, 0),
                   (t0 + 12, EV_KEY, BTN_LEFT, 1), (t0 + 12, EV_SYN, 0, 0), (t0 + 12.1, EV_KEY, BTN_LEFT, 0)]
         machine.write("event1", mouse)
-        settle(probe, 16 + 13)
+        settle(probe.events_seen, 16 + 13)
         # a finger lands (not a click), slides for three frames, then a tap-click
         touch = [(t0 + 20, EV_KEY, BTN_TOUCH, 1), (t0 + 20, EV_SYN, 0, 0)]
         for step in range(3):
@@ -99,10 +88,10 @@ def test_a_window_of_keyboard_mouse_touchpad_and_uinput_input(machine: Machine) 
             touch += [(at, EV_ABS, ABS_X, 1000 + 40 * step), (at, EV_ABS, ABS_Y, 2000), (at, EV_SYN, 0, 0)]
         touch += [(t0 + 21, EV_KEY, BTN_LEFT, 1), (t0 + 21, EV_SYN, 0, 0)]
         machine.write("event2", touch)
-        settle(probe, 16 + 13 + 4)
+        settle(probe.events_seen, 16 + 13 + 4)
         # a uinput keyboard types three keys 100 ms apart, a minute later
         machine.write("event4", keys([t0 + 60 + i * 0.1 for i in range(3)], [KEY_S] * 3))
-        settle(probe, 16 + 13 + 4 + 3)
+        settle(probe.events_seen, 16 + 13 + 4 + 3)
         section = probe.collect()
     finally:
         probe.stop()
@@ -128,7 +117,7 @@ def test_different_keys_in_the_same_rhythm_give_the_same_section(machine: Machin
         try:
             start = 100.0 * (window + 1)
             machine.write("event0", keys([start, start + 0.2, start + 0.203, start + 0.5], codes))
-            settle(probe, 4)
+            settle(probe.events_seen, 4)
             sections.append(probe.collect().model_dump(exclude={"seconds_observed"}))
         finally:
             probe.stop()
@@ -144,7 +133,7 @@ def test_events_the_kernel_dropped_are_skipped_to_the_next_frame(machine: Machin
     try:
         machine.write("event0", [(1.0, EV_SYN, 3, 0), (1.0, EV_REL, REL_X, 900), (1.0, EV_SYN, 0, 0)]
                       + rel_move(2.0, 5))
-        settle(stats, 1)
+        settle(lambda: stats.key_events + stats.mouse_events, 1)
         time.sleep(0.1)
     finally:
         listener.stop()
@@ -163,7 +152,7 @@ def test_a_keyboard_plugged_in_later_is_picked_up(machine: Machine) -> None:
             assert time.monotonic() < deadline, "the new keyboard was never opened"
             time.sleep(0.02)
         machine.write("event1", keys([7.0], [KEY_A]))
-        settle(stats, 1)
+        settle(lambda: stats.key_events + stats.mouse_events, 1)
     finally:
         listener.stop()
     assert stats.key_events == 1
@@ -188,7 +177,7 @@ def test_without_a_display_auto_falls_back_to_evdev(machine: Machine, monkeypatc
     probe = evdev_probe(machine, source="auto")
     try:
         machine.write("event0", keys([1.0, 1.2], [KEY_A, KEY_S]))
-        settle(probe, 2)
+        settle(probe.events_seen, 2)
         section = probe.collect()
     finally:
         probe.stop()

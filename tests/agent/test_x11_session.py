@@ -15,12 +15,11 @@ import secrets
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from evdev_devices import KEY_A, KEYBOARD, Machine, keys
+from evdev_devices import KEY_A, KEYBOARD, Machine, keys, settle
 from xserver import xtool, xvfb
 
 pytest.importorskip("Xlib")
@@ -112,11 +111,11 @@ def test_a_service_on_kernel_devices_moves_to_the_desktop_once_one_appears(
     session = subprocess.Popen(["sleep", "120"], env={"DISPLAY": display, "XAUTHORITY": str(cookie_file)})
     try:
         machine.write("event0", keys([1.0], [KEY_A]))
-        settle(probe, 1)
+        settle(probe.events_seen, 1)
         (machine.proc_root / str(session.pid)).symlink_to(f"/proc/{session.pid}")  # the desktop starts
         before = probe.collect()
         xtool(display, "xdotool", "type", "--delay", "100", "abc", xauthority=cookie_file)
-        settle(probe, 3)
+        settle(probe.events_seen, 3)
         after = probe.collect()
     finally:
         probe.stop()
@@ -125,10 +124,3 @@ def test_a_service_on_kernel_devices_moves_to_the_desktop_once_one_appears(
         machine.close()
     assert (before.source, before.key_events, before.injected_events) == ("evdev", 1, 0)
     assert (after.source, after.key_events, after.injected_events) == ("x11", 3, 3)
-
-
-def settle(probe: InputTimingProbe, count: int) -> None:
-    deadline = time.monotonic() + 20
-    while probe.events_seen() < count:
-        assert time.monotonic() < deadline, f"the listener saw {probe.events_seen()} of {count} events"
-        time.sleep(0.02)
