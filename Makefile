@@ -18,7 +18,7 @@ system-deps: ## Debian packages the tests drive (Xvfb, xdotool, iproute2 ...); r
 	bash deploy/dev/system-deps.sh
 
 run: install ## a collector on SQLite on localhost and this machine's agent reporting to it
-	$(BIN)/python -m farmwatch.collector.devrun
+	$(BIN)/python deploy/dev/devrun.py
 
 test: install system-deps
 	$(BIN)/pytest

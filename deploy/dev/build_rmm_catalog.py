@@ -1,7 +1,7 @@
-"""Build ``agent/data/rmm_catalog.json`` from the LOLRMM catalogue plus vendor-documented names.
+"""Build ``farmwatch/agent/data/rmm_catalog.json`` from the LOLRMM catalogue plus vendor-documented names.
 
 Usage: ``python deploy/dev/build_rmm_catalog.py [LOLRMM_YAML_DIR] [OUT_JSON]``
-(defaults: ``../shared/data/lolrmm/yaml`` and ``agent/data/rmm_catalog.json``).
+(defaults: ``../shared/data/lolrmm/yaml`` and ``farmwatch/agent/data/rmm_catalog.json``).
 
 LOLRMM (magicsword-io/LOLRMM, Apache-2.0) gives Windows file names (PEMetadata ``Filename`` /
 ``OriginalFileName``), supported OSes, network ports and a category per tool. It rarely names the
@@ -21,7 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "lolrmm" / "yaml"
-DEFAULT_OUT = ROOT / "agent" / "data" / "rmm_catalog.json"
+DEFAULT_OUT = ROOT / "farmwatch" / "agent" / "data" / "rmm_catalog.json"
 LOLRMM_COMMIT = "3c75cf091b10bf7e8ecd576055c44d172b35ff21"
 
 # LOLRMM tool files whose id must be the one report-v1.md names (the rest get a slug of the name).

@@ -98,7 +98,7 @@ def test_names_match_case_insensitively_without_exe(name: str, tool: str | None)
 def test_every_catalogue_tool_cites_its_source_and_lolrmm_is_attributed() -> None:
     catalog = json.loads(CATALOG_PATH.read_text())
     assert "LOLRMM" in catalog["about"] and catalog["license"] == "Apache-2.0"
-    assert (CATALOG_PATH.parent / "LOLRMM-LICENSE").read_text().split()[:2] == ["Apache", "License"]
+    assert (Path(str(CATALOG_PATH)).parent / "LOLRMM-LICENSE").read_text().split()[:2] == ["Apache", "License"]
     for tool in catalog["tools"]:
         assert tool["processes"] and tool["sources"], tool["id"]
         assert all(p == p.lower() and not p.endswith(".exe") for p in tool["processes"]), tool["id"]

@@ -12,7 +12,7 @@ from collector_helpers import auth, report_for, serve_refusal
 from collector_process import RunningCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from farmwatch.collector.geo import network_kinds
+from farmwatch.collector.egress import network_kinds
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""`make run` (collector.devrun): a real collector and a real agent come up, report, and both stop on Ctrl-C."""
+"""`make run` (deploy/dev/devrun.py): a real collector and a real agent come up, report, and both stop on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from collector_process import free_port
 
 pytestmark = pytest.mark.slow
+DEVRUN = Path(__file__).resolve().parents[2] / "deploy" / "dev" / "devrun.py"
 
 
 def test_devrun_reports_this_machine_and_stops_cleanly(tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ def test_devrun_reports_this_machine_and_stops_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "devrun.out"
     with open(out, "wb") as sink:
         devrun = subprocess.Popen(
-            [sys.executable, "-m", "farmwatch.collector.devrun", "--dir", str(folder), "--port", str(free_port()),
+            [sys.executable, str(DEVRUN), "--dir", str(folder), "--port", str(free_port()),
              "--interval", "2"],
             stdout=sink, stderr=subprocess.STDOUT,
         )
@@ -60,7 +61,7 @@ def test_devrun_reports_this_machine_and_stops_cleanly(tmp_path: Path) -> None:
 
 def test_children_end_when_devrun_is_killed(tmp_path: Path) -> None:
     devrun = subprocess.Popen(
-        [sys.executable, "-m", "farmwatch.collector.devrun", "--dir", str(tmp_path / "run"), "--port", str(free_port())],
+        [sys.executable, str(DEVRUN), "--dir", str(tmp_path / "run"), "--port", str(free_port())],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     children: list[psutil.Process] = []

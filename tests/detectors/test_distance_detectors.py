@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from detector_records import ANCHORS, connection, host, make_record, network, probe, roster_entry, run, tool, user_input
 
-from farmwatch.detectors.colocation import ColocationDetector
+from farmwatch.detectors.signals.colocation import ColocationDetector
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.geo import great_circle_km
-from farmwatch.detectors.geo_mismatch import GeoMismatchDetector
-from farmwatch.detectors.location_proof import LocationProofDetector
-from farmwatch.detectors.session_distance import SessionDistanceDetector
+from farmwatch.detectors.distance import great_circle_km
+from farmwatch.detectors.signals.geo_mismatch import GeoMismatchDetector
+from farmwatch.detectors.signals.location_proof import LocationProofDetector
+from farmwatch.detectors.signals.session_distance import SessionDistanceDetector
 
 BOSTON = (42.36, -71.06)
 SAN_JOSE = (37.34, -121.89)

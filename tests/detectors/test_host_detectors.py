@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from detector_records import NOW, START, host, make_record, roster_entry, run, user_input
 
-from farmwatch.detectors.agent_health import AgentHealthDetector
-from farmwatch.detectors.always_on import AlwaysOnDetector
-from farmwatch.detectors.host_mismatch import HostMismatchDetector
-from farmwatch.detectors.working_hours import WorkingHoursDetector
+from farmwatch.detectors.signals.agent_health import AgentHealthDetector
+from farmwatch.detectors.signals.always_on import AlwaysOnDetector
+from farmwatch.detectors.signals.host_mismatch import HostMismatchDetector
+from farmwatch.detectors.signals.working_hours import WorkingHoursDetector
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from sklearn.ensemble import IsolationForest
 
 from farmwatch.detectors.base import Context
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.fleet_anomaly import FleetAnomalyDetector, device_features
+from farmwatch.detectors.signals.fleet_anomaly import FleetAnomalyDetector, device_features
 from farmwatch.detectors.frame import flatten
-from farmwatch.detectors.input_rhythm import InputRhythmDetector
-from farmwatch.detectors.ipkvm import IpKvmDetector
+from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
+from farmwatch.detectors.signals.ipkvm import IpKvmDetector
 
 REMOTE = {"key_interval_ms_p10": 3.0, "key_burst_fraction": 0.2, "mouse_rate_hz_median": 25.0,
           "mouse_jump_fraction": 0.04}

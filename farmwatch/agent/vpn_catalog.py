@@ -11,9 +11,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
+from importlib.resources import files
 
-CATALOG_PATH = Path(__file__).resolve().parent / "data" / "vpn_catalog.json"
+CATALOG_PATH = files("farmwatch.agent") / "data" / "vpn_catalog.json"
 _COMM_LENGTH = 15  # Linux truncates /proc/<pid>/comm to 15 characters (TASK_COMM_LEN - 1)
 
 

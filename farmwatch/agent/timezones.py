@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -57,7 +58,7 @@ def parse_systemsetup(output: str) -> str | None:
 @cache
 def windows_zones() -> dict[str, str]:
     """Windows zone id -> IANA zone, from the CLDR table shipped in ``agent/data``."""
-    table = (Path(__file__).parent / "data" / "windows_zones.tsv").read_text(encoding="utf-8")
+    table = (files("farmwatch.agent") / "data" / "windows_zones.tsv").read_text(encoding="utf-8")
     pairs = (line.split("\t") for line in table.splitlines() if line and not line.startswith("#"))
     return {windows_id: iana for windows_id, iana in pairs}
 

@@ -15,7 +15,7 @@ import os
 from collections import defaultdict
 from datetime import datetime, timezone
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Any, NamedTuple
 
 import psutil
@@ -26,7 +26,7 @@ from ..tcpinfo import Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
 from .base import Probe
 
 
-CATALOG_PATH = Path(__file__).resolve().parents[1] / "data" / "rmm_catalog.json"
+CATALOG_PATH = files("farmwatch.agent") / "data" / "rmm_catalog.json"
 
 
 @lru_cache(maxsize=1)

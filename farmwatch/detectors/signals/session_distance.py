@@ -3,7 +3,7 @@
 An inbound remote-access connection or an RDP/VNC/SSH session is a direct path to the controller
 (through any VPN it rides on: the RTT covers the whole path). Its minimum RTT bounds the distance
 from above (light) and, with a conservative path model, makes a lower distance likely
-(:func:`farmwatch.detectors.geo.likely_min_distance_km`). Relayed sessions are left out: the TCP
+(:func:`farmwatch.detectors.distance.likely_min_distance_km`). Relayed sessions are left out: the TCP
 peer is the vendor's relay and its RTT says little about the operator (signals.md).
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
-from farmwatch.detectors.geo import likely_min_distance_km, max_distance_km
+from farmwatch.detectors.distance import likely_min_distance_km, max_distance_km
 
 
 class SessionDistanceDetector(Detector):

@@ -23,7 +23,7 @@ from types import FrameType
 
 import httpx
 
-DEV_DATA = Path(__file__).resolve().parents[1] / "deploy" / "dev"
+DEV_DATA = Path(__file__).resolve().parent
 PREFERRED_PORT = 8765
 LOCAL_EMPLOYEE = "E-LOCAL"
 
@@ -34,7 +34,7 @@ class DevRunError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m farmwatch.collector.devrun",
+        prog="python deploy/dev/devrun.py",
         description="Start a farmwatch collector on SQLite on 127.0.0.1 and this machine's agent "
         "reporting to it (what `make run` does). Everything lives in --dir; stop with Ctrl-C.",
     )

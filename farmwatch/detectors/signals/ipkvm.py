@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
 import pandas as pd
 
@@ -37,8 +37,8 @@ class Identity:
 
 @lru_cache(maxsize=1)
 def catalogue() -> tuple[Identity, ...]:
-    """The IP-KVM identities shipped in ``detectors/data/ipkvm.csv``."""
-    text = (Path(__file__).parent / "data" / "ipkvm.csv").read_text(encoding="utf-8")
+    """The IP-KVM identities shipped in ``farmwatch/detectors/data/ipkvm.csv``."""
+    text = (files("farmwatch.detectors") / "data" / "ipkvm.csv").read_text(encoding="utf-8")
     rows = csv.reader(line for line in text.splitlines() if line and not line.startswith("#"))
     return tuple(Identity(*row) for row in rows)
 

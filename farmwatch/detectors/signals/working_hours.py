@@ -13,7 +13,7 @@ import numpy as np
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
-from farmwatch.detectors.host_mismatch import utc_offset_minutes
+from farmwatch.detectors.signals.host_mismatch import utc_offset_minutes
 
 OFFSETS = np.arange(-12, 15)
 WORKDAY = np.arange(9, 18)

@@ -16,7 +16,7 @@ import pandas as pd
 from farmwatch.contract import RosterEntry
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
-from farmwatch.detectors.geo import (
+from farmwatch.detectors.distance import (
     ACCESS_OVERHEAD_MS,
     SLOW_PATH_KM_PER_RTT_MS,
     great_circle_km,

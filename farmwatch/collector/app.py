@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from farmwatch.collector import ingest
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.geo import GeoLookup
+from farmwatch.collector.egress import GeoLookup
 from farmwatch.collector.ingest import Rejected
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.scoring import Scorer

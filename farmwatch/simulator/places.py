@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farmwatch.detectors.geo import great_circle_km
+from farmwatch.detectors.distance import great_circle_km
 
 
 @dataclass(frozen=True)

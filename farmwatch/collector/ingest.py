@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from farmwatch.collector.config import Network
-from farmwatch.collector.geo import within
+from farmwatch.collector.egress import within
 from farmwatch.contract import IngestRecord, Report, field_errors, to_wire
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
-from farmwatch.detectors.geo import great_circle_km
+from farmwatch.detectors.distance import great_circle_km
 from farmwatch.detectors.networks import corporate_mask
 
 KIND_WEIGHT = {"gateway_mac": 1.0, "wifi_bssid": 1.0, "egress_ip": 0.8, "egress_ip_mobile": 0.3}
