@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 from evdev_devices import EV_REL, EV_SYN, EVENT, MOUSE, REL_X, REL_Y, Machine  # noqa: E402  (the tests' replay)
 
-from farmwatch.agent.evdev_input import EvdevInputListener  # noqa: E402
-from farmwatch.agent.input_stats import InputStats  # noqa: E402
+from farmwatch.agent.probes.input.evdev_listener import EvdevInputListener  # noqa: E402
+from farmwatch.agent.probes.input.stats import InputStats  # noqa: E402
 
 RATE_HZ = 1000
 SECONDS = 10.0

@@ -18,15 +18,15 @@ from pydantic import ValidationError
 
 from farmwatch.contract import Verdict, to_wire
 
-from .enrollment import AgentConfig, Enrollment, bearer, call
+from .delivery.enrollment import AgentConfig, Enrollment, bearer, call
+from .delivery.hardware_id import hardware_id, os_machine_id
+from .delivery.http_client import CollectorClient
+from .delivery.state import StateDir
+from .delivery.transport import Spool, deliver
 from .errors import AgentError, CollectorUnavailable
-from .hardware_id import hardware_id, os_machine_id
-from .http_client import CollectorClient
 from .probes.base import ProbeContext
 from .runner import Runner, utc_now
 from .settings import DEFAULT_INTERVAL_SECONDS, Settings
-from .state import StateDir
-from .transport import Spool, deliver
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .delivery.state import default_state_dir
 from .errors import UsageError
 from .probes.registry import PROBES
-from .state import default_state_dir
 
 DEFAULT_INTERVAL_SECONDS = 300.0
 

@@ -77,6 +77,7 @@ def test_serve_without_fastapi_names_the_extra_in_one_line(tmp_path: Path) -> No
 def test_the_input_listeners_outside_x11_load_without_python_xlib() -> None:
     """python-xlib is installed on Linux only: pynput (Windows, macOS) and evdev must not need it."""
     code = ("import sys; sys.modules['Xlib'] = None\n"
-            "import farmwatch.agent.pynput_input, farmwatch.agent.evdev_input, farmwatch.agent.probes.input_timing")
+            "import farmwatch.agent.probes.input.pynput_listener, farmwatch.agent.probes.input.evdev_listener\n"
+            "import farmwatch.agent.probes.input.probe")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

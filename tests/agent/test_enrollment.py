@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from collector_process import RunningCollector
 
-from farmwatch.agent.enrollment import CONFIG_REFRESH_SECONDS, Enrollment
+from farmwatch.agent.delivery.enrollment import CONFIG_REFRESH_SECONDS, Enrollment
 from farmwatch.agent.errors import CollectorRefused
-from farmwatch.agent.hardware_id import hardware_id
-from farmwatch.agent.http_client import CollectorClient
+from farmwatch.agent.delivery.hardware_id import hardware_id
+from farmwatch.agent.delivery.http_client import CollectorClient
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.runner import Runner
-from farmwatch.agent.state import StateDir
-from farmwatch.agent.transport import Spool, deliver
+from farmwatch.agent.delivery.state import StateDir
+from farmwatch.agent.delivery.transport import Spool, deliver
 from farmwatch.contract import to_wire
 
 pytestmark = pytest.mark.slow

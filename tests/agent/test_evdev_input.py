@@ -18,10 +18,10 @@ from evdev_devices import (
     MOUSE, POWER, REL_WHEEL, REL_X, REL_Y, TOUCHPAD, UINPUT, Machine, keys, settle,
 )
 
-from farmwatch.agent.evdev_input import EvdevInputListener, capability_bits, input_devices
-from farmwatch.agent.input_stats import InputStats
+from farmwatch.agent.probes.input.evdev_listener import EvdevInputListener, capability_bits, input_devices
+from farmwatch.agent.probes.input.stats import InputStats
 from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
-from farmwatch.agent.probes.input_timing import InputTimingProbe
+from farmwatch.agent.probes.input.probe import InputTimingProbe
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or struct.calcsize("@l") != 8,
                                 reason="evdev is Linux's; the recorded input_event layout is the 64-bit one")

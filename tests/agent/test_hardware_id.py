@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from farmwatch.agent.errors import AgentError
-from farmwatch.agent.hardware_id import hardware_id, os_machine_id
+from farmwatch.agent.delivery.hardware_id import hardware_id, os_machine_id
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "machine_id"
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.agent.edid import EdidError, parse_edid
-from farmwatch.agent.hardware_os import WINDOWS_MONITOR_SCRIPT, WINDOWS_USB_SCRIPT
+from farmwatch.agent.probes.hardware.edid import EdidError, parse_edid
+from farmwatch.agent.probes.hardware.hardware_os import WINDOWS_MONITOR_SCRIPT, WINDOWS_USB_SCRIPT
 from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
-from farmwatch.agent.probes.hardware import HardwareProbe
-from farmwatch.agent.salted import salted_sha256
-from farmwatch.agent.usb_sysfs import interface_class_name
+from farmwatch.agent.probes.hardware.probe import HardwareProbe
+from farmwatch.agent.probes.salted import salted_sha256
+from farmwatch.agent.probes.hardware.usb_sysfs import interface_class_name
 from farmwatch.contract import to_wire
 
 SYSFS = Path(__file__).parents[1] / "fixtures" / "sysfs"

@@ -19,9 +19,9 @@ from Xlib import Xatom
 from Xlib.display import Display
 from xserver import xtool, xvfb
 
-from farmwatch.agent import keyboards, timezones
+from farmwatch.agent.probes.host import keyboards, timezones
 from farmwatch.agent.probes.base import ProbeContext
-from farmwatch.agent.probes.host import HostProbe, logged_in_user
+from farmwatch.agent.probes.host.probe import HostProbe, logged_in_user
 
 HOST = Path(__file__).parents[1] / "fixtures" / "host"
 NOW = datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc).timestamp()  # northern summer: DST in force

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from certificates import self_signed
 
-from farmwatch.agent.http_client import TRANSPORT_ERRORS, CollectorClient
+from farmwatch.agent.delivery.http_client import TRANSPORT_ERRORS, CollectorClient
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

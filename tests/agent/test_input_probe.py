@@ -32,9 +32,9 @@ from Xlib.display import Display
 from xserver import xtool, xvfb
 
 from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
-from farmwatch.agent.probes.input_timing import InputTimingProbe, uinput_device_names
-from farmwatch.agent.input_stats import InputStats
-from farmwatch.agent.x11_input import RAW_MOTION, X11InputListener, is_injecting_device, parse_raw_event
+from farmwatch.agent.probes.input.probe import InputTimingProbe, uinput_device_names
+from farmwatch.agent.probes.input.stats import InputStats
+from farmwatch.agent.probes.input.x11_listener import RAW_MOTION, X11InputListener, is_injecting_device, parse_raw_event
 from farmwatch.contract import InputTiming
 
 REGULAR = "abcdefghijklmnopqrstu"  # 21 keys, 150 ms apart -> 20 intervals of 150 ms
@@ -75,7 +75,7 @@ def mouse_session(display: str, probe: InputTimingProbe, seen: int) -> None:
     """Small moves at 100 Hz, then two jumps and two clicks, each after the listener caught up.
 
     XTest moves carry no trustworthy delta, so the listener measures them by asking the server
-    where the pointer is when it handles the event (see agent/x11_input.py); waiting for it
+    where the pointer is when it handles the event (see farmwatch/agent/probes/input/x11_listener.py); waiting for it
     between jumps keeps a starved test process from merging the two.
     """
     argv = ["xdotool"]
@@ -216,7 +216,7 @@ def test_windows_and_macos_listener_cannot_run_here(tmp_path: Path) -> None:
 
 
 @pytest.mark.skip(reason="pynput's injected flag comes from Windows low-level hooks and macOS event "
-                         "taps; neither exists on this Linux test box, so agent/pynput_input.py is untested here")
+                         "taps; neither exists on this Linux test box, so probes/input/pynput_listener.py is untested here")
 def test_pynput_injected_flag() -> None:  # pragma: no cover
     raise AssertionError("runs only on Windows/macOS")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farmwatch.agent.input_stats import InputStats, quantile
+from farmwatch.agent.probes.input.stats import InputStats, quantile
 
 
 def typed(stats: InputStats, times: list[float], injected: bool = False) -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from delayline import Lab, lab  # noqa: F401  (fixture)
 
-from farmwatch.agent.anchor_probe import measure_all
-from farmwatch.agent.interfaces import read_interfaces
+from farmwatch.agent.probes.network.anchor_latency import measure_all
+from farmwatch.agent.probes.network.interfaces import read_interfaces
 from farmwatch.agent.probes.base import ProbeContext
-from farmwatch.agent.probes.network import NetworkProbe
-from farmwatch.agent.wifi import parse_airport, parse_iw_link, parse_netsh, parse_nmcli
+from farmwatch.agent.probes.network.probe import NetworkProbe
+from farmwatch.agent.probes.network.wifi import parse_airport, parse_iw_link, parse_netsh, parse_nmcli
 from farmwatch.contract import Anchor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -191,7 +191,7 @@ def test_anchor_probe_over_loopback_listener_and_refused_port() -> None:
 
 
 _KINDS_IN_NAMESPACE = (
-    "import json; from pathlib import Path; from farmwatch.agent.interfaces import read_interfaces;"
+    "import json; from pathlib import Path; from farmwatch.agent.probes.network.interfaces import read_interfaces;"
     "print(json.dumps({l.name: l.kind for l in read_interfaces(Path('/sys'))}))"
 )
 
@@ -213,7 +213,7 @@ def test_kinds_of_real_devices_in_a_namespace(lab: Lab) -> None:  # noqa: F811
 _NETWORK_IN_NAMESPACE = """
 import json, sys
 from farmwatch.agent.probes.base import ProbeContext
-from farmwatch.agent.probes.network import NetworkProbe
+from farmwatch.agent.probes.network.probe import NetworkProbe
 from farmwatch.contract import Anchor
 options, anchors = json.loads(sys.argv[1]), [Anchor(**a) for a in json.loads(sys.argv[2])]
 probe = NetworkProbe(ProbeContext(salt={salt!r}, anchors=anchors, options={{"network": options}}))

@@ -18,7 +18,7 @@ import pytest
 from agent_procs import NamedProcess
 
 from farmwatch.agent.probes.base import ProbeContext
-from farmwatch.agent.probes.remote_access import CATALOG_PATH, RemoteAccessProbe, tool_for
+from farmwatch.agent.probes.remote_access.probe import CATALOG_PATH, RemoteAccessProbe, tool_for
 from farmwatch.contract import RemoteAccessTool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def test_the_committed_catalogue_is_what_the_builder_makes_from_lolrmm(tmp_path:
 DROPPED_PRIVILEGES = """
 import json, os, sys
 from farmwatch.agent.probes.base import ProbeContext
-from farmwatch.agent.probes.remote_access import RemoteAccessProbe
+from farmwatch.agent.probes.remote_access.probe import RemoteAccessProbe
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody
 probe = RemoteAccessProbe(ProbeContext())
 tools = [t for t in probe.collect() if t.pid == int(sys.argv[1])]

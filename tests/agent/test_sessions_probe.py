@@ -18,8 +18,8 @@ import pytest
 from delayline import Lab, lab  # noqa: F401  (fixture)
 
 from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
-from farmwatch.agent.probes.sessions import SessionsProbe
-from farmwatch.agent.wts import parse_client_address, parse_qwinsta, session_kind
+from farmwatch.agent.probes.sessions.probe import SessionsProbe
+from farmwatch.agent.probes.sessions.wts import parse_client_address, parse_qwinsta, session_kind
 
 RTT_MS = 40.0
 NOBODY = 65534
@@ -42,7 +42,7 @@ while True:
 COLLECT = """
 import json, os, sys
 from farmwatch.agent.probes.base import ProbeContext
-from farmwatch.agent.probes.sessions import SessionsProbe
+from farmwatch.agent.probes.sessions.probe import SessionsProbe
 probe = SessionsProbe(ProbeContext())
 if sys.argv[1:] == ["unprivileged"]:
     os.setgid(65534); os.setuid(65534)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.agent.state import Identity, StateDir
-from farmwatch.agent.transport import Spool
+from farmwatch.agent.delivery.state import Identity, StateDir
+from farmwatch.agent.delivery.transport import Spool
 
 
 def mode(path: Path) -> int:
@@ -91,7 +91,7 @@ def test_quarantine_keeps_the_report_and_the_collectors_answer(tmp_path: Path) -
 
 @pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="needs root to compare root and nobody")
 def test_the_default_state_dir_is_the_systems_for_root_and_the_users_otherwise(tmp_path: Path) -> None:
-    script = ("import os; from farmwatch.agent.state import default_state_dir; print(default_state_dir()); "
+    script = ("import os; from farmwatch.agent.delivery.state import default_state_dir; print(default_state_dir()); "
               "os.setgid(65534); os.setuid(65534); print(default_state_dir())")
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)

@@ -1,4 +1,4 @@
-"""farmwatch.agent.tcpinfo against real loopback TCP connections and captured netlink answers.
+"""farmwatch.agent.kernel.tcpinfo against real loopback TCP connections and captured netlink answers.
 
 The netlink answer is checked against the kernel's other door to the same numbers: the
 ``TCP_INFO`` socket option on our own socket (``struct tcp_info``, include/uapi/linux/tcp.h).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.agent.tcpinfo import (
+from farmwatch.agent.kernel.tcpinfo import (
     RttUnavailable,
     TcpSocket,
     normalize_ip,

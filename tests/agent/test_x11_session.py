@@ -27,8 +27,8 @@ pytest.importorskip("Xlib")
 from Xlib.error import DisplayConnectionError  # noqa: E402
 
 from farmwatch.agent.probes.base import ProbeContext  # noqa: E402
-from farmwatch.agent.probes.input_timing import InputTimingProbe  # noqa: E402
-from farmwatch.agent.x11_session import XSession, connect, x11_sessions  # noqa: E402
+from farmwatch.agent.probes.input.probe import InputTimingProbe  # noqa: E402
+from farmwatch.agent.probes.input.x11_session import XSession, connect, x11_sessions  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="X11 session discovery reads Linux's /proc")
 

@@ -11,12 +11,12 @@ import importlib
 from .base import Probe
 
 PROBES: dict[str, str] = {
-    "remote_access": "farmwatch.agent.probes.remote_access:RemoteAccessProbe",
-    "host": "farmwatch.agent.probes.host:HostProbe",
-    "hardware": "farmwatch.agent.probes.hardware:HardwareProbe",
-    "input": "farmwatch.agent.probes.input_timing:InputTimingProbe",
-    "network": "farmwatch.agent.probes.network:NetworkProbe",
-    "sessions": "farmwatch.agent.probes.sessions:SessionsProbe",
+    "remote_access": "farmwatch.agent.probes.remote_access.probe:RemoteAccessProbe",
+    "host": "farmwatch.agent.probes.host.probe:HostProbe",
+    "hardware": "farmwatch.agent.probes.hardware.probe:HardwareProbe",
+    "input": "farmwatch.agent.probes.input.probe:InputTimingProbe",
+    "network": "farmwatch.agent.probes.network.probe:NetworkProbe",
+    "sessions": "farmwatch.agent.probes.sessions.probe:SessionsProbe",
 }
 
 

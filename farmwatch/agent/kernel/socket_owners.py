@@ -1,6 +1,6 @@
 """Which process holds which socket, from /proc (``/proc/<pid>/fd/* -> socket:[inode]``).
 
-The kernel's socket dump (:mod:`farmwatch.agent.tcpinfo`) names each socket's inode; the process
+The kernel's socket dump (:mod:`farmwatch.agent.kernel.tcpinfo`) names each socket's inode; the process
 table names who holds it. Reading another user's ``fd`` folder needs root (or CAP_SYS_PTRACE), so
 an unprivileged agent sees only its own user's sockets and counts the processes it could not read.
 """

@@ -10,17 +10,16 @@ reaches the laptop through such a session, and its minimum RTT bounds how far aw
 
 Without root the agent cannot read other users' descriptors; it then assumes the servers' default
 ports (SSH 22, RDP 3389, VNC 5900-5909) and says so in ``errors``. Windows: RDP sessions from
-``qwinsta`` and ``WTSClientAddress`` (:mod:`farmwatch.agent.wts`), without RTT. Logged-in users and
+``qwinsta`` and ``WTSClientAddress`` (:mod:`farmwatch.agent.probes.sessions.wts`), without RTT. Logged-in users and
 their remote hosts are the host probe's.
 """
 
 from __future__ import annotations
 
+from farmwatch.agent.kernel.socket_owners import ProcessInfo, processes, socket_holders, user_names
+from farmwatch.agent.kernel.tcpinfo import TCP_ESTABLISHED, TCP_LISTEN, RttUnavailable, TcpSocket, tcp_sockets
+from farmwatch.agent.probes.base import Probe, ProbeUnavailable
 from farmwatch.contract import Session
-
-from ..socket_owners import ProcessInfo, processes, socket_holders, user_names
-from ..tcpinfo import TCP_ESTABLISHED, TCP_LISTEN, RttUnavailable, TcpSocket, tcp_sockets
-from .base import Probe, ProbeUnavailable
 
 SERVERS: dict[str, str] = {
     "sshd": "ssh", "sshd-session": "ssh",  # OpenSSH >= 9.8 runs each session as sshd-session
@@ -43,7 +42,7 @@ class SessionsProbe(Probe):
 
     def collect(self) -> list[Session]:
         if self.context.platform == "win32":
-            from ..wts import rdp_sessions
+            from .wts import rdp_sessions
 
             return rdp_sessions(self.context.run, self.problem)
         if not self.context.platform.startswith("linux"):

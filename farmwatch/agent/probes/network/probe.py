@@ -9,7 +9,7 @@ the distance to r x 100 km). Gateway MAC and BSSID leave only as salted SHA-256.
 
 Options (``probe_options.network``): ``samples`` (default 5), ``timeout_seconds`` (2.0),
 ``method`` ("tcp" default, or "icmp": scapy + CAP_NET_RAW, else a problem and TCP is used),
-``arp_sweep`` (false; scapy + CAP_NET_RAW: :mod:`farmwatch.agent.arp_sweep` adds who answers
+``arp_sweep`` (false; scapy + CAP_NET_RAW: :mod:`farmwatch.agent.probes.network.arp_sweep` adds who answers
 on each attached IPv4 /24 or smaller to the passive neighbour count).
 """
 
@@ -18,16 +18,16 @@ from __future__ import annotations
 from importlib.util import find_spec
 from typing import Any
 
+from farmwatch.agent.probes.base import Probe
+from farmwatch.agent.probes.salted import salted_sha256
 from farmwatch.contract import Interface, LatencyProbe, NetworkFacts
 
-from ..arp_sweep import sweep
-from ..anchor_probe import has_cap_net_raw, icmp_echo_rtt, measure_all, tcp_connect_rtt
-from ..interfaces import VPN_NAME_PREFIXES, LinkFacts, read_interfaces
-from ..neighbours import default_gateway, gateway_mac, neighbours
-from ..salted import salted_sha256
-from ..vpn_catalog import load_catalog, product_of_interface, products_running
-from ..wifi import BssidUnavailable, current_bssid
-from .base import Probe
+from .anchor_latency import has_cap_net_raw, icmp_echo_rtt, measure_all, tcp_connect_rtt
+from .arp_sweep import sweep
+from .interfaces import VPN_NAME_PREFIXES, LinkFacts, read_interfaces
+from .neighbours import default_gateway, gateway_mac, neighbours
+from .vpn_catalog import load_catalog, product_of_interface, products_running
+from .wifi import BssidUnavailable, current_bssid
 
 _LAN_KINDS = ("ethernet", "wifi", "virtual")  # link layers that carry ARP (not TUN/PPP)
 

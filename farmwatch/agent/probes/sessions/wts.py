@@ -5,7 +5,7 @@ is a Remote Desktop session; ``WTSQuerySessionInformationW(..., WTSClientAddress
 ``WTS_CLIENT_ADDRESS`` {DWORD AddressFamily; BYTE Address[20]} whose IPv4 address starts at
 ``Address[2]`` (Microsoft Learn, WTS_CLIENT_ADDRESS structure). The IPv6 layout is not
 documented; we read it from the same offset and the tests mark that as unverified. RTT of these
-sessions is not read on Windows (see :mod:`farmwatch.agent.tcpinfo`), which ``errors`` says.
+sessions is not read on Windows (see :mod:`farmwatch.agent.kernel.tcpinfo`), which ``errors`` says.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from farmwatch.agent.probes.base import RunCommand
 from farmwatch.contract import Session
-
-from .probes.base import RunCommand
 
 AF_INET, AF_INET6 = 2, 23  # Windows address family numbers (ws2def.h)
 _WTS_CLIENT_ADDRESS = 14  # WTS_INFO_CLASS.WTSClientAddress (wtsapi32.h)

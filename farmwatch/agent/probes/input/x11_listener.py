@@ -32,7 +32,7 @@ from Xlib import display as xdisplay
 from Xlib.error import ConnectionClosedError, XError
 from Xlib.ext import xinput
 
-from .input_stats import InputSink
+from .stats import InputSink
 from .x11_session import connect
 
 RAW_KEY_PRESS = xinput.RawKeyPress

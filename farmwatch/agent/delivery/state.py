@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import AgentError, UsageError
+from farmwatch.agent.errors import AgentError, UsageError
 
 
 def default_state_dir() -> Path:

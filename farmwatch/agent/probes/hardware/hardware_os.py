@@ -17,10 +17,10 @@ import json
 import re
 from typing import Any
 
+from farmwatch.agent.probes.salted import salted_sha256
 from farmwatch.contract import Display, UsbDevice
 
 from .edid import pnp_id
-from .salted import salted_sha256
 from .usb_sysfs import interface_class_name
 
 WINDOWS_USB_SCRIPT = (

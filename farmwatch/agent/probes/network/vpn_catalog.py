@@ -1,4 +1,4 @@
-"""The VPN product catalogue (``agent/data/vpn_catalog.json``): names from interfaces and processes.
+"""The VPN product catalogue (``farmwatch/agent/data/vpn_catalog.json``): names from interfaces and processes.
 
 Operators hide their route behind consumer VPNs (DOJ laptop-farm cases name Astrill), while a
 corporate VPN is a false friend the detectors allowlist; either way the product's name is what

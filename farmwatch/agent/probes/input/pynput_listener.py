@@ -12,7 +12,7 @@ import math
 import time
 from typing import Any, ClassVar, Literal
 
-from .input_stats import InputSink
+from .stats import InputSink
 
 
 class PynputInputListener:

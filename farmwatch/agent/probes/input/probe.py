@@ -3,12 +3,12 @@
 Why security cares: remote control reshapes input. Injected events (XTest, xrdp, uinput on
 Linux; the OS's injected flags on Windows/macOS), bursts of keys arriving together, mouse moves
 at network rate and in jumps are what a person driving the laptop from abroad leaves behind
-(see :mod:`farmwatch.agent.input_stats` for the definitions and sources).
+(see :mod:`farmwatch.agent.probes.input.stats` for the definitions and sources).
 
 A listener runs inside the agent from ``start()`` to ``stop()``; ``collect()`` returns the
 window's aggregates and starts the next window. Linux: X11 through XInput2 raw events on
 ``DISPLAY`` (or ``probe_options.input.display``; without either, as a service, the display and
-cookie a desktop session's processes name: :mod:`farmwatch.agent.x11_session`), else the
+cookie a desktop session's processes name: :mod:`farmwatch.agent.probes.input.x11_session`), else the
 kernel's evdev nodes (root or the input group; Wayland, consoles, a service without a
 display); ``probe_options.input.source`` = ``x11`` or ``evdev`` forces one. Windows/macOS:
 pynput. The section names its ``source``. uinput devices under
@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeUnavailable
 from farmwatch.contract import InputSource, InputTiming
 
-from ..input_stats import InputStats
-from .base import Probe, ProbeContext, ProbeUnavailable
+from .stats import InputStats
 
 
 class _LockedStats:
@@ -172,7 +172,7 @@ class InputTimingProbe(Probe):
                 raise ProbeUnavailable(f"{x11}; {evdev}") from None
 
     def _open_x11(self) -> object:
-        from ..x11_session import XSession, x11_sessions
+        from .x11_session import XSession, x11_sessions
 
         display = self._options().get("display") or os.environ.get("DISPLAY")
         # A service has no DISPLAY: the desktop session's processes say where it is.
@@ -183,7 +183,7 @@ class InputTimingProbe(Probe):
         try:
             from Xlib.error import DisplayError, XError
 
-            from ..x11_input import X11InputListener
+            from .x11_listener import X11InputListener
         except ImportError as error:
             raise ProbeUnavailable(f"python-xlib is not installed: {error}") from None
         refusals = []
@@ -198,7 +198,7 @@ class InputTimingProbe(Probe):
         raise ProbeUnavailable("; ".join(refusals))
 
     def _open_evdev(self) -> object:
-        from ..evdev_input import EvdevInputListener
+        from .evdev_listener import EvdevInputListener
 
         listener = EvdevInputListener(self._recorder, self.context.sys_root, self.context.dev_root)
         try:
@@ -208,7 +208,7 @@ class InputTimingProbe(Probe):
         return listener
 
     def _open_pynput(self) -> object:
-        from ..pynput_input import PynputInputListener
+        from .pynput_listener import PynputInputListener
 
         listener = PynputInputListener(self._recorder)
         try:

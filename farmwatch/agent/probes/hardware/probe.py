@@ -5,10 +5,10 @@ JetKVM, NanoKVM), which the laptop sees as a USB keyboard/mouse/storage gadget a
 "monitor" (MITRE ATT&CK T1200, T1219.003). This probe reports facts only; the catalogue of KVM
 identities lives with the detectors.
 
-Linux: ``<sys_root>/bus/usb/devices`` (see :mod:`farmwatch.agent.usb_sysfs`) and
-``<sys_root>/class/drm/*/edid`` (see :mod:`farmwatch.agent.edid`). macOS: ``system_profiler``
+Linux: ``<sys_root>/bus/usb/devices`` (see :mod:`farmwatch.agent.probes.hardware.usb_sysfs`) and
+``<sys_root>/class/drm/*/edid`` (see :mod:`farmwatch.agent.probes.hardware.edid`). macOS: ``system_profiler``
 for USB and displays. Windows: PnP devices and WMI monitor ids through PowerShell (see
-:mod:`farmwatch.agent.hardware_os`). A display serial leaves the machine
+:mod:`farmwatch.agent.probes.hardware.hardware_os`). A display serial leaves the machine
 only as a salted SHA-256.
 """
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from farmwatch.agent.probes.base import Probe, ProbeUnavailable
+from farmwatch.agent.probes.salted import salted_sha256
 from farmwatch.contract import Display, HardwareFacts
 
-from .. import hardware_os
-from ..edid import EdidError, parse_edid
-from ..salted import salted_sha256
-from ..usb_sysfs import read_usb_devices
-from .base import Probe, ProbeUnavailable
+from . import hardware_os
+from .edid import EdidError, parse_edid
+from .usb_sysfs import read_usb_devices
 
 
 class HardwareProbe(Probe):

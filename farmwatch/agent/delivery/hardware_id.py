@@ -13,8 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from .errors import AgentError
-from .probes.base import RunCommand, run_command
+from farmwatch.agent.errors import AgentError
+from farmwatch.agent.probes.base import RunCommand, run_command
 
 _APP_KEY = b"farmwatch hardware_id v1"
 _MAC_UUID = re.compile(r'"IOPlatformUUID"\s*=\s*"([0-9A-Fa-f-]{36})"')

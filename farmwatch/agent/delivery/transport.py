@@ -23,8 +23,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farmwatch.agent.errors import AgentError
+
 from .enrollment import Enrollment, bearer, call
-from .errors import AgentError
 from .http_client import CollectorClient, Response
 from .state import Identity, atomic_write
 

@@ -20,11 +20,9 @@ from typing import Any, NamedTuple
 
 import psutil
 
+from farmwatch.agent.kernel.tcpinfo import Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
+from farmwatch.agent.probes.base import Probe
 from farmwatch.contract import Connection, RemoteAccessTool
-
-from ..tcpinfo import Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
-from .base import Probe
-
 
 CATALOG_PATH = files("farmwatch.agent") / "data" / "rmm_catalog.json"
 

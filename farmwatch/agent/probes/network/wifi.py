@@ -14,7 +14,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 
-from .probes.base import RunCommand
+from farmwatch.agent.probes.base import RunCommand
 
 AIRPORT = "/System/Library/PrivateFrameworks/Apple80211.framework/Versions/Current/Resources/airport"
 _MAC = re.compile(r"^[0-9a-f]{1,2}([:-][0-9a-f]{1,2}){5}$", re.IGNORECASE)

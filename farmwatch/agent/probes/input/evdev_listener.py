@@ -26,10 +26,10 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from .input_stats import InputSink
+from .stats import InputSink
 
 INPUT_EVENT = struct.Struct("@llHHi")  # struct timeval {long, long}; __u16 type, code; __s32 value
 EV_SYN, EV_KEY, EV_REL, EV_ABS = 0x00, 0x01, 0x02, 0x03

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from farmwatch.agent.errors import AgentError, CollectorRefused, CollectorUnavailable
 from farmwatch.contract import Anchor
 
-from .errors import AgentError, CollectorRefused, CollectorUnavailable
 from .http_client import TRANSPORT_ERRORS, CollectorClient, Response
 from .state import Identity, StateDir
 

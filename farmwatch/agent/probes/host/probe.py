@@ -27,10 +27,10 @@ from pathlib import Path
 
 import psutil
 
+from farmwatch.agent.probes.base import Probe
 from farmwatch.contract import HostFacts, LoggedInUser
 
-from .. import keyboards, timezones
-from .base import Probe
+from . import keyboards, timezones
 
 _LOCAL_DISPLAY = re.compile(r"^:\d+(\.\d+)?$")  # an X display on this machine, not a remote host
 

@@ -1,0 +1,1 @@
+"""Getting reports to the collector: enrolment, identity, the state directory and spool, transport, HTTP."""

@@ -1,0 +1,1 @@
+"""The host probe and what it reads: keyboard layouts, time zones."""

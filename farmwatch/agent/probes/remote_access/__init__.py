@@ -1,0 +1,1 @@
+"""The remote-access probe: running remote-control tools and their connections."""

@@ -1,0 +1,1 @@
+"""The sessions probe: remote sessions from socket owners, and from the WTS API on Windows."""
