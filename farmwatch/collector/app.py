@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from farmwatch.collector import ingest
 from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.delivery import Alerting
 from farmwatch.collector.egress import GeoLookup
 from farmwatch.collector.ingest import Rejected
 from farmwatch.collector.metrics import Metrics
@@ -61,15 +62,18 @@ def create_app(
     metrics = Metrics(registry or CollectorRegistry(), device_count=lambda: _safe_count(storage))
     geo = GeoLookup(config.corporate_networks, config.city_db, config.asn_db)
     scorer = Scorer(storage, config, metrics, clock)
+    alerting = Alerting(storage, config.outputs, config.public_url, metrics.registry, clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if background_scoring:
             scorer.start()
+        alerting.start()
         try:
             yield
         finally:
             scorer.stop()
+            alerting.stop()
 
     app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
 
 # Why a report was refused; fixed so dashboards can rely on the label values.
 REJECT_REASONS = ("unauthorized", "forbidden", "too_large", "encoding", "invalid", "conflict")
@@ -15,6 +17,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, device_count: Callable[[], float]) -> None:
         self.registry = registry
+        # The standard process_*, python_info and python_gc_* series, in this registry (not the global one).
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.reports_accepted = Counter(
             "farmwatch_reports_accepted",
             "Reports acknowledged with 202; kind=resend when an identical copy was already stored.",

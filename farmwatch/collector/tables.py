@@ -99,3 +99,55 @@ leases = sa.Table(
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False),
 )
+
+# --- alerts and their durable outbox (farmwatch/collector/alerts.py, outbox.py) ----------------
+# The verdict label each device last had, written in the verdict's transaction: the one row that
+# decides whether a stored verdict is a change. Its primary key makes two replicas that score the
+# same change race on one insert, so exactly one of them raises the alert.
+verdict_state = sa.Table(
+    "verdict_state",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("verdict", sa.String(16), nullable=False, index=True),
+    sa.Column("changes", sa.BigInteger, nullable=False),  # how many label changes so far
+    sa.Column("through_report_id", sa.BigInteger, nullable=False),  # of the run that set ``verdict``
+    sa.Column("changed_at", UtcDateTime(), nullable=False),
+)
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("alert_id", sa.String(64), nullable=False, unique=True),  # stable: receivers dedupe on it
+    sa.Column("device_id", sa.String(128), nullable=False, index=True),
+    sa.Column("change", sa.BigInteger, nullable=False),  # verdict_state.changes that raised it
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("previous_verdict", sa.String(16), nullable=False),
+    sa.Column("risk", sa.Float, nullable=False),
+    sa.Column("raised_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("body", sa.Text, nullable=False),  # the Alert as JSON (farmwatch.collector.alerts.Alert)
+    sa.UniqueConstraint("device_id", "change", name="alerts_device_change"),
+)
+# What each output was last told about each device (an output with min_verdict = farm never heard
+# of a review, so a review -> clear is no news to it).
+alert_told = sa.Table(
+    "alert_told",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("output", sa.String(128), primary_key=True),
+    sa.Column("verdict", sa.String(16), nullable=False),
+)
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("output", sa.String(128), nullable=False),
+    sa.Column("alert_id", sa.String(64), sa.ForeignKey("alerts.alert_id"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | overflow
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+    sa.Column("answer", sa.Text),  # what the receiver said when it accepted
+    sa.Column("delivered_at", UtcDateTime()),
+    sa.UniqueConstraint("output", "alert_id", name="outbox_output_alert"),
+    sa.Index("outbox_output_state_id", "output", "state", "id"),
+)

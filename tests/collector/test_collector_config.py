@@ -39,6 +39,7 @@ samples = 3
 
 [[outputs]]
 type = "syslog"
+url = "tcp://127.0.0.1:6514"
 """)
     config = load_config(config_file, enroll_secret_file=tmp_path / "secret-b")
     assert config.enroll_secret == "b" * 20  # the flag wins over the file
@@ -50,7 +51,9 @@ type = "syslog"
     assert config.detection.params("remote_access") == {"weight": 2}
     assert config.detection.corporate_networks == ("198.51.100.0/24",)
     assert (config.agent_interval_seconds, config.probe_options) == (120, {"network": {"samples": 3}})
-    assert config.outputs == ({"type": "syslog"},)
+    [output] = config.outputs
+    assert (output.name, output.type, output.format, output.url, output.min_verdict) == (
+        "syslog", "syslog", "cef", "tcp://127.0.0.1:6514", "review")
 
 
 @pytest.mark.parametrize(

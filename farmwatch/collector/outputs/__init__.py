@@ -1,1 +1,24 @@
-"""farmwatch.collector.outputs"""
+"""SIEM outputs: one module per type behind :class:`~farmwatch.collector.outputs.base.Output`.
+
+``REGISTRY`` maps the ``type`` of an ``[[outputs]]`` table to its class.
+"""
+
+from __future__ import annotations
+
+from farmwatch.collector.outputs.base import Output, OutputSettings
+from farmwatch.collector.outputs.ecs_file import EcsFileOutput
+from farmwatch.collector.outputs.ecs_http import EcsHttpOutput
+from farmwatch.collector.outputs.ocsf import OcsfOutput
+from farmwatch.collector.outputs.splunk_hec import SplunkHecOutput
+from farmwatch.collector.outputs.syslog import SyslogOutput
+from farmwatch.collector.outputs.webhook import WebhookOutput
+
+REGISTRY: dict[str, type[Output]] = {
+    output.type_name: output
+    for output in (SyslogOutput, SplunkHecOutput, EcsFileOutput, EcsHttpOutput, OcsfOutput, WebhookOutput)
+}
+
+
+def build(settings: OutputSettings) -> Output:
+    """The output an ``[[outputs]]`` table describes (already checked by ``parse_outputs``)."""
+    return REGISTRY[settings.type](settings)

@@ -1,0 +1,139 @@
+"""One delivery worker per output: sends the outbox's oldest pending alerts, retries with backoff.
+
+See :mod:`farmwatch.collector.outbox` for the guarantees (order per device, delivered only when
+accepted, one sender per output across replicas through a lease, at least once across crashes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter
+
+from farmwatch.collector import outbox
+from farmwatch.collector.alerts import Alert, AlertRecorder
+from farmwatch.collector.outputs import build
+from farmwatch.collector.outputs.base import DeliveryFailed, Output, OutputSettings
+from farmwatch.collector.storage import Storage
+
+log = logging.getLogger("farmwatch.collector.delivery")
+LEASE_SECONDS = 25.0  # outlives one send (HTTP and socket timeouts are 10 s) and lapses soon after a crash
+FIRST_RETRY_SECONDS = 0.5
+
+
+class DeliveryWorker:
+    """Sends one output's pending alerts; a daemon thread started by :meth:`start`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        output: Output,
+        deliveries: Counter,
+        clock: Callable[[], datetime],
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.storage = storage
+        self.output = output
+        self.deliveries = deliveries
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = f"outbox:{output.name}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._retry_in = 0.0
+        for result in ("accepted", "failed"):
+            deliveries.labels(output.name, result)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"farmwatch-outbox-{self.output.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        try:
+            self.storage.release_lease(self.lease, self.holder)
+        except Exception:  # noqa: BLE001 - shutting down; the lease lapses by itself
+            log.warning("could not release the outbox lease of %r; it lapses by itself", self.output.name)
+        self.output.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._retry_in or self.poll_seconds):
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - a broken store or output must not end delivery
+                log.exception("outbox of output %r: delivery step failed; trying again", self.output.name)
+                self._back_off()
+
+    def step(self) -> int:
+        """One round: take the lease, send the oldest pending batch; returns how many were accepted."""
+        if not self.storage.take_lease(self.lease, self.holder, self.clock(), LEASE_SECONDS):
+            return 0
+        batch = outbox.pending(self.storage, self.output.name, self.output.batch_size)
+        if not batch:
+            self._retry_in = 0.0
+            return 0
+        row_ids = [item.row_id for item in batch]
+        try:
+            answer = self.output.send([Alert.model_validate_json(item.alert_body) for item in batch])
+        except DeliveryFailed as refused:
+            self._failed(row_ids, str(refused))
+            return 0
+        except Exception as failure:  # noqa: BLE001 - an output bug is a failed delivery, not a dead worker
+            log.exception("output %r raised while sending", self.output.name)
+            self._failed(row_ids, f"{type(failure).__name__}: {failure}")
+            return 0
+        outbox.mark_delivered(self.storage, row_ids, answer, self.clock())
+        self.deliveries.labels(self.output.name, "accepted").inc(len(row_ids))
+        self._retry_in = 0.0
+        return len(row_ids)
+
+    def _failed(self, row_ids: Sequence[int], error: str) -> None:
+        self.deliveries.labels(self.output.name, "failed").inc(len(row_ids))
+        outbox.mark_failed(self.storage, row_ids, error)
+        self._back_off()
+        log.warning("output %r did not accept %d alert(s): %s; next try in %.1f s",
+                    self.output.name, len(row_ids), error, self._retry_in)
+
+    def _back_off(self) -> None:
+        cap = self.output.settings.retry_max_seconds
+        self._retry_in = min(cap, max(FIRST_RETRY_SECONDS, self._retry_in * 2))
+
+
+class Alerting:
+    """Everything alerting adds to one collector: the recorder that writes alerts with verdicts, one
+    delivery worker per output, and the outbox metrics. ``create_app`` builds it; its lifespan
+    starts and stops it."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        outputs: Sequence[OutputSettings],
+        public_url: str | None,
+        registry: CollectorRegistry,
+        clock: Callable[[], datetime],
+    ) -> None:
+        storage.verdict_listener = AlertRecorder(
+            [(o.name, o.min_verdict, o.max_pending) for o in outputs], public_url)
+        deliveries = Counter("farmwatch_alert_deliveries", "Alerts an output accepted or failed to take, by output.",
+                             ["output", "result"], registry=registry)
+        registry.register(outbox.OutboxCollector(storage, [o.name for o in outputs], clock))
+        self.workers = [DeliveryWorker(storage, build(settings), deliveries, clock) for settings in outputs]
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
