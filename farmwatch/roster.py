@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from farmwatch.contract import Anchor, RosterEntry, field_errors
+from farmwatch.errors import FarmwatchError
 
 ROSTER_COLUMNS = (
     "device_id",
@@ -31,7 +32,7 @@ ANCHOR_COLUMNS = ("name", "address", "port", "latitude", "longitude")
 Row = TypeVar("Row", bound=BaseModel)
 
 
-class TableError(ValueError):
+class TableError(FarmwatchError, ValueError):
     """A roster or anchor file that cannot be used; the message names the file and line."""
 
     def __init__(self, path: Path | str, line: int, problem: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from farmwatch.errors import FarmwatchError
 
-class AgentError(Exception):
+
+class AgentError(FarmwatchError):
     """An expected failure whose message says what went wrong and where."""
 
     exit_code = 1

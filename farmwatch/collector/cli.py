@@ -17,13 +17,14 @@ from pathlib import Path
 
 from farmwatch.collector.config import ConfigError, load_config
 from farmwatch.collector.storage import Storage, StoreError
+from farmwatch.errors import FarmwatchError
 from farmwatch.roster import TableError, load_anchors, load_roster
 from farmwatch.times import parse_utc
 
 DEFAULT_DB = "sqlite:///farmwatch.db"
 
 
-class CommandError(Exception):
+class CommandError(FarmwatchError):
     """An expected failure; its message is the one line the user sees."""
 
 

@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from farmwatch.collector.config import Network
 from farmwatch.collector.egress import within
 from farmwatch.contract import IngestRecord, Report, field_errors, to_wire
+from farmwatch.errors import FarmwatchError
 
 
-class Rejected(Exception):
+class Rejected(FarmwatchError):
     """A request the collector refuses: HTTP status, metric reason and ``[{field, message}]``."""
 
     def __init__(self, status: int, reason: str, errors: list[dict[str, str]]) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from farmwatch.errors import FarmwatchError
+
 # The fields detectors read, by report section (everything else in a record is skipped).
 _HOST = ("timezone", "utc_offset_minutes", "locale")
 _INPUT = (
@@ -83,7 +85,7 @@ class Frames:
         return pd.Series(self.reports["window_end"].array.take(recs), index=table.index)
 
 
-class RecordError(ValueError):
+class RecordError(FarmwatchError, ValueError):
     """An ingest record that lacks what every detector relies on; the message names the record."""
 
 

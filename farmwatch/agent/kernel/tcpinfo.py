@@ -24,6 +24,8 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from farmwatch.errors import FarmwatchError
+
 Pair = tuple[str, int, str, int]
 """(local_ip, local_port, remote_ip, remote_port) of one TCP connection."""
 
@@ -76,7 +78,7 @@ _TCPI_MIN_RTT_OFFSET = 8 + 24 * 4 + 4 * 8 + 3 * 4
 _RECV_BYTES = 64 * 1024  # the kernel sizes dump parts to at most 32 KiB
 
 
-class RttUnavailable(OSError):
+class RttUnavailable(FarmwatchError, OSError):
     """Kernel RTTs cannot be read here (OS without support, or netlink refused); says why."""
 
 

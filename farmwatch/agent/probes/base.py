@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from farmwatch.contract import Anchor
+from farmwatch.errors import FarmwatchError
 
 RunCommand = Callable[[Sequence[str]], str]
 """Runs a command and returns its stdout; raises ``OSError``/``subprocess.CalledProcessError``."""
@@ -31,7 +32,7 @@ def run_command(argv: Sequence[str], timeout: float = 10.0) -> str:
     return done.stdout
 
 
-class ProbeUnavailable(Exception):
+class ProbeUnavailable(FarmwatchError):
     """The probe cannot run on this OS or with these rights; the message says why."""
 
 

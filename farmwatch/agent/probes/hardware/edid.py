@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from farmwatch.errors import FarmwatchError
+
 HEADER = bytes([0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00])
 BLOCK = 128
 DESCRIPTOR_OFFSETS = (54, 72, 90, 108)
@@ -21,7 +23,7 @@ TAG_SERIAL = 0xFF
 TAG_NAME = 0xFC
 
 
-class EdidError(ValueError):
+class EdidError(FarmwatchError, ValueError):
     """The bytes are not a valid EDID base block; the message says which check failed."""
 
 

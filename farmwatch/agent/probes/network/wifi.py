@@ -15,12 +15,13 @@ import subprocess
 from collections.abc import Sequence
 
 from farmwatch.agent.probes.base import RunCommand
+from farmwatch.errors import FarmwatchError
 
 AIRPORT = "/System/Library/PrivateFrameworks/Apple80211.framework/Versions/Current/Resources/airport"
 _MAC = re.compile(r"^[0-9a-f]{1,2}([:-][0-9a-f]{1,2}){5}$", re.IGNORECASE)
 
 
-class BssidUnavailable(Exception):
+class BssidUnavailable(FarmwatchError):
     """No tool could tell the access point; the message says what was tried."""
 
 
