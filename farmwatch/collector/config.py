@@ -14,7 +14,10 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from farmwatch.collector.outputs import REGISTRY as OUTPUT_TYPES
+from farmwatch.collector.outputs.base import OutputConfigError, OutputSettings, parse_outputs
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.errors import FarmwatchError
 
@@ -40,7 +43,8 @@ class CollectorConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     agent_interval_seconds: int = 300
     probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    outputs: tuple[dict[str, Any], ...] = ()
+    outputs: tuple[OutputSettings, ...] = ()  # [[outputs]], each checked by its type (collector/outputs/)
+    public_url: str | None = None  # how analysts reach this collector; alerts link devices under it
     city_db: Path | None = None
     asn_db: Path | None = None
     tls_cert_file: Path | None = None  # PEM certificate chain; with tls_key_file, serve HTTPS
@@ -50,6 +54,7 @@ class CollectorConfig:
 _KNOWN = {
     "collector": {
         "enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies", "tls_cert_file", "tls_key_file",
+        "public_url",
     },
     "detection": {"interval_seconds", "lookback_hours", "refresh_wait_seconds"}
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
@@ -106,12 +111,35 @@ def load_config(
         detection=tuning,
         agent_interval_seconds=int(_number(agent.get("interval_seconds", 300), f"{where} [agent] interval_seconds")),
         probe_options=probe_options,
-        outputs=tuple(raw.get("outputs", [])),
+        outputs=_outputs(raw.get("outputs", []), where),
+        public_url=_public_url(collector.get("public_url"), f"{where} [collector] public_url"),
         city_db=_path(geo.get("city_db")),
         asn_db=_path(geo.get("asn_db")),
         tls_cert_file=tls[0],
         tls_key_file=tls[1],
     )
+
+
+def _outputs(tables: Any, where: str) -> tuple[OutputSettings, ...]:
+    try:
+        return parse_outputs(tables, OUTPUT_TYPES, where)
+    except OutputConfigError as problem:
+        raise ConfigError(str(problem)) from None
+
+
+def load_outputs(path: Path) -> tuple[OutputSettings, ...]:
+    """Only the ``[[outputs]]`` of ``path`` (checked like ``serve`` does), for ``outputs test``."""
+    return _outputs(_read_toml(path).get("outputs", []), str(path))
+
+
+def _public_url(value: Any, where: str) -> str | None:
+    """An http(s) base URL with a host and nothing after the path (alerts append /api/v1/devices/ID)."""
+    if value is None:
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{where}: must be an http:// or https:// URL with a host and no query, got {value!r}")
+    return value.rstrip("/")
 
 
 def _detection_tuning(values: dict[str, Any], corporate: tuple[Network, ...], where: str) -> DetectionConfig:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -24,6 +24,12 @@ from farmwatch.contract import Anchor, RosterEntry, Verdict, to_wire
 from farmwatch.errors import FarmwatchError
 
 Done = TypeVar("Done")
+
+
+class VerdictListener(Protocol):
+    """Told of every verdict inside the transaction that stores it (alerts are written there)."""
+
+    def record(self, tx: Connection, verdict: Verdict, through_report_id: int, now: datetime) -> str | None: ...
 
 
 class StoreError(FarmwatchError, RuntimeError):
@@ -89,6 +95,8 @@ class Storage:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(write=True)
+        # Called in each stored verdict's transaction (alerts.AlertRecorder, set by create_app).
+        self.verdict_listener: VerdictListener | None = None
 
     @classmethod
     def open(cls, url: str) -> Storage:
@@ -321,6 +329,8 @@ class Storage:
                     match = verdicts.c.device_id == verdict.device_id
                     if not tx.execute(verdicts.update().where(match).values(**values)).rowcount:
                         tx.execute(verdicts.insert().values(device_id=verdict.device_id, **values))
+                    if self.verdict_listener is not None:
+                        self.verdict_listener.record(tx, verdict, through_report_id, verdict.scored_at)
 
         # Two replicas scoring at once may both insert a first verdict; the retry updates instead.
         _once_more_on_conflict(save)
