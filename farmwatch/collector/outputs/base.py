@@ -19,13 +19,14 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from farmwatch.collector.alerts import LEVELS, Alert
+from farmwatch.errors import FarmwatchError
 
 
-class OutputConfigError(ValueError):
+class OutputConfigError(FarmwatchError, ValueError):
     """An ``[[outputs]]`` table that cannot work; the message names the output and the key."""
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(FarmwatchError):
     """The receiver did not accept the batch; the message says what it answered (or why not)."""
 
 
