@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from farmwatch.collector import ingest
 from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.console.routes import mount_console
 from farmwatch.collector.delivery import Alerting
 from farmwatch.collector.egress import GeoLookup
 from farmwatch.collector.ingest import Rejected
@@ -76,6 +77,7 @@ def create_app(
             alerting.stop()
 
     app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    console = mount_console(app, storage, scorer, clock)
 
     async def device_of(request: Request) -> str:
         token = _bearer(request)
@@ -182,7 +184,9 @@ def create_app(
     async def verify(request: Request) -> dict[str, Any]:
         device = await device_of(request)
         asked = _parse(VerifyRequest, await _small_body(request))
-        return {**await _verdict_of(device), "observed_seconds": asked.seconds}
+        verdict = await _verdict_of(device)
+        await run_in_threadpool(console.record_verification, verdict, asked.seconds, clock())  # the Onboarding page
+        return {**verdict, "observed_seconds": asked.seconds}
 
     async def _verdict_of(device_id: str) -> dict[str, Any]:
         fresh = await run_in_threadpool(scorer.refresh, device_id)

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     _db_flag(revoke)
     revoke.add_argument("device_id", metavar="DEVICE_ID")
     revoke.set_defaults(run=_revoke)
+
+    from farmwatch.collector.console.cli import add_commands  # imported here: it builds on this module
+
+    add_commands(commands, _db_flag)
     return parser
 
 

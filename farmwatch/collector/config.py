@@ -49,6 +49,7 @@ class CollectorConfig:
     asn_db: Path | None = None
     tls_cert_file: Path | None = None  # PEM certificate chain; with tls_key_file, serve HTTPS
     tls_key_file: Path | None = None
+    console_banner: str = ""  # [console] banner: a line every console page shows (e.g. "staging", "simulated")
 
 
 _KNOWN = {
@@ -60,6 +61,7 @@ _KNOWN = {
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
     "geo": {"city_db", "asn_db", "corporate_networks"},
     "agent": {"interval_seconds", "probe_options"},
+    "console": {"banner"},
     "outputs": None,  # each output's keys belong to its plugin (collector/outputs/)
 }
 
@@ -117,6 +119,7 @@ def load_config(
         asn_db=_path(geo.get("asn_db")),
         tls_cert_file=tls[0],
         tls_key_file=tls[1],
+        console_banner=_banner(raw.get("console", {}).get("banner", ""), f"{where} [console] banner"),
     )
 
 
@@ -177,6 +180,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         if unknown:
             raise ConfigError(f"{path} [{table}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
     return raw
+
+
+def _banner(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) > 200 or "\n" in value:
+        raise ConfigError(f"{where}: must be one line of at most 200 characters, got {value!r}")
+    return value
 
 
 def _path(value: Any) -> Path | None:

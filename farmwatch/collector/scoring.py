@@ -23,6 +23,7 @@ from concurrent.futures import TimeoutError as Unfinished
 from datetime import datetime, timedelta
 
 from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.fleet_index import NewestNetworkKind, fleet_rows
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.storage import Storage
 from farmwatch.detectors.pipeline import score
@@ -104,8 +105,10 @@ class Scorer:
         through = self.storage.last_report_id()
         now = self.clock()
         records = self.storage.records(since=self._window_start(now))
-        verdicts = score(records, self.storage.roster(), self.storage.anchors(), now, self.config.detection)
-        self.storage.save_verdicts(verdicts, through)
+        roster, networks = self.storage.roster(), NewestNetworkKind()
+        suppressed = self.storage.suppressed_detectors(now)  # analysts' false positives, still in force
+        verdicts = score(networks.watch(records), roster, self.storage.anchors(), now, self.config.detection, suppressed)
+        self.storage.save_verdicts(verdicts, through, fleet_rows(verdicts, roster, networks.by_device))
         self.metrics.scoring_duration.observe(time.perf_counter() - started)
         return len(verdicts)
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from farmwatch.collector.tables import anchors, devices, enrolments, leases, metadata, reports, roster, tokens, verdicts
+from farmwatch.collector.tables import fleet_index, suppressions
 from farmwatch.contract import Anchor, RosterEntry, Verdict, to_wire
 from farmwatch.errors import FarmwatchError
 
@@ -239,6 +240,15 @@ class Storage:
             for (text,) in connection.execution_options(yield_per=1000).execute(query):
                 yield orjson.loads(text)  # the scorer reads every record of the lookback: parse fast
 
+    def device_records(self, device_id: str, since: datetime | None = None) -> list[dict[str, Any]]:
+        """One device's ingest records received at or after ``since`` (all when None), oldest first."""
+        query = sa.select(reports.c.record).where(reports.c.device_id == device_id).order_by(reports.c.seq)
+        if since is not None:
+            query = query.where(reports.c.received_at >= since)
+        with self.engine.connect() as connection:
+            found = [orjson.loads(text) for text in connection.execute(query).scalars()]
+        return sorted(found, key=lambda record: record["received_at"])  # seq restarts when an agent resets
+
     # --- roster and anchors ---------------------------------------------------------------
 
     def replace_roster(self, entries: Sequence[RosterEntry]) -> None:
@@ -315,11 +325,18 @@ class Storage:
         with self.engine.connect() as connection:
             return list(connection.execute(query).scalars())
 
-    def save_verdicts(self, scored: Sequence[Verdict], through_report_id: int) -> None:
-        """Store the verdicts of one scoring run over reports up to ``through_report_id``."""
+    def save_verdicts(
+        self, scored: Sequence[Verdict], through_report_id: int, fleet: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """Store the verdicts of one scoring run over reports up to ``through_report_id``, and their
+        ``fleet_index`` rows (:mod:`farmwatch.collector.fleet_index`) in the same transaction."""
 
         def save() -> None:
             with self._writer.begin() as tx:
+                for start in range(0, len(fleet), 500):  # bounded IN lists (SQLite caps bound variables)
+                    chunk = list(fleet[start:start + 500])
+                    tx.execute(fleet_index.delete().where(fleet_index.c.device_id.in_([r["device_id"] for r in chunk])))
+                    tx.execute(fleet_index.insert(), chunk)
                 for verdict in scored:
                     values = {
                         "scored_at": verdict.scored_at,
@@ -334,6 +351,21 @@ class Storage:
 
         # Two replicas scoring at once may both insert a first verdict; the retry updates instead.
         _once_more_on_conflict(save)
+
+    def suppressed_detectors(self, now: datetime) -> dict[str, set[str]]:
+        """Per device, the detectors analysts marked false positive in suppressions still in force."""
+        query = sa.select(suppressions.c.device_id, suppressions.c.detector).where(
+            suppressions.c.expires_at > now, suppressions.c.lifted_at.is_(None))
+        found: dict[str, set[str]] = {}
+        with self.engine.connect() as connection:
+            for row in connection.execute(query):
+                found.setdefault(row.device_id, set()).add(row.detector)
+        return found
+
+    def mark_stale(self, device_id: str) -> None:
+        """Keep a device's verdict readable but stale, so the next refresh re-scores it."""
+        with self._writer.begin() as tx:
+            tx.execute(verdicts.update().where(verdicts.c.device_id == device_id).values(through_report_id=0))
 
     def verdict(self, device_id: str) -> Verdict | None:
         with self.engine.connect() as connection:

@@ -100,6 +100,94 @@ leases = sa.Table(
     sa.Column("expires_at", UtcDateTime(), nullable=False),
 )
 
+# --- the analyst console (farmwatch/collector/console/) ---------------------------------------
+analysts = sa.Table(
+    "analysts",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("password_hash", sa.String(256), nullable=False),  # argon2id, PHC string format
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("session_sha256", sa.String(64), primary_key=True),  # the cookie is never stored
+    sa.Column("analyst", sa.String(64), sa.ForeignKey("analysts.name", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+)
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("analyst", sa.String(64), nullable=False, index=True),
+    sa.Column("action", sa.String(32), nullable=False),  # sign_in, view_device, acknowledge, suppress, ...
+    sa.Column("device_id", sa.String(128), index=True),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+)
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(128), nullable=False, index=True),
+    sa.Column("detector", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("analyst", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("lifted_at", UtcDateTime()),
+)
+acknowledgements = sa.Table(
+    "acknowledgements",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(128), nullable=False, index=True),
+    sa.Column("analyst", sa.String(64), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),  # the verdict the analyst saw
+    sa.Column("risk", sa.Float, nullable=False),
+)
+notes = sa.Table(
+    "notes",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(128), nullable=False, index=True),
+    sa.Column("analyst", sa.String(64), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+)
+# One row per scored device, written with its verdict, so the fleet page filters and ranks 100,000
+# devices with indexed columns instead of parsing every verdict's JSON.
+fleet_index = sa.Table(
+    "fleet_index",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("risk", sa.Float, nullable=False, index=True),
+    sa.Column("verdict", sa.String(16), nullable=False, index=True),
+    sa.Column("employee_id", sa.String(128), index=True),
+    sa.Column("city", sa.String(128)),
+    sa.Column("network_kind", sa.String(16)),  # geo.network_kind of the newest record scored
+    sa.Column("top_detector", sa.String(64)),
+    sa.Column("top_summary", sa.Text),
+    sa.Column("detectors", sa.Text, nullable=False, default=""),  # "|a|b|": every detector with a finding
+    sa.Column("cluster", sa.String(128), index=True),  # the co-location cluster (its smallest device id)
+)
+verifications = sa.Table(
+    "verifications",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("device_id", sa.String(128), nullable=False, index=True),
+    sa.Column("hostname", sa.String(256)),
+    sa.Column("employee_id", sa.String(128)),
+    sa.Column("observed_seconds", sa.Integer, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("risk", sa.Float, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),  # the verdict JSON the agent was given
+)
+
 # --- alerts and their durable outbox (farmwatch/collector/alerts.py, outbox.py) ----------------
 # The verdict label each device last had, written in the verdict's transaction: the one row that
 # decides whether a stored verdict is a change. Its primary key makes two replicas that score the

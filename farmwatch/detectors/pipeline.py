@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,15 +26,19 @@ def score(
     anchors: Sequence[Anchor],
     now: datetime,
     config: DetectionConfig | None = None,
+    suppressed: Mapping[str, Collection[str]] | None = None,
 ) -> list[Verdict]:
     """One :class:`Verdict` per device in ``records`` (any order), sorted by device id.
+
+    ``suppressed`` maps a device id to detectors whose findings for that device an analyst marked
+    false positive: they are dropped before the risk combiner, so they move neither risk nor verdict.
 
     Raises ValueError for a naive ``now`` or a config naming unknown detectors or parameters
     (checked before any record is read), and RecordError for a record it cannot use."""
     _check_now(now)
     check_config(config or DetectionConfig())
     with paused_gc():
-        return score_frames(flatten(records), roster, anchors, now, config)
+        return score_frames(flatten(records), roster, anchors, now, config, suppressed)
 
 
 def _check_now(now: datetime) -> None:
@@ -60,6 +64,7 @@ def score_frames(
     anchors: Sequence[Anchor],
     now: datetime,
     config: DetectionConfig | None = None,
+    suppressed: Mapping[str, Collection[str]] | None = None,
 ) -> list[Verdict]:
     """:func:`score` over records already flattened."""
     config = config or DetectionConfig()
@@ -78,7 +83,7 @@ def score_frames(
             params.setdefault("random_state", config.random_state)
         detector = kind(**params).fit(frames, context)
         for item in detector.detect(frames, context):
-            if item.finding.score > 0:
+            if item.finding.score > 0 and name not in (suppressed or {}).get(item.device_id, ()):
                 by_device[item.device_id].append(item.finding)
     verdicts = []
     for device in sorted(frames.reports["device_id"].unique()):

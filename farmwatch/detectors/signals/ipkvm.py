@@ -47,6 +47,28 @@ def _same(a: object, b: str) -> bool:
     return isinstance(a, str) and a.strip().lower() == b.lower()
 
 
+def usb_identity(vendor_id: str, product_id: str, manufacturer: object, product: object) -> Identity | None:
+    """The catalogue entry a USB device matches: an IP-KVM's default identity (kind "usb") first, else
+    the generic Linux gadget id (kind "gadget_generic"); None for anything else."""
+    for identity in catalogue():
+        if identity.kind == "usb" and (vendor_id, product_id) == (identity.vendor_id, identity.product_id) and (
+            _same(manufacturer, identity.manufacturer) or _same(product, identity.product)
+        ):
+            return identity
+    for identity in catalogue():
+        if identity.kind == "gadget_generic" and (vendor_id, product_id) == (identity.vendor_id, identity.product_id):
+            return identity
+    return None
+
+
+def display_identity(name: object) -> Identity | None:
+    """The IP-KVM whose HDMI capture announces itself with this EDID display name, if any."""
+    for identity in catalogue():
+        if identity.kind == "edid" and isinstance(name, str) and identity.product.lower() in name.lower():
+            return identity
+    return None
+
+
 class IpKvmDetector(Detector):
     """Known IP-KVM USB identities and EDID names, generic gadgets, external-only displays."""
 
@@ -86,32 +108,28 @@ class IpKvmDetector(Detector):
         manufacturer, product = getattr(row, "manufacturer"), getattr(row, "product")
         evidence = {"vendor_id": vid, "product_id": pid, "manufacturer": manufacturer, "product": product,
                     "reports": getattr(row, "reports")}
-        for identity in catalogue():
-            if identity.kind == "usb" and (vid, pid) == (identity.vendor_id, identity.product_id) and (
-                _same(manufacturer, identity.manufacturer) or _same(product, identity.product)
-            ):
-                return (self.known_score,
-                        f"A {identity.device} (USB {vid}:{pid} \"{manufacturer}\" / \"{product}\", its vendor's "
-                        f"default identity) is attached: an IP-KVM lets someone elsewhere type and see the screen.",
-                        {**evidence, "device": identity.device, "source": identity.source})
-        for identity in catalogue():
-            if identity.kind == "gadget_generic" and (vid, pid) == (identity.vendor_id, identity.product_id):
-                return (self.generic_score,
-                        f"A generic Linux USB gadget ({vid}:{pid} \"{manufacturer}\" / \"{product}\") is attached, "
-                        f"the identity IP-KVMs use when re-branded (benign gadgets use it too).",
-                        {**evidence, "device": "generic gadget", "source": identity.source})
-        return None
+        identity = usb_identity(vid, pid, manufacturer, product)
+        if identity is None:
+            return None
+        if identity.kind == "usb":
+            return (self.known_score,
+                    f"A {identity.device} (USB {vid}:{pid} \"{manufacturer}\" / \"{product}\", its vendor's "
+                    f"default identity) is attached: an IP-KVM lets someone elsewhere type and see the screen.",
+                    {**evidence, "device": identity.device, "source": identity.source})
+        return (self.generic_score,
+                f"A generic Linux USB gadget ({vid}:{pid} \"{manufacturer}\" / \"{product}\") is attached, "
+                f"the identity IP-KVMs use when re-branded (benign gadgets use it too).",
+                {**evidence, "device": "generic gadget", "source": identity.source})
 
     def _displays(self, rows: pd.DataFrame) -> tuple[float, str, dict[str, object], int, int] | None:
         for row in rows.itertuples(index=False):
-            for identity in catalogue():
-                named = isinstance(row.name, str) and identity.product.lower() in row.name.lower()
-                if identity.kind == "edid" and named:
-                    return (self.known_score,
-                            f"The display \"{row.name}\" is the video capture of a {identity.device}: the screen "
-                            f"is being watched through an IP-KVM.",
-                            {"display": row.name, "device": identity.device, "source": identity.source,
-                             "reports": row.reports}, row.first_rec, row.last_rec)
+            identity = display_identity(row.name)
+            if identity is not None:
+                return (self.known_score,
+                        f"The display \"{row.name}\" is the video capture of a {identity.device}: the screen "
+                        f"is being watched through an IP-KVM.",
+                        {"display": row.name, "device": identity.device, "source": identity.source,
+                         "reports": row.reports}, row.first_rec, row.last_rec)
         names = [str(n).lower() for n in rows["name"].dropna()]
         internal = rows[[any(mark in n for mark in INTERNAL_PANEL_MARKS) for n in rows["name"].fillna("").str.lower()]]
         if names and internal.empty and int(rows["reports"].sum()) >= self.min_reports:

@@ -1,0 +1,6 @@
+"""The analyst console: signed-in HTML pages served by the collector under ``/console``.
+
+``routes`` holds the pages and actions, ``accounts`` the analysts and sessions, ``store`` the
+queries and the audit log, ``device_view`` the per-device figures and chart geometry, ``cli`` the
+``analysts`` and ``audit`` commands. Templates and the stylesheet ship in the package.
+"""
