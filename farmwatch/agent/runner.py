@@ -72,7 +72,7 @@ class Runner:
     ) -> None:
         self.context = context
         self.timeout = timeout
-        self.probes: list[Probe] = []
+        self.probes: list[Probe[Any]] = []
         self._stuck: dict[str, _Attempt] = {}
         self._load_errors: list[ProbeError] = []
         self._pending: list[ProbeError] = []
@@ -124,7 +124,7 @@ class Runner:
             "errors": errors,
         })
 
-    def _collect(self, probe: Probe) -> tuple[Any, list[ProbeError]]:
+    def _collect(self, probe: Probe[Any]) -> tuple[Any, list[ProbeError]]:
         """The probe's section (``_NOTHING`` if none) and the errors[] entries it earned this window."""
 
         def entry(message: str) -> ProbeError:
@@ -152,13 +152,13 @@ class Runner:
 class _Attempt:
     """One probe's ``collect()`` on its own (daemon) thread, with its result or exception."""
 
-    def __init__(self, probe: Probe) -> None:
+    def __init__(self, probe: Probe[Any]) -> None:
         self.value: Any = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(probe,), name=f"probe-{probe.name}", daemon=True)
         self.thread.start()
 
-    def _run(self, probe: Probe) -> None:
+    def _run(self, probe: Probe[Any]) -> None:
         try:
             self.value = probe.collect()
         except Exception as error:

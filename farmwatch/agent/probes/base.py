@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from farmwatch.contract import Anchor
 from farmwatch.errors import FarmwatchError
@@ -53,8 +53,16 @@ class ProbeContext:
     clock: Callable[[], float] = time.time
 
 
-class Probe(ABC):
-    """Base class of every probe. Subclasses set ``name`` and ``section`` and write ``collect``."""
+Section = TypeVar("Section")
+"""What a probe's ``collect`` returns: the contract type of its report section."""
+
+
+class Probe(ABC, Generic[Section]):
+    """Base class of every probe. Subclasses set ``name`` and ``section`` and write ``collect``.
+
+    ``Probe[HostFacts]`` collects a :class:`~farmwatch.contract.HostFacts`; the runner still checks
+    the value against the report's field, since a probe written against a newer contract may differ.
+    """
 
     name: ClassVar[str]  # registry key, used in errors[] entries
     section: ClassVar[str]  # the report field this probe fills
@@ -74,5 +82,5 @@ class Probe(ABC):
         """End background observation."""
 
     @abstractmethod
-    def collect(self) -> Any:
+    def collect(self) -> Section:
         """Return this probe's section of the report (a contract model or a list of them)."""

@@ -7,6 +7,7 @@ Entries are import paths, loaded lazily, so a probe whose OS library is missing 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from .base import Probe
 
@@ -20,8 +21,8 @@ PROBES: dict[str, str] = {
 }
 
 
-def load_probe(name: str) -> type[Probe]:
+def load_probe(name: str) -> type[Probe[Any]]:
     """The probe class registered under ``name``."""
     module_name, _, class_name = PROBES[name].partition(":")
-    probe: type[Probe] = getattr(importlib.import_module(module_name), class_name)
+    probe: type[Probe[Any]] = getattr(importlib.import_module(module_name), class_name)
     return probe

@@ -25,7 +25,7 @@ from .edid import EdidError, parse_edid
 from .usb_sysfs import read_usb_devices
 
 
-class HardwareProbe(Probe):
+class HardwareProbe(Probe[HardwareFacts]):
     name = "hardware"
     section = "hardware"
 

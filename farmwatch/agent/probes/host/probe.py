@@ -35,7 +35,7 @@ from . import keyboards, timezones
 _LOCAL_DISPLAY = re.compile(r"^:\d+(\.\d+)?$")  # an X display on this machine, not a remote host
 
 
-class HostProbe(Probe):
+class HostProbe(Probe[HostFacts]):
     name = "host"
     section = "host"
 

@@ -113,6 +113,7 @@ class EvdevInputListener:
         self._reading: dict[str, _Reading] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # never set: an unplugged node is reopened by the rescan
 
     def start(self) -> None:
         """Open the nodes; raises OSError saying why when there is nothing to read."""
@@ -132,6 +133,10 @@ class EvdevInputListener:
         for node in list(self._reading):
             self._close(node)
         self._selector.close()
+
+    def device_names(self) -> list[str]:
+        """None of its own: the kernel's injecting devices are uinput ones, which the probe lists from sysfs."""
+        return []
 
     def _open(self, devices: list[EventDevice]) -> list[str]:
         refused = []

@@ -28,6 +28,7 @@ from typing import Any
 from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeUnavailable
 from farmwatch.contract import InputSource, InputTiming
 
+from .listener import Listener
 from .stats import InputStats
 
 
@@ -73,14 +74,14 @@ def uinput_device_names(sys_root: Path) -> list[str]:
     return [name for name in names if name]
 
 
-class InputTimingProbe(Probe):
+class InputTimingProbe(Probe[InputTiming]):
     name = "input"
     section = "input"
 
     def __init__(self, context: ProbeContext) -> None:
         super().__init__(context)
         self._recorder = _LockedStats(InputStats())
-        self._listener: object | None = None
+        self._listener: Listener | None = None
         self._unavailable: str | None = None
         self._window_start: float | None = None
 
@@ -109,9 +110,9 @@ class InputTimingProbe(Probe):
             reason = self._unavailable or "the input listener is not running"
             self._listen()  # the display may be there by the next window (a user logged in)
             raise ProbeUnavailable(reason)
-        names: list[str] = getattr(self._listener, "device_names", list)()
-        source: InputSource = getattr(self._listener, "source")
-        failure = getattr(self._listener, "failure", None)
+        names = self._listener.device_names()
+        source = self._listener.source
+        failure = self._listener.failure
         if failure is not None:  # e.g. the X session ended: report what was seen, listen again
             self.problem(failure)
             self._close()
@@ -129,9 +130,8 @@ class InputTimingProbe(Probe):
             self._unavailable = str(error)
 
     def _close(self) -> None:
-        stop = getattr(self._listener, "stop", None)
-        if stop is not None:
-            stop()
+        if self._listener is not None:
+            self._listener.stop()
         self._listener = None
 
     def _options(self) -> dict[str, Any]:
@@ -141,7 +141,7 @@ class InputTimingProbe(Probe):
     def _prefer_x11(self) -> None:
         """Under ``auto``, take up an X desktop that appeared after the kernel's devices were chosen:
         only X11 sees input injected inside the display server."""
-        if getattr(self._listener, "source", None) != "evdev" or self._options().get("source", "auto") != "auto":
+        if self._listener is None or self._listener.source != "evdev" or self._options().get("source", "auto") != "auto":
             return
         try:
             x11 = self._open_x11()
@@ -150,7 +150,7 @@ class InputTimingProbe(Probe):
         self._close()
         self._listener = x11
 
-    def _open_listener(self) -> object:
+    def _open_listener(self) -> Listener:
         platform = self.context.platform
         if platform in ("win32", "darwin"):
             return self._open_pynput()
@@ -171,7 +171,7 @@ class InputTimingProbe(Probe):
             except ProbeUnavailable as evdev:
                 raise ProbeUnavailable(f"{x11}; {evdev}") from None
 
-    def _open_x11(self) -> object:
+    def _open_x11(self) -> Listener:
         from .x11_session import XSession, x11_sessions
 
         display = self._options().get("display") or os.environ.get("DISPLAY")
@@ -197,7 +197,7 @@ class InputTimingProbe(Probe):
                 refusals.append(f"cannot listen on X display {session.display}: {error}")
         raise ProbeUnavailable("; ".join(refusals))
 
-    def _open_evdev(self) -> object:
+    def _open_evdev(self) -> Listener:
         from .evdev_listener import EvdevInputListener
 
         listener = EvdevInputListener(self._recorder, self.context.sys_root, self.context.dev_root)
@@ -207,7 +207,7 @@ class InputTimingProbe(Probe):
             raise ProbeUnavailable(f"cannot read kernel input devices: {error}") from None
         return listener
 
-    def _open_pynput(self) -> object:
+    def _open_pynput(self) -> Listener:
         from .pynput_listener import PynputInputListener
 
         listener = PynputInputListener(self._recorder)

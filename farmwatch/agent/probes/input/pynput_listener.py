@@ -24,6 +24,7 @@ class PynputInputListener:
         self.sink = sink
         self._pointer: tuple[float, float] | None = None
         self._listeners: list[Any] = []
+        self.failure: str | None = None  # pynput's hooks do not end on their own
 
     def start(self) -> None:
         """Install the hooks; raises ImportError when pynput is missing."""
@@ -41,6 +42,10 @@ class PynputInputListener:
         for listener in self._listeners:
             listener.stop()
         self._listeners = []
+
+    def device_names(self) -> list[str]:
+        """None: pynput marks injected events but does not name the devices behind them."""
+        return []
 
     def _press(self, _key: object, injected: bool = False) -> None:
         self.sink.key(time.monotonic(), injected)

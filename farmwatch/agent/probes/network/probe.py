@@ -32,7 +32,7 @@ from .wifi import BssidUnavailable, current_bssid
 _LAN_KINDS = ("ethernet", "wifi", "virtual")  # link layers that carry ARP (not TUN/PPP)
 
 
-class NetworkProbe(Probe):
+class NetworkProbe(Probe[NetworkFacts]):
     """Interfaces (kind, VPN product), gateway, Wi-Fi access point, neighbours, anchor latency."""
 
     name = "network"

@@ -81,7 +81,7 @@ def connections_of(sockets: list[Socket], rtts: dict[Pair, RttPair]) -> tuple[li
     return listening, connections
 
 
-class RemoteAccessProbe(Probe):
+class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
     """Catalogued remote-access tools that are running, with their TCP sessions."""
 
     name = "remote_access"

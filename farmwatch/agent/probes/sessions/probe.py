@@ -34,7 +34,7 @@ DEFAULT_PORTS: dict[str, tuple[int, ...]] = {"ssh": (22,), "rdp": (3389,), "vnc"
 _RDP_PORT = 3389
 
 
-class SessionsProbe(Probe):
+class SessionsProbe(Probe[list[Session]]):
     """Inbound SSH, RDP and VNC sessions with peer address, user and kernel RTT."""
 
     name = "sessions"
