@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
-from detector_records import ANCHORS, NOW, connection, make_record, roster_entry, tool, user_input
+from detector_records import NOW, make_record
 
 from farmwatch.contract import Finding
 from farmwatch.detectors.base import Context, DeviceFinding
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.frame import flatten
+from farmwatch.detectors.frame import Frames, flatten
 from farmwatch.detectors.registry import REGISTRY
+from farmwatch.roster import load_anchors, load_roster
+from farmwatch.simulator.cli import write_fleet
+from farmwatch.times import parse_utc
 
 DETECTORS = [pytest.param(cls, id=name) for name, cls in REGISTRY.items()]
 
 
-def _fleet() -> tuple[list[dict], Context]:
-    """A small mixed fleet: enough that every detector has something to look at."""
-    records = []
-    for n in range(25):
-        device = f"d{n:02}"
-        for minutes in range(0, 48 * 60, 60):
-            extra = {}
-            if n == 0:
-                extra["remote_access"] = [tool("anydesk", "AnyDesk", connection("175.45.176.71", min_rtt_ms=190.0))]
-            records.append(make_record(device, minutes, input=user_input(injected=50 if n == 0 else 0), **extra))
-    roster = {f"d{n:02}": roster_entry(f"d{n:02}") for n in range(25)}
-    context = Context(roster, {a.name: a for a in ANCHORS}, NOW, DetectionConfig())
-    return records, context
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Frames, Context]:
+    """A simulated fleet (seed 3: 40 employees, 12 farms of every kind, 2 days) on which every
+    registered detector finds something, so the checks on findings below always run."""
+    files = write_fleet(tmp_path_factory.mktemp("fleet"), seed=3, legit=40, farms=12, days=2)
+    records = [json.loads(line) for line in files.records.read_bytes().splitlines()]
+    now = max(parse_utc(record["report"]["window_end"]) for record in records)
+    roster = {entry.device_id: entry for entry in load_roster(files.roster)}
+    context = Context(roster, {a.name: a for a in load_anchors(files.anchors)}, now, DetectionConfig())
+    return flatten(records), context
 
 
 @pytest.mark.parametrize("cls", DETECTORS)
@@ -41,12 +42,12 @@ def test_init_only_stores_parameters(cls) -> None:
 
 
 @pytest.mark.parametrize("cls", DETECTORS)
-def test_fit_detect_contract(cls) -> None:
-    records, context = _fleet()
-    frames = flatten(records)
+def test_fit_detect_contract(cls, fleet: tuple[Frames, Context]) -> None:
+    frames, context = fleet
     detector = cls()
     assert detector.fit(frames, context) is detector
     found = detector.detect(frames, context)
+    assert found, f"{cls.name} finds nothing on a fleet with every kind of farm"
     again = cls().fit(frames, context).detect(frames, context)
     assert [(f.device_id, f.finding) for f in found] == [(f.device_id, f.finding) for f in again], "deterministic"
     for item in found:
