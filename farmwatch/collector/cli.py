@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("device_id", metavar="DEVICE_ID")
     revoke.set_defaults(run=_revoke)
 
+    from farmwatch.collector.alert_commands import add_commands as add_alert_commands  # builds on this module
+
+    add_alert_commands(commands, _db_flag)
+
     from farmwatch.collector.console.cli import add_commands  # imported here: it builds on this module
 
     add_commands(commands, _db_flag)
