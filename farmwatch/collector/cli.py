@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from farmwatch.collector.config import ConfigError, load_config
-from farmwatch.collector.storage import Storage, StoreError
+from farmwatch.collector.config import load_config
+from farmwatch.collector.storage import Storage
 from farmwatch.errors import FarmwatchError
-from farmwatch.roster import TableError, load_anchors, load_roster
+from farmwatch.roster import load_anchors, load_roster
 from farmwatch.times import parse_utc
 
 DEFAULT_DB = "sqlite:///farmwatch.db"
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (CommandError, ConfigError, TableError, StoreError) as failure:
+    except FarmwatchError as failure:  # every expected failure (the console's commands' too) is one line
         print(f"farmwatch-collector: {failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Engine
 
 from farmwatch.collector.tables import analysts, console_sessions
+from farmwatch.errors import FarmwatchError
 
 SESSION_HOURS = 12
 NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -29,7 +30,7 @@ _HASHER = PasswordHasher()  # argon2id
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
-class AccountError(ValueError):
+class AccountError(FarmwatchError, ValueError):
     """A refused account change; the message says why."""
 
 

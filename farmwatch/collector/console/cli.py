@@ -57,8 +57,15 @@ def add_commands(commands: argparse._SubParsersAction, db_flag: Callable[[argpar
     show.add_argument("--device", metavar="DEVICE_ID", help="only entries about this device")
     show.add_argument("--analyst", metavar="NAME", help="only this analyst's entries")
     show.add_argument("--since", metavar="TIME", help="only entries at or after this RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
-    show.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (default: 100)")
+    show.add_argument("--limit", type=_at_least_one, default=100, metavar="N", help="at most N entries (default: 100)")
     show.set_defaults(run=_audit)
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -68,7 +75,7 @@ def _password(args: argparse.Namespace) -> str:
             try:
                 text = args.password_file.read_text(encoding="utf-8")
             except OSError as failure:
-                raise collector_cli.CommandError(f"cannot read {args.password_file}: {failure.strerror}") from None
+                raise AccountError(f"cannot read {args.password_file}: {failure.strerror}") from None
         else:
             text = source.read()
         return text.splitlines()[0] if text.strip() else ""
@@ -76,7 +83,7 @@ def _password(args: argparse.Namespace) -> str:
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass(f"Password for {args.name}: ")
     if getpass.getpass("Again: ") != first:
-        raise collector_cli.CommandError("the two passwords differ; nothing was changed")
+        raise AccountError("the two passwords differ; nothing was changed")
     return first
 
 
@@ -85,8 +92,6 @@ def _add(args: argparse.Namespace) -> int:
     storage = collector_cli._open_existing(args.db)
     try:
         Accounts(storage.engine).add(args.name, password, datetime.now(timezone.utc))
-    except AccountError as refused:
-        raise collector_cli.CommandError(str(refused)) from None
     finally:
         storage.close()
     print(f"added analyst {args.name}")
@@ -97,8 +102,6 @@ def _remove(args: argparse.Namespace) -> int:
     storage = collector_cli._open_existing(args.db)
     try:
         Accounts(storage.engine).remove(args.name)
-    except AccountError as refused:
-        raise collector_cli.CommandError(str(refused)) from None
     finally:
         storage.close()
     print(f"removed analyst {args.name}")
@@ -117,8 +120,6 @@ def _list(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     since = collector_cli._parse_time(args.since) if args.since else None
-    if args.limit < 1:
-        raise collector_cli.CommandError(f"--limit must be at least 1, got {args.limit}")
     storage = collector_cli._open_existing(args.db)
     try:
         entries = ConsoleStore(storage.engine).audit_entries(device_id=args.device, analyst=args.analyst,

@@ -36,6 +36,7 @@ from farmwatch.collector.console.store import (
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.detectors.registry import REGISTRY
+from farmwatch.errors import FarmwatchError
 
 SESSION_COOKIE = "farmwatch_session"
 LOGIN_COOKIE = "farmwatch_login_csrf"
@@ -50,7 +51,7 @@ SECURITY_HEADERS = {
 }
 
 
-class ConsoleRefusal(Exception):
+class ConsoleRefusal(FarmwatchError):
     """A request the console refuses; rendered as a page with the status and one clear sentence."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -59,7 +60,7 @@ class ConsoleRefusal(Exception):
         self.message = message
 
 
-class SignInNeeded(Exception):
+class SignInNeeded(FarmwatchError):
     """No live session: pages redirect to the sign-in form."""
 
 
