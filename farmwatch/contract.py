@@ -11,74 +11,152 @@ bug shows up as a 422 at the collector instead of silently coerced data.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import math
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 REPORT_SCHEMA = "farmwatch.report/v1"
 
 SALTED_HASH = r"^[0-9a-f]{64}$"
 """Salted SHA-256 hex: how identifiers of networks or people outside the company travel."""
 
+# --- What the store and the detectors can hold -------------------------------------------------
+# One hostile device must not be able to send a value that a later stage cannot hold: a time past
+# pandas' datetime64[ns] range (2262) broke every scoring run, a seq of 2^63 overflowed BIGINT.
+# So every value is bounded here, once, and the JSON Schema export carries the same bounds.
 
-def _require_timezone(value: datetime) -> datetime:
+INT_LIMIT = 2**53 - 1
+"""Largest integer magnitude accepted anywhere in a report: exact as a float64 (pandas holds an integer
+column with gaps as float64) and far inside int64 (SQLite INTEGER, PostgreSQL BIGINT, numpy), so
+``seq + 1`` never overflows either. The same bound as I-JSON's interoperable integers (RFC 7493 §2.2)."""
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+"""No report time lies before this (no agent ran then; older is a broken or hostile clock)."""
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+"""No time lies at or after this, whatever the context: well inside pandas' range (2262-04-11)."""
+NOT_AFTER = "not_after"
+"""Validation-context key: the latest acceptable time (the collector passes receipt time + allowed
+clock skew), e.g. ``Report.model_validate_json(body, context={NOT_AFTER: limit})``."""
+NO_NUL = r"^[^\x00]*$"
+"""Text never holds NUL: PostgreSQL cannot store it in a text column."""
+_YEARS = r"^20[0-9]{2}-"
+"""The JSON Schema form of EARLIEST..LATEST (an RFC 3339 string starting with a year 2000-2099)."""
+_TIME_BOUNDS = (
+    "RFC 3339 with a time zone, from 2000-01-01T00:00:00Z to before 2100-01-01T00:00:00Z; the collector "
+    "also refuses a time more than its allowed clock skew after the report's receipt"
+)
+
+
+def _bounded_time(value: datetime, info: ValidationInfo) -> datetime:
     if value.tzinfo is None:
         raise ValueError("must carry a time zone (RFC 3339, e.g. 2026-11-28T04:05:00Z)")
-    return value.astimezone(timezone.utc)
+    # Compared before astimezone: 9999-12-31T23:30:00-05:00 has no UTC form, and that overflow was a 500.
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"must lie from {_wire(EARLIEST)} to before {_wire(LATEST)}")
+    value = value.astimezone(timezone.utc)
+    not_after = (info.context or {}).get(NOT_AFTER)
+    if not_after is not None and value > not_after:
+        raise ValueError(f"lies {_seconds(value - not_after)} s past the latest time accepted now ({_wire(not_after)}); "
+                         "is the device clock ahead?")
+    return value
 
 
-UtcTime = Annotated[datetime, AfterValidator(_require_timezone)]
-NonNegative = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
+def _wire(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(span: timedelta) -> int:
+    return math.ceil(span.total_seconds())
+
+
+def _holdable(value: Any, path: str = "") -> Any:
+    """Check a value of an unknown (extra) field: the same bounds as the declared ones, at any depth."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not -INT_LIMIT <= value <= INT_LIMIT:
+            raise ValueError(f"{path or 'value'}: integer outside -(2^53-1)..2^53-1")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path or 'value'}: must be a finite number, got {value!r}")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path or 'value'}: text must not contain NUL (\\u0000)")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _holdable(item, f"{path}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _holdable(key, f"{path}: the key {key!r}" if path else f"the key {key!r}")
+            _holdable(item, f"{path}.{key}" if path else key)
+    return value
+
+
+UtcTime = Annotated[
+    datetime,
+    AfterValidator(_bounded_time),
+    Field(json_schema_extra={"pattern": _YEARS, "description": _TIME_BOUNDS}),
+]
+Text = Annotated[str, Field(pattern=NO_NUL)]
+Count = Annotated[int, Field(ge=0, le=INT_LIMIT)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 HexId = Annotated[str, Field(pattern=r"^[0-9a-f]{4}$")]
 SaltedHash = Annotated[str, Field(pattern=SALTED_HASH)]
+WireValue = Annotated[
+    Any,
+    AfterValidator(_holdable),
+    Field(description="an unknown field, kept: finite numbers, integers within -(2^53-1)..2^53-1, text without NUL"),
+]
 
 
 class _Section(BaseModel):
     """A closed section of the report: every named field present, null where unknown."""
 
     model_config = ConfigDict(strict=True, extra="allow", frozen=False)
+    __pydantic_extra__: dict[str, WireValue] = Field(init=False)  # type: ignore[assignment]
 
 
 class AgentInfo(_Section):
-    version: str
+    version: Text
     os: Literal["linux", "windows", "darwin"]
-    os_version: str
-    hostname: str
+    os_version: Text
+    hostname: Text
 
 
 class LoggedInUser(_Section):
-    name: str
-    terminal: str | None
-    remote_host: str | None
+    name: Text
+    terminal: Text | None
+    remote_host: Text | None
 
 
 class HostFacts(_Section):
-    timezone: str | None  # IANA name, e.g. "America/Chicago"
-    utc_offset_minutes: int | None
-    locale: str | None
-    keyboard_layouts: list[str]
-    input_methods: list[str]
+    timezone: Text | None  # IANA name, e.g. "America/Chicago"
+    utc_offset_minutes: Annotated[int, Field(ge=-1440, le=1440)] | None
+    locale: Text | None
+    keyboard_layouts: list[Text]
+    input_methods: list[Text]
     boot_time: UtcTime | None
     users: list[LoggedInUser]
 
 
 class Connection(_Section):
-    remote_ip: str
+    remote_ip: Text
     remote_port: Port
     local_port: Port
-    state: str
+    state: Text
     direction: Literal["inbound", "outbound"]
     rtt_ms: NonNegative | None = None  # kernel smoothed RTT of this TCP connection
     min_rtt_ms: NonNegative | None = None  # kernel minimum RTT: the distance bound
 
 
 class RemoteAccessTool(_Section):
-    tool: str  # catalogue id, e.g. "anydesk"
-    process: str  # process name as seen (never the command line)
-    pid: int
+    tool: Text  # catalogue id, e.g. "anydesk"
+    process: Text  # process name as seen (never the command line)
+    pid: Count
     started_at: UtcTime | None
     listening: list[Port]
     connections: list[Connection]
@@ -86,24 +164,24 @@ class RemoteAccessTool(_Section):
 
 class Session(_Section):
     kind: Literal["rdp", "ssh", "vnc", "x11", "console"]
-    user: str | None
-    remote_ip: str | None
+    user: Text | None
+    remote_ip: Text | None
     rtt_ms: NonNegative | None = None
     min_rtt_ms: NonNegative | None = None
 
 
 class Interface(_Section):
-    name: str
+    name: Text
     kind: Literal["ethernet", "wifi", "vpn", "virtual", "loopback", "other"]
-    vpn_product: str | None
+    vpn_product: Text | None
 
 
 class LatencyProbe(_Section):
-    target: str  # anchor name
-    address: str
+    target: Text  # anchor name
+    address: Text
     method: Literal["tcp", "icmp"]
-    sent: Annotated[int, Field(ge=0)]
-    received: Annotated[int, Field(ge=0)]
+    sent: Count
+    received: Count
     rtt_min_ms: NonNegative | None
     rtt_median_ms: NonNegative | None
     rtt_max_ms: NonNegative | None
@@ -111,10 +189,10 @@ class LatencyProbe(_Section):
 
 class NetworkFacts(_Section):
     interfaces: list[Interface]
-    gateway_ip: str | None
+    gateway_ip: Text | None
     gateway_mac_hash: SaltedHash | None
     wifi_bssid_hash: SaltedHash | None
-    lan_neighbors: Annotated[int, Field(ge=0)] | None
+    lan_neighbors: Count | None
     probes: list[LatencyProbe]
 
 
@@ -126,10 +204,10 @@ class InputTiming(_Section):
 
     seconds_observed: NonNegative
     active_seconds: NonNegative
-    key_events: Annotated[int, Field(ge=0)]
-    mouse_events: Annotated[int, Field(ge=0)]
-    injected_events: Annotated[int, Field(ge=0)]
-    virtual_devices: list[str]
+    key_events: Count
+    mouse_events: Count
+    injected_events: Count
+    virtual_devices: list[Text]
     key_interval_ms_p10: NonNegative | None
     key_interval_ms_p50: NonNegative | None
     key_interval_ms_p90: NonNegative | None
@@ -144,14 +222,14 @@ class InputTiming(_Section):
 class UsbDevice(_Section):
     vendor_id: HexId
     product_id: HexId
-    manufacturer: str | None
-    product: str | None
-    interface_classes: list[str]
+    manufacturer: Text | None
+    product: Text | None
+    interface_classes: list[Text]
 
 
 class Display(_Section):
-    name: str | None
-    manufacturer: str | None
+    name: Text | None
+    manufacturer: Text | None
     serial_hash: SaltedHash | None
 
 
@@ -161,16 +239,16 @@ class HardwareFacts(_Section):
 
 
 class ProbeError(_Section):
-    probe: str
-    message: str
+    probe: Text
+    message: Text
 
 
 class Report(_Section):
     """One agent report (agent -> collector), ``POST /api/v1/reports``."""
 
     schema_: Literal["farmwatch.report/v1"] = Field(alias="schema")
-    device_id: Annotated[str, Field(min_length=1, max_length=128)]
-    seq: Annotated[int, Field(ge=1)]
+    device_id: Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]
+    seq: Annotated[int, Field(ge=1, le=INT_LIMIT)]
     window_start: UtcTime
     window_end: UtcTime
     agent: AgentInfo
@@ -184,11 +262,19 @@ class Report(_Section):
 
     model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
 
+    @field_validator("window_end")
+    @classmethod
+    def _ends_after_it_starts(cls, window_end: datetime, info: ValidationInfo) -> datetime:
+        window_start = info.data.get("window_start")
+        if window_start is not None and window_end < window_start:
+            raise ValueError(f"must not lie before window_start ({_wire(window_start)})")
+        return window_end
+
 
 class Geo(_Section):
-    country: str | None  # ISO 3166-1 alpha-2
-    asn: int | None
-    asn_org: str | None
+    country: Text | None  # ISO 3166-1 alpha-2
+    asn: Annotated[int, Field(ge=0, le=2**32 - 1)] | None  # ASNs are 32-bit (RFC 6793)
+    asn_org: Text | None
     network_kind: Literal["residential", "hosting", "vpn", "mobile", "corporate", "unknown"]
 
 
@@ -196,9 +282,12 @@ class IngestRecord(_Section):
     """What the collector stores and exports, one JSON object per line."""
 
     received_at: UtcTime
-    source_ip: str
+    source_ip: Text
     geo: Geo
     report: Report
+    # Added to v1 (optional): report.window_end minus received_at in seconds. Positive: the device
+    # clock runs ahead (bounded by the collector's allowed skew); negative: the report waited (spool).
+    clock_skew_seconds: Finite | None = None
 
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
@@ -232,8 +321,8 @@ class RosterEntry(_Section):
     employee_id: str
     country: str | None
     city: str | None
-    latitude: float | None
-    longitude: float | None
+    latitude: Finite | None
+    longitude: Finite | None
     timezone: str | None
     approved_tools: list[str]
 
@@ -244,8 +333,8 @@ class Anchor(_Section):
     name: str
     address: str
     port: Port
-    latitude: float
-    longitude: float
+    latitude: Finite
+    longitude: Finite
 
 
 def field_errors(error: ValidationError, prefix: str = "") -> list[dict[str, str]]:

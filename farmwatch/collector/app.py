@@ -11,14 +11,16 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from farmwatch.collector import ingest
 from farmwatch.collector.config import CollectorConfig
@@ -27,12 +29,13 @@ from farmwatch.collector.delivery import Alerting
 from farmwatch.collector.egress import GeoLookup
 from farmwatch.collector.ingest import Rejected
 from farmwatch.collector.metrics import Metrics
+from farmwatch.collector.openapi import openapi_document
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
-from farmwatch.contract import field_errors, to_wire
+from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
 
 SMALL_BODY = 64 * 1024  # enrol and verify requests are a few hundred bytes
-Text = Annotated[str, Field(min_length=1, max_length=256)]
+Text = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
 
 
 class EnrolRequest(BaseModel):
@@ -96,6 +99,18 @@ def create_app(
         headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "30"}}.get(refused.status)
         return JSONResponse({"errors": refused.errors}, status_code=refused.status, headers=headers)
 
+    @app.exception_handler(HTTPException)
+    async def _http_refusal(_request: Request, refused: HTTPException) -> JSONResponse:
+        # Starlette's own 404 (no such route) and 405 (wrong method) in the documented error body.
+        field = "(method)" if refused.status_code == 405 else "(path)"
+        errors = [{"field": field, "message": str(refused.detail)}]
+        return JSONResponse({"errors": errors}, status_code=refused.status_code, headers=refused.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, invalid: RequestValidationError) -> JSONResponse:
+        errors = [{"field": ".".join(str(part) for part in item["loc"]), "message": item["msg"]} for item in invalid.errors()]
+        return JSONResponse({"errors": errors}, status_code=422)
+
     @app.exception_handler(Exception)
     async def _failed(_request: Request, _failure: Exception) -> JSONResponse:
         # The traceback goes to the server log (Starlette re-raises after this handler answers).
@@ -143,10 +158,11 @@ def create_app(
             declared_length=request.headers.get("content-length"),
             encoding=request.headers.get("content-encoding"),
         )
-        report = await run_in_threadpool(ingest.parse_report, body)
+        received_at = clock()
+        not_after = received_at + timedelta(seconds=config.limits.max_clock_skew_seconds)
+        report = await run_in_threadpool(ingest.parse_report, body, not_after)
         if report.device_id != device:
             raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
-        received_at = clock()
         source_ip = _source(request, config)
         record = ingest.ingest_record(report, received_at, source_ip, geo.lookup(source_ip))
         stored = await run_in_threadpool(storage.add_report, record, ingest.digest(report), received_at)
@@ -186,9 +202,11 @@ def create_app(
         asked = _parse(VerifyRequest, await _small_body(request))
         verdict = await _verdict_of(device)
         await run_in_threadpool(console.record_verification, verdict, asked.seconds, clock())  # the Onboarding page
-        return {**verdict, "observed_seconds": asked.seconds}
+        return {**_verdict_only(verdict, config), "observed_seconds": asked.seconds}
 
     async def _verdict_of(device_id: str) -> dict[str, Any]:
+        if len(device_id) > 128 or "\x00" in device_id:  # no device has such an id (and PostgreSQL refuses NUL)
+            raise Rejected(404, "not_found", [{"field": "device_id", "message": "no device has this id"}])
         fresh = await run_in_threadpool(scorer.refresh, device_id)
         verdict = await run_in_threadpool(storage.verdict, device_id)
         if verdict is None:
@@ -213,7 +231,36 @@ def create_app(
         text = await run_in_threadpool(generate_latest, metrics.registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
+    app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
+        app,
+        bodies={("/api/v1/enroll", "post"): EnrolRequest, ("/api/v1/reports", "post"): Report,
+                ("/api/v1/verify", "post"): VerifyRequest},
+        refusals=REFUSALS,
+    )
     return app
+
+
+# What each operation may refuse with (the OpenAPI document lists these with the error body).
+REFUSALS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("/api/v1/enroll", "post"): (401, 413, 415, 422, 429),
+    ("/api/v1/reports", "post"): (401, 403, 409, 413, 415, 422, 429, 503),
+    ("/api/v1/config", "get"): (401, 429),
+    ("/api/v1/devices", "get"): (401, 429),
+    ("/api/v1/devices/{device_id}", "get"): (401, 404, 429, 503),
+    ("/api/v1/verify", "post"): (401, 404, 413, 415, 422, 429, 503),
+    ("/healthz", "get"): (503,),
+}
+
+
+def _verdict_only(answer: dict[str, Any], config: CollectorConfig) -> dict[str, Any]:
+    """What a device token may read of its own verdict: the label, not the reasons.
+
+    A farm operator holds the device token; findings (and an exact risk) would show them which
+    evasion works. ``risk`` is the lower bound of the label's band, so the answer still parses as a
+    verdict (``farmwatch-agent verify`` reads it); analysts read the reasons at /api/v1/devices/{id}."""
+    bands = {"clear": 0.0, "review": config.detection.review_threshold, "farm": config.detection.farm_threshold}
+    kept = {key: answer[key] for key in ("device_id", "employee_id", "scored_at", "verdict", "stale")}
+    return {**kept, "risk": bands[answer["verdict"]], "findings": [], "findings_withheld": True}
 
 
 async def _small_body(request: Request) -> bytes:

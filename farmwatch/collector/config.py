@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from farmwatch.collector.limits import Limits, LimitsError, load_limits
 from farmwatch.collector.outputs import REGISTRY as OUTPUT_TYPES
 from farmwatch.collector.outputs.base import OutputConfigError, OutputSettings, parse_outputs
 from farmwatch.detectors.config import DetectionConfig
@@ -50,6 +51,7 @@ class CollectorConfig:
     tls_cert_file: Path | None = None  # PEM certificate chain; with tls_key_file, serve HTTPS
     tls_key_file: Path | None = None
     console_banner: str = ""  # [console] banner: a line every console page shows (e.g. "staging", "simulated")
+    limits: Limits = field(default_factory=Limits)  # [limits]: what one device or address may cost
 
 
 _KNOWN = {
@@ -63,6 +65,7 @@ _KNOWN = {
     "agent": {"interval_seconds", "probe_options"},
     "console": {"banner"},
     "outputs": None,  # each output's keys belong to its plugin (collector/outputs/)
+    "limits": None,  # checked key by key in collector/limits.py
 }
 
 
@@ -120,7 +123,15 @@ def load_config(
         tls_cert_file=tls[0],
         tls_key_file=tls[1],
         console_banner=_banner(raw.get("console", {}).get("banner", ""), f"{where} [console] banner"),
+        limits=_limits(raw.get("limits", {}), where),
     )
+
+
+def _limits(table: Any, where: str) -> Limits:
+    try:
+        return load_limits(table, where)
+    except LimitsError as problem:
+        raise ConfigError(str(problem)) from None
 
 
 def _outputs(tables: Any, where: str) -> tuple[OutputSettings, ...]:

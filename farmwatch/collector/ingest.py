@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from farmwatch.collector.config import Network
 from farmwatch.collector.egress import within
-from farmwatch.contract import IngestRecord, Report, field_errors, to_wire
+from farmwatch.contract import NOT_AFTER, IngestRecord, Report, field_errors, to_wire
 from farmwatch.errors import FarmwatchError
 
 
@@ -72,10 +72,13 @@ async def read_body(
     return bytes(body)
 
 
-def parse_report(body: bytes) -> Report:
-    """Strictly parse one report; a rejection names every bad field (``network.probes[0].sent``)."""
+def parse_report(body: bytes, not_after: datetime | None = None) -> Report:
+    """Strictly parse one report; a rejection names every bad field (``network.probes[0].sent``).
+
+    Every value must fit what the store and the detectors hold (``farmwatch.contract``'s bounds),
+    and no time may lie after ``not_after`` (receipt time plus the allowed clock skew)."""
     try:
-        return Report.model_validate_json(body)
+        return Report.model_validate_json(body, context={NOT_AFTER: not_after})
     except ValidationError as invalid:
         raise Rejected(422, "invalid", field_errors(invalid)) from None
 
@@ -105,6 +108,7 @@ def source_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
 
 def ingest_record(report: Report, received_at: datetime, source_ip: str, geo: dict[str, Any]) -> dict[str, Any]:
     """The stored, exported document (``report-v1.md`` "Ingest record"), checked against the contract."""
-    record = {"received_at": received_at, "source_ip": source_ip, "geo": geo, "report": report}
+    skew = round((report.window_end - received_at).total_seconds(), 3)
+    record = {"received_at": received_at, "source_ip": source_ip, "geo": geo, "report": report, "clock_skew_seconds": skew}
     return to_wire(IngestRecord.model_validate(record))
 

@@ -52,6 +52,22 @@ class Metrics:
             "On-demand scoring runs running or queued (at most one of each).",
             registry=registry,
         )
+        self.scoring_failures = Counter(
+            "farmwatch_scoring_failures",
+            "Scoring runs that stored no verdicts (the previous verdicts stay, marked stale).",
+            registry=registry,
+        )
+        self.scoring_device_errors = Counter(
+            "farmwatch_scoring_device_errors",
+            "Devices whose records the detectors could not score in a run (each got a review verdict "
+            "with a scoring_error finding; the rest of the fleet was scored).",
+            registry=registry,
+        )
+        self.scoring_last_success = Gauge(
+            "farmwatch_scoring_last_success_timestamp_seconds",
+            "Unix time the last scoring run stored its verdicts (0: none yet in this process).",
+            registry=registry,
+        )
         self.devices = Gauge("farmwatch_devices", "Enrolled devices.", registry=registry)
         self.devices.set_function(device_count)
         for reason in REJECT_REASONS:

@@ -17,15 +17,17 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as Unfinished
 from datetime import datetime, timedelta
 
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.fleet_index import NewestNetworkKind, fleet_rows
+from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.storage import Storage
+from farmwatch.contract import Verdict
 from farmwatch.detectors.pipeline import score
 
 log = logging.getLogger("farmwatch.collector.scoring")
@@ -53,7 +55,11 @@ class Scorer:
     def run(self) -> int:
         """Score every device with records in the lookback window; returns how many verdicts were stored."""
         with self._lock:
-            return self._run()
+            try:
+                return self._run()
+            except Exception:
+                self.metrics.scoring_failures.inc()
+                raise
 
     def refresh(self, device_id: str | None = None) -> bool:
         """Re-score when ``device_id`` (or, when None, any device) has a report newer than its verdict.
@@ -69,6 +75,9 @@ class Scorer:
             run.result(timeout=self.config.refresh_wait_seconds)
         except Unfinished:
             return not self._stale(device_id)  # an earlier run may have covered it meanwhile
+        except Exception:  # noqa: BLE001 - counted in run(); the stored verdicts answer, marked stale
+            log.exception("on-demand scoring run failed; answering with the stored verdicts")
+            return False
         return True
 
     def stale_devices(self) -> set[str]:
@@ -104,11 +113,23 @@ class Scorer:
         # Read the high-water mark first: a report arriving during the run leaves its device stale.
         through = self.storage.last_report_id()
         now = self.clock()
-        records = self.storage.records(since=self._window_start(now))
+        since = self._window_start(now)
         roster, networks = self.storage.roster(), NewestNetworkKind()
         suppressed = self.storage.suppressed_detectors(now)  # analysts' false positives, still in force
-        verdicts = score(networks.watch(records), roster, self.storage.anchors(), now, self.config.detection, suppressed)
+        anchors = self.storage.anchors()
+
+        def score_part(devices: Collection[str] | None) -> list[Verdict]:
+            records = self.storage.records(since=since, devices=devices)
+            return score(networks.watch(records), roster, anchors, now, self.config.detection, suppressed)
+
+        # One device's records that break a detector cost that device its verdict, not the fleet.
+        isolated = score_isolated(
+            score_part, lambda: self.storage.devices_with_records(since), roster, now, self.config.detection
+        )
+        verdicts = isolated.verdicts
         self.storage.save_verdicts(verdicts, through, fleet_rows(verdicts, roster, networks.by_device))
+        self.metrics.scoring_device_errors.inc(len(isolated.broken))
+        self.metrics.scoring_last_success.set(time.time())
         self.metrics.scoring_duration.observe(time.perf_counter() - started)
         return len(verdicts)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, TypeVar
@@ -231,11 +231,14 @@ class Storage:
             )
         return StoredReport(new=True, conflict=False)
 
-    def records(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
-        """Ingest records received at or after ``since`` (all when None), oldest first."""
+    def records(self, since: datetime | None = None, devices: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Ingest records received at or after ``since`` (all when None), oldest first; only those of
+        ``devices`` when given (isolating a device whose records break scoring)."""
         query = sa.select(reports.c.record).order_by(reports.c.received_at, reports.c.id)
         if since is not None:
             query = query.where(reports.c.received_at >= since)
+        if devices is not None:
+            query = query.where(reports.c.device_id.in_(sorted(devices)))
         with self.engine.connect() as connection:
             for (text,) in connection.execution_options(yield_per=1000).execute(query):
                 yield orjson.loads(text)  # the scorer reads every record of the lookback: parse fast
@@ -248,6 +251,12 @@ class Storage:
         with self.engine.connect() as connection:
             found = [orjson.loads(text) for text in connection.execute(query).scalars()]
         return sorted(found, key=lambda record: record["received_at"])  # seq restarts when an agent resets
+
+    def devices_with_records(self, since: datetime) -> list[str]:
+        """Devices with a record received at or after ``since``: the ones a scoring run covers."""
+        query = sa.select(reports.c.device_id).where(reports.c.received_at >= since).distinct()
+        with self.engine.connect() as connection:
+            return list(connection.execute(query).scalars())
 
     # --- roster and anchors ---------------------------------------------------------------
 

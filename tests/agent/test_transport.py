@@ -72,8 +72,9 @@ def test_a_rejected_report_is_quarantined_with_the_answer_and_the_rest_go_on(col
     first = export(collector)[0]["report"]
     (state / "next_seq").write_text("4\n")  # seq 2 and 3 are the hand-made reports below
     _spool_variant(state, first, 2, agent={**first["agent"], "os": "plan9"})  # invalid: 422
-    _spool_variant(state, first, 3, window_end="2026-01-01T00:00:00Z")
-    _spool_variant(state, first, 1, window_end="2026-01-01T00:00:00Z")  # reuses a stored seq: 409
+    earlier = {"window_start": "2025-12-31T23:55:00Z", "window_end": "2026-01-01T00:00:00Z"}  # ends after it starts
+    _spool_variant(state, first, 3, **earlier)
+    _spool_variant(state, first, 1, **earlier)  # reuses a stored seq: 409
 
     done = agent_once(collector, state)
     assert done.returncode == 0, done.stderr
