@@ -4,13 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench
+.PHONY: help install system-deps run check test test-fast bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[all,dev]'
 	touch $@
+
+help: ## this list
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## a .venv with every extra and the test tools
 
@@ -20,8 +23,15 @@ system-deps: ## Debian packages the tests drive (Xvfb, xdotool, iproute2 ...); r
 run: install ## a collector on SQLite on localhost and this machine's agent reporting to it
 	$(BIN)/python deploy/dev/devrun.py
 
-test: install system-deps
+check: install ## type-check (mypy; strict for the contract, agent and collector) and lint (ruff)
+	$(BIN)/mypy
+	$(BIN)/ruff check
+
+test: install system-deps ## every test (as root, first installs the Debian packages they drive)
 	$(BIN)/pytest
 
-bench: install
+test-fast: install ## the tests that start no servers, processes or namespaces (-m "not slow")
+	$(BIN)/pytest -m "not slow"
+
+bench: install ## benchmarks, each figure printed beside its baseline
 	$(BIN)/python bench/run_all.py

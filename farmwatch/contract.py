@@ -117,7 +117,7 @@ class _Section(BaseModel):
     """A closed section of the report: every named field present, null where unknown."""
 
     model_config = ConfigDict(strict=True, extra="allow", frozen=False)
-    __pydantic_extra__: dict[str, WireValue] = Field(init=False)  # type: ignore[assignment]
+    __pydantic_extra__: dict[str, WireValue] = Field(init=False)
 
 
 class AgentInfo(_Section):

@@ -153,7 +153,7 @@ def _public_url(value: Any, where: str) -> str | None:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(f"{where}: must be an http:// or https:// URL with a host and no query, got {value!r}")
-    return value.rstrip("/")
+    return str(value).rstrip("/")
 
 
 def _detection_tuning(values: dict[str, Any], corporate: tuple[Network, ...], where: str) -> DetectionConfig:

@@ -99,7 +99,7 @@ def backlog(storage: Storage, outputs: Sequence[str]) -> dict[str, OutputBacklog
     )
     with storage.engine.connect() as connection:
         rows = connection.execute(query).all()
-    found = {name: {"pending": 0, "oldest": None, "overflow": 0} for name in outputs}
+    found: dict[str, dict[str, Any]] = {name: {"pending": 0, "oldest": None, "overflow": 0} for name in outputs}
     for name, state, count, oldest in rows:
         entry = found.setdefault(name, {"pending": 0, "oldest": None, "overflow": 0})
         if state == PENDING:
@@ -112,7 +112,7 @@ def backlog(storage: Storage, outputs: Sequence[str]) -> dict[str, OutputBacklog
 def devices_by_verdict(storage: Storage) -> dict[str, int]:
     query = sa.select(verdict_state.c.verdict, sa.func.count()).group_by(verdict_state.c.verdict)
     with storage.engine.connect() as connection:
-        counted = dict(connection.execute(query).all())
+        counted: dict[str, int] = dict(connection.execute(query).all())
     return {label: int(counted.get(label, 0)) for label in ("clear", "review", "farm")}
 
 

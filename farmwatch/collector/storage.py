@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -315,7 +315,7 @@ class Storage:
 
     def last_report_id(self) -> int:
         with self.engine.connect() as connection:
-            return connection.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar_one()
+            return int(connection.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar_one())
 
     def stale_devices(self, seen_since: datetime) -> list[str]:
         """Devices seen since ``seen_since`` whose report is newer than their verdict (or have none).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from detector_records import ANCHORS, connection, host, make_record, network, probe, roster_entry, run, tool, user_input
+from detector_records import ANCHORS, connection, make_record, network, probe, roster_entry, run, tool
 
 from farmwatch.detectors.signals.colocation import ColocationDetector
 from farmwatch.detectors.config import DetectionConfig

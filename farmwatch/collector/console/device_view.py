@@ -126,7 +126,7 @@ def distance_picture(records: list[dict[str, Any]], entry: RosterEntry | None, a
         anchor = by_name.get(name)
         floor = None
         if claimed and anchor is not None:
-            floor = float(light_floor_ms(great_circle_km(entry.latitude, entry.longitude,  # type: ignore[union-attr]
+            floor = float(light_floor_ms(great_circle_km(entry.latitude, entry.longitude,  # type: ignore[union-attr, arg-type]
                                                          anchor.latitude, anchor.longitude)))
         impossible = floor is not None and rtt < floor
         note = (f"{rtt:.1f} ms is less than light needs from {picture.city} ({floor:.1f} ms): "

@@ -144,7 +144,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
         target = _local(fields.get("next", "/console/fleet"))
         if not await run_in_threadpool(accounts.check_password, name, password):
             await run_in_threadpool(store.audit, name[:64] or "(blank)", "sign_in_refused", clock())
-            response = page(request, "login.html", 401, csrf_token=request.cookies.get(LOGIN_COOKIE, ""),
+            response: Response = page(request, "login.html", 401, csrf_token=request.cookies.get(LOGIN_COOKIE, ""),
                             next=target, error="Wrong name or password.", session=None)
             return response
         token = await run_in_threadpool(accounts.open_session, name, clock())

@@ -95,7 +95,7 @@ class ConsoleStore:
     def counts(self) -> dict[str, int]:
         """Devices per verdict label (and 'unscored')."""
         with self.engine.connect() as connection:
-            scored = dict(connection.execute(
+            scored: dict[str, int] = dict(connection.execute(
                 sa.select(fleet_index.c.verdict, sa.func.count()).group_by(fleet_index.c.verdict)).all())
             enrolled = connection.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one()
         return {**{label: scored.get(label, 0) for label in VERDICTS}, "unscored": enrolled - sum(scored.values())}

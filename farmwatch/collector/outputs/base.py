@@ -139,7 +139,7 @@ def parse_output(raw: Any, index: int, registry: Mapping[str, type[Output]], whe
     kind = raw.get("type")
     if kind not in registry:
         raise OutputConfigError(f"{here}: unknown output type {kind!r}; known: {', '.join(sorted(registry))}")
-    output = registry[kind]
+    output = registry[str(kind)]
     name = text(raw.get("name", kind), f"{here} name")
     here = f"{where} output {name!r} ({kind})"
     unknown = sorted(set(raw) - COMMON_KEYS - set(output.options))
@@ -161,7 +161,7 @@ def parse_output(raw: Any, index: int, registry: Mapping[str, type[Output]], whe
         raise OutputConfigError(f"{here}: {', '.join(missing)} is missing")
     options = {key: check(raw[key], f"{here} {key}") for key, check in output.options.items() if key in raw}
     settings = OutputSettings(
-        name=name, type=kind, format=chosen, url=url, min_verdict=floor,
+        name=name, type=str(kind), format=chosen, url=url, min_verdict=floor,
         max_pending=positive_int(raw.get("max_pending", 10_000), f"{here} max_pending"),
         retry_max_seconds=positive_number(raw.get("retry_max_seconds", 300), f"{here} retry_max_seconds"),
         options=options,
