@@ -15,35 +15,14 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from collector_process import CLI, DEFAULT_CONFIG, RunningCollector
+from alert_scenario import PUBLIC_URL, collector_config, enrol_with_roster, report_and_score
+from collector_process import CLI, RunningCollector
 from siem_receivers import HttpReceiver, Rsyslog, rsyslog_unavailable, wait_for
 from throwaway_ca import SERVER_NAME, Pki, make_pki
 
 pytestmark = [pytest.mark.slow]
-
-REPORT = Path(__file__).resolve().parents[1] / "fixtures" / "reports" / "report-linux-rustdesk.json"
-PUBLIC_URL = "https://farmwatch.example.com"
-FAR_ANYDESK = [{"tool": "anydesk", "process": "anydesk", "pid": 4242, "started_at": None, "listening": [7070],
-                "connections": [{"remote_ip": "175.45.176.10", "remote_port": 50123, "local_port": 7070,
-                                 "state": "ESTABLISHED", "direction": "inbound", "rtt_ms": 182.0, "min_rtt_ms": 178.0}]}]
-PIKVM = {"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device",
-         "interface_classes": ["03", "08"]}
-
-
-def farm_report(device_id: str, seq: int) -> dict[str, Any]:
-    """Our fixture report with an inbound AnyDesk session from a far peer and a PiKVM plugged in."""
-    report: dict[str, Any] = json.loads(REPORT.read_text())
-    report.update(device_id=device_id, seq=seq, remote_access=FAR_ANYDESK)
-    report["hardware"]["usb"].append(PIKVM)
-    return report
-
-
-def auth(token: object) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass
@@ -92,30 +71,6 @@ def receivers(tmp_path: Path) -> Iterator[Receivers]:
     finally:
         rsyslog.stop()
         http.stop()
-
-
-def collector_config(outputs: str) -> str:
-    return DEFAULT_CONFIG.replace("[collector]\n", f'[collector]\npublic_url = "{PUBLIC_URL}"\n') + outputs
-
-
-def enrol_with_roster(collector: RunningCollector, tmp_path: Path, hardware_id: str = "hw-farm-1") -> tuple[str, object]:
-    device = collector.enrol(hardware_id=hardware_id, hostname="tp-anna")
-    device_id = str(device["device_id"])
-    roster = tmp_path / f"roster-{device_id}.csv"
-    roster.write_text("device_id,employee_id,country,city,latitude,longitude,timezone,approved_tools\n"
-                      f"{device_id},E-17,US,Austin,30.27,-97.74,America/Chicago,\n")
-    imported = collector.cli("roster", "import", "--db", collector.db_url, str(roster))
-    assert imported.returncode == 0, imported.stderr
-    return device_id, device["token"]
-
-
-def report_and_score(collector: RunningCollector, device_id: str, token: object, seq: int) -> dict[str, Any]:
-    posted = httpx.post(f"{collector.url}/api/v1/reports", json=farm_report(device_id, seq), headers=auth(token), timeout=30)
-    assert posted.status_code == 202, posted.text
-    answer = httpx.get(f"{collector.url}/api/v1/devices/{device_id}", headers=auth(collector.analyst_token), timeout=330)
-    assert answer.status_code == 200, answer.text
-    verdict: dict[str, Any] = answer.json()
-    return verdict
 
 
 def test_a_far_anydesk_session_and_a_pikvm_reach_every_siem_exactly_once(
