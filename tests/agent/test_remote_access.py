@@ -99,11 +99,31 @@ def test_every_catalogue_tool_cites_its_source_and_lolrmm_is_attributed() -> Non
     catalog = json.loads(CATALOG_PATH.read_text())
     assert "LOLRMM" in catalog["about"] and catalog["license"] == "Apache-2.0"
     assert (Path(str(CATALOG_PATH)).parent / "LOLRMM-LICENSE").read_text().split()[:2] == ["Apache", "License"]
+    ways = ("processes", "folders", "services", "signers", "domains", "addresses")
     for tool in catalog["tools"]:
-        assert tool["processes"] and tool["sources"], tool["id"]
-        assert all(p == p.lower() and not p.endswith(".exe") for p in tool["processes"]), tool["id"]
+        assert any(tool.get(way) for way in ways) and tool["sources"], tool["id"]
+        assert tool["kind"] in ("remote_control", "tunnel"), tool["id"]
+        assert all(p == p.lower() and not p.endswith(".exe") for p in tool.get("processes", [])), tool["id"]
+        assert all(f == f.lower() and "\\" not in f for f in tool.get("folders", [])), tool["id"]
     ids = {tool["id"] for tool in catalog["tools"]}
     assert {"anydesk", "teamviewer", "rustdesk", "chrome-remote-desktop", "vnc", "parsec", "screenconnect"} <= ids
+    # Tools the process-name-only catalogue missed (issue 18), and the tunnels, weighed apart.
+    assert {"quick-assist", "zoho-assist", "nomachine", "ninjarmm", "dameware", "simplehelp", "tactical-rmm",
+            "aeroadmin", "litemanager", "tightvnc", "ultravnc"} <= ids
+    kinds = {tool["id"]: tool["kind"] for tool in catalog["tools"]}
+    assert {kinds[t] for t in ("ngrok", "tailscale", "zerotier", "cloudflare-tunnel")} == {"tunnel"}
+    assert kinds["anydesk"] == "remote_control"
+
+
+def test_generic_names_folders_domains_and_shared_signers_are_not_catalogued() -> None:
+    catalog = json.loads(CATALOG_PATH.read_text())
+    every = {way: {v for tool in catalog["tools"] for v in tool.get(way, [])}
+             for way in ("processes", "folders", "signers", "domains")}
+    assert not {"setup", "dwm", "agent", "svchost"} & every["processes"]
+    assert not {"/usr/local/bin", "?:/program files", "?:/windows/system32", "/opt"} & every["folders"]
+    assert not {"github.com", "amazonaws.com", "microsoft.com", "r2.cloudflarestorage.com"} & every["domains"]
+    assert not {"Microsoft Corporation", "Simon Tatham", "win.rar GmbH"} & every["signers"]
+    assert "net.anydesk.com" in every["domains"]  # relay-[a-f0-9]{8}.net.anydesk.com keeps its fixed part
 
 
 @pytest.mark.skipif(not LOLRMM.is_dir(), reason=f"LOLRMM source data not present at {LOLRMM}")

@@ -31,7 +31,7 @@ CATALOG_PATH = files("farmwatch.agent") / "data" / "rmm_catalog.json"
 def catalog() -> dict[str, str]:
     """Process name (lower case, no ``.exe``) → catalogue tool id."""
     data = json.loads(CATALOG_PATH.read_text("utf-8"))
-    return {process: tool["id"] for tool in data["tools"] for process in tool["processes"]}
+    return {process: tool["id"] for tool in data["tools"] for process in tool.get("processes", [])}
 
 
 def tool_for(process_name: str) -> str | None:
