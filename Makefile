@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps run check test test-fast bench
+.PHONY: help install system-deps run demo check test test-fast bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ system-deps: ## Debian packages the tests drive (Xvfb, xdotool, iproute2 ...); r
 
 run: install ## a collector on SQLite on localhost and this machine's agent reporting to it
 	$(BIN)/python deploy/dev/devrun.py
+
+demo: install ## a collector on a throwaway database holding a simulated company; prints the console and a sign-in
+	$(BIN)/python deploy/dev/demo.py
 
 check: install ## type-check (mypy; strict for the contract, agent and collector) and lint (ruff)
 	$(BIN)/mypy

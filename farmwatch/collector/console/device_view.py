@@ -129,15 +129,16 @@ def distance_picture(records: list[dict[str, Any]], entry: RosterEntry | None, a
             floor = float(light_floor_ms(great_circle_km(entry.latitude, entry.longitude,  # type: ignore[union-attr, arg-type]
                                                          anchor.latitude, anchor.longitude)))
         impossible = floor is not None and rtt < floor
-        note = (f"{rtt:.1f} ms is less than light needs from {picture.city} ({floor:.1f} ms): "
-                "the laptop is not there" if impossible else
-                f"consistent with {picture.city}" if floor is not None else "no claimed city to compare")
+        city = entry.city if entry is not None else None
+        note = (f"impossible from {city}: light needs {floor:.1f} ms" if impossible else
+                f"possible from {city} (light needs {floor:.1f} ms)" if floor is not None else
+                "no claimed city to compare")
         picture.rows.append(DistanceRow(f"anchor {name}", "anchor", rtt, floor, note, impossible))
     for (via, peer), rtt in sorted(peers.items(), key=lambda item: -item[1]):
         likely, most = float(likely_min_distance_km(rtt)), float(max_distance_km(rtt))
         country = peer_country(peer)
         where = f" (registered in {country})" if country else ""
-        note = (f"controller likely at least {likely:,.0f} km away, at most {most:,.0f} km (light)"
+        note = (f"controller likely ≥ {likely:,.0f} km away, ≤ {most:,.0f} km (light)"
                 if likely > 0 else f"controller within {most:,.0f} km (light bound)")
         picture.rows.append(DistanceRow(f"{via} from {peer}{where}", "session", rtt, None, note, False))
     values = [row.measured_ms for row in picture.rows] + [row.floor_ms or 0.0 for row in picture.rows]
