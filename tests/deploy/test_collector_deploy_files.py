@@ -7,12 +7,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from collector_process import RunningCollector
+from collector_process import DEFAULT_CONFIG, RunningCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from farmwatch.collector.cli import build_parser
@@ -66,7 +67,12 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass() -> None:
 
 
 @pytest.mark.slow
-def test_every_metric_the_rules_name_is_one_the_collector_exposes(collector: RunningCollector) -> None:
+def test_every_metric_the_rules_name_is_one_the_collector_exposes(
+    collector_factory: Callable[..., RunningCollector], tmp_path: Path
+) -> None:
+    # One output configured, so the per-output outbox series exist too.
+    output = f'\n[[outputs]]\ntype = "ecs_file"\nurl = "{tmp_path / "alerts.ndjson"}"\n'
+    collector = collector_factory(DEFAULT_CONFIG + output)
     exposed = {sample.name for family in text_string_to_metric_families(httpx.get(f"{collector.url}/metrics").text)
                for sample in family.samples}
     rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]

@@ -70,6 +70,11 @@ def test_a_receiver_down_while_the_verdict_changes_gets_the_alert_once_when_back
     assert metric(collector, 'farmwatch_outbox_pending{output="soar"}') == 1
     assert metric(collector, 'farmwatch_outbox_oldest_pending_age_seconds{output="soar"}') > 0
     assert metric(collector, 'farmwatch_alert_deliveries_total{output="soar",result="failed"}') >= 3
+    assert metric(collector, 'farmwatch_devices_by_verdict{verdict="farm"}') == 1
+    # the standard collectors, in the collector's own registry
+    assert metric(collector, "process_resident_memory_bytes") > 0
+    assert metric(collector, 'python_gc_collections_total{generation="0"}') >= 0
+    assert "python_info{" in httpx.get(f"{collector.url}/metrics", timeout=30).text
 
     receiver.start()
     wait_for(lambda: "soar: delivered" in listed(collector), 60, "the delivery after the receiver came back")
