@@ -109,6 +109,34 @@ def test_fleet_anomaly_names_what_sets_the_outlier_apart() -> None:
     assert all(f.score <= finding.score for f in found.values())
 
 
+def test_fleet_anomaly_scores_the_frames_it_is_given() -> None:
+    """Fitted on the fleet, it judges whatever frames ``detect`` gets: 'x' alone gives the same
+    finding as inside the fleet, and frames without 'x' give no finding about it."""
+    rng = np.random.default_rng(5)
+    records = [make_record(f"d{n:02}", 5 * k, input=user_input(key_burst_fraction=float(rng.uniform(0.005, 0.015))))
+               for n in range(30) for k in range(12)]
+    odd = [make_record("x", 5 * k, input=user_input(injected=2000, **REMOTE)) for k in range(12)]
+    roster = {e.device_id: e for e in [roster_entry(f"d{n:02}") for n in range(30)] + [roster_entry("x")]}
+    context = Context(roster, {}, None, DetectionConfig())  # type: ignore[arg-type]
+    detector = FleetAnomalyDetector().fit(flatten(records + odd), context)
+    in_fleet = {item.device_id: item.finding for item in detector.detect(flatten(records + odd), context)}
+    alone = detector.detect(flatten(odd), context)
+    assert [item.device_id for item in alone] == ["x"] and alone[0].finding == in_fleet["x"]
+    assert "x" not in {item.device_id for item in detector.detect(flatten(records), context)}
+
+
+def test_fleet_anomaly_full_margin_sets_how_fast_the_score_saturates() -> None:
+    rng = np.random.default_rng(5)
+    records = [make_record(f"d{n:02}", 5 * k, input=user_input(key_burst_fraction=float(rng.uniform(0.005, 0.015))))
+               for n in range(30) for k in range(12)]
+    records += [make_record("x", 5 * k, input=user_input(injected=2000, **REMOTE)) for k in range(12)]
+    roster = [roster_entry(f"d{n:02}") for n in range(30)] + [roster_entry("x")]
+    wide = run(FleetAnomalyDetector, records, roster, full_margin=10.0)["x"]
+    margin = wide.evidence["decision"]
+    assert margin < 0 and wide.score == pytest.approx(round(0.3 * -margin / 10.0, 4))
+    assert wide.score < run(FleetAnomalyDetector, records, roster)["x"].score
+
+
 def test_input_rhythm_a_laptop_that_turns_remote_is_judged_on_its_recent_windows() -> None:
     windows = [make_record("x", 5 * k, input=user_input(**(REMOTE if k >= 24 else {}))) for k in range(36)]
     finding = run(InputRhythmDetector, _fleet(windows))["x"]

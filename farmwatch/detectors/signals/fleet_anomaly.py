@@ -29,14 +29,19 @@ FEATURES = {
 }
 
 
-def device_features(frames: Frames, context: Context, interval_seconds: float = 300.0) -> pd.DataFrame:
-    """One row per device, the FEATURES columns (NaN filled with the fleet median)."""
+def device_features(frames: Frames, context: Context, interval_seconds: float = 300.0,
+                    active_seconds: float = 30.0, fill: pd.Series | None = None) -> pd.DataFrame:
+    """One row per device, the FEATURES columns; a feature a device has no data for is filled with
+    ``fill`` (default: the median of these devices), else 0.
+
+    A window counts as active with at least ``active_seconds`` of input; ``interval_seconds`` is
+    the agents' reporting interval (for coverage)."""
     reports = frames.reports
     hours = pd.Series(np.nan, index=reports.index)
     for tz, index in reports.groupby(reports["device_id"].map(
             lambda d: context.roster[d].timezone if d in context.roster else None), dropna=False).groups.items():
         hours.loc[index] = local_times(reports.loc[index, "window_end"], tz if isinstance(tz, str) else None).dt.hour
-    active = reports["active_seconds"].fillna(0) >= 30
+    active = reports["active_seconds"].fillna(0) >= active_seconds
     per = pd.DataFrame({
         "device_id": reports["device_id"],
         "night": (active & (hours < 6)).astype(float),
@@ -60,7 +65,7 @@ def device_features(frames: Frames, context: Context, interval_seconds: float = 
         "rmm_tools": tools.reindex(counts.index).fillna(0),
         "report_coverage": (counts * interval_seconds / span).clip(upper=1.0),
     })
-    return features.fillna(features.median()).fillna(0.0).astype(float)
+    return features.fillna(features.median() if fill is None else fill).fillna(0.0).astype(float)
 
 
 class FleetAnomalyDetector(Detector):
@@ -71,15 +76,19 @@ class FleetAnomalyDetector(Detector):
     weak = True
 
     def __init__(self, n_estimators: int = 200, random_state: int = 0, min_devices: int = 20,
-                 top_score: float = 0.3, explain: int = 3) -> None:
+                 top_score: float = 0.3, explain: int = 3, full_margin: float = 0.15,
+                 active_seconds: float = 30.0, interval_seconds: float = 300.0) -> None:
         self.n_estimators = n_estimators
         self.random_state = random_state
         self.min_devices = min_devices
         self.top_score = top_score
         self.explain = explain
+        self.full_margin = full_margin  # how far below 0 the forest's decision must be for top_score
+        self.active_seconds = active_seconds
+        self.interval_seconds = interval_seconds
 
     def fit(self, frames: Frames, context: Context) -> FleetAnomalyDetector:
-        self.features_ = device_features(frames, context)
+        self.features_ = device_features(frames, context, self.interval_seconds, self.active_seconds)
         self.model_ = None
         if len(self.features_) >= self.min_devices:
             self.model_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state)
@@ -93,19 +102,23 @@ class FleetAnomalyDetector(Detector):
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         if self.model_ is None:
             return []
-        decision = self.model_.decision_function(self.features_.to_numpy())
-        z = (self.features_ - self.median_) / self.scale_
+        # The frames given, not those fitted: a device is judged against the fleet the forest learned.
+        features = device_features(frames, context, self.interval_seconds, self.active_seconds, fill=self.median_)
+        if features.empty:
+            return []
+        decision = self.model_.decision_function(features.to_numpy())
+        z = (features - self.median_) / self.scale_
         found = []
-        for device, margin, (_, row) in zip(self.features_.index, decision, z.iterrows()):
+        for device, margin, (_, row) in zip(features.index, decision, z.iterrows()):
             if margin >= 0:
                 continue
             top = row.abs().sort_values(ascending=False).head(self.explain)
-            reasons = {name: {"value": float(self.features_.loc[device, name]),
+            reasons = {name: {"value": float(features.loc[device, name]),
                               "fleet_median": float(self.median_[name]),
                               "robust_z": float(row[name])} for name in top.index}
-            score = self.top_score * min(-margin / 0.15, 1.0)
+            score = self.top_score * min(-margin / self.full_margin, 1.0)
             summary = ("Unlike the fleet in " + ", ".join(
-                f"{FEATURES[name]} ({self.features_.loc[device, name]:.3g} vs {self.median_[name]:.3g})"
+                f"{FEATURES[name]} ({features.loc[device, name]:.3g} vs {self.median_[name]:.3g})"
                 for name in top.index) + ".")
             found.append(self.finding(str(device), score, summary,
                                       {"decision": float(margin), "features": reasons}))

@@ -34,7 +34,8 @@ class InputRhythmDetector(Detector):
     def __init__(self, burst_fraction: float = 0.06, key_p10_ms: float = 15.0, mouse_rate_hz: float = 45.0,
                  jump_fraction: float = 0.015, min_key_events: int = 40, min_windows: int = 12,
                  odd_features: int = 2, top_score: float = 0.85, injected_score: float = 0.35,
-                 virtual_score: float = 0.4, fleet_mads: float = 3.0, min_fleet: int = 20) -> None:
+                 virtual_score: float = 0.4, fleet_mads: float = 3.0, min_fleet: int = 20,
+                 injected_window_share: float = 0.05, recent_rise: float = 0.2) -> None:
         self.burst_fraction = burst_fraction
         self.key_p10_ms = key_p10_ms
         self.mouse_rate_hz = mouse_rate_hz
@@ -47,6 +48,8 @@ class InputRhythmDetector(Detector):
         self.virtual_score = virtual_score
         self.fleet_mads = fleet_mads
         self.min_fleet = min_fleet
+        self.injected_window_share = injected_window_share  # a window's injected events above this share mark it
+        self.recent_rise = recent_rise  # the summary says "rising" when the recent half's share is this much higher
 
     def fit(self, frames: Frames, context: Context) -> InputRhythmDetector:
         """Learn the fleet's spread; a window is odd only beyond both the physical and fleet limits."""
@@ -86,7 +89,7 @@ class InputRhythmDetector(Detector):
         injected = reports["injected_events"].fillna(0).to_numpy()
         inj = pd.DataFrame({
             "device_id": reports["device_id"],
-            "injected": (injected > 0.05 * np.maximum(events + injected, 1)) & ~approved_live,
+            "injected": (injected > self.injected_window_share * np.maximum(events + injected, 1)) & ~approved_live,
             "counted": reports["has_input"].to_numpy() & ((events + injected) > 0),
         })
         inj_share = inj[inj["counted"]].groupby("device_id")["injected"].mean()
@@ -115,7 +118,7 @@ class InputRhythmDetector(Detector):
                     features = rows.loc[rows["odd"], ["burst", "key_p10", "mouse_rate", "jump"]].mean()
                     evidence["odd_feature_share"] = features.round(3).to_dict()
                     since = (f", {recent_share:.0%} since {recent['time'].iloc[0]:%Y-%m-%d %H:%M} UTC"
-                             if recent_share > share + 0.2 else "")
+                             if recent_share > share + self.recent_rise else "")
                     sentences.append(f"{share:.0%} of {len(rows)} typed windows had remote-control rhythm "
                                      f"(bunched keys, network-rate mouse, jumps){since}")
             share_injected = float(inj_share.get(device, 0.0))
