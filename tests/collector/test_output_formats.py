@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from collector_helpers import serve_refusal
+from throwaway_ca import make_pki
 
 from farmwatch.collector.alerts import Alert, AlertFinding
 from farmwatch.collector.config import ConfigError, load_config
@@ -184,3 +186,31 @@ def test_public_url_is_checked(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('[collector]\npublic_url = "https://fw.example.com/farmwatch/"\n')
     config = load_config(tmp_path / "c.toml", enroll_secret_file=tmp_path / "s", analyst_token_file=tmp_path / "s")
     assert config.public_url == "https://fw.example.com/farmwatch"
+
+
+def readme_section() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return text.split("## Sending alerts to your SIEM", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_examples_work(tmp_path: Path) -> None:
+    toml, python = (block.split("\n", 1)[1] for block in readme_section().split("```")[1:4:2])
+    pki = make_pki(tmp_path / "pki")
+    for name, source in {"siem-ca.pem": pki.ca, "client.pem": pki.client_cert, "client-key.pem": pki.client_key}.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    for secret in ("hec-token", "webhook-secret", "s"):
+        (tmp_path / secret).write_text("x" * 32)
+    config_file = tmp_path / "collector.toml"
+    config_file.write_text(toml.replace("/etc/farmwatch/", f"{tmp_path}/").replace("/var/log/farmwatch/", f"{tmp_path}/"))
+    config = load_config(config_file, enroll_secret_file=tmp_path / "s", analyst_token_file=tmp_path / "s")
+    assert sorted(settings.type for settings in config.outputs) == sorted(REGISTRY)
+    assert config.public_url == "https://farmwatch.example.com"
+
+    namespace: dict[str, object] = {}
+    exec(python, namespace)  # the README's signature check, against what the webhook output sends
+    body, timestamp = b'{"alert_id":"a"}', str(int(time.time()))
+    headers = {"X-Farmwatch-Timestamp": timestamp, "X-Farmwatch-Signature": signature("k" * 32, timestamp, body)}
+    genuine = namespace["genuine"]
+    assert callable(genuine)
+    assert genuine(b"k" * 32, headers, body) is True
+    assert genuine(b"k" * 32, headers, body + b" ") is False
