@@ -27,6 +27,12 @@ class CollectorUnavailable(AgentError):
         self.status = status  # the HTTP status of a 5xx answer; None when nothing answered
 
 
+class ReportNotKept(AgentError):
+    """A report could be neither spooled (e.g. a full disk) nor sent; counted for the next report (EX_IOERR)."""
+
+    exit_code = 74
+
+
 class CollectorRefused(AgentError):
     """The collector refused us for good (e.g. wrong enrol secret); retrying will not help."""
 

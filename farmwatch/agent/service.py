@@ -1,7 +1,9 @@
 """The agent's three jobs — ``once``, ``run``, ``verify`` — wired from runner, spool and enrolment.
 
-Order of work per window: collect, take the next seq, spool, then deliver the whole spool. The
-report is on disk before the network is touched, so an unreachable collector costs nothing but time.
+Order of work per window: collect, deliver the spool (which frees space on a full disk), take the
+next seq, spool the report, then deliver it. The report is on disk before the network is touched,
+so an unreachable collector costs nothing but time. A report the disk cannot take is sent directly;
+one that can be neither spooled nor sent is counted in the next report's ``errors[]``.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from pydantic import ValidationError
 
-from farmwatch.contract import Verdict, to_wire
+from farmwatch.contract import INT_LIMIT, Verdict, to_wire
 
 from .delivery.enrollment import AgentConfig, Enrollment, bearer, call
 from .delivery.hardware_id import hardware_id, os_machine_id
 from .delivery.http_client import CollectorClient
+from .delivery.notices import Notices
+from .delivery.spool import Spool
 from .delivery.state import StateDir
-from .delivery.transport import Spool, deliver
-from .errors import AgentError, CollectorUnavailable
+from .delivery.transport import deliver, send_directly
+from .errors import AgentError, CollectorUnavailable, ReportNotKept
 from .probes.base import ProbeContext
 from .runner import Runner, utc_now
 from .settings import DEFAULT_INTERVAL_SECONDS, Settings
@@ -67,6 +72,9 @@ class Agent:
         self.state = StateDir(settings.state_dir)
         self.state.lock()
         self.spool = Spool(self.state.spool_dir, self.state.quarantine_dir)
+        # A state dir wiped around a kept spool restarts its counter at 1: never overwrite a spooled report.
+        self.state.raise_seq_floor(min(self.spool.highest_seq(), INT_LIMIT - 1) + 1)
+        self.notices = Notices(self.state.root / "notices.json")
         self.http = CollectorClient(url, HTTP_TIMEOUT_SECONDS, settings.tls())
         self.enrollment = Enrollment(
             self.http, self.state, secret, socket.gethostname(), hardware_id(machine), clock=self.context.clock
@@ -87,14 +95,55 @@ class Agent:
         self.context.options = config.probe_options
         self._collector_interval = config.interval_seconds
 
-    def _spool_report(self, start: datetime, end: datetime) -> None:
+    def _keep_window(self, start: datetime, end: datetime, attempt: Callable[[], bool]) -> str | None:
+        """Make the window's report and keep it; why not when it could be neither spooled nor sent.
+
+        ``attempt`` delivers the spool and says whether the collector took everything. The backlog
+        goes first, so on a full disk delivering frees the space the new report needs.
+        """
         identity = self.state.identity
+        made = self.runner.report(identity.device_id if identity else UNENROLLED, 1, start, end)  # seq: below
+        online = attempt() if self.spool.pending() else True
+        self.notices.take_from(self.spool)
         seq = self.state.allocate_seq()
-        report = self.runner.report(identity.device_id if identity else UNENROLLED, seq, start, end)
-        self.spool.put(seq, json.dumps(to_wire(report)).encode())
+        report = to_wire(made.model_copy(update={"seq": seq, "errors": [*made.errors, *self.notices.entries()]}))
+        try:
+            self.spool.put(seq, json.dumps(report).encode())
+        except OSError as unwritable:
+            return self._keep_unspooled(report, online, f"cannot spool it: {unwritable.strerror or unwritable}")
+        self.notices.reported()
+        if online:
+            attempt()
+        return None
+
+    def _keep_unspooled(self, report: dict[str, object], online: bool, why: str) -> str | None:
+        """Send a report the spool cannot take; count it when the collector cannot take it either."""
+        seq = report["seq"]
+        if not online:
+            why = f"{why}; not sent: the collector did not take the spool before it"
+        else:
+            try:
+                stored = send_directly(report, self.enrollment)
+            except (AgentError, OSError) as failed:
+                why = f"{why}; not sent: {failed}"
+            else:
+                log.warning("report seq %s: %s; sent it directly (stored as seq %d)", seq, why, stored)
+                self.notices.reported()
+                return None
+        start, end = (datetime.fromisoformat(str(report[k])) for k in ("window_start", "window_end"))
+        count = self.notices.not_kept(start, end, why)
+        log.error("report seq %s (window %s to %s) is lost: %s; %d such report(s) will be named in the next "
+                  "report's errors[]", seq, report["window_start"], report["window_end"], why, count)
+        return why
 
     def _deliver(self) -> None:
-        done = deliver(self.spool, self.enrollment)
+        try:
+            done = deliver(self.spool, self.enrollment)
+        finally:
+            self.notices.take_from(self.spool)
+        if done.renumbered:
+            log.info("renumbered seq %s (their seqs were stored with other content)",
+                     ", ".join(f"{old}->{new}" for old, new in done.renumbered.items()))
         if done.delivered:
             log.info("delivered seq %s to %s", ", ".join(map(str, done.delivered)), self.http.base_url)
         if done.quarantined:
@@ -110,12 +159,20 @@ class Agent:
         except AgentError as error:  # still collect and spool: the report waits for the next run
             failure = error
         self.context.window_seconds = window
-        self._spool_report(*collect_window(self.runner, window))
-        if failure is None:
-            try:
-                self._deliver()
-            except AgentError as error:
-                failure = error
+
+        def attempt() -> bool:
+            nonlocal failure
+            if failure is None:
+                try:
+                    self._deliver()
+                except AgentError as error:
+                    failure = error
+            return failure is None
+
+        lost = self._keep_window(*collect_window(self.runner, window), attempt)
+        if lost is not None:
+            raise ReportNotKept(f"this window's report could be neither spooled nor sent ({lost}); "
+                                "it is counted in the next report's errors[]")
         if failure is not None:
             kept = len(self.spool.pending())
             raise type(failure)(f"{failure}; {kept} report(s) kept in {self.spool.folder} for the next run")
@@ -137,8 +194,7 @@ class Agent:
             if stop.is_set():
                 break  # a partial window is not reported; the next start begins a fresh one
             end = utc_now(self.context)
-            self._spool_report(start, end)
-            self._attempt(retry)
+            self._keep_window(start, end, lambda: self._attempt(retry))
             # Windows tile (each starts where the last ended) on a fixed cadence; after a long
             # delivery or a suspended laptop the cadence restarts from now instead of catching up.
             start, deadline = end, deadline + self._interval()
@@ -146,7 +202,8 @@ class Agent:
                 deadline = time.monotonic() + self._interval()
         return 0
 
-    def _attempt(self, retry: _Backoff) -> None:
+    def _attempt(self, retry: _Backoff) -> bool:
+        """Enrol if needed and deliver the spool; whether that worked (else the backoff is set)."""
         try:
             self._configure()
             self._deliver()
@@ -157,6 +214,8 @@ class Agent:
             log.error("%s; retrying in %.0f s", error, retry.failed(self._interval(), at_ceiling=True))
         else:
             retry.succeeded()
+            return True
+        return False
 
     def _interval(self) -> float:
         """Seconds per report: the flag or config file, else the collector's choice, else 5 minutes."""

@@ -20,7 +20,8 @@ from farmwatch.agent.delivery.http_client import CollectorClient
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.runner import Runner
 from farmwatch.agent.delivery.state import StateDir
-from farmwatch.agent.delivery.transport import Spool, deliver
+from farmwatch.agent.delivery.spool import Spool
+from farmwatch.agent.delivery.transport import deliver
 from farmwatch.contract import to_wire
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from farmwatch.agent.delivery.state import Identity, StateDir
-from farmwatch.agent.delivery.transport import Spool
+from farmwatch.agent.delivery.spool import Spool
 
 
 def mode(path: Path) -> int:

@@ -74,20 +74,20 @@ def test_a_rejected_report_is_quarantined_with_the_answer_and_the_rest_go_on(col
     _spool_variant(state, first, 2, agent={**first["agent"], "os": "plan9"})  # invalid: 422
     earlier = {"window_start": "2025-12-31T23:55:00Z", "window_end": "2026-01-01T00:00:00Z"}  # ends after it starts
     _spool_variant(state, first, 3, **earlier)
-    _spool_variant(state, first, 1, **earlier)  # reuses a stored seq: 409
+    _spool_variant(state, first, 1, **earlier)  # reuses a stored seq: 409, renumbered (test_agent_identity.py)
 
     done = agent_once(collector, state)
     assert done.returncode == 0, done.stderr
-    assert seqs(collector) == [1, 3, 4]
+    assert sorted(seqs(collector)) == [1, 3, 4, 5]  # 4: the variant of seq 1; 5: this run's report
     quarantine = state / "quarantine"
-    assert sorted(p.name for p in quarantine.glob("*.json")) == [
-        "000000000001.json", "000000000001.response.json", "000000000002.json", "000000000002.response.json"]
+    assert sorted(p.name for p in quarantine.glob("*.json")) == ["000000000002.json", "000000000002.response.json"]
     invalid = json.loads((quarantine / "000000000002.response.json").read_text())
     assert invalid["status"] == 422
     assert [e["field"] for e in invalid["answer"]["errors"]] == ["agent.os"]
-    assert json.loads((quarantine / "000000000001.response.json").read_text())["status"] == 409
     assert spooled(state) == []
-    assert "quarantined seq 1, 2" in done.stderr
+    assert "quarantined seq 2" in done.stderr
+    latest = max(export(collector), key=lambda record: record["report"]["seq"])["report"]
+    assert {"probe": "agent", "message": "1 report(s) set aside in quarantine: seq 2: HTTP 422"} in latest["errors"]
 
 
 def test_a_report_resent_after_a_lost_answer_is_stored_once(collector: RunningCollector, tmp_path: Path) -> None:

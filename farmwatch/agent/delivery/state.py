@@ -7,7 +7,9 @@ rename), so a crash leaves either the old or the new content, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from farmwatch.agent.errors import AgentError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 def default_state_dir() -> Path:
@@ -42,10 +46,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # e.g. a full disk: leave the old file, not a partial new one
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename durable (POSIX); Windows cannot open folders, and NTFS journals renames."""
     if sys.platform == "win32":
         return
@@ -82,6 +86,7 @@ class StateDir:
         except OSError as failed:
             raise UsageError(f"cannot use the state dir {root}: {failed.strerror or failed}") from failed
         self._lock: IO[str] | None = None
+        self._unsaved_next_seq = 1  # the counter as this process knows it, ahead of next_seq on a full disk
 
     def lock(self) -> None:
         """Claim the state dir for this process until it exits.
@@ -112,21 +117,35 @@ class StateDir:
         atomic_write(self.root / "identity.json", json.dumps(asdict(identity)).encode())
 
     def allocate_seq(self) -> int:
-        """The next report's seq; persisted before it is used, so a seq is never handed out twice."""
+        """The next report's seq; persisted before it is used, so a seq is never handed out twice.
+
+        On a full disk the counter goes on in memory (a report must still be made and sent); if the
+        agent restarts before it is saved, a reused seq meets the collector's 409 and is renumbered.
+        """
         seq = self._next_seq()
-        atomic_write(self.root / "next_seq", f"{seq + 1}\n".encode())
+        self._save_next_seq(seq + 1)
         return seq
 
     def raise_seq_floor(self, next_seq: int) -> None:
         """Never go below what the collector has stored (a reinstalled agent resumes its sequence)."""
         if next_seq > self._next_seq():
-            atomic_write(self.root / "next_seq", f"{next_seq}\n".encode())
+            self._save_next_seq(next_seq)
 
     def _next_seq(self) -> int:
         try:
-            return int((self.root / "next_seq").read_text().strip())
+            saved = int((self.root / "next_seq").read_text().strip())
         except FileNotFoundError:
-            return 1
+            saved = 1
+        return max(saved, self._unsaved_next_seq)
+
+    def _save_next_seq(self, next_seq: int) -> None:
+        self._unsaved_next_seq = next_seq
+        try:
+            atomic_write(self.root / "next_seq", f"{next_seq}\n".encode())
+        except OSError as failed:
+            if failed.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("cannot save the seq counter (%s); counting on in memory", failed.strerror)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -1,16 +1,25 @@
 """Spool-first delivery: no report is lost between the probe and the collector.
 
-Every report is written to ``spool/`` (atomically, named by its seq) before any attempt to send
-it, and leaves the spool only when the collector answers 2xx. Spooled reports go out in seq order;
-the collector acknowledges an identical re-send again, so a reply lost in transit causes no
-duplicate. A report the collector rejects for good (422 invalid, 409 seq reuse, 413 too large) is
-moved to ``quarantine/`` with the answer beside it (``<seq>.response.json``): visible to an
-operator, never retried forever, never silently dropped. 401 leads to one re-enrolment.
+Spooled reports (:mod:`.spool`) go out in seq order and leave the spool only when the collector
+answers 2xx; the collector acknowledges an identical re-send again, so a reply lost in transit
+causes no duplicate. What each other answer does:
 
-The spool is bounded (:data:`MAX_SPOOL_REPORTS`, :data:`MAX_SPOOL_BYTES`): about a month of
-five-minute reports. Only beyond that are the oldest reports dropped, each named in a log line.
-The quarantine keeps the latest :data:`MAX_QUARANTINED_REPORTS` (a collector that rejects every
-report must not fill the disk), dropping older ones the same way.
+- **409 on ``seq``** (the seq is stored with other content: a reinstalled agent, a spool written
+  before the first enrolment or restored from a backup, a counter a full disk kept from being
+  saved): the report is renamed to the next seq of the state's counter (which enrolment raised to
+  the collector's ``next_seq``) and sent again; a renamed report is stamped with its new seq, so
+  a crash in between re-sends the same content.
+- **409 otherwise, 413, 422**: rejected for good; moved to ``quarantine/`` with the answer beside it
+  (``<seq>.response.json``): visible to an operator, never retried forever, never silently dropped.
+- **401**: one re-enrolment.
+- **unreachable, 502, 503, 504**: the collector is away or busy; the pass stops, the spool stays.
+- **any other 5xx**: the collector failed on this report. The pass skips it and goes on; when a
+  later report is accepted in the same pass, the collector works and the failure counts against
+  the skipped one, which after :data:`MAX_FAILED_ATTEMPTS` such passes is quarantined (a report
+  the collector can never take must not be retried for ever). :data:`MAX_FAILURES_IN_A_ROW` of
+  them with nothing accepted in between means the collector itself is failing: nothing is
+  counted and the pass stops.
+- a spooled file that cannot be read safely is quarantined with the reason; the pass goes on.
 """
 
 from __future__ import annotations
@@ -18,90 +27,25 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import re
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from farmwatch.agent.errors import AgentError
+from farmwatch.agent.errors import AgentError, CollectorUnavailable
 
 from .enrollment import Enrollment, bearer, call
 from .http_client import CollectorClient, Response
-from .state import Identity, atomic_write
+from .spool import Spool, UnreadableReport
+from .state import Identity
 
 log = logging.getLogger(__name__)
 
-MAX_SPOOL_REPORTS = 10_000  # 34 days of reports at the default 5-minute interval
-MAX_SPOOL_BYTES = 256 * 1024 * 1024
-MAX_QUARANTINED_REPORTS = 1_000
 REJECTED_FOR_GOOD = {409, 413, 422}
-_REPORT_NAME = re.compile(r"[0-9]+\.json")  # temp files start with a dot; answers end .response.json
-
-
-def _reports(folder: Path) -> list[Path]:
-    """The report files in ``folder``, lowest seq first."""
-    return sorted((p for p in folder.iterdir() if _REPORT_NAME.fullmatch(p.name)), key=lambda p: int(p.stem))
-
-
-class Spool:
-    """A folder of reports waiting for the collector, one file per seq."""
-
-    def __init__(
-        self,
-        folder: Path,
-        quarantine: Path,
-        max_reports: int = MAX_SPOOL_REPORTS,
-        max_bytes: int = MAX_SPOOL_BYTES,
-        max_quarantined: int = MAX_QUARANTINED_REPORTS,
-    ) -> None:
-        self.folder = folder
-        self.quarantine_folder = quarantine
-        self.max_reports = max_reports
-        self.max_bytes = max_bytes
-        self.max_quarantined = max_quarantined
-
-    def put(self, seq: int, body: bytes) -> Path:
-        """Store a report durably (temp file, fsync, rename), then enforce the bound."""
-        path = self.folder / f"{seq:012d}.json"
-        atomic_write(path, body)
-        self._enforce_bound()
-        return path
-
-    def pending(self) -> list[Path]:
-        """Spooled reports, lowest seq first."""
-        return _reports(self.folder)
-
-    def quarantine(self, path: Path, status: int | None, answer: str) -> Path:
-        """Move a rejected report aside with the collector's answer (or why) next to it."""
-        target = self.quarantine_folder / path.name
-        try:
-            body: object = json.loads(answer)
-        except ValueError:
-            body = answer
-        atomic_write(
-            self.quarantine_folder / f"{path.stem}.response.json",
-            json.dumps({"status": status, "answer": body}, indent=1).encode(),
-        )
-        shutil.move(path, target)
-        for dropped in _reports(self.quarantine_folder)[:-self.max_quarantined]:
-            dropped.unlink()
-            dropped.with_suffix(".response.json").unlink(missing_ok=True)
-            log.warning("quarantine keeps its last %d reports: dropped seq %d", self.max_quarantined,
-                        int(dropped.stem))
-        return target
-
-    def _enforce_bound(self) -> None:
-        files = self.pending()
-        sizes = [f.stat().st_size for f in files]
-        total = sum(sizes)
-        while files and (len(files) > self.max_reports or total > self.max_bytes):
-            oldest = files.pop(0)
-            total -= sizes.pop(0)
-            oldest.unlink()
-            log.warning(
-                "spool over its bound (%d reports / %d bytes): dropped the oldest report, seq %s",
-                self.max_reports, self.max_bytes, int(oldest.stem),
-            )
+COLLECTOR_AWAY = {502, 503, 504}  # a proxy with no healthy upstream, or a busy or full collector
+MAX_FAILED_ATTEMPTS = 5
+MAX_FAILURES_IN_A_ROW = 3
+MAX_RENUMBERS = 5  # each one raises the floor past the taken seq: a stale counter converges over passes
 
 
 @dataclass
@@ -110,63 +54,152 @@ class Delivery:
 
     delivered: list[int] = field(default_factory=list)
     quarantined: list[int] = field(default_factory=list)
+    renumbered: dict[int, int] = field(default_factory=dict)  # old seq -> the seq it was stored under
 
 
 def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
-    """Send every spooled report in seq order; stop at the first one the collector cannot take now.
+    """Send every spooled report in seq order; stop when the collector cannot take reports now.
 
     Raises :class:`CollectorUnavailable` (unreachable or 5xx: the rest stays spooled) or
     :class:`AgentError`; either way what was delivered before is already out of the spool.
     """
     done = Delivery()
-    reenrolled = False
-    identity = enrollment.identity()
+    courier = _Courier(enrollment)
+    failing: list[tuple[Path, int, str]] = []  # 5xx this pass, not yet followed by an accepted report
     for path in spool.pending():
         seq = int(path.stem)
         try:
-            body = _stamped(path, identity.device_id)
-        except ValueError as unreadable:  # damaged on disk: sending it could never succeed
-            _set_aside(spool, path, None, f"the spooled file is not a JSON report: {unreadable}", done)
+            report = spool.read(path)
+        except UnreadableReport as unreadable:  # damaged or planted on disk: sending it could never succeed
+            _set_aside(spool, path, None, f"the spooled file is unreadable: {unreadable}", done)
             continue
-        response = _post(enrollment.http, body, identity)
-        if response.status_code == 401 and not reenrolled:
-            reenrolled = True
-            identity = enrollment.reenroll()
-            body = _stamped(path, identity.device_id)
-            response = _post(enrollment.http, body, identity)
+        spooled = _Spooled(spool, path, report)
+        report["seq"] = seq  # the name is the truth: a rename for a new seq may predate the restamp
+        try:
+            response = courier.send(report, spooled.keep)
+        except CollectorUnavailable as failure:
+            if failure.status is None or failure.status in COLLECTOR_AWAY or len(failing) + 1 >= MAX_FAILURES_IN_A_ROW:
+                raise
+            failing.append((spooled.path, report["seq"], str(failure)))
+            continue
         if 200 <= response.status_code < 300:
-            path.unlink()
-            done.delivered.append(seq)
+            spool.forget(spooled.path)
+            done.delivered.append(report["seq"])
+            if report["seq"] != seq:
+                done.renumbered[seq] = report["seq"]
+            _count_failures(spool, failing, done)
         elif response.status_code in REJECTED_FOR_GOOD:
-            _set_aside(spool, path, response.status_code, response.text, done)
+            _set_aside(spool, spooled.path, response.status_code, response.text, done)
         else:
             answer = f"HTTP {response.status_code}: {response.text[:200]}"
-            raise AgentError(f"collector answered report seq {seq} with {answer}")
+            raise AgentError(f"collector answered report seq {report['seq']} with {answer}")
+    if failing:
+        raise CollectorUnavailable(
+            f"{failing[-1][2]} for report seq {', '.join(str(s) for _, s, _ in failing)}; kept for a later pass",
+            status=500,
+        )
     return done
 
 
-def _set_aside(spool: Spool, path: Path, status: int | None, answer: str, done: Delivery) -> None:
-    target = spool.quarantine(path, status, answer)
-    done.quarantined.append(int(path.stem))
-    log.warning("report seq %d set aside (HTTP %s): moved to %s", int(path.stem), status, target)
+def send_directly(report: dict[str, Any], enrollment: Enrollment) -> int:
+    """Send a report that could not be spooled (a full disk); the seq it was stored under.
 
-
-def _stamped(path: Path, device_id: str) -> bytes:
-    """The spooled report under the current device id (rewritten in the spool if it changed).
-
-    A report spooled before the first enrolment, or before a re-enrolment that gave a new device
-    id, belongs to this machine all the same.
+    Raises :class:`CollectorUnavailable` or :class:`AgentError` when the collector did not take it.
     """
-    body = path.read_bytes()
-    report = json.loads(body)
-    if not isinstance(report, dict):
-        raise ValueError(f"a JSON {type(report).__name__}, not an object")
-    if report.get("device_id") == device_id:
-        return body
-    report["device_id"] = device_id
-    body = json.dumps(report).encode()
-    atomic_write(path, body)
-    return body
+    response = _Courier(enrollment).send(report, lambda _: None)
+    if not 200 <= response.status_code < 300:
+        raise AgentError(f"collector answered report seq {report['seq']} with HTTP {response.status_code}: "
+                         f"{response.text[:200]}")
+    return int(report["seq"])
+
+
+class _Courier:
+    """Posts reports under the current identity: one re-enrolment on 401, a new seq on a taken one."""
+
+    def __init__(self, enrollment: Enrollment) -> None:
+        self.enrollment = enrollment
+        self.identity = enrollment.identity()
+        self.reenrolled = False
+
+    def send(self, report: dict[str, Any], keep: Callable[[dict[str, Any]], None]) -> Response:
+        """POST ``report``; ``keep`` is called with every version of it before that version is sent."""
+        response = self._post(report, keep)
+        for _ in range(MAX_RENUMBERS):
+            if not _seq_taken(response):
+                break
+            taken = int(report["seq"])
+            state = self.enrollment.state
+            state.raise_seq_floor(taken + 1)
+            report["seq"] = state.allocate_seq()
+            log.info("seq %d is stored with other content (a reinstalled agent?): sending it as seq %d",
+                     taken, report["seq"])
+            response = self._post(report, keep)
+        return response
+
+    def _post(self, report: dict[str, Any], keep: Callable[[dict[str, Any]], None]) -> Response:
+        report["device_id"] = self.identity.device_id  # a report made before (re-)enrolment is ours all the same
+        keep(report)
+        response = _post(self.enrollment.http, json.dumps(report).encode(), self.identity)
+        if response.status_code == 401 and not self.reenrolled:
+            self.reenrolled = True
+            self.identity = self.enrollment.reenroll()
+            report["device_id"] = self.identity.device_id
+            keep(report)
+            response = _post(self.enrollment.http, json.dumps(report).encode(), self.identity)
+        return response
+
+
+class _Spooled:
+    """A report file whose name and content follow the seq and device id it is sent under."""
+
+    def __init__(self, spool: Spool, path: Path, report: dict[str, Any]) -> None:
+        self.spool = spool
+        self.path = path
+        self._written = (report.get("device_id"), report.get("seq"))
+
+    def keep(self, report: dict[str, Any]) -> None:
+        """Rename for a new seq, then restamp, before the collector can have seen this version."""
+        if report["seq"] != int(self.path.stem):
+            self.path = self.spool.renumber(self.path, report["seq"])
+        if (report["device_id"], report["seq"]) != self._written:
+            self.spool.rewrite(self.path, json.dumps(report).encode())
+            self._written = (report["device_id"], report["seq"])
+
+
+def _seq_taken(response: Response) -> bool:
+    """A 409 naming ``seq``: that seq is stored with other content."""
+    if response.status_code != 409:
+        return False
+    try:
+        errors = response.json().get("errors", [])
+        return any(isinstance(e, dict) and e.get("field") == "seq" for e in errors)
+    except (ValueError, AttributeError):
+        return False
+
+
+def _count_failures(spool: Spool, failing: list[tuple[Path, int, str]], done: Delivery) -> None:
+    """A later report was accepted: the collector works, so each skipped 5xx counts against its report."""
+    for path, seq, answer in failing:
+        attempts = spool.count_failure(seq)
+        if attempts >= MAX_FAILED_ATTEMPTS:
+            why = (f"{answer}; {attempts} passes failed on this report while the collector accepted later ones, "
+                   "so it is not retried")
+            _set_aside(spool, path, None, why, done)
+        else:
+            log.warning("%s for report seq %d while it accepted later ones (attempt %d of %d)",
+                        answer, seq, attempts, MAX_FAILED_ATTEMPTS)
+    failing.clear()
+
+
+def _set_aside(spool: Spool, path: Path, status: int | None, answer: str, done: Delivery) -> None:
+    seq = int(path.stem)
+    try:
+        target = spool.quarantine(path, status, answer)
+    except OSError as failed:  # cannot even move it: skip it this pass, the rest still goes out
+        log.error("report seq %d could not be set aside (%s): %s", seq, failed.strerror or failed, answer)
+        return
+    done.quarantined.append(seq)
+    log.warning("report seq %d set aside (HTTP %s): moved to %s", seq, status, target)
 
 
 def _post(http: CollectorClient, body: bytes, identity: Identity) -> Response:
