@@ -26,6 +26,7 @@ import httpx
 DEV_DATA = Path(__file__).resolve().parent
 PREFERRED_PORT = 8765
 LOCAL_EMPLOYEE = "E-LOCAL"
+CONSOLE_ANALYST = "dev"
 
 
 class DevRunError(Exception):
@@ -67,6 +68,7 @@ class DevRun:
         self.db_url = f"sqlite:///{folder / 'farmwatch.db'}"
         self.secret_file = folder / "enroll-secret"
         self.token_file = folder / "analyst-token"
+        self.password_file = folder / "console-password"  # the console sign-in of analyst CONSOLE_ANALYST
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
@@ -85,6 +87,7 @@ class DevRun:
         ])
         self._await_health()
         self._import("roster", DEV_DATA / "roster.csv")
+        self._add_console_analyst()
         self._import("anchors", self._anchors())
         self._spawn("agent", [
             *_command("farmwatch-agent", "farmwatch.agent.cli"), "run", "--collector", self.url,
@@ -149,6 +152,19 @@ class DevRun:
         if done.returncode != 0:
             raise DevRunError(f"{table} import failed: {done.stderr.strip()}")
 
+    def _add_console_analyst(self) -> None:
+        """The console's sign-in for this run: analyst CONSOLE_ANALYST, password kept in --dir (0600)."""
+        if not self.password_file.exists():
+            self.password_file.write_text(secrets.token_urlsafe(12) + "\n")
+            self.password_file.chmod(0o600)
+        done = subprocess.run(
+            [*_command("farmwatch-collector", "farmwatch.collector.cli"), "analysts", "add", CONSOLE_ANALYST,
+             "--db", self.db_url, "--password-file", str(self.password_file)],
+            capture_output=True, text=True,
+        )
+        if done.returncode != 0 and "already exists" not in done.stderr:
+            raise DevRunError(f"could not create the console analyst: {done.stderr.strip()}")
+
     def _anchors(self) -> Path:
         """deploy/dev/anchors.csv with the loopback anchor pointed at the port the collector got."""
         target = self.folder / "anchors.csv"
@@ -192,6 +208,8 @@ farmwatch is running (Ctrl-C stops both processes)
   logs        {self._log('collector')}   {self._log('agent')}
   secrets     enrol secret {self.secret_file}   analyst token {self.token_file}
 
+  console     {self.url}/console/   sign in as {CONSOLE_ANALYST}, password {self.password_file.read_text().strip()}
+              (this machine appears there once its first report is scored, within a minute)
   health      curl {self.url}/healthz
   metrics     curl {self.url}/metrics
   devices     curl -H 'Authorization: Bearer {token}' {self.url}/api/v1/devices

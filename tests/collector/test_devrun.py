@@ -42,6 +42,7 @@ def test_devrun_reports_this_machine_and_stops_cleanly(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert row is not None, out.read_text() + (folder / "agent.log").read_text()
         assert "curl -H 'Authorization: Bearer" in out.read_text()
+        _signs_in_to_the_console(out.read_text(), row["device_id"])
         children = psutil.Process(devrun.pid).children(recursive=True)
         assert len(children) == 2  # the collector and the agent
 
@@ -84,3 +85,18 @@ def _argv(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.NoSuchProcess:  # a short-lived import command that just ended
         return []
+
+
+def _signs_in_to_the_console(printed: str, device_id: str) -> None:
+    """The console address and sign-in devrun prints work, and this machine is on the fleet page."""
+    found = re.search(r"console\s+(http://127\.0\.0\.1:\d+)/console/\s+sign in as (\S+), password (\S+)", printed)
+    assert found, printed
+    url, name, password = found.groups()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        form = client.get("/console/login").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert token
+        signed = client.post("/console/login", data={"csrf_token": token.group(1), "name": name, "password": password})
+        assert signed.status_code == 303
+        assert device_id in client.get("/console/fleet?q=" + device_id).text
+        assert client.get(f"/console/devices/{device_id}").status_code == 200
