@@ -54,7 +54,7 @@ _TOOL_COLUMNS = (
 )
 _SESSION_COLUMNS = ("rec", "kind", "user", "remote_ip", "rtt_ms", "min_rtt_ms")
 _PROBE_COLUMNS = ("rec", "target", "sent", "received", "rtt_min_ms", "rtt_median_ms")
-_USB_KEY = ("device_id", "vendor_id", "product_id", "manufacturer", "product", "serial")
+_USB_KEY = ("device_id", "vendor_id", "product_id", "manufacturer", "product")
 _DISPLAY_KEY = ("device_id", "name", "manufacturer", "serial_hash")
 
 _EMPTY: dict[str, Any] = {}
@@ -168,7 +168,7 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
                 recs.append(rec)
             continue
         folded = [_fold(usb, (device, item.get("vendor_id"), item.get("product_id"), item.get("manufacturer"),
-                              item.get("product"), item.get("serial"))) for item in hardware.get("usb") or ()]
+                              item.get("product"))) for item in hardware.get("usb") or ()]
         folded += [_fold(displays, (device, item.get("name"), item.get("manufacturer"), item.get("serial_hash")))
                    for item in hardware.get("displays") or ()]
         for recs in folded:

@@ -65,3 +65,16 @@ def test_equal_strings_from_different_records_are_held_once() -> None:
     reports = flatten(records).reports
     assert reports["device_id"].iloc[0] is reports["device_id"].iloc[1]
     assert reports["source_ip"].iloc[0] is reports["source_ip"].iloc[1]
+
+
+def test_hardware_frames_hold_only_what_the_contract_carries() -> None:
+    """No column for a field agents never send (USB serials are not collected)."""
+    from farmwatch.contract import Display, UsbDevice
+
+    usb = {"vendor_id": "2b04", "product_id": "c00a", "manufacturer": "Aten", "product": "KVM", "interface_classes": []}
+    display = {"name": "PiKVM", "manufacturer": "LNX", "serial_hash": None}
+    frames = flatten([make_record("d", 5, hardware={"usb": [usb], "displays": [display]})])
+    bookkeeping = {"device_id", "first_rec", "last_rec", "reports"}
+    assert set(frames.usb.columns) - bookkeeping == set(UsbDevice.model_fields) - {"interface_classes"}
+    assert set(frames.displays.columns) - bookkeeping == set(Display.model_fields)
+    assert frames.usb.iloc[0]["vendor_id"] == "2b04"
