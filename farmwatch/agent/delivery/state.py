@@ -140,12 +140,30 @@ class StateDir:
 
     def _save_next_seq(self, next_seq: int) -> None:
         self._unsaved_next_seq = next_seq
+        data = f"{next_seq}\n".encode()
         try:
-            atomic_write(self.root / "next_seq", f"{next_seq}\n".encode())
+            atomic_write(self.root / "next_seq", data)
         except OSError as failed:
             if failed.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            log.warning("cannot save the seq counter (%s); counting on in memory", failed.strerror)
+            self._overwrite_next_seq(data, failed)
+
+    def _overwrite_next_seq(self, data: bytes, full: OSError) -> None:
+        """A full disk: write the counter over the old one, whose block is already allocated.
+
+        The counter only grows, so the file never gets shorter; a write of a few bytes inside one
+        block needs no free space and is not torn in practice.
+        """
+        try:
+            fd = os.open(self.root / "next_seq", os.O_WRONLY)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as failed:
+            log.warning("cannot save the seq counter (%s, then %s); counting on in memory",
+                        full.strerror, failed.strerror or failed)
 
     @property
     def config(self) -> dict[str, Any]:
