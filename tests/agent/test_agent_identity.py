@@ -1,0 +1,64 @@
+"""A reinstalled agent loses none of its spooled reports, even when their seqs collide with stored ones.
+
+The real collector process (restarted on the same port and database to play "down" and "up") and
+real ``farmwatch-agent once`` processes; "reinstall" is what a package purge does: the state dir
+goes, and here a backup of the spool is put back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from agent_procs import agent_once, export
+from collector_process import RunningCollector
+
+pytestmark = pytest.mark.slow
+
+
+def _windows(spool: Path) -> set[str]:
+    return {json.loads(p.read_bytes())["window_start"] for p in spool.glob("*.json")}
+
+
+def test_a_reinstalled_agent_delivers_every_spooled_report_exactly_once(
+    collector_factory: Callable[..., RunningCollector], tmp_path: Path
+) -> None:
+    collector = collector_factory()
+    state, backup = tmp_path / "state", tmp_path / "spool-backup"
+    made: set[str] = set()  # window_start of every report any agent run spooled
+
+    assert agent_once(collector, state).returncode == 0  # seq 1 stored
+    made |= {r["report"]["window_start"] for r in export(collector)}
+    collector.stop()
+    for _ in range(2):  # seq 2 and 3 wait in the spool
+        assert agent_once(collector, state).returncode == 75
+    made |= _windows(state / "spool")
+    shutil.copytree(state / "spool", backup)
+    collector.start()
+    assert agent_once(collector, state).returncode == 0  # 2, 3 and this run's 4 stored
+    device = json.loads((state / "identity.json").read_text())["device_id"]
+
+    shutil.rmtree(state)  # reinstall: identity and counter gone; the spool backup (2, 3: stored) restored
+    shutil.copytree(backup, state / "spool")
+    collector.stop()
+    down = agent_once(collector, state)  # never enrolled: its report waits under seq 4, taken by other content
+    assert down.returncode == 75, down.stderr
+    assert sorted(p.name for p in (state / "spool").glob("*.json")) == [
+        "000000000002.json", "000000000003.json", "000000000004.json"]
+    made |= _windows(state / "spool")
+    collector.start()
+    up = agent_once(collector, state)
+    assert up.returncode == 0, up.stderr
+    assert "sending it as seq 5" in up.stderr
+
+    stored = [record["report"] for record in export(collector)]
+    made |= {r["window_start"] for r in stored}  # this run's own report
+    assert sorted(r["seq"] for r in stored) == [1, 2, 3, 4, 5, 6]
+    assert sorted(r["window_start"] for r in stored) == sorted(made)  # every report stored, none twice
+    assert {r["device_id"] for r in stored} == {device}
+    assert not list((state / "quarantine").iterdir()) and not list((state / "spool").glob("*.json"))
+    by_window = sorted(stored, key=lambda r: r["window_end"])
+    assert [r["seq"] for r in by_window] == [1, 2, 3, 4, 5, 6]  # renumbering kept the sequence in time order
