@@ -151,6 +151,13 @@ class Connection(_Section):
     direction: Literal["inbound", "outbound"]
     rtt_ms: NonNegative | None = None  # kernel smoothed RTT of this TCP connection
     min_rtt_ms: NonNegative | None = None  # kernel minimum RTT: the distance bound
+    domain: Text | None = None  # catalogued relay domain a DNS answer gave for remote_ip (others never kept)
+
+
+MatchedBy = Literal["name", "path", "signer", "service", "domain"]
+"""How the agent recognised a remote-access tool: process name, executable inside a catalogued
+install folder, code-signing subject, a running catalogued service/unit, or a connection to an
+address a DNS answer gave for a catalogued relay domain."""
 
 
 class RemoteAccessTool(_Section):
@@ -160,6 +167,7 @@ class RemoteAccessTool(_Section):
     started_at: UtcTime | None
     listening: list[Port]
     connections: list[Connection]
+    matched_by: list[MatchedBy] = Field(default_factory=list)  # empty in reports from older agents
 
 
 class Session(_Section):

@@ -1,43 +1,42 @@
-"""Remote-access software that is running, with its listening ports and live TCP sessions.
+"""Remote-access software that is running, however it is named, with its listening ports and TCP sessions.
 
-Reads the process table and the TCP socket table (psutil) and matches each process NAME — never
-its command line — against ``agent/data/rmm_catalog.json`` (LOLRMM plus vendor-documented
-Linux/macOS names), case-insensitively and without ``.exe``. Security cares because a laptop farm
-needs remote control (MITRE ATT&CK T1219): an unapproved tool holding an inbound or relayed
-session is the strongest single host signal. A connection is ``inbound`` when its local port is one
-the tool listens on, else ``outbound`` (a relay or the vendor's rendezvous service).
+Reads the process table and the TCP socket table (psutil) and recognises a catalogued tool
+(``agent/data/rmm_catalog.json``: LOLRMM plus vendor-documented facts) by, in this order: its process
+NAME (never its command line), the service it runs as (systemd unit from ``/proc/PID/cgroup``,
+Windows service, launchd job), an executable PATH inside a catalogued install folder, the code-signing
+subject of its executable (Windows and macOS, valid signatures only), or a connection to an address
+that a DNS answer gave for a catalogued relay domain (see :mod:`.dns_answers`; other names are never
+kept). ``matched_by`` lists every way that agreed. Security cares because a laptop farm needs remote
+control (MITRE ATT&CK T1219), and renaming ``AnyDesk.exe`` to ``notepad.exe`` must not hide it. A
+connection is ``inbound`` when its local port is one the tool listens on, else ``outbound``.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import subprocess
 from collections import defaultdict
 from datetime import datetime, timezone
-from functools import lru_cache
-from importlib.resources import files
 from typing import Any, NamedTuple
 
 import psutil
 
 from farmwatch.agent.kernel.tcpinfo import Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
-from farmwatch.agent.probes.base import Probe
-from farmwatch.contract import Connection, RemoteAccessTool
+from farmwatch.agent.probes.base import Probe, ProbeContext
+from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, catalog
+from farmwatch.agent.probes.remote_access.dns_answers import DnsAnswerListener, RelayAddresses
+from farmwatch.agent.probes.remote_access.services import running_services, services_by_pid, unit_of
+from farmwatch.agent.probes.remote_access.signers import read_signers
+from farmwatch.contract import Connection, MatchedBy, RemoteAccessTool
 
-CATALOG_PATH = files("farmwatch.agent") / "data" / "rmm_catalog.json"
+__all__ = ["CATALOG_PATH", "RemoteAccessProbe", "tool_for"]
 
-
-@lru_cache(maxsize=1)
-def catalog() -> dict[str, str]:
-    """Process name (lower case, no ``.exe``) → catalogue tool id."""
-    data = json.loads(CATALOG_PATH.read_text("utf-8"))
-    return {process: tool["id"] for tool in data["tools"] for process in tool.get("processes", [])}
+SIGNER_CACHE_LIMIT = 4096  # executables whose signer is remembered between windows
 
 
 def tool_for(process_name: str) -> str | None:
     """The catalogue id of a process name, or None: case-insensitive, ``.exe`` ignored."""
-    key = process_name.strip().lower()
-    return catalog().get(key[:-4] if key.endswith(".exe") else key)
+    return catalog().by_name(process_name)
 
 
 class Socket(NamedTuple):
@@ -61,8 +60,10 @@ def _socket(conn: Any) -> Socket:
     )
 
 
-def connections_of(sockets: list[Socket], rtts: dict[Pair, RttPair]) -> tuple[list[int], list[Connection]]:
-    """A process's listening ports and its connections with a peer, each with a direction."""
+def connections_of(sockets: list[Socket], rtts: dict[Pair, RttPair],
+                   domains: dict[str, str] | None = None) -> tuple[list[int], list[Connection]]:
+    """A process's listening ports and its connections with a peer, each with a direction (and the
+    catalogued relay domain of the peer, where ``domains`` knows one)."""
     listening = sorted({s.local_port for s in sockets if s.state == psutil.CONN_LISTEN})
     connections = []
     for s in sockets:
@@ -77,61 +78,182 @@ def connections_of(sockets: list[Socket], rtts: dict[Pair, RttPair]) -> tuple[li
             direction="inbound" if s.local_port in listening else "outbound",
             rtt_ms=rtt_ms,
             min_rtt_ms=min_rtt_ms,
+            domain=(domains or {}).get(s.remote_ip),
         ))
     return listening, connections
 
 
+class _Match:
+    """A process recognised as a tool, and every way that said so."""
+
+    def __init__(self, process: psutil.Process, tool: str, way: MatchedBy) -> None:
+        self.process, self.tool, self.ways = process, tool, [way]
+
+    def agree(self, tool: str | None, way: MatchedBy) -> None:
+        if tool == self.tool and way not in self.ways:
+            self.ways.append(way)
+
+
 class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
-    """Catalogued remote-access tools that are running, with their TCP sessions."""
+    """Catalogued remote-access tools that are running, however named, with their TCP sessions."""
 
     name = "remote_access"
     section = "remote_access"
 
+    def __init__(self, context: ProbeContext) -> None:
+        super().__init__(context)
+        self.catalog = catalog()
+        self.relays = RelayAddresses(self.catalog)
+        self._listener: DnsAnswerListener | None = None
+        self._listener_problem: str | None = None
+        self._signers: dict[str, str | None] = {}
+
+    def start(self) -> None:
+        """Listen to DNS answers (Linux with CAP_NET_RAW); without it, say so once and go on."""
+        if self.context.platform != "linux" or self._listener is not None:
+            return
+        listener = DnsAnswerListener(self.relays)
+        try:
+            listener.start()
+        except PermissionError:
+            self._listener_problem = ("relay domains are not learned from DNS answers: listening needs "
+                                      "CAP_NET_RAW (run the agent as its service)")
+            return
+        self._listener = listener
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
     def collect(self) -> list[RemoteAccessTool]:
-        matches = []
-        for process in psutil.process_iter(["name", "create_time"]):
-            name = process.info["name"]
-            tool = tool_for(name) if name else None
-            if tool:
-                matches.append((tool, process))
+        if self._listener_problem:
+            self.problem(self._listener_problem)
+            self._listener_problem = None
+        matches = self._recognise()
+        by_pid, table_read = self._tcp_sockets([m.process for m in matches.values()])
+        if table_read:
+            self._recognise_by_relay(matches, by_pid)
+        else:
+            by_pid = self._sockets_one_by_one([m.process for m in matches.values()])
         if not matches:
             return []
-        by_pid = self._tcp_sockets([p for _, p in matches])
         pairs = [(s.local_ip, s.local_port, s.remote_ip, s.remote_port)
-                 for socks in by_pid.values() for s in socks if s.remote_ip is not None and s.remote_port is not None]
+                 for pid in matches for s in by_pid.get(pid, []) if s.remote_ip is not None and s.remote_port is not None]
         try:
             rtts = tcp_rtts(pairs)
         except RttUnavailable as unavailable:
             self.problem(str(unavailable))
             rtts = {}
         found = []
-        for tool, process in matches:
-            listening, connections = connections_of(by_pid.get(process.pid, []), rtts)
-            created = process.info["create_time"]
+        for pid, match in matches.items():
+            sockets = by_pid.get(pid, [])
+            domains = {s.remote_ip: relay[1] for s in sockets if s.remote_ip and (relay := self._relay(s.remote_ip))}
+            listening, connections = connections_of(sockets, rtts, domains)
+            created = match.process.info["create_time"]
             found.append(RemoteAccessTool(
-                tool=tool,
-                process=process.info["name"],
-                pid=process.pid,
+                tool=match.tool,
+                process=match.process.info["name"] or "",
+                pid=pid,
                 started_at=datetime.fromtimestamp(created, timezone.utc) if created else None,
                 listening=listening,
                 connections=connections,
+                matched_by=match.ways,
             ))
         return found
 
-    def _tcp_sockets(self, processes: list[psutil.Process]) -> dict[int, list[Socket]]:
-        """TCP sockets of ``processes``: one system-wide read, or per process where that is denied."""
-        pids = {p.pid for p in processes}
+    def _recognise(self) -> dict[int, _Match]:
+        """Processes recognised by name, service, install folder or signer."""
+        services = self._services()
+        matches: dict[int, _Match] = {}
+        unsigned: list[tuple[psutil.Process, str]] = []
+        for process in psutil.process_iter(["name", "create_time", "exe"]):
+            name, exe = process.info["name"], process.info["exe"]
+            service_tools = [self.catalog.by_service(s) for s in services(process.pid)]
+            ways: list[tuple[str | None, MatchedBy]] = [
+                (self.catalog.by_name(name) if name else None, "name"),
+                *[(tool, "service") for tool in service_tools],
+                (self.catalog.by_path(exe) if exe else None, "path"),
+            ]
+            for tool, way in ways:
+                if tool is None:
+                    continue
+                if process.pid not in matches:
+                    matches[process.pid] = _Match(process, tool, way)
+                else:
+                    matches[process.pid].agree(tool, way)
+            if process.pid not in matches and exe and self.context.platform in ("win32", "darwin"):
+                unsigned.append((process, exe))
+        for process, exe in unsigned:
+            tool = self._signer_tool(exe, [e for _, e in unsigned])
+            if tool:
+                matches[process.pid] = _Match(process, tool, "signer")
+        return matches
+
+    def _services(self) -> Any:
+        """A function pid → the names of the services that process runs."""
+        if self.context.platform == "linux":
+            return lambda pid: [unit] if (unit := unit_of(pid, self.context.proc_root)) else []
+        try:
+            by_pid = services_by_pid(running_services(self.context.platform, self.context.run))
+        except (OSError, subprocess.SubprocessError, psutil.Error) as failed:
+            self.problem(f"cannot list running services: {failed}")
+            by_pid = {}
+        return lambda pid: by_pid.get(pid, [])
+
+    def _signer_tool(self, exe: str, batch: list[str]) -> str | None:
+        """The tool whose publisher signed ``exe``; signers are read for the whole batch at once and cached."""
+        if exe not in self._signers:
+            unknown = [path for path in dict.fromkeys(batch) if path not in self._signers]
+            if len(self._signers) + len(unknown) > SIGNER_CACHE_LIMIT:
+                self._signers.clear()
+            try:
+                signed = read_signers(unknown, self.context.platform, self.context.run)
+            except (OSError, subprocess.SubprocessError) as failed:
+                self.problem(f"cannot read code signatures: {failed}")
+                signed = {}
+            self._signers.update({path: signed.get(path) for path in unknown})
+        signer = self._signers.get(exe)
+        return self.catalog.by_signer(signer) if signer else None
+
+    def _relay(self, address: str) -> tuple[str, str] | None:
+        """(tool, domain) for a peer address: learned from DNS, or a catalogued relay address."""
+        learned = self.relays.lookup(address)
+        if learned:
+            return learned
+        tool = self.catalog.by_address(address)
+        return (tool, address) if tool else None
+
+    def _recognise_by_relay(self, matches: dict[int, _Match], by_pid: dict[int, list[Socket]]) -> None:
+        """Processes holding a connection to a catalogued relay, whatever else they are."""
+        for pid, sockets in by_pid.items():
+            for s in sockets:
+                relay = self._relay(s.remote_ip) if s.remote_ip else None
+                if relay is None:
+                    continue
+                if pid in matches:
+                    matches[pid].agree(relay[0], "domain")
+                    continue
+                try:
+                    process = psutil.Process(pid)
+                    process.info = process.as_dict(["name", "create_time"])
+                except psutil.Error:
+                    break
+                matches[pid] = _Match(process, relay[0], "domain")
+
+    def _tcp_sockets(self, processes: list[psutil.Process]) -> tuple[dict[int, list[Socket]], bool]:
+        """Every process's TCP sockets in one system-wide read, and whether that read was allowed."""
         by_pid: dict[int, list[Socket]] = defaultdict(list)
         try:
             table = psutil.net_connections(kind="tcp")
         except psutil.AccessDenied:
             # macOS without root: the system-wide table needs privileges, a process's own may not.
-            return self._sockets_one_by_one(processes)
+            return by_pid, False
         for conn in table:
-            if conn.pid in pids:
+            if conn.pid:
                 by_pid[conn.pid].append(_socket(conn))
         self._note_unattributable(processes)
-        return by_pid
+        return by_pid, True
 
     def _sockets_one_by_one(self, processes: list[psutil.Process]) -> dict[int, list[Socket]]:
         by_pid: dict[int, list[Socket]] = {}
