@@ -156,3 +156,14 @@ def test_outputs_test_sends_a_marked_test_alert_and_prints_each_answer(receivers
     assert done.returncode == 1 and done.stdout.startswith("soar (webhook ") and "FAILED: POST" in done.stdout
     unknown = subprocess.run([*CLI, "outputs", "test", "--config", str(config), "nope"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 1 and "no output named 'nope' (configured: siem-tls, splunk, soar)" in unknown.stderr
+
+
+def test_a_tls_receiver_that_refuses_our_certificate_is_a_failed_delivery(receivers: Receivers, tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[[outputs]]\nname = "no-client-cert"\ntype = "syslog"\n'
+                      f'url = "tls://127.0.0.1:{receivers.rsyslog.tls_port}"\nca_file = "{receivers.pki.ca}"\n'
+                      f'server_name = "{SERVER_NAME}"\n')
+    done = subprocess.run([*CLI, "outputs", "test", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.startswith("no-client-cert (syslog tls://") and "FAILED:" in done.stdout
+    assert receivers.rsyslog.lines("tls") == []

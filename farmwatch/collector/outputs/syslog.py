@@ -13,7 +13,9 @@
   that signed the receiver's certificate, ``cert_file``/``key_file`` our client certificate, and
   ``server_name`` the name the receiver's certificate must carry (default: the URL's host).
 A batch goes over one connection; it is accepted once every byte was written and the connection
-closed cleanly (syslog has no application-level acknowledgement).
+closed cleanly (syslog has no application-level acknowledgement). Over TLS the receiver first gets
+half a second to refuse our client certificate, so a refused session is a failed delivery instead
+of alerts written into a connection the receiver already dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import ClassVar
@@ -40,6 +43,7 @@ from farmwatch.collector.outputs.base import (
 )
 
 TIMEOUT_SECONDS = 10.0
+ADMISSION_WAIT_SECONDS = 0.5  # how long a TLS receiver has to refuse our client certificate
 FACILITY_SECURITY = 4
 SEVERITY = {"farm": 2, "review": 4, "clear": 5}
 APP_NAME = "farmwatch"
@@ -126,9 +130,30 @@ class SyslogOutput(Output):
         with socket.create_connection((self.host, self.port), timeout=TIMEOUT_SECONDS) as plain:
             if self.context is not None:
                 with self.context.wrap_socket(plain, server_hostname=self.server_name) as secure:
+                    self._check_admitted(secure)
                     secure.sendall(b"".join(octet_counted(m) for m in messages))
                     version = secure.version()
                 return f"{len(messages)} message(s) written over {version}"
             plain.sendall(b"".join(octet_counted(m) for m in messages))
             plain.shutdown(socket.SHUT_WR)
         return f"{len(messages)} message(s) written over TCP"
+
+    def _check_admitted(self, secure: ssl.SSLSocket) -> None:
+        """Refuse to write into a session the receiver is about to drop.
+
+        With TLS 1.3 the client's handshake ends before the server has checked the client
+        certificate, so a refused certificate shows only as the server's alert or close right
+        after; syslog receivers never send data, so anything but a quiet wait means refused.
+        """
+        secure.settimeout(ADMISSION_WAIT_SECONDS)
+        try:
+            early = secure.recv(1)
+        except TimeoutError:
+            return  # the receiver kept the session open: it admitted us
+        except ssl.SSLError as refused:
+            raise DeliveryFailed(f"{self.settings.url}: the receiver refused the TLS session: {refused}") from None
+        finally:
+            secure.settimeout(TIMEOUT_SECONDS)
+        if not early:
+            raise DeliveryFailed(f"{self.settings.url}: the receiver closed the TLS session after the handshake "
+                                 "(does it accept our client certificate?)")
