@@ -25,7 +25,14 @@ from farmwatch.agent.probes.network.anchor_latency import measure_all
 from farmwatch.agent.probes.network.interfaces import read_interfaces
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.probes.network.probe import NetworkProbe
-from farmwatch.agent.probes.network.wifi import parse_airport, parse_iw_link, parse_netsh, parse_nmcli
+from farmwatch.agent.probes.network.wifi import (
+    parse_airport,
+    parse_hardware_ports,
+    parse_ipconfig_summary,
+    parse_iw_link,
+    parse_netsh,
+    parse_nmcli,
+)
 from farmwatch.contract import Anchor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -316,3 +323,67 @@ def test_without_root_the_default_path_works_and_the_rest_is_said(lab: Lab) -> N
     assert {kind for kind in (i["kind"] for i in result["facts"]["interfaces"])} == {"loopback", "vpn"}
     assert sorted(p.split(" needs ")[0] for p in result["problems"] if "CAP_NET_RAW" in p) == [
         "ICMP anchor probing (measured with TCP connects instead)", "the ARP sweep"]
+
+
+# macOS answers written by hand in the tools' documented shapes (no Mac here to record one): the
+# getsummary dictionary as quoted from macOS 15.6 in github.com/dracula/tmux/issues/358, and
+# networksetup's "Hardware Port / Device / Ethernet Address" blocks.
+NETWORKSETUP = ("\nHardware Port: Thunderbolt Ethernet Slot 0\nDevice: en5\nEthernet Address: 36:1a:2b:00:11:22\n\n"
+                "Hardware Port: Wi-Fi\nDevice: en0\nEthernet Address: a4:83:e7:00:11:22\n\n"
+                "VLAN Configurations\n===================\n")
+SUMMARY = ("<dictionary> {\n  BSSID : f4:92:bf:a0:b:1c\n  IPv4 : <array> {\n    0 : <dictionary> {\n"
+           "      Addresses : <array> {\n        0 : 192.168.1.23\n      }\n    }\n  }\n"
+           "  InterfaceType : WiFi\n  LinkStatusActive : TRUE\n  SSID : home-5G\n  Security : WPA2_PSK\n}\n")
+REDACTED = SUMMARY.replace("f4:92:bf:a0:b:1c", "<redacted>").replace("home-5G", "<redacted>")
+NOT_ASSOCIATED = "<dictionary> {\n  InterfaceType : WiFi\n  LinkStatusActive : FALSE\n}\n"
+
+
+def _mac(answers: dict[str, str]) -> tuple[NetworkProbe, list[list[str]]]:
+    """A macOS network probe whose commands answer from ``answers`` (keyed by the command's name)."""
+    asked: list[list[str]] = []
+
+    def replay(argv: Sequence[str]) -> str:
+        asked.append(list(argv))
+        name = argv[0].rsplit("/", 1)[-1]
+        if name not in answers:
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+        return answers[name]
+
+    return _probe(run=replay, platform="darwin"), asked
+
+
+def test_macos_wifi_devices_come_from_networksetup() -> None:
+    assert parse_hardware_ports(NETWORKSETUP) == ["en0"]
+    assert parse_ipconfig_summary(SUMMARY) == "f4:92:bf:a0:0b:1c"
+    assert parse_ipconfig_summary(NOT_ASSOCIATED) is None
+
+
+def test_macos_without_airport_reads_ipconfig_getsummary() -> None:
+    probe, asked = _mac({"networksetup": NETWORKSETUP, "ipconfig": SUMMARY})
+    facts = probe.collect()
+    assert ["ipconfig", "getsummary", "en0"] in asked
+    assert not any("airport" in argv[0] for argv in asked)
+    assert facts.wifi_bssid_hash == _hash("f4:92:bf:a0:0b:1c")
+    assert not any("Wi-Fi" in p for p in probe.problems)
+
+
+def test_macos_not_associated_or_without_wifi_is_no_access_point_and_no_error() -> None:
+    for answers in ({"networksetup": NETWORKSETUP, "ipconfig": NOT_ASSOCIATED},
+                    {"networksetup": NETWORKSETUP.replace("Wi-Fi", "USB 10/100/1000 LAN")}):
+        probe, _ = _mac(answers)
+        assert probe.collect().wifi_bssid_hash is None
+        assert not any("Wi-Fi" in p for p in probe.problems)
+
+
+def test_macos_redacted_bssid_without_airport_is_an_error_entry() -> None:
+    probe, _ = _mac({"networksetup": NETWORKSETUP, "ipconfig": REDACTED})
+    facts = probe.collect()
+    assert facts.wifi_bssid_hash is None
+    [problem] = [p for p in probe.problems if "Wi-Fi access point unknown" in p]
+    assert "<redacted>" in problem and "Location Services" in problem and "airport failed" in problem
+
+
+def test_macos_before_14_4_falls_back_to_airport() -> None:
+    probe, asked = _mac({"networksetup": NETWORKSETUP, "airport": AIRPORT})  # no getsummary there
+    assert probe.collect().wifi_bssid_hash == _hash("f4:92:bf:a0:0b:1c")
+    assert asked[-1][-1] == "-I"

@@ -3,9 +3,14 @@
 Why security cares: several employees' laptops on one access point is a farm's fingerprint;
 the BSSID leaves the laptop only as a salted hash. Linux asks NetworkManager
 (``nmcli -t -f ACTIVE,BSSID dev wifi``: terse mode escapes ':' inside values as ``\\:``) and falls
-back to nl80211 through ``iw dev IFACE link`` ("Connected to <bssid> (on IFACE)"); macOS reads
-``airport -I`` ("BSSID: ..." with leading zeros of each octet dropped); Windows reads
+back to nl80211 through ``iw dev IFACE link`` ("Connected to <bssid> (on IFACE)"); Windows reads
 ``netsh wlan show interfaces`` ("BSSID : ..." or "AP BSSID : ..." on newer builds).
+
+macOS 14.4 removed the ``airport`` tool. The agent finds the Wi-Fi device in ``networksetup
+-listallhardwareports`` ("Hardware Port: Wi-Fi" then "Device: en0") and reads ``ipconfig getsummary
+<device>`` (a ``BSSID : ...`` line while associated); on older systems ``airport -I`` ("BSSID: ..."
+with leading zeros of each octet dropped) still answers. Recent macOS shows ``<redacted>`` there
+unless the reader may use Location Services: that, like every source failing, is said in ``errors``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,29 @@ def parse_airport(output: str) -> str | None:
     return normalize_mac(match.group(1)) if match else None
 
 
+def parse_hardware_ports(output: str) -> list[str]:
+    """Wi-Fi device names (``en0``) from macOS ``networksetup -listallhardwareports``."""
+    devices, port = [], None
+    for line in output.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Hardware Port":
+            port = value.strip()
+        elif key.strip() == "Device" and port in ("Wi-Fi", "AirPort"):  # "AirPort" before macOS 10.7
+            devices.append(value.strip())
+    return devices
+
+
+def parse_ipconfig_summary(output: str) -> str | None:
+    """The BSSID from macOS ``ipconfig getsummary <device>``; None when not associated."""
+    match = re.search(r"^\s*BSSID\s*:\s*(\S+)", output, re.MULTILINE)
+    if match is None:
+        return None
+    if match.group(1) == "<redacted>":
+        raise BssidUnavailable("ipconfig getsummary shows the BSSID as <redacted> (macOS gives it only to "
+                        "processes allowed to use Location Services)")
+    return normalize_mac(match.group(1))
+
+
 def parse_netsh(output: str) -> str | None:
     """The BSSID from Windows ``netsh wlan show interfaces``."""
     match = re.search(r"^\s*(?:AP )?BSSID\s*:\s*(\S+)", output, re.MULTILINE)
@@ -63,7 +91,7 @@ def parse_netsh(output: str) -> str | None:
 def current_bssid(run: RunCommand, platform: str, wifi_interfaces: Sequence[str]) -> str | None:
     """The associated access point's BSSID, None when not associated; raises when unknowable."""
     if platform == "darwin":
-        return parse_airport(_ask(run, [AIRPORT, "-I"]))
+        return _macos_bssid(run)
     if platform == "win32":
         return parse_netsh(_ask(run, ["netsh", "wlan", "show", "interfaces"]))
     if not wifi_interfaces:
@@ -84,6 +112,36 @@ def current_bssid(run: RunCommand, platform: str, wifi_interfaces: Sequence[str]
     if len(failures) > 1:
         raise BssidUnavailable("; ".join(failures))
     return None
+
+
+def _macos_bssid(run: RunCommand) -> str | None:
+    """ipconfig getsummary on each Wi-Fi device (macOS 13 and later), else airport (before 14.4)."""
+    failures = []
+    try:
+        devices = parse_hardware_ports(_ask(run, ["networksetup", "-listallhardwareports"]))
+    except BssidUnavailable as unlisted:
+        failures.append(str(unlisted))
+        devices = []
+    else:
+        if not devices:
+            return None  # no Wi-Fi hardware (a desktop Mac on Ethernet)
+    answered = False
+    for device in devices:
+        try:
+            bssid = parse_ipconfig_summary(_ask(run, ["ipconfig", "getsummary", device]))
+        except BssidUnavailable as unknown:
+            failures.append(str(unknown))
+            continue
+        answered = True
+        if bssid:
+            return bssid
+    if answered:
+        return None  # the Wi-Fi device answered and is not associated
+    try:
+        return parse_airport(_ask(run, [AIRPORT, "-I"]))
+    except BssidUnavailable as no_airport:
+        failures.append(str(no_airport))
+    raise BssidUnavailable("; ".join(failures))
 
 
 def _ask(run: RunCommand, argv: list[str]) -> str:
