@@ -49,8 +49,8 @@ _REPORT_COLUMNS = (
     + ("virtual_devices", "has_input")
 )
 _TOOL_COLUMNS = (
-    "rec", "tool", "process", "started_at", "listening",
-    "remote_ip", "remote_port", "local_port", "state", "direction", "rtt_ms", "min_rtt_ms",
+    "rec", "tool", "process", "started_at", "listening", "matched_by",  # matched_by: "path;domain"
+    "remote_ip", "remote_port", "local_port", "state", "direction", "rtt_ms", "min_rtt_ms", "domain",
 )
 _SESSION_COLUMNS = ("rec", "kind", "user", "remote_ip", "rtt_ms", "min_rtt_ms")
 _PROBE_COLUMNS = ("rec", "target", "sent", "received", "rtt_min_ms", "rtt_median_ms")
@@ -67,7 +67,9 @@ class Frames:
     ``reports``: one row per record, sorted by device and window end (index 0..n-1 = ``rec``);
     ``hour`` is the window end in whole hours since the epoch.
     ``tools``: one row per remote-access connection (a tool without connections: one row, no peer);
-    ``live`` marks established connections.
+    ``matched_by`` says how the agent recognised the tool (``;``-joined; ``name`` for reports from
+    agents before it was reported), ``domain`` the catalogued relay domain of the peer; ``live`` marks
+    established connections.
     ``sessions``, ``probes``: one row per entry. ``usb``, ``displays``: one row per device and
     identity, with ``first_rec``/``last_rec``/``reports``.
     """
@@ -154,9 +156,9 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
         ))
         for tool in report.get("remote_access") or ():
             head = (rec, keep(tool.get("tool")), keep(tool.get("process")), tool.get("started_at"),
-                    len(tool.get("listening") or ()))
+                    len(tool.get("listening") or ()), keep(";".join(tool.get("matched_by") or ("name",))))
             for connection in tool.get("connections") or (_EMPTY,):
-                tools.append((*head, *map(keep, map(connection.get, _TOOL_COLUMNS[5:]))))
+                tools.append((*head, *map(keep, map(connection.get, _TOOL_COLUMNS[6:]))))
         for session in report.get("sessions") or ():
             sessions.append((rec, *map(keep, map(session.get, _SESSION_COLUMNS[1:]))))
         for probe in network.get("probes") or ():

@@ -82,3 +82,66 @@ def test_inbound_rdp_session_counts_as_remote_access() -> None:
     assert "Remote Desktop (RDP)" in finding.summary
     ssh = [{**rdp[0], "kind": "ssh"}]
     assert _finding([make_record("d7", 0, sessions=ssh)], [roster_entry("d7")]) == []
+
+
+def _found_as(tool_id: str, process: str, ways: list[str], *connections: dict) -> dict:
+    found = tool(tool_id, process, *connections)
+    found["matched_by"] = ways
+    return found
+
+
+def _relayed(remote_ip: str, domain: str) -> dict:
+    return {**connection(remote_ip, "outbound"), "domain": domain}
+
+
+def test_a_renamed_binary_talking_to_a_relay_scores_above_the_vendors_own_name() -> None:
+    own = [make_record("d7", 0, remote_access=[_found_as("anydesk", "AnyDesk", ["name", "domain"],
+                                                         _relayed("203.0.113.9", "net.anydesk.com"))],
+                       input=user_input())]
+    renamed = [make_record("d8", 0, remote_access=[_found_as("anydesk", "notes", ["domain"],
+                                                             _relayed("203.0.113.9", "net.anydesk.com"))],
+                           input=user_input())]
+    [vendor] = _finding(own, [roster_entry("d7")])
+    [disguised] = _finding(renamed, [roster_entry("d8")])
+    assert vendor.score == pytest.approx(0.2)
+    assert disguised.score == pytest.approx(0.2 + 0.2)
+    assert disguised.evidence["recognised_without_its_name"] is True and disguised.evidence["matched_by"] == ["domain"]
+    assert disguised.evidence["relay_domains"] == ["net.anydesk.com"]
+    assert "recognised by domain while running as notes" in disguised.summary
+    assert vendor.evidence["recognised_without_its_name"] is False
+
+
+def test_found_by_install_folder_only_adds_less_than_a_relay() -> None:
+    records = [make_record("d9", 0, remote_access=[_found_as("dameware", "notes", ["path"],
+                                                             connection("127.0.0.1", "outbound"))],
+                           input=user_input())]
+    [finding] = _finding(records, [roster_entry("d9")])
+    assert finding.score == pytest.approx(0.2 + 0.1)
+
+
+def test_an_approved_tool_stays_approved_however_it_was_recognised() -> None:
+    records = [make_record("d10", 0, remote_access=[_found_as("anydesk", "notes", ["domain"],
+                                                              _relayed("203.0.113.9", "net.anydesk.com"))],
+                           input=user_input())]
+    [finding] = _finding(records, [roster_entry("d10", ("anydesk",))])
+    assert finding.evidence["approved"] is True
+    assert finding.score == pytest.approx((0.2 + 0.2) * 0.25)
+
+
+def test_a_tunnel_scores_a_share_of_interactive_remote_control() -> None:
+    def session(tool_id: str, process: str) -> list[dict]:
+        return [make_record("d11", 0, remote_access=[tool(tool_id, process, connection("127.0.0.1", "outbound"))],
+                            input=user_input())]
+
+    [tunnel] = _finding(session("tailscale", "tailscaled"), [roster_entry("d11")])
+    [control] = _finding(session("anydesk", "AnyDesk"), [roster_entry("d11")])
+    assert tunnel.score == pytest.approx(0.2 * 0.6) and control.score == pytest.approx(0.2)
+    assert tunnel.evidence["kind"] == "tunnel" and "Unapproved tunnel Tailscale" not in control.summary
+    assert tunnel.summary.startswith("Unapproved tunnel ")
+
+
+def test_reports_from_older_agents_count_as_found_by_name() -> None:
+    records = [make_record("d12", 0, remote_access=[tool("anydesk", "AnyDesk", connection("127.0.0.1", "outbound"))],
+                           input=user_input())]
+    [finding] = _finding(records, [roster_entry("d12")])
+    assert finding.evidence["matched_by"] == ["name"] and finding.evidence["recognised_without_its_name"] is False

@@ -7,8 +7,16 @@ their own desktop: outbound only, local input); the registry country of a direct
 says nothing about the operator); a first-seen tool (Elastic's "First Time Seen Remote Monitoring
 and Management Tool" new-terms idea); several vendors on one host (Elastic's "Multiple Remote
 Management Tool Vendors on Same Host"); sessions outside the employee's hours. Inbound RDP/VNC
-sessions (the OS's own remote desktop) count as a tool named after their kind. A tool the roster
-approves for the device (the helpdesk's) scores a quarter as much.
+sessions (the OS's own remote desktop) count as a tool named after their kind.
+
+How the agent recognised the tool weighs too (``matched_by``): a tool found only by its install
+folder, signer or service, not by its own name, was renamed or is unknown by that name; one found
+talking to a catalogued relay domain under another name is the disguise a farm operator would use,
+and scores more than the vendor's own binary doing the same. Tunnels and overlay networks (the
+catalogue's ``kind: tunnel``: ngrok, Tailscale, ZeroTier, Cloudflare Tunnel …) make the laptop
+reachable rather than drive its screen, so they score a share of what interactive remote control
+does. A tool the roster approves for the device (the helpdesk's) scores a quarter as much, however
+the agent recognised it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from functools import lru_cache
 
 import pandas as pd
 
+from farmwatch.agent.probes.remote_access.catalog import catalog
 from farmwatch.contract import RosterEntry
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.clock import local_times, outside_working_time
@@ -77,6 +86,9 @@ class RemoteAccessDetector(Detector):
         outside_hours: float = 0.1,
         approved_factor: float = 0.25,
         baseline_hours: float = 24.0,
+        unnamed: float = 0.1,
+        unnamed_relay: float = 0.2,
+        tunnel_factor: float = 0.6,
     ) -> None:
         self.running = running
         self.outbound_session = outbound_session
@@ -88,6 +100,9 @@ class RemoteAccessDetector(Detector):
         self.outside_hours = outside_hours
         self.approved_factor = approved_factor
         self.baseline_hours = baseline_hours
+        self.unnamed = unnamed
+        self.unnamed_relay = unnamed_relay
+        self.tunnel_factor = tunnel_factor
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         tools = pd.concat([frames.tools, _session_rows(frames)], ignore_index=True)
@@ -139,6 +154,11 @@ class RemoteAccessDetector(Detector):
         local = local_times(timed["time"], entry.timezone if entry else None)
         outside_share = float(outside_working_time(local).mean()) if len(timed) else 0.0
         new_tool = used["time"].min() - device_start >= pd.Timedelta(hours=self.baseline_hours)
+        ways = _ways(used)
+        tunnel = catalog().kinds.get(tool) == "tunnel"
+        # Recognised, but not by its own name: renamed, or running under a name the catalogue lacks.
+        unnamed = bool(ways) and "name" not in ways
+        relayed_domains = sorted(set(live["domain"].dropna())) if "domain" in live else []
 
         if live.empty:
             score, what = self.running, "ran without a live session"
@@ -154,11 +174,18 @@ class RemoteAccessDetector(Detector):
             score += self.outside_hours * (outside_share > 0.5)
         score += self.several_vendors * (len(unapproved) > 1 and not approved)
         score += self.first_seen * bool(new_tool)
+        if unnamed and len(live):
+            score += self.unnamed_relay if "domain" in ways else self.unnamed
+        if tunnel:
+            score *= self.tunnel_factor
         if approved:
             score *= self.approved_factor
         path = "direct inbound peer" if len(inbound) else ("relay or outbound peer" if len(live) else "none")
+        kind = "tunnel" if tunnel else "remote-access tool"
+        found_as = (f", recognised by {' and '.join(sorted(ways))} while running as {process}"
+                    if unnamed and process else "")
         summary = (
-            f"{'Approved' if approved else 'Unapproved'} remote-access tool {shown} ({tool}) {what}"
+            f"{'Approved' if approved else 'Unapproved'} {kind} {shown} ({tool}){found_as} {what}"
             + (f", {len(public_inbound)} public inbound peer(s)" if public_inbound else "")
             + (f" registered in {', '.join(countries)}" if countries else "")
             + (f"; {outside_share:.0%} of those reports fell outside working hours" if len(timed) else "")
@@ -180,9 +207,20 @@ class RemoteAccessDetector(Detector):
             "outside_hours_share": outside_share,
             "first_seen_tool": bool(new_tool),
             "unapproved_vendors": unapproved,
+            "kind": "tunnel" if tunnel else "remote_control",
+            "matched_by": sorted(ways),
+            "recognised_without_its_name": unnamed,
+            "relay_domains": relayed_domains[:5],
         }
         span = live if len(live) else used
         return self.finding(device, score, summary, evidence, span["time"].min(), span["time"].max())
+
+
+def _ways(used: pd.DataFrame) -> set[str]:
+    """Every way the agent recognised the tool in these rows (OS sessions have none)."""
+    if "matched_by" not in used:
+        return set()
+    return {way for joined in used["matched_by"].dropna() for way in str(joined).split(";") if way}
 
 
 def _session_rows(frames: Frames) -> pd.DataFrame:
