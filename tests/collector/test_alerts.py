@@ -7,19 +7,20 @@ two collectors is in test_alerts_e2e.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from farmwatch.collector import outbox
 from farmwatch.collector.alerts import Alert, told_next
-from farmwatch.collector.delivery import Alerting
+from farmwatch.collector.delivery import Alerting, DeliveryWorker
 from farmwatch.collector.outputs import REGISTRY
 from farmwatch.collector.outputs.base import parse_outputs
+from farmwatch.collector.outputs.ecs_file import EcsFileOutput
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import alerts, outbox as outbox_table
 from farmwatch.contract import RosterEntry, Verdict
@@ -160,3 +161,37 @@ def test_metrics_read_the_outbox_and_verdicts(store: Storage, tmp_path: Path) ->
     text = generate_latest(registry).decode()
     assert 'farmwatch_outbox_pending{output="any"} 0.0' in text
     assert 'farmwatch_alert_deliveries_total{output="any",result="accepted"} 1.0' in text
+
+
+def test_a_failing_output_is_data_and_leaves_the_other_outputs_alone(store: Storage, tmp_path: Path) -> None:
+    made = alerting(store, tmp_path)
+    (tmp_path / "any.ndjson").mkdir()  # the 'any' output's file cannot be written any more
+    store.save_verdicts([verdict("farm", 0.9)], through_report_id=1)
+    broken, healthy = made.workers
+    assert broken.step() == 0 and healthy.step() == 1
+    [row] = outbox.recent(store, 10)
+    states = {o["output"]: (o["state"], o["attempts"], o["last_error"]) for o in row["outputs"]}
+    assert states["farm-only"] == ("delivered", 1, None)
+    assert states["any"][:2] == ("pending", 1) and "Is a directory" in states["any"][2]
+    (tmp_path / "any.ndjson").rmdir()
+    assert broken.step() == 1  # the same alert, once the output works again
+
+
+class ExplodingOutput(EcsFileOutput):
+    """An output with a bug: its send raises something that is not DeliveryFailed."""
+
+    def send(self, batch: Sequence[Alert]) -> str:
+        raise ZeroDivisionError("a bug in an output")
+
+
+def test_an_output_that_raises_is_counted_as_failed_and_retried(store: Storage, tmp_path: Path) -> None:
+    [settings] = parse_outputs([{"type": "ecs_file", "url": str(tmp_path / "x.ndjson")}], REGISTRY, "test")
+    Alerting(store, [settings], None, CollectorRegistry(), lambda: NOW)  # records the alert and its outbox row
+    registry = CollectorRegistry()
+    deliveries = Counter("test_deliveries", "deliveries", ["output", "result"], registry=registry)
+    worker = DeliveryWorker(store, ExplodingOutput(settings), deliveries, lambda: NOW)
+    store.save_verdicts([verdict("review", 0.6)], through_report_id=1)
+    assert worker.step() == 0
+    assert registry.get_sample_value("test_deliveries_total", {"output": "ecs_file", "result": "failed"}) == 1
+    [row] = outbox.recent(store, 1)
+    assert row["outputs"][0]["last_error"] == "ZeroDivisionError: a bug in an output"
