@@ -137,6 +137,11 @@ def test_a_suppression_is_honoured_by_scoring_shown_and_audited(collector: Runni
     assert re.search(r"\talice\tsuppress\t" + device_id + r"\t.*remote_access.*ticket 4411", audit)
     assert "\talice\tview_device\t" + device_id in audit
 
+    assert client.post(f"/console/devices/{device_id}/acknowledge", data={"csrf_token": csrf}).status_code == 303
+    acknowledged = client.get(f"/console/devices/{device_id}").text
+    assert re.search(r"Acknowledged</h3><ul><li>\w+ at risk [0-9.]+ by alice", acknowledged)
+    assert "\talice\tacknowledge\t" + device_id in _cli(collector, "audit", "list", "--analyst", "alice").stdout
+
     (suppression,) = re.findall(r'name="suppression_id" value="(\d+)"', shown)
     assert client.post(f"/console/devices/{device_id}/lift",
                        data={"csrf_token": csrf, "suppression_id": suppression}).status_code == 303

@@ -80,7 +80,7 @@ def _relocate_one(fleet: Path) -> str:
 @pytest.fixture(scope="module")
 def company(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Company]:
     folder = tmp_path_factory.mktemp("console-company")
-    write_fleet(folder / "fleet", seed=7, legit=12, farms=6, days=2)
+    write_fleet(folder / "fleet", seed=7, legit=12, farms=10, days=2)  # farms=10: one shares a room
     relocated = _relocate_one(folder / "fleet")
     alerts = folder / "alerts.ndjson"
     config = ("[detection]\ninterval_seconds = 3600\nrefresh_wait_seconds = 300\n\n"
@@ -188,6 +188,25 @@ def test_device_page_shows_the_heatmap_and_the_distance_chart(browser: WebDriver
     assert not browser.find_element(By.CSS_SELECTOR, "header.top").is_displayed()
     assert not browser.find_element(By.CSS_SELECTOR, "div.forms").is_displayed()
     assert browser.find_element(By.CSS_SELECTOR, "figure.distance").is_displayed()
+
+
+def test_the_cluster_page_shows_who_shares_a_network_and_for_how_long(browser: WebDriver, company: Company) -> None:
+    _sign_in(browser, company)
+    browser.get(f"{company.collector.url}/console/fleet?detector=colocation&verdict=farm")
+    link = browser.find_element(By.CSS_SELECTOR, "table.fleet a[href^='/console/clusters/']")
+    link.click()
+    _settled(browser, "table.members")
+    members = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "table.members tbody td:first-child")]
+    employees = {cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "table.members tbody td:nth-child(2)")}
+    assert len(members) >= 2 and len(employees) == len(members)
+    shared = browser.find_elements(By.CSS_SELECTOR, "table.shared tbody tr")
+    assert shared and int(shared[0].find_element(By.CSS_SELECTOR, "td.num").text) >= 4  # hours together
+    _full_page_shot(browser, company.shots / "cluster.png")
+
+    # Each member's device page links back to its cluster and names the others.
+    browser.get(f"{company.collector.url}/console/devices/{members[0]}")
+    networks = browser.find_element(By.CSS_SELECTOR, "section#networks").text
+    assert all(other in networks for other in members[1:]) and "see the co-location cluster" in networks
 
 
 def test_marking_a_false_positive_clears_the_farm_and_resolves_its_alert(browser: WebDriver, company: Company) -> None:
