@@ -10,7 +10,7 @@ reaches the laptop through such a session, and its minimum RTT bounds how far aw
 
 Without root the agent cannot read other users' descriptors; it then assumes the servers' default
 ports (SSH 22, RDP 3389, VNC 5900-5909) and says so in ``errors``. Windows: RDP sessions from
-``qwinsta`` and ``WTSClientAddress`` (:mod:`farmwatch.agent.probes.sessions.wts`), without RTT. Logged-in users and
+the WTS API (:mod:`farmwatch.agent.probes.sessions.wts`), without RTT. Logged-in users and
 their remote hosts are the host probe's.
 """
 
@@ -44,7 +44,7 @@ class SessionsProbe(Probe[list[Session]]):
         if self.context.platform == "win32":
             from .wts import rdp_sessions
 
-            return rdp_sessions(self.context.run, self.problem)
+            return rdp_sessions(self.problem)
         if not self.context.platform.startswith("linux"):
             raise ProbeUnavailable(f"remote sessions are read on Linux and Windows only, not {self.context.platform}")
         try:
