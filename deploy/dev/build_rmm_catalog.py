@@ -276,7 +276,7 @@ def _domain(raw: str) -> tuple[str, str] | None:
     suffix = ".".join(fixed)
     generic = suffix in GENERIC_DOMAINS or (len(fixed) < 2)
     wild = host != suffix and (suffix in GENERIC_DOMAINS or any(suffix.endswith("." + g) for g in GENERIC_DOMAINS))
-    if generic or wild or not re.fullmatch(r"[a-z0-9.-]+\.[a-z]{2,}", suffix):
+    if generic or wild or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*\.[a-z]{2,}", suffix):
         return None
     return ("domain", suffix)
 
@@ -378,7 +378,20 @@ def _settle_shared(tools: dict[str, dict[str, Any]]) -> dict[str, int]:
                 if tool_id != keep:
                     tools[tool_id][fact] = {v for v in tools[tool_id][fact] if v.lower() != value}
             dropped[fact] += keep is None
+    _settle_nested_domains(tools)
     return dropped
+
+
+def _settle_nested_domains(tools: dict[str, dict[str, Any]]) -> None:
+    """Drop a domain from a tool when it lies under another tool's own domain (Tactical RMM lists
+    login.tailscale.com, which is Tailscale's): the longest catalogued suffix wins at match time."""
+    owner = {domain: tool_id for tool_id, tool in tools.items() for domain in tool["domains"]}
+    for tool_id, tool in tools.items():
+        for domain in sorted(tool["domains"]):
+            labels = domain.split(".")
+            parents = {owner.get(".".join(labels[i:])) for i in range(1, len(labels) - 1)} - {None, tool_id}
+            if any(_affinity(domain, p, tools[p]) for p in parents if p) and not _affinity(domain, tool_id, tool):
+                tool["domains"].discard(domain)
 
 
 def build(source: Path) -> dict[str, Any]:

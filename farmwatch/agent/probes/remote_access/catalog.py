@@ -30,7 +30,8 @@ def path_key(path: str) -> str:
 
 def _folder_regex(folders: list[tuple[str, str]]) -> tuple[re.Pattern[str] | None, list[str]]:
     """One regex matching a path under any folder (``?`` one character, ``*`` any text); group i is tool i."""
-    alternatives, owners = [], []
+    alternatives: list[str] = []
+    owners: list[str] = []
     for folder, tool in folders:
         body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in folder)
         alternatives.append(f"(?P<f{len(owners)}>{body}/.*)")

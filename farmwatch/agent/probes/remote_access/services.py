@@ -54,7 +54,7 @@ def running_services(platform: str, run: RunCommand) -> list[RunningService]:
     if platform == "win32":
         import psutil
 
-        return windows_services(service.as_dict() for service in psutil.win_service_iter())  # type: ignore[attr-defined]
+        return windows_services(service.as_dict() for service in psutil.win_service_iter())
     if platform == "darwin":
         return parse_launchctl_list(run(["launchctl", "list"]))
     return []
