@@ -31,6 +31,7 @@ from farmwatch.contract import Verdict
 VerdictName = Literal["clear", "review", "farm"]
 LEVELS: dict[str, int] = {"clear": 0, "review": 1, "farm": 2}
 TOP_FINDINGS = 5  # the SOC gets the strongest reasons; the link shows all of them
+CHUNK = 500  # device ids per IN list
 
 
 class AlertFinding(BaseModel):
@@ -103,36 +104,47 @@ class AlertRecorder:
         self.outputs = tuple(outputs)
         self.public_url = public_url.rstrip("/") if public_url else None
 
-    def record(self, tx: Connection, verdict: Verdict, through_report_id: int, now: datetime) -> str | None:
-        """Run inside the verdict's transaction; returns the new alert's id, or None when nothing changed."""
-        state = tx.execute(
-            sa.select(verdict_state).where(verdict_state.c.device_id == verdict.device_id).with_for_update()
-        ).first()
-        previous = state.verdict if state else "clear"
-        if state is not None and through_report_id < state.through_report_id:
-            return None  # scored older reports than the stored label: stale, not a change
-        if state is None:
-            # Every scored device gets a row (devices by verdict come from here); a racing replica's
-            # insert fails on the primary key and its retry finds this row.
-            tx.execute(verdict_state.insert().values(
-                device_id=verdict.device_id, verdict=verdict.verdict, changes=0 if verdict.verdict == "clear" else 1,
-                through_report_id=through_report_id, changed_at=now))
-            if verdict.verdict == "clear":
-                return None
-            change = 1
-        elif verdict.verdict == previous:
-            return None
-        else:
-            change = state.changes + 1
-            tx.execute(verdict_state.update().where(verdict_state.c.device_id == verdict.device_id).values(
-                verdict=verdict.verdict, changes=change, through_report_id=through_report_id, changed_at=now))
+    def record(self, tx: Connection, scored: Sequence[Verdict], through_report_id: int) -> list[str]:
+        """Run inside the verdicts' transaction; returns the ids of the alerts raised."""
+        states = {}
+        for start in range(0, len(scored), CHUNK):  # bounded IN lists (SQLite caps bound variables)
+            chunk = [verdict.device_id for verdict in scored[start:start + CHUNK]]
+            for row in tx.execute(
+                sa.select(verdict_state).where(verdict_state.c.device_id.in_(chunk)).with_for_update()
+            ):
+                states[row.device_id] = row
+        first_seen = []
+        raised = []
+        for verdict in scored:
+            state = states.get(verdict.device_id)
+            if state is None:
+                # Every scored device gets a row (devices by verdict come from here); a racing replica's
+                # insert of the same row fails on the primary key and its retry finds this one.
+                first_seen.append({"device_id": verdict.device_id, "verdict": verdict.verdict,
+                                   "changes": 0 if verdict.verdict == "clear" else 1,
+                                   "through_report_id": through_report_id, "changed_at": verdict.scored_at})
+                if verdict.verdict != "clear":
+                    raised += self._raise(tx, verdict, "clear", 1)
+            elif verdict.verdict != state.verdict and through_report_id >= state.through_report_id:
+                # (a run over older reports than the one that set the label is stale, not a change)
+                tx.execute(verdict_state.update().where(verdict_state.c.device_id == verdict.device_id).values(
+                    verdict=verdict.verdict, changes=state.changes + 1, through_report_id=through_report_id,
+                    changed_at=verdict.scored_at))
+                raised += self._raise(tx, verdict, state.verdict, state.changes + 1)
+        if first_seen:
+            tx.execute(verdict_state.insert(), first_seen)
+        return raised
+
+    def _raise(self, tx: Connection, verdict: Verdict, previous: str, change: int) -> list[str]:
+        """Write the alert of one change and queue it for every output that hears of it."""
+        now = verdict.scored_at
         told = dict(tx.execute(
             sa.select(alert_told.c.output, alert_told.c.verdict).where(alert_told.c.device_id == verdict.device_id)
         ).all())
         targets = [(name, bound) for name, floor, bound in self.outputs
                    if told_next(floor, told.get(name, "clear"), verdict.verdict)]
         if not targets:
-            return None
+            return []
         alert = self._build(tx, verdict, previous, now)
         tx.execute(alerts.insert().values(
             alert_id=alert.alert_id, device_id=alert.device_id, change=change, verdict=alert.verdict,
@@ -144,7 +156,7 @@ class AlertRecorder:
                     alert_told.c.device_id == verdict.device_id, alert_told.c.output == name).values(verdict=verdict.verdict))
             else:
                 tx.execute(alert_told.insert().values(device_id=verdict.device_id, output=name, verdict=verdict.verdict))
-        return alert.alert_id
+        return [alert.alert_id]
 
     def _build(self, tx: Connection, verdict: Verdict, previous: str, now: datetime) -> Alert:
         device = tx.execute(

@@ -28,9 +28,9 @@ Done = TypeVar("Done")
 
 
 class VerdictListener(Protocol):
-    """Told of every verdict inside the transaction that stores it (alerts are written there)."""
+    """Told of a scoring run's verdicts inside the transaction that stores them (alerts are written there)."""
 
-    def record(self, tx: Connection, verdict: Verdict, through_report_id: int, now: datetime) -> str | None: ...
+    def record(self, tx: Connection, scored: Sequence[Verdict], through_report_id: int) -> list[str]: ...
 
 
 class StoreError(FarmwatchError, RuntimeError):
@@ -355,8 +355,8 @@ class Storage:
                     match = verdicts.c.device_id == verdict.device_id
                     if not tx.execute(verdicts.update().where(match).values(**values)).rowcount:
                         tx.execute(verdicts.insert().values(device_id=verdict.device_id, **values))
-                    if self.verdict_listener is not None:
-                        self.verdict_listener.record(tx, verdict, through_report_id, verdict.scored_at)
+                if self.verdict_listener is not None:
+                    self.verdict_listener.record(tx, scored, through_report_id)
 
         # Two replicas scoring at once may both insert a first verdict; the retry updates instead.
         _once_more_on_conflict(save)
