@@ -225,7 +225,11 @@ from farmwatch.contract import Anchor
 options, anchors = json.loads(sys.argv[1]), [Anchor(**a) for a in json.loads(sys.argv[2])]
 probe = NetworkProbe(ProbeContext(salt={salt!r}, anchors=anchors, options={{"network": options}}))
 if sys.argv[3:] == ["unprivileged"]:  # like an agent run as an ordinary user: no CAP_NET_RAW
-    import os, encodings.idna, scapy.sendrecv  # imported first: this interpreter lives under /root (0700)
+    # Read first what nobody could not read later: this interpreter lives under /root (0700), and a
+    # checkout may sit in a private directory too (the agent's package is world-readable when installed).
+    import os, encodings.idna, scapy.sendrecv
+    from farmwatch.agent.probes.network.vpn_catalog import load_catalog
+    load_catalog()
     os.setgid(65534); os.setuid(65534)
 facts = probe.collect()
 print(json.dumps({{"facts": facts.model_dump(mode="json"), "problems": probe.problems}}))

@@ -6,6 +6,7 @@ process with that name holding real loopback TCP connections.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -138,7 +139,9 @@ def test_the_committed_catalogue_is_what_the_builder_makes_from_lolrmm(tmp_path:
 DROPPED_PRIVILEGES = """
 import json, os, sys
 from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.remote_access.catalog import catalog
 from farmwatch.agent.probes.remote_access.probe import RemoteAccessProbe
+catalog()  # read while root: the checkout may sit in a private (0700) directory nobody cannot read
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody
 probe = RemoteAccessProbe(ProbeContext())
 tools = [t for t in probe.collect() if t.pid == int(sys.argv[1])]
@@ -157,3 +160,38 @@ def test_without_root_a_tool_of_another_user_is_reported_with_a_problem(anydesk:
     seen = json.loads(done.stdout)
     assert seen["connections"] == [0]  # the kernel does not tie root's sockets to the process for nobody
     assert any(f"pid {anydesk.pid}" in p and "not root" in p for p in seen["problems"]), seen["problems"]
+
+
+def test_the_readme_coverage_table_is_what_the_shipped_catalogue_covers() -> None:
+    spec = importlib.util.spec_from_file_location("build_rmm_catalog", ROOT / "deploy/dev/build_rmm_catalog.py")
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    table = builder.coverage(json.loads(CATALOG_PATH.read_text()))
+    assert table in (ROOT / "README.md").read_text()
+    assert "| any of these | " in table and builder.LOLRMM_COMMIT in table
+
+
+WITHOUT_RAW_SOCKETS = """
+import json, os
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.remote_access.probe import RemoteAccessProbe
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody: no CAP_NET_RAW
+probe = RemoteAccessProbe(ProbeContext())
+probe.start()
+probe.collect()
+first = list(probe.problems)
+probe.problems.clear()
+probe.collect()
+print(json.dumps({"first": first, "second": probe.problems}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="needs root to drop to nobody")
+def test_without_cap_net_raw_the_probe_says_once_that_relay_domains_are_not_learned() -> None:
+    done = subprocess.run([sys.executable, "-c", WITHOUT_RAW_SOCKETS], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert [p for p in seen["first"] if "CAP_NET_RAW" in p] and not [p for p in seen["second"] if "CAP_NET_RAW" in p]

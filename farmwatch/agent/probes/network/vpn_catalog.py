@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import cache
 from importlib.resources import files
 
 CATALOG_PATH = files("farmwatch.agent") / "data" / "vpn_catalog.json"
@@ -42,16 +43,17 @@ class VpnProduct:
         return False
 
 
-def load_catalog() -> list[VpnProduct]:
-    """The packaged catalogue, in match order (specific products before generic protocols)."""
+@cache
+def load_catalog() -> tuple[VpnProduct, ...]:
+    """The packaged catalogue, in match order (specific products before generic protocols); read once."""
     raw = json.loads(CATALOG_PATH.read_text("utf-8"))
-    return [
+    return tuple(
         VpnProduct(
             id=entry["id"], product=entry["product"], interfaces=tuple(entry["interfaces"]),
             drivers=tuple(entry["drivers"]), processes=tuple(entry["processes"]), source=entry["source"],
         )
         for entry in raw["products"]
-    ]
+    )
 
 
 def product_of_interface(catalog: Iterable[VpnProduct], name: str, driver: str | None) -> VpnProduct | None:
