@@ -7,6 +7,7 @@ Blocking database work runs in the thread pool so one slow query never stalls th
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from farmwatch.collector.egress import GeoLookup
 from farmwatch.collector.ingest import Rejected
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.openapi import openapi_document
+from farmwatch.collector.ratelimit import AddressLimiter
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
@@ -82,21 +84,40 @@ def create_app(
     app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     console = mount_console(app, storage, scorer, clock)
 
+    # [limits]: per source address, in this process (ratelimit.py); per device, in the database (quotas.py).
+    enrolment_rate = AddressLimiter(config.limits.enrolments_per_address_per_minute)
+    auth_failures = AddressLimiter(config.limits.failed_auth_per_address_per_minute)
+
+    def refuse_guessers(request: Request) -> str:
+        """The source address, unless it spent its failed-authentication budget (then 429)."""
+        address = _source(request, config)
+        wait = auth_failures.wait(address)
+        if wait is not None:
+            raise Rejected(429, "rate_limited", [{"field": "(client)", "message": (
+                f"too many failed authentications from {address}; try again in {math.ceil(wait)} s")}], retry_after=wait)
+        return address
+
     async def device_of(request: Request) -> str:
+        address = refuse_guessers(request)
         token = _bearer(request)
         device = await run_in_threadpool(storage.device_of_token, token) if token else None
         if device is None:
+            auth_failures.spend(address)
             raise Rejected(401, "unauthorized", [{"field": "Authorization", "message": "unknown, revoked or missing device token"}])
         return device
 
     def require_analyst(request: Request) -> None:
+        address = refuse_guessers(request)
         token = _bearer(request) or ""
         if not hmac.compare_digest(token.encode(), config.analyst_token.encode()):
+            auth_failures.spend(address)
             raise Rejected(401, "unauthorized", [{"field": "Authorization", "message": "analyst token required"}])
 
     @app.exception_handler(Rejected)
     async def _refused(_request: Request, refused: Rejected) -> JSONResponse:
         headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "30"}}.get(refused.status)
+        if refused.retry_after is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(refused.retry_after)))}
         return JSONResponse({"errors": refused.errors}, status_code=refused.status, headers=headers)
 
     @app.exception_handler(HTTPException)
@@ -120,11 +141,17 @@ def create_app(
     @app.post("/api/v1/enroll")
     async def enroll(request: Request) -> dict[str, Any]:
         try:
+            address = refuse_guessers(request)
+            wait = enrolment_rate.spend(address)
+            if wait is not None:
+                raise Rejected(429, "rate_limited", [{"field": "(client)", "message": (
+                    f"too many enrolments from {address}; try again in {math.ceil(wait)} s")}], retry_after=wait)
             asked = _parse(EnrolRequest, await _small_body(request))
             if not hmac.compare_digest(asked.enroll_secret.encode(), config.enroll_secret.encode()):
+                auth_failures.spend(address)
                 raise Rejected(401, "unauthorized", [{"field": "enroll_secret", "message": "wrong enrol secret"}])
-        except Rejected:
-            metrics.enrolments.labels("refused").inc()
+        except Rejected as refused:
+            metrics.enrolments.labels("rate_limited" if refused.status == 429 else "refused").inc()
             raise
         token = secrets.token_urlsafe(32)
         done = await run_in_threadpool(
@@ -152,6 +179,10 @@ def create_app(
             metrics.ingest_latency.observe(time.perf_counter() - started)
 
     async def _ingest(request: Request, device: str) -> dict[str, int]:
+        # A device over its quota is refused before its body is read or parsed (it costs little).
+        wait = await run_in_threadpool(storage.quota_wait, device, clock(), config.limits)
+        if wait is not None:
+            raise _over_quota(wait)
         body = await ingest.read_body(
             request.stream(),
             limit=config.max_report_bytes,
@@ -165,7 +196,11 @@ def create_app(
             raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
         source_ip = _source(request, config)
         record = ingest.ingest_record(report, received_at, source_ip, geo.lookup(source_ip))
-        stored = await run_in_threadpool(storage.add_report, record, ingest.digest(report), received_at)
+        stored = await run_in_threadpool(
+            storage.add_report, record, ingest.digest(report), received_at, len(body), config.limits
+        )
+        if stored.retry_after is not None:
+            raise _over_quota(stored.retry_after)
         if stored.conflict:
             raise Rejected(409, "conflict", [{"field": "seq", "message": f"seq {report.seq} is already stored with different content"}])
         metrics.reports_accepted.labels("new" if stored.new else "resend").inc()
@@ -250,6 +285,12 @@ REFUSALS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/v1/verify", "post"): (401, 404, 413, 415, 422, 429, 503),
     ("/healthz", "get"): (503,),
 }
+
+
+def _over_quota(wait: float) -> Rejected:
+    message = (f"this device's report quota ([limits] reports_per_device_per_hour, report_bytes_per_device_per_day) "
+               f"is spent; try again in {math.ceil(wait)} s")
+    return Rejected(429, "quota", [{"field": "(device)", "message": message}], retry_after=wait)
 
 
 def _verdict_only(answer: dict[str, Any], config: CollectorConfig) -> dict[str, Any]:

@@ -25,11 +25,14 @@ from farmwatch.errors import FarmwatchError
 class Rejected(FarmwatchError):
     """A request the collector refuses: HTTP status, metric reason and ``[{field, message}]``."""
 
-    def __init__(self, status: int, reason: str, errors: list[dict[str, str]]) -> None:
+    def __init__(
+        self, status: int, reason: str, errors: list[dict[str, str]], retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {reason}: {errors}")
         self.status = status
         self.reason = reason
         self.errors = errors
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429, 503)
 
 
 def _too_large(limit: int, what: str) -> Rejected:

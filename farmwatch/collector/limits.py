@@ -23,6 +23,15 @@ class Limits:
 
     max_clock_skew_seconds: int = 86_400
     """A report time more than this after its receipt is refused (422): the device clock runs ahead."""
+    reports_per_device_per_hour: int = 720
+    """Stored reports per device per clock hour (UTC) before 429; 720 lets a spool drain 60x real time."""
+    report_bytes_per_device_per_day: int = 64 * 1_048_576
+    """Stored report bytes (uncompressed) per device per UTC day before 429."""
+    enrolments_per_address_per_minute: int = 600
+    """Enrolment requests per source address per minute before 429 (a whole office enrolling at once fits)."""
+    failed_auth_per_address_per_minute: int = 30
+    """Wrong enrol secrets and unknown device tokens per source address per minute before that
+    address gets 429 for every authenticated request (slows guessing to a crawl)."""
 
 
 def load_limits(table: Any, where: str) -> Limits:

@@ -9,7 +9,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
 # Why a report was refused; fixed so dashboards can rely on the label values.
-REJECT_REASONS = ("unauthorized", "forbidden", "too_large", "encoding", "invalid", "conflict")
+REJECT_REASONS = ("unauthorized", "forbidden", "too_large", "encoding", "invalid", "conflict", "rate_limited", "quota")
 
 
 class Metrics:
@@ -32,7 +32,7 @@ class Metrics:
         )
         self.enrolments = Counter(
             "farmwatch_enrolments",
-            "Enrolment requests: new device, renewal of a known hardware id, or refused.",
+            "Enrolment requests: new device, renewal of a known hardware id, refused, or rate_limited (429).",
             ["result"],
             registry=registry,
         )
@@ -74,5 +74,5 @@ class Metrics:
             self.reports_rejected.labels(reason)
         for kind in ("new", "resend"):
             self.reports_accepted.labels(kind)
-        for result in ("new", "renewal", "refused"):
+        for result in ("new", "renewal", "refused", "rate_limited"):
             self.enrolments.labels(result)

@@ -19,6 +19,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from farmwatch.collector import quotas
+from farmwatch.collector.limits import Limits
 from farmwatch.collector.tables import anchors, devices, enrolments, leases, metadata, reports, roster, tokens, verdicts
 from farmwatch.collector.tables import fleet_index, suppressions
 from farmwatch.contract import Anchor, RosterEntry, Verdict, to_wire
@@ -88,6 +90,7 @@ class StoredReport:
 
     new: bool
     conflict: bool
+    retry_after: float | None = None  # set when the device's quota ([limits]) refused it: nothing stored
 
 
 class Storage:
@@ -203,8 +206,13 @@ class Storage:
 
     # --- reports --------------------------------------------------------------------------
 
-    def add_report(self, record: dict[str, Any], digest: str, received_at: datetime) -> StoredReport:
-        """Store one ingest record unless its (device, seq) is taken: same digest → duplicate, else conflict."""
+    def add_report(
+        self, record: dict[str, Any], digest: str, received_at: datetime, size: int = 0, limits: Limits | None = None
+    ) -> StoredReport:
+        """Store one ingest record unless its (device, seq) is taken: same digest → duplicate, else conflict.
+
+        With ``limits``, a new report of ``size`` bytes is charged to the device's quotas, or refused
+        (``retry_after``) when they are spent."""
         report = record["report"]
         device_id, seq = report["device_id"], report["seq"]
         with self._writer.begin() as tx:
@@ -217,6 +225,11 @@ class Storage:
             ).scalar_one_or_none()
             if stored is not None:
                 return StoredReport(new=False, conflict=stored != digest)
+            if limits is not None:
+                wait = quotas.wait_seconds(tx, device_id, received_at, size, limits)
+                if wait is not None:
+                    return StoredReport(new=False, conflict=False, retry_after=wait)
+                quotas.charge(tx, device_id, received_at, size)
             inserted = tx.execute(
                 reports.insert().values(
                     device_id=device_id, seq=seq, digest=digest, received_at=received_at,
@@ -230,6 +243,11 @@ class Storage:
                 .values(last_seen=received_at, last_report_id=report_id, last_seq=max(last_seq or 0, seq))
             )
         return StoredReport(new=True, conflict=False)
+
+    def quota_wait(self, device_id: str, now: datetime, limits: Limits) -> float | None:
+        """Seconds until the device may store another report (a quick check before reading a body)."""
+        with self.engine.connect() as connection:
+            return quotas.wait_seconds(connection, device_id, now, 0, limits)
 
     def records(self, since: datetime | None = None, devices: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
         """Ingest records received at or after ``since`` (all when None), oldest first; only those of

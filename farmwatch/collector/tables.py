@@ -239,3 +239,16 @@ outbox = sa.Table(
     sa.UniqueConstraint("output", "alert_id", name="outbox_output_alert"),
     sa.Index("outbox_output_state_id", "output", "state", "id"),
 )
+
+# Per-device quotas ([limits]): what a device stored in the current UTC hour and day. One row per
+# device and period, rewritten in the transaction that stores a report, so every replica sharing the
+# database enforces the same quota.
+device_quota = sa.Table(
+    "device_quota",
+    metadata,
+    sa.Column("device_id", sa.String(128), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("period", sa.String(8), primary_key=True),  # "hour" | "day"
+    sa.Column("period_start", UtcDateTime(), nullable=False),
+    sa.Column("reports", sa.BigInteger, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+)
