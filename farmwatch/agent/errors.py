@@ -27,6 +27,10 @@ class CollectorUnavailable(AgentError):
         self.status = status  # the HTTP status of a 5xx answer; None when nothing answered
 
 
+class ReportsFailing(CollectorUnavailable):
+    """The collector is up but answered 5xx for some spooled reports: they stay, counted toward quarantine."""
+
+
 class ReportNotKept(AgentError):
     """A report could be neither spooled (e.g. a full disk) nor sent; counted for the next report (EX_IOERR)."""
 

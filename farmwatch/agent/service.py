@@ -28,7 +28,7 @@ from .delivery.notices import Notices
 from .delivery.spool import Spool
 from .delivery.state import StateDir
 from .delivery.transport import deliver, send_directly
-from .errors import AgentError, CollectorUnavailable, ReportNotKept
+from .errors import AgentError, CollectorUnavailable, ReportNotKept, ReportsFailing
 from .probes.base import ProbeContext
 from .runner import Runner, utc_now
 from .settings import DEFAULT_INTERVAL_SECONDS, Settings
@@ -162,12 +162,17 @@ class Agent:
 
         def attempt() -> bool:
             nonlocal failure
-            if failure is None:
-                try:
-                    self._deliver()
-                except AgentError as error:
-                    failure = error
-            return failure is None
+            if failure is not None and not isinstance(failure, ReportsFailing):
+                return False
+            try:
+                self._deliver()
+                failure = None  # a later pass that got past a failing report clears it
+            except ReportsFailing as error:  # the collector is up: the new report can still go out
+                failure = error
+            except AgentError as error:
+                failure = error
+                return False
+            return True
 
         lost = self._keep_window(*collect_window(self.runner, window), attempt)
         if lost is not None:
@@ -207,6 +212,9 @@ class Agent:
         try:
             self._configure()
             self._deliver()
+        except ReportsFailing as error:  # the collector is up: go on, try again later
+            log.warning("%s; retrying in %.0f s", error, retry.failed(self._interval()))
+            return True
         except CollectorUnavailable as error:
             log.warning("%s; %d report(s) spooled, retrying in %.0f s",
                         error, len(self.spool.pending()), retry.failed(self._interval()))

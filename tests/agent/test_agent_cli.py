@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from agent_procs import BIN, NamedProcess, run_agent
-from collector_process import RunningCollector, free_port
+from collector_process import RunningCollector
 
 from farmwatch.contract import Report
 
@@ -137,40 +135,3 @@ def test_an_unusable_ca_file_is_named_in_one_line(tmp_path: Path) -> None:
                      "--enroll-secret-file", str(secret), "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 64
     assert "cannot use ca_file" in one_line_error(done)
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs: a real file system that fills up."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
-
-
-@pytest.mark.root
-@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="needs root to mount a tmpfs")
-def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tiny_disk: Path, tmp_path: Path) -> None:
-    state = tiny_disk / "state"
-    secret = tmp_path / "secret"
-    secret.write_text("s\n")
-    (state / "spool").mkdir(parents=True)
-    filler = tiny_disk / "filler"
-    with open(filler, "wb", buffering=0) as out:  # take every free block
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass
-    done = run_agent("once", "--window", "0", "--collector", f"http://127.0.0.1:{free_port()}",
-                     "--enroll-secret-file", str(secret), "--state-dir", str(state))
-    assert done.returncode == 74
-    assert "No space left on device" in one_line_error(done)
-    leftovers = [p.name for p in state.rglob("*") if p.is_file()]
-    assert all(not name.endswith(".tmp") for name in leftovers), leftovers

@@ -38,7 +38,7 @@ MAX_QUARANTINED_REPORTS = 1_000
 MAX_REPORT_FILE_BYTES = 4 * 1024 * 1024
 """Four times the collector's default ``max_report_bytes``; the agent's own reports are a few KB,
 so a bigger file is not one it wrote and is set aside unread (reading it could exhaust memory)."""
-FAILURES_FILE = "failures.json"  # {seq: failed attempts}; not a report name, so pending() skips it
+FAILURES_FILE = "failed-attempts"  # JSON {seq: failed attempts}; not named like a report, so pending() skips it
 _REPORT_NAME = re.compile(r"[0-9]+\.json")  # temp files start with a dot; answers end .response.json
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farmwatch.agent.errors import AgentError, CollectorUnavailable
+from farmwatch.agent.errors import AgentError, CollectorUnavailable, ReportsFailing
 
 from .enrollment import Enrollment, bearer, call
 from .http_client import CollectorClient, Response
@@ -60,8 +60,9 @@ class Delivery:
 def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
     """Send every spooled report in seq order; stop when the collector cannot take reports now.
 
-    Raises :class:`CollectorUnavailable` (unreachable or 5xx: the rest stays spooled) or
-    :class:`AgentError`; either way what was delivered before is already out of the spool.
+    Raises :class:`CollectorUnavailable` (unreachable or 5xx: the rest stays spooled; its subclass
+    :class:`ReportsFailing` when the collector is up but failed on some reports, which were skipped)
+    or :class:`AgentError`; either way what was delivered before is already out of the spool.
     """
     done = Delivery()
     courier = _Courier(enrollment)
@@ -94,7 +95,7 @@ def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
             answer = f"HTTP {response.status_code}: {response.text[:200]}"
             raise AgentError(f"collector answered report seq {report['seq']} with {answer}")
     if failing:
-        raise CollectorUnavailable(
+        raise ReportsFailing(
             f"{failing[-1][2]} for report seq {', '.join(str(s) for _, s, _ in failing)}; kept for a later pass",
             status=500,
         )
