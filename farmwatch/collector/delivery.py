@@ -12,7 +12,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -48,6 +48,7 @@ class DeliveryWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._retry_in = 0.0
+        self._lease_until: datetime | None = None
         for result in ("accepted", "failed"):
             deliveries.labels(output.name, result)
 
@@ -68,16 +69,20 @@ class DeliveryWorker:
         self.output.close()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._retry_in or self.poll_seconds):
+        wait = self.poll_seconds
+        while not self._stop.wait(wait):
             try:
-                self.step()
+                sent = self.step()
             except Exception:  # noqa: BLE001 - a broken store or output must not end delivery
                 log.exception("outbox of output %r: delivery step failed; trying again", self.output.name)
                 self._back_off()
+                sent = 0
+            # A backlog drains without pauses; otherwise poll, or wait out the backoff.
+            wait = 0.0 if sent else (self._retry_in or self.poll_seconds)
 
     def step(self) -> int:
-        """One round: take the lease, send the oldest pending batch; returns how many were accepted."""
-        if not self.storage.take_lease(self.lease, self.holder, self.clock(), LEASE_SECONDS):
+        """One round: hold the lease, send the oldest pending batch; returns how many were accepted."""
+        if not self._hold_lease():
             return 0
         batch = outbox.pending(self.storage, self.output.name, self.output.batch_size)
         if not batch:
@@ -97,6 +102,17 @@ class DeliveryWorker:
         self.deliveries.labels(self.output.name, "accepted").inc(len(row_ids))
         self._retry_in = 0.0
         return len(row_ids)
+
+    def _hold_lease(self) -> bool:
+        """The output's lease, renewed in the database only once half of it has run out."""
+        now = self.clock()
+        if self._lease_until is not None and now < self._lease_until - timedelta(seconds=LEASE_SECONDS / 2):
+            return True
+        if self.storage.take_lease(self.lease, self.holder, now, LEASE_SECONDS):
+            self._lease_until = now + timedelta(seconds=LEASE_SECONDS)
+            return True
+        self._lease_until = None
+        return False
 
     def _failed(self, row_ids: Sequence[int], error: str) -> None:
         self.deliveries.labels(self.output.name, "failed").inc(len(row_ids))
