@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, metavar="P", help="TCP port to listen on (default: 8765)")
     _db_flag(serve)
     serve.add_argument("--config", type=Path, metavar="FILE",
-                       help="collector.toml with [collector], [detection], [geo], [agent] (see collector/README.md)")
+                       help="collector.toml with [collector], [detection], [geo], [agent] (see collector/README.md) "
+                       "and [[outputs]], the SIEMs alerts go to (README: Sending alerts to your SIEM)")
     serve.add_argument("--enroll-secret-file", type=Path, metavar="FILE", help="file holding the secret agents present to enrol")
     serve.add_argument("--analyst-token-file", type=Path, metavar="FILE", help="file holding the bearer token of the analyst API")
     serve.add_argument("--tls-cert-file", type=Path, metavar="FILE",

@@ -195,3 +195,20 @@ def test_an_output_that_raises_is_counted_as_failed_and_retried(store: Storage, 
     assert registry.get_sample_value("test_deliveries_total", {"output": "ecs_file", "result": "failed"}) == 1
     [row] = outbox.recent(store, 1)
     assert row["outputs"][0]["last_error"] == "ZeroDivisionError: a bug in an output"
+
+
+def test_alerts_list_shows_each_outputs_delivery_state(store: Storage, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from farmwatch.collector.cli import main
+
+    database = str(tmp_path / "farmwatch.db")
+    assert main(["alerts", "list", "--db", database]) == 0
+    assert capsys.readouterr().out == "no alerts yet\n"
+    made = alerting(store, tmp_path)
+    store.save_verdicts([verdict("farm", 0.93)], through_report_id=1)
+    made.workers[1].step()  # farm-only delivers; 'any' has not tried yet
+    assert main(["alerts", "list", "--db", database, "--limit", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2026-11-28T09:00:00Z  ") and lines[0].endswith("  dev-1 (tp-1)  clear -> farm  risk 0.93")
+    assert lines[1:] == ["    any: pending after 0 attempt(s)", "    farm-only: delivered 2026-11-28T09:00:00Z"]
+    assert main(["alerts", "list", "--db", database, "--limit", "0"]) == 1
+    assert "--limit must be at least 1" in capsys.readouterr().err
