@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps run demo check test test-fast bench
+.PHONY: help install system-deps run demo check test test-fast bench package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ test-fast: install ## the tests that start no servers, processes or namespaces (
 
 bench: install ## benchmarks, each figure printed beside its baseline
 	$(BIN)/python bench/run_all.py
+
+package: ## the self-contained agent (PyInstaller) and its .deb in build/packages/ (deploy/README.md)
+	bash deploy/agent/build-linux.sh
+	bash deploy/agent/build-deb.sh build/agent-linux/dist/farmwatch-agent build/packages

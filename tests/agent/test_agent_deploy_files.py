@@ -34,7 +34,7 @@ def test_the_example_config_is_valid() -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     installed = Path(sys.executable).parent / "farmwatch-agent"  # verify checks that ExecStart exists
-    text = (DEPLOY / "farmwatch-agent.service").read_text().replace("/opt/farmwatch/bin/farmwatch-agent", str(installed))
+    text = (DEPLOY / "farmwatch-agent.service").read_text().replace("/usr/bin/farmwatch-agent", str(installed))
     unit = tmp_path / "farmwatch-agent.service"
     unit.write_text(text)
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
