@@ -8,12 +8,12 @@ way an MDM pushes it: files written into /etc/farmwatch before the package is in
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_procs import export
@@ -72,7 +72,7 @@ def _push_config(machine: BootedRoot, collector: RunningCollector) -> None:
     secret.chmod(0o600)
 
 
-def _reports_from(collector: RunningCollector, hostname: str, timeout: float = 90) -> list[dict[str, object]]:
+def _reports_from(collector: RunningCollector, hostname: str, timeout: float = 90) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         mine = [r["report"] for r in export(collector) if r["report"]["agent"]["hostname"] == hostname]
