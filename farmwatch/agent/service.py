@@ -19,7 +19,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from farmwatch.contract import INT_LIMIT, Verdict, to_wire
+from farmwatch.contract import Verdict, to_wire
 
 from .delivery.enrollment import AgentConfig, Enrollment, bearer, call
 from .delivery.hardware_id import hardware_id, os_machine_id
@@ -73,7 +73,7 @@ class Agent:
         self.state.lock()
         self.spool = Spool(self.state.spool_dir, self.state.quarantine_dir)
         # A state dir wiped around a kept spool restarts its counter at 1: never overwrite a spooled report.
-        self.state.raise_seq_floor(min(self.spool.highest_seq(), INT_LIMIT - 1) + 1)
+        self.state.raise_seq_floor(self.spool.highest_seq() + 1)
         self.notices = Notices(self.state.root / "notices.json")
         self.http = CollectorClient(url, HTTP_TIMEOUT_SECONDS, settings.tls())
         self.enrollment = Enrollment(

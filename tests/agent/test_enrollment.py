@@ -6,7 +6,9 @@ so an hour passes without waiting for it.
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -93,3 +95,31 @@ def test_a_wrong_secret_is_refused_for_good(collector: RunningCollector, tmp_pat
     with pytest.raises(CollectorRefused, match="refused the enrol secret"):
         agent.identity()
     assert agent.state.identity is None
+
+
+class _OverflowingCollector(http.server.BaseHTTPRequestHandler):
+    """An older collector (hand-written stand-in) whose enrolment handed out next_seq 2^63 (issue 15)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"device_id": "dev-old", "token": "t", "next_seq": 2**63}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_next_seq_past_the_contract_is_ignored(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OverflowingCollector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        state = StateDir(tmp_path / "state")
+        http_client = CollectorClient(f"http://127.0.0.1:{server.server_port}", timeout=10)
+        Enrollment(http_client, state, "secret", "test-host", hardware_id("m"), Clock()).reenroll()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert state.allocate_seq() == 1  # a report it can send, not one every collector must refuse

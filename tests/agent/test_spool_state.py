@@ -8,11 +8,15 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from farmwatch.agent.delivery.state import Identity, StateDir
+from farmwatch.agent.errors import AgentError
+from farmwatch.contract import INT_LIMIT
+from farmwatch.agent.delivery.notices import Notices
 from farmwatch.agent.delivery.spool import Spool
 
 
@@ -107,3 +111,39 @@ def test_the_quarantine_keeps_only_its_latest_reports(tmp_path: Path, caplog: py
     assert sorted(p.name for p in spool.quarantine_folder.iterdir()) == [
         "000000000002.json", "000000000002.response.json", "000000000003.json", "000000000003.response.json"]
     assert any(r.getMessage().endswith("dropped seq 1") for r in caplog.records)
+
+
+def test_the_counter_never_hands_out_a_seq_past_the_contract(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.raise_seq_floor(INT_LIMIT)
+    assert state.allocate_seq() == INT_LIMIT
+    with pytest.raises(AgentError, match="past the contract"):
+        state.allocate_seq()
+
+
+def test_new_seqs_start_above_the_spool_but_not_above_names_out_of_range(tmp_path: Path) -> None:
+    spool = spool_in(tmp_path)
+    assert spool.highest_seq() == 0
+    spool.put(7, b"{}")
+    (spool.folder / f"{INT_LIMIT + 5}.json").write_bytes(b"{}")  # no agent numbered this one
+    assert spool.highest_seq() == 7
+
+
+def test_delivery_notices_survive_a_restart_and_are_said_once(tmp_path: Path) -> None:
+    spool = spool_in(tmp_path, max_reports=1)
+    spool.put(1, b"{}")
+    spool.put(2, b"{}")  # drops seq 1 for the bound
+    spool.quarantine(spool.pending()[0], 422, '{"errors": []}')
+    notices = Notices(tmp_path / "notices.json")
+    notices.take_from(spool)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    notices.not_kept(start, start + timedelta(minutes=5), "cannot spool it: No space left on device")
+    again = Notices(tmp_path / "notices.json")  # the next `once` run
+    assert [e.message for e in again.entries()] == [
+        "1 report(s) could not be kept (windows 2026-01-01T00:00:00+00:00 to 2026-01-01T00:05:00+00:00): "
+        "neither spooled nor accepted by the collector: cannot spool it: No space left on device",
+        "1 report(s) dropped for the spool's bound: seq 1",
+        "1 report(s) set aside in quarantine: seq 2: HTTP 422",
+    ]
+    again.reported()
+    assert Notices(tmp_path / "notices.json").entries() == []

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from farmwatch.agent.errors import AgentError, CollectorRefused, CollectorUnavailable
-from farmwatch.contract import Anchor
+from farmwatch.contract import INT_LIMIT, Anchor
 
 from .http_client import TRANSPORT_ERRORS, CollectorClient, Response
 from .state import Identity, StateDir
@@ -105,7 +105,11 @@ class Enrollment:
         except (ValueError, KeyError, TypeError) as bad:
             raise AgentError(f"enrolment answer is malformed: {response.text[:200]}") from bad
         self.state.save_identity(identity)
-        self.state.raise_seq_floor(next_seq)
+        if next_seq > INT_LIMIT:  # an older collector's overflow: seqs past the contract could never be sent
+            log.warning("ignoring the collector's next_seq %d, past the contract's %d; keeping this agent's counter",
+                        next_seq, INT_LIMIT)
+        else:
+            self.state.raise_seq_floor(next_seq)
         log.info("enrolled as device %s (next seq %d)", identity.device_id, next_seq)
         self._config_stale = True  # a (re-)enrolled device reads its config before reporting
         return identity

@@ -28,6 +28,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from farmwatch.contract import INT_LIMIT
+
 from .state import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,12 @@ class Spool:
         return _reports(self.folder)
 
     def highest_seq(self) -> int:
-        """The highest seq named in the spool or the quarantine (0 if none): a floor for new seqs."""
-        names = [*self.pending(), *_reports(self.quarantine_folder)]
-        return max((int(p.stem) for p in names), default=0)
+        """The highest seq named in the spool (0 if none): new seqs must start above it.
+
+        Names past the contract's seq range are not reports the agent wrote (it never numbers one
+        there) and are left to quarantine rather than push the counter out of range.
+        """
+        return max((seq for seq in map(int, (p.stem for p in self.pending())) if seq < INT_LIMIT), default=0)
 
     def read(self, path: Path) -> dict[str, Any]:
         """The spooled report as a JSON object; raises :class:`UnreadableReport` saying why not.

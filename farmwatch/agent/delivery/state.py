@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from farmwatch.agent.errors import AgentError, UsageError
+from farmwatch.contract import INT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ class StateDir:
         agent restarts before it is saved, a reused seq meets the collector's 409 and is renumbered.
         """
         seq = self._next_seq()
+        if seq > INT_LIMIT:
+            raise AgentError(f"the seq counter in {self.root / 'next_seq'} is past the contract's {INT_LIMIT}; "
+                             "remove the file to restart it (reports whose seq the collector holds are renumbered)")
         self._save_next_seq(seq + 1)
         return seq
 
