@@ -175,7 +175,9 @@ def test_the_readme_coverage_table_is_what_the_shipped_catalogue_covers() -> Non
 WITHOUT_RAW_SOCKETS = """
 import json, os
 from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.remote_access.catalog import catalog
 from farmwatch.agent.probes.remote_access.probe import RemoteAccessProbe
+catalog()  # read while root: the checkout may sit in a private (0700) directory nobody cannot read
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody: no CAP_NET_RAW
 probe = RemoteAccessProbe(ProbeContext())
 probe.start()
