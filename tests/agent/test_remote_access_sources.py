@@ -18,7 +18,9 @@ from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.probes.remote_access.catalog import Catalog, catalog
 from farmwatch.agent.probes.remote_access.dns_answers import (
     MAX_ADDRESSES,
+    WINDOWS_RESOLVER_CACHE,
     RelayAddresses,
+    learn_windows_resolver_cache,
     parse_answers,
     udp_payload,
 )
@@ -213,6 +215,17 @@ def test_relay_addresses_are_bounded_and_expire() -> None:
     assert relays.lookup("10.0.0.20") == ("ngrok", "connect.ngrok-agent.com")
     now[0] = 25 * 3600
     assert relays.lookup("10.0.0.20") is None
+
+
+def test_windows_resolver_cache_gives_relay_addresses_and_keeps_no_other_name() -> None:
+    relays = RelayAddresses(catalog())
+    learn_windows_resolver_cache((DATA / "dns-client-cache.tsv").read_text(), relays)
+    assert relays.lookup("192.0.2.10") == ("anydesk", "boot.net.anydesk.com")  # the most specific catalogued domain
+    assert relays.lookup("192.0.2.11") == ("anydesk", "net.anydesk.com")  # through the CNAME
+    assert relays.lookup("2001:db8::7") == ("tailscale", "tailscale.com")
+    assert relays.lookup("10.20.30.40") is None and len(relays) == 3
+    assert "intranet-wiki" not in repr(relays.__dict__)
+    assert WINDOWS_RESOLVER_CACHE[0] == "powershell.exe" and "Get-DnsClientCache" in WINDOWS_RESOLVER_CACHE[-1]
 
 
 def test_udp_payload_of_ipv4_and_ipv6_packets() -> None:

@@ -212,3 +212,25 @@ class DnsAnswerListener:
         if self._socket is not None:
             self._socket.close()
         self._thread = self._socket = None
+
+
+# Get-DnsClientCache (DnsClient module): one line per cached record, "Entry<TAB>Name<TAB>Type<TAB>Data".
+WINDOWS_RESOLVER_CACHE = [
+    "powershell.exe", "-NoProfile", "-NonInteractive", "-Command",
+    "Get-DnsClientCache | ForEach-Object { \"$($_.Entry)`t$($_.Name)`t$($_.Type)`t$($_.Data)\" }",
+]
+
+
+def learn_windows_resolver_cache(output: str, relays: RelayAddresses) -> None:
+    """Feed Windows' resolver cache into ``relays``: A (1) and AAAA (28) records, each with the name
+    that was looked up (``Entry``) and the record's own name (the end of a CNAME chain)."""
+    for line in output.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 4 or fields[2].strip() not in ("1", "28", "A", "AAAA"):
+            continue
+        entry, name, _, data = (field.strip() for field in fields)
+        try:
+            address = str(ipaddress.ip_address(data))
+        except ValueError:
+            continue
+        relays.learn([entry, name], address)

@@ -5,8 +5,8 @@ Reads the process table and the TCP socket table (psutil) and recognises a catal
 NAME (never its command line), the service it runs as (systemd unit from ``/proc/PID/cgroup``,
 Windows service, launchd job), an executable PATH inside a catalogued install folder, the code-signing
 subject of its executable (Windows and macOS, valid signatures only), or a connection to an address
-that a DNS answer gave for a catalogued relay domain (see :mod:`.dns_answers`; other names are never
-kept). ``matched_by`` lists every way that agreed. Security cares because a laptop farm needs remote
+that a DNS answer gave for a catalogued relay domain (answers seen on the wire on Linux, the
+resolver cache on Windows; see :mod:`.dns_answers`; other names are never kept). ``matched_by`` lists every way that agreed. Security cares because a laptop farm needs remote
 control (MITRE ATT&CK T1219), and renaming ``AnyDesk.exe`` to ``notepad.exe`` must not hide it. A
 connection is ``inbound`` when its local port is one the tool listens on, else ``outbound``.
 """
@@ -24,7 +24,12 @@ import psutil
 from farmwatch.agent.kernel.tcpinfo import Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
 from farmwatch.agent.probes.base import Probe, ProbeContext
 from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, catalog
-from farmwatch.agent.probes.remote_access.dns_answers import DnsAnswerListener, RelayAddresses
+from farmwatch.agent.probes.remote_access.dns_answers import (
+    WINDOWS_RESOLVER_CACHE,
+    DnsAnswerListener,
+    RelayAddresses,
+    learn_windows_resolver_cache,
+)
 from farmwatch.agent.probes.remote_access.services import running_services, services_by_pid, unit_of
 from farmwatch.agent.probes.remote_access.signers import read_signers
 from farmwatch.contract import Connection, MatchedBy, RemoteAccessTool
@@ -130,6 +135,8 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         if self._listener_problem:
             self.problem(self._listener_problem)
             self._listener_problem = None
+        if self.context.platform == "win32":
+            self._read_resolver_cache()
         matches = self._recognise()
         by_pid, table_read = self._tcp_sockets([m.process for m in matches.values()])
         if table_read:
@@ -161,6 +168,13 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
                 matched_by=match.ways,
             ))
         return found
+
+    def _read_resolver_cache(self) -> None:
+        """Relay addresses from Windows' DNS client cache (where the agent has no packet listener)."""
+        try:
+            learn_windows_resolver_cache(self.context.run(WINDOWS_RESOLVER_CACHE), self.relays)
+        except (OSError, subprocess.SubprocessError) as failed:
+            self.problem(f"cannot read the DNS client cache: {failed}")
 
     def _recognise(self) -> dict[int, _Match]:
         """Processes recognised by name, service, install folder or signer."""
