@@ -7,6 +7,7 @@ Blocking database work runs in the thread pool so one slow query never stalls th
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import secrets
 import time
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -34,8 +36,10 @@ from farmwatch.collector.openapi import openapi_document
 from farmwatch.collector.ratelimit import AddressLimiter
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
+from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
 from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
 
+log = logging.getLogger("farmwatch.collector.app")
 SMALL_BODY = 64 * 1024  # enrol and verify requests are a few hundred bytes
 Text = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
 
@@ -84,6 +88,19 @@ def create_app(
     app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     console = mount_console(app, storage, scorer, clock)
 
+    store_health = StoreHealth()
+    metrics.store_full.set_function(lambda: 0.0 if store_health.full_since() is None else 1.0)
+
+    def store_refusal(failure: Exception) -> Rejected:
+        """503 + Retry-After for a store that cannot write now: the agent keeps the report and retries."""
+        if disk_full(failure):
+            store_health.refused_for_space(clock())
+            metrics.store_full_refusals.inc()
+            message = "the collector's database has no space left; the report was not stored, send it again later"
+        else:
+            message = "the collector's database is unavailable; send it again later"
+        return Rejected(503, "unavailable", [{"field": "(server)", "message": message}], retry_after=RETRY_AFTER_SECONDS)
+
     # [limits]: per source address, in this process (ratelimit.py); per device, in the database (quotas.py).
     enrolment_rate = AddressLimiter(config.limits.enrolments_per_address_per_minute)
     auth_failures = AddressLimiter(config.limits.failed_auth_per_address_per_minute)
@@ -131,6 +148,13 @@ def create_app(
     async def _invalid_request(_request: Request, invalid: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(part) for part in item["loc"]), "message": item["msg"]} for item in invalid.errors()]
         return JSONResponse({"errors": errors}, status_code=422)
+
+    @app.exception_handler(sa.exc.SQLAlchemyError)
+    async def _store_failed(request: Request, failure: sa.exc.SQLAlchemyError) -> JSONResponse:
+        if not unavailable(failure):
+            return await _failed(request, failure)
+        log.warning("store refused %s %s: %s", request.method, request.url.path, str(failure).splitlines()[0])
+        return await _refused(request, store_refusal(failure))
 
     @app.exception_handler(Exception)
     async def _failed(_request: Request, _failure: Exception) -> JSONResponse:
@@ -196,9 +220,15 @@ def create_app(
             raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
         source_ip = _source(request, config)
         record = ingest.ingest_record(report, received_at, source_ip, geo.lookup(source_ip))
-        stored = await run_in_threadpool(
-            storage.add_report, record, ingest.digest(report), received_at, len(body), config.limits
-        )
+        try:
+            stored = await run_in_threadpool(
+                storage.add_report, record, ingest.digest(report), received_at, len(body), config.limits
+            )
+        except sa.exc.SQLAlchemyError as failure:
+            if not unavailable(failure):
+                raise
+            raise store_refusal(failure) from None
+        store_health.wrote()
         if stored.retry_after is not None:
             raise _over_quota(stored.retry_after)
         if stored.conflict:
@@ -257,6 +287,11 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        full_since = store_health.full_since()
+        if full_since is not None:
+            problem = f"the database refused writes for lack of space since {_wire_time(full_since)}; free space on its disk"
+            return JSONResponse({"status": "degraded", "problem": problem}, status_code=503,
+                                headers={"Retry-After": str(int(RETRY_AFTER_SECONDS))})
         if await run_in_threadpool(storage.ping):
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "the store does not answer"}, status_code=503)

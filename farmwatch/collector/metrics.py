@@ -9,7 +9,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
 # Why a report was refused; fixed so dashboards can rely on the label values.
-REJECT_REASONS = ("unauthorized", "forbidden", "too_large", "encoding", "invalid", "conflict", "rate_limited", "quota")
+REJECT_REASONS = ("unauthorized", "forbidden", "too_large", "encoding", "invalid", "conflict", "rate_limited", "quota", "unavailable")
 
 
 class Metrics:
@@ -66,6 +66,16 @@ class Metrics:
         self.scoring_last_success = Gauge(
             "farmwatch_scoring_last_success_timestamp_seconds",
             "Unix time the last scoring run stored its verdicts (0: none yet in this process).",
+            registry=registry,
+        )
+        self.store_full_refusals = Counter(
+            "farmwatch_store_full_refusals",
+            "Requests answered 503 because the database had no space left to write (nothing was stored).",
+            registry=registry,
+        )
+        self.store_full = Gauge(
+            "farmwatch_store_full",
+            "1 while the database has refused a write for lack of space and no write has succeeded since.",
             registry=registry,
         )
         self.devices = Gauge("farmwatch_devices", "Enrolled devices.", registry=registry)
