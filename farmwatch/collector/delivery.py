@@ -78,7 +78,7 @@ class DeliveryWorker:
                 self._back_off()
                 sent = 0
             # A backlog drains without pauses; otherwise poll, or wait out the backoff.
-            wait = 0.0 if sent else (self._retry_in or self.poll_seconds)
+            wait = self._retry_in or (0.0 if sent else self.poll_seconds)
 
     def step(self) -> int:
         """One round: hold the lease, send the oldest pending batch; returns how many were accepted."""
@@ -92,16 +92,22 @@ class DeliveryWorker:
         try:
             answer = self.output.send([Alert.model_validate_json(item.alert_body) for item in batch])
         except DeliveryFailed as refused:
-            self._failed(row_ids, str(refused))
-            return 0
+            taken = row_ids[:refused.accepted]
+            if taken:  # the receiver took these before it failed: never send them again
+                self._delivered(taken, "accepted before a later alert of the batch failed")
+            self._failed(row_ids[len(taken):], str(refused))
+            return len(taken)
         except Exception as failure:  # noqa: BLE001 - an output bug is a failed delivery, not a dead worker
             log.exception("output %r raised while sending", self.output.name)
             self._failed(row_ids, f"{type(failure).__name__}: {failure}")
             return 0
-        outbox.mark_delivered(self.storage, row_ids, answer, self.clock())
-        self.deliveries.labels(self.output.name, "accepted").inc(len(row_ids))
+        self._delivered(row_ids, answer)
         self._retry_in = 0.0
         return len(row_ids)
+
+    def _delivered(self, row_ids: Sequence[int], answer: str) -> None:
+        outbox.mark_delivered(self.storage, row_ids, answer, self.clock())
+        self.deliveries.labels(self.output.name, "accepted").inc(len(row_ids))
 
     def _hold_lease(self) -> bool:
         """The output's lease, renewed in the database only once half of it has run out."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from siem_receivers import HttpReceiver
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from farmwatch.collector import outbox
@@ -212,3 +213,21 @@ def test_alerts_list_shows_each_outputs_delivery_state(store: Storage, tmp_path:
     assert lines[1:] == ["    any: pending after 0 attempt(s)", "    farm-only: delivered 2026-11-28T09:00:00Z"]
     assert main(["alerts", "list", "--db", database, "--limit", "0"]) == 1
     assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_a_webhook_batch_that_fails_midway_keeps_what_was_accepted(store: Storage, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("k" * 32)
+    receiver = HttpReceiver(hec_token="unused", webhook_secret="k" * 32, refuse_after=1).start()
+    try:
+        tables = [{"type": "webhook", "url": f"{receiver.url}/webhook", "secret_file": str(tmp_path / "secret")}]
+        [worker] = Alerting(store, parse_outputs(tables, REGISTRY, "test"), None, CollectorRegistry(), lambda: NOW).workers
+        store.save_verdicts([verdict("review", 0.6, "dev-1"), verdict("farm", 0.9, "dev-2")], through_report_id=1)
+        assert worker.step() == 1  # the first went through, the second was refused
+        states = [o["state"] for row in reversed(outbox.recent(store, 10)) for o in row["outputs"]]
+        assert states == ["delivered", "pending"]
+        receiver.refuse_after = None
+        assert worker.step() == 1
+        delivered = [doc["device_id"] for doc in receiver.documents("/webhook")]
+        assert delivered == ["dev-1", "dev-2"]  # each once, in order
+    finally:
+        receiver.stop()

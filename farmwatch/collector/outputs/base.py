@@ -27,7 +27,15 @@ class OutputConfigError(FarmwatchError, ValueError):
 
 
 class DeliveryFailed(FarmwatchError):
-    """The receiver did not accept the batch; the message says what it answered (or why not)."""
+    """The receiver did not accept the batch; the message says what it answered (or why not).
+
+    ``accepted``: how many alerts at the start of the batch the receiver did accept before the
+    failure (outputs that send one request per alert); those are marked delivered.
+    """
+
+    def __init__(self, message: str, accepted: int = 0) -> None:
+        super().__init__(message)
+        self.accepted = accepted
 
 
 Check = Callable[[Any, str], Any]  # (raw value, where) -> checked value, or OutputConfigError

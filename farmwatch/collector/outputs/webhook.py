@@ -4,7 +4,7 @@ Headers: ``X-Farmwatch-Timestamp`` (Unix seconds), ``X-Farmwatch-Signature: sha2
 hex is HMAC-SHA256 (RFC 2104, FIPS 180-4) keyed with the ``secret_file`` contents over
 ``<timestamp>.<body>``, and ``X-Farmwatch-Alert-Id`` (the same on every retry: drop duplicates by it).
 The receiver recomputes the HMAC and rejects an old timestamp, so a captured request cannot be
-replayed later. One request per alert.
+replayed later. One request per alert; a batch stops at the first refusal.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from farmwatch.collector.alerts import Alert
-from farmwatch.collector.outputs.base import TLS_OPTIONS, Check, Output, OutputSettings, secret_file
+from farmwatch.collector.outputs.base import TLS_OPTIONS, Check, DeliveryFailed, Output, OutputSettings, secret_file
 from farmwatch.collector.outputs.http import HttpPoster, summary
 
 
@@ -33,7 +33,6 @@ class WebhookOutput(Output):
     schemes = ("http", "https")
     options: ClassVar[dict[str, Check]] = {"secret_file": secret_file, **TLS_OPTIONS}
     required: ClassVar[tuple[str, ...]] = ("secret_file",)
-    batch_size = 1
 
     def __init__(self, settings: OutputSettings, clock: Callable[[], float] = time.time) -> None:
         super().__init__(settings)
@@ -46,14 +45,17 @@ class WebhookOutput(Output):
 
     def send(self, batch: Sequence[Alert]) -> str:
         answers = []
-        for alert in batch:
+        for sent, alert in enumerate(batch):
             body = self.format(alert)
             timestamp = str(int(self.clock()))
-            status, text = self.poster.post(body, {
-                "Content-Type": "application/json",
-                "X-Farmwatch-Timestamp": timestamp,
-                "X-Farmwatch-Signature": signature(self.secret, timestamp, body),
-                "X-Farmwatch-Alert-Id": alert.alert_id,
-            })
+            try:
+                status, text = self.poster.post(body, {
+                    "Content-Type": "application/json",
+                    "X-Farmwatch-Timestamp": timestamp,
+                    "X-Farmwatch-Signature": signature(self.secret, timestamp, body),
+                    "X-Farmwatch-Alert-Id": alert.alert_id,
+                })
+            except DeliveryFailed as refused:
+                raise DeliveryFailed(str(refused), accepted=sent) from None
             answers.append(f"HTTP {status} {summary(text)}".strip())
-        return "; ".join(answers)
+        return answers[0] if len(set(answers)) == 1 else "; ".join(answers)
