@@ -28,9 +28,11 @@ from typing import Any
 
 import httpx
 import orjson
+import sqlalchemy as sa
 
 from farmwatch.collector.console.accounts import Accounts
 from farmwatch.collector.storage import Storage
+from farmwatch.collector.tables import devices, reports
 from farmwatch.roster import load_anchors, load_roster
 from farmwatch.simulator.cli import write_fleet
 from farmwatch.times import parse_utc
@@ -64,25 +66,38 @@ def days_to_now(records_file: Path, now: datetime) -> int:
 
 
 def load_fleet(storage: Storage, fleet: Path, now: datetime) -> int:
-    """Store a ``farmwatch-simulate`` folder (records shifted to ``now``, roster, anchors); returns the record count."""
+    """Store a ``farmwatch-simulate`` folder (records shifted to ``now``, roster, anchors); returns the record count.
+
+    Devices enrol through :meth:`Storage.enrol`; the records go in with one bulk insert, because
+    :meth:`Storage.add_report` (one transaction per report, as ingest needs) takes minutes for a
+    company's 30,000 records on a busy disk."""
     storage.replace_roster(load_roster(fleet / "roster.csv"))
     storage.replace_anchors(load_anchors(fleet / "anchors.csv"))
     days = days_to_now(fleet / "records.jsonl", now)
-    enrolled: set[str] = set()
-    count = 0
     lines = (orjson.loads(line) for line in (fleet / "records.jsonl").open("rb") if line.strip())
+    rows: list[dict[str, Any]] = []
+    newest: dict[str, dict[str, Any]] = {}
+    taken: set[tuple[str, int]] = set()
     for record in shifted(lines, days):
         report = record["report"]
         device = report["device_id"]
-        if device not in enrolled:
+        if device not in newest:
             storage.enrol(hardware_id=f"simulated:{device}", hostname=report["agent"]["hostname"],
                           source_ip=record["source_ip"], new_device_id=device, token=secrets.token_urlsafe(16),
                           now=parse_utc(record["received_at"]))
-            enrolled.add(device)
-        digest = hashlib.sha256(orjson.dumps(report, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        if storage.add_report(record, digest, parse_utc(record["received_at"])).new:
-            count += 1
-    return count
+        if (device, report["seq"]) in taken:  # an agent whose sequence restarted: ingest keeps the first, too
+            continue
+        taken.add((device, report["seq"]))
+        received = parse_utc(record["received_at"])
+        newest[device] = {"last_seen": received, "last_seq": max(report["seq"], newest.get(device, {}).get("last_seq", 0))}
+        rows.append({"device_id": device, "seq": report["seq"], "received_at": received, "record": orjson.dumps(record).decode(),
+                     "digest": hashlib.sha256(orjson.dumps(report, option=orjson.OPT_SORT_KEYS)).hexdigest()})
+    with storage.engine.execution_options(write=True).begin() as tx:
+        tx.execute(reports.insert(), rows)
+        for device, seen in newest.items():
+            top = tx.execute(sa.select(sa.func.max(reports.c.id)).where(reports.c.device_id == device)).scalar_one()
+            tx.execute(devices.update().where(devices.c.device_id == device).values(last_report_id=top, **seen))
+    return len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(folder: Path, args: argparse.Namespace, stop: list[bool]) -> int:
+def prepare(folder: Path, seed: int, legit: int, farms: int, days: int) -> tuple[str, str]:
+    """Simulate the company into ``folder``, store it in a fresh database and make the demo analyst;
+    returns (database URL, the analyst's password)."""
     now = datetime.now(timezone.utc)
-    print(f"simulating {args.legit} legitimate and {args.farms} farm laptops over {args.days} days ...", flush=True)
-    fleet = write_fleet(folder / "fleet", args.seed, args.legit, args.farms, args.days)
+    fleet = write_fleet(folder / "fleet", seed, legit, farms, days)
     db_url = f"sqlite:///{folder / 'demo.db'}"
     storage = Storage.open(db_url)
     password = secrets.token_urlsafe(12)
@@ -124,37 +140,56 @@ def _run(folder: Path, args: argparse.Namespace, stop: list[bool]) -> int:
     finally:
         storage.close()
     print(f"stored {count} of {fleet.count} simulated records", flush=True)
+    return db_url, password
+
+
+def serve(folder: Path, db_url: str, port: int) -> subprocess.Popen[bytes]:
+    """A real ``farmwatch-collector serve`` on the demo database (log in ``folder``); RuntimeError with
+    its log when it does not come up."""
     for name in ("enroll-secret", "analyst-token"):
         (folder / name).write_text(secrets.token_urlsafe(32) + "\n")
     config = folder / "collector.toml"
     config.write_text(f'[detection]\ninterval_seconds = 5\n\n[console]\nbanner = "{BANNER}"\n')
-    url = f"http://127.0.0.1:{args.port}"
-    log = open(folder / "collector.log", "wb")
-    collector = subprocess.Popen(
-        [sys.executable, "-m", "farmwatch.collector.cli", "serve", "--host", "127.0.0.1", "--port", str(args.port),
-         "--db", db_url, "--config", str(config), "--enroll-secret-file", str(folder / "enroll-secret"),
-         "--analyst-token-file", str(folder / "analyst-token"), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(folder / "collector.log", "wb") as log:
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "farmwatch.collector.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--db", db_url, "--config", str(config), "--enroll-secret-file", str(folder / "enroll-secret"),
+             "--analyst-token-file", str(folder / "analyst-token"), "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    if not _healthy(f"http://127.0.0.1:{port}", collector):
+        stop(collector)
+        raise RuntimeError(f"the collector did not start:\n{(folder / 'collector.log').read_text()}")
+    return collector
+
+
+def stop(collector: subprocess.Popen[bytes]) -> None:
+    if collector.poll() is None:
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=15)
+
+
+def _run(folder: Path, args: argparse.Namespace, stop_flag: list[bool]) -> int:
+    print(f"simulating {args.legit} legitimate and {args.farms} farm laptops over {args.days} days ...", flush=True)
+    db_url, password = prepare(folder, args.seed, args.legit, args.farms, args.days)
     try:
-        if not _healthy(url, collector):
-            print(f"demo: the collector did not start:\n{(folder / 'collector.log').read_text()}", file=sys.stderr)
-            return 1
+        collector = serve(folder, db_url, args.port)
+    except RuntimeError as failure:
+        print(f"demo: {failure}", file=sys.stderr)
+        return 1
+    try:
         print(f"""
 farmwatch demo (simulated company; Ctrl-C stops it and deletes {folder})
 
-  console   {url}/console/
+  console   http://127.0.0.1:{args.port}/console/
   sign in   name {DEMO_ANALYST}   password {password}
 
 The first verdicts appear within a minute, farms first.
 """, flush=True)
-        while not stop[0] and collector.poll() is None:
+        while not stop_flag[0] and collector.poll() is None:
             time.sleep(0.5)
         return 0 if collector.poll() is None else 1
     finally:
-        if collector.poll() is None:
-            collector.send_signal(signal.SIGTERM)
-            collector.wait(timeout=15)
-        log.close()
+        stop(collector)
 
 
 def _healthy(url: str, collector: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
