@@ -24,7 +24,7 @@ from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
 from farmwatch.agent.probes.input.probe import InputTimingProbe
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or struct.calcsize("@l") != 8,
-                                reason="evdev is Linux's; the recorded input_event layout is the 64-bit one")
+                                reason="evdev is Linux's; the replayed input_event layout is the 64-bit one")
 
 
 @pytest.fixture

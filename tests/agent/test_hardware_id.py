@@ -1,7 +1,7 @@
 """hardware_id: the OS machine id per platform, sent only as a keyed hash.
 
-macOS and Windows cannot run on the Linux test box: their parsers read recorded command output
-(tests/fixtures/machine_id/, see its README), passed in through the injected ``run``.
+macOS and Windows cannot run on the Linux test box: their parsers read command output written by
+hand in the real tools' layout (tests/fixtures/machine_id/, see its README), passed in through the injected ``run``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import pytest
 from farmwatch.agent.errors import AgentError
 from farmwatch.agent.delivery.hardware_id import hardware_id, os_machine_id
 
-RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "machine_id"
+MACHINE_ID = Path(__file__).resolve().parents[1] / "fixtures" / "machine_id"
 
 
 def replay(name: str, expected_argv: list[str]):
     def run(argv: Sequence[str]) -> str:
         assert list(argv) == expected_argv
-        return (RECORDED / name).read_bytes().decode()
+        return (MACHINE_ID / name).read_bytes().decode()
 
     return run
 

@@ -1,5 +1,5 @@
 """Hardware probe over captured sysfs trees (tests/fixtures/sysfs/) and EDID blobs built here,
-and over recorded macOS/Windows tool outputs (tests/fixtures/host/).
+and over macOS/Windows tool outputs written by hand (tests/fixtures/host/).
 
 No IP-KVM can be plugged into a test box, so the trees are replayed (see the fixtures' README);
 the EDID blobs are built by :func:`build_edid` following VESA E-EDID, and the parser is also
@@ -22,7 +22,7 @@ from farmwatch.agent.probes.hardware.usb_sysfs import interface_class_name
 from farmwatch.contract import to_wire
 
 SYSFS = Path(__file__).parents[1] / "fixtures" / "sysfs"
-HOST = Path(__file__).parents[1] / "fixtures" / "host"  # recorded macOS/Windows tool outputs
+HOST = Path(__file__).parents[1] / "fixtures" / "host"  # macOS/Windows tool outputs, written by hand
 SALT = "acme-salt"
 
 
@@ -188,21 +188,21 @@ def test_no_usb_bus_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     assert problems == [f"no USB bus in {tmp_path}/bus/usb/devices (no USB controller visible)"]
 
 
-def recorded(name: str) -> str:
+def tool_output(name: str) -> str:
     return (HOST / name).read_text(encoding="utf-8")
 
 
 def replay(outputs: dict[str, str]):
-    """A RunCommand answering from recorded outputs, keyed by the command's last argument."""
+    """A RunCommand answering from the hand-written outputs, keyed by the command's last argument."""
     return lambda argv: outputs[argv[-1]]
 
 
 PIKVM_USB = {"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device"}
 
 
-def test_macos_from_recorded_system_profiler() -> None:
-    run = replay({"SPUSBDataType": recorded("macos-system_profiler-SPUSBDataType.json"),
-                  "SPDisplaysDataType": recorded("macos-system_profiler-SPDisplaysDataType.json")})
+def test_macos_from_hand_written_system_profiler() -> None:
+    run = replay({"SPUSBDataType": tool_output("macos-system_profiler-SPUSBDataType.json"),
+                  "SPDisplaysDataType": tool_output("macos-system_profiler-SPDisplaysDataType.json")})
     probe = HardwareProbe(ProbeContext(platform="darwin", run=run, salt=SALT))
     assert to_wire(probe.collect()) == {
         "usb": [
@@ -221,10 +221,10 @@ def test_macos_from_recorded_system_profiler() -> None:
     assert probe.problems == []
 
 
-def test_windows_from_recorded_pnp_and_wmi() -> None:
+def test_windows_from_hand_written_pnp_and_wmi() -> None:
     run = replay({
-        WINDOWS_USB_SCRIPT: recorded("windows-pnp-usb.json"),
-        WINDOWS_MONITOR_SCRIPT: recorded("windows-WmiMonitorID.json"),
+        WINDOWS_USB_SCRIPT: tool_output("windows-pnp-usb.json"),
+        WINDOWS_MONITOR_SCRIPT: tool_output("windows-WmiMonitorID.json"),
     })
     probe = HardwareProbe(ProbeContext(platform="win32", run=run, salt=SALT))
     assert to_wire(probe.collect()) == {

@@ -1,6 +1,6 @@
-"""Host probe: parsers of every OS's recorded outputs, and this machine's real values.
+"""Host probe: parsers of every OS's tool outputs, and this machine's real values.
 
-macOS and Windows cannot run here: their commands are replayed from recorded outputs in
+macOS and Windows cannot run here: their commands are replayed from outputs written by hand in
 tests/fixtures/host/ (a fake of the OS only; the probe code runs unchanged).
 """
 
@@ -27,12 +27,12 @@ HOST = Path(__file__).parents[1] / "fixtures" / "host"
 NOW = datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc).timestamp()  # northern summer: DST in force
 
 
-def recorded(name: str) -> str:
+def tool_output(name: str) -> str:
     return (HOST / name).read_text(encoding="utf-8")
 
 
 def replay(outputs: dict[tuple[str, ...], str]):
-    """A RunCommand answering from recorded outputs; an unknown command is not installed."""
+    """A RunCommand answering from the hand-written outputs; an unknown command is not installed."""
 
     def run(argv: Sequence[str]) -> str:
         try:
@@ -84,7 +84,7 @@ def test_linux_zone_order(tmp_path: Path) -> None:
 
 
 def test_windows_zone_mapping() -> None:
-    assert timezones.parse_tzutil(recorded("windows-tzutil-g.txt")) == "America/Phoenix"
+    assert timezones.parse_tzutil(tool_output("windows-tzutil-g.txt")) == "America/Phoenix"
     assert timezones.parse_tzutil("Korea Standard Time_dstoff\r\n") == "Asia/Seoul"
     assert timezones.parse_tzutil("Atlantis Standard Time") is None
     # Every mapped zone must be one this Python knows, or the offset could not be computed.
@@ -99,12 +99,12 @@ def test_offsets() -> None:
 
 
 def test_linux_keyboard_parsers() -> None:
-    assert keyboards.parse_setxkbmap(recorded("setxkbmap-query.txt")) == ["us", "kr(kr104)"]
-    assert keyboards.parse_localectl(recorded("localectl-status.txt")) == ("en_US.UTF-8", ["us", "kr(kr104)"])
-    assert keyboards.parse_default_keyboard(recorded("default-keyboard")) == ["us", "kr(kr104)"]
-    assert keyboards.parse_ibus_engines(recorded("dconf-ibus-preload-engines.txt")) == ["hangul"]
+    assert keyboards.parse_setxkbmap(tool_output("setxkbmap-query.txt")) == ["us", "kr(kr104)"]
+    assert keyboards.parse_localectl(tool_output("localectl-status.txt")) == ("en_US.UTF-8", ["us", "kr(kr104)"])
+    assert keyboards.parse_default_keyboard(tool_output("default-keyboard")) == ["us", "kr(kr104)"]
+    assert keyboards.parse_ibus_engines(tool_output("dconf-ibus-preload-engines.txt")) == ["hangul"]
     assert keyboards.parse_ibus_engines("anthy\n") == ["anthy"]
-    assert keyboards.parse_fcitx5_profile(recorded("fcitx5-profile")) == (["us"], ["pinyin"])
+    assert keyboards.parse_fcitx5_profile(tool_output("fcitx5-profile")) == (["us"], ["pinyin"])
 
 
 def test_console_keymap_when_no_x11_layout() -> None:
@@ -115,19 +115,19 @@ def test_console_keymap_when_no_x11_layout() -> None:
 
 
 def test_macos_input_sources() -> None:
-    layouts, methods = keyboards.parse_macos_input_sources(recorded("macos-AppleEnabledInputSources.txt"))
+    layouts, methods = keyboards.parse_macos_input_sources(tool_output("macos-AppleEnabledInputSources.txt"))
     assert layouts == ["U.S."]
     assert methods == ["com.apple.inputmethod.Korean.2SetKorean"]
-    assert timezones.parse_systemsetup(recorded("macos-systemsetup-gettimezone.txt")) == "America/Phoenix"
+    assert timezones.parse_systemsetup(tool_output("macos-systemsetup-gettimezone.txt")) == "America/Phoenix"
 
 
 def test_windows_language_list() -> None:
-    assert keyboards.parse_windows_language_list(recorded("windows-Get-WinUserLanguageList.txt")) == (
+    assert keyboards.parse_windows_language_list(tool_output("windows-Get-WinUserLanguageList.txt")) == (
         "en-US",
         ["00000409"],
         ["ko Korean IME {A028AE76-01B1-46C2-99C4-ACD9858AE02F}{B5FE1F02-D5F2-4445-9C03-C568F23C99A1}"],
     )
-    assert keyboards.parse_reg_preload(recorded("windows-reg-preload.txt")) == ["00000409", "00000412"]
+    assert keyboards.parse_reg_preload(tool_output("windows-reg-preload.txt")) == ["00000409", "00000412"]
 
 
 @pytest.mark.parametrize(
@@ -147,11 +147,11 @@ def test_logged_in_user_remote_host(host: str | None, remote: str | None) -> Non
 # --- the probe on each OS ----------------------------------------------------------------------
 
 
-def test_probe_on_windows_from_recorded_outputs(tmp_path: Path) -> None:
+def test_probe_on_windows_from_hand_written_outputs(tmp_path: Path) -> None:
     run = replay({
-        ("tzutil", "/g"): recorded("windows-tzutil-g.txt"),
-        ("powershell", "-NoProfile", "-Command", "Get-WinUserLanguageList"): recorded("windows-Get-WinUserLanguageList.txt"),
-        ("reg", "query", r"HKCU\Keyboard Layout\Preload"): recorded("windows-reg-preload.txt"),
+        ("tzutil", "/g"): tool_output("windows-tzutil-g.txt"),
+        ("powershell", "-NoProfile", "-Command", "Get-WinUserLanguageList"): tool_output("windows-Get-WinUserLanguageList.txt"),
+        ("reg", "query", r"HKCU\Keyboard Layout\Preload"): tool_output("windows-reg-preload.txt"),
     })
     probe = HostProbe(ProbeContext(platform="win32", run=run, clock=lambda: NOW, etc_root=tmp_path))
     facts = probe.collect()
@@ -163,11 +163,11 @@ def test_probe_on_windows_from_recorded_outputs(tmp_path: Path) -> None:
     assert probe.problems == []
 
 
-def test_probe_on_macos_from_recorded_outputs(tmp_path: Path) -> None:
+def test_probe_on_macos_from_hand_written_outputs(tmp_path: Path) -> None:
     (tmp_path / "localtime").symlink_to("/var/db/timezone/zoneinfo/Asia/Seoul")
     run = replay({
         ("defaults", "read", "-g", "AppleLocale"): "ko_KR\n",
-        ("defaults", "read", "com.apple.HIToolbox", "AppleEnabledInputSources"): recorded(
+        ("defaults", "read", "com.apple.HIToolbox", "AppleEnabledInputSources"): tool_output(
             "macos-AppleEnabledInputSources.txt"
         ),
     })
@@ -176,7 +176,7 @@ def test_probe_on_macos_from_recorded_outputs(tmp_path: Path) -> None:
     assert (facts.keyboard_layouts, facts.input_methods) == (["U.S."], ["com.apple.inputmethod.Korean.2SetKorean"])
 
 
-def test_probe_on_linux_from_recorded_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probe_on_linux_from_hand_written_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Debian box without systemd: /etc files, dconf's ibus list and a user's fcitx5 profile."""
     monkeypatch.delenv("TZ", raising=False)
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -186,11 +186,11 @@ def test_probe_on_linux_from_recorded_config(tmp_path: Path, monkeypatch: pytest
     (etc / "default").mkdir(parents=True)
     (home / ".config" / "fcitx5").mkdir(parents=True)
     (etc / "localtime").symlink_to("/usr/share/zoneinfo/America/Chicago")
-    (etc / "default" / "keyboard").write_text(recorded("default-keyboard"))
+    (etc / "default" / "keyboard").write_text(tool_output("default-keyboard"))
     (etc / "default" / "locale").write_text('LANG="en_US.UTF-8"\n')
-    (home / ".config" / "fcitx5" / "profile").write_text(recorded("fcitx5-profile"))
+    (home / ".config" / "fcitx5" / "profile").write_text(tool_output("fcitx5-profile"))
     run = replay({
-        ("dconf", "read", "/desktop/ibus/general/preload-engines"): recorded("dconf-ibus-preload-engines.txt"),
+        ("dconf", "read", "/desktop/ibus/general/preload-engines"): tool_output("dconf-ibus-preload-engines.txt"),
     })
     context = ProbeContext(platform="linux", run=run, clock=lambda: NOW, etc_root=etc, options={"host": {"home_dirs": [str(home)]}})
     probe = HostProbe(context)

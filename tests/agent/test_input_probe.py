@@ -206,7 +206,7 @@ def test_unreachable_display_is_reported(tmp_path: Path) -> None:
 
 
 def test_uinput_devices_are_listed_and_count_as_injecting(tmp_path: Path) -> None:
-    """A recorded /sys/devices/virtual/input tree: what ydotool or a remote tool's uinput shows."""
+    """A hand-made /sys/devices/virtual/input tree: what ydotool or a remote tool's uinput shows."""
     for index, name in ((7, "ydotoold virtual device"), (12, "RustDesk UInput Keyboard")):
         device = tmp_path / "devices" / "virtual" / "input" / f"input{index}"
         device.mkdir(parents=True)

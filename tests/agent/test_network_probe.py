@@ -1,9 +1,9 @@
 """The network probe: interface kinds, VPN products, gateway, Wi-Fi BSSID, anchor latency.
 
-Parsers run over captured trees (tests/fixtures/sysfs/laptop-net, tests/fixtures/proc/laptop-net:
-a laptop's /sys/class/net and /proc/net/{route,arp} reduced to the files the probe reads, since
-Wi-Fi, WWAN and VPN hardware cannot exist on a test box) and over recorded Wi-Fi tool output
-(replayed through the injected ``run``; formats as each tool prints them). Real devices are
+Parsers run over trees built by hand (tests/fixtures/sysfs/laptop-net, tests/fixtures/proc/laptop-net:
+a laptop's /sys/class/net and /proc/net/{route,arp} laid out as the kernel does, reduced to the files
+the probe reads, since Wi-Fi, WWAN and VPN hardware cannot exist on a test box) and over Wi-Fi tool
+output written by hand in each tool's format (replayed through the injected ``run``). Real devices are
 then made in a network namespace of our own and read from the live kernel.
 """
 
