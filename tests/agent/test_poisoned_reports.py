@@ -1,75 +1,24 @@
 """A report the collector fails on (5xx) for ever is set aside; a collector that is merely down loses nothing.
 
 The collector no longer answers 5xx to any client input (issue 15), so a "poisoned" report is made
-by a small reverse proxy written for this test: it forwards everything to the real collector
-process, except that it answers 500 to the seqs it is told to (as the old seq-overflow bug did),
-or 500 to every report (a collector failing as a whole). The agent is the real CLI.
+by a small reverse proxy written by hand for these tests (tests/fixtures/poisoning_proxy.py) in
+front of the real collector process. The agent is the real CLI.
 """
 
 from __future__ import annotations
 
-import gzip
-import http.client
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from agent_procs import export, run_agent
 from collector_process import RunningCollector, free_port
+from poisoning_proxy import PoisoningProxy
 
 from farmwatch.agent.delivery.transport import MAX_FAILED_ATTEMPTS
 
 pytestmark = pytest.mark.slow
-
-
-class PoisoningProxy:
-    """Forwards to ``upstream``; answers 500 to report POSTs whose seq is in ``poisoned`` (or all)."""
-
-    def __init__(self, upstream: RunningCollector) -> None:
-        self.poisoned: set[int] = set()
-        self.fail_every_report = False
-        self.answered_500 = 0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.command == "POST" and self.path == "/api/v1/reports":
-                    seq = json.loads(gzip.decompress(body))["seq"]
-                    if proxy.fail_every_report or seq in proxy.poisoned:
-                        proxy.answered_500 += 1
-                        self._answer(500, b'{"errors": [{"field": "", "message": "internal error"}]}')
-                        return
-                connection = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=30)
-                try:
-                    connection.request(self.command, self.path, body=body or None, headers=dict(self.headers))
-                    answer = connection.getresponse()
-                    self._answer(answer.status, answer.read())
-                finally:
-                    connection.close()
-
-            def _answer(self, status: int, content: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            do_GET = do_POST = _forward
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
