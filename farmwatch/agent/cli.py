@@ -1,8 +1,9 @@
 """``farmwatch-agent``: collect reports on this laptop and deliver them to a farmwatch collector.
 
 Exit codes: 0 done; 2 bad usage (argparse); 64 bad input (missing file, bad config); 74 a local
-I/O error (e.g. disk full); 75 collector unreachable or busy (reports kept in the spool); 77
-collector refused the enrol secret; for ``verify``: 0 clear, 2 review, 1 farm.
+I/O error (e.g. the report could be neither spooled, the disk being full, nor sent); 75 collector
+unreachable or busy (reports kept in the spool); 77 collector refused the enrol secret; for
+``verify``: 0 clear, 2 review, 1 farm.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from .delivery.transport import MAX_FAILED_ATTEMPTS
 from .errors import AgentError
 from .service import Agent, print_report
 from .settings import resolve
@@ -41,9 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         "send typed reports to a farmwatch collector. Reports are spooled on disk first and leave "
         "the spool only when the collector accepted them.",
         epilog="Start with 'farmwatch-agent once --print' to see what a report holds. Reports the "
-        "collector rejects go to STATE_DIR/quarantine/ with its answer beside them. "
-        "Exit codes: 0 ok, 64 bad input, 74 local I/O error, 75 collector unreachable or busy "
-        "(reports kept), 77 enrol secret refused.",
+        "collector rejects, spooled files that cannot be read, and reports the collector failed on "
+        f"{MAX_FAILED_ATTEMPTS} times while taking later ones go to STATE_DIR/quarantine/ with the reason beside them, "
+        "and the next report names them. On a full disk the spool is delivered first and a report "
+        "that cannot be spooled is sent directly. "
+        "Exit codes: 0 ok, 64 bad input, 74 local I/O error (a report neither spooled nor sent), "
+        "75 collector unreachable or busy (reports kept), 77 enrol secret refused.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{once,run,verify}")
