@@ -64,7 +64,7 @@ class Alert(BaseModel):
     first_seen: datetime | None  # earliest first_seen of the findings
     last_seen: datetime | None  # latest last_seen of the findings, else the device's last report
     raised_at: datetime
-    link: str | None  # the device in the collector ([collector] public_url); None when unset
+    link: str | None  # the device's console page under [collector] public_url; None when unset
     test: bool = False  # `farmwatch-collector outputs test`: not about a real device
 
     @property
@@ -209,6 +209,6 @@ def build_alert(
         first_seen=min(firsts) if firsts else None,
         last_seen=max(lasts) if lasts else device_last_seen,
         raised_at=now,
-        link=f"{link_base}/api/v1/devices/{verdict.device_id}" if link_base else None,
+        link=f"{link_base}/console/devices/{verdict.device_id}" if link_base else None,
         test=test,
     )

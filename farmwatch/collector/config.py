@@ -147,7 +147,7 @@ def load_outputs(path: Path) -> tuple[OutputSettings, ...]:
 
 
 def _public_url(value: Any, where: str) -> str | None:
-    """An http(s) base URL with a host and nothing after the path (alerts append /api/v1/devices/ID)."""
+    """An http(s) base URL with a host and nothing after the path (alerts append /console/devices/ID)."""
     if value is None:
         return None
     parts = urlsplit(value) if isinstance(value, str) else None

@@ -120,7 +120,7 @@ def test_the_alert_carries_what_the_soc_needs(store: Storage, tmp_path: Path) ->
     assert alert.findings[0].summary == "AnyDesk session controlled from 7400 km away"  # one line
     assert alert.findings[0].evidence == {"tool": "anydesk"}
     assert (alert.first_seen, alert.last_seen) == (NOW - timedelta(hours=1), NOW - timedelta(minutes=5))
-    assert alert.link == "https://farmwatch.example.com/api/v1/devices/dev-1"
+    assert alert.link == "https://farmwatch.example.com/console/devices/dev-1"
     assert alert.kind == "raised" and not alert.test
 
 

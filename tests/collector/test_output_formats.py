@@ -89,7 +89,7 @@ def sample_alert(**changes: object) -> Alert:
                   AlertFinding(detector="ipkvm", severity="critical", score=0.95, attack="T1200",
                                summary="a PiKVM is plugged in", evidence={"usb": "1d6b:0104"})),
         first_seen=datetime(2026, 11, 28, 8, tzinfo=timezone.utc), last_seen=datetime(2026, 11, 28, 9, tzinfo=timezone.utc),
-        raised_at=datetime(2026, 11, 28, 9, 5, tzinfo=timezone.utc), link="https://fw.example.com/api/v1/devices/dev-42",
+        raised_at=datetime(2026, 11, 28, 9, 5, tzinfo=timezone.utc), link="https://fw.example.com/console/devices/dev-42",
     )
     fields.update(changes)
     return Alert.model_validate(fields)

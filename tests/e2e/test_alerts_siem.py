@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from alert_scenario import PUBLIC_URL, collector_config, enrol_with_roster, report_and_score
 from collector_process import CLI, RunningCollector
@@ -105,7 +106,10 @@ def test_a_far_anydesk_session_and_a_pikvm_reach_every_siem_exactly_once(
     assert counts() == dict.fromkeys(counts(), 1), collector.log()
 
     [alert_id] = {document["alert_id"] for document in http.documents("/webhook")}
-    expected_link = f"{PUBLIC_URL}/api/v1/devices/{device_id}"
+    expected_link = f"{PUBLIC_URL}/console/devices/{device_id}"
+    # the link is the device's console page: here it sends a visitor without a session to sign in
+    page = httpx.get(expected_link.replace(PUBLIC_URL, collector.url), follow_redirects=False, timeout=30)
+    assert page.status_code == 303 and page.headers["location"].startswith("/console/login?next=")
 
     # rsyslog, TCP with octet counting: RFC 5424 header, then CEF.
     [tcp] = rsyslog.lines("tcp")
