@@ -171,7 +171,7 @@ def create_app(
                 raise Rejected(429, "rate_limited", [{"field": "(client)", "message": (
                     f"too many enrolments from {address}; try again in {math.ceil(wait)} s")}], retry_after=wait)
             asked = _parse(EnrolRequest, await _small_body(request))
-            if not hmac.compare_digest(asked.enroll_secret.encode(), config.enroll_secret.encode()):
+            if not _enrol_secret_accepted(asked.enroll_secret, config, clock()):
                 auth_failures.spend(address)
                 raise Rejected(401, "unauthorized", [{"field": "enroll_secret", "message": "wrong enrol secret"}])
         except Rejected as refused:
@@ -190,6 +190,15 @@ def create_app(
         )
         metrics.enrolments.labels("renewal" if done.renewal else "new").inc()
         return {"device_id": done.device_id, "token": token, "next_seq": done.next_seq}
+
+    @app.post("/api/v1/token")
+    async def rotate_token(request: Request) -> dict[str, Any]:
+        """A fresh token for the calling device; the one it called with (and any other) stops working."""
+        device = await device_of(request)
+        token = secrets.token_urlsafe(32)
+        await run_in_threadpool(storage.rotate_token, device, token, clock())
+        log.info("device %s rotated its token", device)
+        return {"device_id": device, "token": token}
 
     @app.post("/api/v1/reports", status_code=202)
     async def post_report(request: Request) -> Any:
@@ -315,11 +324,25 @@ REFUSALS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/v1/enroll", "post"): (401, 413, 415, 422, 429),
     ("/api/v1/reports", "post"): (401, 403, 409, 413, 415, 422, 429, 503),
     ("/api/v1/config", "get"): (401, 429),
+    ("/api/v1/token", "post"): (401, 429, 503),
     ("/api/v1/devices", "get"): (401, 429),
     ("/api/v1/devices/{device_id}", "get"): (401, 404, 429, 503),
     ("/api/v1/verify", "post"): (401, 404, 413, 415, 422, 429, 503),
     ("/healthz", "get"): (503,),
 }
+
+
+def _enrol_secret_accepted(given: str, config: CollectorConfig, now: datetime) -> bool:
+    """The current enrol secret, or the previous one until its overlap ends ([collector] previous_enroll_secret_*)."""
+    if hmac.compare_digest(given.encode(), config.enroll_secret.encode()):
+        return True
+    previous, until = config.previous_enroll_secret, config.previous_enroll_secret_until
+    if previous is None or until is None or now >= until:
+        return False
+    if not hmac.compare_digest(given.encode(), previous.encode()):
+        return False
+    log.warning("an agent enrolled with the previous enrol secret, accepted until %s; hand it the new one", _wire_time(until))
+    return True
 
 
 def _over_quota(wait: float) -> Rejected:

@@ -7,6 +7,7 @@ line naming the problem and exits 1; usage mistakes exit 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from farmwatch.collector.config import load_config
+from farmwatch.collector.purge import purge_device
 from farmwatch.collector.storage import Storage
 from farmwatch.errors import FarmwatchError
 from farmwatch.roster import load_anchors, load_roster
@@ -115,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     _db_flag(revoke)
     revoke.add_argument("device_id", metavar="DEVICE_ID")
     revoke.set_defaults(run=_revoke)
+    purge = device_actions.add_parser(
+        "purge",
+        help="remove a device's reports and verdict (poisoned or unwanted data)",
+        description="Remove a device's stored reports (all, or those received before --before) and its verdict, "
+        "in one transaction; the next scoring run scores what is left. The device stays enrolled (its tokens "
+        "and enrolment history are kept; use `devices revoke` for tokens). Each purge is written to the audit "
+        "log (`farmwatch-collector audit list --device DEVICE_ID`) and printed as one line.",
+        epilog="Example: farmwatch-collector devices purge --db /var/lib/farmwatch/farmwatch.db dev-3f2a9c1b0d4e "
+        "--before 2026-11-28T00:00:00Z",
+    )
+    _db_flag(purge)
+    purge.add_argument("device_id", metavar="DEVICE_ID")
+    purge.add_argument("--before", metavar="TIME",
+                       help="only reports received before this RFC 3339 time, e.g. 2026-11-28T00:00:00Z (default: all)")
+    purge.set_defaults(run=_purge)
 
     from farmwatch.collector.alert_commands import add_commands as add_alert_commands  # builds on this module
 
@@ -237,6 +254,27 @@ def _revoke(args: argparse.Namespace) -> int:
     finally:
         storage.close()
     print(f"revoked {revoked} token(s) of {args.device_id}")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    try:
+        before = parse_utc(args.before) if args.before else None
+    except ValueError as problem:
+        raise CommandError(f"--before {problem}") from None
+    try:
+        actor = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container, a dynamic user)
+        actor = f"cli:uid{os.getuid()}"
+    storage = _open_existing(args.db)
+    try:
+        purged = purge_device(storage.engine, args.device_id, before, actor, datetime.now(timezone.utc))
+    except KeyError:
+        raise CommandError(f"no enrolled device {args.device_id!r}") from None
+    finally:
+        storage.close()
+    print(f"purged {purged.reports} report(s) of {args.device_id} ({purged.reports_left} left; verdict "
+          f"{'removed' if purged.verdict else 'none'}); audited as {actor}")
     return 0
 
 

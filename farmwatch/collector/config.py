@@ -12,6 +12,7 @@ import ipaddress
 import ssl
 import tomllib
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,12 +53,15 @@ class CollectorConfig:
     tls_key_file: Path | None = None
     console_banner: str = ""  # [console] banner: a line every console page shows (e.g. "staging", "simulated")
     limits: Limits = field(default_factory=Limits)  # [limits]: what one device or address may cost
+    # Enrol secret rotation: the previous secret is still accepted until this time (both or neither).
+    previous_enroll_secret: str | None = None
+    previous_enroll_secret_until: datetime | None = None
 
 
 _KNOWN = {
     "collector": {
         "enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies", "tls_cert_file", "tls_key_file",
-        "public_url",
+        "public_url", "previous_enroll_secret_file", "previous_enroll_secret_until",
     },
     "detection": {"interval_seconds", "lookback_hours", "refresh_wait_seconds"}
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
@@ -124,7 +128,32 @@ def load_config(
         tls_key_file=tls[1],
         console_banner=_banner(raw.get("console", {}).get("banner", ""), f"{where} [console] banner"),
         limits=_limits(raw.get("limits", {}), where),
+        **_previous_secret(collector, where),
     )
+
+
+def _previous_secret(collector: dict[str, Any], where: str) -> dict[str, Any]:
+    """The enrol secret being rotated out and until when it is still accepted: both keys or neither."""
+    path, until = collector.get("previous_enroll_secret_file"), collector.get("previous_enroll_secret_until")
+    if path is None and until is None:
+        return {}
+    if path is None or until is None:
+        raise ConfigError(f"{where} [collector]: previous_enroll_secret_file and previous_enroll_secret_until go together "
+                          "(the old secret, and the RFC 3339 time it stops being accepted)")
+    if isinstance(until, datetime):  # TOML's own date-time type
+        moment = until
+    elif isinstance(until, str):
+        try:
+            moment = datetime.fromisoformat(until)
+        except ValueError:
+            moment = None
+    else:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ConfigError(f"{where} [collector] previous_enroll_secret_until: must be an RFC 3339 time with a zone, "
+                          f"e.g. 2026-12-31T00:00:00Z, got {until!r}")
+    return {"previous_enroll_secret": _secret(Path(path), "previous enrol secret"),
+            "previous_enroll_secret_until": moment.astimezone(timezone.utc)}
 
 
 def _limits(table: Any, where: str) -> Limits:

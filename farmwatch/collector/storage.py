@@ -178,6 +178,12 @@ class Storage:
                 )
             ).scalar_one_or_none()
 
+    def rotate_token(self, device_id: str, token: str, now: datetime) -> None:
+        """Make ``token`` the device's only live token (its others are revoked) in one transaction."""
+        with self._writer.begin() as tx:
+            self._revoke(tx, device_id, now)
+            tx.execute(tokens.insert().values(token_sha256=token_digest(token), device_id=device_id, issued_at=now))
+
     def revoke(self, device_id: str, now: datetime) -> int:
         """Revoke every live token of ``device_id``; returns how many were live. Unknown device: KeyError."""
         with self._writer.begin() as tx:

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,22 @@ def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def wire_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def poison(collector: Any, device_id: str, seq: int) -> None:
+    """Store a record the detectors cannot hold, as a collector without these bounds did: straight
+    into the database, the way an old row would sit there."""
+    report = report_for(device_id, seq, window_end="2262-04-12T00:00:00Z")
+    received = datetime.now(timezone.utc)
+    record = {"received_at": wire_time(received), "source_ip": "127.0.0.1",
+              "geo": {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}, "report": report}
+    with sqlite3.connect(collector.db_path) as db:
+        db.execute("INSERT INTO reports (device_id, seq, digest, received_at, record) VALUES (?, ?, ?, ?, ?)",
+                   (device_id, seq, "0" * 64, received.replace(tzinfo=None).isoformat(sep=" "), json.dumps(record)))
+        report_id = db.execute("SELECT max(id) FROM reports").fetchone()[0]
+        db.execute("UPDATE devices SET last_report_id = ?, last_seq = ?, last_seen = ? WHERE device_id = ?",
+                   (report_id, seq, received.replace(tzinfo=None).isoformat(sep=" "), device_id))

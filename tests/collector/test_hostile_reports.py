@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from collector_helpers import auth, report_for, snapshot
+from collector_helpers import auth, poison, report_for, snapshot, wire_time
 from collector_process import RunningCollector
 
 from farmwatch.contract import INT_LIMIT
@@ -37,10 +37,6 @@ def metric(collector: RunningCollector, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} is not in /metrics")
-
-
-def wire_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 HOSTILE = [
@@ -112,21 +108,6 @@ def test_next_seq_after_the_largest_seq_fits_and_is_refused_by_name(collector: R
     assert again["next_seq"] == INT_LIMIT + 1 < 2**63
     answer = post(collector, again["token"], raw(report_for(str(device["device_id"]), int(again["next_seq"]))))
     assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "seq", answer.text
-
-
-def poison(collector: RunningCollector, device_id: str, seq: int) -> None:
-    """Store a record the detectors cannot hold, as a collector without these bounds did: straight
-    into the database, the way an old row would sit there."""
-    report = report_for(device_id, seq, window_end="2262-04-12T00:00:00Z")
-    received = datetime.now(timezone.utc)
-    record = {"received_at": wire_time(received), "source_ip": "127.0.0.1",
-              "geo": {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}, "report": report}
-    with sqlite3.connect(collector.db_path) as db:
-        db.execute("INSERT INTO reports (device_id, seq, digest, received_at, record) VALUES (?, ?, ?, ?, ?)",
-                   (device_id, seq, "0" * 64, received.replace(tzinfo=None).isoformat(sep=" "), json.dumps(record)))
-        report_id = db.execute("SELECT max(id) FROM reports").fetchone()[0]
-        db.execute("UPDATE devices SET last_report_id = ?, last_seq = ?, last_seen = ? WHERE device_id = ?",
-                   (report_id, seq, received.replace(tzinfo=None).isoformat(sep=" "), device_id))
 
 
 def test_a_device_whose_records_break_scoring_costs_only_its_own_verdict(collector: RunningCollector) -> None:
