@@ -201,3 +201,22 @@ def test_the_session_cookie_is_secure_under_tls(tmp_path: Path) -> None:
         client.close()  # an open keep-alive connection would hold up the graceful shutdown
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_odd_input_gets_a_4xx_never_a_5xx(collector: RunningCollector) -> None:
+    add_analyst(collector)
+    device_id = str(collector.enrol()["device_id"])
+    client, csrf = signed_in(collector)
+    for path in ("/console/devices/" + "x" * 300, "/console/devices/a%00b", "/console/clusters/a%00b",
+                 "/console/onboarding/99999999999999999999999", "/console/onboarding/x", "/console/fleet?q=a%00b",
+                 "/console/fleet?silent_days=99999999999999999999"):
+        answer = client.get(path)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code)
+    for form in ({"text": "a\x00b"}, {"te\x00xt": "x"}):
+        answer = client.post(f"/console/devices/{device_id}/note", data={**form, "csrf_token": csrf})
+        assert answer.status_code == 422 and "NUL" in answer.text
+    answer = client.post("/console/devices/a%00b/note", data={"text": "x", "csrf_token": csrf})
+    assert answer.status_code == 404
+    big = client.post(f"/console/devices/{device_id}/note", content=b"text=" + b"a" * 70_000 + b"&csrf_token=" + csrf.encode(),
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 413

@@ -118,6 +118,9 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
             fields = dict(reversed(parse_qsl(body.decode("utf-8"), keep_blank_values=True)))
         except (UnicodeDecodeError, ValueError):
             raise ConsoleRefusal(400, "The form is not valid UTF-8 form data.") from None
+        for name, value in fields.items():
+            if "\x00" in name or "\x00" in value:  # no store keeps NUL in text (PostgreSQL refuses it)
+                raise ConsoleRefusal(422, f"{name.replace(chr(0), '')}: NUL characters are not allowed.")
         expected = session.csrf_token if session else request.cookies.get(LOGIN_COOKIE, "")
         sent = fields.get("csrf_token", "")
         if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
@@ -187,7 +190,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
 
     def _device_page(device_id: str) -> dict[str, Any]:
         now = clock()
-        row = store.device(device_id)
+        row = store.device(_known_shape(device_id))
         if row is None:
             raise ConsoleRefusal(404, f"No enrolled device {device_id!r}.")
         records = storage.device_records(device_id, since=now - timedelta(hours=scorer.config.lookback_hours))
@@ -211,6 +214,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
     @router.post("/devices/{device_id}/acknowledge")
     async def acknowledge(request: Request, device_id: str) -> Response:
         session = await signed_in(request)
+        device_id = _known_shape(device_id)
         await form_of(request, session)
         verdict = await run_in_threadpool(storage.verdict, device_id)
         if verdict is None:
@@ -221,6 +225,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
     @router.post("/devices/{device_id}/suppress")
     async def suppress(request: Request, device_id: str) -> Response:
         session = await signed_in(request)
+        device_id = _known_shape(device_id)
         fields = await form_of(request, session)
         detector, reason = fields.get("detector", ""), fields.get("reason", "").strip()
         if detector not in REGISTRY:
@@ -237,6 +242,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
     @router.post("/devices/{device_id}/lift")
     async def lift(request: Request, device_id: str) -> Response:
         session = await signed_in(request)
+        device_id = _known_shape(device_id)
         fields = await form_of(request, session)
         suppression = _whole(fields.get("suppression_id", ""), "suppression_id", 1, 2**62)
         if not await run_in_threadpool(store.lift, suppression, device_id, session.analyst, clock()):
@@ -247,6 +253,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
     @router.post("/devices/{device_id}/note")
     async def note(request: Request, device_id: str) -> Response:
         session = await signed_in(request)
+        device_id = _known_shape(device_id)
         fields = await form_of(request, session)
         text = fields.get("text", "").strip()
         if not 1 <= len(text) <= 4000:
@@ -270,7 +277,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
         return page(request, "cluster.html", session=session, **values)
 
     def _cluster_page(cluster_id: str) -> dict[str, Any]:
-        members = store.cluster_members(cluster_id)
+        members = store.cluster_members(_known_shape(cluster_id))
         if not members:
             raise ConsoleRefusal(404, f"No co-location cluster {cluster_id!r} in the current verdicts.")
         since = clock() - timedelta(hours=scorer.config.lookback_hours)
@@ -298,9 +305,9 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
         return page(request, "onboarding.html", session=session, checks=checks)
 
     @router.get("/onboarding/{check_id}")
-    async def onboarding_record(request: Request, check_id: int) -> Response:
+    async def onboarding_record(request: Request, check_id: str) -> Response:
         session = await signed_in(request)
-        check = await run_in_threadpool(store.verification, check_id)
+        check = await run_in_threadpool(store.verification, _whole(check_id, "check_id", 1, 2**62))
         if check is None:
             raise ConsoleRefusal(404, f"No onboarding check number {check_id}.")
         await run_in_threadpool(store.audit, session.analyst, "view_onboarding", clock(), check["device_id"])
@@ -324,10 +331,17 @@ def _fleet_filter(request: Request) -> tuple[FleetFilter, int]:
         raise ConsoleRefusal(422, f"network: {network!r} is not one of {', '.join(NETWORK_KINDS)}.")
     silent = query.get("silent_days") or None
     search = (query.get("q") or "").strip() or None
-    if search is not None and len(search) > 128:
-        raise ConsoleRefusal(422, "q: search for at most 128 characters.")
+    if search is not None and (len(search) > 128 or "\x00" in search):
+        raise ConsoleRefusal(422, "q: search for at most 128 characters, without NUL.")
     wanted = FleetFilter(verdict, detector, network, _whole(silent, "silent_days", 0, 3650) if silent else None, search)
     return wanted, _whole(query.get("page") or "1", "page", 1, 10**9)
+
+
+def _known_shape(device_id: str) -> str:
+    """A device id as the store holds them; any other shape is no device (404, never a store error)."""
+    if len(device_id) > 128 or "\x00" in device_id:
+        raise ConsoleRefusal(404, "No enrolled device has this id.")
+    return device_id
 
 
 def _whole(text: str, name: str, low: int, high: int) -> int:
