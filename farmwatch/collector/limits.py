@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from farmwatch.errors import FarmwatchError
 
-class LimitsError(ValueError):
+
+class LimitsError(FarmwatchError, ValueError):
     """A bad ``[limits]`` value; the message names the key."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from farmwatch.contract import INT_LIMIT
+from farmwatch.errors import FarmwatchError
 
 from .state import atomic_write, fsync_dir
 
@@ -44,7 +45,7 @@ FAILURES_FILE = "failed-attempts"  # JSON {seq: failed attempts}; not named like
 _REPORT_NAME = re.compile(r"[0-9]+\.json")  # temp files start with a dot; answers end .response.json
 
 
-class UnreadableReport(ValueError):
+class UnreadableReport(FarmwatchError, ValueError):
     """A spooled file that can never be sent; the message says why."""
 
 
