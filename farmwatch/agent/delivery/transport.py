@@ -79,7 +79,7 @@ def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
         try:
             response = courier.send(report, spooled.keep)
         except CollectorUnavailable as failure:
-            if failure.status is None or failure.status in COLLECTOR_AWAY or len(failing) + 1 >= MAX_FAILURES_IN_A_ROW:
+            if not _failed_on_this_report(failure.status) or len(failing) + 1 >= MAX_FAILURES_IN_A_ROW:
                 raise
             failing.append((spooled.path, report["seq"], str(failure)))
             continue
@@ -165,6 +165,11 @@ class _Spooled:
         if (report["device_id"], report["seq"]) != self._written:
             self.spool.rewrite(self.path, json.dumps(report).encode())
             self._written = (report["device_id"], report["seq"])
+
+
+def _failed_on_this_report(status: int | None) -> bool:
+    """A 5xx that may be about the report (not unreachable, not a busy, full or rate-limiting collector)."""
+    return status is not None and 500 <= status < 600 and status not in COLLECTOR_AWAY
 
 
 def _seq_taken(response: Response) -> bool:
