@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps run demo check test test-fast bench package
+.PHONY: help install system-deps run demo check test test-fast test-lowest bench package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: install system-deps ## every test (as root, first installs the Debian pack
 
 test-fast: install ## the tests that start no servers, processes or namespaces (-m "not slow")
 	$(BIN)/pytest -m "not slow"
+
+test-lowest: install ## test-fast with every direct dependency at the lowest version pyproject.toml allows (.venv-lowest)
+	rm -rf .venv-lowest
+	$(BIN)/uv venv -q --python $(BIN)/python .venv-lowest
+	VIRTUAL_ENV=.venv-lowest $(BIN)/uv pip install -q --resolution lowest-direct -e '.[all,dev]'
+	.venv-lowest/bin/pytest -m "not slow"
 
 bench: install ## benchmarks, each figure printed beside its baseline
 	$(BIN)/python bench/run_all.py

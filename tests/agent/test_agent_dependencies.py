@@ -7,9 +7,13 @@ blocked packages (as if they were not installed) and records every attempt to im
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from farmwatch.contract import Report
 
@@ -81,3 +85,39 @@ def test_the_input_listeners_outside_x11_load_without_python_xlib() -> None:
             "import farmwatch.agent.probes.input.probe")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def _agent_requirements() -> list[Requirement]:
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    return [Requirement(text) for text in pyproject["project"]["optional-dependencies"]["agent"]]
+
+
+def test_windows_gets_the_iana_zone_database_with_the_agent() -> None:
+    """zoneinfo reads the OS's zone files, which Windows lacks; the tzdata package stands in."""
+    [tzdata] = [r for r in _agent_requirements() if r.name == "tzdata"]
+    assert tzdata.marker is not None
+    assert tzdata.marker.evaluate({"sys_platform": "win32"}) and not tzdata.marker.evaluate({"sys_platform": "linux"})
+
+
+ZONE_WITHOUT_SYSTEM_DATABASE = """
+import json
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.host.probe import HostProbe
+answers = {("tzutil", "/g"): "US Mountain Standard Time"}
+def run(argv):
+    if tuple(argv) not in answers:
+        raise FileNotFoundError(2, "not installed", argv[0])
+    return answers[tuple(argv)]
+probe = HostProbe(ProbeContext(platform="win32", run=run, clock=lambda: 1782907200.0))
+facts = probe.collect()
+print(json.dumps([facts.timezone, facts.utc_offset_minutes]))
+"""
+
+
+def test_with_no_system_zone_files_the_host_probe_uses_the_tzdata_package(tmp_path: Path) -> None:
+    """As on Windows: PYTHONTZPATH names an empty folder, so only the tzdata package can answer."""
+    env = {**os.environ, "PYTHONTZPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", ZONE_WITHOUT_SYSTEM_DATABASE], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["America/Phoenix", -420]

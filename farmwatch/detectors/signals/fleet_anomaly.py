@@ -38,9 +38,10 @@ def device_features(frames: Frames, context: Context, interval_seconds: float = 
     the agents' reporting interval (for coverage)."""
     reports = frames.reports
     hours = pd.Series(np.nan, index=reports.index)
-    for tz, index in reports.groupby(reports["device_id"].map(
-            lambda d: context.roster[d].timezone if d in context.roster else None), dropna=False).groups.items():
-        hours.loc[index] = local_times(reports.loc[index, "window_end"], tz if isinstance(tz, str) else None).dt.hour
+    # "" for a device without a roster zone: pandas 2.2 cannot group on None keys (pandas 3 can).
+    zones = reports["device_id"].map(lambda d: (context.roster[d].timezone or "") if d in context.roster else "")
+    for tz, index in reports.groupby(zones).groups.items():
+        hours.loc[index] = local_times(reports.loc[index, "window_end"], tz or None).dt.hour
     active = reports["active_seconds"].fillna(0) >= active_seconds
     per = pd.DataFrame({
         "device_id": reports["device_id"],
