@@ -1,4 +1,4 @@
-"""What the agent costs on this machine, against the budget in design/README.md.
+"""What the agent costs on this machine, against its budget.
 
 Budget: a tenth of what osquery's watchdog allows by default (200 MB memory, 10% of one core
 sustained; osquery docs, "watchdog" flags), i.e. 20 MB and 1% of a core. Measures a real

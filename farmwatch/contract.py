@@ -1,4 +1,4 @@
-"""The v1 wire contract (``report-v1.md``): report, ingest record and verdict.
+"""The v1 wire contract: report, ingest record and verdict (exported as JSON Schema to farmwatch/schema/).
 
 Agent, collector and detectors all import these models, so the three sides cannot drift apart.
 Field names are the contract: add fields freely, never rename or drop one. Unknown fields in a

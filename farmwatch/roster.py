@@ -1,4 +1,4 @@
-"""Read the HR/IT roster and the latency-anchor list (CSV, ``report-v1.md``).
+"""Read the HR/IT roster and the latency-anchor list (CSV files with the headers below; examples in deploy/dev/).
 
 Both tables come from people, so every problem is reported as ``FILE line N: what is wrong`` and
 nothing is returned until the whole file is valid. Empty cells mean "unknown" (None);

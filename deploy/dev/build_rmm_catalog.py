@@ -44,7 +44,7 @@ DEFAULT_OUT = ROOT / "farmwatch" / "agent" / "data" / "rmm_catalog.json"
 LOLRMM_COMMIT = "3c75cf091b10bf7e8ecd576055c44d172b35ff21"  # from ../shared/data/lolrmm/SOURCE.md
 FACTS = ("processes", "folders", "services", "signers", "domains")
 
-# LOLRMM tool files whose id must be the one report-v1.md names (the rest get a slug of the name).
+# LOLRMM tool files whose id must stay the one reports already carry (the rest get a slug of the name).
 REPORT_IDS = {"chrome_remote_desktop": "chrome-remote-desktop"}
 
 # Tools that make the laptop reachable (a tunnel or overlay network) rather than drive its screen:

@@ -40,7 +40,7 @@ FIRST_RETRY_SECONDS = 5.0
 HTTP_TIMEOUT_SECONDS = 15.0
 VERIFY_PATIENCE_SECONDS = 600.0  # how long `verify` waits for a busy collector to score its report
 VERIFY_POLL_SECONDS = 5.0
-VERIFY_EXIT_CODES = {"clear": 0, "review": 2, "farm": 1}  # cli.md: a script can gate onboarding on it
+VERIFY_EXIT_CODES = {"clear": 0, "review": 2, "farm": 1}  # a script can gate onboarding on it
 
 
 def collect_window(runner: Runner, seconds: float) -> tuple[datetime, datetime]:

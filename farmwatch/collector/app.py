@@ -1,4 +1,5 @@
-"""The collector's HTTP surface (``cli.md``): a thin FastAPI layer over ingest, storage and scoring.
+"""The collector's HTTP surface, a thin FastAPI layer over ingest, storage and scoring
+(described by its OpenAPI document, ``/openapi.json``).
 
 :func:`create_app` builds everything from its arguments; importing this module starts nothing.
 Blocking database work runs in the thread pool so one slow query never stalls the event loop.

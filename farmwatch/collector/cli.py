@@ -20,7 +20,7 @@ from farmwatch.collector.config import load_config
 from farmwatch.collector.purge import purge_device
 from farmwatch.collector.storage import Storage
 from farmwatch.errors import FarmwatchError
-from farmwatch.roster import load_anchors, load_roster
+from farmwatch.roster import ANCHOR_COLUMNS, ROSTER_COLUMNS, load_anchors, load_roster
 from farmwatch.times import parse_utc
 
 DEFAULT_DB = "sqlite:///farmwatch.db"
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         load = actions.add_parser(
             "import",
             help=f"replace the stored {table} with a CSV file",
-            description=f"Replace the stored {table} with the rows of a CSV file (format: report-v1.md). "
+            description=f"Replace the stored {table} with the rows of a CSV file (header: "
+            f"{','.join(ROSTER_COLUMNS if table == 'roster' else ANCHOR_COLUMNS)}; example: deploy/dev/{table}.csv). "
             "Nothing changes if any row is bad; the error names the line.",
         )
         _db_flag(load)

@@ -1,7 +1,8 @@
-"""Collector configuration: ``collector.toml`` (``cli.md``) with command-line flags layered on top.
+"""Collector configuration: ``collector.toml`` (example: deploy/collector/collector.toml) with
+command-line flags layered on top.
 
 Unknown keys are rejected by name, because a misspelt ``max_report_byte`` silently ignored is a
-security setting silently lost. Additions to ``cli.md``: an ``[agent]`` table (``interval_seconds``,
+security setting silently lost. Besides the collector's own keys: an ``[agent]`` table (``interval_seconds``,
 ``probe_options``) that ``GET /api/v1/config`` hands to agents, and detection-tuning keys in
 ``[detection]`` passed on to :class:`farmwatch.detectors.config.DetectionConfig`.
 """

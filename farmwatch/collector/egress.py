@@ -34,7 +34,7 @@ class GeoLookup:
         self.kinds = network_kinds()
 
     def lookup(self, address: str) -> dict[str, Any]:
-        """The ``geo`` object of ``report-v1.md`` for ``address`` (unknown parts null)."""
+        """The ingest record's ``geo`` object (:class:`farmwatch.contract.Geo`) for ``address`` (unknown parts null)."""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

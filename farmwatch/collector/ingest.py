@@ -110,7 +110,7 @@ def source_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
 
 
 def ingest_record(report: Report, received_at: datetime, source_ip: str, geo: dict[str, Any]) -> dict[str, Any]:
-    """The stored, exported document (``report-v1.md`` "Ingest record"), checked against the contract."""
+    """The stored, exported document (:class:`farmwatch.contract.IngestRecord`), checked against the contract."""
     skew = round((report.window_end - received_at).total_seconds(), 3)
     record = {"received_at": received_at, "source_ip": source_ip, "geo": geo, "report": report, "clock_skew_seconds": skew}
     return to_wire(IngestRecord.model_validate(record))

@@ -2,10 +2,10 @@
 
 Light in fibre covers ~200 km per ms one way, so a round trip of ``r`` ms bounds the distance to
 ``r * 100`` km: a physical limit that congestion and detours can only make looser, never tighter
-(signals.md; zackw/active-geolocator ``calibration.py``). Real paths are slower: the empirical
+(zackw/active-geolocator ``calibration.py``). Real paths are slower: the empirical
 maximum is ~76.5 km per ms of RTT and constraint-based geolocation (Gueye et al., IMC 2004 "CBG";
 Octant, NSDI 2007) works with 40-60 km/ms. Measured: US coast to coast 70-78 ms, us-east-1 to Seoul
-178 ms, Oregon to Seoul 118 ms (signals.md).
+178 ms, Oregon to Seoul 118 ms (public cloud inter-region latency tables).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each device gets a profile (who really holds it, where it is, how it is driven). ``make_fleet`` is
 deterministic for a seed. The kinds are the issue's list; their shares are our illustrative choice
 (no public base rates exist). Farm behaviours follow the public cases (DOJ 2024-2025, Microsoft
-Jasper Sleet, Mandiant UNC5267) summarised in signals.md.
+Jasper Sleet, Mandiant UNC5267).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ OPERATOR_PEERS = (
     "175.45.176.71", "113.200.0.9", "221.192.0.7", "95.165.0.4", "45.76.10.20", "210.152.0.5",
 )
 RMM_TOOLS = {"anydesk": "AnyDesk.exe", "rustdesk": "rustdesk.exe", "teamviewer": "TeamViewer.exe"}
-RELAY_PORTS = {"anydesk": 443, "rustdesk": 21117, "teamviewer": 5938}  # vendor relay ports (signals.md)
+RELAY_PORTS = {"anydesk": 443, "rustdesk": 21117, "teamviewer": 5938}  # vendor relay ports (vendors' firewall documentation)
 KVM_DEFAULTS = (
     # (vendor_id, product_id, manufacturer, product, EDID name): detectors/data/ipkvm.csv, with sources.
     ("1d6b", "0104", "PiKVM", "PiKVM Composite Device", "PiKVM V4 Plus"),

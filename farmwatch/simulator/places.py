@@ -1,7 +1,7 @@
 """Where the simulated company's people, farms and operators are, and what latency that costs.
 
-Coordinates are city centres (public gazetteer values, rounded). Latency follows signals.md: light in
-fibre bounds distance to RTT x 100 km; real paths run at 40-76.5 km per ms of RTT (CBG/Octant range
+Coordinates are city centres (public gazetteer values, rounded). Latency follows the physics in
+:mod:`farmwatch.detectors.distance`: light in fibre bounds distance to RTT x 100 km; real paths run at 40-76.5 km per ms of RTT (CBG/Octant range
 up to the empirical maximum), plus a few ms of access network. East Asia to the US costs 118-178 ms
 (Oregon/N. California/us-east-1 to Seoul), so operator sessions there are drawn from that range
 plus the operator's own VPN detour.
@@ -76,10 +76,10 @@ VPN_CONCENTRATOR = (39.04, -77.49)
 
 OPERATOR_RTT_MS = (150.0, 230.0)
 """Minimum RTT from a US laptop to an operator in North-East Asia, through the operator's VPN:
-118-178 ms US-Seoul (signals.md) plus a VPN detour."""
+118-178 ms US-Seoul (measured cloud-region RTTs, see :mod:`farmwatch.detectors.distance`) plus a VPN detour."""
 
 KM_PER_RTT_MS = (50.0, 76.5)
-"""Realistic path speeds: CBG/Octant 40-60 km/ms, empirical maximum 76.5 (signals.md)."""
+"""Realistic path speeds: CBG/Octant 40-60 km/ms (Gueye et al., IMC 2004; Octant, NSDI 2007), empirical maximum 76.5."""
 ACCESS_MS = (1.5, 9.0)
 """Home access network RTT before the path leaves the ISP (cable/fibre/Wi-Fi)."""
 

@@ -1,6 +1,6 @@
 """Turn simulated devices into ingest records, one per 5-minute window the laptop is awake.
 
-Input timing follows signals.md: a local typist's 10th-percentile key interval sits in the tens of
+Input timing follows the published observations: a local typist's 10th-percentile key interval sits in the tens of
 milliseconds with almost no bunched keys and mouse events at device rate (60-125 Hz); through a
 remote-control pipe keys arrive in bursts (intervals of a few ms: input batched per packet,
 US8972563), the mouse at network rate (US9319422B2), in jumpier paths (BioCatch). Remote tools on

@@ -3,7 +3,7 @@
 Remote-desktop clients batch input per packet (Red Hat, US8972563), so keys arrive in bursts with
 tiny intervals, and mouse moves arrive at network rate rather than device rate (US9319422B2), in
 jumpier paths (BioCatch); Amazon (2025) caught a remotely driven laptop by its >110 ms keystroke
-latency (signals.md). One odd window proves nothing, so the detector judges the *share* of odd
+latency. One odd window proves nothing, so the detector judges the *share* of odd
 windows over the device's history (and over its recent half, so a laptop that turns remote after
 weeks of local typing shows), each window judged against fixed physical thresholds and the
 fleet's own spread (median +- 3 MADs, learned in :meth:`fit`, so a fleet of slow trackpads is not

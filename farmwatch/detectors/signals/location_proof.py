@@ -1,7 +1,7 @@
 """Is the laptop where the roster says? Latency to anchors with known coordinates.
 
 A minimum RTT of ``r`` ms to an anchor puts the laptop within ``r x 100`` km of it (light in
-fibre, signals.md). When the roster's coordinates are farther from the anchor than that, the
+fibre, :mod:`farmwatch.detectors.distance`). When the roster's coordinates are farther from the anchor than that, the
 laptop cannot be there: proof, not inference, since RTT never shrinks below the light bound.
 RTTs consistently far above what the claimed location makes plausible are weaker evidence
 (congestion and VPN hairpins add RTT too), so they count for less and not on a VPN.

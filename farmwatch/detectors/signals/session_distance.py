@@ -4,7 +4,7 @@ An inbound remote-access connection or an RDP/VNC/SSH session is a direct path t
 (through any VPN it rides on: the RTT covers the whole path). Its minimum RTT bounds the distance
 from above (light) and, with a conservative path model, makes a lower distance likely
 (:func:`farmwatch.detectors.distance.likely_min_distance_km`). Relayed sessions are left out: the TCP
-peer is the vendor's relay and its RTT says little about the operator (signals.md).
+peer is the vendor's relay and its RTT says little about the operator.
 """
 
 from __future__ import annotations

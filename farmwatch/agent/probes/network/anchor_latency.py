@@ -3,7 +3,7 @@
 Why security cares: light in fibre covers ~200 km per ms one way, so a round trip of r ms to an
 anchor bounds the laptop's distance from it to r x 100 km, and congestion only adds. A low minimum
 to a nearby anchor proves proximity; a high one to every anchor says the laptop (or its VPN exit)
-is far away. Sources: ../shared/design/signals.md (Gueye et al. IMC 2004; Octant NSDI 2007).
+is far away. Sources: Gueye et al., IMC 2004 (constraint-based geolocation); Octant, NSDI 2007.
 
 A TCP connect is one round trip (SYN out, SYN-ACK back) and needs no privileges. A refused
 connection counts as an answer: the RST came back from the anchor's host, which is a round trip
