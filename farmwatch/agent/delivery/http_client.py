@@ -4,16 +4,27 @@ The agent makes a handful of requests per five-minute window, so a fresh connect
 costs nothing that matters and leaves no idle keep-alive connection to go stale. httpx did the same
 job for several MB more resident memory (bench/agent_cost.py), which a 20 MB budget cannot spare.
 Redirects are not followed: an agent posting reports must not be sent elsewhere silently.
+
+Corporate laptops often reach the outside only through a proxy. The agent honours the usual
+environment variables (``https_proxy``/``HTTPS_PROXY`` for an https:// collector, ``http_proxy``/
+``HTTP_PROXY`` for http://, ``no_proxy``/``NO_PROXY`` for hosts to reach directly), read as
+:mod:`urllib.request` reads them: an https collector is reached through a ``CONNECT`` tunnel (TLS
+stays end to end, the certificate checked as without a proxy), an http one by sending the absolute
+URL to the proxy. ``user:password@`` in the proxy URL becomes Basic ``Proxy-Authorization``.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json as jsonlib
 import ssl
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from farmwatch.agent.errors import UsageError
 
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 """What a request raises when no answer came: refused, reset, timed out, TLS refused, garbled."""
@@ -39,7 +50,8 @@ class CollectorClient:
     """Requests to paths under one base URL (``http://`` or ``https://``, optionally with a path)."""
 
     def __init__(self, base_url: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
-        """``tls`` checks an https collector's certificate; None trusts the system's CAs."""
+        """``tls`` checks an https collector's certificate; None trusts the system's CAs. The proxy
+        settings are read from the environment here, once."""
         self.base_url = base_url.rstrip("/")
         parts = urllib.parse.urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -49,6 +61,7 @@ class CollectorClient:
         self._prefix = parts.path
         self._timeout = timeout
         self._tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
+        self.proxy = proxy_for(parts)
 
     def request(
         self,
@@ -64,15 +77,54 @@ class CollectorClient:
         if json is not None:
             content = jsonlib.dumps(json).encode()
             sent.setdefault("Content-Type", "application/json")
+        target = self._prefix + path
+        if self.proxy is not None and self._tls is None:  # a forwarding proxy wants the absolute URL
+            target = f"http://{self._host}{'' if self._port is None else f':{self._port}'}{target}"
+            sent.update(self.proxy.authorization)
         connection = self._connect()
         try:
-            connection.request(method, self._prefix + path, body=content, headers=sent)
+            connection.request(method, target, body=content, headers=sent)
             answer = connection.getresponse()
             return Response(answer.status, answer.read())
         finally:
             connection.close()
 
     def _connect(self) -> http.client.HTTPConnection:
-        if self._tls is not None:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        if self.proxy is None:
+            if self._tls is not None:
+                return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
+            return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        if self._tls is None:
+            return http.client.HTTPConnection(self.proxy.host, self.proxy.port, timeout=self._timeout)
+        tunnel = http.client.HTTPSConnection(self.proxy.host, self.proxy.port, timeout=self._timeout, context=self._tls)
+        tunnel.set_tunnel(self._host, self._port, headers=dict(self.proxy.authorization))
+        return tunnel
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """Where to send requests instead, and the credentials it asks for (none when empty)."""
+
+    host: str
+    port: int
+    authorization: tuple[tuple[str, str], ...] = ()
+
+
+def proxy_for(collector: urllib.parse.SplitResult) -> Proxy | None:
+    """The proxy the environment names for this collector URL; None to connect directly.
+
+    Raises :class:`UsageError` for a proxy setting that is not an http:// URL with a host."""
+    found = urllib.request.getproxies_environment()
+    address = found.get(collector.scheme)
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # CPython's, not in typeshed
+    if not address or bypass(collector.hostname or "", found):
+        return None
+    parts = urllib.parse.urlsplit(address if "://" in address else f"http://{address}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise UsageError(f"{collector.scheme}_proxy must be an http://host:port URL, got {address!r}")
+    authorization: tuple[tuple[str, str], ...] = ()
+    if parts.username is not None:
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        authorization = (("Proxy-Authorization", "Basic " + base64.b64encode(pair.encode()).decode()),)
+    return Proxy(parts.hostname, parts.port or 8080, authorization)
+
