@@ -113,14 +113,14 @@ class AlertRecorder:
                 sa.select(verdict_state).where(verdict_state.c.device_id.in_(chunk)).with_for_update()
             ):
                 states[row.device_id] = row
-        first_seen = []
+        new_states = []
         raised = []
         for verdict in scored:
             state = states.get(verdict.device_id)
             if state is None:
                 # Every scored device gets a row (devices by verdict come from here); a racing replica's
                 # insert of the same row fails on the primary key and its retry finds this one.
-                first_seen.append({"device_id": verdict.device_id, "verdict": verdict.verdict,
+                new_states.append({"device_id": verdict.device_id, "verdict": verdict.verdict,
                                    "changes": 0 if verdict.verdict == "clear" else 1,
                                    "through_report_id": through_report_id, "changed_at": verdict.scored_at})
                 if verdict.verdict != "clear":
@@ -131,8 +131,8 @@ class AlertRecorder:
                     verdict=verdict.verdict, changes=state.changes + 1, through_report_id=through_report_id,
                     changed_at=verdict.scored_at))
                 raised += self._raise(tx, verdict, state.verdict, state.changes + 1)
-        if first_seen:
-            tx.execute(verdict_state.insert(), first_seen)
+        if new_states:
+            tx.execute(verdict_state.insert(), new_states)
         return raised
 
     def _raise(self, tx: Connection, verdict: Verdict, previous: str, change: int) -> list[str]:

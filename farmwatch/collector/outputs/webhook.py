@@ -33,6 +33,7 @@ class WebhookOutput(Output):
     schemes = ("http", "https")
     options: ClassVar[dict[str, Check]] = {"secret_file": secret_file, **TLS_OPTIONS}
     required: ClassVar[tuple[str, ...]] = ("secret_file",)
+    batch_size = 20  # one request each: a batch of slow answers must still end well within the outbox lease
 
     def __init__(self, settings: OutputSettings, clock: Callable[[], float] = time.time) -> None:
         super().__init__(settings)
