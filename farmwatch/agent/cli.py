@@ -85,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser(
         "verify", help="onboarding check: observe, then print the collector's verdict",
-        description="Collect for --seconds, deliver, ask the collector for this device's verdict "
-        "and print it. Exit 0 clear, 2 review, 1 farm.",
+        description="Collect for --seconds (a progress bar shows the seconds left), deliver, print what "
+        "this laptop showed (remote-access tools and their round trips, sessions, network, input, "
+        "hardware), then ask the collector for this device's verdict and print it in plain words with "
+        "what to do next. The collector keeps its detailed reasons for the security team, who see this "
+        "check on the console's Onboarding page. Exit 0 clear, 2 review, 1 farm.",
     )
     verify.add_argument("--seconds", type=_positive, default=DEFAULT_VERIFY_SECONDS, metavar="S",
                         help=f"seconds to observe (default {DEFAULT_VERIFY_SECONDS:g})")

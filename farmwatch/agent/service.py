@@ -12,10 +12,12 @@ import json
 import logging
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -32,6 +34,7 @@ from .errors import AgentError, CollectorUnavailable, ReportNotKept, ReportsFail
 from .probes.base import ProbeContext
 from .runner import Runner, utc_now
 from .settings import DEFAULT_INTERVAL_SECONDS, Settings
+from .verify_view import Progress, observations, result
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,12 @@ VERIFY_POLL_SECONDS = 5.0
 VERIFY_EXIT_CODES = {"clear": 0, "review": 2, "farm": 1}  # a script can gate onboarding on it
 
 
-def collect_window(runner: Runner, seconds: float) -> tuple[datetime, datetime]:
-    """Start the probes, let ``seconds`` pass, return the window's bounds."""
+def collect_window(runner: Runner, seconds: float,
+                   wait: Callable[[float], None] = time.sleep) -> tuple[datetime, datetime]:
+    """Start the probes, let ``seconds`` pass (``wait`` may show it), return the window's bounds."""
     start = utc_now(runner.context)
     runner.start()
-    time.sleep(seconds)
+    wait(seconds)
     return start, utc_now(runner.context)
 
 
@@ -81,6 +85,7 @@ class Agent:
         )
         self.runner = Runner(self.context, settings.probes)
         self._collector_interval: float | None = None
+        self.last_report: dict[str, Any] | None = None
 
     def close(self) -> None:
         self.runner.stop()
@@ -107,6 +112,7 @@ class Agent:
         self.notices.take_from(self.spool)
         seq = self.state.allocate_seq()
         report = to_wire(made.model_copy(update={"seq": seq, "errors": [*made.errors, *self.notices.entries()]}))
+        self.last_report = report  # what `verify` tells the person this laptop showed
         try:
             self.spool.put(seq, json.dumps(report).encode())
         except OSError as unwritable:
@@ -150,8 +156,8 @@ class Agent:
             log.warning("quarantined seq %s in %s (see the .response.json beside each)",
                         ", ".join(map(str, done.quarantined)), self.state.quarantine_dir)
 
-    def once(self, window: float) -> int:
-        """Enrol if needed, collect one window, spool it, deliver the spool."""
+    def once(self, window: float, wait: Callable[[float], None] = time.sleep) -> int:
+        """Enrol if needed, collect one window (``wait`` lets it pass), spool it, deliver the spool."""
         self._apply(AgentConfig.parse(self.state.config.get("config", {})))
         try:
             self._configure()
@@ -174,7 +180,7 @@ class Agent:
                 return False
             return True
 
-        lost = self._keep_window(*collect_window(self.runner, window), attempt)
+        lost = self._keep_window(*collect_window(self.runner, window, wait), attempt)
         if lost is not None:
             raise ReportNotKept(f"this window's report could be neither spooled nor sent ({lost}); "
                                 "it is counted in the next report's errors[]")
@@ -231,7 +237,12 @@ class Agent:
 
     def verify(self, seconds: float) -> int:
         """Onboarding check: report ``seconds`` of observation, then print the collector's verdict."""
-        self.once(seconds)
+        print(f"farmwatch onboarding check: observing this laptop for {seconds:.0f} s", flush=True)
+        self.once(seconds, Progress(sys.stdout).wait)
+        print("What this laptop showed:")
+        for line in observations(self.last_report or {}):
+            print(f"  - {line}")
+        print("Asking the collector for its verdict ...", flush=True)
         identity = self.enrollment.identity()
         asked = {"seconds": round(seconds)}
         patience = time.monotonic() + VERIFY_PATIENCE_SECONDS
@@ -259,6 +270,8 @@ class Agent:
         print(f"verdict: {verdict.verdict} (risk {verdict.risk:.2f}) for device {verdict.device_id}")
         for finding in verdict.findings:
             print(f"  [{finding.severity}] {finding.summary}")
+        for line in result(verdict.verdict):
+            print(line)
         return VERIFY_EXIT_CODES[verdict.verdict]
 
 

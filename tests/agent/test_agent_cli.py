@@ -99,8 +99,10 @@ def test_verify_prints_the_verdict_and_exits_with_its_code(collector: RunningCol
                          str(collector.enroll_secret_file), "--state-dir", str(tmp_path / "state"), "--seconds", "0")
     finally:
         anydesk.close()
-    first = done.stdout.splitlines()[0]
-    assert first.startswith("verdict: "), done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("farmwatch onboarding check: observing this laptop"), done.stdout + done.stderr
+    first = next((line for line in lines if line.startswith("verdict: ")), "")
+    assert first, done.stdout + done.stderr
     label = first.split()[1]
     assert done.returncode == {"clear": 0, "review": 2, "farm": 1}[label]
     assert label != "clear" and "AnyDesk" in done.stdout
