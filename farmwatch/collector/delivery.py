@@ -145,6 +145,7 @@ class Alerting:
         registry: CollectorRegistry,
         clock: Callable[[], datetime],
     ) -> None:
+        self.storage = storage
         storage.verdict_listener = AlertRecorder(
             [(o.name, o.min_verdict, o.max_pending) for o in outputs], public_url)
         deliveries = Counter("farmwatch_alert_deliveries", "Alerts an output accepted or failed to take, by output.",
@@ -153,6 +154,10 @@ class Alerting:
         self.workers = [DeliveryWorker(storage, build(settings), deliveries, clock) for settings in outputs]
 
     def start(self) -> None:
+        names = [worker.output.name for worker in self.workers]
+        for name, count in outbox.orphans(self.storage, names).items():
+            log.warning("%d alert(s) wait for output %r, which is no longer configured: kept, not sent "
+                        "(configure it again under that name to send them)", count, name)
         for worker in self.workers:
             worker.start()
 

@@ -91,22 +91,33 @@ class OutputBacklog:
 
 
 def backlog(storage: Storage, outputs: Sequence[str]) -> dict[str, OutputBacklog]:
-    """Per output: pending rows, the oldest pending row's time, overflowed rows."""
+    """Per configured output: pending rows, the oldest pending row's time, overflowed rows."""
     query = (
         sa.select(outbox.c.output, outbox.c.state, sa.func.count(), sa.func.min(outbox.c.created_at))
-        .where(outbox.c.state.in_([PENDING, OVERFLOW]))
+        .where(outbox.c.state.in_([PENDING, OVERFLOW]), outbox.c.output.in_(list(outputs)))
         .group_by(outbox.c.output, outbox.c.state)
     )
     with storage.engine.connect() as connection:
         rows = connection.execute(query).all()
     found: dict[str, dict[str, Any]] = {name: {"pending": 0, "oldest": None, "overflow": 0} for name in outputs}
     for name, state, count, oldest in rows:
-        entry = found.setdefault(name, {"pending": 0, "oldest": None, "overflow": 0})
+        entry = found[name]
         if state == PENDING:
             entry.update(pending=count, oldest=oldest)
         else:
             entry["overflow"] = count
     return {name: OutputBacklog(e["pending"], e["oldest"], e["overflow"]) for name, e in found.items()}
+
+
+def orphans(storage: Storage, outputs: Sequence[str]) -> dict[str, int]:
+    """Pending alerts of outputs no longer configured (a renamed or removed [[outputs]] table)."""
+    query = (
+        sa.select(outbox.c.output, sa.func.count())
+        .where(outbox.c.state == PENDING, outbox.c.output.not_in(list(outputs)))
+        .group_by(outbox.c.output)
+    )
+    with storage.engine.connect() as connection:
+        return {name: int(count) for name, count in connection.execute(query).all()}
 
 
 def devices_by_verdict(storage: Storage) -> dict[str, int]:

@@ -231,3 +231,20 @@ def test_a_webhook_batch_that_fails_midway_keeps_what_was_accepted(store: Storag
         assert delivered == ["dev-1", "dev-2"]  # each once, in order
     finally:
         receiver.stop()
+
+
+def test_alerts_of_an_output_no_longer_configured_are_kept_and_named(
+    store: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alerting(store, tmp_path)
+    store.save_verdicts([verdict("farm", 0.9)], through_report_id=1)
+    registry = CollectorRegistry()
+    tables = [{"type": "ecs_file", "name": "renamed", "url": str(tmp_path / "r.ndjson")}]
+    restarted = Alerting(store, parse_outputs(tables, REGISTRY, "test"), None, registry, lambda: NOW)
+    restarted.start()
+    restarted.stop()
+    assert "1 alert(s) wait for output 'any', which is no longer configured" in caplog.text
+    assert "1 alert(s) wait for output 'farm-only'" in caplog.text
+    text = generate_latest(registry).decode()
+    assert 'output="renamed"' in text and 'output="any"' not in text  # metrics name configured outputs only
+    assert [o["state"] for o in outbox.recent(store, 1)[0]["outputs"]] == ["pending", "pending"]
