@@ -46,5 +46,5 @@ bench: install ## benchmarks, each figure printed beside its baseline
 	$(BIN)/python bench/run_all.py
 
 package: ## the self-contained agent (PyInstaller) and its .deb in build/packages/ (deploy/README.md)
-	bash deploy/agent/build-linux.sh
-	bash deploy/agent/build-deb.sh build/agent-linux/dist/farmwatch-agent build/packages
+	bash deploy/agent/freeze.sh
+	bash deploy/agent/build-deb.sh build/agent/dist/farmwatch-agent build/packages

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packs the self-contained agent (from build-linux.sh) into a Debian package with dpkg-deb:
+# Packs the self-contained agent (from freeze.sh) into a Debian package with dpkg-deb:
 #   /usr/lib/farmwatch-agent/            the PyInstaller folder (farmwatch-agent + _internal/)
 #   /usr/bin/farmwatch-agent             a symlink to it
 #   /lib/systemd/system/farmwatch-agent.service   deploy/agent/farmwatch-agent.service
@@ -17,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bundle=${1:?usage: build-deb.sh BUNDLE_DIR OUT_DIR}
 out=${2:?usage: build-deb.sh BUNDLE_DIR OUT_DIR}
-[ -x "$bundle/farmwatch-agent" ] || { echo "build-deb.sh: no farmwatch-agent in $bundle (run build-linux.sh first)" >&2; exit 64; }
+[ -x "$bundle/farmwatch-agent" ] || { echo "build-deb.sh: no farmwatch-agent in $bundle (run freeze.sh first)" >&2; exit 64; }
 
 version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$repo/pyproject.toml")
 arch=$(dpkg --print-architecture)

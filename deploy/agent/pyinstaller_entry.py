@@ -1,6 +1,6 @@
 """PyInstaller's entry script for the self-contained agent: the same ``farmwatch-agent`` console script.
 
-build-linux.sh freezes this file; it is not imported by the package.
+freeze.sh freezes this file; it is not imported by the package.
 """
 
 from farmwatch.entry import agent

@@ -1,0 +1,11 @@
+#!/bin/sh
+# Removes the agent installed by farmwatch-agent-VERSION.pkg (run as root, e.g. a Jamf policy).
+# --purge also removes its state (device identity, token, spool) and /etc/farmwatch.
+set -e
+launchctl bootout system/com.farmwatch.agent 2>/dev/null || true
+rm -f /Library/LaunchDaemons/com.farmwatch.agent.plist
+rm -rf /opt/farmwatch
+pkgutil --forget com.farmwatch.agent >/dev/null 2>&1 || true
+if [ "${1:-}" = --purge ]; then
+  rm -rf "/Library/Application Support/farmwatch-agent" /etc/farmwatch
+fi

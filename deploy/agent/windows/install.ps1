@@ -1,0 +1,22 @@
+# Intune Win32 app install command (deploy/README.md, "Windows"):
+#   powershell.exe -ExecutionPolicy Bypass -File install.ps1
+# Copies the self-contained agent and the WinSW wrapper to C:\Program Files\farmwatch, writes
+# agent.toml and the enrol secret to C:\ProgramData\farmwatch (readable by SYSTEM and
+# Administrators only) when they come in the package, then installs and starts the service.
+$ErrorActionPreference = 'Stop'
+$target = 'C:\Program Files\farmwatch'
+$config = 'C:\ProgramData\farmwatch'
+$service = Join-Path $target 'farmwatch-agent-service.exe'
+
+if (Test-Path $service) { & $service stop | Out-Null; & $service uninstall | Out-Null }
+New-Item -ItemType Directory -Force -Path $target, $config | Out-Null
+Copy-Item -Recurse -Force (Join-Path $PSScriptRoot 'farmwatch-agent') $target
+Copy-Item -Force (Join-Path $PSScriptRoot 'farmwatch-agent-service.exe'), (Join-Path $PSScriptRoot 'farmwatch-agent.xml') $target
+foreach ($file in 'agent.toml', 'enroll-secret') {
+  $source = Join-Path $PSScriptRoot $file
+  if (Test-Path $source) { Copy-Item -Force $source $config }
+}
+# SYSTEM and Administrators only: the enrol secret must not be readable by the laptop's user.
+icacls $config /inheritance:r /grant:r 'SYSTEM:(OI)(CI)F' 'Administrators:(OI)(CI)F' | Out-Null
+& $service install
+& $service start
