@@ -1,6 +1,13 @@
 """SIEM outputs: one module per type behind :class:`~farmwatch.collector.outputs.base.Output`.
 
 ``REGISTRY`` maps the ``type`` of an ``[[outputs]]`` table to its class.
+
+Written here rather than taken from PyPI, after looking: the syslog and Splunk packages there are
+``logging`` handlers (rfc5424-logging-handler, last release 2019; splunk-handler), which report a
+failed send to stderr instead of to the caller, and an outbox must know whether the receiver took
+the alert; the CEF packages (cef 2012, cefevent 2023) are unmaintained; ecs-logging formats Python
+log records, not documents; splunk-sdk speaks Splunk's REST API, not HEC; ocsf-lib is schema
+tooling. Each format is small and cites its specification where it is built.
 """
 
 from __future__ import annotations
