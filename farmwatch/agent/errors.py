@@ -18,13 +18,15 @@ class UsageError(AgentError):
 
 
 class CollectorUnavailable(AgentError):
-    """The collector could not be reached or answered 5xx: keep the spool, try later (EX_TEMPFAIL)."""
+    """The collector could not be reached, answered 5xx or asked us to slow down (429): keep the
+    spool, try later (EX_TEMPFAIL)."""
 
     exit_code = 75
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.status = status  # the HTTP status of a 5xx answer; None when nothing answered
+        self.status = status  # the HTTP status of a 5xx or 429 answer; None when nothing answered
+        self.retry_after = retry_after  # seconds the collector asked us to wait (Retry-After), if it did
 
 
 class ReportsFailing(CollectorUnavailable):

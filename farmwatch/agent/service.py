@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 UNENROLLED = "unenrolled"  # device id of a report made before the first enrolment (restamped on delivery)
 FIRST_RETRY_SECONDS = 5.0
 HTTP_TIMEOUT_SECONDS = 15.0
+MAX_RETRY_AFTER_SECONDS = 3600.0  # a collector's Retry-After is honoured up to this; longer waits are cut
 VERIFY_PATIENCE_SECONDS = 600.0  # how long `verify` waits for a busy collector to score its report
 VERIFY_POLL_SECONDS = 5.0
 VERIFY_EXIT_CODES = {"clear": 0, "review": 2, "farm": 1}  # a script can gate onboarding on it
@@ -205,7 +206,7 @@ class Agent:
             if stop.is_set():
                 break  # a partial window is not reported; the next start begins a fresh one
             end = utc_now(self.context)
-            self._keep_window(start, end, lambda: self._attempt(retry))
+            self._keep_window(start, end, lambda: not retry.holding() and self._attempt(retry))
             # Windows tile (each starts where the last ended) on a fixed cadence; after a long
             # delivery or a suspended laptop the cadence restarts from now instead of catching up.
             start, deadline = end, deadline + self._interval()
@@ -223,7 +224,7 @@ class Agent:
             return True
         except CollectorUnavailable as error:
             log.warning("%s; %d report(s) spooled, retrying in %.0f s",
-                        error, len(self.spool.pending()), retry.failed(self._interval()))
+                        error, len(self.spool.pending()), retry.failed(self._interval(), asked=error.retry_after))
         except AgentError as error:
             log.error("%s; retrying in %.0f s", error, retry.failed(self._interval(), at_ceiling=True))
         else:
@@ -283,22 +284,32 @@ def _marked_stale(body: str) -> bool:
 
 
 class _Backoff:
-    """Exponential backoff with jitter (so a fleet does not retry in lockstep), capped."""
+    """Exponential backoff with jitter (so a fleet does not retry in lockstep), capped; a collector's
+    Retry-After is honoured up to :data:`MAX_RETRY_AFTER_SECONDS` (windows are still spooled)."""
 
     def __init__(self) -> None:
         self.failures = 0
         self.at = float("inf")
+        self.asked = False  # the wait is the collector's Retry-After: no attempt at all before it ends
 
     def due(self) -> bool:
         return time.monotonic() >= self.at
 
-    def failed(self, ceiling: float, at_ceiling: bool = False) -> float:
+    def holding(self) -> bool:
+        """Within a wait the collector asked for (even a window's end does not try before it)."""
+        return self.asked and not self.due()
+
+    def failed(self, ceiling: float, at_ceiling: bool = False, asked: float | None = None) -> float:
         self.failures += 1
         base = ceiling if at_ceiling else min(ceiling, FIRST_RETRY_SECONDS * 2 ** (self.failures - 1))
         delay = base * random.uniform(0.5, 1.0)
+        self.asked = asked is not None
+        if asked is not None:
+            delay = max(delay, min(asked, MAX_RETRY_AFTER_SECONDS))
         self.at = time.monotonic() + delay
         return delay
 
     def succeeded(self) -> None:
         self.failures = 0
         self.at = float("inf")
+        self.asked = False

@@ -28,15 +28,18 @@ CONFIG_REFRESH_SECONDS = 3600.0
 
 
 def call(http: CollectorClient, method: str, path: str, **kwargs: Any) -> Response:
-    """One request; an unreachable collector or a 5xx answer raises :class:`CollectorUnavailable`."""
+    """One request; an unreachable collector, a 5xx or a 429 answer raises :class:`CollectorUnavailable`
+    (with the Retry-After the collector sent)."""
     try:
         response = http.request(method, path, **kwargs)
     except TRANSPORT_ERRORS as failed:
         reason = f"{type(failed).__name__}: {failed}"
         raise CollectorUnavailable(f"collector at {http.base_url} unreachable ({reason})") from failed
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code == 429:
+        wait = "" if response.retry_after is None else f" (Retry-After: {response.retry_after:g} s)"
         raise CollectorUnavailable(
-            f"collector at {http.base_url} answered {response.status_code} to {method} {path}", response.status_code
+            f"collector at {http.base_url} answered {response.status_code} to {method} {path}{wait}",
+            response.status_code, response.retry_after,
         )
     return response
 

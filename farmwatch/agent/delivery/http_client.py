@@ -16,12 +16,14 @@ URL to the proxy. ``user:password@`` in the proxy URL becomes Basic ``Proxy-Auth
 from __future__ import annotations
 
 import base64
+import email.utils
 import http.client
 import json as jsonlib
 import ssl
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from farmwatch.agent.errors import UsageError
@@ -36,6 +38,7 @@ class Response:
 
     status_code: int
     content: bytes
+    retry_after: float | None = None  # seconds from the Retry-After header (RFC 9110 10.2.3), if any
 
     @property
     def text(self) -> str:
@@ -85,7 +88,7 @@ class CollectorClient:
         try:
             connection.request(method, target, body=content, headers=sent)
             answer = connection.getresponse()
-            return Response(answer.status, answer.read())
+            return Response(answer.status, answer.read(), retry_after_seconds(answer.getheader("Retry-After")))
         finally:
             connection.close()
 
@@ -99,6 +102,22 @@ class CollectorClient:
         tunnel = http.client.HTTPSConnection(self.proxy.host, self.proxy.port, timeout=self._timeout, context=self._tls)
         tunnel.set_tunnel(self._host, self._port, headers=dict(self.proxy.authorization))
         return tunnel
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds from now: delay-seconds or an HTTP-date; None when absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ causes no duplicate. What each other answer does:
 - **409 otherwise, 413, 422**: rejected for good; moved to ``quarantine/`` with the answer beside it
   (``<seq>.response.json``): visible to an operator, never retried forever, never silently dropped.
 - **401**: one re-enrolment.
-- **unreachable, 502, 503, 504**: the collector is away or busy; the pass stops, the spool stays.
+- **unreachable, 429, 502, 503, 504**: the collector is away, busy or rate-limiting us; the pass stops,
+  the spool stays (``run`` waits as long as a ``Retry-After`` asks, up to
+  :data:`farmwatch.agent.service.MAX_RETRY_AFTER_SECONDS`).
 - **any other 5xx**: the collector failed on this report. The pass skips it and goes on; when a
   later report is accepted in the same pass, the collector works and the failure counts against
   the skipped one, which after :data:`MAX_FAILED_ATTEMPTS` such passes is quarantined (a report
