@@ -15,7 +15,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 REPORT_SCHEMA = "farmwatch.report/v1"
 
@@ -116,8 +116,18 @@ WireValue = Annotated[
 class _Section(BaseModel):
     """A closed section of the report: every named field present, null where unknown."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=False)
+    model_config = ConfigDict(
+        strict=True, extra="allow", frozen=False, json_schema_extra={"propertyNames": {"pattern": NO_NUL}}
+    )
     __pydantic_extra__: dict[str, WireValue] = Field(init=False)
+
+    @model_validator(mode="after")
+    def _names_hold(self) -> _Section:
+        """An unknown field's own name is text too: no NUL (its value is checked by WireValue)."""
+        for name in self.model_extra or {}:
+            if "\x00" in name:
+                raise ValueError(f"the unknown field name {name!r} contains NUL (\\u0000)")
+        return self
 
 
 class AgentInfo(_Section):

@@ -93,7 +93,8 @@ def check(document: dict[str, Any]) -> None:
         assert named and all(item["field"] and item["message"] for item in named)
         return
     wire = to_wire(report)
-    orjson.dumps(wire)  # what the collector stores: raises on integers past 64 bits
+    stored = orjson.dumps(wire)  # what the collector stores: raises on integers past 64 bits
+    assert b"\\u0000" not in stored  # PostgreSQL cannot hold NUL in text, in values or in field names
     jsonschema.validate(json.loads(json.dumps(wire)), SCHEMA)
     assert report.window_start <= report.window_end <= RECEIVED + SKEW
     neighbour = Report.model_validate_json(body_of({**FIXTURE, "device_id": "neighbour"}))

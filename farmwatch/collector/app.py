@@ -116,10 +116,13 @@ def create_app(
         return address
 
     async def device_of(request: Request) -> str:
-        address = refuse_guessers(request)
+        # A valid device token passes even from an address that spent its failed-auth budget: tokens
+        # are 256-bit random (guessing is hopeless), and a guesser behind an office NAT must not
+        # silence every agent behind it. Wrong tokens spend the budget, then get 429.
         token = _bearer(request)
         device = await run_in_threadpool(storage.device_of_token, token) if token else None
         if device is None:
+            address = refuse_guessers(request)
             auth_failures.spend(address)
             raise Rejected(401, "unauthorized", [{"field": "Authorization", "message": "unknown, revoked or missing device token"}])
         return device

@@ -62,6 +62,8 @@ def test_unknown_device_tokens_are_slowed_too(collector_factory: Any) -> None:
     retry_after(post(collector, "guess-4", report_for(str(device["device_id"]))), 21)
     analyst = httpx.get(f"{collector.url}/api/v1/devices", headers=auth(collector.analyst_token))
     retry_after(analyst, 21)  # per address: the analyst on this address waits as well (README, Security)
+    # ...but the device with a valid token behind the same address keeps reporting.
+    assert post(collector, device["token"], report_for(str(device["device_id"]))).status_code == 202
     assert metric(collector, 'farmwatch_reports_rejected_total{reason="rate_limited"}') == 1
 
 
