@@ -1,0 +1,24 @@
+"""bench/detection_quality.py checks the targets its docstring states (the run itself is a benchmark)."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+QUALITY = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "detection_quality.py"))
+
+
+def _figures(**changed: float) -> dict[str, float]:
+    good = {"recall (farm)": 0.97, "recall (farm or review)": 1.0, "legit called farm": 0.0, "legit sent to review": 0.02}
+    return {**good, **changed}
+
+
+def test_figures_within_every_target_miss_nothing() -> None:
+    assert QUALITY["missed"](_figures()) == []
+
+
+def test_each_target_is_checked_in_its_direction() -> None:
+    missed = QUALITY["missed"](_figures(**{"recall (farm)": 0.9, "legit sent to review": 0.05}))
+    assert missed == ["recall (farm) 0.900 (target >= 0.95)", "legit sent to review 0.050 (target <= 0.03)"]
+    assert set(QUALITY["TARGETS"]) == {"recall (farm)", "recall (farm or review)", "legit called farm",
+                                       "legit sent to review"}
