@@ -220,3 +220,15 @@ def test_odd_input_gets_a_4xx_never_a_5xx(collector: RunningCollector) -> None:
     big = client.post(f"/console/devices/{device_id}/note", content=b"text=" + b"a" * 70_000 + b"&csrf_token=" + csrf.encode(),
                       headers={"content-type": "application/x-www-form-urlencoded"})
     assert big.status_code == 413
+
+
+def test_wrong_passwords_from_one_address_are_throttled(collector_factory) -> None:  # type: ignore[no-untyped-def]
+    collector = collector_factory(config_text="[limits]\nfailed_auth_per_address_per_minute = 2\n")
+    add_analyst(collector)
+    client = httpx.Client(base_url=collector.url)
+    token = csrf_of(client.get("/console/login").text)
+    for _ in range(2):
+        assert client.post("/console/login", data={"csrf_token": token, "name": "alice",
+                                                   "password": "guess guess guess"}).status_code == 401
+    throttled = client.post("/console/login", data={"csrf_token": token, "name": "alice", "password": PASSWORD})
+    assert throttled.status_code == 429 and "Too many failed sign-ins from 127.0.0.1" in throttled.text

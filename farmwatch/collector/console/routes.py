@@ -10,6 +10,7 @@ stale and asks the scorer for a fresh one.
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from farmwatch.collector.console.store import (
     ConsoleStore,
     FleetFilter,
 )
+from farmwatch.collector.ratelimit import AddressLimiter
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.detectors.registry import REGISTRY
@@ -74,11 +76,14 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
     """Add the console's routes and static files to ``app``; returns its store (verify records there)."""
     store = ConsoleStore(storage.engine)
     accounts = Accounts(storage.engine)
+    config = scorer.config
+    # Wrong passwords spend the same per-address budget as wrong API tokens ([limits], per process).
+    sign_in_failures = AddressLimiter(config.limits.failed_auth_per_address_per_minute)
     package = files("farmwatch.collector.console")
     templates = Jinja2Templates(directory=str(package / "templates"))
     templates.env.globals.update(detector_about=detector_about, verdicts=VERDICTS, network_kinds=NETWORK_KINDS,
                                  detector_names=sorted(REGISTRY), max_suppression_days=MAX_SUPPRESSION_DAYS,
-                                 banner=scorer.config.console_banner)
+                                 banner=config.console_banner)
     templates.env.filters["when"] = _when
     templates.env.filters["evidence"] = _evidence
     app.mount("/console/static", StaticFiles(directory=str(package / "static")), name="console-static")
@@ -145,7 +150,13 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
         fields = await form_of(request, None)
         name, password = fields.get("name", "").strip(), fields.get("password", "")
         target = _local(fields.get("next", "/console/fleet"))
+        peer = request.client.host if request.client else None
+        address = ingest.source_address(peer, request.headers.get("x-forwarded-for"), config.trusted_proxies)
+        wait = sign_in_failures.wait(address)
+        if wait is not None:
+            raise ConsoleRefusal(429, f"Too many failed sign-ins from {address}; try again in {math.ceil(wait)} s.")
         if not await run_in_threadpool(accounts.check_password, name, password):
+            sign_in_failures.spend(address)
             await run_in_threadpool(store.audit, name[:64] or "(blank)", "sign_in_refused", clock())
             response: Response = page(request, "login.html", 401, csrf_token=request.cookies.get(LOGIN_COOKIE, ""),
                             next=target, error="Wrong name or password.", session=None)
