@@ -76,6 +76,23 @@ def test_the_spool_goes_out_first_and_a_report_the_disk_cannot_take_is_sent_dire
     filler.unlink()
 
 
+def test_a_once_run_that_kept_nothing_is_named_by_the_next_run(collector: RunningCollector, disk: Path) -> None:
+    state = disk / "state"
+    assert agent_once(collector, state).returncode == 0  # enrolled; the notices file reserved its space
+    fill(disk)
+    collector.stop()
+    lost = agent_once(collector, state)
+    assert lost.returncode == 74, lost.stderr
+    assert "cannot save delivery notices" not in lost.stderr  # written over the reserved file
+    collector.start()
+    direct = agent_once(collector, state)
+    assert direct.returncode == 0 and "sent it directly" in direct.stderr, direct.stderr
+    reports = sorted((r["report"] for r in export(collector)), key=lambda r: r["seq"])
+    assert [r["seq"] for r in reports] == [1, 3]  # seq 2 was neither spooled nor sent
+    notices = [e["message"] for e in reports[-1]["errors"] if e["probe"] == "agent"]
+    assert len(notices) == 1 and notices[0].startswith("1 report(s) could not be kept"), notices
+
+
 def test_reports_that_can_be_neither_spooled_nor_sent_are_counted_in_a_later_report(
     collector: RunningCollector, disk: Path
 ) -> None:

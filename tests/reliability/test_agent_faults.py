@@ -126,7 +126,7 @@ def test_every_report_is_stored_once_or_accounted_for(agent: AgentUnderFaults) -
         for _ in range(2):
             assert "sent it directly" in agent.once(0)
         agent.collector.stop()
-        agent.once(74)  # neither spooled nor sent: said on stderr, exit 74
+        agent.once(74)  # neither spooled nor sent: exit 74, and named in the next report
         filler.unlink()
         agent.collector.start()
         agent.once(0)
@@ -142,7 +142,8 @@ def test_every_report_is_stored_once_or_accounted_for(agent: AgentUnderFaults) -
           + "; ".join(f"{name} x{count}" for name, count in agent.faults.items()))
     print(f"agent reliability: reports made {agent.made} (exit codes {dict(agent.exits)}); spooled {spooled} = "
           f"stored {stored_from_spool} + set aside as poisoned 1; sent directly (disk full) {agent.sent_directly}; "
-          f"not kept (disk full, collector away: exit 74, logged) {agent.not_kept}; stored {len(stored)}, "
+          f"not kept (disk full, collector away: exit 74, named in a later report) {agent.not_kept}; "
+          f"stored {len(stored)}, "
           f"stored twice {duplicates}")
     assert duplicates == 0
     assert spooled == stored_from_spool + 1
@@ -150,3 +151,5 @@ def test_every_report_is_stored_once_or_accounted_for(agent: AgentUnderFaults) -
     told = [e["message"] for report in stored for e in report.get("errors", []) if e["probe"] == "agent"]
     assert any(f"seq {poisoned}: collector at" in message for message in told), told  # set aside, and said so
     assert any(f"seq {planted}: the spooled file is unreadable" in message for message in told), told
+    lost = sum(int(m.split()[0]) for m in told if "could not be kept" in m)
+    assert lost == agent.not_kept, told

@@ -3,14 +3,18 @@
 Reports set aside in quarantine, dropped for the spool's bound, or not kept at all (a disk too full
 to spool them while the collector could not take them either) must never vanish silently: each is
 counted here and named in the ``errors[]`` of the next report that is kept or sent (probe
-``"agent"``), then forgotten. The notices are saved in the state dir when the disk allows, so a
-``once`` run's notice reaches the next run; on a full disk they live in memory (and in the log).
+``"agent"``), then forgotten. The notices are saved in the state dir, so a ``once`` run's notice
+reaches the next run. The file is kept at :data:`RESERVED_BYTES` (JSON padded with spaces), so on
+a full disk the notices are written over it in place, needing no new block; only when even that
+fails do they live in memory (and in the log).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PROBE = "agent"
 MAX_LISTED = 20  # seqs and reasons listed by name; beyond that only counted
+RESERVED_BYTES = 16 * 1024  # above the largest notice file: MAX_LISTED reasons of 300 characters and counts
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Notices:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending = self._load()
+        if not path.exists():
+            self._save()  # reserve the space while there is some
 
     def take_from(self, spool: Spool) -> None:
         """Move the reports the spool has just set aside or dropped into the notices."""
@@ -97,7 +104,23 @@ class Notices:
             return _Pending()
 
     def _save(self) -> None:
+        data = json.dumps(asdict(self._pending)).encode().ljust(RESERVED_BYTES)
         try:
-            atomic_write(self.path, json.dumps(asdict(self._pending)).encode())
-        except OSError as failed:
-            log.warning("cannot save delivery notices (%s); keeping them in memory", failed.strerror or failed)
+            atomic_write(self.path, data)
+        except OSError as full:
+            try:
+                self._overwrite(data)
+            except OSError as failed:
+                log.warning("cannot save delivery notices (%s, then %s); keeping them in memory",
+                            full.strerror or full, failed.strerror or failed)
+
+    def _overwrite(self, data: bytes) -> None:
+        """Write over the reserved file in place: its blocks are allocated, a full disk cannot refuse them."""
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            if os.fstat(fd).st_size < len(data):
+                raise OSError(errno.ENOSPC, "the reserved notices file is too small")
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
