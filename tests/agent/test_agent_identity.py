@@ -62,3 +62,19 @@ def test_a_reinstalled_agent_delivers_every_spooled_report_exactly_once(
     assert not list((state / "quarantine").iterdir()) and not list((state / "spool").glob("*.json"))
     by_window = sorted(stored, key=lambda r: r["window_end"])
     assert [r["seq"] for r in by_window] == [1, 2, 3, 4, 5, 6]  # renumbering kept the sequence in time order
+
+
+def test_a_report_renamed_but_not_yet_restamped_goes_out_under_its_files_seq(
+    collector: RunningCollector, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    assert agent_once(collector, state).returncode == 0
+    report = export(collector)[0]["report"]
+    # What a crash between the rename to a new seq and the restamp leaves: file 5, content seq 1.
+    (state / "spool" / f"{5:012d}.json").write_text(json.dumps({**report, "window_start": report["window_end"]}))
+    (state / "spool" / f"{4:012d}.json").symlink_to(tmp_path / "nowhere")  # planted, dangling
+    done = agent_once(collector, state)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["report"]["seq"] for r in export(collector)) == [1, 5, 6]
+    assert (state / "quarantine" / f"{4:012d}.json").is_symlink()
+    assert "sent it directly" not in done.stderr  # the spool's bound check did not trip over the symlink

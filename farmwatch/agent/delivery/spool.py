@@ -211,7 +211,7 @@ class Spool:
 
     def _enforce_bound(self) -> None:
         files = self.pending()
-        sizes = [f.stat().st_size for f in files]
+        sizes = [f.lstat().st_size for f in files]  # a planted dangling symlink must not fail the put
         total = sum(sizes)
         while files and (len(files) > self.max_reports or total > self.max_bytes):
             oldest = files.pop(0)
