@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,28 @@ def test_a_report_renamed_but_not_yet_restamped_goes_out_under_its_files_seq(
     assert sorted(r["report"]["seq"] for r in export(collector)) == [1, 5, 6]
     assert (state / "quarantine" / f"{4:012d}.json").is_symlink()
     assert "sent it directly" not in done.stderr  # the spool's bound check did not trip over the symlink
+
+
+def test_a_counter_far_behind_the_collector_catches_up_without_losing_a_report(
+    collector: RunningCollector, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    assert agent_once(collector, state).returncode == 0
+    first = export(collector)[0]["report"]
+
+    def plant(seq: int, shift: int) -> None:
+        start = datetime.fromisoformat(first["window_end"]) + timedelta(seconds=shift)
+        report = {**first, "seq": seq, "window_start": start.isoformat(), "window_end": start.isoformat()}
+        (state / "spool" / f"{seq:012d}.json").write_text(json.dumps(report))
+
+    for seq in range(2, 9):
+        plant(seq, seq)
+    assert agent_once(collector, state).returncode == 0  # the collector now holds 1..9
+    (state / "next_seq").write_text("2\n")  # as a counter a full disk kept from being saved, then a restart
+    plant(2, 100)  # other content under a taken seq, far below the collector's
+    done = agent_once(collector, state)
+    assert done.returncode == 0, done.stderr
+    assert "kept for the next pass" in done.stderr  # five renumbers were not enough in the first pass
+    stored = [record["report"] for record in export(collector)]
+    assert sorted(r["seq"] for r in stored) == list(range(1, 12))
+    assert len({r["window_start"] for r in stored}) == 11  # the variant and this run's report, each once

@@ -54,7 +54,7 @@ def _reports(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if _REPORT_NAME.fullmatch(p.name)), key=lambda p: int(p.stem))
 
 
-def report_path(folder: Path, seq: int) -> Path:
+def _report_path(folder: Path, seq: int) -> Path:
     return folder / f"{seq:012d}.json"
 
 
@@ -83,7 +83,7 @@ class Spool:
 
         Raises :class:`OSError` (e.g. ENOSPC) with nothing left behind when it cannot be stored.
         """
-        path = report_path(self.folder, seq)
+        path = _report_path(self.folder, seq)
         atomic_write(path, body)
         self._enforce_bound()
         return path
@@ -142,7 +142,7 @@ class Spool:
 
     def renumber(self, path: Path, seq: int) -> Path:
         """Give a spooled report a new seq by renaming it (needs no free space; the caller restamps it)."""
-        target = report_path(self.folder, seq)
+        target = _report_path(self.folder, seq)
         os.replace(path, target)
         fsync_dir(self.folder)
         self._forget_failures(int(path.stem))
@@ -171,10 +171,6 @@ class Spool:
             log.warning("quarantine keeps its last %d reports: dropped seq %d", self.max_quarantined,
                         int(dropped.stem))
         return target
-
-    def failures(self, seq: int) -> int:
-        """How many times the collector failed this report (5xx) while accepting others."""
-        return self._read_failures().get(str(seq), 0)
 
     def count_failure(self, seq: int) -> int:
         """Count one more failed attempt for ``seq`` (kept across runs when the disk allows); the new total."""

@@ -91,6 +91,8 @@ def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
             if report["seq"] != seq:
                 done.renumbered[seq] = report["seq"]
             _count_failures(spool, failing, done)
+        elif _seq_taken(response):  # still taken after MAX_RENUMBERS: the next pass starts higher
+            log.warning("report seq %d: every seq tried this pass is taken; kept for the next pass", report["seq"])
         elif response.status_code in REJECTED_FOR_GOOD:
             _set_aside(spool, spooled.path, response.status_code, response.text, done)
         else:
