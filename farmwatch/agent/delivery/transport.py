@@ -8,7 +8,8 @@ causes no duplicate. What each other answer does:
   before the first enrolment or restored from a backup, a counter a full disk kept from being
   saved): the report is renamed to the next seq of the state's counter (which enrolment raised to
   the collector's ``next_seq``) and sent again; a renamed report is stamped with its new seq, so
-  a crash in between re-sends the same content.
+  a crash in between re-sends the same content. Each taken seq raises the counter past it; a
+  report still colliding after :data:`MAX_RENUMBERS` stays spooled and the next pass starts higher.
 - **409 otherwise, 413, 422**: rejected for good; moved to ``quarantine/`` with the answer beside it
   (``<seq>.response.json``): visible to an operator, never retried forever, never silently dropped.
 - **401**: one re-enrolment.
