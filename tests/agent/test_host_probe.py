@@ -284,3 +284,12 @@ def test_failed_command_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyP
     probe = HostProbe(ProbeContext(platform="linux", run=broken, etc_root=tmp_path, options={"host": {"home_dirs": []}}))
     probe.collect()
     assert probe.problems[0].startswith("setxkbmap failed: Command '['setxkbmap', '-query']' returned non-zero")
+
+
+def test_a_bad_home_dirs_option_is_named_and_the_logged_in_users_homes_used(tmp_path: Path) -> None:
+    probe = HostProbe(ProbeContext(platform="linux", run=replay({}), etc_root=tmp_path,
+                                   options={"host": {"home_dirs": "/home/ana", "homes": ["/x"]}}))
+    probe.collect()
+    assert any(p.startswith("probe_options.host.home_dirs is '/home/ana'") and p.endswith("used None")
+               for p in probe.problems), probe.problems
+    assert any(p.startswith("probe_options.host.homes: not an option") for p in probe.problems), probe.problems

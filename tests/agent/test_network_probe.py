@@ -158,6 +158,9 @@ def test_bssid_falls_back_to_iw_and_is_hashed() -> None:
         pytest.param({"samples": "five"}, "probe_options.network.samples", id="not-a-number"),
         pytest.param({"samples": 0}, "probe_options.network.samples", id="too-few"),
         pytest.param({"timeout_seconds": 600}, "probe_options.network.timeout_seconds", id="too-long"),
+        pytest.param({"method": "udp"}, "probe_options.network.method", id="not-a-method"),
+        pytest.param({"arp_sweep": "yes"}, "probe_options.network.arp_sweep", id="not-a-boolean"),
+        pytest.param({"sampels": 3}, "probe_options.network.sampels: not an option", id="unknown-key"),
     ],
 )
 def test_bad_options_are_named_and_defaults_used(options: dict, named: str) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from farmwatch.contract import Anchor
 from farmwatch.errors import FarmwatchError
 
@@ -53,6 +55,15 @@ class ProbeContext:
     clock: Callable[[], float] = time.time
 
 
+class ProbeOptions(BaseModel):
+    """A probe's ``probe_options.<name>`` table (from the collector's config), typed: subclasses
+    declare each option with its type, bounds and default."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+Options = TypeVar("Options", bound=ProbeOptions)
+
 Section = TypeVar("Section")
 """What a probe's ``collect`` returns: the contract type of its report section."""
 
@@ -74,6 +85,28 @@ class Probe(ABC, Generic[Section]):
     def problem(self, message: str) -> None:
         """Record something this probe could not see; it becomes an ``errors[]`` entry."""
         self.problems.append(message)
+
+    def read_options(self, model: type[Options], refuse: bool = False) -> Options:
+        """This probe's options as ``model``. An unknown key or a bad value is named in ``errors``
+        and the default used instead; with ``refuse``, a bad value raises :class:`ProbeUnavailable`."""
+        where = f"probe_options.{self.name}"
+        raw = self.context.options.get(self.name, {})
+        if not isinstance(raw, dict):
+            self.problem(f"{where}: must be a table, got {raw!r}; defaults used")
+            return model()
+        for key in sorted(set(raw) - set(model.model_fields)):
+            self.problem(f"{where}.{key}: not an option of this probe (known: {', '.join(model.model_fields)}); ignored")
+        given = {key: value for key, value in raw.items() if key in model.model_fields}
+        try:
+            return model.model_validate(given)
+        except ValidationError as invalid:
+            bad = {str(error["loc"][0]): error["msg"] for error in invalid.errors()}
+        for key, why in bad.items():
+            message = f"{where}.{key} is {given[key]!r}: {why}"
+            if refuse:
+                raise ProbeUnavailable(message)
+            self.problem(f"{message}; used {model.model_fields[key].default!r}")
+        return model.model_validate({key: value for key, value in given.items() if key not in bad})
 
     def start(self) -> None:
         """Begin background observation (listeners); most probes need nothing here."""

@@ -27,12 +27,16 @@ from pathlib import Path
 
 import psutil
 
-from farmwatch.agent.probes.base import Probe
+from farmwatch.agent.probes.base import Probe, ProbeOptions
 from farmwatch.contract import HostFacts, LoggedInUser
 
 from . import keyboards, timezones
 
 _LOCAL_DISPLAY = re.compile(r"^:\d+(\.\d+)?$")  # an X display on this machine, not a remote host
+
+
+class HostOptions(ProbeOptions):
+    home_dirs: list[str] | None = None  # where to look for per-user input methods; None: logged-in users'
 
 
 class HostProbe(Probe[HostFacts]):
@@ -104,9 +108,9 @@ class HostProbe(Probe[HostFacts]):
 
     def _homes(self) -> list[Path]:
         """Home folders of the users logged in now (fcitx5 keeps its profile per user)."""
-        mine = self.context.options.get(self.name, {})
-        if "home_dirs" in mine:
-            return [Path(home) for home in mine["home_dirs"]]
+        home_dirs = self.read_options(HostOptions).home_dirs
+        if home_dirs is not None:
+            return [Path(home) for home in home_dirs]
         import pwd  # Unix only; this runs on Linux
 
         homes: list[Path] = []

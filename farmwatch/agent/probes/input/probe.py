@@ -23,9 +23,9 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeUnavailable
+from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions, ProbeUnavailable
 from farmwatch.contract import InputSource, InputTiming
 
 from .listener import Listener
@@ -72,6 +72,11 @@ def uinput_device_names(sys_root: Path) -> list[str]:
         except OSError:
             continue
     return [name for name in names if name]
+
+
+class InputOptions(ProbeOptions):
+    display: str | None = None  # an X display to listen on; None: DISPLAY, else the desktop sessions'
+    source: Literal["auto", "x11", "evdev"] = "auto"  # force one listener on Linux
 
 
 class InputTimingProbe(Probe[InputTiming]):
@@ -134,14 +139,14 @@ class InputTimingProbe(Probe[InputTiming]):
             self._listener.stop()
         self._listener = None
 
-    def _options(self) -> dict[str, Any]:
-        options: dict[str, Any] = self.context.options.get(self.name, {})
-        return options
+    def _options(self) -> InputOptions:
+        """Read where the listener is opened; a bad value makes the probe unavailable, saying which."""
+        return self.read_options(InputOptions, refuse=True)
 
     def _prefer_x11(self) -> None:
         """Under ``auto``, take up an X desktop that appeared after the kernel's devices were chosen:
         only X11 sees input injected inside the display server."""
-        if self._listener is None or self._listener.source != "evdev" or self._options().get("source", "auto") != "auto":
+        if self._listener is None or self._listener.source != "evdev" or self._options().source != "auto":
             return
         try:
             x11 = self._open_x11()
@@ -156,13 +161,11 @@ class InputTimingProbe(Probe[InputTiming]):
             return self._open_pynput()
         if platform != "linux":
             raise ProbeUnavailable(f"no input listener for platform {platform}")
-        source = self._options().get("source", "auto")
+        source = self._options().source
         if source == "x11":
             return self._open_x11()
         if source == "evdev":
             return self._open_evdev()
-        if source != "auto":
-            raise ProbeUnavailable(f"probe_options.input.source is {source!r}; use auto, x11 or evdev")
         try:  # X11 first: only it sees input injected inside the display server (XTest, xrdp)
             return self._open_x11()
         except ProbeUnavailable as x11:
@@ -174,7 +177,7 @@ class InputTimingProbe(Probe[InputTiming]):
     def _open_x11(self) -> Listener:
         from .x11_session import XSession, x11_sessions
 
-        display = self._options().get("display") or os.environ.get("DISPLAY")
+        display = self._options().display or os.environ.get("DISPLAY")
         # A service has no DISPLAY: the desktop session's processes say where it is.
         sessions = [XSession(display, None)] if display else x11_sessions(self.context.proc_root)
         if not sessions:

@@ -16,9 +16,11 @@ on each attached IPv4 /24 or smaller to the passive neighbour count).
 from __future__ import annotations
 
 from importlib.util import find_spec
-from typing import Any
+from typing import Annotated, Literal
 
-from farmwatch.agent.probes.base import Probe
+from pydantic import Field
+
+from farmwatch.agent.probes.base import Probe, ProbeOptions
 from farmwatch.agent.probes.salted import salted_sha256
 from farmwatch.contract import Interface, LatencyProbe, NetworkFacts
 
@@ -32,6 +34,13 @@ from .wifi import BssidUnavailable, current_bssid
 _LAN_KINDS = ("ethernet", "wifi", "virtual")  # link layers that carry ARP (not TUN/PPP)
 
 
+class NetworkOptions(ProbeOptions):
+    samples: Annotated[int, Field(ge=1, le=50, strict=True)] = 5  # connects (or pings) per anchor
+    timeout_seconds: Annotated[float, Field(ge=0.05, le=30.0, strict=True)] = 2.0
+    method: Literal["tcp", "icmp"] = "tcp"
+    arp_sweep: Annotated[bool, Field(strict=True)] = False
+
+
 class NetworkProbe(Probe[NetworkFacts]):
     """Interfaces (kind, VPN product), gateway, Wi-Fi access point, neighbours, anchor latency."""
 
@@ -39,6 +48,7 @@ class NetworkProbe(Probe[NetworkFacts]):
     section = "network"
 
     def collect(self) -> NetworkFacts:
+        self.options = self.read_options(NetworkOptions)
         linux = self.context.platform.startswith("linux")
         links = self._links() if linux else self._links_by_name()
         gateway_ip, gateway_hash, neighbour_count = self._local_network(links) if linux else (None, None, None)
@@ -50,20 +60,6 @@ class NetworkProbe(Probe[NetworkFacts]):
             lan_neighbors=neighbour_count,
             probes=self._anchor_probes(),
         )
-
-    @property
-    def options(self) -> dict[str, Any]:
-        mine = self.context.options.get(self.name, {})
-        return mine if isinstance(mine, dict) else {}
-
-    def _option(self, key: str, default: float, lowest: float, highest: float) -> float:
-        """A numeric option within its range; anything else is named in errors and the default used."""
-        value = self.options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lowest <= value <= highest:
-            self.problem(f"probe_options.network.{key}: must be a number from {lowest:g} to {highest:g}, "
-                         f"got {value!r}; used {default:g}")
-            return default
-        return float(value)
 
     def _links(self) -> list[LinkFacts]:
         try:
@@ -127,7 +123,7 @@ class NetworkProbe(Probe[NetworkFacts]):
             self.problem(f"cannot read {proc}/net/route or {proc}/net/arp: {failure}")
             return None, None, None
         macs = {n.mac for n in table}
-        if self.options.get("arp_sweep") and self._raw_packets_possible("the ARP sweep"):
+        if self.options.arp_sweep and self._raw_packets_possible("the ARP sweep"):
             macs |= sweep([link.name for link in links if link.kind in _LAN_KINDS])
         mac = gateway_mac(gateway, table) if gateway else None
         return (
@@ -155,10 +151,9 @@ class NetworkProbe(Probe[NetworkFacts]):
         return salted_sha256(self.context.salt, bssid) if bssid else None
 
     def _anchor_probes(self) -> list[LatencyProbe]:
-        samples = int(self._option("samples", 5, 1, 50))
-        timeout_s = self._option("timeout_seconds", 2.0, 0.05, 30.0)
+        samples, timeout_s = self.options.samples, self.options.timeout_seconds
         method, sampler = "tcp", tcp_connect_rtt
-        if self.options.get("method") == "icmp":
+        if self.options.method == "icmp":
             if self._raw_packets_possible("ICMP anchor probing (measured with TCP connects instead)"):
                 method, sampler = "icmp", icmp_echo_rtt
         measured = measure_all(self.context.anchors, samples, timeout_s, method, sampler)
