@@ -96,6 +96,9 @@ class StoredReport:
     retry_after: float | None = None  # set when the device's quota ([limits]) refused it: nothing stored
 
 
+SCHEMA_LOCK_KEY = 0x6661726D  # "farm": the advisory lock held while a replica creates the tables
+
+
 class Storage:
     """Typed operations over the collector's tables; one transaction per call."""
 
@@ -110,7 +113,13 @@ class Storage:
         """Open (and create the tables of) the database at ``url``."""
         storage = cls(open_engine(url))
         try:
-            metadata.create_all(storage.engine)
+            with storage.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # Replicas started together on an empty database would each check, then each
+                    # CREATE the same tables, and all but one die on pg_type's unique index: the
+                    # first to take this transaction-scoped lock creates, the others find them made.
+                    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                metadata.create_all(connection)
         except sa.exc.SQLAlchemyError as failure:
             raise StoreError(f"cannot open database {url!r}: {_reason(failure)}") from None
         return storage

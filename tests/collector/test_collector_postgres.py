@@ -7,6 +7,7 @@ revocation all work unchanged against a throwaway PostgreSQL cluster.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -111,3 +112,29 @@ def test_one_replica_runs_the_periodic_scoring(postgres: str, collector_factory:
     while time.monotonic() < deadline and scoring_runs(other) == 0:
         time.sleep(0.5)
     assert scoring_runs(other) > 0
+
+
+def test_replicas_started_together_on_an_empty_database_all_open(postgres: str) -> None:
+    """Four collectors opening one empty database at the same moment all come up (no CREATE race)."""
+    import sqlalchemy as sa
+
+    from farmwatch.collector.storage import Storage
+
+    admin = sa.create_engine(postgres.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text("CREATE DATABASE empty_for_race"))
+    admin.dispose()
+    empty = postgres.rsplit("/", 1)[0] + "/empty_for_race"
+    barrier = threading.Barrier(4)
+
+    def open_at_once() -> int:
+        barrier.wait()
+        storage = Storage.open(empty)
+        try:
+            return storage.device_count()
+        finally:
+            storage.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _: open_at_once(), range(4)))
+    assert counts == [0, 0, 0, 0]
