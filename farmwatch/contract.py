@@ -289,11 +289,15 @@ class Report(_Section):
         return window_end
 
 
+NetworkKind = Literal["residential", "hosting", "vpn", "mobile", "corporate", "unknown", "cgnat"]
+"""``geo.network_kind``; "cgnat" (carrier-grade NAT, RFC 6598) was added to v1 by issue 16."""
+
+
 class Geo(_Section):
     country: Text | None  # ISO 3166-1 alpha-2
     asn: Annotated[int, Field(ge=0, le=2**32 - 1)] | None  # ASNs are 32-bit (RFC 6793)
     asn_org: Text | None
-    network_kind: Literal["residential", "hosting", "vpn", "mobile", "corporate", "unknown"]
+    network_kind: NetworkKind
 
 
 class IngestRecord(_Section):

@@ -4,9 +4,11 @@ Country comes from a MaxMind-format city/country database when ``[geo] city_db``
 (GeoLite2, DB-IP Lite), else from ``iptocc`` (built from the regional internet registries'
 delegation files: the country an address block was assigned to). ASN and its organisation come
 from ``[geo] asn_db`` when given. ``network_kind`` is "corporate" for the company's own egress
-ranges (``[geo] corporate_networks``), then "hosting" or "vpn" when the ASN is in
-``data/network_kinds.csv`` (cloud and hosting companies, anonymisers; sources in its header).
-Residential and mobile networks need data we do not ship yet, so everything else is "unknown".
+ranges (``[geo] corporate_networks``), then "hosting", "vpn", "mobile" or "cgnat" when the ASN is
+in ``data/network_kinds.csv`` (cloud and hosting companies, anonymisers, mobile carriers, CGNAT
+satellite; sources in its header), then "cgnat" when the source address or the report's own
+``network.gateway_ip`` lies in RFC 6598 shared address space (100.64.0.0/10, handed out only by
+carrier-grade NAT). Residential networks need data we do not ship yet, so everything else is "unknown".
 """
 
 from __future__ import annotations
@@ -55,8 +57,22 @@ class GeoLookup:
         return self.kinds.get(asn, "unknown") if isinstance(asn, int) else "unknown"
 
 
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
+"""RFC 6598 shared address space: only carrier-grade NAT hands it out."""
+
+
+def with_report_evidence(geo: dict[str, Any], source_ip: str, gateway_ip: str | None) -> dict[str, Any]:
+    """``geo`` with ``network_kind`` "cgnat" when the source address or the reporting laptop's default
+    gateway is in 100.64.0.0/10 and nothing more specific (corporate, a catalogued kind) is known."""
+    if geo["network_kind"] != "unknown":
+        return geo
+    if any(within(address, (SHARED_ADDRESS_SPACE,)) for address in (source_ip, gateway_ip) if address):
+        return {**geo, "network_kind": "cgnat"}
+    return geo
+
+
 def network_kinds() -> dict[int, str]:
-    """ASN -> "hosting" | "vpn", from the shipped catalogue."""
+    """ASN -> "hosting" | "vpn" | "mobile" | "cgnat", from the shipped catalogue."""
     text = resources.files("farmwatch.collector.data").joinpath("network_kinds.csv").read_text(encoding="utf-8")
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     return {int(row["asn"]): row["kind"] for row in rows}

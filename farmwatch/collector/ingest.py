@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from farmwatch.collector.config import Network
-from farmwatch.collector.egress import within
+from farmwatch.collector.egress import with_report_evidence, within
 from farmwatch.contract import NOT_AFTER, IngestRecord, Report, field_errors, to_wire
 from farmwatch.errors import FarmwatchError
 
@@ -112,6 +112,7 @@ def source_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
 def ingest_record(report: Report, received_at: datetime, source_ip: str, geo: dict[str, Any]) -> dict[str, Any]:
     """The stored, exported document (:class:`farmwatch.contract.IngestRecord`), checked against the contract."""
     skew = round((report.window_end - received_at).total_seconds(), 3)
+    geo = with_report_evidence(geo, source_ip, report.network.gateway_ip if report.network else None)
     record = {"received_at": received_at, "source_ip": source_ip, "geo": geo, "report": report, "clock_skew_seconds": skew}
     return to_wire(IngestRecord.model_validate(record))
 

@@ -13,6 +13,7 @@ import orjson
 from farmwatch.simulator.fleet import Device, make_fleet
 from farmwatch.simulator.places import ANCHORS
 from farmwatch.simulator.records import Simulator
+from farmwatch.simulator.shared_egress import apply_shared_egress
 
 DESCRIPTION = """\
 Simulate a company's laptop fleet over several days: legitimate employees with the confounders real
@@ -38,10 +39,13 @@ class FleetFiles:
 
 
 def write_fleet(out: Path, seed: int, legit: int, farms: int, days: int, limit: int | None = None,
-                stealthy: bool = False) -> FleetFiles:
-    """Simulate and write the four files; ``limit`` stops after that many records."""
+                stealthy: bool = False, shared_egress: bool = False) -> FleetFiles:
+    """Simulate and write the four files; ``limit`` stops after that many records; ``shared_egress``
+    applies :func:`farmwatch.simulator.shared_egress.apply_shared_egress` to the fleet."""
     out.mkdir(parents=True, exist_ok=True)
     devices = make_fleet(seed, legit, farms, days, stealthy)
+    if shared_egress:
+        apply_shared_egress(devices, seed)
     simulator = Simulator(seed, days)
     files = FleetFiles(out / "records.jsonl", out / "roster.csv", out / "anchors.csv", out / "labels.csv", 0)
     count = 0
@@ -92,11 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=_positive, help="stop after this many records")
     parser.add_argument("--stealthy", action="store_true",
                         help="farms hide every way the simulator knows (a stress test, not typical farms)")
+    parser.add_argument("--shared-egress", action="store_true",
+                        help="put some employees behind carrier-grade NAT or a consumer VPN (strangers sharing "
+                             "public addresses), some farms behind 5G home internet or agents without LAN "
+                             "identities; labels.csv marks each converted device's kind")
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
     try:
-        files = write_fleet(args.out, args.seed, args.legit, args.farms, args.days, args.limit, args.stealthy)
+        files = write_fleet(args.out, args.seed, args.legit, args.farms, args.days, args.limit, args.stealthy,
+                            args.shared_egress)
     except OSError as failure:
         print(f"farmwatch-simulate: {args.out}: {failure.strerror or failure}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ Jasper Sleet, Mandiant UNC5267).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +72,20 @@ class Network:
     wifi_bssid_hash: str | None
     lan_neighbors: int
     corporate_vpn: bool = False
+    gateway_ip: str = "192.168.1.1"
+    # Shared egress (``shared_egress.py``): the public addresses this network's traffic leaves from
+    # (a carrier's CGNAT pool, a VPN's exits) and how many hours one mapping lasts. Empty: ``source_ip``.
+    egress_pool: tuple[str, ...] = ()
+    egress_hold_hours: int = 1
+
+    def egress_at(self, slot: int) -> str:
+        """The public address of this network in 5-minute ``slot``: every laptop behind one router
+        gets the same one (the mapping is keyed on the network), a stranger in the pool its own."""
+        if not self.egress_pool:
+            return self.source_ip
+        block = slot // (12 * self.egress_hold_hours)
+        digest = hashlib.sha256(f"{self.name}:{block}".encode()).digest()
+        return self.egress_pool[int.from_bytes(digest[:4], "big") % len(self.egress_pool)]
 
 
 @dataclass

@@ -149,7 +149,7 @@ class Simulator:
             "remote_access": self._tools(device, state, rng),
             "sessions": self._sessions(device, state, rng),
             "network": {
-                "interfaces": interfaces, "gateway_ip": "192.168.1.1", "gateway_mac_hash": where.gateway_mac_hash,
+                "interfaces": interfaces, "gateway_ip": where.gateway_ip, "gateway_mac_hash": where.gateway_mac_hash,
                 "wifi_bssid_hash": where.wifi_bssid_hash, "lan_neighbors": where.lan_neighbors,
                 "probes": self._probes(where, slot, rng),
             },
@@ -157,7 +157,8 @@ class Simulator:
             "hardware": self._hardware(device),
             "errors": [],
         }
-        source = f"198.51.100.{10 + int(device.device_id[4:8], 16) % 200}" if where.corporate_vpn else where.source_ip
+        source = f"198.51.100.{10 + int(device.device_id[4:8], 16) % 200}" if where.corporate_vpn else \
+            where.egress_at(slot)
         return {"received_at": self.end_stamps[slot], "source_ip": source, "geo": geo, "report": report}
 
     def _tools(self, device: Device, state: str, rng: np.random.Generator) -> list[dict[str, Any]]:

@@ -233,10 +233,38 @@ def test_hosting_and_anonymiser_networks_are_named_by_their_asn(collector_factor
     assert kinds == ["hosting", "vpn", "corporate", "unknown"]
 
 
+def test_carrier_grade_nat_is_named_by_asn_or_by_shared_address_space(collector_factory: object, tmp_path: Path) -> None:
+    """Issue 16: mobile carriers and Starlink by their ASN; an uncatalogued network whose laptop's
+    gateway (the report) or source address is in RFC 6598 space is "cgnat"; the company's ranges and
+    catalogued kinds stay what they are; an ordinary gateway leaves unknown unknown."""
+    asn = _mmdb(tmp_path / "asn.mmdb", "GeoLite2-ASN", {
+        "203.0.113.0/26": {"autonomous_system_number": 21928, "autonomous_system_organization": "T-MOBILE-AS21928"},
+        "203.0.113.64/26": {"autonomous_system_number": 14593, "autonomous_system_organization": "SPACEX-STARLINK"},
+        "203.0.113.128/25": {"autonomous_system_number": 14061, "autonomous_system_organization": "DIGITALOCEAN-ASN"},
+        "192.0.2.0/24": {"autonomous_system_number": 64511, "autonomous_system_organization": "Small fixed wireless"},
+    })
+    config = TRUSTING_LOOPBACK.replace("[geo]\n", f"[geo]\nasn_db = '{asn}'\n")
+    collector = collector_factory(config)  # type: ignore[operator]
+    device = collector.enrol()
+    sent = (("203.0.113.10", "192.168.12.1"), ("203.0.113.70", "192.168.1.1"), ("192.0.2.9", "100.72.0.1"),
+            ("192.0.2.9", "192.168.0.1"), ("100.80.1.2", None), ("198.51.100.7", "100.72.0.1"),
+            ("203.0.113.200", "100.72.0.1"))
+    for seq, (address, gateway) in enumerate(sent, start=1):
+        report = report_for(str(device["device_id"]), seq)
+        report["network"]["gateway_ip"] = gateway
+        httpx.post(
+            f"{collector.url}/api/v1/reports", json=report,
+            headers={**auth(device["token"]), "X-Forwarded-For": address},
+        ).raise_for_status()
+    kinds = [json.loads(line)["geo"]["network_kind"] for line in collector.cli("export", "--db", collector.db_url).stdout.splitlines()]
+    assert kinds == ["mobile", "cgnat", "cgnat", "unknown", "cgnat", "corporate", "hosting"]
+
+
 def test_the_network_kind_catalogue_is_well_formed() -> None:
     kinds = network_kinds()
-    assert len(kinds) >= 40 and set(kinds.values()) == {"hosting", "vpn"}
+    assert len(kinds) >= 40 and set(kinds.values()) == {"hosting", "vpn", "mobile", "cgnat"}
     assert kinds[16509] == "hosting"  # AMAZON-02
+    assert kinds[21928] == "mobile" and kinds[14593] == "cgnat"
 
 
 def test_unreadable_geo_database_stops_serve_in_one_line(tmp_path: Path) -> None:

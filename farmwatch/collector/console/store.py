@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,10 +24,10 @@ from farmwatch.collector.tables import (
     suppressions,
     verifications,
 )
-from farmwatch.contract import RosterEntry, Verdict
+from farmwatch.contract import NetworkKind, RosterEntry, Verdict
 
 VERDICTS = ("farm", "review", "clear")
-NETWORK_KINDS = ("residential", "hosting", "vpn", "mobile", "corporate", "unknown")
+NETWORK_KINDS: tuple[str, ...] = get_args(NetworkKind)
 PAGE_SIZE = 50
 MAX_SUPPRESSION_DAYS = 90
 

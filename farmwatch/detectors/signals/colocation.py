@@ -3,13 +3,25 @@
 Devices of *different* employees that report from the same egress IP, gateway MAC hash or Wi-Fi
 BSSID hash in the same hour are linked; linked devices form clusters (connected components).
 A cluster is weighed by its size (a couple is two people; a farm is more, design README), by the
-kind of network (a LAN identity beats a shared egress IP; mobile egress is often carrier-grade NAT
-shared by strangers), by persistence (farm laptops never leave; coworking visitors and office
-neighbours are there part of the time) and by whether the roster places its members in different
-cities. Company egress (office, corporate VPN) is skipped. Every member gets the finding.
+kind of network (a LAN identity beats a shared egress IP), by persistence (farm laptops never
+leave; coworking visitors and office neighbours are there part of the time) and by whether the
+roster places its members in different cities. Company egress (office, corporate VPN) is skipped.
+Every member gets the finding.
+
+A shared public address is not a shared room (issue 16): carrier-grade NAT (5G/mobile home
+internet, satellite; RFC 6598 space as the gateway or source), consumer VPN exits and hosting NAT
+put strangers behind one address, hours at a time, with different partners each time. So an egress
+address links two devices only when (1) it is not such a network (``network_kind`` mobile, cgnat,
+vpn or hosting, or 100.64.0.0/10 on the path), (2) their LAN identities do not disagree in that hour
+(both report a gateway MAC, or else a BSSID, and they differ: two routers, two rooms), and (3) when
+the egress is all they share, it moves together: they share it in at least ``min_comovement`` of the
+5-minute windows both report in (laptops behind one router change address together; CGNAT and VPN mappings churn
+independently). LAN identities that agree link devices whatever the egress does.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 import numpy as np
 import pandas as pd
@@ -19,8 +31,24 @@ from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.distance import great_circle_km
 from farmwatch.detectors.networks import corporate_mask
 
-KIND_WEIGHT = {"gateway_mac": 1.0, "wifi_bssid": 1.0, "egress_ip": 0.8, "egress_ip_mobile": 0.3}
-"""How much sharing one network identity means: a LAN identity is a room; mobile egress is often CGNAT."""
+KIND_WEIGHT = {"gateway_mac": 1.0, "wifi_bssid": 1.0, "egress_ip": 0.8}
+"""How much sharing one network identity means: a LAN identity is a room; a public address may be a house."""
+LAN_KINDS = ("gateway_mac", "wifi_bssid")
+SHARED_BY_STRANGERS = frozenset({"mobile", "cgnat", "vpn", "hosting"})
+"""``geo.network_kind`` values whose public addresses carry many unrelated customers at once."""
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
+"""RFC 6598 shared address space: only carrier-grade NAT hands it out, so it on the path means CGNAT."""
+
+
+def _in_shared_space(values: np.ndarray) -> np.ndarray:
+    """Per value: True for an IPv4 address inside 100.64.0.0/10 (None and malformed: False)."""
+    inside = {}
+    for text in pd.unique(values):
+        try:
+            inside[text] = isinstance(text, str) and ipaddress.ip_address(text) in SHARED_ADDRESS_SPACE
+        except ValueError:
+            inside[text] = False
+    return np.array([inside[v] for v in values], dtype=bool)
 
 
 class _Components:
@@ -51,36 +79,40 @@ class ColocationDetector(Detector):
 
     def __init__(self, min_overlap_hours: int = 4, size_scores: tuple[float, ...] = (0.0, 0.0, 0.2, 0.55, 0.7, 0.8),
                  full_persistence: float = 0.8, apart_km: float = 100.0, apart_bonus: float = 0.15,
-                 max_score: float = 0.95) -> None:
+                 max_score: float = 0.95, min_comovement: float = 0.75) -> None:
         self.min_overlap_hours = min_overlap_hours
         self.size_scores = size_scores
         self.full_persistence = full_persistence
         self.apart_km = apart_km
         self.apart_bonus = apart_bonus
         self.max_score = max_score
+        self.min_comovement = min_comovement
 
-    def _sightings(self, frames: Frames, context: Context) -> pd.DataFrame:
-        """(kind, key code, device, hour) for every network identity seen outside company networks."""
-        reports = frames.reports[~corporate_mask(frames, context.config.corporate_networks)]
-        mobile = reports["network_kind"].eq("mobile").to_numpy()
+    def _sightings(self, reports: pd.DataFrame) -> pd.DataFrame:
+        """(kind, key code, device, hour, gateway code, BSSID code) for every network identity seen;
+        the last two (-1: not reported) let an egress link be checked against the LAN identities.
+        Egress of networks strangers share (module docstring) is left out."""
+        shared_egress = (reports["network_kind"].isin(SHARED_BY_STRANGERS).to_numpy()
+                         | _in_shared_space(reports["source_ip"].to_numpy())
+                         | _in_shared_space(reports["gateway_ip"].to_numpy()))
         devices, hours = reports["device_id"].to_numpy(), reports["hour"].to_numpy()
-        keyed = (
-            (np.where(mobile, "egress_ip_mobile", "egress_ip"), reports["source_ip"].to_numpy()),
-            ("gateway_mac", reports["gateway_mac_hash"].to_numpy()),
-            ("wifi_bssid", reports["wifi_bssid_hash"].to_numpy()),
-        )
+        # Integer codes instead of 64-character hashes: the joins below then run on numbers.
+        gateway = pd.factorize(reports["gateway_mac_hash"].to_numpy(), use_na_sentinel=True)[0]
+        bssid = pd.factorize(reports["wifi_bssid_hash"].to_numpy(), use_na_sentinel=True)[0]
+        egress = pd.factorize(reports["source_ip"].to_numpy(), use_na_sentinel=True)[0]
+        keyed = (("egress_ip", np.where(shared_egress, -1, egress)), ("gateway_mac", gateway), ("wifi_bssid", bssid))
         rows = []
-        for kind, keys in keyed:
-            # Integer codes instead of 64-character hashes: the joins below then run on numbers.
-            codes = pd.factorize(keys, use_na_sentinel=True)[0]
-            part = pd.DataFrame({"kind": kind, "key": codes, "device_id": devices, "hour": hours})
+        for kind, codes in keyed:
+            part = pd.DataFrame({"kind": kind, "key": codes, "device_id": devices, "hour": hours,
+                                 "gateway": gateway, "bssid": bssid})
             rows.append(part[codes >= 0])
         seen = pd.concat(rows, ignore_index=True)
         seen["kind"] = seen["kind"].astype("category")
-        return seen.drop_duplicates()
+        return seen.drop_duplicates(["kind", "key", "device_id", "hour"])
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
-        seen = self._sightings(frames, context)
+        reports = frames.reports[~corporate_mask(frames, context.config.corporate_networks)]
+        seen = self._sightings(reports)
         employee = {d: e.employee_id for d, e in context.roster.items()}
         seen = seen[seen.groupby(["kind", "key", "hour"])["device_id"].transform("nunique") >= 2]
         if seen.empty:
@@ -89,17 +121,19 @@ class ColocationDetector(Detector):
         pairs = pairs[pairs["device_id_x"] < pairs["device_id_y"]]
         pairs = pairs[pairs["device_id_x"].map(lambda d: employee.get(d, d))
                       != pairs["device_id_y"].map(lambda d: employee.get(d, d))]
+        pairs = pairs[~self._rooms_disagree(pairs)]
         together = pairs.groupby(["device_id_x", "device_id_y"]).agg(
             hours=("hour", "nunique"), first=("hour", "min"), last=("hour", "max"))
         together = together[together["hours"] >= self.min_overlap_hours].reset_index()
+        together = self._moving_together(together, pairs, reports)
         if together.empty:
             return []
+        pairs = pairs.merge(together[["device_id_x", "device_id_y"]], on=["device_id_x", "device_id_y"])
         components = _Components()
         for a, b in zip(together["device_id_x"], together["device_id_y"]):
             components.union(a, b)
-        linked = pairs.merge(together[["device_id_x", "device_id_y"]], on=["device_id_x", "device_id_y"])
         columns = ["device_id", "kind", "key", "hour"]
-        shared = pd.concat([linked[[side, "kind", "key", "hour"]].set_axis(columns, axis=1)
+        shared = pd.concat([pairs[[side, "kind", "key", "hour"]].set_axis(columns, axis=1)
                             for side in ("device_id_x", "device_id_y")])
         hours_total = frames.reports.groupby("device_id")["hour"].nunique()
         hours_shared = shared.groupby("device_id")["hour"].nunique()
@@ -111,6 +145,38 @@ class ColocationDetector(Detector):
         for members in clusters.values():
             found.extend(self._cluster(members, together, hours_total, hours_shared, best_kind, shared, context))
         return found
+
+    @staticmethod
+    def _rooms_disagree(pairs: pd.DataFrame) -> np.ndarray:
+        """Per egress pair-hour: True when the two devices' LAN identities say two different rooms
+        (gateway MACs both reported and different; failing that, BSSIDs both reported and different)."""
+        egress = (pairs["kind"] == "egress_ip").to_numpy()
+        gx, gy = pairs["gateway_x"].to_numpy(), pairs["gateway_y"].to_numpy()
+        bx, by = pairs["bssid_x"].to_numpy(), pairs["bssid_y"].to_numpy()
+        gateways_known = (gx >= 0) & (gy >= 0)
+        apart = np.where(gateways_known, gx != gy, (bx >= 0) & (by >= 0) & (bx != by))
+        return egress & apart
+
+    def _moving_together(self, together: pd.DataFrame, pairs: pd.DataFrame, reports: pd.DataFrame) -> pd.DataFrame:
+        """``together`` without the pairs linked only by an egress address that they share in fewer
+        than ``min_comovement`` of the 5-minute windows both reported in (strangers whose NAT
+        mappings met by chance; an hour is too coarse, as a churning mapping meets most others in it)."""
+        if together.empty:
+            return together
+        lan_pairs = pairs.loc[pairs["kind"].isin(LAN_KINDS), ["device_id_x", "device_id_y"]].drop_duplicates()
+        keyed = together.merge(lan_pairs.assign(lan=True), on=["device_id_x", "device_id_y"], how="left")
+        egress_only = np.flatnonzero(keyed["lan"].isna().to_numpy())
+        if not len(egress_only):
+            return together
+        windows = reports[["device_id", "source_ip"]].assign(window=reports["window_end"].dt.floor("5min"))
+        windows = windows.drop_duplicates(["device_id", "window"]).set_index("device_id")
+        keep = np.ones(len(together), dtype=bool)
+        for row in egress_only:
+            a, b = together.at[row, "device_id_x"], together.at[row, "device_id_y"]
+            both = windows.loc[[a]].merge(windows.loc[[b]], on="window")
+            if not len(both) or (both["source_ip_x"] == both["source_ip_y"]).mean() < self.min_comovement:
+                keep[row] = False
+        return together[keep].reset_index(drop=True)
 
     def _cluster(self, members: list[str], together: pd.DataFrame, hours_total: pd.Series, hours_shared: pd.Series,
                  best_kind: pd.Series, shared: pd.DataFrame, context: Context) -> list[DeviceFinding]:
