@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 from collector_process import free_port
-from podman_images import collector_image, debian_image, missing_tools, podman, run_flags, ulimit_flags
+from podman_images import build, collector_image, debian_image, missing_tools, podman, ulimit_flags
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "collector" / "compose.yaml"
@@ -78,10 +78,7 @@ def _derived_compose(tmp_path: Path, proxy_port: int) -> Path:
 
 
 def _build_fixture(containerfile: Path, name: str, base: str) -> str:
-    tag = f"localhost/farmwatch-test-{name}:latest"
-    podman("build", *run_flags(), "--build-arg", f"BASE={base}", "--file", str(containerfile), "--tag", tag,
-           str(containerfile.parent))
-    return tag
+    return build(containerfile, f"localhost/farmwatch-test-{name}:latest", base, containerfile.parent)
 
 
 @pytest.fixture
