@@ -19,7 +19,7 @@ bundle=${1:?usage: build-deb.sh BUNDLE_DIR OUT_DIR}
 out=${2:?usage: build-deb.sh BUNDLE_DIR OUT_DIR}
 [ -x "$bundle/farmwatch-agent" ] || { echo "build-deb.sh: no farmwatch-agent in $bundle (run freeze.sh first)" >&2; exit 64; }
 
-version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$repo/pyproject.toml")
+version=$("${PYTHON:-python3}" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$repo/pyproject.toml")
 arch=$(dpkg --print-architecture)
 # The bundle carries the build host's libpython and links against its glibc: no older one will do.
 libc=$(dpkg-query -W -f='${Version}' libc6 | cut -d- -f1)
