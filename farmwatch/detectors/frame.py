@@ -47,6 +47,7 @@ _REPORT_COLUMNS = (
     + ("vpn_product", "has_vpn_interface")
     + _INPUT
     + ("virtual_devices", "has_input")
+    + ("os", "hostname", "clock_skew_seconds")  # agent_health: identity and clock (issue 16)
 )
 _TOOL_COLUMNS = (
     "rec", "tool", "process", "started_at", "listening", "matched_by",  # matched_by: "path;domain"
@@ -153,6 +154,7 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
             *map(inp.get, _INPUT),
             keep(";".join(inp.get("virtual_devices") or ())),
             given is not None,
+            keep(agent.get("os")), keep(agent.get("hostname")), record.get("clock_skew_seconds"),
         ))
         for tool in report.get("remote_access") or ():
             head = (rec, keep(tool.get("tool")), keep(tool.get("process")), tool.get("started_at"),

@@ -75,3 +75,44 @@ def test_stealthy_farms_hide_what_the_simulator_knows() -> None:
     assert all(d.claimed in FARM_TOWNS and d.timezone == d.claimed.timezone for d in farms)
     assert all(d.schedule == "operator-us" and d.input_methods == [] and 0.4 <= d.local_like <= 0.8 for d in farms)
     assert len({d.home.gateway_mac_hash for d in farms}) == 12  # every laptop on its own line
+
+
+def test_shared_egress_variant_puts_strangers_behind_one_address_and_farms_behind_one_router(
+        tmp_path: Path) -> None:
+    """--shared-egress: converted employees share public addresses with other employees' different
+    routers, their mappings churning; a farm behind 5G shares one router while its egress churns."""
+    import orjson
+
+    files = write_fleet(tmp_path, seed=3, legit=100, farms=12, days=2, shared_egress=True)
+    with files.labels.open() as handle:
+        kinds = {row["device_id"]: row["kind"] for row in csv.DictReader(handle)}
+    records = [orjson.loads(line) for line in files.records.read_bytes().splitlines()]
+    for line in files.records.read_bytes().splitlines()[:200]:
+        IngestRecord.model_validate_json(line)
+    converted = {d for d, kind in kinds.items() if "/cgnat-" in kind or "/consumer-vpn" in kind}
+    assert converted and all(kinds[d].startswith("plain/") for d in converted)
+    by_address: dict[str, set[tuple[str, str | None]]] = {}
+    addresses: dict[str, set[str]] = {}
+    for record in records:
+        device = record["report"]["device_id"]
+        if device in converted:
+            by_address.setdefault(record["source_ip"], set()).add((device, record["report"]["network"]["gateway_mac_hash"]))
+            addresses.setdefault(device, set()).add(record["source_ip"])
+    # Strangers: one address carries several employees with different (or unreported) gateways.
+    assert any(len({device for device, _ in seen}) >= 2 and len({gw for _, gw in seen if gw}) >= 2
+               for seen in by_address.values())
+    # Every CGNAT subscriber's mapping churns (a VPN user's exit is picked once a day: it may repeat).
+    assert all(len(seen) > 1 for device, seen in addresses.items() if "/cgnat-" in kinds[device])
+    behind_5g = [d for d, kind in kinds.items() if kind.endswith("/behind-5g")]
+    assert len(behind_5g) >= 2
+    sites: dict[str, list[dict]] = {}
+    for record in records:
+        if record["report"]["device_id"] in behind_5g:
+            sites.setdefault(record["report"]["network"]["gateway_mac_hash"], []).append(record)
+    for site in sites.values():  # one router per site, its laptops together on each churning address
+        assert len({r["report"]["device_id"] for r in site}) >= 2 and len({r["source_ip"] for r in site}) > 1
+        assert {r["geo"]["network_kind"] for r in site} == {"mobile"}
+        at = {}
+        for r in site:
+            at.setdefault(r["report"]["window_end"], set()).add(r["source_ip"])
+        assert all(len(addresses) == 1 for addresses in at.values())
