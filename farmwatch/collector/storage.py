@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from farmwatch.collector import quotas
+from farmwatch.collector.group_commit import GroupCommit
 from farmwatch.collector.limits import Limits
 from farmwatch.collector.tables import anchors, devices, enrolments, leases, metadata, reports, roster, tokens, verdicts
 from farmwatch.collector.tables import fleet_index, suppressions
@@ -105,6 +107,8 @@ class Storage:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(write=True)
+        self._group: GroupCommit | None = None  # SQLite report writes, started by the first one
+        self._group_lock = threading.Lock()
         # Called in each stored verdict's transaction (alerts.AlertRecorder, set by create_app).
         self.verdict_listener: VerdictListener | None = None
 
@@ -125,6 +129,8 @@ class Storage:
         return storage
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.engine.dispose()
 
     def ping(self) -> bool:
@@ -230,36 +236,55 @@ class Storage:
         """Store one ingest record unless its (device, seq) is taken: same digest → duplicate, else conflict.
 
         With ``limits``, a new report of ``size`` bytes is charged to the device's quotas, or refused
-        (``retry_after``) when they are spent."""
+        (``retry_after``) when they are spent. On SQLite the write shares one transaction with
+        concurrent ones (:mod:`group_commit`, in its own SAVEPOINT) and returns after that commit."""
+        def store(tx: Connection) -> StoredReport:
+            return self._store_report(tx, record, digest, received_at, size, limits)
+
+        if self.engine.dialect.name == "sqlite":
+            # synchronous=FULL makes each commit wait for the disk: concurrent reports share one.
+            return self._group_commit().run(store)
+        with self._writer.begin() as tx:
+            return store(tx)
+
+    def _group_commit(self) -> GroupCommit:
+        with self._group_lock:
+            if self._group is None:
+                self._group = GroupCommit(self._writer.begin)
+            return self._group
+
+    @staticmethod
+    def _store_report(
+        tx: Connection, record: dict[str, Any], digest: str, received_at: datetime, size: int, limits: Limits | None
+    ) -> StoredReport:
         report = record["report"]
         device_id, seq = report["device_id"], report["seq"]
-        with self._writer.begin() as tx:
-            # Lock the device row first so concurrent reports of one device serialize (PostgreSQL).
-            last_seq = tx.execute(
-                sa.select(devices.c.last_seq).where(devices.c.device_id == device_id).with_for_update()
-            ).scalar_one()
-            stored = tx.execute(
-                sa.select(reports.c.digest).where(reports.c.device_id == device_id, reports.c.seq == seq)
-            ).scalar_one_or_none()
-            if stored is not None:
-                return StoredReport(new=False, conflict=stored != digest)
-            if limits is not None:
-                wait = quotas.wait_seconds(tx, device_id, received_at, size, limits)
-                if wait is not None:
-                    return StoredReport(new=False, conflict=False, retry_after=wait)
-                quotas.charge(tx, device_id, received_at, size)
-            inserted = tx.execute(
-                reports.insert().values(
-                    device_id=device_id, seq=seq, digest=digest, received_at=received_at,
-                    record=orjson.dumps(record).decode(),
-                )
-            ).inserted_primary_key
-            report_id = inserted[0] if inserted else None
-            tx.execute(
-                devices.update()
-                .where(devices.c.device_id == device_id)
-                .values(last_seen=received_at, last_report_id=report_id, last_seq=max(last_seq or 0, seq))
+        # Lock the device row first so concurrent reports of one device serialize (PostgreSQL).
+        last_seq = tx.execute(
+            sa.select(devices.c.last_seq).where(devices.c.device_id == device_id).with_for_update()
+        ).scalar_one()
+        stored = tx.execute(
+            sa.select(reports.c.digest).where(reports.c.device_id == device_id, reports.c.seq == seq)
+        ).scalar_one_or_none()
+        if stored is not None:
+            return StoredReport(new=False, conflict=stored != digest)
+        if limits is not None:
+            wait = quotas.wait_seconds(tx, device_id, received_at, size, limits)
+            if wait is not None:
+                return StoredReport(new=False, conflict=False, retry_after=wait)
+            quotas.charge(tx, device_id, received_at, size)
+        inserted = tx.execute(
+            reports.insert().values(
+                device_id=device_id, seq=seq, digest=digest, received_at=received_at,
+                record=orjson.dumps(record).decode(),
             )
+        ).inserted_primary_key
+        report_id = inserted[0] if inserted else None
+        tx.execute(
+            devices.update()
+            .where(devices.c.device_id == device_id)
+            .values(last_seen=received_at, last_report_id=report_id, last_seq=max(last_seq or 0, seq))
+        )
         return StoredReport(new=True, conflict=False)
 
     def quota_wait(self, device_id: str, now: datetime, limits: Limits) -> float | None:

@@ -1,0 +1,99 @@
+"""Group commit on a real SQLite file: queued writes share one transaction, a failing step is rolled
+back alone, a database failure fails the whole batch, and nobody hears back before the commit."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from farmwatch.collector.group_commit import GroupCommit
+from farmwatch.collector.storage import open_engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> sa.Engine:
+    engine = open_engine(f"sqlite:///{tmp_path / 'group.db'}")
+    with engine.begin() as tx:
+        tx.exec_driver_sql("CREATE TABLE rows (n INTEGER PRIMARY KEY)")
+    return engine
+
+
+def rows(engine: sa.Engine) -> list[int]:
+    with sqlite3.connect(engine.url.database or "") as db:
+        return [n for (n,) in db.execute("SELECT n FROM rows ORDER BY n")]
+
+
+def insert(n: int) -> Callable[[Connection], int]:
+    def step(tx: Connection) -> int:
+        tx.exec_driver_sql(f"INSERT INTO rows (n) VALUES ({n})")
+        return n
+    return step
+
+
+def test_queued_writes_share_one_commit_and_a_failing_step_fails_alone(engine: sa.Engine) -> None:
+    group = GroupCommit(engine.execution_options(write=True).begin)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold(tx: Connection) -> str:  # keeps the committer busy while the others queue up
+        started.set()
+        release.wait(10)
+        return "held"
+
+    def broken(tx: Connection) -> None:
+        tx.exec_driver_sql("INSERT INTO rows (n) VALUES (100)")
+        raise ValueError("this step's own problem")
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(group.run, hold)
+        assert started.wait(10)
+        queued: list[Future[int]] = [pool.submit(group.run, insert(n)) for n in range(1, 6)]
+        failing = pool.submit(group.run, broken)
+        while group._queue.qsize() < 6:  # every write is waiting for the next batch
+            threading.Event().wait(0.01)
+        assert rows(engine) == []  # nothing acknowledged, nothing committed yet
+        release.set()
+        assert first.result(10) == "held"
+        assert [f.result(10) for f in queued] == [1, 2, 3, 4, 5]
+        with pytest.raises(ValueError, match="own problem"):
+            failing.result(10)
+    assert rows(engine) == [1, 2, 3, 4, 5]  # row 100 was rolled back with its step alone
+    assert (group.batches, group.steps) == (2, 7)
+    group.close()
+
+
+def test_a_database_failure_fails_every_step_of_the_batch(engine: sa.Engine) -> None:
+    group = GroupCommit(engine.execution_options(write=True).begin)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold(tx: Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    def lost(tx: Connection) -> None:
+        tx.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")  # an OperationalError, like a full disk
+
+    with ThreadPoolExecutor(4) as pool:
+        pool.submit(group.run, hold)
+        assert started.wait(10)
+        fine = pool.submit(group.run, insert(7))
+        failing = pool.submit(group.run, lost)
+        while group._queue.qsize() < 2:
+            threading.Event().wait(0.01)
+        release.set()
+        with pytest.raises(sa.exc.OperationalError):
+            failing.result(10)
+        with pytest.raises(sa.exc.OperationalError):
+            fine.result(10)  # its write shared the failed transaction: not stored, so not acknowledged
+    assert rows(engine) == []
+    assert group.run(insert(8)) == 8  # the committer goes on
+    assert rows(engine) == [8]
+    group.close()
