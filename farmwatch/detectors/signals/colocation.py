@@ -168,13 +168,17 @@ class ColocationDetector(Detector):
         egress_only = np.flatnonzero(keyed["lan"].isna().to_numpy())
         if not len(egress_only):
             return together
-        windows = reports[["device_id", "source_ip"]].assign(window=reports["window_end"].dt.floor("5min"))
-        windows = windows.drop_duplicates(["device_id", "window"]).set_index("device_id")
+        involved = set(together.loc[egress_only, "device_id_x"]) | set(together.loc[egress_only, "device_id_y"])
+        mine = reports[reports["device_id"].isin(involved)]
+        windows = mine[["device_id", "source_ip"]].assign(window=mine["window_end"].dt.floor("5min"))
+        # One address per device and window, indexed by window: each pair is then one aligned comparison.
+        by_device = {device: rows.drop_duplicates("window").set_index("window")["source_ip"]
+                     for device, rows in windows.groupby("device_id", sort=False)}
         keep = np.ones(len(together), dtype=bool)
         for row in egress_only:
-            a, b = together.at[row, "device_id_x"], together.at[row, "device_id_y"]
-            both = windows.loc[[a]].merge(windows.loc[[b]], on="window")
-            if not len(both) or (both["source_ip_x"] == both["source_ip_y"]).mean() < self.min_comovement:
+            a, b = by_device[together.at[row, "device_id_x"]], by_device[together.at[row, "device_id_y"]]
+            common = a.index.intersection(b.index)
+            if not len(common) or (a[common] == b[common]).mean() < self.min_comovement:
                 keep[row] = False
         return together[keep].reset_index(drop=True)
 
