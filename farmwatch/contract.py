@@ -135,6 +135,9 @@ class AgentInfo(_Section):
     os: Literal["linux", "windows", "darwin"]
     os_version: Text
     hostname: Text
+    # Added to v1 (optional, issue 16): the keyed machine hash the agent enrols with, in every report,
+    # so one device identity used from two machines (a copied state dir) shows as two hardware ids.
+    hardware_id: Text | None = None
 
 
 class LoggedInUser(_Section):

@@ -35,14 +35,15 @@ PROBE_TIMEOUT_SECONDS = 120.0  # generous: latency probes to many anchors take t
 _NOTHING = object()  # a probe that filled no section this window (None is a valid section value)
 
 
-def agent_info(os_platform: str = sys.platform) -> AgentInfo:
-    """Who reports: agent version, OS, OS version, host name."""
+def agent_info(os_platform: str = sys.platform, hardware_id: str | None = None) -> AgentInfo:
+    """Who reports: agent version, OS, OS version, host name, and the machine hash it enrolled with."""
     return AgentInfo(
         version=version("farmwatch"),
         # Other Unixes report as linux, the nearest OS the v1 contract names.
         os=_OS_NAMES.get(os_platform, "linux"),  # type: ignore[arg-type]
         os_version=_os_version(os_platform),
         hostname=socket.gethostname(),
+        hardware_id=hardware_id,
     )
 
 
@@ -69,9 +70,11 @@ class Runner:
         context: ProbeContext,
         names: Iterable[str] | None = None,
         timeout: float = PROBE_TIMEOUT_SECONDS,
+        hardware_id: str | None = None,
     ) -> None:
         self.context = context
         self.timeout = timeout
+        self.hardware_id = hardware_id  # in every report's agent section (None: not enrolled, e.g. once --print)
         self.probes: list[Probe[Any]] = []
         self._stuck: dict[str, _Attempt] = {}
         self._load_errors: list[ProbeError] = []
@@ -119,7 +122,7 @@ class Runner:
             "seq": seq,
             "window_start": window_start,
             "window_end": window_end,
-            "agent": agent_info(self.context.platform),
+            "agent": agent_info(self.context.platform, self.hardware_id),
             **sections,
             "errors": errors,
         })

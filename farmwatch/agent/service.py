@@ -81,10 +81,11 @@ class Agent:
         self.state.raise_seq_floor(self.spool.highest_seq() + 1)
         self.notices = Notices(self.state.root / "notices.json")
         self.http = CollectorClient(url, HTTP_TIMEOUT_SECONDS, settings.tls())
+        machine_hash = hardware_id(machine)
         self.enrollment = Enrollment(
-            self.http, self.state, secret, socket.gethostname(), hardware_id(machine), clock=self.context.clock
+            self.http, self.state, secret, socket.gethostname(), machine_hash, clock=self.context.clock
         )
-        self.runner = Runner(self.context, settings.probes)
+        self.runner = Runner(self.context, settings.probes, hardware_id=machine_hash)
         self._collector_interval: float | None = None
         self.last_report: dict[str, Any] | None = None
 

@@ -139,7 +139,7 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
         inp = given or _EMPTY
         vpn = [i for i in network.get("interfaces") or () if i.get("kind") == "vpn"]
         geo = record.get("geo") or _EMPTY
-        # Not in report v1: a collector or agent may add the enrolled hardware id; absent = unknown.
+        # report.agent.hardware_id since issue 16 (older agents send none: absent = unknown).
         hardware_id = record.get("hardware_id") or report.get("hardware_id") or agent.get("hardware_id")
         rows.append((
             device, report.get("seq"), keep(record.get("source_ip")), keep(hardware_id),
