@@ -16,6 +16,8 @@ import pytest
 from collector_helpers import auth, report_for, snapshot
 from collector_process import RunningCollector
 
+from farmwatch.contract import Report, to_wire
+
 pytestmark = pytest.mark.slow
 
 
@@ -87,7 +89,11 @@ def test_accepted_report_becomes_one_ingest_record(enrolled: tuple[RunningCollec
     assert record["geo"] == {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}
     sent = report_for(device_id, 1)
     assert record["report"]["device_id"] == device_id
-    assert record["report"]["remote_access"][0]["connections"] == sent["remote_access"][0]["connections"]
+    # What was sent, plus the defaults of fields added to the contract since (e.g. a connection's domain).
+    expected = to_wire(Report.model_validate_json(json.dumps(sent)))["remote_access"][0]["connections"]
+    assert record["report"]["remote_access"][0]["connections"] == expected
+    assert all(stored.items() >= sent_connection.items()
+               for stored, sent_connection in zip(expected, sent["remote_access"][0]["connections"], strict=True))
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,11 @@ CONFIG = """\
 [detection]
 interval_seconds = 3600
 refresh_wait_seconds = 300
+
+[limits]
+# The console's forms answer a device token with 401, which spends the address's failed-auth
+# budget; past it every route answers 429 and the fuzzing would stop reaching the store's checks.
+failed_auth_per_address_per_minute = 100000
 """
 EXAMPLES = 60
 
@@ -59,6 +64,8 @@ def test_no_generated_input_earns_a_5xx(collector_factory: Any) -> None:
     statuses: Counter[tuple[str, int]] = Counter()
     seqs = itertools.count(1)
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+    # Token rotation last: every operation before it uses the token enrolled above.
+    operations.sort(key=lambda op: op.path == "/api/v1/token")
     assert {op.path for op in operations} >= {"/api/v1/enroll", "/api/v1/reports", "/api/v1/verify", "/api/v1/devices/{device_id}"}
     request_bodies = {op.path for op in operations if op.body}
     assert request_bodies == {"/api/v1/enroll", "/api/v1/reports", "/api/v1/verify"}
@@ -67,7 +74,7 @@ def test_no_generated_input_earns_a_5xx(collector_factory: Any) -> None:
         analyst = operation.path.startswith("/api/v1/devices")
         for mode in schemathesis.GenerationMode:
 
-            @settings(max_examples=EXAMPLES, deadline=None, database=None,
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy(generation_mode=mode))
             def exercise(case: schemathesis.Case) -> None:
