@@ -10,6 +10,9 @@ the same port and database) and always stops the process afterwards, even when t
 ``collector_factory``: a callable ``(config_text=DEFAULT_CONFIG, name="collector", database=None)`` for
 tests that need their own TOML settings, another database URL (e.g. PostgreSQL) or several
 collectors; every collector it started is stopped at the end.
+
+``postgres``: the URL of a throwaway PostgreSQL cluster (``postgres_server.PostgresServer``), one per
+test module; skipped with the reason where PostgreSQL's binaries or root are missing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from collector_process import DEFAULT_CONFIG, RunningCollector, launch_collector
+from collector_process import DEFAULT_CONFIG, RunningCollector, free_port, launch_collector
+from postgres_server import PostgresServer, unavailable
 
 
 @pytest.fixture
@@ -40,3 +44,15 @@ def collector_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCollector
 @pytest.fixture
 def collector(collector_factory: Callable[..., RunningCollector]) -> RunningCollector:
     return collector_factory()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer(free_port())
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -9,29 +9,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from collector_helpers import auth, report_for
-from collector_process import RunningCollector, free_port
-from postgres_server import PostgresServer, unavailable
+from collector_process import RunningCollector
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer(free_port())
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def test_collector_on_postgresql(postgres: str, collector_factory: Callable[..., RunningCollector], tmp_path: Path) -> None:

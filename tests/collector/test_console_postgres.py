@@ -6,28 +6,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 from collector_helpers import auth, report_for
-from collector_process import RunningCollector, free_port
+from collector_process import RunningCollector
 from console_helpers import add_analyst, signed_in
-from postgres_server import PostgresServer, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer(free_port())
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def test_console_on_postgresql(postgres: str, collector_factory: Callable[..., RunningCollector]) -> None:

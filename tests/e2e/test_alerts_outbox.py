@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from alert_scenario import BERLIN, collector_config, enrol_with_roster, import_roster, post, report_and_score, report, scored
-from collector_process import RunningCollector, free_port
-from postgres_server import PostgresServer, unavailable
+from collector_process import RunningCollector
 from siem_receivers import HttpReceiver, wait_for
 
 pytestmark = [pytest.mark.slow]
@@ -110,18 +109,6 @@ def test_a_collector_killed_between_the_verdict_commit_and_the_send_delivers_aft
     assert first.headers["x-farmwatch-alert-id"] == again.headers["x-farmwatch-alert-id"]  # the same stable id
     assert len(receiver.accepted("/webhook")) == 1
     assert listed(collector).count("clear -> farm") == 1  # the restart raised no second alert
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer(free_port())
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 @pytest.mark.root

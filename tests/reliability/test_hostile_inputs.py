@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +18,7 @@ import httpx
 import pytest
 import sqlalchemy
 from collector_helpers import auth, report_for
-from collector_process import DEFAULT_CONFIG, RunningCollector, free_port
-from postgres_server import PostgresServer, unavailable
+from collector_process import DEFAULT_CONFIG, RunningCollector
 from tally import Tally
 
 pytestmark = pytest.mark.slow
@@ -95,18 +94,6 @@ BATTERY = [
     Hostile("unknown path", "/api/v1/../../etc/passwd", lambda d: b"", method="GET", credential="none"),
     Hostile("wrong method", "/api/v1/reports", lambda d: b"", method="DELETE"),
 ]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer(free_port())
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def stored_seqs(database_url: str, device_id: str) -> list[int]:
