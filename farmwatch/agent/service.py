@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from farmwatch.contract import Verdict, to_wire
 
-from .delivery.enrollment import AgentConfig, Enrollment, bearer, call
+from .delivery.enrolment import AgentConfig, Enrolment, bearer, call
 from .delivery.hardware_id import hardware_id, os_machine_id
 from .delivery.http_client import CollectorClient
 from .delivery.notices import Notices
@@ -82,7 +82,7 @@ class Agent:
         self.notices = Notices(self.state.root / "notices.json")
         self.http = CollectorClient(url, HTTP_TIMEOUT_SECONDS, settings.tls())
         machine_hash = hardware_id(machine)
-        self.enrollment = Enrollment(
+        self.enrolment = Enrolment(
             self.http, self.state, secret, socket.gethostname(), machine_hash, clock=self.context.clock
         )
         self.runner = Runner(self.context, settings.probes, hardware_id=machine_hash)
@@ -94,8 +94,8 @@ class Agent:
 
     def _configure(self) -> None:
         """Enrol if needed and apply the collector's config (fetched at most hourly)."""
-        self.enrollment.identity()
-        self._apply(self.enrollment.refresh_config())
+        self.enrolment.identity()
+        self._apply(self.enrolment.refresh_config())
 
     def _apply(self, config: AgentConfig) -> None:
         self.context.anchors = config.anchors
@@ -131,7 +131,7 @@ class Agent:
             why = f"{why}; not sent: the collector did not take the spool before it"
         else:
             try:
-                stored = send_directly(report, self.enrollment)
+                stored = send_directly(report, self.enrolment)
             except (AgentError, OSError) as failed:
                 why = f"{why}; not sent: {failed}"
             else:
@@ -146,7 +146,7 @@ class Agent:
 
     def _deliver(self) -> None:
         try:
-            done = deliver(self.spool, self.enrollment)
+            done = deliver(self.spool, self.enrolment)
         finally:
             self.notices.take_from(self.spool)
         if done.renumbered:
@@ -245,7 +245,7 @@ class Agent:
         for line in observations(self.last_report or {}):
             print(f"  - {line}")
         print("Asking the collector for its verdict ...", flush=True)
-        identity = self.enrollment.identity()
+        identity = self.enrolment.identity()
         asked = {"seconds": round(seconds)}
         patience = time.monotonic() + VERIFY_PATIENCE_SECONDS
         while True:

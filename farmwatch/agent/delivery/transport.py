@@ -37,7 +37,7 @@ from typing import Any
 
 from farmwatch.agent.errors import AgentError, CollectorUnavailable, ReportsFailing
 
-from .enrollment import Enrollment, bearer, call
+from .enrolment import Enrolment, bearer, call
 from .http_client import CollectorClient, Response
 from .spool import Spool, UnreadableReport
 from .state import Identity
@@ -60,7 +60,7 @@ class Delivery:
     renumbered: dict[int, int] = field(default_factory=dict)  # old seq -> the seq it was stored under
 
 
-def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
+def deliver(spool: Spool, enrolment: Enrolment) -> Delivery:
     """Send every spooled report in seq order; stop when the collector cannot take reports now.
 
     Raises :class:`CollectorUnavailable` (unreachable or 5xx: the rest stays spooled; its subclass
@@ -68,7 +68,7 @@ def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
     or :class:`AgentError`; either way what was delivered before is already out of the spool.
     """
     done = Delivery()
-    courier = _Courier(enrollment)
+    courier = _Courier(enrolment)
     failing: list[tuple[Path, int, str]] = []  # 5xx this pass, not yet followed by an accepted report
     for path in spool.pending():
         seq = int(path.stem)
@@ -107,12 +107,12 @@ def deliver(spool: Spool, enrollment: Enrollment) -> Delivery:
     return done
 
 
-def send_directly(report: dict[str, Any], enrollment: Enrollment) -> int:
+def send_directly(report: dict[str, Any], enrolment: Enrolment) -> int:
     """Send a report that could not be spooled (a full disk); the seq it was stored under.
 
     Raises :class:`CollectorUnavailable` or :class:`AgentError` when the collector did not take it.
     """
-    response = _Courier(enrollment).send(report, lambda _: None)
+    response = _Courier(enrolment).send(report, lambda _: None)
     if not 200 <= response.status_code < 300:
         raise AgentError(f"collector answered report seq {report['seq']} with HTTP {response.status_code}: "
                          f"{response.text[:200]}")
@@ -122,9 +122,9 @@ def send_directly(report: dict[str, Any], enrollment: Enrollment) -> int:
 class _Courier:
     """Posts reports under the current identity: one re-enrolment on 401, a new seq on a taken one."""
 
-    def __init__(self, enrollment: Enrollment) -> None:
-        self.enrollment = enrollment
-        self.identity = enrollment.identity()
+    def __init__(self, enrolment: Enrolment) -> None:
+        self.enrolment = enrolment
+        self.identity = enrolment.identity()
         self.reenrolled = False
 
     def send(self, report: dict[str, Any], keep: Callable[[dict[str, Any]], None]) -> Response:
@@ -134,7 +134,7 @@ class _Courier:
             if not _seq_taken(response):
                 break
             taken = int(report["seq"])
-            state = self.enrollment.state
+            state = self.enrolment.state
             state.raise_seq_floor(taken + 1)
             report["seq"] = state.allocate_seq()
             log.info("seq %d is stored with other content (a reinstalled agent?): sending it as seq %d",
@@ -145,13 +145,13 @@ class _Courier:
     def _post(self, report: dict[str, Any], keep: Callable[[dict[str, Any]], None]) -> Response:
         report["device_id"] = self.identity.device_id  # a report made before (re-)enrolment is ours all the same
         keep(report)
-        response = _post(self.enrollment.http, json.dumps(report).encode(), self.identity)
+        response = _post(self.enrolment.http, json.dumps(report).encode(), self.identity)
         if response.status_code == 401 and not self.reenrolled:
             self.reenrolled = True
-            self.identity = self.enrollment.reenroll()
+            self.identity = self.enrolment.reenroll()
             report["device_id"] = self.identity.device_id
             keep(report)
-            response = _post(self.enrollment.http, json.dumps(report).encode(), self.identity)
+            response = _post(self.enrolment.http, json.dumps(report).encode(), self.identity)
         return response
 
 

@@ -65,7 +65,7 @@ class AgentConfig:
             raise AgentError(f"the collector's /api/v1/config answer is malformed: {bad}") from bad
 
 
-class Enrollment:
+class Enrolment:
     """Keeps this agent enrolled with one collector, its identity stored in the state dir."""
 
     def __init__(

@@ -1,6 +1,6 @@
 """Enrolment and the hourly config refresh, in-process against the real collector process.
 
-The clock is the one injected into :class:`Enrollment` (the agent passes ``ProbeContext.clock``),
+The clock is the one injected into :class:`Enrolment` (the agent passes ``ProbeContext.clock``),
 so an hour passes without waiting for it.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from collector_process import RunningCollector
 
-from farmwatch.agent.delivery.enrollment import CONFIG_REFRESH_SECONDS, Enrollment
+from farmwatch.agent.delivery.enrolment import CONFIG_REFRESH_SECONDS, Enrolment
 from farmwatch.agent.errors import CollectorRefused
 from farmwatch.agent.delivery.hardware_id import hardware_id
 from farmwatch.agent.delivery.http_client import CollectorClient
@@ -41,9 +41,9 @@ class Clock:
         return self.now
 
 
-def enrollment(collector: RunningCollector, state: Path, clock: Clock, secret: str | None = None) -> Enrollment:
+def enrolment(collector: RunningCollector, state: Path, clock: Clock, secret: str | None = None) -> Enrolment:
     http = CollectorClient(collector.url, timeout=10)
-    return Enrollment(http, StateDir(state), secret or collector.enroll_secret, "test-host",
+    return Enrolment(http, StateDir(state), secret or collector.enroll_secret, "test-host",
                       hardware_id("machine-under-test"), clock)
 
 
@@ -55,14 +55,14 @@ def import_anchors(collector: RunningCollector, tmp_path: Path, *names: str) -> 
     assert done.returncode == 0, done.stderr
 
 
-def anchor_names(agent: Enrollment) -> list[str]:
+def anchor_names(agent: Enrolment) -> list[str]:
     return sorted(a.name for a in agent.refresh_config().anchors)
 
 
 def test_config_is_read_at_enrolment_then_at_most_hourly(collector: RunningCollector, tmp_path: Path) -> None:
     clock = Clock()
     import_anchors(collector, tmp_path, "chicago")
-    agent = enrollment(collector, tmp_path / "state", clock)
+    agent = enrolment(collector, tmp_path / "state", clock)
     agent.identity()
     assert anchor_names(agent) == ["chicago"]  # read right after enrolment
 
@@ -74,7 +74,7 @@ def test_config_is_read_at_enrolment_then_at_most_hourly(collector: RunningColle
 
 
 def test_a_reinstalled_agent_keeps_its_device_and_resumes_its_sequence(collector: RunningCollector, tmp_path: Path) -> None:
-    first = enrollment(collector, tmp_path / "old-install", Clock())
+    first = enrolment(collector, tmp_path / "old-install", Clock())
     device = first.identity()
     runner = Runner(ProbeContext(), names=[])
     spool = Spool(first.state.spool_dir, first.state.quarantine_dir)
@@ -84,14 +84,14 @@ def test_a_reinstalled_agent_keeps_its_device_and_resumes_its_sequence(collector
     assert deliver(spool, first).delivered == [1, 2]
 
     # A reinstall: a fresh state dir on the same machine gets the same device and the next seq.
-    again = enrollment(collector, tmp_path / "new-install", Clock())
+    again = enrolment(collector, tmp_path / "new-install", Clock())
     assert again.identity().device_id == device.device_id
     assert again.identity().token != device.token
     assert again.state.allocate_seq() == 3
 
 
 def test_a_wrong_secret_is_refused_for_good(collector: RunningCollector, tmp_path: Path) -> None:
-    agent = enrollment(collector, tmp_path / "state", Clock(), secret="wrong")
+    agent = enrolment(collector, tmp_path / "state", Clock(), secret="wrong")
     with pytest.raises(CollectorRefused, match="refused the enrol secret"):
         agent.identity()
     assert agent.state.identity is None
@@ -118,7 +118,7 @@ def test_a_next_seq_past_the_contract_is_ignored(tmp_path: Path) -> None:
     try:
         state = StateDir(tmp_path / "state")
         http_client = CollectorClient(f"http://127.0.0.1:{server.server_port}", timeout=10)
-        Enrollment(http_client, state, "secret", "test-host", hardware_id("m"), Clock()).reenroll()
+        Enrolment(http_client, state, "secret", "test-host", hardware_id("m"), Clock()).reenroll()
     finally:
         server.shutdown()
         server.server_close()
