@@ -13,6 +13,8 @@ collectors; every collector it started is stopped at the end.
 
 ``postgres``: the URL of a throwaway PostgreSQL cluster (``postgres_server.PostgresServer``), one per
 test module; skipped with the reason where PostgreSQL's binaries or root are missing.
+
+``small_disk``: a real 4 MiB tmpfs to fill (``tiny_disk.tiny_tmpfs``); skipped when not root.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 from collector_process import DEFAULT_CONFIG, RunningCollector, free_port, launch_collector
 from postgres_server import PostgresServer, unavailable
+from tiny_disk import tiny_tmpfs
 
 
 @pytest.fixture
@@ -56,3 +59,9 @@ def postgres() -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tiny_tmpfs(tmp_path / "small", size="4m") as mount:
+        yield mount
