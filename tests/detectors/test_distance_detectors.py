@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from detector_records import ANCHORS, connection, make_record, network, probe, roster_entry, run, tool
+from detector_records import ANCHORS, NOW, connection, make_record, network, probe, roster_entry, run, tool, user_input
 
 from farmwatch.detectors.signals.colocation import ColocationDetector
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.distance import great_circle_km
+from farmwatch.detectors.pipeline import score
 from farmwatch.detectors.signals.geo_mismatch import GeoMismatchDetector
 from farmwatch.detectors.signals.location_proof import LocationProofDetector
 from farmwatch.detectors.signals.session_distance import SessionDistanceDetector
@@ -38,9 +39,31 @@ def test_session_distance_scores_the_likely_distance(rtt, approved, expected) ->
     assert finding.evidence["peer"] == "175.45.176.71" and finding.evidence["session_reports"] == 2
 
 
+def _outbound(rtt: float, domain: str | None = None, **sections) -> list[dict]:
+    """One window of AnyDesk dialling out (peer-to-peer, or to a relay when ``domain`` is given)."""
+    dialled = {**connection("175.45.176.71", "outbound", min_rtt_ms=rtt), "domain": domain}
+    return [make_record("d1", 0, remote_access=[tool("anydesk", "AnyDesk", dialled)], **sections)]
+
+
+@pytest.mark.parametrize(("records", "expected"), [
+    pytest.param(_sessions("d1", 190.0, reports=1), 0.85, id="inbound-one-window"),
+    pytest.param(_outbound(180.0), 0.85, id="outbound-direct-peer-one-window"),
+    pytest.param(_outbound(180.0, input=user_input(injected=900)), 0.85, id="outbound-driven-by-injected-input"),
+    pytest.param(_outbound(180.0, input=user_input()), 0.85 * 0.25, id="outbound-while-own-hands-type"),
+])
+def test_session_distance_one_window_of_a_far_direct_peer_counts(records, expected) -> None:
+    finding = run(SessionDistanceDetector, records, [roster_entry("d1")])["d1"]
+    assert finding.score == pytest.approx(expected, abs=1e-4)
+    assert finding.evidence["session_reports"] == 1 and finding.evidence["local_floor_ms"] == 20.0
+    assert "175.45.176.71" in finding.summary
+
+
 @pytest.mark.parametrize("records", [
     pytest.param(_sessions("d1", 30.0), id="near-peer"),
-    pytest.param(_sessions("d1", 190.0, reports=1), id="one-report-proves-nothing"),
+    pytest.param(_sessions("d1", 95.0, reports=1), id="one-window-not-far-enough"),
+    pytest.param(_outbound(180.0, domain="net.anydesk.com"), id="catalogued-relay-says-nothing"),
+    pytest.param([make_record("d1", 0, sessions=[{"kind": "ssh", "user": "dev", "remote_ip": "175.45.176.71",
+                                                  "min_rtt_ms": 190.0}])], id="one-window-of-ssh"),
 ])
 def test_session_distance_stays_quiet(records) -> None:
     assert run(SessionDistanceDetector, records, [roster_entry("d1")]) == {}
@@ -149,3 +172,12 @@ def test_geo_mismatch_unclassified_network_is_weak_and_needs_an_asn() -> None:
     assert finding.score == pytest.approx(0.1) and finding.evidence["unknown_networks"] == ["Tiny ISP"]
     no_asn = [make_record("d2", 5 * k, geo={"network_kind": "unknown", "asn": None}) for k in range(4)]
     assert run(GeoMismatchDetector, no_asn, [roster_entry("d2")]) == {}
+
+
+@pytest.mark.parametrize(("domain", "verdict"), [pytest.param(None, "farm", id="direct-peer"),
+                                                 pytest.param("net.anydesk.com", "clear", id="vendor-relay")])
+def test_one_window_of_anydesk_180_ms_away_is_a_farm_unless_it_is_the_relay(domain, verdict) -> None:
+    """What `farmwatch-agent verify` sees on its first window: the verdict, and the reason behind it."""
+    [scored] = score(_outbound(180.0, domain), [roster_entry("d1")], [], NOW)
+    assert scored.verdict == verdict
+    assert any(f.detector == "session_distance" for f in scored.findings) == (verdict == "farm")
