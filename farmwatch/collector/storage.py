@@ -23,7 +23,9 @@ from sqlalchemy.engine import Connection, Engine
 from farmwatch.collector import quotas
 from farmwatch.collector.group_commit import GroupCommit
 from farmwatch.collector.limits import Limits
-from farmwatch.collector.tables import anchors, devices, enrolments, leases, metadata, reports, roster, tokens, verdicts
+from farmwatch.collector.migrate import MigrateMode, ensure_current
+from farmwatch.collector.migrate import upgrade as upgrade_schema
+from farmwatch.collector.tables import anchors, devices, enrolments, leases, reports, roster, tokens, verdicts
 from farmwatch.collector.tables import fleet_index, suppressions
 from farmwatch.contract import Anchor, RosterEntry, Verdict, to_wire
 from farmwatch.errors import FarmwatchError
@@ -98,9 +100,6 @@ class StoredReport:
     retry_after: float | None = None  # set when the device's quota ([limits]) refused it: nothing stored
 
 
-SCHEMA_LOCK_KEY = 0x6661726D  # "farm": the advisory lock held while a replica creates the tables
-
-
 class Storage:
     """Typed operations over the collector's tables; one transaction per call."""
 
@@ -113,19 +112,22 @@ class Storage:
         self.verdict_listener: VerdictListener | None = None
 
     @classmethod
-    def open(cls, url: str) -> Storage:
-        """Open (and create the tables of) the database at ``url``."""
+    def open(cls, url: str, migrate: MigrateMode = "auto") -> Storage:
+        """Open the database at ``url``: bring its schema to this release's (``"auto"``, under a lock so
+        replicas starting together migrate once) or refuse unless it is there (``"check"``)."""
         storage = cls(open_engine(url))
         try:
-            with storage.engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    # Replicas started together on an empty database would each check, then each
-                    # CREATE the same tables, and all but one die on pg_type's unique index: the
-                    # first to take this transaction-scoped lock creates, the others find them made.
-                    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-                metadata.create_all(connection)
+            _refuse_non_utf8(storage.engine)
+            if migrate == "auto":
+                upgrade_schema(storage.engine)
+            else:
+                ensure_current(storage.engine)
         except sa.exc.SQLAlchemyError as failure:
+            storage.engine.dispose()
             raise StoreError(f"cannot open database {url!r}: {_reason(failure)}") from None
+        except FarmwatchError:
+            storage.engine.dispose()
+            raise
         return storage
 
     def close(self) -> None:
@@ -483,6 +485,24 @@ class Storage:
     def device_count(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one()
+
+
+def _refuse_non_utf8(engine: Engine) -> None:
+    """Refuse a PostgreSQL database whose encoding is not UTF-8 (e.g. SQL_ASCII, which stores bytes
+    unchecked and hands back text psycopg cannot decode): reports carry any Unicode hostname."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as connection:
+        encoding = connection.execute(sa.text("SELECT pg_encoding_to_char(encoding) FROM pg_database "
+                                              "WHERE datname = current_database()")).scalar_one()
+    if isinstance(encoding, bytes):  # psycopg hands SQL_ASCII text back as bytes
+        encoding = encoding.decode("ascii", "replace")
+    if encoding != "UTF8":
+        name = engine.url.database
+        raise StoreError(
+            f"database {name!r} has encoding {encoding}; farmwatch needs UTF8. Create it with "
+            f"`CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0` (or `createdb -E UTF8 -T template0 {name}`)"
+        )
 
 
 def _once_more_on_conflict(step: Callable[[], Done]) -> Done:
