@@ -165,6 +165,12 @@ class Connection(_Section):
     rtt_ms: NonNegative | None = None  # kernel smoothed RTT of this TCP connection
     min_rtt_ms: NonNegative | None = None  # kernel minimum RTT: the distance bound
     domain: Text | None = None  # catalogued relay domain a DNS answer gave for remote_ip (others never kept)
+    # Added to v1 (optional, issue 16): when the agent's socket watcher saw the connection established
+    # (polls of the kernel's socket table through the window). ``state`` "CLOSED" marks one that ended
+    # inside the window; its RTTs are the last the kernel gave (min_rtt_ms: the least over the polls).
+    first_seen: UtcTime | None = None  # first poll that saw it established (may precede window_start)
+    last_seen: UtcTime | None = None  # last poll that saw it established
+    duration_seconds: NonNegative | None = None  # last_seen - first_seen: observed, short by < one poll
 
 
 MatchedBy = Literal["name", "path", "signer", "service", "domain"]
@@ -189,6 +195,12 @@ class Session(_Section):
     remote_ip: Text | None
     rtt_ms: NonNegative | None = None
     min_rtt_ms: NonNegative | None = None
+    # Added to v1 (optional, issue 16), as on Connection: "ESTABLISHED" at the window's end or "CLOSED"
+    # (ended inside the window, seen by the socket watcher); None from older agents means established.
+    state: Text | None = None
+    first_seen: UtcTime | None = None
+    last_seen: UtcTime | None = None
+    duration_seconds: NonNegative | None = None
 
 
 class Interface(_Section):

@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from farmwatch.errors import FarmwatchError
@@ -61,6 +61,17 @@ _SOCK_DIAG_BY_FAMILY = 20
 # of idiag_ext asks for struct tcp_info as an INET_DIAG_INFO attribute.
 _REQUEST = struct.Struct("=BBBxI48x")
 _INET_DIAG_INFO = 2
+# A request may carry an INET_DIAG_REQ_BYTECODE attribute: a filter the kernel runs on each socket
+# before answering (inet_diag_bc_run in net/ipv4/inet_diag.c). Each op is struct inet_diag_bc_op
+# {u8 code; u8 yes; u16 no}: on a true condition skip ``yes`` bytes, else ``no``; JMP always takes
+# ``no``. A socket matches when the program ends exactly at its end; a jump 4 bytes past the end
+# rejects (as ss does). A port comparison is two ops, the port in the second's ``no``. The kernel's
+# audit (inet_diag_bc_audit) wants every jump target on the chain of ``yes`` steps, hence the JMPs.
+_INET_DIAG_REQ_BYTECODE = 1
+_BC_OP = struct.Struct("=BBH")
+_BC_JMP = 1
+_BC_S_GE, _BC_S_LE = 2, 3
+_BC_RANGE_BYTES = 20  # S_GE (8), S_LE (8), JMP (4)
 # struct inet_diag_msg {u8 family, state, timer, retrans; struct inet_diag_sockid {__be16 sport,
 # dport; __be32 src[4], dst[4]; u32 if; u32 cookie[2]}; u32 expires, rqueue, wqueue, uid, inode}.
 _DIAG_HEAD = struct.Struct("=BBxx")
@@ -116,9 +127,26 @@ def rtts_from_tcp_info(rtt_us: int, min_rtt_us: int) -> RttPair:
     return (rtt_us / 1000.0, min_rtt_us / 1000.0)
 
 
-def dump_request(family: int, states: int, seq: int) -> bytes:
-    """A SOCK_DIAG_BY_FAMILY dump request for the TCP sockets of ``family`` in ``states``."""
+def local_port_filter(ranges: Sequence[tuple[int, int]]) -> bytes:
+    """inet_diag bytecode keeping sockets whose local port lies in any inclusive (low, high) range."""
+    program = b""
+    for index, (low, high) in enumerate(ranges):
+        left = _BC_RANGE_BYTES * (len(ranges) - index)  # bytes from this range's first op to the end
+        last = index == len(ranges) - 1
+        # Out of range: go to the next range (after the last one: 4 past the end, reject).
+        # In range: the JMP jumps to the end (accept).
+        program += _BC_OP.pack(_BC_S_GE, 8, 24 if last else 20) + _BC_OP.pack(0, 0, low)
+        program += _BC_OP.pack(_BC_S_LE, 8, 16 if last else 12) + _BC_OP.pack(0, 0, high)
+        program += _BC_OP.pack(_BC_JMP, 4, left - 16)
+    return program
+
+
+def dump_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for the TCP sockets of ``family`` in ``states``, filtered
+    in the kernel by ``bytecode`` (see :func:`local_port_filter`) when given."""
     body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (_INET_DIAG_INFO - 1), states)
+    if bytecode:
+        body += _RTATTR.pack(_RTATTR.size + len(bytecode), _INET_DIAG_REQ_BYTECODE) + bytecode
     flags = _NLM_F_REQUEST | _NLM_F_DUMP
     return _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
 
@@ -154,15 +182,19 @@ def parse_dump_part(data: bytes) -> tuple[list[TcpSocket], bool]:
     return found, False
 
 
-def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform) -> list[TcpSocket]:
-    """Every IPv4 and IPv6 TCP socket of this network namespace in ``states`` (a bit mask)."""
+def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform,
+                local_ports: Sequence[tuple[int, int]] = ()) -> list[TcpSocket]:
+    """Every IPv4 and IPv6 TCP socket of this network namespace in ``states`` (a bit mask), only
+    those with a local port in ``local_ports`` (inclusive ranges) when given: both filters run in
+    the kernel, so the sockets left out cost neither copying nor parsing."""
     if not platform.startswith("linux"):
         raise RttUnavailable(_UNSUPPORTED.get(platform, f"kernel TCP RTT is not read on {platform}"))
     found: list[TcpSocket] = []
+    bytecode = local_port_filter(local_ports) if local_ports else b""
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
             for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
-                diag.sendto(dump_request(family, states, seq), (0, 0))
+                diag.sendto(dump_request(family, states, seq, bytecode), (0, 0))
                 done = False
                 while not done:
                     part, done = parse_dump_part(diag.recv(_RECV_BYTES))

@@ -9,6 +9,12 @@ that a DNS answer gave for a catalogued relay domain (answers seen on the wire o
 resolver cache on Windows; see :mod:`.dns_answers`; other names are never kept). ``matched_by`` lists every way that agreed. Security cares because a laptop farm needs remote
 control (MITRE ATT&CK T1219), and renaming ``AnyDesk.exe`` to ``notepad.exe`` must not hide it. A
 connection is ``inbound`` when its local port is one the tool listens on, else ``outbound``.
+
+Through the window (Linux), a socket watcher polls the kernel's established TCP sockets every
+``probe_options.remote_access.watch_period_seconds`` (default 5; 0 turns it off) and keeps those a
+recognised tool holds (:mod:`.watch`), so a session that began and ended between two reports is
+reported too: ``state`` ``CLOSED`` with ``first_seen``, ``last_seen``, ``duration_seconds`` and its
+least ``min_rtt_ms``; connections still open at the window's end carry the same times.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import os
 import subprocess
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import psutil
+from pydantic import Field
 
-from farmwatch.agent.kernel.tcpinfo import Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
-from farmwatch.agent.probes.base import Probe, ProbeContext
+from farmwatch.agent.kernel.socket_watch import SocketWatcher
+from farmwatch.agent.kernel.tcpinfo import TCP_LISTEN, Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
+from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions
 from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, catalog
 from farmwatch.agent.probes.remote_access.dns_answers import (
     WINDOWS_RESOLVER_CACHE,
@@ -32,11 +40,18 @@ from farmwatch.agent.probes.remote_access.dns_answers import (
 )
 from farmwatch.agent.probes.remote_access.services import running_services, services_by_pid, unit_of
 from farmwatch.agent.probes.remote_access.signers import read_signers
+from farmwatch.agent.probes.remote_access.watch import ToolOwner, ToolSockets, add_sightings
 from farmwatch.contract import Connection, MatchedBy, RemoteAccessTool
 
 __all__ = ["CATALOG_PATH", "RemoteAccessProbe", "tool_for"]
 
 SIGNER_CACHE_LIMIT = 4096  # executables whose signer is remembered between windows
+
+
+class RemoteAccessOptions(ProbeOptions):
+    # Seconds between polls of the kernel's socket table (bench/socket_watch_cost.py: what a period
+    # costs); 0 turns watching off and only the window's end is read.
+    watch_period_seconds: Annotated[float, Field(ge=0, le=300, strict=True)] = 5.0
 
 
 def tool_for(process_name: str) -> str | None:
@@ -112,10 +127,20 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         self._listener: DnsAnswerListener | None = None
         self._listener_problem: str | None = None
         self._signers: dict[str, str | None] = {}
+        self._claims = ToolSockets(context.proc_root, self.catalog)
+        self._watcher: SocketWatcher[ToolOwner] = SocketWatcher(self._claims, extra_states=1 << TCP_LISTEN,
+                                                                clock=context.clock)
+        self._watching = False
+        self._started = False  # start() ran (Linux): the watcher follows the options from then on
 
     def start(self) -> None:
-        """Listen to DNS answers (Linux with CAP_NET_RAW); without it, say so once and go on."""
-        if self.context.platform != "linux" or self._listener is not None:
+        """Watch sockets through the window, and listen to DNS answers (Linux with CAP_NET_RAW;
+        without it, say so once and go on)."""
+        if self.context.platform != "linux":
+            return
+        self._started = True
+        self._watch(self.read_options(RemoteAccessOptions).watch_period_seconds)
+        if self._listener is not None:
             return
         listener = DnsAnswerListener(self.relays)
         try:
@@ -127,14 +152,30 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         self._listener = listener
 
     def stop(self) -> None:
+        self._watch(0)
+        self._started = False
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
 
+    def _watch(self, period_seconds: float) -> None:
+        """Poll every ``period_seconds`` from now on (0: not at all)."""
+        self._watcher.period_seconds = period_seconds
+        if period_seconds and not self._watching:
+            self._watcher.start()
+        elif not period_seconds and self._watching:
+            self._watcher.stop()
+        self._watching = bool(period_seconds)
+
     def collect(self) -> list[RemoteAccessTool]:
+        period = self.read_options(RemoteAccessOptions).watch_period_seconds
         if self._listener_problem:
             self.problem(self._listener_problem)
             self._listener_problem = None
+        watched = self._watcher.take() if self._watching else None
+        if watched is not None:
+            for problem in watched.problems():
+                self.problem(problem)
         if self.context.platform == "win32":
             self._read_resolver_cache()
         matches = self._recognise()
@@ -143,7 +184,10 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
             self._recognise_by_relay(matches, by_pid)
         else:
             by_pid = self._sockets_one_by_one([m.process for m in matches.values()])
-        if not matches:
+        if self._started:
+            self._claims.follow({pid: (m.tool, m.process.info["name"] or "", m.ways) for pid, m in matches.items()})
+            self._watch(period)  # the collector's config may have changed it
+        if not matches and not (watched and watched.sightings):
             return []
         pairs = [(s.local_ip, s.local_port, s.remote_ip, s.remote_port)
                  for pid in matches for s in by_pid.get(pid, []) if s.remote_ip is not None and s.remote_port is not None]
@@ -167,7 +211,9 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
                 connections=connections,
                 matched_by=match.ways,
             ))
-        return found
+        if watched is None:
+            return found
+        return add_sightings(found, watched.sightings, self._domain)
 
     def _read_resolver_cache(self) -> None:
         """Relay addresses from Windows' DNS client cache (where the agent has no packet listener)."""
@@ -237,6 +283,10 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
             return learned
         tool = self.catalog.by_address(address)
         return (tool, address) if tool else None
+
+    def _domain(self, address: str) -> str | None:
+        relay = self._relay(address)
+        return relay[1] if relay else None
 
     def _recognise_by_relay(self, matches: dict[int, _Match], by_pid: dict[int, list[Socket]]) -> None:
         """Processes holding a connection to a catalogued relay, whatever else they are."""

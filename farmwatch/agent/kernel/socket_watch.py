@@ -1,0 +1,169 @@
+"""Connections seen through a reporting window, from polls of the kernel's TCP socket table.
+
+The probes read sockets at the window's end, so a remote session that starts and ends between two
+reports used to leave no trace. A :class:`SocketWatcher` dumps the TCP sockets every
+``period_seconds`` over NETLINK_SOCK_DIAG (:mod:`farmwatch.agent.kernel.tcpinfo`), filtered in the
+kernel by state and, where the caller knows its ports, by local port, so the sockets left out are
+neither copied nor parsed. A ``claim`` function (the probe's) says which of the new established
+sockets are its and who owns them; the watcher keeps, per claimed socket, the first and last poll
+that saw it established, the least ``min_rtt`` over those polls and the owner as found by the poll
+that first saw it, so a socket closed before the window's end still has its process and tool.
+
+Why polling and not events: the kernel announces only a socket's destruction
+(SKNLGRP_INET_TCP_DESTROY, what ``ss -E`` reads), after the owning process has let go of it, so
+the owner could no longer be found; a poll every few seconds finds it while it is held. A session
+shorter than one period can be missed; first/last seen are exact to one period
+(``bench/socket_watch_cost.py`` prints what each period costs).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
+
+from farmwatch.agent.kernel.tcpinfo import TCP_ESTABLISHED, RttUnavailable, TcpSocket, tcp_sockets
+
+Owner = TypeVar("Owner")
+
+PortRanges = Sequence[tuple[int, int]]
+Claim = Callable[[list[TcpSocket], list[TcpSocket]], dict[int, Owner]]
+"""(new established sockets, the whole dump) -> socket inode -> owner, for the sockets that are the
+caller's; the rest are offered again while they last (a claim function caches what it ruled out)."""
+Dump = Callable[[int, PortRanges], list[TcpSocket]]
+"""(state mask, local port ranges or empty for all) -> the kernel's sockets; :func:`netlink_dump`."""
+
+SIGHTING_LIMIT = 1024  # claimed sockets held per window; more are counted, not kept (memory bound)
+
+
+def netlink_dump(states: int, local_ports: PortRanges) -> list[TcpSocket]:
+    """The default :data:`Dump`: one NETLINK_SOCK_DIAG dump, filtered in the kernel."""
+    return tcp_sockets(states, local_ports=local_ports)
+
+
+@dataclass(frozen=True)
+class Sighting(Generic[Owner]):
+    """One claimed TCP connection as the polls of one window saw it."""
+
+    socket: TcpSocket  # as the latest poll that saw it found it (rtt_ms: the latest smoothed RTT)
+    owner: Owner  # who held it, as found by the poll that first saw it
+    first_seen: float  # clock time of the first poll that saw it established
+    last_seen: float  # clock time of the latest poll that saw it established
+    min_rtt_ms: float | None  # least kernel min_rtt over those polls
+    open: bool  # established at the latest poll; False: it ended inside the window
+
+    @property
+    def duration_seconds(self) -> float:
+        """From the first to the last poll that saw it: short of the truth by less than a period."""
+        return self.last_seen - self.first_seen
+
+
+@dataclass(frozen=True)
+class Watched(Generic[Owner]):
+    """What the watcher saw in one window."""
+
+    sightings: list[Sighting[Owner]]
+    polls: int  # polls that read the kernel's table
+    dropped: int  # claimed sockets not kept (over the watcher's limit)
+    failure: str | None  # why the latest poll could not read the table, if it could not
+
+    def problems(self) -> list[str]:
+        """What the report's errors[] should say about this window's watching."""
+        said = [f"socket watch: {self.failure}"] if self.failure else []
+        if self.dropped:
+            said.append(f"socket watch: {self.dropped} connection(s) not kept, over the limit of "
+                        f"{len(self.sightings)} per window")
+        return said
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+class SocketWatcher(Generic[Owner]):
+    """Polls the kernel's TCP sockets every ``period_seconds`` on a thread between :meth:`start`
+    and :meth:`stop`; :meth:`take` ends a window and returns what it saw."""
+
+    def __init__(self, claim: Claim[Owner], period_seconds: float = 5.0, *,
+                 extra_states: int = 0, dump: Dump = netlink_dump, clock: Callable[[], float] = time.time,
+                 limit: int = SIGHTING_LIMIT) -> None:
+        self.claim = claim
+        self.period_seconds = period_seconds
+        # Sockets in these states are dumped too (e.g. LISTEN, to tell inbound from outbound) but
+        # only established ones are watched.
+        self.states = (1 << TCP_ESTABLISHED) | extra_states
+        self.local_ports: PortRanges = ()  # kernel filter; empty: every port
+        self.dump = dump
+        self.clock = clock
+        self.limit = limit
+        self.failure: str | None = None  # why the latest poll could not read the kernel's table
+        self.dropped = 0  # claimed sockets not kept this window (over ``limit``)
+        self.polls = 0  # polls this window that read the table
+        self._seen: dict[tuple[int, tuple[str, int, str, int]], Sighting[Owner]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Poll now and then every period on a daemon thread; idempotent."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self.poll()
+        self._thread = threading.Thread(target=self._run, name="socket-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_seconds):
+            self.poll()
+
+    def poll(self) -> None:
+        """Read the kernel's table once: new claimed sockets are added, gone ones marked ended."""
+        with self._lock:
+            now = self.clock()
+            try:
+                table = self.dump(self.states, self.local_ports)
+            except RttUnavailable as unavailable:
+                self.failure = str(unavailable)
+                return
+            self.failure = None
+            self.polls += 1
+            established = [sock for sock in table if sock.state == "ESTABLISHED" and sock.inode]
+            present = {(sock.inode, sock.pair): sock for sock in established}
+            for key, seen in self._seen.items():
+                sock = present.pop(key, None)
+                if sock is not None:
+                    self._seen[key] = replace(seen, socket=sock, last_seen=now, open=True,
+                                              min_rtt_ms=_least(seen.min_rtt_ms, sock.min_rtt_ms))
+                elif seen.open:
+                    self._seen[key] = replace(seen, open=False)
+            if not present:
+                return
+            owners = self.claim(list(present.values()), table)
+            for key, sock in present.items():
+                if sock.inode not in owners:
+                    continue
+                if len(self._seen) >= self.limit:
+                    self.dropped += 1
+                    continue
+                self._seen[key] = Sighting(socket=sock, owner=owners[sock.inode], first_seen=now,
+                                           last_seen=now, min_rtt_ms=sock.min_rtt_ms, open=True)
+
+    def take(self) -> Watched[Owner]:
+        """Poll once more, then end the window: every socket seen in it (oldest first); those that
+        ended are forgotten, open ones carry into the next window with their first_seen."""
+        self.poll()
+        with self._lock:
+            window = Watched(sightings=sorted(self._seen.values(), key=lambda seen: seen.first_seen),
+                             polls=self.polls, dropped=self.dropped, failure=self.failure)
+            self._seen = {key: seen for key, seen in self._seen.items() if seen.open}
+            self.dropped = self.polls = 0
+        return window

@@ -1,0 +1,220 @@
+"""The socket watcher against the real kernel: loopback connections opened and closed during a window.
+
+No mocks: the kernel's own NETLINK_SOCK_DIAG answers (filtered by its own bytecode interpreter),
+this process's real ``/proc`` entries as the owners. Only the clock is a counter, so first/last
+seen are exact and no test depends on how fast this box is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from farmwatch.agent.kernel.socket_watch import SocketWatcher
+from farmwatch.agent.kernel.tcpinfo import TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, tcp_sockets
+from farmwatch.agent.probes.base import ProbeContext
+from farmwatch.agent.probes.remote_access.catalog import Catalog
+from farmwatch.agent.probes.remote_access.probe import RemoteAccessProbe
+from farmwatch.agent.probes.remote_access.watch import CLOSED, ToolOwner, ToolSockets, add_sightings
+from farmwatch.agent.probes.sessions.probe import SessionsProbe
+from farmwatch.contract import Connection, RemoteAccessTool
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="NETLINK_SOCK_DIAG is Linux-only")
+
+OUR_NAME = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+AS_A_TOOL = Catalog.from_json({"tools": [{"id": "testtool", "processes": [OUR_NAME]}]})
+
+
+@contextmanager
+def _server() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server
+
+
+@contextmanager
+def _session(server: socket.socket) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """One loopback connection with a data round trip each way (RTT samples), closed on exit."""
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    client.sendall(b"ping")
+    accepted.recv(4)
+    accepted.sendall(b"pong")
+    client.recv(4)
+    try:
+        yield client, accepted
+    finally:
+        client.close()
+        accepted.close()
+
+
+def _port(sock: socket.socket) -> int:
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def _ticks() -> Iterator[float]:
+    return itertools.count(1000.0, 10.0)
+
+
+def _claim_port(port: int) -> object:
+    def claim(fresh: list[TcpSocket], table: list[TcpSocket]) -> dict[int, str]:
+        return {sock.inode: f"server:{port}" for sock in fresh if sock.local_port == port}
+    return claim
+
+
+def test_the_kernel_filters_by_local_port() -> None:
+    with _server() as a, _server() as b, _server() as c, _session(a), _session(b), _session(c):
+        ports = sorted(map(_port, (a, b, c)))
+
+        def local_ports(ranges: list[tuple[int, int]]) -> list[int]:
+            return sorted(s.local_port for s in tcp_sockets(1 << TCP_ESTABLISHED, local_ports=ranges))
+
+        assert local_ports([(ports[0], ports[0])]) == [ports[0]]
+        assert local_ports([(ports[1], ports[1]), (ports[2], ports[2])]) == ports[1:]
+        assert local_ports([(ports[0], ports[2])]) == [p for p in local_ports([]) if ports[0] <= p <= ports[2]]
+        assert set(ports) <= set(local_ports([(1, 1), (ports[0], 65535)]))
+        assert local_ports([(1, 1)]) == []
+
+
+def test_a_connection_opened_and_closed_inside_the_window_is_reported_closed() -> None:
+    clock = _ticks()
+    with _server() as server:
+        port = _port(server)
+        watcher: SocketWatcher[str] = SocketWatcher(_claim_port(port), clock=lambda: next(clock))  # type: ignore[arg-type]
+        watcher.local_ports = [(port, port)]
+        watcher.poll()  # 1000: nothing yet
+        with _session(server) as (client, _):
+            watcher.poll()  # 1010: first seen
+            client.sendall(b"more")
+            watcher.poll()  # 1020: last seen
+        watcher.poll()  # 1030: gone
+        window = watcher.take()  # 1040
+    (seen,) = window.sightings
+    assert (seen.owner, seen.open, seen.first_seen, seen.last_seen, seen.duration_seconds) == (
+        f"server:{port}", False, 1010.0, 1020.0, 10.0)
+    assert seen.socket.local_port == port and seen.socket.remote_ip == "127.0.0.1"
+    assert seen.min_rtt_ms is not None and seen.min_rtt_ms > 0
+    assert (window.polls, window.dropped, window.problems()) == (5, 0, [])
+    assert watcher.take().sightings == []  # an ended connection is reported in one window only
+
+
+def test_a_connection_still_open_carries_into_the_next_window_with_its_first_seen() -> None:
+    clock = _ticks()
+    with _server() as server:
+        port = _port(server)
+        watcher: SocketWatcher[str] = SocketWatcher(_claim_port(port), clock=lambda: next(clock))  # type: ignore[arg-type]
+        with _session(server):
+            watcher.poll()  # 1000
+            (first,) = watcher.take().sightings  # 1010
+            (second,) = watcher.take().sightings  # 1020
+        (last,) = watcher.take().sightings  # 1030: closed
+    assert (first.open, first.first_seen, first.last_seen) == (True, 1000.0, 1010.0)
+    assert (second.open, second.first_seen, second.last_seen) == (True, 1000.0, 1020.0)
+    assert (last.open, last.first_seen, last.last_seen) == (False, 1000.0, 1020.0)
+
+
+def test_sockets_nobody_claims_are_not_kept_and_the_limit_is_said() -> None:
+    with _server() as server, _session(server), _session(server), _session(server):
+        port = _port(server)
+        watcher: SocketWatcher[str] = SocketWatcher(_claim_port(port), limit=2)  # type: ignore[arg-type]
+        window = watcher.take()
+    assert len(window.sightings) == 2  # three accepted sockets claimed; their clients are nobody's
+    assert window.dropped == 1
+    assert window.problems() == ["socket watch: 1 connection(s) not kept, over the limit of 2 per window"]
+
+
+def test_the_thread_polls_every_period_until_stopped() -> None:
+    with _server() as server:
+        port = _port(server)
+        watcher: SocketWatcher[str] = SocketWatcher(_claim_port(port), period_seconds=0.05)  # type: ignore[arg-type]
+        watcher.local_ports = [(port, port)]
+        watcher.start()
+        with _session(server):
+            deadline = time.monotonic() + 30
+            while watcher.polls < 3 and time.monotonic() < deadline:  # the start poll and two more
+                time.sleep(0.05)
+        while watcher.polls < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        watcher.stop()
+        polls = watcher.polls
+        time.sleep(0.2)
+        assert watcher.polls == polls  # stopped means stopped
+    (seen,) = watcher.take().sightings
+    assert not seen.open and seen.last_seen > seen.first_seen
+
+
+def test_the_owner_is_the_one_found_while_the_socket_was_held() -> None:
+    """A tool's connection that closes before the window's end keeps its process and tool."""
+    clock = _ticks()
+    claims = ToolSockets(Path("/proc"), AS_A_TOOL)
+    watcher: SocketWatcher[ToolOwner] = SocketWatcher(claims, extra_states=1 << TCP_LISTEN, clock=lambda: next(clock))
+    with _server() as server:
+        port = _port(server)
+        watcher.local_ports = [(port, port)]
+        with _session(server):
+            watcher.poll()
+        window = watcher.take()
+    (seen,) = window.sightings
+    assert seen.owner == ToolOwner("testtool", OUR_NAME, os.getpid(), ("name",), inbound=True)
+    assert not seen.open
+
+
+def test_closed_connections_join_the_section_under_their_tool() -> None:
+    clock = _ticks()
+    claims = ToolSockets(Path("/proc"), AS_A_TOOL)
+    watcher: SocketWatcher[ToolOwner] = SocketWatcher(claims, extra_states=1 << TCP_LISTEN, clock=lambda: next(clock))
+    with _server() as server:
+        port = _port(server)
+        watcher.local_ports = [(port, port)]
+        with _session(server):
+            watcher.poll()  # 1000
+            watcher.poll()  # 1010
+        with _session(server) as (client, accepted):
+            window = watcher.take()  # 1020: the first closed, the second open
+            live = Connection(remote_ip="127.0.0.1", remote_port=client.getsockname()[1], local_port=port,
+                              state="ESTABLISHED", direction="inbound", rtt_ms=None, min_rtt_ms=None)
+    # The section as read at the window's end: our process, holding the second connection.
+    read = [RemoteAccessTool(tool="testtool", process=OUR_NAME, pid=os.getpid(), started_at=None,
+                             listening=[port], connections=[live], matched_by=["name"])]
+    (tool,) = add_sightings(read, window.sightings, lambda ip: "relay.example" if ip == "127.0.0.1" else None)
+    still, ended = tool.connections
+    assert (still.state, still.duration_seconds, still.domain) == ("ESTABLISHED", 0.0, None)
+    assert still.first_seen is not None and still.first_seen.timestamp() == 1020.0
+    assert (ended.state, ended.direction, ended.local_port, ended.duration_seconds, ended.domain) == (
+        CLOSED, "inbound", port, 10.0, "relay.example")
+    assert ended.min_rtt_ms is not None and ended.min_rtt_ms > 0
+    # Its process gone: the closed connection gets an entry of its own, as the watcher found it.
+    (alone,) = add_sightings([], window.sightings[:1], lambda ip: None)
+    assert (alone.tool, alone.process, alone.pid, alone.listening, alone.matched_by) == (
+        "testtool", OUR_NAME, os.getpid(), [], ["name"])
+
+
+@pytest.mark.parametrize("probe", [RemoteAccessProbe, SessionsProbe])
+def test_a_bad_watch_period_is_named_and_the_default_used(probe: type[RemoteAccessProbe | SessionsProbe]) -> None:
+    made = probe(ProbeContext(options={probe.name: {"watch_period_seconds": -1}}))
+    made.start()
+    try:
+        made.problems = []
+        made.collect()
+        assert made._watcher.period_seconds == 5.0
+    finally:
+        made.stop()
+    assert any(p.startswith(f"probe_options.{probe.name}.watch_period_seconds is -1") and "used 5.0" in p
+               for p in made.problems), made.problems
+
+
+@pytest.mark.parametrize("probe", [RemoteAccessProbe, SessionsProbe])
+def test_period_zero_turns_watching_off(probe: type[RemoteAccessProbe | SessionsProbe]) -> None:
+    made = probe(ProbeContext(options={probe.name: {"watch_period_seconds": 0}}))
+    made.start()
+    made.collect()
+    assert made._watcher.polls == 0 and made._watcher._thread is None
+    made.stop()
