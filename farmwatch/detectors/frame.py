@@ -52,8 +52,11 @@ _REPORT_COLUMNS = (
 _TOOL_COLUMNS = (
     "rec", "tool", "process", "started_at", "listening", "matched_by",  # matched_by: "path;domain"
     "remote_ip", "remote_port", "local_port", "state", "direction", "rtt_ms", "min_rtt_ms", "domain",
+    "first_seen", "last_seen", "duration_seconds",  # the agent's socket watcher (issue 16); null from older agents
 )
-_SESSION_COLUMNS = ("rec", "kind", "user", "remote_ip", "rtt_ms", "min_rtt_ms")
+_SESSION_COLUMNS = ("rec", "kind", "user", "remote_ip", "rtt_ms", "min_rtt_ms",
+                    "state", "first_seen", "last_seen", "duration_seconds")  # issue 16, as on connections
+_ENDED = "CLOSED"  # the state of a connection or session the watcher saw end inside its window
 _PROBE_COLUMNS = ("rec", "target", "sent", "received", "rtt_min_ms", "rtt_median_ms")
 _USB_KEY = ("device_id", "vendor_id", "product_id", "manufacturer", "product")
 _DISPLAY_KEY = ("device_id", "name", "manufacturer", "serial_hash")
@@ -70,7 +73,10 @@ class Frames:
     ``tools``: one row per remote-access connection (a tool without connections: one row, no peer);
     ``matched_by`` says how the agent recognised the tool (``;``-joined; ``name`` for reports from
     agents before it was reported), ``domain`` the catalogued relay domain of the peer; ``live`` marks
-    established connections.
+    connections established in the window: still at its end, or ``state`` ``CLOSED`` (ended inside
+    it, seen by the agent's socket watcher). ``first_seen``/``last_seen`` (RFC 3339 text) and
+    ``duration_seconds`` are the watcher's, null from older agents; sessions carry them too, with
+    ``state`` (null from older agents: established at the window's end).
     ``sessions``, ``probes``: one row per entry. ``usb``, ``displays``: one row per device and
     identity, with ``first_rec``/``last_rec``/``reports``.
     """
@@ -205,7 +211,7 @@ def _utc(values: Any) -> pd.Series:
 
 
 _NUMERIC = frozenset(_INPUT + ("utc_offset_minutes", "lan_neighbors", "seq", "asn", "rtt_ms", "min_rtt_ms",
-                               "rtt_min_ms", "rtt_median_ms", "sent", "received"))
+                               "rtt_min_ms", "rtt_median_ms", "sent", "received", "duration_seconds"))
 _INTEGER = frozenset(("rec", "listening"))
 _BOOLEAN = frozenset(("has_vpn_interface", "has_input"))
 _PARSED_TIMES = ("window_start", "window_end")
@@ -268,8 +274,10 @@ def _frames(
         return table.sort_values("rec", kind="stable").reset_index(drop=True)
 
     tool_frame = child(tool_table)
-    # A live session is an established TCP connection with a known peer.
-    tool_frame["live"] = tool_frame["state"].astype(str).str.upper().eq("ESTABLISHED") & tool_frame["remote_ip"].notna()
+    # A live session is a TCP connection with a known peer established in the window (still at its
+    # end, or ended inside it).
+    tool_frame["live"] = (tool_frame["state"].astype(str).str.upper().isin(("ESTABLISHED", _ENDED))
+                          & tool_frame["remote_ip"].notna())
     return Frames(
         reports=reports,
         tools=tool_frame,

@@ -17,6 +17,9 @@ catalogue's ``kind: tunnel``: ngrok, Tailscale, ZeroTier, Cloudflare Tunnel …)
 reachable rather than drive its screen, so they score a share of what interactive remote control
 does. A tool the roster approves for the device (the helpdesk's) scores a quarter as much, however
 the agent recognised it.
+
+A connection the agent's socket watcher saw begin and end inside one window (``state`` ``CLOSED``)
+was a live session as much as one still open at the window's end (the frame's ``live``).
 """
 
 from __future__ import annotations
@@ -159,6 +162,9 @@ class RemoteAccessDetector(Detector):
         # Recognised, but not by its own name: renamed, or running under a name the catalogue lacks.
         unnamed = bool(ways) and "name" not in ways
         relayed_domains = sorted(set(live["domain"].dropna())) if "domain" in live else []
+        # Sessions the agent's socket watcher saw begin and end inside one window count as live too.
+        ended = live[live["state"].astype(str).str.upper() == "CLOSED"]
+        longest = live["duration_seconds"].max() if "duration_seconds" in live else None
 
         if live.empty:
             score, what = self.running, "ran without a live session"
@@ -188,6 +194,7 @@ class RemoteAccessDetector(Detector):
             f"{'Approved' if approved else 'Unapproved'} {kind} {shown} ({tool}){found_as} {what}"
             + (f", {len(public_inbound)} public inbound peer(s)" if public_inbound else "")
             + (f" registered in {', '.join(countries)}" if countries else "")
+            + (f"; {len(ended)} connection(s) ended inside their window" if len(ended) else "")
             + (f"; {outside_share:.0%} of those reports fell outside working hours" if len(timed) else "")
             + "."
         )
@@ -211,6 +218,8 @@ class RemoteAccessDetector(Detector):
             "matched_by": sorted(ways),
             "recognised_without_its_name": unnamed,
             "relay_domains": relayed_domains[:5],
+            "ended_in_window_connections": len(ended),
+            "longest_session_seconds": None if longest is None or pd.isna(longest) else float(longest),
         }
         span = live if len(live) else used
         return self.finding(device, score, summary, evidence, span["time"].min(), span["time"].max())
@@ -232,6 +241,6 @@ def _session_rows(frames: Frames) -> pd.DataFrame:
     remote = sessions[sessions["remote_ip"].notna() & sessions["kind"].isin(["rdp", "vnc", "x11"])]
     return pd.DataFrame({
         "rec": remote["rec"], "tool": remote["kind"], "process": None, "remote_ip": remote["remote_ip"],
-        "direction": "inbound", "state": "ESTABLISHED", "min_rtt_ms": remote["min_rtt_ms"],
-        "device_id": remote["device_id"], "live": True,
+        "direction": "inbound", "state": remote["state"].fillna("ESTABLISHED"), "min_rtt_ms": remote["min_rtt_ms"],
+        "duration_seconds": remote["duration_seconds"], "device_id": remote["device_id"], "live": True,
     })

@@ -14,7 +14,9 @@ slowly, the light-in-fibre floor from within ``local_km`` being ``local_km / 100
 ``far_tool_min_reports`` (one window: what ``farmwatch-agent verify`` sees). An outbound session
 while the laptop's own keyboard and mouse are in use without injected input (in at least
 ``local_hands_share`` of its reports) is the employee reaching a machine elsewhere, not someone
-driving this one: it scores ``local_hands_factor`` as much.
+driving this one: it scores ``local_hands_factor`` as much. A session the agent's socket watcher
+saw last ``min_session_seconds`` (``duration_seconds``, e.g. one that began and ended between two
+reports) counts from its one report too.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class SessionDistanceDetector(Detector):
 
     def __init__(self, local_km: float = 2000.0, far_km: float = 6000.0, top_score: float = 0.85,
                  min_reports: int = 2, approved_factor: float = 0.25, far_tool_min_reports: int = 1,
-                 local_hands_share: float = 0.5, local_hands_factor: float = 0.25) -> None:
+                 local_hands_share: float = 0.5, local_hands_factor: float = 0.25,
+                 min_session_seconds: float = 60.0) -> None:
         self.local_km = local_km
         self.far_km = far_km
         self.top_score = top_score
@@ -44,6 +47,7 @@ class SessionDistanceDetector(Detector):
         self.far_tool_min_reports = far_tool_min_reports
         self.local_hands_share = local_hands_share
         self.local_hands_factor = local_hands_factor
+        self.min_session_seconds = min_session_seconds
 
     def _paths(self, frames: Frames) -> pd.DataFrame:
         tools = frames.tools
@@ -59,11 +63,12 @@ class SessionDistanceDetector(Detector):
         return pd.concat([
             pd.DataFrame({"device_id": direct["device_id"], "rec": direct["rec"], "via": direct["tool"],
                           "peer": direct["remote_ip"], "min_rtt_ms": direct["min_rtt_ms"], "tool": True,
-                          "direction": direct["direction"],
+                          "direction": direct["direction"], "duration_seconds": direct["duration_seconds"],
                           "local_hands": local_hands[direct["rec"].to_numpy()]}),
             pd.DataFrame({"device_id": remote["device_id"], "rec": remote["rec"], "via": remote["kind"],
                           "peer": remote["remote_ip"], "min_rtt_ms": remote["min_rtt_ms"], "tool": False,
-                          "direction": "inbound", "local_hands": False}),
+                          "direction": "inbound", "duration_seconds": remote["duration_seconds"],
+                          "local_hands": False}),
         ], ignore_index=True)
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
@@ -73,11 +78,13 @@ class SessionDistanceDetector(Detector):
         paths["time"] = frames.times(paths)
         per_peer = paths.groupby(["device_id", "via", "peer", "direction"], sort=True).agg(
             min_rtt_ms=("min_rtt_ms", "min"), reports=("rec", "nunique"), tool=("tool", "any"),
-            local_hands_share=("local_hands", "mean"), first=("time", "min"), last=("time", "max")).reset_index()
+            local_hands_share=("local_hands", "mean"), first=("time", "min"), last=("time", "max"),
+            session_seconds=("duration_seconds", "max")).reset_index()
         per_peer["likely_km"] = likely_min_distance_km(per_peer["min_rtt_ms"].to_numpy())
         far_tool = per_peer["tool"] & (per_peer["likely_km"] >= self.far_km)
         per_peer = per_peer[(per_peer["reports"] >= self.min_reports)
-                            | (far_tool & (per_peer["reports"] >= self.far_tool_min_reports))]
+                            | (far_tool & (per_peer["reports"] >= self.far_tool_min_reports))
+                            | (per_peer["session_seconds"] >= self.min_session_seconds)]
         # The employee driving something elsewhere from this laptop: outbound, with their own hands.
         reaching_out = (per_peer["direction"] == "outbound") & (per_peer["local_hands_share"] >= self.local_hands_share)
         per_peer = per_peer.assign(weight=reaching_out.map({True: self.local_hands_factor, False: 1.0}))
@@ -96,7 +103,8 @@ class SessionDistanceDetector(Detector):
                 f"The controller of the {top['via']} session {'to' if top['direction'] == 'outbound' else 'from'} "
                 f"{top['peer']} is likely at least {top['likely_km']:,.0f} km away (minimum RTT "
                 f"{top['min_rtt_ms']:.1f} ms over {top['reports']} report(s)"
-                f"{', a direct peer, no catalogued relay' if top['tool'] else ''}), consistent "
+                + ("" if pd.isna(top["session_seconds"]) else f", seen for {top['session_seconds']:.0f} s")
+                + f"{', a direct peer, no catalogued relay' if top['tool'] else ''}), consistent "
                 f"with someone {'abroad' if top['likely_km'] >= self.far_km else 'far from the laptop'}"
                 + (f" (the roster places the laptop in {entry.city or entry.country})" if entry else "")
                 + ("; the laptop's own keyboard and mouse were in use, so it may be the employee reaching "
@@ -109,6 +117,7 @@ class SessionDistanceDetector(Detector):
                 "local_floor_ms": self.local_km / LIGHT_KM_PER_RTT_MS,
                 "session_reports": top["reports"], "approved": approved,
                 "local_hands_share": float(top["local_hands_share"]),
+                "session_seconds": None if pd.isna(top["session_seconds"]) else float(top["session_seconds"]),
             }
             found.append(self.finding(str(device), score, summary, evidence, top["first"], top["last"]))
         return found
