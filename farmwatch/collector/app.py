@@ -35,6 +35,7 @@ from farmwatch.collector.ingest import Rejected
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.openapi import openapi_document
 from farmwatch.collector.ratelimit import AddressLimiter
+from farmwatch.collector.retention import RetentionJob
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
@@ -74,17 +75,20 @@ def create_app(
     geo = GeoLookup(config.corporate_networks, config.city_db, config.asn_db)
     scorer = Scorer(storage, config, metrics, clock)
     alerting = Alerting(storage, config.outputs, config.public_url, metrics.registry, clock)
+    retention = RetentionJob(storage, config.retention, metrics.registry, clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if background_scoring:
             scorer.start()
         alerting.start()
+        retention.start()
         try:
             yield
         finally:
             scorer.stop()
             alerting.stop()
+            retention.stop()
 
     app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     console = mount_console(app, storage, scorer, clock)

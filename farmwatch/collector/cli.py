@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_alert_commands(commands, _db_flag)
 
+    from farmwatch.collector.db_commands import add_commands as add_db_commands  # builds on this module
+
+    add_db_commands(commands, _db_flag)
+
     from farmwatch.collector.console.cli import add_commands  # imported here: it builds on this module
 
     add_commands(commands, _db_flag)
@@ -173,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
     )
-    storage = Storage.open(database_url(args.db))
+    storage = Storage.open(database_url(args.db), migrate=config.migrate)  # [storage] migrate: auto | check
     try:
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
         # own; the collector applies [collector] trusted_proxies itself (ingest.source_address).

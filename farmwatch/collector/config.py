@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from farmwatch.collector.limits import Limits, LimitsError, load_limits
+from farmwatch.collector.migrate import MIGRATE_MODES, MigrateMode
+from farmwatch.collector.retention import RetentionError, RetentionSettings, load_retention
 from farmwatch.collector.outputs import REGISTRY as OUTPUT_TYPES
 from farmwatch.collector.outputs.base import OutputConfigError, OutputSettings, parse_outputs
 from farmwatch.detectors.config import DetectionConfig
@@ -54,6 +56,8 @@ class CollectorConfig:
     tls_key_file: Path | None = None
     console_banner: str = ""  # [console] banner: a line every console page shows (e.g. "staging", "simulated")
     limits: Limits = field(default_factory=Limits)  # [limits]: what one device or address may cost
+    migrate: MigrateMode = "auto"  # [storage] migrate: upgrade the schema at start, or only check it (replicas)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)  # [retention] (collector/retention.py)
     # Enrol secret rotation: the previous secret is still accepted until this time (both or neither).
     previous_enroll_secret: str | None = None
     previous_enroll_secret_until: datetime | None = None
@@ -71,6 +75,8 @@ _KNOWN = {
     "console": {"banner"},
     "outputs": None,  # each output's keys belong to its plugin (collector/outputs/)
     "limits": None,  # checked key by key in collector/limits.py
+    "storage": {"migrate"},
+    "retention": None,  # checked key by key in collector/retention.py (its registry names the keys)
 }
 
 
@@ -128,6 +134,8 @@ def load_config(
         tls_cert_file=tls[0],
         tls_key_file=tls[1],
         console_banner=_banner(raw.get("console", {}).get("banner", ""), f"{where} [console] banner"),
+        migrate=_migrate_mode(raw.get("storage", {}).get("migrate", "auto"), f"{where} [storage] migrate"),
+        retention=_retention(raw.get("retention", {}), where, lookback),
         limits=_limits(raw.get("limits", {}), where),
         **_previous_secret(collector, where),
     )
@@ -155,6 +163,29 @@ def _previous_secret(collector: dict[str, Any], where: str) -> dict[str, Any]:
                           f"e.g. 2026-12-31T00:00:00Z, got {until!r}")
     return {"previous_enroll_secret": _secret(Path(path), "previous enrol secret"),
             "previous_enroll_secret_until": moment.astimezone(timezone.utc)}
+
+
+def load_retention_config(path: Path | None) -> RetentionSettings:
+    """Only ``[retention]`` of ``path`` (checked like ``serve`` does, against its lookback), for ``db prune``."""
+    if path is None:
+        return RetentionSettings()
+    raw = _read_toml(path)
+    lookback = _number(raw.get("detection", {}).get("lookback_hours", 72), f"{path} [detection] lookback_hours")
+    return _retention(raw.get("retention", {}), str(path), lookback)
+
+
+def _migrate_mode(value: Any, where: str) -> MigrateMode:
+    for mode in MIGRATE_MODES:
+        if value == mode:
+            return mode
+    raise ConfigError(f"{where}: must be one of {', '.join(MIGRATE_MODES)}, got {value!r}")
+
+
+def _retention(table: Any, where: str, lookback_hours: float) -> RetentionSettings:
+    try:
+        return load_retention(table, where, lookback_hours)
+    except RetentionError as problem:
+        raise ConfigError(str(problem)) from None
 
 
 def _limits(table: Any, where: str) -> Limits:

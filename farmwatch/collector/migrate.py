@@ -111,6 +111,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine) -> Upgrade:
     """Bring the database to :func:`head` under the schema lock (a no-op when it is there)."""
+    refuse_non_utf8(engine)
     target = head()
     found = current_revision(engine)
     if found == target:  # the common start: nothing to do, and no lock to queue for
@@ -131,6 +132,7 @@ def upgrade(engine: Engine) -> Upgrade:
 
 def ensure_current(engine: Engine) -> None:
     """Raise :class:`SchemaError` naming ``db upgrade`` unless the database is at :func:`head`."""
+    refuse_non_utf8(engine)
     target = head()
     found = current_revision(engine)
     if found == target:
@@ -143,6 +145,24 @@ def ensure_current(engine: Engine) -> None:
         "--db URL` once (the migration step of the deployment), then start the collector "
         '(it was told not to migrate: [storage] migrate = "check")'
     )
+
+
+def refuse_non_utf8(engine: Engine) -> None:
+    """Refuse a PostgreSQL database whose encoding is not UTF-8 (e.g. SQL_ASCII, which stores bytes
+    unchecked and hands back text psycopg cannot decode): reports carry any Unicode hostname."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as connection:
+        encoding = connection.execute(sa.text("SELECT pg_encoding_to_char(encoding) FROM pg_database "
+                                              "WHERE datname = current_database()")).scalar_one()
+    if isinstance(encoding, bytes):  # psycopg hands SQL_ASCII text back as bytes
+        encoding = encoding.decode("ascii", "replace")
+    if encoding != "UTF8":
+        name = engine.url.database
+        raise SchemaError(
+            f"database {name!r} has encoding {encoding}; farmwatch needs UTF8. Create it with "
+            f"`CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0` (or `createdb -E UTF8 -T template0 {name}`)"
+        )
 
 
 def _refuse_undeclared_tables(engine: Engine) -> None:

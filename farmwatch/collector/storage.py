@@ -117,7 +117,6 @@ class Storage:
         replicas starting together migrate once) or refuse unless it is there (``"check"``)."""
         storage = cls(open_engine(url))
         try:
-            _refuse_non_utf8(storage.engine)
             if migrate == "auto":
                 upgrade_schema(storage.engine)
             else:
@@ -485,24 +484,6 @@ class Storage:
     def device_count(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one()
-
-
-def _refuse_non_utf8(engine: Engine) -> None:
-    """Refuse a PostgreSQL database whose encoding is not UTF-8 (e.g. SQL_ASCII, which stores bytes
-    unchecked and hands back text psycopg cannot decode): reports carry any Unicode hostname."""
-    if engine.dialect.name != "postgresql":
-        return
-    with engine.connect() as connection:
-        encoding = connection.execute(sa.text("SELECT pg_encoding_to_char(encoding) FROM pg_database "
-                                              "WHERE datname = current_database()")).scalar_one()
-    if isinstance(encoding, bytes):  # psycopg hands SQL_ASCII text back as bytes
-        encoding = encoding.decode("ascii", "replace")
-    if encoding != "UTF8":
-        name = engine.url.database
-        raise StoreError(
-            f"database {name!r} has encoding {encoding}; farmwatch needs UTF8. Create it with "
-            f"`CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0` (or `createdb -E UTF8 -T template0 {name}`)"
-        )
 
 
 def _once_more_on_conflict(step: Callable[[], Done]) -> Done:

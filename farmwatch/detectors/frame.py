@@ -32,6 +32,8 @@ _INPUT = (
     "mouse_events",
     "injected_events",
     "key_interval_ms_p10",
+    "key_interval_ms_p50",  # p50/p90 since issue 16: key timing too regular for hands (IP-KVM paste)
+    "key_interval_ms_p90",
     "key_burst_fraction",
     "mouse_rate_hz_median",
     "mouse_jump_fraction",
@@ -48,6 +50,9 @@ _REPORT_COLUMNS = (
     + _INPUT
     + ("virtual_devices", "has_input")
     + ("os", "hostname", "clock_skew_seconds")  # agent_health: identity and clock (issue 16)
+    # agent_health (issue 16): host.boot_time as sent (text), the collector's enrolment and
+    # refused-seq counts when it stored the record (ingest record ``enrolments``, ``seq_conflicts``)
+    + ("boot_time", "enrolments", "seq_conflicts")
 )
 _TOOL_COLUMNS = (
     "rec", "tool", "process", "started_at", "listening", "matched_by",  # matched_by: "path;domain"
@@ -161,6 +166,7 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
             keep(";".join(inp.get("virtual_devices") or ())),
             given is not None,
             keep(agent.get("os")), keep(agent.get("hostname")), record.get("clock_skew_seconds"),
+            keep(host.get("boot_time")), record.get("enrolments"), record.get("seq_conflicts"),
         ))
         for tool in report.get("remote_access") or ():
             head = (rec, keep(tool.get("tool")), keep(tool.get("process")), tool.get("started_at"),
@@ -211,7 +217,8 @@ def _utc(values: Any) -> pd.Series:
 
 
 _NUMERIC = frozenset(_INPUT + ("utc_offset_minutes", "lan_neighbors", "seq", "asn", "rtt_ms", "min_rtt_ms",
-                               "rtt_min_ms", "rtt_median_ms", "sent", "received", "duration_seconds"))
+                               "rtt_min_ms", "rtt_median_ms", "sent", "received", "duration_seconds",
+                               "enrolments", "seq_conflicts"))
 _INTEGER = frozenset(("rec", "listening"))
 _BOOLEAN = frozenset(("has_vpn_interface", "has_input"))
 _PARSED_TIMES = ("window_start", "window_end")
