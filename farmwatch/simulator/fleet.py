@@ -117,7 +117,15 @@ class Device:
     operator_rtt_ms: float = 0.0
     operator_ip: str = ""
     vpn_product: str | None = None
-    seq_reset_day: int | None = None
+    seq_reset_day: int | None = None  # the agent reinstalled on the running system that day (records.py)
+    # How the agent lives (records.py): switched off at night (a new boot each morning), slot ranges
+    # [first, last) in which its agent was not running, a re-enrolment after IT reimaged it (slot),
+    # and (from slot, count) reports the collector refused because their seq was taken.
+    shuts_down: bool = False
+    agent_stops: tuple[tuple[int, int], ...] = ()
+    reenrol_slot: int | None = None
+    seq_conflicts: tuple[int, int] | None = None
+    paste_share: float = 0.0  # IP-KVM: share of operated windows typed by "paste as keys" (too regular)
     local_like: float = 0.0  # farms: share of operator windows whose input looks local (a good link)
 
 

@@ -56,15 +56,46 @@ class Simulator:
         self._rtt: dict[tuple[str, str], float] = {}
 
     def records(self, device: Device, index: int) -> Iterator[dict[str, Any]]:
+        """The device's records. The agent runs as a service: its windows tile (a window after a sleep
+        starts where the last one ended), except after the laptop was shut down (a new boot time) or
+        the agent was not running (``Device.agent_stops``; a reinstall, ``seq_reset_day``, is one,
+        followed by a re-enrolment the collector counts in ``enrolments``)."""
         rng = np.random.default_rng([self.seed, index])
         plan = self._plan(device, rng)
         seq = 0
         boot = _stamp(START - timedelta(days=int(rng.integers(1, 20))))
+        life = np.random.default_rng([self.seed, index, 16])  # its own stream: the rest stays as it was
+        # A third of employees switch their laptop off at night; racked farm laptops stay on.
+        shuts_down = device.shuts_down or (device.label == "legit" and life.random() < 0.35)
+        stops = list(device.agent_stops)
+        reinstall = None
+        if device.seq_reset_day is not None:  # agent state wiped and reinstalled on the running system
+            reinstall = device.seq_reset_day * SLOTS_PER_DAY + 100
+            stops.append((reinstall - int(life.integers(8, 24)), reinstall))
+        stopped = {slot for first, last in stops for slot in range(first, last)}
+        plan = [(slot, step) for slot, step in plan if slot not in stopped]
+        enrolments, previous = 1, None
         for slot, (where, active, state) in plan:
             seq += 1
-            if device.seq_reset_day is not None and slot == device.seq_reset_day * SLOTS_PER_DAY + 100:
-                seq = 1
-            yield self._record(device, slot, seq, where, active, state, boot, rng)
+            start = self.start_stamps[slot]
+            if previous is not None and slot > previous + 1:
+                if any(previous < s < slot for s in stopped):
+                    pass  # the agent was not running: a hole, the same boot
+                elif shuts_down and slot - previous >= 24:  # switched off for the night: a new boot
+                    boot = _stamp(self.ends[slot] - WINDOW - timedelta(seconds=int(life.integers(40, 200))))
+                else:
+                    start = self.end_stamps[previous]  # asleep, the agent kept running: the window grows
+            if reinstall is not None and previous is not None and previous < reinstall <= slot:
+                enrolments += 1
+            if device.reenrol_slot is not None and previous is not None and previous < device.reenrol_slot <= slot:
+                enrolments += 1  # reimaged by IT: enrolled again after a new boot
+                boot = _stamp(self.ends[slot] - WINDOW - timedelta(minutes=int(life.integers(5, 30))))
+            conflicts = device.seq_conflicts[1] if device.seq_conflicts and slot >= device.seq_conflicts[0] else 0
+            record = self._record(device, slot, seq, where, active, state, boot, rng)
+            record["report"]["window_start"] = start
+            record.update(enrolments=enrolments, seq_conflicts=conflicts)
+            previous = slot
+            yield record
 
     # -- when and where ------------------------------------------------------------------------
     def _plan(self, device: Device, rng: np.random.Generator) -> list[tuple[int, tuple[Network, bool, str]]]:
@@ -213,6 +244,8 @@ class Simulator:
         if state == "remote":
             stats = _local_stats(device, rng) if rng.random() < device.local_like else _remote_stats(rng)
             injected = 0 if device.path in ("rdp-vpn", "ipkvm") else int((keys + mouse) * rng.uniform(0.9, 1.0))
+            if device.paste_share and rng.random() < device.paste_share:
+                return _pasted(keys, mouse, rng)
             timing = _timing(keys, mouse, injected, rng.uniform(120, 290), stats)
             if device.path == "rdp-vpn" and device.os == "linux":
                 timing["virtual_devices"] = ["xrdpMouse", "xrdpKeyboard"]
@@ -273,6 +306,16 @@ def _remote_stats(rng: np.random.Generator) -> tuple[float, float, float, float]
     if rng.random() < 0.15:
         return rng.uniform(15, 60), rng.uniform(0.02, 0.07), rng.uniform(35, 70), rng.uniform(0.005, 0.02)
     return rng.uniform(0.8, 10), rng.uniform(0.07, 0.25), rng.uniform(12, 40), rng.uniform(0.015, 0.06)
+
+
+def _pasted(keys: int, mouse: int, rng: np.random.Generator) -> dict[str, Any]:
+    """An IP-KVM typing text pasted into its web page ("paste as keys"): every key at the gadget's
+    fixed pace, so the intervals barely spread (PiKVM and TinyPilot type pasted text key by key), and
+    the events come from hardware, so nothing is marked injected."""
+    pace = float(rng.uniform(15, 40))
+    timing = _timing(keys, mouse, 0, rng.uniform(60, 200), (pace, 0.0, float(rng.uniform(12, 40)), 0.02))
+    timing.update(key_interval_ms_p50=round(pace * 1.05, 2), key_interval_ms_p90=round(pace * 1.2, 2))
+    return timing
 
 
 def _timing(keys: int, mouse: int, injected: int, active: float,

@@ -4,6 +4,7 @@ device's agent_health finding with its evidence (the analyst API's verdict)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -70,3 +71,55 @@ def test_a_clock_set_ten_minutes_ahead(collector: RunningCollector) -> None:
     assert "ahead" in finding["summary"]
     other = _agent_health(collector, honest)
     assert other is None or "clock_skew" not in other["evidence"]["parts"]
+
+
+# --- an agent stopped, reinstalled or reset while the laptop runs --------------------------------
+
+def _tiled(collector: RunningCollector, device: dict[str, object], windows: list[tuple[datetime, datetime]],
+           boots: list[str], first_seq: int = 1) -> None:
+    """Send one report per (start, end) window with the boot time given for it."""
+    for offset, ((start, end), boot) in enumerate(zip(windows, boots, strict=True)):
+        report = report_for(str(device["device_id"]), first_seq + offset, window_start=_stamp(start),
+                            window_end=_stamp(end))
+        report["host"]["boot_time"] = boot
+        sent = httpx.post(f"{collector.url}/api/v1/reports", json=report, headers=auth(device["token"]))
+        assert sent.status_code == 202, sent.text
+
+
+def _windows(start: datetime, count: int) -> list[tuple[datetime, datetime]]:
+    return [(start + timedelta(minutes=5 * k), start + timedelta(minutes=5 * (k + 1))) for k in range(count)]
+
+
+BOOT, REBOOT = "2026-10-01T06:12:44Z", "2026-10-02T16:02:10Z"
+MORNING = datetime(2026, 10, 2, 12, 0, tzinfo=timezone.utc)  # Friday, 08:00 in New York
+RESUMED = MORNING + timedelta(minutes=15, hours=3)  # three hours later, 11:15 in New York
+
+
+def test_an_agent_stopped_for_hours_of_the_working_day_while_the_system_stayed_up(
+    collector: RunningCollector, tmp_path: Path
+) -> None:
+    stopped = collector.enrol(hardware_id="hw-tamper-stopped")
+    rebooted = collector.enrol(hardware_id="hw-honest-reboot")
+    asleep = collector.enrol(hardware_id="hw-honest-sleep")
+    roster = tmp_path / "roster.csv"
+    roster.write_text("device_id,employee_id,country,city,latitude,longitude,timezone,approved_tools\n" + "".join(
+        f"{d['device_id']},E{n},US,New York,40.71,-74.01,America/New_York,\n"
+        for n, d in enumerate((stopped, rebooted, asleep))))
+    assert collector.cli("roster", "import", "--db", collector.db_url, str(roster)).returncode == 0
+    before, after = _windows(MORNING, 3), _windows(RESUMED, 3)
+    _tiled(collector, stopped, before + after, [BOOT] * 6)  # a hole, the same boot: the agent was stopped
+    _tiled(collector, rebooted, before + after, [BOOT] * 3 + [REBOOT] * 3)  # a hole and a new boot: switched off
+    # A suspended laptop's running agent: the window after the sleep starts where the last one ended.
+    slept = before + [(before[-1][1], RESUMED)] + after[1:]
+    _tiled(collector, asleep, slept, [BOOT] * 6)
+
+    finding = _agent_health(collector, stopped)
+    assert finding is not None and "agent_stopped" in finding["evidence"]["parts"]
+    hole = finding["evidence"]["agent_stopped"][0]
+    assert (hole["from"], hole["to"]) == ("2026-10-02T12:15:00Z", "2026-10-02T15:15:00Z")
+    assert hole["hours"] == 3.0 and hole["working_hours"] == 2.25  # 09:00-11:15 New York time
+    assert finding["evidence"]["parts"]["agent_stopped"] == 0.45  # weighs more in working hours
+    assert "while the system stayed up" in finding["summary"]
+    for honest in (rebooted, asleep):
+        other = _agent_health(collector, honest)
+        assert other is None or "agent_stopped" not in other["evidence"]["parts"]

@@ -14,15 +14,38 @@ so that weighs little); and a clock that is steadily off: ``clock_skew_seconds``
 window end minus receipt) far from zero in most reports with little spread. Spooled reports arrive
 late by varying amounts, so a wide spread is delivery, not a clock; a steady offset is a clock
 someone set by hand (NTP keeps honest laptops within a second).
+
+And three for an agent that is stopped, reinstalled or reset while the laptop runs:
+
+- *stopped while the system stayed up*: a running agent's windows tile (each starts where the last
+  ended, across a suspend too: the window just grows), so a hole between one window's end and the
+  next one's start means no agent ran; when ``host.boot_time`` is the same on both sides, the
+  operating system did not restart meanwhile, so the agent was stopped, not the laptop switched off.
+  A hole of that kind overlapping the roster's working hours (09-18 on a weekday, in its zone: the
+  hours the laptop is meant to be used) weighs more. Agent upgrades restart it in seconds and
+  ``stopped_minutes`` is far above that.
+- *re-enrolled*: the collector's ``enrolments`` count rose between two reports, so the agent lost
+  its state and enrolled again as the same machine; IT reimaging does that too (then the boot time
+  changes), a reinstall on the running system (same boot time) weighs more.
+- *sequence restarted*: the collector's ``seq_conflicts`` count rose: reports came with seqs already
+  stored with other content (a state dir restored from a backup or copied back). The agent renumbers
+  and re-sends them, so nothing is lost, but the restart stays evidence. An agent whose disk was too
+  full to save its counter does that too, which is why it stays moderate.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.clock import local_times
 from farmwatch.detectors.frame import Frames
+
+WORKDAY_HOURS = (9, 18)
+"""The roster's working hours for a stopped agent: 09:00-18:00 local on Monday to Friday."""
 
 
 class AgentHealthDetector(Detector):
@@ -37,7 +60,10 @@ class AgentHealthDetector(Detector):
                  gap_hours: float = 3.0, always_on_coverage: float = 0.8, gap_score: float = 0.15,
                  interval_seconds: float = 300.0, os_change_score: float = 0.5, hostname_change_score: float = 0.1,
                  skew_seconds: float = 120.0, skew_spread_seconds: float = 30.0, min_skew_reports: int = 6,
-                 skew_score: float = 0.15) -> None:
+                 skew_score: float = 0.15, stopped_minutes: float = 30.0, stopped_score: float = 0.3,
+                 stopped_working_score: float = 0.45, min_working_hours: float = 1.0,
+                 boot_tolerance_seconds: float = 120.0, reenrolled_score: float = 0.2,
+                 reinstalled_running_score: float = 0.35, seq_conflict_score: float = 0.3) -> None:
         self.reset_score = reset_score
         self.hole_score = hole_score
         self.min_missing = min_missing
@@ -54,10 +80,18 @@ class AgentHealthDetector(Detector):
         self.skew_spread_seconds = skew_spread_seconds
         self.min_skew_reports = min_skew_reports
         self.skew_score = skew_score
+        self.stopped_minutes = stopped_minutes
+        self.stopped_score = stopped_score
+        self.stopped_working_score = stopped_working_score
+        self.min_working_hours = min_working_hours
+        self.boot_tolerance_seconds = boot_tolerance_seconds
+        self.reenrolled_score = reenrolled_score
+        self.reinstalled_running_score = reinstalled_running_score
+        self.seq_conflict_score = seq_conflict_score
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
-        fleet_last = reports["window_end"].max()
+        fleet_last = pd.Timestamp(context.fleet_last_report or reports["window_end"].max())
         found = []
         for device, rows in reports.groupby("device_id", sort=True):
             parts: dict[str, float] = {}
@@ -97,13 +131,70 @@ class AgentHealthDetector(Detector):
                 parts["silent_gaps"] = self.gap_score
                 sentences.append(f"a laptop that otherwise never sleeps went silent {gaps} time(s) for "
                                  f"{self.gap_hours:g} h or more")
-            evidence = {"seq_resets": resets, "missing_reports": missing, "hardware_ids": len(hardware),
+            entry = context.roster.get(str(device))
+            stopped = self._stopped(rows, entry.timezone if entry else None)
+            if stopped:
+                working = [hole for hole in stopped if hole["working_hours"] >= self.min_working_hours]
+                parts["agent_stopped"] = self.stopped_working_score if working else self.stopped_score
+                hours = sum(hole["hours"] for hole in stopped)
+                sentences.append(f"its agent was not running {len(stopped)} time(s) ({hours:.1f} h) while the "
+                                 "system stayed up (same boot time)"
+                                 + (f", {sum(h['working_hours'] for h in working):.1f} h of it in working hours"
+                                    if working else ""))
+            enrolled = self._rises(rows, "enrolments")
+            if len(enrolled):
+                running = [bool(self._same_boot(rows, at)) for at in enrolled]
+                parts["reenrolled"] = self.reinstalled_running_score if any(running) else self.reenrolled_score
+                sentences.append(f"it enrolled again as the same machine {len(enrolled)} time(s) (its agent's state "
+                                 "was wiped or reinstalled" + (", without a restart of the system)" if any(running)
+                                                               else ")"))
+            refused = rows["seq_conflicts"].dropna()
+            conflicts = int(refused.max() - refused.min()) if len(refused) else 0
+            if conflicts:
+                parts["seq_conflicts"] = self.seq_conflict_score
+                sentences.append(f"{conflicts} of its reports came under seqs already stored with other content "
+                                 "(its sequence restarted; they were renumbered and kept)")
+            evidence = {"agent_stopped": stopped[:5], "reenrolments": len(enrolled),
+                        "reinstalled_without_restart": sum(bool(self._same_boot(rows, at)) for at in enrolled),
+                        "seq_conflicts": conflicts, "seq_resets": resets, "missing_reports": missing, "hardware_ids": len(hardware),
                         "silent_hours": silent, "silent_gaps": gaps, "operating_systems": systems[:5],
                         "hostnames": hostnames[:5], "clock_skew_seconds_median": skew}
             finding = self.combined(str(device), parts, sentences, "Agent health: ", evidence,
                                     rows["window_end"].min(), rows["window_end"].max())
             if finding is not None:
                 found.append(finding)
+        return found
+
+    def _same_boot(self, rows: pd.DataFrame, at: int) -> bool | None:
+        """Whether rows ``at - 1`` and ``at`` name the same boot time (None when either is unknown)."""
+        before, after = rows["boot_time"].iloc[at - 1], rows["boot_time"].iloc[at]
+        if not isinstance(before, str) or not isinstance(after, str):
+            return None
+        try:
+            apart = abs((pd.Timestamp(after) - pd.Timestamp(before)).total_seconds())
+        except ValueError:  # an unparseable boot time proves nothing
+            return None
+        return apart <= self.boot_tolerance_seconds
+
+    @staticmethod
+    def _rises(rows: pd.DataFrame, column: str) -> np.ndarray:
+        """Row positions where ``column`` (a collector count) went up since the row before."""
+        values = rows[column].to_numpy(dtype=float)
+        rose = np.diff(values) > 0  # NaN (older records) compares False
+        return np.flatnonzero(rose) + 1
+
+    def _stopped(self, rows: pd.DataFrame, timezone: str | None) -> list[dict[str, Any]]:
+        """Holes between tiled windows with the same boot time on both sides (module docstring)."""
+        starts = rows["window_start"].reset_index(drop=True)
+        ends = rows["window_end"].reset_index(drop=True)
+        holes = (starts.iloc[1:].to_numpy() - ends.iloc[:-1].to_numpy()) / pd.Timedelta(minutes=1)
+        found = []
+        for at in np.flatnonzero(holes >= self.stopped_minutes) + 1:
+            if not self._same_boot(rows, int(at)):
+                continue
+            began, resumed = ends.iloc[at - 1], starts.iloc[at]
+            found.append({"from": began, "to": resumed, "hours": (resumed - began).total_seconds() / 3600,
+                          "working_hours": _working_hours(began, resumed, timezone)})
         return found
 
     def _steady_skew(self, skews: np.ndarray) -> float | None:
@@ -127,3 +218,14 @@ class AgentHealthDetector(Detector):
         span = (ends.iloc[-1] - ends.iloc[0]).total_seconds() + self.interval_seconds
         coverage = len(ends) * self.interval_seconds / span
         return int(long.sum()) if coverage >= self.always_on_coverage else 0
+
+
+def _working_hours(began: pd.Timestamp, resumed: pd.Timestamp, timezone: str | None) -> float:
+    """Hours between two instants that fall in the roster zone's working hours (:data:`WORKDAY_HOURS`);
+    0 without a roster zone (unknown is not evidence)."""
+    if timezone is None:
+        return 0.0
+    steps = pd.Series(pd.date_range(began, resumed, freq="5min", inclusive="left"))  # 5-minute resolution
+    local = local_times(steps, timezone)
+    inside = (local.dt.day_of_week < 5) & (local.dt.hour >= WORKDAY_HOURS[0]) & (local.dt.hour < WORKDAY_HOURS[1])
+    return float(inside.sum()) / 12
