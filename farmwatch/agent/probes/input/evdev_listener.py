@@ -8,6 +8,11 @@ in software through uinput live under ``/sys/devices/virtual/``; their events co
 Blind spot: input injected inside a display server (XTest, xrdp, Wayland remote-desktop portals)
 never passes through the kernel, so the X11 listener is preferred whenever a display is reachable.
 
+Cost: events are read in batches. After a wake-up the loop waits :data:`BATCH_SECONDS` before it
+reads again, so the kernel queues a 1000 Hz mouse's frames ten at a time instead of waking the
+agent for each; the timing aggregates do not change, since every event carries the kernel's own
+time stamp, not the time it was read (bench/input_listener_cost.py measures the share of a core).
+
 Privacy: a key's code is looked at only to tell a key from a mouse button and is then dropped;
 absolute positions (touchpads, tablets) only tell that the pointer moved.
 
@@ -41,6 +46,13 @@ REL_X, REL_Y, REL_HWHEEL, REL_WHEEL = 0x00, 0x01, 0x06, 0x08
 ABS_X, ABS_Y = 0x00, 0x01
 KEY_PRESS = 1  # 0 is a release, 2 an auto-repeat: neither is a keystroke
 EVIOCSCLOCKID = 0x400445A0  # _IOW('E', 0xa0, int): stamp events with CLOCK_MONOTONIC, as InputStats wants
+BATCH_SECONDS = 0.01
+"""How long the kernel queues a device's events between two reads. A 1000 Hz mouse fills 10 frames
+(30 events) meanwhile, inside the smallest per-reader queue evdev allocates (64 events,
+EVDEV_MIN_BUFFER_SIZE in drivers/input/evdev.c; a mouse's is 128): nothing is dropped, and the
+reader wakes at most 100 times a second instead of once per frame. Should a queue overflow anyway,
+the kernel says so with SYN_DROPPED and the frame is skipped, as for any slow reader."""
+READ_EVENTS = 512  # events taken per read(): more than any evdev queue holds, so one read empties it
 
 
 def capability_bits(text: str) -> set[int]:
@@ -114,6 +126,7 @@ class EvdevInputListener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # never set: an unplugged node is reopened by the rescan
+        self.reads = 0  # read() calls on ready devices so far: how often the listener woke to work
 
     def start(self) -> None:
         """Open the nodes; raises OSError saying why when there is nothing to read."""
@@ -165,8 +178,12 @@ class EvdevInputListener:
     def _run(self) -> None:
         next_scan = time.monotonic() + self.rescan_seconds
         while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=0.2):
+            ready = self._selector.select(timeout=0.2)
+            for key, _ in ready:
                 self._drain(key.data)
+            self.reads += len(ready)
+            if ready:
+                time.sleep(BATCH_SECONDS)  # let the kernel queue the next frames: one read takes them all
             if time.monotonic() >= next_scan:
                 self._open(input_devices(self.sys_root))
                 next_scan = time.monotonic() + self.rescan_seconds
@@ -174,7 +191,7 @@ class EvdevInputListener:
     def _drain(self, node: str) -> None:
         reading = self._reading[node]
         try:
-            chunk = os.read(reading.fd, INPUT_EVENT.size * 64)
+            chunk = os.read(reading.fd, INPUT_EVENT.size * READ_EVENTS)
         except BlockingIOError:
             return
         except OSError:  # ENODEV: unplugged; a later rescan reopens it if it comes back
