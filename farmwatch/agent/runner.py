@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from functools import cache
 from importlib.metadata import version
 from typing import Any
 
@@ -38,13 +39,19 @@ _NOTHING = object()  # a probe that filled no section this window (None is a val
 def agent_info(os_platform: str = sys.platform, hardware_id: str | None = None) -> AgentInfo:
     """Who reports: agent version, OS, OS version, host name, and the machine hash it enrolled with."""
     return AgentInfo(
-        version=version("farmwatch"),
+        version=_agent_version(),
         # Other Unixes report as linux, the nearest OS the v1 contract names.
         os=_OS_NAMES.get(os_platform, "linux"),  # type: ignore[arg-type]
         os_version=_os_version(os_platform),
         hostname=socket.gethostname(),
         hardware_id=hardware_id,
     )
+
+
+@cache
+def _agent_version() -> str:
+    """The installed package's version, read from its metadata once (a file search each time otherwise)."""
+    return version("farmwatch")
 
 
 def _os_version(os_platform: str) -> str:
@@ -170,15 +177,24 @@ class _Attempt:
 
 def _section_errors(section: str, value: Any) -> str | None:
     """Why ``value`` cannot fill ``section`` of a report, or None when it can."""
-    field = Report.model_fields.get(section)
-    if field is None or field.annotation is None:  # a section newer than this contract: kept as-is
+    adapter = _section_adapter(section)
+    if adapter is None:  # a section newer than this contract: kept as-is
         return None
     try:
-        TypeAdapter(field.annotation).validate_python(value, strict=True)
+        adapter.validate_python(value, strict=True)
     except ValidationError as invalid:
         named = field_errors(invalid, prefix=section)
         return "invalid section: " + "; ".join(f"{e['field']}: {e['message']}" for e in named)
     return None
+
+
+@cache
+def _section_adapter(section: str) -> TypeAdapter[Any] | None:
+    """The validator of a report section's type, built once per section (building one costs more than using it)."""
+    field = Report.model_fields.get(section)
+    if field is None or field.annotation is None:
+        return None
+    return TypeAdapter(field.annotation)
 
 
 def utc_now(context: ProbeContext) -> datetime:
