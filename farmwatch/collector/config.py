@@ -45,6 +45,7 @@ class CollectorConfig:
     detection_interval_seconds: float = 300.0
     lookback_hours: float = 72.0
     refresh_wait_seconds: float = 10.0  # how long an API request waits for an on-demand re-score
+    batch_devices: int = 500  # devices a replica claims for scoring at a time (its memory grows with it)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     agent_interval_seconds: int = 300
     probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -68,7 +69,7 @@ _KNOWN = {
         "enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies", "tls_cert_file", "tls_key_file",
         "public_url", "previous_enroll_secret_file", "previous_enroll_secret_until",
     },
-    "detection": {"interval_seconds", "lookback_hours", "refresh_wait_seconds"}
+    "detection": {"interval_seconds", "lookback_hours", "refresh_wait_seconds", "batch_devices"}
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
     "geo": {"city_db", "asn_db", "corporate_networks"},
     "agent": {"interval_seconds", "probe_options"},
@@ -108,6 +109,9 @@ def load_config(
     interval = _number(detection.pop("interval_seconds", 300), f"{where} [detection] interval_seconds")
     lookback = _number(detection.pop("lookback_hours", 72), f"{where} [detection] lookback_hours")
     refresh_wait = _number(detection.pop("refresh_wait_seconds", 10), f"{where} [detection] refresh_wait_seconds")
+    batch = detection.pop("batch_devices", 500)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConfigError(f"{where} [detection] batch_devices: must be an integer >= 1, got {batch!r}")
     tuning = _detection_tuning(detection, corporate, f"{where} [detection]")
     max_bytes = collector.get("max_report_bytes", 1_048_576)
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
@@ -124,6 +128,7 @@ def load_config(
         detection_interval_seconds=interval,
         lookback_hours=lookback,
         refresh_wait_seconds=refresh_wait,
+        batch_devices=batch,
         detection=tuning,
         agent_interval_seconds=int(_number(agent.get("interval_seconds", 300), f"{where} [agent] interval_seconds")),
         probe_options=probe_options,

@@ -43,7 +43,7 @@ class Metrics:
         )
         self.scoring_duration = Histogram(
             "farmwatch_scoring_duration_seconds",
-            "Time one detector run over the fleet took.",
+            "Time one scoring run took (a run scores the devices this replica claimed until none were left).",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
             registry=registry,
         )
@@ -54,7 +54,7 @@ class Metrics:
         )
         self.scoring_failures = Counter(
             "farmwatch_scoring_failures",
-            "Scoring runs that stored no verdicts (the previous verdicts stay, marked stale).",
+            "Scoring runs that failed (the devices of the batch that failed keep their previous verdicts, marked stale).",
             registry=registry,
         )
         self.scoring_device_errors = Counter(
@@ -66,6 +66,21 @@ class Metrics:
         self.scoring_last_success = Gauge(
             "farmwatch_scoring_last_success_timestamp_seconds",
             "Unix time the last scoring run stored its verdicts (0: none yet in this process).",
+            registry=registry,
+        )
+        self.scoring_devices = Counter(
+            "farmwatch_scoring_devices",
+            "Devices this replica claimed from the shared work table and scored (replicas share the devices).",
+            registry=registry,
+        )
+        self.scoring_claimed = Gauge(
+            "farmwatch_scoring_claimed_devices",
+            "Devices this replica holds claimed and is scoring right now.",
+            registry=registry,
+        )
+        self.scoring_backlog = Gauge(
+            "farmwatch_scoring_backlog_devices",
+            "Devices marked for scoring and not yet scored, on every replica (as of this replica's last run).",
             registry=registry,
         )
         self.store_full_refusals = Counter(

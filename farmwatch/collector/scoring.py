@@ -1,41 +1,81 @@
-"""Verdicts for the live collector: the shared detector pipeline run over the stored records.
+"""Verdicts for the live collector, scored by whichever replicas share the database.
 
-A background thread re-scores the fleet every ``[detection] interval_seconds`` (one replica at a
-time, under a lease in the database). The analyst API also asks for a re-score when a device has a
-report newer than its stored verdict. Fleet detectors (shared networks) need every device's records,
-so a run always scores the whole lookback window, and on a fleet of a thousand laptops that takes
-tens of seconds. So on-demand runs are coalesced (at most one running and one queued, however many
-requests ask) and a request waits for one at most ``[detection] refresh_wait_seconds``; past that it
-answers with the stored verdicts, marked stale, while the run finishes and stores its verdicts.
+Ingest marks a device as needing scoring in the transaction that stores its report
+(:mod:`farmwatch.collector.scoring_work`). Every replica runs the same loop: at each multiple of
+``[detection] interval_seconds`` (wall-clock aligned, so replicas wake together) it claims a batch
+of the devices marked by then, scores them, stores their verdicts and releases the claim in one
+transaction (alerts are decided there too, :mod:`farmwatch.collector.alerts`), and claims again until
+none are left. Claims are disjoint (``SKIP LOCKED``), so N replicas split the work; devices marked
+after the tick began wait for the next one, so a device is scored at most once per interval. No
+replica is special: a dead one's claims lapse and the others take them.
+
+The analyst API asks for an on-demand run when a device has a report newer than its stored verdict:
+that run claims everything marked, right away. On-demand runs are coalesced (at most one running
+and one queued, however many requests ask) and a request waits for one at most
+``[detection] refresh_wait_seconds``; past that it answers with the stored verdicts, marked stale,
+while the run finishes and stores its verdicts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as Unfinished
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.fleet_index import NewestNetworkKind, fleet_rows
 from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
+from farmwatch.collector.scoring_work import Claim
 from farmwatch.collector.storage import Storage
 from farmwatch.contract import Verdict
 from farmwatch.detectors.pipeline import score
 
 log = logging.getLogger("farmwatch.collector.scoring")
-LEASE = "scoring"
+MIN_CLAIM_SECONDS = 60.0
+"""A claim outlives a slow batch; a dead replica's claims lapse after this (or two intervals)."""
+
+
+@dataclass
+class ScoredBatch:
+    """What scoring a set of devices produced: verdicts, their fleet-index rows, and the devices the
+    detectors could not score (each also has a review verdict in ``verdicts``)."""
+
+    verdicts: list[Verdict]
+    fleet: list[dict[str, Any]]
+    broken: dict[str, str] = field(default_factory=dict)
+
+
+def score_from_records(storage: Storage, config: CollectorConfig, devices: Sequence[str], now: datetime) -> ScoredBatch:
+    """The shared detector pipeline over ``devices``' stored records in the lookback window.
+
+    Devices whose records break the detectors get a review verdict of their own
+    (:mod:`farmwatch.collector.isolation`); the others are scored together."""
+    since = now - timedelta(hours=config.lookback_hours)
+    roster, networks = storage.roster(), NewestNetworkKind()
+    suppressed = storage.suppressed_detectors(now)  # analysts' false positives, still in force
+    anchors = storage.anchors()
+
+    def score_part(part: Collection[str] | None) -> list[Verdict]:
+        records = storage.records(since=since, devices=devices if part is None else part)
+        return score(networks.watch(records), roster, anchors, now, config.detection, suppressed)
+
+    isolated = score_isolated(score_part, lambda: devices, roster, now, config.detection)
+    return ScoredBatch(isolated.verdicts, fleet_rows(isolated.verdicts, roster, networks.by_device), isolated.broken)
 
 
 class Scorer:
-    """Runs :func:`farmwatch.detectors.pipeline.score` and stores the verdicts; one run at a time."""
+    """Claims, scores and stores verdicts for this replica's share of the marked devices."""
 
     def __init__(
         self, storage: Storage, config: CollectorConfig, metrics: Metrics, clock: Callable[[], datetime]
@@ -50,34 +90,46 @@ class Scorer:
         self._on_demand: ThreadPoolExecutor | None = None
         self._queued: Future[int] | None = None
         self._queue_lock = threading.Lock()
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    def run(self) -> int:
-        """Score every device with records in the lookback window; returns how many verdicts were stored."""
+    def run(self, dirtied_by: datetime | None = None) -> int:
+        """Claim and score marked devices until none are left (with ``dirtied_by``: only those marked
+        by then); returns how many verdicts were stored. A run that found nothing to claim is not
+        timed (``farmwatch_scoring_duration_seconds`` counts runs that scored something)."""
         with self._lock:
+            started = time.perf_counter()
             try:
-                return self._run()
+                claimed, stored = self._drain(dirtied_by)
             except Exception:
                 self.metrics.scoring_failures.inc()
                 raise
+            self.metrics.scoring_last_success.set(time.time())
+            if claimed:
+                self.metrics.scoring_duration.observe(time.perf_counter() - started)
+            return stored
 
     def refresh(self, device_id: str | None = None) -> bool:
         """Re-score when ``device_id`` (or, when None, any device) has a report newer than its verdict.
 
-        Returns True when the verdicts are fresh on return, False when the run outlasted
+        Returns True when the verdicts are fresh on return, False when scoring outlasted
         ``refresh_wait_seconds`` (it goes on and stores its verdicts when done)."""
-        if not self._stale(device_id):
-            return True
-        run = self._coalesced_run(device_id)
-        if run is None:
-            return True
-        try:
-            run.result(timeout=self.config.refresh_wait_seconds)
-        except Unfinished:
-            return not self._stale(device_id)  # an earlier run may have covered it meanwhile
-        except Exception:  # noqa: BLE001 - counted in run(); the stored verdicts answer, marked stale
-            log.exception("on-demand scoring run failed; answering with the stored verdicts")
-            return False
+        deadline = time.monotonic() + self.config.refresh_wait_seconds
+        while self._stale(device_id):
+            run = self._coalesced_run(device_id)
+            if run is not None:
+                try:
+                    run.result(timeout=max(deadline - time.monotonic(), 0))
+                except Unfinished:
+                    return not self._stale(device_id)  # an earlier run may have covered it meanwhile
+                except Exception:  # noqa: BLE001 - counted in run(); the stored verdicts answer, marked stale
+                    log.exception("on-demand scoring run failed; answering with the stored verdicts")
+                    return False
+                if device_id is None:
+                    return True  # a busy fleet is never all fresh at once: one run over what was stale is enough
+            if time.monotonic() >= deadline:
+                return False
+            if self._stale(device_id):
+                time.sleep(0.1)  # another replica holds the device's claim: its verdict lands soon
         return True
 
     def stale_devices(self) -> set[str]:
@@ -102,36 +154,48 @@ class Scorer:
     def _run_if_stale(self) -> int:
         """An on-demand run, skipped when the run before it already covered every report (a queued
         run often is: it was asked for while that one was reading)."""
-        return self.run() if self._stale(None) else 0
+        if not self._stale(None):
+            return 0
+        # Stale devices nobody marked (a roster import, an analyst's action) are marked here.
+        self.storage.mark_stale_for_scoring(self._window_start(self.clock()), self.clock())
+        return self.run()
 
     def _stale(self, device_id: str | None) -> bool:
         stale = self.storage.stale_devices(self._window_start(self.clock()))
         return bool(stale) if device_id is None else device_id in stale
 
-    def _run(self) -> int:
-        started = time.perf_counter()
-        # Read the high-water mark first: a report arriving during the run leaves its device stale.
-        through = self.storage.last_report_id()
-        now = self.clock()
-        since = self._window_start(now)
-        roster, networks = self.storage.roster(), NewestNetworkKind()
-        suppressed = self.storage.suppressed_detectors(now)  # analysts' false positives, still in force
-        anchors = self.storage.anchors()
+    def _drain(self, dirtied_by: datetime | None) -> tuple[int, int]:
+        """(devices claimed, verdicts stored) of one run."""
+        claimed = stored = 0
+        hold = max(MIN_CLAIM_SECONDS, 2 * self.config.detection_interval_seconds)
+        while not self._stop.is_set():
+            claim = self.storage.claim_scoring(self.holder, self.clock(), hold, self.config.batch_devices, dirtied_by)
+            if not claim.devices:
+                break
+            self.metrics.scoring_claimed.set(len(claim.devices))
+            try:
+                # Read the high-water mark before the records: a report stored meanwhile marks its
+                # device again (and leaves its verdict stale), so it is scored once more.
+                through = self.storage.last_report_id()
+                batch = score_from_records(self.storage, self.config, claim.devices, self.clock())
+                self.storage.save_verdicts(batch.verdicts, through, batch.fleet, claim, self.clock())
+            except Exception:
+                self._give_back(claim)
+                raise
+            finally:
+                self.metrics.scoring_claimed.set(0)
+            self.metrics.scoring_devices.inc(len(claim.devices))
+            claimed += len(claim.devices)
+            self.metrics.scoring_device_errors.inc(len(batch.broken))
+            stored += len(batch.verdicts)
+        self.metrics.scoring_backlog.set(self.storage.scoring_backlog())
+        return claimed, stored
 
-        def score_part(devices: Collection[str] | None) -> list[Verdict]:
-            records = self.storage.records(since=since, devices=devices)
-            return score(networks.watch(records), roster, anchors, now, self.config.detection, suppressed)
-
-        # One device's records that break a detector cost that device its verdict, not the fleet.
-        isolated = score_isolated(
-            score_part, lambda: self.storage.devices_with_records(since), roster, now, self.config.detection
-        )
-        verdicts = isolated.verdicts
-        self.storage.save_verdicts(verdicts, through, fleet_rows(verdicts, roster, networks.by_device))
-        self.metrics.scoring_device_errors.inc(len(isolated.broken))
-        self.metrics.scoring_last_success.set(time.time())
-        self.metrics.scoring_duration.observe(time.perf_counter() - started)
-        return len(verdicts)
+    def _give_back(self, claim: Claim) -> None:
+        try:
+            self.storage.release_claim(claim, self.clock())
+        except Exception:  # noqa: BLE001 - the database may be what failed; the claim lapses by itself
+            log.warning("could not release %d claimed devices; their claim lapses by itself", len(claim.devices))
 
     def _window_start(self, now: datetime) -> datetime:
         return now - timedelta(hours=self.config.lookback_hours)
@@ -143,7 +207,7 @@ class Scorer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the periodic run and hand the lease over so another replica continues at once."""
+        """Stop the periodic run; a batch being scored is finished and stored first."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -152,18 +216,21 @@ class Scorer:
             if self._on_demand is not None:
                 self._on_demand.shutdown(wait=False, cancel_futures=True)
                 self._on_demand = None
-            try:
-                self.storage.release_lease(LEASE, self._holder)
-            except Exception:  # noqa: BLE001 - shutting down; the lease lapses on its own
-                log.warning("could not release the scoring lease; it lapses by itself")
 
     def _loop(self) -> None:
         interval = self.config.detection_interval_seconds
-        while not self._stop.wait(interval):
+        try:  # devices left stale by an older collector or a crash before they were marked
+            self.storage.mark_stale_for_scoring(self._window_start(self.clock()), self.clock())
+        except Exception:  # noqa: BLE001 - the on-demand path marks them too
+            log.exception("could not mark the stale devices for scoring")
+        while not self._stop.wait(_until_next_tick(interval)):
             try:
-                # One replica scores per interval; the lease outlives a late tick and lapses when
-                # its holder stops, so another replica takes over.
-                if self.storage.take_lease(LEASE, self._holder, self.clock(), max(3 * interval, 30.0)):
-                    self.run()
+                self.run(dirtied_by=self.clock())
             except Exception:  # noqa: BLE001 - a failed run must not end periodic scoring
                 log.exception("scoring run failed; retrying at the next interval")
+
+
+def _until_next_tick(interval: float) -> float:
+    """Seconds to the next multiple of ``interval`` since the epoch: every replica ticks together."""
+    now = time.time()
+    return max(math.floor(now / interval + 1) * interval - now, 0.001)

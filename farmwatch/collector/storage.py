@@ -13,14 +13,14 @@ import json
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from farmwatch.collector import quotas
+from farmwatch.collector import quotas, scoring_work
 from farmwatch.collector.group_commit import GroupCommit
 from farmwatch.collector.limits import Limits
 from farmwatch.collector.migrate import MigrateMode, ensure_current
@@ -286,6 +286,7 @@ class Storage:
             .where(devices.c.device_id == device_id)
             .values(last_seen=received_at, last_report_id=report_id, last_seq=max(last_seq or 0, seq))
         )
+        scoring_work.mark(tx, [device_id], received_at)  # to be scored by whichever replica claims it
         return StoredReport(new=True, conflict=False)
 
     def quota_wait(self, device_id: str, now: datetime, limits: Limits) -> float | None:
@@ -337,6 +338,8 @@ class Storage:
                 tx.execute(table.insert(), rows)
             # Verdicts depend on the roster and anchors too: mark them all stale (still readable).
             tx.execute(verdicts.update().values(through_report_id=0))
+            seen = tx.execute(sa.select(devices.c.device_id).where(devices.c.last_seen.is_not(None))).scalars()
+            scoring_work.mark(tx, list(seen), datetime.now(timezone.utc))
 
     def roster(self) -> list[RosterEntry]:
         return [RosterEntry.model_validate_json(text) for text in self._entries(roster)]
@@ -397,10 +400,12 @@ class Storage:
             return list(connection.execute(query).scalars())
 
     def save_verdicts(
-        self, scored: Sequence[Verdict], through_report_id: int, fleet: Sequence[dict[str, Any]] = ()
+        self, scored: Sequence[Verdict], through_report_id: int, fleet: Sequence[dict[str, Any]] = (),
+        claim: scoring_work.Claim | None = None, now: datetime | None = None,
     ) -> None:
         """Store the verdicts of one scoring run over reports up to ``through_report_id``, and their
-        ``fleet_index`` rows (:mod:`farmwatch.collector.fleet_index`) in the same transaction."""
+        ``fleet_index`` rows (:mod:`farmwatch.collector.fleet_index`) in the same transaction, which
+        also releases ``claim`` (its devices are done unless marked again since; ``now``: when)."""
 
         def save() -> None:
             with self._writer.begin() as tx:
@@ -419,6 +424,8 @@ class Storage:
                         tx.execute(verdicts.insert().values(device_id=verdict.device_id, **values))
                 if self.verdict_listener is not None:
                     self.verdict_listener.record(tx, scored, through_report_id)
+                if claim is not None:
+                    scoring_work.release(tx, claim, now or datetime.now(timezone.utc), done=True)
 
         # Two replicas scoring at once may both insert a first verdict; the retry updates instead.
         _once_more_on_conflict(save)
@@ -437,6 +444,30 @@ class Storage:
         """Keep a device's verdict readable but stale, so the next refresh re-scores it."""
         with self._writer.begin() as tx:
             tx.execute(verdicts.update().where(verdicts.c.device_id == device_id).values(through_report_id=0))
+            scoring_work.mark(tx, [device_id], datetime.now(timezone.utc))
+
+    # --- scoring shared by replicas (farmwatch/collector/scoring_work.py) -------------------
+
+    def claim_scoring(self, holder: str, now: datetime, hold_seconds: float, limit: int,
+                      dirtied_by: datetime | None = None) -> scoring_work.Claim:
+        """Claim up to ``limit`` devices that need scoring (:func:`scoring_work.claim`), one transaction."""
+        with self._writer.begin() as tx:
+            return scoring_work.claim(tx, holder, now, hold_seconds, limit, dirtied_by)
+
+    def release_claim(self, claim: scoring_work.Claim, now: datetime) -> None:
+        """Give up a claim without verdicts (a failed run): its devices stay marked for any replica."""
+        with self._writer.begin() as tx:
+            scoring_work.release(tx, claim, now, done=False)
+
+    def mark_stale_for_scoring(self, seen_since: datetime, now: datetime) -> int:
+        """Mark every stale device seen since ``seen_since`` not marked yet (:func:`scoring_work.mark_stale`)."""
+        with self._writer.begin() as tx:
+            return scoring_work.mark_stale(tx, seen_since, now)
+
+    def scoring_backlog(self) -> int:
+        """Devices marked for scoring and not yet scored, on every replica."""
+        with self.engine.connect() as connection:
+            return scoring_work.backlog(connection)
 
     def verdict(self, device_id: str) -> Verdict | None:
         with self.engine.connect() as connection:

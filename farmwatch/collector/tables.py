@@ -252,3 +252,18 @@ device_quota = sa.Table(
     sa.Column("reports", sa.BigInteger, nullable=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
 )
+
+# --- scoring shared by replicas (farmwatch/collector/scoring_work.py) --------------------------
+# One row per device that needs scoring. Ingest bumps ``version``; a replica claims rows (SKIP
+# LOCKED on PostgreSQL) until ``claimed_until``, and after storing the verdicts deletes the rows
+# whose version is still the one it claimed (a device re-dirtied meanwhile stays, to be scored again).
+scoring_work = sa.Table(
+    "scoring_work",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),  # bumped by every mark
+    sa.Column("dirtied_at", UtcDateTime(), nullable=False, index=True),  # the first unscored mark
+    sa.Column("claimed_by", sa.String(128)),  # the replica scoring it, until claimed_until
+    sa.Column("claimed_until", UtcDateTime()),
+    sa.Column("claimed_version", sa.BigInteger),
+)

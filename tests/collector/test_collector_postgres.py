@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,37 +67,6 @@ def test_concurrent_ingest_on_postgresql(postgres: str, collector_factory: Calla
     assert sorted((r["device_id"], r["seq"]) for r in exported if r["device_id"] in burst) == sorted(
         (device, seq) for device in burst for seq in (1, 2, 3, 4)
     )
-
-
-FAST_SCORING = """\
-[detection]
-interval_seconds = 0.5
-"""
-
-
-def scoring_runs(collector: RunningCollector) -> float:
-    text = httpx.get(f"{collector.url}/metrics").text
-    (line,) = [row for row in text.splitlines() if row.startswith("farmwatch_scoring_duration_seconds_count")]
-    return float(line.split()[-1])
-
-
-def test_one_replica_runs_the_periodic_scoring(postgres: str, collector_factory: Callable[..., RunningCollector]) -> None:
-    first = collector_factory(FAST_SCORING, name="replica-1", database=postgres)
-    second = collector_factory(FAST_SCORING, name="replica-2", database=postgres)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and scoring_runs(first) + scoring_runs(second) < 6:
-        time.sleep(0.2)
-    runs = sorted([scoring_runs(first), scoring_runs(second)])
-    assert runs[0] == 0 and runs[1] >= 6, runs
-
-    # The holder shuts down cleanly and hands the lease over: the other replica takes over at once
-    # (a crashed holder's lease would lapse after 30 s instead).
-    holder, other = (first, second) if scoring_runs(first) else (second, first)
-    holder.stop()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and scoring_runs(other) == 0:
-        time.sleep(0.5)
-    assert scoring_runs(other) > 0
 
 
 def test_replicas_started_together_on_an_empty_database_all_open(postgres: str) -> None:

@@ -1,0 +1,104 @@
+"""The devices that need scoring, shared by every replica on one database (the ``scoring_work`` table).
+
+Ingest marks a device in the transaction that stores its report (:func:`mark`: one multi-row UPSERT
+per call, so a batched ingest path pays one statement per batch). A replica :func:`claim` s a batch of
+marked devices for a while (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent
+claimers take disjoint rows without waiting; on SQLite the claim is one ``BEGIN IMMEDIATE`` writer
+transaction, which serializes claimers the same way), scores them, and :func:`release` s them in the
+transaction that stores their verdicts. A row is deleted only when its ``version`` is still the one
+claimed: a report stored while the device was being scored bumps it, so the row stays and the
+device is scored again. A replica that dies leaves its claims to lapse at ``claimed_until``; any
+replica then takes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from farmwatch.collector.tables import devices, scoring_work, verdicts
+
+CHUNK = 500  # device ids per statement (SQLite caps bound variables)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Devices one replica holds for scoring until ``until``."""
+
+    holder: str
+    devices: tuple[str, ...]
+    until: datetime
+
+
+def _insert(connection: Connection) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT, which has ON CONFLICT (both backends' syntax is the same here)."""
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(scoring_work)
+
+
+def mark(tx: Connection, device_ids: Collection[str], at: datetime) -> None:
+    """Mark devices as needing scoring (in the caller's transaction); a marked device's version moves on."""
+    unique = sorted(set(device_ids))
+    for start in range(0, len(unique), CHUNK):
+        rows = [{"device_id": device, "version": 1, "dirtied_at": at} for device in unique[start:start + CHUNK]]
+        insert = _insert(tx)
+        tx.execute(insert.values(rows).on_conflict_do_update(
+            index_elements=[scoring_work.c.device_id], set_={"version": scoring_work.c.version + 1}))
+
+
+def mark_stale(tx: Connection, seen_since: datetime, at: datetime) -> int:
+    """Add every device seen since ``seen_since`` whose verdict is behind its reports (or missing) and
+    that is not marked yet; returns how many were added. Picks up what was never marked: a database
+    from before this table, a roster import (which makes every verdict stale), an analyst's action."""
+    stale = (
+        sa.select(devices.c.device_id, sa.literal(1, sa.BigInteger).label("version"),
+                  sa.literal(at, scoring_work.c.dirtied_at.type).label("dirtied_at"))
+        .select_from(devices.outerjoin(verdicts, verdicts.c.device_id == devices.c.device_id))
+        .where(devices.c.last_seen >= seen_since,
+               sa.or_(verdicts.c.device_id.is_(None), verdicts.c.through_report_id < devices.c.last_report_id))
+    )
+    insert = _insert(tx).from_select(["device_id", "version", "dirtied_at"], stale)
+    return tx.execute(insert.on_conflict_do_nothing(index_elements=[scoring_work.c.device_id])).rowcount or 0
+
+
+def claim(tx: Connection, holder: str, now: datetime, hold_seconds: float, limit: int,
+          dirtied_by: datetime | None = None) -> Claim:
+    """Claim up to ``limit`` marked devices nobody holds (or whose holder's claim lapsed), oldest mark
+    first; with ``dirtied_by``, only devices marked by then (one periodic tick leaves later marks to
+    the next tick, so a device is scored at most once per tick across replicas)."""
+    free = sa.or_(scoring_work.c.claimed_until.is_(None), scoring_work.c.claimed_until < now)
+    query = sa.select(scoring_work.c.device_id).where(free)
+    if dirtied_by is not None:
+        query = query.where(scoring_work.c.dirtied_at <= dirtied_by)
+    query = query.order_by(scoring_work.c.dirtied_at, scoring_work.c.device_id).limit(limit)
+    taken = list(tx.execute(query.with_for_update(skip_locked=True)).scalars())
+    until = now + timedelta(seconds=hold_seconds)
+    for start in range(0, len(taken), CHUNK):
+        tx.execute(scoring_work.update()
+                   .where(scoring_work.c.device_id.in_(taken[start:start + CHUNK]))
+                   .values(claimed_by=holder, claimed_until=until, claimed_version=scoring_work.c.version))
+    return Claim(holder, tuple(taken), until)
+
+
+def release(tx: Connection, claim: Claim, now: datetime, done: bool) -> None:
+    """Give a claim up. ``done``: its verdicts are stored in ``tx``, so devices not marked again since
+    the claim are finished; those marked again wait for the next tick (``dirtied_at`` = ``now``).
+    Not ``done`` (the run failed): every device stays marked as it was."""
+    mine = (scoring_work.c.claimed_by == claim.holder,)
+    for start in range(0, len(claim.devices), CHUNK):
+        chunk = scoring_work.c.device_id.in_(claim.devices[start:start + CHUNK])
+        unclaimed: dict[str, datetime | None] = {"claimed_by": None, "claimed_until": None, "claimed_version": None}
+        if done:
+            tx.execute(scoring_work.delete().where(
+                chunk, *mine, scoring_work.c.version == scoring_work.c.claimed_version))
+            unclaimed["dirtied_at"] = now
+        tx.execute(scoring_work.update().where(chunk, *mine).values(**unclaimed))
+
+
+def backlog(connection: Connection) -> int:
+    """Devices marked and not yet scored, claimed or not."""
+    return int(connection.execute(sa.select(sa.func.count()).select_from(scoring_work)).scalar_one())

@@ -1,0 +1,106 @@
+"""Two collectors on one PostgreSQL share the scoring by device, with no leased scorer (issue 12).
+
+Real collector processes, a real throwaway PostgreSQL (root only), a real webhook receiver; the
+reports are our hand-written fixture (a far AnyDesk session and a PiKVM: farm at once). Every round
+each laptop sends one new report to one replica and the same report again to the other. Counted from
+the replicas' ``farmwatch_scoring_devices_total`` and from the database, not from logs: each laptop
+is scored once per round by one of the two, both replicas take a share, every report is stored
+once, and each laptop has one verdict change and one alert.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from alert_scenario import ROSTER_HEADER, auth, collector_config, post, report
+from collector_process import RunningCollector
+from siem_receivers import HttpReceiver, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+LAPTOPS = 12
+ROUNDS = 3
+INTERVAL = 4.0
+BATCH = 2  # smaller than the fleet, so both replicas get claims in every interval
+
+
+@pytest.fixture
+def webhook(tmp_path: Path) -> Iterator[tuple[HttpReceiver, str]]:
+    secret = secrets.token_hex(32)
+    (tmp_path / "webhook-secret").write_text(secret)
+    receiver = HttpReceiver(hec_token="unused", webhook_secret=secret).start()
+    table = (f'\n[[outputs]]\nname = "soar"\ntype = "webhook"\nurl = "{receiver.url}/webhook"\n'
+             f'secret_file = "{tmp_path / "webhook-secret"}"\nretry_max_seconds = 1\n')
+    try:
+        yield receiver, table
+    finally:
+        receiver.release.set()
+        receiver.stop()
+
+
+def scored_devices(collector: RunningCollector) -> float:
+    text = httpx.get(f"{collector.url}/metrics", timeout=30).text
+    [value] = [line.split()[-1] for line in text.splitlines() if line.startswith("farmwatch_scoring_devices_total ")]
+    return float(value)
+
+
+def after_next_tick() -> None:
+    """Sleep until just after the next multiple of INTERVAL, when both replicas have just ticked."""
+    time.sleep(INTERVAL - time.time() % INTERVAL + 0.3)
+
+
+def test_two_collectors_share_scoring_each_laptop_once_per_interval(
+    postgres: str, webhook: tuple[HttpReceiver, str], collector_factory: Callable[..., RunningCollector],
+    tmp_path: Path,
+) -> None:
+    receiver, table = webhook
+    config = collector_config(table).replace(
+        "interval_seconds = 3600", f"interval_seconds = {INTERVAL}\nbatch_devices = {BATCH}")
+    replicas = [collector_factory(config, name=f"replica-{n}", database=postgres) for n in (1, 2)]
+    laptops = [replicas[n % 2].enrol(hardware_id=f"hw-share-{n}", hostname=f"tp-{n}") for n in range(LAPTOPS)]
+    roster = tmp_path / "roster.csv"
+    roster.write_text(ROSTER_HEADER + "".join(
+        f"{laptop['device_id']},E-{n},US,Austin,30.27,-97.74,America/Chicago,\n" for n, laptop in enumerate(laptops)))
+    assert replicas[0].cli("roster", "import", "--db", postgres, str(roster)).returncode == 0
+
+    for seq in range(1, ROUNDS + 1):
+        after_next_tick()  # the round's reports all land inside one interval
+        for n, laptop in enumerate(laptops):
+            body = report(str(laptop["device_id"]), seq)
+            post(replicas[(n + seq) % 2], body, laptop["token"])
+            post(replicas[(n + seq + 1) % 2], body, laptop["token"])  # the same report again: a resend
+        wait_for(lambda: sum(map(scored_devices, replicas)) >= LAPTOPS * seq, 60, f"round {seq} scored")
+    time.sleep(2 * INTERVAL)  # two more ticks: nothing is left to score, so nobody scores again
+
+    shares = [scored_devices(replica) for replica in replicas]
+    assert sum(shares) == LAPTOPS * ROUNDS, shares
+    assert min(shares) > 0, f"one replica scored everything: {shares}"
+
+    ids = sorted(str(laptop["device_id"]) for laptop in laptops)
+    engine = sa.create_engine(postgres.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as db:
+            stored = db.execute(sa.text("SELECT device_id, seq, count(*) FROM reports GROUP BY device_id, seq")).all()
+            changes: dict[str, int] = dict(db.execute(sa.text("SELECT device_id, changes FROM verdict_state")).all())
+            labels = set(db.execute(sa.text("SELECT verdict FROM verdict_state")).scalars())
+            alerts = db.execute(sa.text("SELECT device_id, count(*) FROM alerts GROUP BY device_id")).all()
+            backlog = db.execute(sa.text("SELECT count(*) FROM scoring_work")).scalar_one()
+    finally:
+        engine.dispose()
+    assert sorted(stored) == [(device, seq, 1) for device in ids for seq in range(1, ROUNDS + 1)]
+    assert changes == {device: 1 for device in ids} and labels == {"farm"}
+    assert sorted(alerts) == [(device, 1) for device in ids]
+    assert backlog == 0
+
+    wait_for(lambda: len(receiver.accepted("/webhook")) >= LAPTOPS, 60, "every laptop's alert delivered")
+    documents = receiver.documents("/webhook")
+    assert sorted(doc["device_id"] for doc in documents) == ids
+    assert {(doc["previous_verdict"], doc["verdict"]) for doc in documents} == {("clear", "farm")}
+    rows = httpx.get(f"{replicas[1].url}/api/v1/devices", headers=auth(replicas[1].analyst_token), timeout=60).json()
+    assert {(row["verdict"], row["stale"]) for row in rows} == {("farm", False)}
