@@ -24,12 +24,16 @@ from farmwatch.detectors.frame import Frames
 
 @dataclass(frozen=True)
 class Context:
-    """What a detector may know besides the records: who should hold each device, and where."""
+    """What a detector may know besides the records: who should hold each device, and where.
+
+    ``fleet_last_report``: the newest window end of the whole fleet when the frames hold only some
+    devices (scoring from rollups, :mod:`farmwatch.collector.incremental`); None: the frames' own."""
 
     roster: dict[str, RosterEntry]
     anchors: dict[str, Anchor]
     now: datetime
     config: DetectionConfig
+    fleet_last_report: datetime | None = None
 
 
 @dataclass(frozen=True)

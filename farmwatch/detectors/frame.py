@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -120,14 +120,80 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+class Window(NamedTuple):
+    """One ingest record reduced to the fields detectors read, as plain JSON values: the unit the
+    collector stores in its rollups (:mod:`farmwatch.collector.rollups`) and :func:`frames_from_windows`
+    builds frames from. Column order: :data:`WINDOW_LAYOUT`."""
+
+    row: Sequence[Any]  # one value per report column
+    tools: Sequence[Sequence[Any]]  # one per remote-access connection (a tool without any: one, no peer)
+    sessions: Sequence[Sequence[Any]]
+    probes: Sequence[Sequence[Any]]
+    usb: Sequence[Sequence[Any]]  # the hardware identities of the report
+    displays: Sequence[Sequence[Any]]
+
+
+WINDOW_LAYOUT: dict[str, tuple[str, ...]] = {
+    "reports": _REPORT_COLUMNS, "tools": _TOOL_COLUMNS[1:], "sessions": _SESSION_COLUMNS[1:],
+    "probes": _PROBE_COLUMNS[1:], "usb": _USB_KEY[1:], "displays": _DISPLAY_KEY[1:],
+}
+"""The columns of each part of a :class:`Window`, in order."""
+
+
 def flatten(records: Iterable[dict[str, Any]]) -> Frames:
-    """Walk every record once and build :class:`Frames`. Raises :class:`RecordError` on a record
-    without ``report.device_id`` or ``report.window_end``."""
+    """Reduce every record (:func:`reduce_record`) and build :class:`Frames`. Raises
+    :class:`RecordError` on a record without ``report.device_id`` or ``report.window_end``."""
     with paused_gc():
-        return _flatten(records)
+        return frames_from_windows(reduce_record(record, f"record {rec + 1}") for rec, record in enumerate(records))
 
 
-def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
+def reduce_record(record: dict[str, Any], where: str = "record") -> Window:
+    """The fields of one ingest record that detectors read; ``where`` names it in a RecordError."""
+    report = record.get("report")
+    if not isinstance(report, dict) or not report.get("device_id") or not report.get("window_end"):
+        raise RecordError(f"{where}: report.device_id and report.window_end are required")
+    agent = report.get("agent") or _EMPTY
+    host = report.get("host") or _EMPTY
+    network = report.get("network") or _EMPTY
+    given = report.get("input")
+    inp = given or _EMPTY
+    vpn = [i for i in network.get("interfaces") or () if i.get("kind") == "vpn"]
+    geo = record.get("geo") or _EMPTY
+    # report.agent.hardware_id since issue 16 (older agents send none: absent = unknown).
+    hardware_id = record.get("hardware_id") or report.get("hardware_id") or agent.get("hardware_id")
+    row = (
+        report["device_id"], report.get("seq"), record.get("source_ip"), hardware_id,
+        report.get("window_start"), report["window_end"],
+        *map(geo.get, _GEO),
+        *map(host.get, _HOST),
+        ";".join(host.get("keyboard_layouts") or ()),
+        ";".join(host.get("input_methods") or ()),
+        *map(network.get, _NETWORK),
+        next((i.get("vpn_product") for i in vpn if i.get("vpn_product")), None),
+        bool(vpn),
+        *map(inp.get, _INPUT),
+        ";".join(inp.get("virtual_devices") or ()),
+        given is not None,
+        agent.get("os"), agent.get("hostname"), record.get("clock_skew_seconds"),
+        host.get("boot_time"), record.get("enrolments"), record.get("seq_conflicts"),
+    )
+    tools = []
+    for tool in report.get("remote_access") or ():
+        head = (tool.get("tool"), tool.get("process"), tool.get("started_at"), len(tool.get("listening") or ()),
+                ";".join(tool.get("matched_by") or ("name",)))
+        for connection in tool.get("connections") or (_EMPTY,):
+            tools.append((*head, *map(connection.get, _TOOL_COLUMNS[6:])))
+    sessions = [tuple(map(session.get, _SESSION_COLUMNS[1:])) for session in report.get("sessions") or ()]
+    probes = [tuple(map(probe.get, _PROBE_COLUMNS[1:])) for probe in network.get("probes") or ()]
+    hardware = report.get("hardware") or _EMPTY
+    usb = [tuple(map(item.get, _USB_KEY[1:])) for item in hardware.get("usb") or ()]
+    displays = [tuple(map(item.get, _DISPLAY_KEY[1:])) for item in hardware.get("displays") or ()]
+    return Window(row, tools, sessions, probes, usb, displays)
+
+
+def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
+    """Build :class:`Frames` from reduced windows (:class:`Window`, or the lists JSON gives back),
+    in the order given (ties of device, window end and seq keep it)."""
     rows: list[tuple[Any, ...]] = []
     tools: list[tuple[Any, ...]] = []
     sessions: list[tuple[Any, ...]] = []
@@ -138,55 +204,21 @@ def _flatten(records: Iterable[dict[str, Any]]) -> Frames:
     # Every record brings its own copy of the same few strings (device ids, networks, time zones);
     # keeping one object per distinct value roughly halves the frames' memory at fleet scale.
     keep = _string_pool()
-    for rec, record in enumerate(records):
-        report = record.get("report")
-        if not isinstance(report, dict) or not report.get("device_id") or not report.get("window_end"):
-            raise RecordError(f"record {rec + 1}: report.device_id and report.window_end are required")
-        device = keep(report["device_id"])
-        agent = report.get("agent") or _EMPTY
-        host = report.get("host") or _EMPTY
-        network = report.get("network") or _EMPTY
-        given = report.get("input")
-        inp = given or _EMPTY
-        vpn = [i for i in network.get("interfaces") or () if i.get("kind") == "vpn"]
-        geo = record.get("geo") or _EMPTY
-        # report.agent.hardware_id since issue 16 (older agents send none: absent = unknown).
-        hardware_id = record.get("hardware_id") or report.get("hardware_id") or agent.get("hardware_id")
-        rows.append((
-            device, report.get("seq"), keep(record.get("source_ip")), keep(hardware_id),
-            report.get("window_start"), report["window_end"],
-            *map(keep, map(geo.get, _GEO)),
-            *map(keep, map(host.get, _HOST)),
-            keep(";".join(host.get("keyboard_layouts") or ())),
-            keep(";".join(host.get("input_methods") or ())),
-            *map(keep, map(network.get, _NETWORK)),
-            keep(next((i.get("vpn_product") for i in vpn if i.get("vpn_product")), None)),
-            bool(vpn),
-            *map(inp.get, _INPUT),
-            keep(";".join(inp.get("virtual_devices") or ())),
-            given is not None,
-            keep(agent.get("os")), keep(agent.get("hostname")), record.get("clock_skew_seconds"),
-            keep(host.get("boot_time")), record.get("enrolments"), record.get("seq_conflicts"),
-        ))
-        for tool in report.get("remote_access") or ():
-            head = (rec, keep(tool.get("tool")), keep(tool.get("process")), tool.get("started_at"),
-                    len(tool.get("listening") or ()), keep(";".join(tool.get("matched_by") or ("name",))))
-            for connection in tool.get("connections") or (_EMPTY,):
-                tools.append((*head, *map(keep, map(connection.get, _TOOL_COLUMNS[6:]))))
-        for session in report.get("sessions") or ():
-            sessions.append((rec, *map(keep, map(session.get, _SESSION_COLUMNS[1:]))))
-        for probe in network.get("probes") or ():
-            probes.append((rec, *map(keep, map(probe.get, _PROBE_COLUMNS[1:]))))
-        hardware = report.get("hardware") or _EMPTY
+    for rec, (row, window_tools, window_sessions, window_probes, window_usb, window_displays) in enumerate(windows):
+        row = tuple(map(keep, row))
+        rows.append(row)
+        device = row[0]
+        tools.extend((rec, *map(keep, tool)) for tool in window_tools)
+        sessions.extend((rec, *map(keep, session)) for session in window_sessions)
+        probes.extend((rec, *map(keep, probe)) for probe in window_probes)
+        hardware = (window_usb, window_displays)
         previous = last_hardware.get(device)
         if previous is not None and previous[0] == hardware:  # unchanged since this device's last report
             for recs in previous[1]:
                 recs.append(rec)
             continue
-        folded = [_fold(usb, (device, item.get("vendor_id"), item.get("product_id"), item.get("manufacturer"),
-                              item.get("product"))) for item in hardware.get("usb") or ()]
-        folded += [_fold(displays, (device, item.get("name"), item.get("manufacturer"), item.get("serial_hash")))
-                   for item in hardware.get("displays") or ()]
+        folded = [_fold(usb, (device, *item)) for item in window_usb]
+        folded += [_fold(displays, (device, *item)) for item in window_displays]
         for recs in folded:
             recs.append(rec)
         last_hardware[device] = (hardware, folded)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from farmwatch.contract import Anchor, Finding, RosterEntry, Verdict
-from farmwatch.detectors.base import Context
+from farmwatch.detectors.base import Context, Detector
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import Frames, flatten, paused_gc
 from farmwatch.detectors.registry import REGISTRY
@@ -65,8 +65,14 @@ def score_frames(
     now: datetime,
     config: DetectionConfig | None = None,
     suppressed: Mapping[str, Collection[str]] | None = None,
+    fitted: Mapping[str, Detector] | None = None,
+    fleet_last_report: datetime | None = None,
 ) -> list[Verdict]:
-    """:func:`score` over records already flattened."""
+    """:func:`score` over records already flattened.
+
+    ``fitted`` holds detectors whose fleet baseline was learned elsewhere (from the whole fleet when
+    ``frames`` hold only some devices, :mod:`farmwatch.collector.incremental`); they are used as
+    given instead of being fitted on ``frames``. ``fleet_last_report``: see :class:`Context`."""
     config = config or DetectionConfig()
     _check_now(now)
     check_config(config)
@@ -75,13 +81,14 @@ def score_frames(
         anchors={anchor.name: anchor for anchor in anchors},
         now=now.astimezone(timezone.utc),
         config=config,
+        fleet_last_report=fleet_last_report,
     )
     by_device: dict[str, list[Finding]] = defaultdict(list)
     for name, kind in REGISTRY.items():
         params = config.params(name)
         if "random_state" in inspect.signature(kind.__init__).parameters:
             params.setdefault("random_state", config.random_state)
-        detector = kind(**params).fit(frames, context)
+        detector = (fitted or {}).get(name) or kind(**params).fit(frames, context)
         for item in detector.detect(frames, context):
             if item.finding.score > 0 and name not in (suppressed or {}).get(item.device_id, ()):
                 by_device[item.device_id].append(item.finding)

@@ -32,7 +32,18 @@ FEATURES = {
 def device_features(frames: Frames, context: Context, interval_seconds: float = 300.0,
                     active_seconds: float = 30.0, fill: pd.Series | None = None) -> pd.DataFrame:
     """One row per device, the FEATURES columns; a feature a device has no data for is filled with
-    ``fill`` (default: the median of these devices), else 0.
+    ``fill`` (default: the median of these devices), else 0."""
+    return _filled(raw_device_features(frames, context, interval_seconds, active_seconds), fill)
+
+
+def _filled(features: pd.DataFrame, fill: pd.Series | None = None) -> pd.DataFrame:
+    return features.fillna(features.median() if fill is None else fill).fillna(0.0).astype(float)
+
+
+def raw_device_features(frames: Frames, context: Context, interval_seconds: float = 300.0,
+                        active_seconds: float = 30.0) -> pd.DataFrame:
+    """:func:`device_features` before filling: NaN where a device has no data (each row depends on
+    that device's records only, so rows computed device batch by device batch can be joined).
 
     A window counts as active with at least ``active_seconds`` of input; ``interval_seconds`` is
     the agents' reporting interval (for coverage)."""
@@ -66,7 +77,7 @@ def device_features(frames: Frames, context: Context, interval_seconds: float = 
         "rmm_tools": tools.reindex(counts.index).fillna(0),
         "report_coverage": (counts * interval_seconds / span).clip(upper=1.0),
     })
-    return features.fillna(features.median() if fill is None else fill).fillna(0.0).astype(float)
+    return features
 
 
 class FleetAnomalyDetector(Detector):
@@ -89,7 +100,12 @@ class FleetAnomalyDetector(Detector):
         self.interval_seconds = interval_seconds
 
     def fit(self, frames: Frames, context: Context) -> FleetAnomalyDetector:
-        self.features_ = device_features(frames, context, self.interval_seconds, self.active_seconds)
+        return self.fit_features(raw_device_features(frames, context, self.interval_seconds, self.active_seconds))
+
+    def fit_features(self, raw: pd.DataFrame) -> FleetAnomalyDetector:
+        """Fit on per-device features (:func:`raw_device_features` of the fleet, one row per device
+        in device order), filled as :func:`device_features` fills them."""
+        self.features_ = _filled(raw)
         self.model_ = None
         if len(self.features_) >= self.min_devices:
             self.model_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state)

@@ -51,9 +51,16 @@ class InputRhythmDetector(Detector):
         self.injected_window_share = injected_window_share  # a window's injected events above this share mark it
         self.recent_rise = recent_rise  # the summary says "rising" when the recent half's share is this much higher
 
+    def typed_windows(self, reports: pd.DataFrame) -> pd.DataFrame:
+        """The windows :meth:`fit` learns from (enough keystrokes), only the columns it reads: a fleet
+        baseline gathered device batch by device batch keeps no more than this."""
+        typed = reports[reports["key_events"].fillna(0) >= self.min_key_events]
+        return typed[["device_id", "key_events", "key_burst_fraction", "key_interval_ms_p10",
+                      "mouse_rate_hz_median", "mouse_jump_fraction"]]
+
     def fit(self, frames: Frames, context: Context) -> InputRhythmDetector:
         """Learn the fleet's spread; a window is odd only beyond both the physical and fleet limits."""
-        typed = frames.reports[frames.reports["key_events"].fillna(0) >= self.min_key_events]
+        typed = self.typed_windows(frames.reports)
         if typed["device_id"].nunique() < self.min_fleet:
             typed = typed.iloc[0:0]  # too few devices to call anything "the fleet": physics only
         k = self.fleet_mads
