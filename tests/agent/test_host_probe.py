@@ -201,6 +201,34 @@ def test_probe_on_linux_from_hand_written_config(tmp_path: Path, monkeypatch: py
     assert probe.problems == []
 
 
+def test_localectl_is_asked_again_only_when_a_file_it_answers_from_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: starting localectl every window cost more than the rest of the collection."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LANG", raising=False)
+    asked: list[str] = []
+    answer = {"layout": "us"}
+
+    def run(argv: Sequence[str]) -> str:
+        if tuple(argv) != ("localectl", "status"):
+            raise FileNotFoundError(argv[0])
+        asked.append(answer["layout"])
+        return f"   System Locale: LANG=en_US.UTF-8\n      X11 Layout: {answer['layout']}\n"
+
+    (tmp_path / "locale.conf").write_text("LANG=en_US.UTF-8\n")
+    probe = HostProbe(ProbeContext(platform="linux", run=run, etc_root=tmp_path, options={"host": {"home_dirs": []}}))
+    assert [probe.collect().keyboard_layouts for _ in range(3)] == [["us"]] * 3
+    assert asked == ["us"]
+    answer["layout"] = "kr"  # localectl set-x11-keymap kr: localed writes its file
+    (tmp_path / "X11" / "xorg.conf.d").mkdir(parents=True)
+    (tmp_path / "X11" / "xorg.conf.d" / "00-keyboard.conf").write_text('Option "XkbLayout" "kr"\n')
+    assert probe.collect().keyboard_layouts == ["kr"]
+    os.utime(tmp_path / "locale.conf", ns=(0, 10**18))  # an edit of a file that was there
+    probe.collect()
+    assert asked == ["us", "kr", "kr"]
+
+
 def test_probe_says_what_it_could_not_see(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TZ", raising=False)
     monkeypatch.delenv("DISPLAY", raising=False)

@@ -25,6 +25,7 @@ from farmwatch.agent.probes.network.anchor_latency import measure_all
 from farmwatch.agent.probes.network.interfaces import read_interfaces
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.probes.network.probe import NetworkProbe
+from farmwatch.agent.probes.network.vpn_catalog import load_catalog, products_running
 from farmwatch.agent.probes.network.wifi import (
     parse_airport,
     parse_hardware_ports,
@@ -89,6 +90,12 @@ def test_vpn_products_without_clients_come_from_names_only(tmp_path: Path) -> No
     facts = _probe(proc=tmp_path).collect()
     products = {i.name: i.vpn_product for i in facts.interfaces if i.kind == "vpn"}
     assert products == {"tailscale0": "Tailscale", "wg0": "WireGuard", "tun0": None, "ppp0": None}
+
+
+def test_vpn_clients_are_found_by_full_name_without_exe_or_by_the_15_characters_linux_keeps() -> None:
+    # "openvpn3-servi" has 14 characters: a whole name, not a cut one, so it is no prefix of openvpn3-service
+    names = ["systemd", "ProtonVPNService.exe", "expressvpn-daem", "openvpn3-servi"]
+    assert {product.product for product in products_running(load_catalog(), names)} == {"Proton VPN", "ExpressVPN"}
 
 
 def test_gateway_and_neighbours_from_captured_proc() -> None:

@@ -27,12 +27,18 @@ from pathlib import Path
 
 import psutil
 
-from farmwatch.agent.probes.base import Probe, ProbeOptions
+from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions
 from farmwatch.contract import HostFacts, LoggedInUser
 
 from . import keyboards, timezones
 
 _LOCAL_DISPLAY = re.compile(r"^:\d+(\.\d+)?$")  # an X display on this machine, not a remote host
+LOCALED_FILES = ("locale.conf", "vconsole.conf", "X11/xorg.conf.d/00-keyboard.conf", "default/locale",
+                 "default/keyboard")
+"""Under ``etc_root``: where systemd-localed reads what ``localectl status`` prints (locale.conf(5),
+vconsole.conf(5), localectl(1); Debian's localed also reads /etc/default/locale and
+/etc/default/keyboard). ``localectl`` is asked again only when one of them changed: starting it
+every window cost more CPU than the rest of the agent's collection (issue 13)."""
 
 
 class HostOptions(ProbeOptions):
@@ -42,6 +48,10 @@ class HostOptions(ProbeOptions):
 class HostProbe(Probe[HostFacts]):
     name = "host"
     section = "host"
+
+    def __init__(self, context: ProbeContext) -> None:
+        super().__init__(context)
+        self._localectl: tuple[tuple[int | None, ...], str] | None = None  # (files' mtimes, its answer)
 
     def collect(self) -> HostFacts:
         platform = self.context.platform
@@ -83,7 +93,7 @@ class HostProbe(Probe[HostFacts]):
     def _linux(self) -> tuple[str | None, str | None, list[str], list[str]]:
         etc = self.context.etc_root
         zone = timezones.linux_zone(os.environ.get("TZ"), etc)
-        localectl = self._output(["localectl", "status"], quiet=True) or ""
+        localectl = self._localectl_status()
         system_locale, localectl_layouts = keyboards.parse_localectl(localectl)
         locale = os.environ.get("LC_ALL") or os.environ.get("LANG") or system_locale
         for name in ("locale.conf", "default/locale"):
@@ -105,6 +115,13 @@ class HostProbe(Probe[HostFacts]):
                 layouts += fcitx_layouts
                 methods += fcitx_methods
         return zone, locale, keyboards.unique(layouts), keyboards.unique(methods)
+
+    def _localectl_status(self) -> str:
+        """``localectl status``, run again only when a file it answers from has changed (:data:`LOCALED_FILES`)."""
+        stamps = tuple(_mtime_ns(self.context.etc_root / name) for name in LOCALED_FILES)
+        if self._localectl is None or self._localectl[0] != stamps:
+            self._localectl = (stamps, self._output(["localectl", "status"], quiet=True) or "")
+        return self._localectl[1]
 
     def _homes(self) -> list[Path]:
         """Home folders of the users logged in now (fcitx5 keeps its profile per user)."""
@@ -138,6 +155,13 @@ class HostProbe(Probe[HostFacts]):
         preload = self._output(["reg", "query", r"HKCU\Keyboard Layout\Preload"])
         layouts = keyboards.unique(layouts + keyboards.parse_reg_preload(preload or ""))
         return zone, locale, layouts, methods
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def logged_in_user(name: str, terminal: str | None, host: str | None) -> LoggedInUser:

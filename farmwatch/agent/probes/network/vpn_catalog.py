@@ -34,11 +34,12 @@ class VpnProduct:
             driver is not None and driver in self.drivers
         )
 
-    def names_process(self, seen: str) -> bool:
-        seen = seen.lower().removesuffix(".exe")
+    def names_process(self, seen: set[str], cut: list[str]) -> bool:
+        """Whether a client process runs: ``seen`` holds process names in lower case without
+        ``.exe``, ``cut`` those of them Linux cut to 15 characters (a prefix of the full name)."""
         for name in self.processes:
             name = name.lower()
-            if seen == name or (len(seen) == _COMM_LENGTH and name.startswith(seen)):
+            if name in seen or any(name.startswith(prefix) for prefix in cut):
                 return True
         return False
 
@@ -63,5 +64,6 @@ def product_of_interface(catalog: Iterable[VpnProduct], name: str, driver: str |
 
 def products_running(catalog: Iterable[VpnProduct], process_names: Iterable[str]) -> list[VpnProduct]:
     """Products with a client process among ``process_names``, in catalogue order."""
-    seen = set(process_names)
-    return [product for product in catalog if any(product.names_process(name) for name in seen)]
+    seen = {name.lower().removesuffix(".exe") for name in process_names}
+    cut = [name for name in seen if len(name) == _COMM_LENGTH]
+    return [product for product in catalog if product.names_process(seen, cut)]
