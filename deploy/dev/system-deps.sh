@@ -4,9 +4,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 missing=()
+# Names that installed packages provide count as present (nodesource's nodejs provides npm and
+# conflicts with Debian's, so asking apt for npm there would fail).
+provided=" $(dpkg-query -W -f='${db:Status-Abbrev}|${Provides}\n' 2>/dev/null | sed -n 's/^ii *|//p' \
+  | sed 's/([^)]*)//g' | tr ',\n' '  ' | tr -s ' ') "
 while read -r pkg; do
   [[ -z "$pkg" || "$pkg" == \#* ]] && continue
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || [[ "$provided" == *" $pkg "* ]] \
+    || missing+=("$pkg")
 done < "$here/system-packages.txt"
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from farmwatch.collector.console.oidc import OidcConfigError, OidcSettings, parse_settings
 from farmwatch.collector.limits import Limits, LimitsError, load_limits
 from farmwatch.collector.migrate import MIGRATE_MODES, MigrateMode
 from farmwatch.collector.retention import RetentionError, RetentionSettings, load_retention
@@ -56,6 +57,7 @@ class CollectorConfig:
     tls_cert_file: Path | None = None  # PEM certificate chain; with tls_key_file, serve HTTPS
     tls_key_file: Path | None = None
     console_banner: str = ""  # [console] banner: a line every console page shows (e.g. "staging", "simulated")
+    oidc: OidcSettings | None = None  # [console.oidc]: sign-in through an OpenID provider (console/oidc.py)
     limits: Limits = field(default_factory=Limits)  # [limits]: what one device or address may cost
     migrate: MigrateMode = "auto"  # [storage] migrate: upgrade the schema at start, or only check it (replicas)
     retention: RetentionSettings = field(default_factory=RetentionSettings)  # [retention] (collector/retention.py)
@@ -73,7 +75,7 @@ _KNOWN = {
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
     "geo": {"city_db", "asn_db", "corporate_networks"},
     "agent": {"interval_seconds", "probe_options"},
-    "console": {"banner"},
+    "console": {"banner", "oidc"},
     "outputs": None,  # each output's keys belong to its plugin (collector/outputs/)
     "limits": None,  # checked key by key in collector/limits.py
     "storage": {"migrate"},
@@ -139,6 +141,7 @@ def load_config(
         tls_cert_file=tls[0],
         tls_key_file=tls[1],
         console_banner=_banner(raw.get("console", {}).get("banner", ""), f"{where} [console] banner"),
+        oidc=_oidc(raw.get("console", {}).get("oidc"), collector.get("public_url"), where),
         migrate=_migrate_mode(raw.get("storage", {}).get("migrate", "auto"), f"{where} [storage] migrate"),
         retention=_retention(raw.get("retention", {}), where, lookback),
         limits=_limits(raw.get("limits", {}), where),
@@ -190,6 +193,19 @@ def _retention(table: Any, where: str, lookback_hours: float) -> RetentionSettin
     try:
         return load_retention(table, where, lookback_hours)
     except RetentionError as problem:
+        raise ConfigError(str(problem)) from None
+
+
+def _oidc(table: Any, public_url: Any, where: str) -> OidcSettings | None:
+    """``[console.oidc]``, which needs ``public_url``: the provider sends analysts back under it."""
+    if table is None:
+        return None
+    if public_url is None:
+        raise ConfigError(f"{where} [console.oidc] needs [collector] public_url: the provider sends analysts back "
+                          "to PUBLIC_URL/console/oidc/callback")
+    try:
+        return parse_settings(table, f"{where} [console.oidc]")
+    except OidcConfigError as problem:
         raise ConfigError(str(problem)) from None
 
 

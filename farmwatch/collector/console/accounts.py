@@ -77,6 +77,11 @@ class Accounts:
             rows = connection.execute(sa.select(analysts.c.name, analysts.c.created_at).order_by(analysts.c.name))
             return [(row.name, row.created_at) for row in rows]
 
+    def exists(self, name: str) -> bool:
+        """Whether analyst ``name`` has an account (OIDC sign-in maps people onto accounts)."""
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(analysts.c.name).where(analysts.c.name == name)).first() is not None
+
     def check_password(self, name: str, password: str) -> bool:
         with self.engine.connect() as connection:
             stored = connection.execute(

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from farmwatch.collector import ingest
 from farmwatch.collector.console import device_view
 from farmwatch.collector.console.accounts import Accounts, ConsoleSession
+from farmwatch.collector.console.oidc import CALLBACK_PATH, PENDING_SECONDS, OidcRefused, OidcSignIn
 from farmwatch.collector.console.store import (
     MAX_SUPPRESSION_DAYS,
     NETWORK_KINDS,
@@ -42,6 +43,7 @@ from farmwatch.errors import FarmwatchError
 
 SESSION_COOKIE = "farmwatch_session"
 LOGIN_COOKIE = "farmwatch_login_csrf"
+OIDC_COOKIE = "farmwatch_oidc"  # an OIDC sign-in in progress (console/oidc.py)
 FORM_LIMIT = 64 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
@@ -83,7 +85,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
     templates = Jinja2Templates(directory=str(package / "templates"))
     templates.env.globals.update(detector_about=detector_about, verdicts=VERDICTS, network_kinds=NETWORK_KINDS,
                                  detector_names=sorted(REGISTRY), max_suppression_days=MAX_SUPPRESSION_DAYS,
-                                 banner=config.console_banner)
+                                 banner=config.console_banner, oidc_issuer=config.oidc.issuer if config.oidc else None)
     templates.env.filters["when"] = _when
     templates.env.filters["evidence"] = _evidence
     app.mount("/console/static", StaticFiles(directory=str(package / "static")), name="console-static")
@@ -104,6 +106,10 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
             return page(request, "error.html", 401, message="Your session has ended; sign in again.", session=None)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
+
+    def _client_address(request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return ingest.source_address(peer, request.headers.get("x-forwarded-for"), config.trusted_proxies)
 
     async def signed_in(request: Request) -> ConsoleSession:
         token = request.cookies.get(SESSION_COOKIE)
@@ -150,8 +156,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
         fields = await form_of(request, None)
         name, password = fields.get("name", "").strip(), fields.get("password", "")
         target = _local(fields.get("next", "/console/fleet"))
-        peer = request.client.host if request.client else None
-        address = ingest.source_address(peer, request.headers.get("x-forwarded-for"), config.trusted_proxies)
+        address = _client_address(request)
         wait = sign_in_failures.wait(address)
         if wait is not None:
             raise ConsoleRefusal(429, f"Too many failed sign-ins from {address}; try again in {math.ceil(wait)} s.")
@@ -167,6 +172,49 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
         _cookie(response, request, SESSION_COOKIE, token, max_age=12 * 3600)
         response.delete_cookie(LOGIN_COOKIE, path="/console")
         return response
+
+    if config.oidc is not None and config.public_url is not None:
+        oidc = OidcSignIn(config.oidc, config.public_url)
+
+        @router.get("/oidc/start")
+        async def oidc_start(request: Request, next: str = "/console/fleet") -> Response:
+            try:
+                url, pending = await oidc.start(_local(next))
+            except OidcRefused as refused:
+                raise ConsoleRefusal(refused.status, refused.message) from None
+            response = RedirectResponse(url, status_code=303)
+            _cookie(response, request, OIDC_COOKIE, pending, max_age=PENDING_SECONDS, path="/console/oidc")
+            return response
+
+        @router.get(CALLBACK_PATH.removeprefix("/console"))
+        async def oidc_callback(request: Request) -> Response:
+            address = _client_address(request)
+            wait = sign_in_failures.wait(address)
+            if wait is not None:
+                raise ConsoleRefusal(429, f"Too many failed sign-ins from {address}; try again in {math.ceil(wait)} s.")
+            pending = request.cookies.get(OIDC_COOKIE)
+            try:
+                who = await oidc.finish(request.query_params, pending)
+            except OidcRefused as refused:
+                sign_in_failures.spend(address)
+                await run_in_threadpool(store.audit, (refused.who or "(oidc)")[:64], "sign_in_refused", clock(),
+                                        None, f"oidc {oidc.settings.issuer}: {refused.message}")
+                raise ConsoleRefusal(refused.status, refused.message) from None
+            known = who.analyst is not None and await run_in_threadpool(accounts.exists, who.analyst)
+            if who.analyst is None or not known:
+                sign_in_failures.spend(address)
+                why = ("is not mapped to an analyst" if who.analyst is None
+                       else f"maps to analyst {who.analyst!r}, who has no account")
+                await run_in_threadpool(store.audit, who.claim_value[:64], "sign_in_refused", clock(), None,
+                                        f"oidc {oidc.settings.issuer}: {who.claim_value} {why}")
+                raise ConsoleRefusal(403, f"{who.claim_value} {why} on this console; ask an administrator.")
+            token = await run_in_threadpool(accounts.open_session, who.analyst, clock())
+            await run_in_threadpool(store.audit, who.analyst, "sign_in", clock(), None,
+                                    f"oidc {oidc.settings.issuer}: {who.claim_value} (sub {who.subject})")
+            response = RedirectResponse(OidcSignIn.pending_next(pending) or "/console/fleet", status_code=303)
+            _cookie(response, request, SESSION_COOKIE, token, max_age=12 * 3600)
+            response.delete_cookie(OIDC_COOKIE, path="/console/oidc")
+            return response
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
@@ -370,8 +418,8 @@ def _local(target: str) -> str:
     return target if target.startswith("/console/") and not target.startswith("//") else "/console/fleet"
 
 
-def _cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/console", httponly=True, samesite="lax",
+def _cookie(response: Response, request: Request, name: str, value: str, max_age: int, path: str = "/console") -> None:
+    response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite="lax",
                         secure=request.url.scheme == "https")
 
 
