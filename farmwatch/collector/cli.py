@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert-file", type=Path, metavar="FILE",
                        help="PEM certificate (chain) to serve HTTPS; needs --tls-key-file")
     serve.add_argument("--tls-key-file", type=Path, metavar="FILE", help="PEM private key of --tls-cert-file")
+    serve.add_argument("--migrate", choices=["auto", "check"],
+                       help="auto: bring the database's tables to this release's schema at start (under a lock, "
+                       "so replicas starting together migrate once); check: refuse to start until "
+                       "`farmwatch-collector db upgrade` has (replicas deployed with a separate migration step). "
+                       "Default: [storage] migrate in --config, else auto")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="how much the server logs (default: info, one line per request)")
     serve.set_defaults(run=_serve)
@@ -177,7 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
     )
-    storage = Storage.open(database_url(args.db), migrate=config.migrate)  # [storage] migrate: auto | check
+    storage = Storage.open(database_url(args.db), migrate=args.migrate or config.migrate)
     try:
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
         # own; the collector applies [collector] trusted_proxies itself (ingest.source_address).

@@ -149,14 +149,25 @@ def ensure_current(engine: Engine) -> None:
 
 def refuse_non_utf8(engine: Engine) -> None:
     """Refuse a PostgreSQL database whose encoding is not UTF-8 (e.g. SQL_ASCII, which stores bytes
-    unchecked and hands back text psycopg cannot decode): reports carry any Unicode hostname."""
+    unchecked): reports carry any Unicode hostname.
+
+    Asked over a plain psycopg connection, before SQLAlchemy's first connection: on SQL_ASCII psycopg
+    returns text as bytes, and SQLAlchemy's dialect set-up fails on them with a TypeError. When the
+    server cannot be reached, the caller's own connection reports it.
+    """
     if engine.dialect.name != "postgresql":
         return
-    with engine.connect() as connection:
-        encoding = connection.execute(sa.text("SELECT pg_encoding_to_char(encoding) FROM pg_database "
-                                              "WHERE datname = current_database()")).scalar_one()
-    if isinstance(encoding, bytes):  # psycopg hands SQL_ASCII text back as bytes
-        encoding = encoding.decode("ascii", "replace")
+    import psycopg  # the driver open_engine uses for PostgreSQL
+
+    try:
+        with psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                             connect_timeout=30) as connection:
+            row = connection.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database "
+                                     "WHERE datname = current_database()").fetchone()
+    except psycopg.Error:
+        return
+    found = row[0] if row else None
+    encoding = found.decode("ascii", "replace") if isinstance(found, bytes) else str(found)
     if encoding != "UTF8":
         name = engine.url.database
         raise SchemaError(
