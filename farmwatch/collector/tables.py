@@ -267,3 +267,58 @@ scoring_work = sa.Table(
     sa.Column("claimed_until", UtcDateTime()),
     sa.Column("claimed_version", sa.BigInteger),
 )
+
+# --- incremental features (farmwatch/collector/rollups.py, incremental.py; issue 12) ------------
+# Reports reduced once, by a background reducer, to what detectors read: one row per device and
+# hour of receipt holding that hour's reduced windows (JSON, column order named by ``layout``).
+rollups = sa.Table(
+    "rollups",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("hour", sa.BigInteger, primary_key=True),  # hours since the epoch of the reports' receipt
+    sa.Column("layout", sa.String(16), nullable=False),  # rollup_layouts.layout of the windows' columns
+    sa.Column("reports", sa.Integer, nullable=False),
+    sa.Column("last_window_end", UtcDateTime(), nullable=False),
+    sa.Column("windows", sa.Text, nullable=False),
+    sa.Column("batch", sa.BigInteger, nullable=False, index=True),  # the reduction batch that last wrote it
+)
+rollup_layouts = sa.Table(
+    "rollup_layouts",
+    metadata,
+    sa.Column("layout", sa.String(16), primary_key=True),
+    sa.Column("columns", sa.Text, nullable=False),  # JSON: part -> column names
+)
+# Network identity x window hour x device: who may share a room, found in SQL.
+sightings = sa.Table(
+    "sightings",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # egress_ip | gateway_mac | wifi_bssid
+    sa.Column("identity", sa.String(128), primary_key=True),
+    sa.Column("hour", sa.BigInteger, primary_key=True),  # hours since the epoch of the window end
+    sa.Column("device_id", sa.String(128), primary_key=True, index=True),
+    sa.Column("batch", sa.BigInteger, nullable=False, index=True),  # the reduction batch that added it
+)
+# One marker per reduced report above rollup_progress.floor_report_id: a report is reduced once.
+reduced_reports = sa.Table(
+    "reduced_reports",
+    metadata,
+    sa.Column("report_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("batch", sa.BigInteger, nullable=False),
+)
+# The reducer's one row, held (FOR UPDATE) by the replica reducing: batch numbers and the floor.
+rollup_progress = sa.Table(
+    "rollup_progress",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("batch", sa.BigInteger, nullable=False),  # the last committed batch
+    sa.Column("floor_report_id", sa.BigInteger, nullable=False),  # every report up to it is reduced
+)
+# What the fleet detectors learned from every device's rollups (incremental.refresh_baselines).
+fleet_baselines = sa.Table(
+    "fleet_baselines",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("computed_at", UtcDateTime(), nullable=False),
+    sa.Column("params", sa.String(16), nullable=False),  # digest of the config they were learned under
+    sa.Column("body", sa.Text, nullable=False),
+)

@@ -1,0 +1,181 @@
+"""Scoring from rollups: the detectors' frames rebuilt from reduced windows, for the devices that changed.
+
+:func:`score_devices` is what a scoring loop calls for a batch of devices: it reads only their rollups
+(plus those of every device they may share a network with, found over ``sightings``) and scores them
+with the same detectors as a full re-read; the two fleet baselines (input rhythm's thresholds and
+the anomaly model's per-device features) come from :func:`refresh_baselines`, computed over the whole
+fleet's rollups device batch by device batch and stored, on a slower cadence
+(``BASELINE_MAX_AGE``). :func:`farmwatch.collector.rollups.changed_devices` says which devices a
+run needs.
+
+Against a full re-read of the same stored reports (``pipeline.score`` over ``Storage.records``) the
+verdicts are the same (tests/collector/test_incremental_scoring.py compares them), except where a
+baseline is older than the data: a device is then judged against the fleet as it was at the last
+refresh, at most ``BASELINE_MAX_AGE`` ago.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import pandas as pd
+import sqlalchemy as sa
+
+from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.rollups import catch_up, devices_since, last_window_end, neighbours, windows
+from farmwatch.collector.storage import Storage
+from farmwatch.collector.tables import fleet_baselines
+from farmwatch.contract import Verdict
+from farmwatch.detectors.base import Context, Detector
+from farmwatch.detectors.config import DetectionConfig
+from farmwatch.detectors.frame import Frames, frames_from_windows, paused_gc
+from farmwatch.detectors.pipeline import score_frames
+from farmwatch.detectors.signals.fleet_anomaly import FEATURES, FleetAnomalyDetector, raw_device_features
+from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
+
+log = logging.getLogger("farmwatch.collector.incremental")
+
+BASELINE_MAX_AGE = timedelta(hours=1)
+"""How stale the stored fleet baselines may get before a scoring run refreshes them."""
+BASELINE_BATCH = 500
+"""Devices whose frames are held at once while the baselines are refreshed."""
+BASELINE = "fleet"
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What the fleet detectors learn from every device: input rhythm's per-feature thresholds and the
+    anomaly model's per-device features (unfilled: NaN where a device has no data)."""
+
+    computed_at: datetime
+    params: str  # digest of the detection config they were learned under
+    input_thresholds: dict[str, float]
+    device_features: pd.DataFrame
+
+    def fitted(self, config: DetectionConfig) -> dict[str, Detector]:
+        """The two fleet detectors, fitted as a full re-read would fit them on the same records."""
+        rhythm = InputRhythmDetector(**config.params(InputRhythmDetector.name))
+        rhythm.thresholds_ = dict(self.input_thresholds)
+        anomaly = FleetAnomalyDetector(**_with_random_state(config, FleetAnomalyDetector.name))
+        return {rhythm.name: rhythm, anomaly.name: anomaly.fit_features(self.device_features)}
+
+
+@dataclass(frozen=True)
+class DeviceScores:
+    """Verdicts of the devices asked for, and each one's newest ``geo.network_kind`` (fleet index)."""
+
+    verdicts: list[Verdict]
+    network_kinds: dict[str, str]
+
+
+def score_devices(storage: Storage, devices: Collection[str], now: datetime, config: CollectorConfig,
+                  baselines: Baselines | None = None) -> DeviceScores:
+    """Verdicts for ``devices`` (those with a report received in the lookback window), from rollups.
+
+    Reduces whatever is still pending first, so the verdicts cover every report stored before the
+    call. Loads the rollups of ``devices`` and of every device they may share a network with (so a
+    co-location cluster is judged whole), and scores with ``baselines`` (default: the stored ones,
+    refreshed when older than ``BASELINE_MAX_AGE`` or learned under another config). Verdicts of
+    the neighbours loaded alongside are not returned. Raises ValueError for a naive ``now`` or a
+    detection config naming unknown detectors, RecordError when the windows break a detector (as
+    :func:`farmwatch.detectors.pipeline.score` does, so :mod:`farmwatch.collector.isolation` can
+    find the device)."""
+    catch_up(storage, now)
+    since = now - timedelta(hours=config.lookback_hours)
+    wanted = set(devices)
+    fleet = baselines or current_baselines(storage, now, config)
+    with paused_gc():
+        frames = frames_from_windows(windows(storage, neighbours(storage, wanted), since))
+        verdicts = score_frames(frames, storage.roster(), storage.anchors(), now, config.detection,
+                                storage.suppressed_detectors(now), fitted=fleet.fitted(config.detection),
+                                fleet_last_report=last_window_end(storage, since))
+    return DeviceScores([v for v in verdicts if v.device_id in wanted], _newest_network_kinds(frames, wanted))
+
+
+def _newest_network_kinds(frames: Frames, wanted: set[str]) -> dict[str, str]:
+    reports = frames.reports
+    newest = reports[reports["device_id"].isin(wanted)].groupby("device_id").tail(1)  # sorted by window end
+    return {str(d): str(k) for d, k in zip(newest["device_id"], newest["network_kind"]) if k is not None}
+
+
+def current_baselines(storage: Storage, now: datetime, config: CollectorConfig) -> Baselines:
+    """The stored baselines, or freshly computed (and stored) ones when those are missing, older than
+    ``BASELINE_MAX_AGE`` or were learned under another detection config."""
+    stored = load_baselines(storage)
+    if stored is not None and stored.params == _params_digest(config) and now - stored.computed_at < BASELINE_MAX_AGE:
+        return stored
+    return refresh_baselines(storage, now, config)
+
+
+def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) -> Baselines:
+    """Learn the fleet baselines from every device's rollups in the lookback window and store them.
+
+    Holds one batch of ``BASELINE_BATCH`` devices' frames at a time: the rows input rhythm learns
+    from (typed windows, five columns) and one feature row per device are all that is kept."""
+    since = now - timedelta(hours=config.lookback_hours)
+    detection = config.detection
+    context = Context(roster={e.device_id: e for e in storage.roster()}, anchors={}, now=now, config=detection)
+    rhythm = InputRhythmDetector(**detection.params(InputRhythmDetector.name))
+    anomaly = FleetAnomalyDetector(**_with_random_state(detection, FleetAnomalyDetector.name))
+    typed, features = [], []
+    devices = devices_since(storage, since)  # sorted: the features come out in a full re-read's order
+    with paused_gc():
+        for start in range(0, len(devices), BASELINE_BATCH):
+            frames = frames_from_windows(windows(storage, devices[start:start + BASELINE_BATCH], since))
+            typed.append(rhythm.typed_windows(frames.reports))
+            features.append(raw_device_features(frames, context, anomaly.interval_seconds, anomaly.active_seconds))
+    empty = frames_from_windows([])
+    fleet_typed = pd.concat(typed, ignore_index=True) if typed else empty.reports
+    rhythm.fit(dataclasses.replace(empty, reports=fleet_typed), context)
+    baselines = Baselines(now, _params_digest(config), rhythm.thresholds_,
+                          pd.concat(features) if features else pd.DataFrame(columns=list(FEATURES), dtype=float))
+    _store(storage, baselines)
+    log.info("fleet baselines refreshed over %d devices", len(devices))
+    return baselines
+
+
+def load_baselines(storage: Storage) -> Baselines | None:
+    """The stored baselines, if any were computed."""
+    with storage.engine.connect() as connection:
+        row = connection.execute(sa.select(fleet_baselines).where(fleet_baselines.c.name == BASELINE)).first()
+    if row is None:
+        return None
+    body = orjson.loads(row.body)
+    features = pd.DataFrame(body["features"]["data"], index=pd.Index(body["features"]["index"], name="device_id"),
+                            columns=body["features"]["columns"], dtype=float)
+    return Baselines(row.computed_at, row.params, body["input_thresholds"], features)
+
+
+def _store(storage: Storage, baselines: Baselines) -> None:
+    features = baselines.device_features
+    body = orjson.dumps({
+        "input_thresholds": baselines.input_thresholds,
+        "features": {"columns": list(features.columns), "index": [str(d) for d in features.index],
+                     "data": features.to_numpy().tolist()},
+    }, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    values = {"computed_at": baselines.computed_at, "params": baselines.params, "body": body}
+    with storage._writer.begin() as tx:
+        if not tx.execute(fleet_baselines.update().where(fleet_baselines.c.name == BASELINE).values(**values)).rowcount:
+            tx.execute(fleet_baselines.insert().values(name=BASELINE, **values))
+
+
+def _with_random_state(config: DetectionConfig, name: str) -> dict[str, Any]:
+    params = config.params(name)
+    params.setdefault("random_state", config.random_state)
+    return params
+
+
+def _params_digest(config: CollectorConfig) -> str:
+    detection = config.detection
+    learned: Mapping[str, Any] = {
+        "lookback_hours": config.lookback_hours, "random_state": detection.random_state,
+        **{name: dict(detection.params(name)) for name in (InputRhythmDetector.name, FleetAnomalyDetector.name)},
+    }
+    return hashlib.sha256(orjson.dumps(learned, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

@@ -1,0 +1,358 @@
+"""Incremental features: stored reports reduced once, outside the request path, into per-device rollups.
+
+The reducer (:func:`reduce_pending`, run by :class:`Reducer` in the background and by the scorer
+before it reads) parses each stored report once with the detectors' own reduction
+(:func:`farmwatch.detectors.frame.reduce_record`: only the fields detectors read) and files it in
+
+* ``rollups``: one row per device and hour of receipt, holding that hour's reduced windows (about a
+  tenth of a raw report each, already parsed), so scoring reads no raw JSON;
+* ``sightings``: one row per network identity (egress address, gateway MAC hash, Wi-Fi BSSID hash)
+  x hour x device, so the devices that may share a network with a device are found in SQL.
+
+Exactly once, with any number of replicas on one database: a reduction batch runs in one
+transaction that holds the ``rollup_progress`` row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: one
+replica reduces at a time, the others skip; on SQLite ``BEGIN IMMEDIATE`` serializes writers). The
+batch writes its rollups, its sightings and a ``reduced_reports`` marker per report in that
+transaction, so a crash loses the whole batch and the next one redoes it, and a report with a
+marker is never reduced again. Batches are numbered under the same lock, so a batch number is a mark
+that orders what scoring has seen (:func:`changed_devices`).
+
+PostgreSQL assigns report ids before commit, so a report can become visible after one with a
+higher id. The reducer therefore looks for reports without a marker above a floor, and moves the
+floor only up to reports received ``SETTLE_SECONDS`` ago (an ingest transaction lasts well under a
+second), never past one still unreduced; markers below the floor are deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from farmwatch.collector.storage import Storage
+from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts, rollup_progress, rollups, sightings
+from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, Window, reduce_record
+from farmwatch.detectors.sightings import window_sightings
+
+log = logging.getLogger("farmwatch.collector.rollups")
+
+BATCH = 2000
+"""Reports per reduction transaction."""
+SETTLE_SECONDS = 600.0
+"""How long after receipt a report is surely committed (module docstring: the floor)."""
+CHUNK = 400  # keys per IN list (SQLite caps bound variables)
+PROGRESS = "reducer"
+LAYOUT = hashlib.sha256(orjson.dumps(WINDOW_LAYOUT)).hexdigest()[:16]
+"""Names the column layout of stored windows; a layout change is mapped by column names on read."""
+
+StoredWindow = list[Any]
+"""``[received_at_us, report_id, *Window]`` as stored (microseconds since the epoch of receipt)."""
+
+
+WINDOW_END = WINDOW_LAYOUT["reports"].index("window_end")
+
+
+def _parse_time(text: str) -> datetime:
+    """An RFC 3339 time (validated at ingest) as a tz-aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def hour_of(moment: datetime) -> int:
+    """Whole hours since the epoch (UTC)."""
+    return int(moment.timestamp() // 3600)
+
+
+def _micros(moment: datetime) -> int:
+    return int(moment.astimezone(timezone.utc).timestamp() * 1_000_000)
+
+
+def _insert(connection: Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """What one reduction batch did."""
+
+    batch: int  # its number (0: nothing to do, or another replica was reducing)
+    reports: int  # reports reduced
+    skipped: int  # reports the reduction could not use (logged; marked so they are not retried)
+
+
+def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False) -> Reduced:
+    """Reduce up to ``limit`` stored reports that have not been reduced, in one transaction.
+
+    Returns at once with batch 0 when another replica holds the reducer (``wait`` False) or when
+    nothing is pending; with ``wait`` True it waits for that replica's batch to commit instead."""
+    with storage._writer.begin() as tx:
+        progress = _hold_progress(tx, wait)
+        if progress is None:
+            return Reduced(0, 0, 0)
+        floor, last_batch = progress
+        pending = tx.execute(
+            sa.select(reports.c.id, reports.c.received_at, reports.c.record)
+            .where(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
+            .order_by(reports.c.id).limit(limit)
+        ).all()
+        batch = last_batch + 1
+        skipped = _file(tx, pending, batch) if pending else 0
+        new_floor = _advance_floor(tx, floor, now)
+        tx.execute(rollup_progress.update().where(rollup_progress.c.name == PROGRESS)
+                   .values(batch=batch if pending else last_batch, floor_report_id=new_floor))
+        return Reduced(batch if pending else 0, len(pending), skipped)
+
+
+def catch_up(storage: Storage, now: datetime) -> int:
+    """Reduce every pending report (waiting for another replica's batch rather than skipping it);
+    returns how many this call reduced. Scoring calls it so verdicts cover every stored report."""
+    total = 0
+    while True:
+        done = reduce_pending(storage, now, wait=True)
+        total += done.reports
+        if done.reports == 0:
+            return total
+
+
+def _hold_progress(tx: Connection, wait: bool) -> tuple[int, int] | None:
+    """Lock the reducer's progress row (creating it once); None when another replica holds it."""
+    query = sa.select(rollup_progress.c.floor_report_id, rollup_progress.c.batch).where(
+        rollup_progress.c.name == PROGRESS).with_for_update(skip_locked=not wait)
+    row = tx.execute(query).first()
+    if row is None:
+        tx.execute(_insert(tx, rollup_progress).values(name=PROGRESS, batch=0, floor_report_id=0)
+                   .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
+        row = tx.execute(query).first()
+    return None if row is None else (int(row.floor_report_id), int(row.batch))
+
+
+def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:
+    """Reduce ``pending`` reports into rollups and sightings and mark them reduced; returns how many
+    could not be reduced."""
+    by_hour: dict[tuple[str, int], list[StoredWindow]] = defaultdict(list)
+    ends: dict[tuple[str, int], list[datetime]] = defaultdict(list)
+    seen: set[tuple[str, str, int, str]] = set()
+    skipped = 0
+    for row in pending:
+        try:
+            record = orjson.loads(row.record)
+            window = reduce_record(record)
+        except (orjson.JSONDecodeError, RecordError) as problem:
+            # Stored reports passed validation at ingest, so this is a bug or a tampered database:
+            # say so, and do not retry it forever.
+            log.error("report %s cannot be reduced and is left out of the rollups: %s", row.id, problem)
+            skipped += 1
+            continue
+        device = window.row[0]
+        by_hour[(device, hour_of(row.received_at))].append([_micros(row.received_at), row.id, *window])
+        ends[(device, hour_of(row.received_at))].append(_parse_time(window.row[WINDOW_END]))
+        seen.update((kind, identity, hour, device) for kind, identity, hour in window_sightings(window))
+    _merge_rollups(tx, by_hour, {key: max(times) for key, times in ends.items()}, batch)
+    _add_sightings(tx, seen, batch)
+    tx.execute(reduced_reports.insert(), [{"report_id": row.id, "batch": batch} for row in pending])
+    return skipped
+
+
+def _merge_rollups(tx: Connection, by_hour: dict[tuple[str, int], list[StoredWindow]],
+                   last_end: dict[tuple[str, int], datetime], batch: int) -> None:
+    keys = sorted(by_hour)
+    _remember_layout(tx)
+    for start in range(0, len(keys), CHUNK):
+        chunk = keys[start:start + CHUNK]
+        existing = {
+            (row.device_id, row.hour): row for row in tx.execute(
+                sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.layout, rollups.c.windows,
+                          rollups.c.last_window_end)
+                .where(sa.tuple_(rollups.c.device_id, rollups.c.hour).in_(chunk)))
+        }
+        inserts = []
+        for key in chunk:
+            added = by_hour[key]
+            old = existing.get(key)
+            if old is None:
+                inserts.append({"device_id": key[0], "hour": key[1], "layout": LAYOUT, "batch": batch,
+                                "reports": len(added), "last_window_end": last_end[key],
+                                "windows": orjson.dumps(sorted(added)).decode()})
+                continue
+            windows = relayout(orjson.loads(old.windows), old.layout, _layouts(tx)) + added
+            windows.sort()  # receipt time, then report id: the order a full re-read streams them in
+            tx.execute(rollups.update().where(rollups.c.device_id == key[0], rollups.c.hour == key[1])
+                       .values(layout=LAYOUT, batch=batch, reports=len(windows),
+                               last_window_end=max(old.last_window_end, last_end[key]),
+                               windows=orjson.dumps(windows).decode()))
+        if inserts:
+            tx.execute(rollups.insert(), inserts)
+
+
+def _add_sightings(tx: Connection, seen: set[tuple[str, str, int, str]], batch: int) -> None:
+    rows = [{"kind": kind, "identity": identity, "hour": hour, "device_id": device, "batch": batch}
+            for kind, identity, hour, device in sorted(seen)]
+    for start in range(0, len(rows), CHUNK):
+        tx.execute(_insert(tx, sightings).values(rows[start:start + CHUNK]).on_conflict_do_nothing(
+            index_elements=[sightings.c.kind, sightings.c.identity, sightings.c.hour, sightings.c.device_id]))
+
+
+def _advance_floor(tx: Connection, floor: int, now: datetime) -> int:
+    """The highest report id below which every report is reduced and surely committed; drops the
+    markers under it."""
+    settled = tx.execute(sa.select(sa.func.max(reports.c.id)).where(
+        reports.c.id > floor, reports.c.received_at < now - timedelta(seconds=SETTLE_SECONDS))).scalar()
+    if settled is None:
+        return floor
+    gap = tx.execute(sa.select(sa.func.min(reports.c.id)).where(
+        reports.c.id > floor, reports.c.id <= settled,
+        ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))).scalar()
+    new_floor = int(settled if gap is None else gap - 1)
+    if new_floor > floor:
+        tx.execute(reduced_reports.delete().where(reduced_reports.c.report_id <= new_floor))
+    return max(new_floor, floor)
+
+
+# --- layouts -------------------------------------------------------------------------------------
+
+def _remember_layout(tx: Connection) -> None:
+    tx.execute(_insert(tx, rollup_layouts).values(layout=LAYOUT, columns=orjson.dumps(WINDOW_LAYOUT).decode())
+               .on_conflict_do_nothing(index_elements=[rollup_layouts.c.layout]))
+
+
+def _layouts(connection: Connection) -> dict[str, dict[str, list[str]]]:
+    return {row.layout: orjson.loads(row.columns) for row in connection.execute(sa.select(rollup_layouts))}
+
+
+def relayout(windows: list[StoredWindow], layout: str, layouts: dict[str, dict[str, list[str]]]) -> list[StoredWindow]:
+    """Stored windows of an older ``layout`` in the current one: columns matched by name, a column
+    the older layout lacks is None (not reported), one it had and the current lacks is dropped."""
+    if layout == LAYOUT:
+        return windows
+    old = layouts[layout]
+    converted = []
+    for received, report_id, *parts in windows:
+        window = []
+        for (part, columns), value in zip(WINDOW_LAYOUT.items(), parts):
+            mapping = [old[part].index(c) if c in old[part] else None for c in columns]
+            if part == "reports":
+                window.append([None if i is None else value[i] for i in mapping])
+            else:
+                window.append([[None if i is None else item[i] for i in mapping] for item in value])
+        converted.append([received, report_id, *window])
+    return converted
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iterator[Window]:
+    """The reduced windows of ``devices`` received at or after ``since``: device by device, each
+    device's in order of receipt (as :meth:`Storage.records` streams them)."""
+    since_us, first_hour = _micros(since), hour_of(since)
+    wanted = sorted(devices)
+    with storage.engine.connect() as connection:
+        layouts = _layouts(connection)
+        for start in range(0, len(wanted), CHUNK):
+            query = (sa.select(rollups.c.hour, rollups.c.layout, rollups.c.windows)
+                     .where(rollups.c.device_id.in_(wanted[start:start + CHUNK]), rollups.c.hour >= first_hour)
+                     .order_by(rollups.c.device_id, rollups.c.hour))
+            for row in connection.execution_options(yield_per=2000).execute(query):
+                stored = relayout(orjson.loads(row.windows), row.layout, layouts)
+                for received, _report_id, *window in stored:
+                    if row.hour > first_hour or received >= since_us:
+                        yield Window(*window)
+
+
+def neighbours(storage: Storage, devices: Collection[str]) -> set[str]:
+    """``devices`` and every device linked to them, directly or through others, by a network identity
+    seen in the same hour: whom a co-location cluster of these devices can include."""
+    found = set(devices)
+    frontier = sorted(found)
+    # Sightings are by window hour, and a spooled window may end days before it was received, so
+    # every retained hour counts (a superset of the links co-location can find since ``since``).
+    with storage.engine.connect() as connection:
+        while frontier:
+            linked: set[str] = set()
+            for start in range(0, len(frontier), CHUNK):
+                mine = sa.select(sightings.c.kind, sightings.c.identity, sightings.c.hour).where(
+                    sightings.c.device_id.in_(frontier[start:start + CHUNK])).subquery()
+                query = sa.select(sightings.c.device_id).distinct().join(
+                    mine, sa.and_(sightings.c.kind == mine.c.kind, sightings.c.identity == mine.c.identity,
+                                  sightings.c.hour == mine.c.hour))
+                linked.update(connection.execute(query).scalars())
+            frontier = sorted(linked - found)
+            found |= linked
+    return found
+
+
+def changed_devices(storage: Storage, since_batch: int) -> tuple[set[str], int]:
+    """Devices whose verdict may have changed since reduction batch ``since_batch``, and the batch
+    to pass next time.
+
+    A device changed when it has a rollup written after that batch, or when a network identity it
+    was seen on in some hour gained a new device in that hour (a co-location cluster may have
+    grown). Batches commit in number order (module docstring), so nothing is missed between marks.
+    """
+    with storage.engine.connect() as connection:
+        mark = connection.execute(sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == PROGRESS)).scalar()
+        if mark is None or mark <= since_batch:
+            return set(), since_batch
+        window = sa.and_(rollups.c.batch > since_batch, rollups.c.batch <= mark)
+        changed = set(connection.execute(sa.select(rollups.c.device_id).where(window).distinct()).scalars())
+        fresh = sa.select(sightings.c.kind, sightings.c.identity, sightings.c.hour).where(
+            sightings.c.batch > since_batch, sightings.c.batch <= mark).distinct().subquery()
+        changed.update(connection.execute(sa.select(sightings.c.device_id).distinct().join(
+            fresh, sa.and_(sightings.c.kind == fresh.c.kind, sightings.c.identity == fresh.c.identity,
+                           sightings.c.hour == fresh.c.hour))).scalars())
+    return changed, int(mark)
+
+
+def last_window_end(storage: Storage, since: datetime) -> datetime | None:
+    """The newest window end of any device's rollups from the hour of ``since`` on: when the fleet
+    last reported (agent_health's silence is measured against it)."""
+    with storage.engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.max(rollups.c.last_window_end)).where(
+            rollups.c.hour >= hour_of(since))).scalar()
+
+
+def devices_since(storage: Storage, since: datetime) -> list[str]:
+    """Devices with a rollup from the hour of ``since`` on, sorted (a superset of those with a window
+    received since then by at most the devices whose last report came in that first hour)."""
+    with storage.engine.connect() as connection:
+        return sorted(connection.execute(sa.select(rollups.c.device_id).where(
+            rollups.c.hour >= hour_of(since)).distinct()).scalars())
+
+
+class Reducer:
+    """Reduces newly stored reports every ``interval_seconds`` in a daemon thread, as long as there
+    are any; a failed batch is logged and retried at the next tick (it committed nothing)."""
+
+    def __init__(self, storage: Storage, clock: Any, interval_seconds: float = 2.0) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="farmwatch-reducer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                while not self._stop.is_set() and reduce_pending(self.storage, self.clock()).reports:
+                    pass
+            except Exception:  # noqa: BLE001 - the batch rolled back; the next tick retries it
+                log.exception("reducing stored reports failed; retrying at the next tick")
