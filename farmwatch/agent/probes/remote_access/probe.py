@@ -1,6 +1,7 @@
 """Remote-access software that is running, however it is named, with its listening ports and TCP sessions.
 
-Reads the process table and the TCP socket table (psutil) and recognises a catalogued tool
+Reads the process table and the TCP socket table (on Linux one pass over /proc, one netlink dump
+and the descriptors of the processes concerned; psutil elsewhere) and recognises a catalogued tool
 (``agent/data/rmm_catalog.json``: LOLRMM plus vendor-documented facts) by, in this order: its process
 NAME (never its command line), the service it runs as (systemd unit from ``/proc/PID/cgroup``,
 Windows service, launchd job), an executable PATH inside a catalogued install folder, the code-signing
@@ -23,13 +24,16 @@ import os
 import subprocess
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Annotated, Any, NamedTuple
+from collections.abc import Iterator
+from typing import Annotated, Any, NamedTuple, TypeAlias
 
 import psutil
 from pydantic import Field
 
+from farmwatch.agent.kernel.process_table import process_ids, process_rows
+from farmwatch.agent.kernel.socket_owners import socket_holders
 from farmwatch.agent.kernel.socket_watch import SocketWatcher
-from farmwatch.agent.kernel.tcpinfo import TCP_LISTEN, Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts
+from farmwatch.agent.kernel.tcpinfo import TCP_LISTEN, Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts, tcp_sockets
 from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions
 from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, catalog
 from farmwatch.agent.probes.remote_access.dns_answers import (
@@ -114,6 +118,28 @@ class _Match:
             self.ways.append(way)
 
 
+class _ProcessRow:
+    """A process from the /proc pass, not yet a psutil handle (most processes never need one)."""
+
+    def __init__(self, pid: int, info: dict[str, Any]) -> None:
+        self.pid, self.info = pid, info
+
+
+_Process: TypeAlias = psutil.Process | _ProcessRow
+
+
+def _handle(process: _Process) -> psutil.Process | None:
+    """The psutil handle of a recognised process (None: it exited meanwhile)."""
+    if isinstance(process, psutil.Process):
+        return process
+    try:
+        handle = psutil.Process(process.pid)
+    except psutil.Error:
+        return None
+    handle.info = process.info
+    return handle
+
+
 class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
     """Catalogued remote-access tools that are running, however named, with their TCP sessions."""
 
@@ -179,7 +205,7 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         if self.context.platform == "win32":
             self._read_resolver_cache()
         matches = self._recognise()
-        by_pid, table_read = self._tcp_sockets([m.process for m in matches.values()])
+        by_pid, table_read, rtts = self._tcp_sockets(matches)
         if table_read:
             self._recognise_by_relay(matches, by_pid)
         else:
@@ -191,11 +217,12 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
             return []
         pairs = [(s.local_ip, s.local_port, s.remote_ip, s.remote_port)
                  for pid in matches for s in by_pid.get(pid, []) if s.remote_ip is not None and s.remote_port is not None]
-        try:
-            rtts = tcp_rtts(pairs)
-        except RttUnavailable as unavailable:
-            self.problem(str(unavailable))
-            rtts = {}
+        if rtts is None:  # not read with the sockets: ask the kernel for these connections'
+            try:
+                rtts = tcp_rtts(pairs)
+            except RttUnavailable as unavailable:
+                self.problem(str(unavailable))
+                rtts = {}
         found = []
         for pid, match in matches.items():
             sockets = by_pid.get(pid, [])
@@ -227,7 +254,7 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         services = self._services()
         matches: dict[int, _Match] = {}
         unsigned: list[tuple[psutil.Process, str]] = []
-        for process in psutil.process_iter(["name", "create_time", "exe"]):
+        for process in self._processes():
             name, exe = process.info["name"], process.info["exe"]
             service_tools = [self.catalog.by_service(s) for s in services(process.pid)]
             ways: list[tuple[str | None, MatchedBy]] = [
@@ -238,17 +265,27 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
             for tool, way in ways:
                 if tool is None:
                     continue
-                if process.pid not in matches:
-                    matches[process.pid] = _Match(process, tool, way)
-                else:
+                if process.pid in matches:
                     matches[process.pid].agree(tool, way)
-            if process.pid not in matches and exe and self.context.platform in ("win32", "darwin"):
+                elif (handle := _handle(process)) is not None:
+                    matches[process.pid] = _Match(handle, tool, way)
+            if process.pid not in matches and exe and isinstance(process, psutil.Process) \
+                    and self.context.platform in ("win32", "darwin"):
                 unsigned.append((process, exe))
         for process, exe in unsigned:
             tool = self._signer_tool(exe, [e for _, e in unsigned])
             if tool:
                 matches[process.pid] = _Match(process, tool, "signer")
         return matches
+
+    def _processes(self) -> Iterator[_Process]:
+        """Every process with ``info`` holding its name, create_time and exe (as psutil's process_iter
+        gives them); on Linux from one pass over /proc, a psutil handle made only for a recognised one."""
+        if self.context.platform != "linux":
+            yield from psutil.process_iter(["name", "create_time", "exe"])
+            return
+        for row in process_rows(self.context.proc_root):
+            yield _ProcessRow(row.pid, {"name": row.name, "create_time": row.create_time, "exe": row.exe})
 
     def _services(self) -> Any:
         """A function pid → the names of the services that process runs."""
@@ -305,19 +342,50 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
                     break
                 matches[pid] = _Match(process, relay[0], "domain")
 
-    def _tcp_sockets(self, processes: list[psutil.Process]) -> tuple[dict[int, list[Socket]], bool]:
-        """Every process's TCP sockets in one system-wide read, and whether that read was allowed."""
+    def _tcp_sockets(self, matches: dict[int, _Match]
+                     ) -> tuple[dict[int, list[Socket]], bool, dict[Pair, RttPair] | None]:
+        """The TCP sockets of recognised processes and of any process holding one to a relay, whether
+        the system-wide table could be read, and the kernel RTTs when they were read with it."""
+        processes = [match.process for match in matches.values()]
         by_pid: dict[int, list[Socket]] = defaultdict(list)
+        if self.context.platform == "linux":
+            try:
+                by_pid, rtts = self._kernel_sockets(set(matches))
+            except RttUnavailable as unavailable:
+                self.problem(f"{unavailable}; sockets read through psutil instead")
+            else:
+                self._note_unattributable(processes)
+                return by_pid, True, rtts
         try:
             table = psutil.net_connections(kind="tcp")
         except psutil.AccessDenied:
             # macOS without root: the system-wide table needs privileges, a process's own may not.
-            return by_pid, False
+            return by_pid, False, None
         for conn in table:
             if conn.pid:
                 by_pid[conn.pid].append(_socket(conn))
         self._note_unattributable(processes)
-        return by_pid, True
+        return by_pid, True, None
+
+    def _kernel_sockets(self, recognised: set[int]) -> tuple[dict[int, list[Socket]], dict[Pair, RttPair]]:
+        """Linux: one netlink dump of every TCP socket with its inode and RTTs; owners from the
+        descriptors of the recognised processes only, and of every process (as ``ss -p`` reads them)
+        only when a socket to a catalogued relay is held by none of those. psutil reads every
+        process's descriptors each time, which cost more than the rest of the probe (issue 13)."""
+        table = tcp_sockets()
+        proc = self.context.proc_root
+        holders, _ = socket_holders(proc, sorted(recognised))
+        if any(sock.inode not in holders and sock.remote_port and self._relay(sock.remote_ip) for sock in table):
+            others, _ = socket_holders(proc, [pid for pid in process_ids(proc) if pid not in recognised])
+            for inode, pids in others.items():
+                holders.setdefault(inode, []).extend(pids)
+        by_pid: dict[int, list[Socket]] = defaultdict(list)
+        for sock in table:
+            for pid in holders.get(sock.inode, []):
+                connected = sock.remote_port != 0  # a listening or unconnected socket has no peer
+                by_pid[pid].append(Socket(sock.local_ip, sock.local_port, sock.remote_ip if connected else None,
+                                          sock.remote_port if connected else None, sock.state))
+        return by_pid, {sock.pair: (sock.rtt_ms, sock.min_rtt_ms) for sock in table}
 
     def _sockets_one_by_one(self, processes: list[psutil.Process]) -> dict[int, list[Socket]]:
         by_pid: dict[int, list[Socket]] = {}

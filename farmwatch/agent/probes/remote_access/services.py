@@ -25,8 +25,11 @@ def unit_of(pid: int, proc_root: Path) -> str | None:
     A user unit nests under ``user@UID.service``: the innermost unit is the one that names the program.
     """
     try:
-        text = (proc_root / str(pid) / "cgroup").read_text()
+        with open(f"{proc_root}/{pid}/cgroup", encoding="utf-8", errors="replace") as file:  # read for every
+            text = file.read()  # process each window: a plain open costs half of pathlib's
     except OSError:
+        return None
+    if ".service" not in text:
         return None
     units = [part for line in text.splitlines() for part in line.rpartition(":")[2].split("/")
              if part.endswith(".service") and not part.startswith("user@")]
