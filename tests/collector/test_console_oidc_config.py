@@ -72,3 +72,12 @@ def test_a_loopback_provider_may_use_http(tmp_path: Path) -> None:
 def test_oidc_needs_the_public_url_it_sends_people_back_to(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"needs \[collector\] public_url"):
         _load(tmp_path, GOOD, public_url=None)
+
+
+def test_the_readme_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [example] = [block for block in readme.split("```toml\n")[1:] if block.startswith("[console.oidc]")]
+    example = example.split("```")[0].replace("/etc/farmwatch/oidc-client-secret", "{secret}")
+    oidc = _load(tmp_path, example).oidc  # type: ignore[attr-defined]
+    assert (oidc.issuer, oidc.claim, oidc.analysts) == ("https://login.example.com", "email",
+                                                        {"alice@example.com": "alice"})
