@@ -138,9 +138,9 @@ sys.exit(1)
 """
 
 
-def _collector_in(lab: Lab, workdir: Path) -> RunningCollector:
+def _collector_in(lab: Lab, workdir: Path, config_text: str = COLLECTOR_CONFIG) -> RunningCollector:
     """A real collector inside the near namespace, where the agent can reach it on loopback."""
-    collector = RunningCollector(workdir=workdir, port=8765, config_text=COLLECTOR_CONFIG)
+    collector = RunningCollector(workdir=workdir, port=8765, config_text=config_text)
     log = open(collector.log_path, "ab")
     lab.spawn(lab.near, [*SERVE, "--host", "127.0.0.1", "--port", str(collector.port), "--db", collector.db_url,
                          "--config", str(collector.config_file),
