@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from farmwatch.agent.kernel.process_table import process_ids
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -23,17 +25,29 @@ class ProcessInfo:
 
 
 def processes(proc_root: Path) -> dict[int, ProcessInfo]:
-    """Every process in ``proc_root``, from ``/proc/<pid>/status`` (world-readable)."""
+    """Every process in ``proc_root``, from ``/proc/<pid>/status`` (world-readable).
+
+    Read every window for every process: plain ``open`` and only the lines wanted, since pathlib's
+    glob and a dict of every field cost twice the reads themselves (issue 13's profile)."""
     found = {}
-    for status in proc_root.glob("[0-9]*/status"):
+    for pid in process_ids(proc_root):
         try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-            pid = int(status.parent.name)
+            with open(f"{proc_root}/{pid}/status", encoding="utf-8", errors="replace") as status:
+                fields = {}
+                for line in status:
+                    key, _, value = line.partition(":")
+                    if key in _STATUS_FIELDS:
+                        fields[key] = value
+                        if len(fields) == len(_STATUS_FIELDS):
+                            break
             found[pid] = ProcessInfo(pid=pid, name=fields["Name"].strip(), ppid=int(fields["PPid"]),
                                      uid=int(fields["Uid"].split()[0]))
         except (OSError, KeyError, ValueError):
-            continue  # exited meanwhile, or not a process folder
+            continue  # exited meanwhile
     return found
+
+
+_STATUS_FIELDS = ("Name", "PPid", "Uid")  # in the order proc(5) lists them: reading stops at Uid
 
 
 def socket_holders(proc_root: Path, pids: list[int]) -> tuple[dict[int, list[int]], list[int]]:

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from farmwatch.agent.kernel.process_table import process_ids
 from farmwatch.agent.probes.base import Probe, ProbeOptions
 from farmwatch.agent.probes.salted import salted_sha256
 from farmwatch.contract import Interface, LatencyProbe, NetworkFacts
@@ -107,9 +108,10 @@ class NetworkProbe(Probe[NetworkFacts]):
 
             return {p.info["name"] for p in psutil.process_iter(["name"]) if p.info["name"]}
         names = set()
-        for comm in self.context.proc_root.glob("[0-9]*/comm"):
+        for pid in process_ids(self.context.proc_root):
             try:
-                names.add(comm.read_text().strip())
+                with open(f"{self.context.proc_root}/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+                    names.add(comm.read().strip())
             except OSError:
                 continue  # the process exited meanwhile
         return names
