@@ -36,6 +36,7 @@ from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.openapi import openapi_document
 from farmwatch.collector.ratelimit import AddressLimiter
 from farmwatch.collector.retention import RetentionJob
+from farmwatch.collector.rollups import Reducer
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
@@ -76,6 +77,7 @@ def create_app(
     scorer = Scorer(storage, config, metrics, clock)
     alerting = Alerting(storage, config.outputs, config.public_url, metrics.registry, clock)
     retention = RetentionJob(storage, config.retention, metrics.registry, clock)
+    reducer = Reducer(storage, clock)  # stored reports into rollups, outside the request path
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -83,12 +85,14 @@ def create_app(
             scorer.start()
         alerting.start()
         retention.start()
+        reducer.start()
         try:
             yield
         finally:
             scorer.stop()
             alerting.stop()
             retention.stop()
+            reducer.stop()
 
     app = FastAPI(title="farmwatch collector", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     console = mount_console(app, storage, scorer, clock)

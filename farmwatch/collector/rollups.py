@@ -29,7 +29,7 @@ import hashlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -331,7 +331,7 @@ class Reducer:
     """Reduces newly stored reports every ``interval_seconds`` in a daemon thread, as long as there
     are any; a failed batch is logged and retried at the next tick (it committed nothing)."""
 
-    def __init__(self, storage: Storage, clock: Any, interval_seconds: float = 2.0) -> None:
+    def __init__(self, storage: Storage, clock: Callable[[], datetime], interval_seconds: float = 2.0) -> None:
         self.storage = storage
         self.clock = clock
         self.interval_seconds = interval_seconds

@@ -1,0 +1,66 @@
+"""The real collector reduces stored reports into rollups in the background, each report once, also
+across a restart (the reducer's progress lives in the database, not in the process)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from collector_helpers import auth, report_for, wire_time
+from collector_process import RunningCollector
+
+pytestmark = pytest.mark.slow
+
+
+def _filed(db_path: Path) -> list[tuple[str, int]]:
+    """(device, report id) of every window in the rollups, read with the stdlib sqlite3 module."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return sorted((device, window[1]) for device, text in db.execute("SELECT device_id, windows FROM rollups")
+                      for window in orjson.loads(text))
+
+
+def _stored(db_path: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return sorted(db.execute("SELECT device_id, id FROM reports").fetchall())
+
+
+def _send(collector: RunningCollector, device: dict[str, object], seq: int) -> None:
+    end = datetime.now(timezone.utc) - timedelta(minutes=5 * (4 - seq))
+    report = report_for(str(device["device_id"]), seq, window_start=wire_time(end - timedelta(minutes=5)),
+                        window_end=wire_time(end))
+    httpx.post(f"{collector.url}/api/v1/reports", json=report, headers=auth(device["token"]),
+               timeout=30).raise_for_status()
+
+
+def _until_filed(collector: RunningCollector, count: int) -> list[tuple[str, int]]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        filed = _filed(collector.db_path)
+        if len(filed) >= count:
+            return filed
+        time.sleep(0.2)
+    raise AssertionError(f"rollups hold {len(_filed(collector.db_path))} windows, expected {count}:\n{collector.log()}")
+
+
+def test_reports_reach_the_rollups_once_also_across_a_restart(
+        collector_factory: Callable[..., RunningCollector]) -> None:
+    collector = collector_factory()
+    devices = [collector.enrol(hardware_id=f"hw-{n}", hostname=f"host-{n}") for n in range(2)]
+    for seq in (1, 2):
+        for device in devices:
+            _send(collector, device, seq)
+    assert _until_filed(collector, 4) == _stored(collector.db_path)
+
+    collector.stop()
+    collector.start()
+    for device in devices:
+        _send(collector, device, 3)
+    filed = _until_filed(collector, 6)
+    time.sleep(3)  # a further reducer tick must not file anything again
+    assert _filed(collector.db_path) == filed == _stored(collector.db_path)
