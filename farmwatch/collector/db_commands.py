@@ -79,6 +79,10 @@ def _shown(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
+def _reason(failure: sa.exc.SQLAlchemyError) -> str:
+    return str(getattr(failure, "orig", None) or failure).splitlines()[0]
+
+
 def _engine_of_existing(value: str) -> sa.Engine:
     url = collector_cli.database_url(value)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
@@ -92,7 +96,7 @@ def _upgrade(args: argparse.Namespace) -> int:
     try:
         done = migrate.upgrade(engine)
     except sa.exc.SQLAlchemyError as failure:
-        raise StoreError(f"cannot upgrade database {_shown(url)}: {str(getattr(failure, 'orig', failure)).splitlines()[0]}") from None
+        raise StoreError(f"cannot upgrade database {_shown(url)}: {_reason(failure)}") from None
     finally:
         engine.dispose()
     if done.adopted:
@@ -108,6 +112,8 @@ def _current(args: argparse.Namespace) -> int:
     engine = _engine_of_existing(args.db)
     try:
         found = migrate.current_revision(engine)
+    except sa.exc.SQLAlchemyError as failure:
+        raise StoreError(f"cannot read database {_shown(str(engine.url))}: {_reason(failure)}") from None
     finally:
         engine.dispose()
     needed = migrate.head()

@@ -16,7 +16,7 @@ from test_migrations import load_legacy, new_postgres_database, seed_legacy_rows
 
 from farmwatch.collector import migrate
 
-pytestmark = [pytest.mark.slow]
+
 CHECK_CONFIG = DEFAULT_CONFIG + '\n[storage]\nmigrate = "check"\n'
 
 
@@ -33,6 +33,7 @@ def revision_and_reports(url: str) -> tuple[str, int]:
     return str(revision[0]), int(reports[0])
 
 
+@pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.parametrize("older", [False, True], ids=["empty", "previous-release"])
 def test_replicas_started_together_all_come_up(postgres: str, tmp_path: Path, older: bool) -> None:
@@ -53,6 +54,7 @@ def test_replicas_started_together_all_come_up(postgres: str, tmp_path: Path, ol
     assert revision_and_reports(url) == (migrate.head(), 1 if older else 0)
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_a_replica_in_check_mode_waits_for_db_upgrade(postgres: str, tmp_path: Path) -> None:
     url = new_postgres_database(postgres, "check_mode")
@@ -77,11 +79,13 @@ def test_a_replica_in_check_mode_waits_for_db_upgrade(postgres: str, tmp_path: P
     assert revision_and_reports(url) == (migrate.head(), 1)
 
 
+@pytest.mark.slow
 def test_check_mode_on_an_empty_sqlite_file_is_one_clear_line(tmp_path: Path) -> None:
     message = serve_refusal(tmp_path, "", "--migrate", "check")
     assert message.startswith("farmwatch-collector: the database is empty") and "db upgrade" in message
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_a_sql_ascii_database_is_refused_with_the_fix(postgres: str, tmp_path: Path) -> None:
     """SQL_ASCII stores bytes unchecked and psycopg hands its text back as bytes: refuse it, naming UTF8."""
@@ -91,3 +95,13 @@ def test_a_sql_ascii_database_is_refused_with_the_fix(postgres: str, tmp_path: P
     assert "SQL_ASCII; farmwatch needs UTF8" in one_clear_line(db_command("upgrade", "--db", url))
     with psycopg.connect(url) as connection:  # nothing was created in it
         assert connection.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("args, expected", [
+    pytest.param(("current", "--db", "postgresql://nobody@127.0.0.1:1/x"), "cannot read database", id="current-unreachable"),
+    pytest.param(("upgrade", "--db", "postgresql://nobody:pw@127.0.0.1:1/x"), "cannot upgrade database postgresql://nobody:***@",
+                 id="upgrade-unreachable-password-hidden"),
+    pytest.param(("current", "--db", "/nonexistent/farmwatch.db"), "no database at /nonexistent/farmwatch.db", id="no-file"),
+])
+def test_db_commands_fail_in_one_line(args: tuple[str, ...], expected: str) -> None:
+    assert expected in one_clear_line(db_command(*args))
