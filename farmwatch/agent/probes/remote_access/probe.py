@@ -33,7 +33,17 @@ from pydantic import Field
 from farmwatch.agent.kernel.process_table import process_ids, process_rows
 from farmwatch.agent.kernel.socket_owners import socket_holders
 from farmwatch.agent.kernel.socket_watch import SocketWatcher
-from farmwatch.agent.kernel.tcpinfo import TCP_LISTEN, Pair, RttPair, RttUnavailable, normalize_ip, tcp_rtts, tcp_sockets
+from farmwatch.agent.kernel.tcpinfo import (
+    ALL_STATES,
+    STATE_NAMES,
+    TCP_LISTEN,
+    Pair,
+    RttPair,
+    RttUnavailable,
+    normalize_ip,
+    tcp_rtts,
+    tcp_sockets,
+)
 from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions
 from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, catalog
 from farmwatch.agent.probes.remote_access.dns_answers import (
@@ -50,6 +60,10 @@ from farmwatch.contract import Connection, MatchedBy, RemoteAccessTool
 __all__ = ["CATALOG_PATH", "RemoteAccessProbe", "tool_for"]
 
 SIGNER_CACHE_LIMIT = 4096  # executables whose signer is remembered between windows
+_STATE_NUMBERS = {name: number for number, name in STATE_NAMES.items()}
+HELD_STATES = ALL_STATES & ~(1 << _STATE_NUMBERS["TIME_WAIT"]) & ~(1 << _STATE_NUMBERS["SYN_RECV"])
+"""Socket states a process can hold: TIME_WAIT sockets and half-open connections belong to no process
+(no inode), and a busy machine has thousands of the former, so the kernel leaves them out of the dump."""
 
 
 class RemoteAccessOptions(ProbeOptions):
@@ -154,7 +168,8 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         self._listener_problem: str | None = None
         self._signers: dict[str, str | None] = {}
         self._claims = ToolSockets(context.proc_root, self.catalog)
-        self._watcher: SocketWatcher[ToolOwner] = SocketWatcher(self._claims, extra_states=1 << TCP_LISTEN,
+        self._watcher: SocketWatcher[ToolOwner] = SocketWatcher(self._claims, active=self._claims.active,
+                                                                extra_states=1 << TCP_LISTEN,
                                                                 clock=context.clock)
         self._watching = False
         self._started = False  # start() ran (Linux): the watcher follows the options from then on
@@ -372,7 +387,7 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         descriptors of the recognised processes only, and of every process (as ``ss -p`` reads them)
         only when a socket to a catalogued relay is held by none of those. psutil reads every
         process's descriptors each time, which cost more than the rest of the probe (issue 13)."""
-        table = tcp_sockets()
+        table = tcp_sockets(HELD_STATES)
         proc = self.context.proc_root
         holders, _ = socket_holders(proc, sorted(recognised))
         if any(sock.inode not in holders and sock.remote_port and self._relay(sock.remote_ip) for sock in table):
