@@ -8,9 +8,10 @@ unverified. Every attempt lands in ``farmwatch-collector audit list``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -141,3 +142,17 @@ def test_the_redirect_carries_pkce_state_and_nonce_and_a_forged_answer_is_refuse
 def test_the_sign_in_page_offers_the_provider(setup: Setup) -> None:
     page = httpx.get(f"{setup.collector.url}/console/login", timeout=30)
     assert "Sign in with your company account" in page.text and setup.provider.issuer in page.text
+
+
+
+def test_a_provider_that_does_not_answer_is_a_clear_502(collector_factory: Callable[..., RunningCollector],
+                                                         tmp_path: Path) -> None:
+    (tmp_path / "oidc-secret").write_text("a client secret")
+    silent = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    collector = collector_factory(
+        f'[collector]\npublic_url = "http://127.0.0.1:8080"\n\n[console.oidc]\nissuer = "{silent}"\n'
+        f'client_id = "farmwatch-console"\nclient_secret_file = "{tmp_path / "oidc-secret"}"\n'
+        '[console.oidc.analysts]\n"alice@example.test" = "alice"\n')
+    answer = httpx.get(f"{collector.url}/console/oidc/start", timeout=30)
+    assert answer.status_code == 502 and f"The sign-in provider {silent} could not be reached" in answer.text
+    assert httpx.get(f"{collector.url}/healthz", timeout=30).status_code == 200

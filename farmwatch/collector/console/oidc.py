@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.starlette_client import OAuth
 from joserfc.errors import JoseError
@@ -150,7 +151,7 @@ class OidcSignIn:
         try:
             await self._metadata()
             made = await self.client.create_authorization_url(self.redirect_uri)
-        except (AuthlibBaseError, OSError, ValueError, RuntimeError) as failure:
+        except (AuthlibBaseError, httpx2.HTTPError, OSError, ValueError, RuntimeError) as failure:
             raise OidcRefused(502, f"The sign-in provider {self.settings.issuer} could not be reached: {failure}") from None
         pending = {key: made[key] for key in ("state", "nonce", "code_verifier")} | {"next": next_page}
         return made["url"], base64.urlsafe_b64encode(json.dumps(pending).encode()).decode()
@@ -176,6 +177,10 @@ class OidcSignIn:
         if not params.get("code"):
             raise OidcRefused(400, "code: the provider sent no authorization code.")
         try:
+            await self._metadata()
+        except (AuthlibBaseError, httpx2.HTTPError, OSError, ValueError, RuntimeError) as failure:
+            raise OidcRefused(502, f"The sign-in provider {self.settings.issuer} could not be reached: {failure}") from None
+        try:
             token = await self.client.fetch_access_token(redirect_uri=self.redirect_uri, code=params["code"],
                                                          code_verifier=pending["code_verifier"])
             claims = dict(await self.client.parse_id_token(
@@ -185,7 +190,7 @@ class OidcSignIn:
                 if extra.get("sub") != claims.get("sub"):  # OIDC Core 5.3.2: UserInfo must be about the same person
                     raise OidcRefused(403, "The provider's UserInfo is about someone else than its ID token.")
                 claims = {**extra, **claims}
-        except (AuthlibBaseError, JoseError, OSError, ValueError, KeyError, RuntimeError) as failure:
+        except (AuthlibBaseError, JoseError, httpx2.HTTPError, OSError, ValueError, KeyError, RuntimeError) as failure:
             raise OidcRefused(403, f"The sign-in provider's answer did not check out: {failure}") from None
         value = claims.get(self.settings.claim)
         if not isinstance(value, str) or not value:

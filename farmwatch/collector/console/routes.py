@@ -211,7 +211,7 @@ def mount_console(app: FastAPI, storage: Storage, scorer: Scorer, clock: Callabl
             token = await run_in_threadpool(accounts.open_session, who.analyst, clock())
             await run_in_threadpool(store.audit, who.analyst, "sign_in", clock(), None,
                                     f"oidc {oidc.settings.issuer}: {who.claim_value} (sub {who.subject})")
-            response = RedirectResponse(OidcSignIn.pending_next(pending) or "/console/fleet", status_code=303)
+            response = RedirectResponse(_local(OidcSignIn.pending_next(pending) or "/console/fleet"), status_code=303)
             _cookie(response, request, SESSION_COOKIE, token, max_age=12 * 3600)
             response.delete_cookie(OIDC_COOKIE, path="/console/oidc")
             return response
