@@ -29,6 +29,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicCommandError
 from sqlalchemy.engine import Connection, Engine
 
 from farmwatch.collector.tables import metadata
@@ -71,7 +72,13 @@ def _config() -> Config:
 
 @functools.cache
 def _scripts() -> ScriptDirectory:
-    return ScriptDirectory.from_config(_config())
+    scripts = ScriptDirectory.from_config(_config())
+    try:
+        scripts.get_heads()  # builds the revision map: a down_revision naming no revision fails here
+    except (KeyError, AlembicCommandError) as broken:
+        raise SchemaError(f"the collector's migrations are incomplete: {broken} is named as a down_revision but no "
+                          "file in farmwatch/collector/migrations/versions/ has that revision") from None
+    return scripts
 
 
 def head() -> str:

@@ -84,6 +84,16 @@ def test_the_image_runs_serve_on_the_port_it_exposes_and_checks_healthz_there(tm
     load_config(config_source, enroll_secret_file=secret, analyst_token_file=secret)
 
 
+def test_the_containerfile_documents_the_migration_command() -> None:
+    """The comment's `podman run ... IMAGE db upgrade --db URL` is a command line the image's CLI takes."""
+    [line] = [line for line in CONTAINERFILE.read_text().splitlines() if line.startswith("#") and " db upgrade " in line]
+    words = line.lstrip("#").split()
+    command = words[words.index("db"):]
+    args = build_parser().parse_args(command)
+    assert command[:2] == ["db", "upgrade"] and args.db.startswith("postgresql://")
+    assert words[words.index("db") - 1] == "farmwatch-collector" and "PGPASSWORD" in words  # the image, libpq's password
+
+
 def test_the_base_image_is_a_build_argument_used_by_both_stages() -> None:
     instructions = _dockerfile_instructions()
     assert instructions[0][0] == "ARG" and instructions[0][1].startswith("BASE=")
@@ -124,6 +134,18 @@ def test_compose_runs_two_collector_replicas_on_one_postgresql(tmp_path: Path) -
     assert any(proxy_ip in network for network in config.trusted_proxies)
     [subnet] = [ipaddress.ip_network(c["subnet"]) for c in _compose()["networks"]["farmwatch"]["ipam"]["config"]]
     assert proxy_ip in subnet
+
+
+def test_compose_migrates_once_and_the_replicas_wait_for_it() -> None:
+    migrate = _compose()["services"]["migrate"]
+    args = build_parser().parse_args(migrate["command"])
+    assert migrate["command"][:2] == ["db", "upgrade"] and migrate["restart"] == "on-failure"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for service in _collector_services().values():
+        serve = build_parser().parse_args(service["command"])
+        assert (serve.migrate, serve.db) == ("check", args.db)  # the database the migration upgraded
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert (service["image"], service["environment"]) == (migrate["image"], migrate["environment"])
 
 
 def test_nginx_and_prometheus_reach_every_replica_on_its_port() -> None:
@@ -241,6 +263,15 @@ def test_the_deployment_agrees_with_the_collectors_cli_config_and_secrets(folder
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert {e["name"] for e in container["env"]} <= LIBPQ_ENV
     assert ":" not in args.db.split("@")[0].removeprefix("postgresql://"), "no password on the command line"
+
+    assert args.migrate == "check"  # the Job below upgrades the schema
+    [job] = [doc for doc in docs if doc["kind"] == "Job"]
+    [migrate] = job["spec"]["template"]["spec"]["containers"]
+    upgrade = build_parser().parse_args(migrate["args"])
+    assert migrate["args"][:2] == ["db", "upgrade"] and upgrade.db == args.db
+    assert (migrate["image"], migrate["env"]) == (container["image"], container["env"])
+    assert job["spec"]["template"]["spec"]["securityContext"] == pod["securityContext"]
+    assert not job["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items()
 
     # the config the ConfigMap carries is the file serve reads, and the real loader takes it
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
