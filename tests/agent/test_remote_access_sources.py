@@ -8,6 +8,8 @@ answers only the macOS commands (``launchctl``, ``codesign``) through the probe'
 from __future__ import annotations
 
 import base64
+import json
+import re
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from farmwatch.agent.probes.base import ProbeContext
-from farmwatch.agent.probes.remote_access.catalog import Catalog, catalog
+from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, Catalog, catalog, path_key
 from farmwatch.agent.probes.remote_access.dns_answers import (
     MAX_ADDRESSES,
     WINDOWS_RESOLVER_CACHE,
@@ -259,6 +261,29 @@ def test_install_folders(path: str, tool: str | None) -> None:
 ])
 def test_relay_domains_match_the_domain_and_its_subdomains(name: str, found: tuple[str, str] | None) -> None:
     assert catalog().by_domain(name) == found
+
+
+def test_every_install_folder_gives_the_tool_of_the_first_listed_folder_that_holds_the_path() -> None:
+    """Issue 13 split the folders into a dict (no wildcards) and a smaller regex (the rest): checked
+    against the plain reading of the catalogue, one folder at a time in catalogue order, on a path
+    inside, beside and above every folder (wildcards filled in), in Windows and Unix spelling."""
+    listed = [(folder, tool["id"]) for tool in json.loads(CATALOG_PATH.read_text("utf-8"))["tools"]
+              for folder in tool.get("folders", [])]
+
+    patterns = [(re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in folder) + "/.*",
+                            re.DOTALL), tool) for folder, tool in listed]
+
+    def first_holder(path: str) -> str | None:
+        return next((tool for pattern, tool in patterns if pattern.fullmatch(path_key(path))), None)
+
+    paths = []
+    for folder, _ in listed:
+        inside = folder.replace("*", "any thing").replace("?", "D")
+        paths += [f"{inside}/app.exe", f"{inside}/x64/deeper/tool", f"{inside}x/app.exe", inside,
+                  inside.upper().replace("/", "\\") + "\\APP.EXE"]
+    held = [path for path in paths if first_holder(path) is not None]
+    assert len(held) > len(listed)
+    assert [catalog().by_path(path) for path in paths] == [first_holder(path) for path in paths]
 
 
 def test_a_catalogue_without_folders_matches_no_path() -> None:
