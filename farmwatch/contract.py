@@ -325,6 +325,12 @@ class IngestRecord(_Section):
     # Added to v1 (optional): report.window_end minus received_at in seconds. Positive: the device
     # clock runs ahead (bounded by the collector's allowed skew); negative: the report waited (spool).
     clock_skew_seconds: Finite | None = None
+    # Added to v1 (optional, issue 16), what the collector knew of the device when it stored the
+    # report: how many times it had enrolled (2 or more: it enrolled again as the same machine), and
+    # how many of its reports had been refused because their seq was stored with other content (a
+    # sequence that restarted: the agent renumbers and re-sends them, so only this count keeps it).
+    enrolments: Count | None = None
+    seq_conflicts: Count | None = None
 
 
 Severity = Literal["info", "low", "medium", "high", "critical"]

@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from farmwatch.collector import quotas, scoring_work
+from farmwatch.collector import agent_history, quotas, scoring_work
 from farmwatch.collector.group_commit import GroupCommit
 from farmwatch.collector.limits import Limits
 from farmwatch.collector.migrate import MigrateMode, ensure_current
@@ -268,6 +268,8 @@ class Storage:
             sa.select(reports.c.digest).where(reports.c.device_id == device_id, reports.c.seq == seq)
         ).scalar_one_or_none()
         if stored is not None:
+            if stored != digest:  # the agent's sequence restarted: evidence, kept as a count (agent_history)
+                agent_history.note_seq_conflict(tx, device_id, seq, received_at)
             return StoredReport(new=False, conflict=stored != digest)
         if limits is not None:
             wait = quotas.wait_seconds(tx, device_id, received_at, size, limits)
@@ -277,7 +279,7 @@ class Storage:
         inserted = tx.execute(
             reports.insert().values(
                 device_id=device_id, seq=seq, digest=digest, received_at=received_at,
-                record=orjson.dumps(record).decode(),
+                record=orjson.dumps({**record, **agent_history.stamp(tx, device_id)}).decode(),
             )
         ).inserted_primary_key
         report_id = inserted[0] if inserted else None

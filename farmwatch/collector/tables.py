@@ -268,6 +268,20 @@ scoring_work = sa.Table(
     sa.Column("claimed_version", sa.BigInteger),
 )
 
+# --- agent tampering as evidence (issue 16; read by detectors/signals/agent_health.py) ----------
+# Reports refused because their seq was already stored with other content: a sequence that
+# restarted. The agent renumbers and re-sends them, so this count is all that keeps the restart.
+# One row per device (a counter, not a row per refusal: a device cannot grow it without bound).
+seq_conflicts = sa.Table(
+    "seq_conflicts",
+    metadata,
+    sa.Column("device_id", sa.String(128), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("conflicts", sa.BigInteger, nullable=False),
+    sa.Column("first_at", UtcDateTime(), nullable=False),
+    sa.Column("last_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),  # the seq of the latest refused report
+)
+
 # --- incremental features (farmwatch/collector/rollups.py, incremental.py; issue 12) ------------
 # Reports reduced once, by a background reducer, to what detectors read: one row per device and
 # hour of receipt holding that hour's reduced windows (JSON, column order named by ``layout``).
