@@ -1,7 +1,8 @@
 """Retention: delete what the collector no longer needs once it is older than its ``[retention]`` age.
 
-One registry, :data:`RULES`: each rule names a table, the time column that ages its rows, the
-``[retention]`` key giving the age in days, and its default. A table that grows with time gets one
+One registry, :data:`RULES`: each rule names a table, the time column that ages its rows (a time,
+or whole hours since the epoch for the rollups), the ``[retention]`` key giving the age in days,
+and its default. A table that grows with time gets one
 line here (and a row in docs/privacy.md, which lists every key, its default and what is kept forever).
 
 Deletion runs in batches of :data:`BATCH_ROWS` rows, one short transaction each, so ingest on the
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import alerts, outbox, reports, tokens, verifications
+from farmwatch.collector.tables import alerts, outbox, reports, rollups, sightings, tokens, verifications
 from farmwatch.errors import FarmwatchError
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,11 @@ class RetentionRule:
     default_days: float
     what: str  # for people: the log line and `db prune`'s output
     only: Callable[[sa.Table], ColumnElement[bool]] | None = None  # rows the rule may touch at all
+    in_hours: bool = False  # ``column`` holds whole hours since the epoch (rollups, sightings)
 
     def __post_init__(self) -> None:
-        if len(self.table.primary_key.columns) != 1 or self.column not in self.table.c:
-            raise RetentionError(f"retention rule {self.key}: {self.table.name} needs a one-column primary key "
-                                 f"and a column {self.column}")
+        if self.column not in self.table.c:
+            raise RetentionError(f"retention rule {self.key}: {self.table.name} needs a column {self.column}")
 
 
 RULES: tuple[RetentionRule, ...] = (
@@ -67,7 +68,14 @@ RULES: tuple[RetentionRule, ...] = (
                   only=lambda t: ~sa.exists().where(outbox.c.alert_id == t.c.alert_id)),
     RetentionRule("verifications_days", verifications, "at", 365, "onboarding verification records"),
     RetentionRule("revoked_tokens_days", tokens, "revoked_at", 90, "revoked device tokens (their digests)"),
+    # Scoring reads these (farmwatch/collector/rollups.py): like raw reports, they must cover the lookback.
+    RetentionRule("rollups_days", rollups, "hour", 30, "hourly rollups of reduced reports, by hour received",
+                  in_hours=True),
+    RetentionRule("sightings_days", sightings, "hour", 30, "network sightings (identity x hour x device)",
+                  in_hours=True),
 )
+COVER_LOOKBACK = ("reports_days", "rollups_days", "sightings_days")
+"""Keys whose tables scoring reads over the lookback window: a shorter age is refused."""
 RULE_KEYS = frozenset(rule.key for rule in RULES)
 
 
@@ -89,9 +97,10 @@ def load_retention(table: Any, where: str, lookback_hours: float) -> RetentionSe
                              f"{', '.join(sorted(RULE_KEYS | {'interval_seconds'}))}")
     days = {rule.key: _positive(table.get(rule.key, rule.default_days), f"{where} [retention] {rule.key}")
             for rule in RULES}
-    if days["reports_days"] * 24 < lookback_hours:
-        raise RetentionError(f"{where} [retention] reports_days: {days['reports_days']:g} days is shorter than "
-                             f"[detection] lookback_hours ({lookback_hours:g} h): scoring would lose records it reads")
+    for key in COVER_LOOKBACK:
+        if days[key] * 24 < lookback_hours:
+            raise RetentionError(f"{where} [retention] {key}: {days[key]:g} days is shorter than "
+                                 f"[detection] lookback_hours ({lookback_hours:g} h): scoring would lose records it reads")
     interval = _positive(table.get("interval_seconds", 3600), f"{where} [retention] interval_seconds")
     return RetentionSettings(days=days, interval_seconds=interval)
 
@@ -116,14 +125,16 @@ def prune(engine: Engine, settings: RetentionSettings, now: datetime) -> dict[st
 
 def _prune_rule(writer: Engine, rule: RetentionRule, cutoff: datetime) -> int:
     table = rule.table
-    (key,) = table.primary_key.columns
-    aged = table.c[rule.column] < cutoff
+    keys = tuple(table.primary_key.columns)
+    aged = table.c[rule.column] < (int(cutoff.timestamp() // 3600) if rule.in_hours else cutoff)
     condition = aged if rule.only is None else sa.and_(aged, rule.only(table))
     total = 0
     while True:
-        batch = sa.select(key).where(condition).limit(BATCH_ROWS).scalar_subquery()
+        batch = sa.select(*keys).where(condition).limit(BATCH_ROWS)
+        # A composite key (rollups: device and hour) is matched as a row value.
+        chosen = keys[0].in_(batch.scalar_subquery()) if len(keys) == 1 else sa.tuple_(*keys).in_(batch)
         with writer.begin() as tx:
-            count = tx.execute(table.delete().where(key.in_(batch))).rowcount
+            count = tx.execute(table.delete().where(chosen)).rowcount
         total += count
         if count < BATCH_ROWS:
             return total

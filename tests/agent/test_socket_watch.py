@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from farmwatch.agent.kernel.socket_watch import SocketWatcher
+from farmwatch.agent.kernel.process_names import ProcessNames
+from farmwatch.agent.kernel.socket_watch import SocketWatcher, netlink_dump
 from farmwatch.agent.kernel.tcpinfo import TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, tcp_sockets
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.probes.remote_access.catalog import Catalog
@@ -79,7 +81,8 @@ def test_the_kernel_filters_by_local_port() -> None:
 
         assert local_ports([(ports[0], ports[0])]) == [ports[0]]
         assert local_ports([(ports[1], ports[1]), (ports[2], ports[2])]) == ports[1:]
-        assert local_ports([(ports[0], ports[2])]) == [p for p in local_ports([]) if ports[0] <= p <= ports[2]]
+        between = local_ports([(ports[0], ports[2])])  # other tests' sockets may fall in the range too
+        assert set(ports) <= set(between) and all(ports[0] <= p <= ports[2] for p in between)
         assert set(ports) <= set(local_ports([(1, 1), (ports[0], 65535)]))
         assert local_ports([(1, 1)]) == []
 
@@ -218,3 +221,54 @@ def test_period_zero_turns_watching_off(probe: type[RemoteAccessProbe | Sessions
     made.collect()
     assert made._watcher.polls == 0 and made._watcher._thread is None
     made.stop()
+
+
+def test_keep_parses_only_the_sockets_it_accepts() -> None:
+    with _server() as server, _session(server) as (client, accepted), _session(server):
+        wanted = os.fstat(accepted.fileno()).st_ino
+        kept = tcp_sockets(1 << TCP_ESTABLISHED, keep=lambda inode: inode == wanted)
+        expected = [(wanted, _port(server), _port(client))]
+    assert [(s.inode, s.local_port, s.remote_port) for s in kept] == expected
+
+
+def test_an_empty_focus_skips_the_dump_until_something_watched_is_open() -> None:
+    dumps: list[int] = []
+
+    def counted(states: int, ports: list[tuple[int, int]], keep: object) -> list[TcpSocket]:
+        dumps.append(states)
+        return netlink_dump(states, ports, keep)  # type: ignore[arg-type]
+
+    focus: set[int] = set()
+    with _server() as server:
+        port = _port(server)
+        watcher: SocketWatcher[str] = SocketWatcher(_claim_port(port), focus=lambda: focus,  # type: ignore[arg-type]
+                                                    dump=counted)  # type: ignore[arg-type]
+        watcher.poll()
+        assert dumps == []  # nothing running worth watching: no dump
+        with _session(server) as (_, accepted):
+            focus.add(os.fstat(accepted.fileno()).st_ino)
+            watcher.poll()
+            focus.clear()  # its holder let go: the open connection is still followed until it ends
+            watcher.poll()
+        watcher.poll()  # sees it gone
+        watcher.poll()  # nothing open, nothing in focus: no dump
+    assert len(dumps) == 3
+    (seen,) = watcher.take().sightings
+    assert not seen.open and seen.socket.local_port == port
+
+
+def test_process_names_come_and_go_with_their_processes() -> None:
+    names = ProcessNames(Path("/proc"))
+    assert names.current()[os.getpid()] == OUR_NAME
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.monotonic() + 30
+        while child.pid not in names.current() and time.monotonic() < deadline:
+            time.sleep(0.001)  # caught early, between fork and exec, it still bears our name
+        time.sleep(0.5)  # the next listing, a poll later, reads it again
+        assert names.current()[child.pid] == "sleep"
+        assert names.current()[child.pid] == "sleep"  # settled
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in names.current()

@@ -20,12 +20,13 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from farmwatch.collector import rollups
+from farmwatch.collector import retention, rollups
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.incremental import refresh_baselines, score_devices
+from farmwatch.collector.retention import RetentionSettings, prune
 from farmwatch.collector.rollups import changed_devices, devices_since, reduce_pending
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import reduced_reports, reports, rollup_progress
+from farmwatch.collector.tables import reduced_reports, reports, rollup_progress, sightings
 from farmwatch.collector.tables import rollups as rollups_table
 from farmwatch.contract import Verdict, to_wire
 from farmwatch.detectors.pipeline import score
@@ -206,4 +207,30 @@ def test_replicas_on_postgresql_reduce_each_report_once_and_score_as_a_full_rere
     finally:
         for store in replicas:
             store.close()
+        storage.close()
+
+
+def test_rollups_and_sightings_past_their_age_are_pruned_and_no_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, roster, anchors = _fleet(tmp_path / "fleet", 19)
+    storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", records, roster, anchors)
+    now = _time(records[-1]["received_at"])
+    try:
+        _reduce_all(storage, now, limit=5000)
+        with storage.engine.connect() as connection:
+            hours = {table.name: sorted(set(connection.execute(sa.select(table.c.hour)).scalars()))
+                     for table in (rollups_table, sightings)}
+        # An age that ends inside the stored hours: whole hours before the cutoff's hour go.
+        cutoff = now - timedelta(days=2)
+        keep_from = int(cutoff.timestamp() // 3600)
+        settings = RetentionSettings(days={**RetentionSettings().days, "rollups_days": 2, "sightings_days": 2})
+        monkeypatch.setattr(retention, "BATCH_ROWS", 7)  # several batches of composite keys
+        deleted = prune(storage.engine, settings, now)
+        with storage.engine.connect() as connection:
+            for table in (rollups_table, sightings):
+                left = sorted(set(connection.execute(sa.select(table.c.hour)).scalars()))
+                assert left == [hour for hour in hours[table.name] if hour >= keep_from], table.name
+                assert left and left != hours[table.name]
+        assert deleted["rollups_days"] > 0 and deleted["sightings_days"] > 0 and deleted["reports_days"] == 0
+    finally:
         storage.close()

@@ -103,7 +103,7 @@ def test_prune_deletes_exactly_the_rows_past_their_age(storage: Storage, monkeyp
     monkeypatch.setattr(retention, "BATCH_ROWS", 1)  # every rule goes through several batches
     deleted = prune(storage.engine, RetentionSettings(), NOW)
     assert deleted == {"reports_days": 1, "delivered_alerts_days": 1, "alerts_days": 1, "verifications_days": 1,
-                       "revoked_tokens_days": 1}
+                       "revoked_tokens_days": 1, "rollups_days": 0, "sightings_days": 0}  # rollups: test_incremental_scoring
     assert rows(storage, reports.c.seq) == [2, 3, 4]  # 30 days + 1 s old went; exactly 30 days stays
     assert rows(storage, tokens.c.token_sha256) == ["2" * 64, "3" * 64]
     assert rows(storage, outbox.c.output) == ["siem2", "soc", "soc"]  # pending and overflow stay whatever their age
@@ -115,14 +115,15 @@ def test_prune_deletes_exactly_the_rows_past_their_age(storage: Storage, monkeyp
     # A second later each boundary row is past its age; old-delivered's last delivery goes first, then the alert.
     assert prune(storage.engine, RetentionSettings(), NOW + SECOND) == {
         "reports_days": 1, "delivered_alerts_days": 1, "alerts_days": 2, "verifications_days": 1,
-        "revoked_tokens_days": 1}
+        "revoked_tokens_days": 1, "rollups_days": 0, "sightings_days": 0}
     assert rows(storage, alerts.c.alert_id) == ["old-overflow", "old-pending"]
 
 
 def test_the_registry_names_each_key_once_with_a_time_column() -> None:
     assert len({rule.key for rule in RULES}) == len(RULES)
     for rule in RULES:
-        assert rule.key.endswith("_days") and isinstance(rule.table.c[rule.column].type, UtcDateTime)
+        hours = rule.in_hours and isinstance(rule.table.c[rule.column].type, sa.BigInteger)
+        assert rule.key.endswith("_days") and (hours or isinstance(rule.table.c[rule.column].type, UtcDateTime))
 
 
 @pytest.mark.parametrize("table, problem", [

@@ -30,17 +30,23 @@ Owner = TypeVar("Owner")
 
 PortRanges = Sequence[tuple[int, int]]
 Claim = Callable[[list[TcpSocket], list[TcpSocket]], dict[int, Owner]]
-"""(new established sockets, the whole dump) -> socket inode -> owner, for the sockets that are the
+"""(new established sockets, the dump) -> socket inode -> owner, for the sockets that are the
 caller's; the rest are offered again while they last (a claim function caches what it ruled out)."""
-Dump = Callable[[int, PortRanges], list[TcpSocket]]
-"""(state mask, local port ranges or empty for all) -> the kernel's sockets; :func:`netlink_dump`."""
+Keep = Callable[[int], bool]
+Dump = Callable[[int, PortRanges, Keep | None], list[TcpSocket]]
+"""(state mask, local port ranges or empty for all, which inodes to parse or None for all) -> the
+kernel's sockets; :func:`netlink_dump`."""
+Focus = Callable[[], set[int] | None]
+"""The inodes of the sockets worth parsing now (e.g. those the watched processes hold), or None for
+every socket. An empty set while nothing watched is open skips the dump: its kernel-side walk of
+the whole TCP hash table is most of a poll's cost, and parsing the rest."""
 
 SIGHTING_LIMIT = 1024  # claimed sockets held per window; more are counted, not kept (memory bound)
 
 
-def netlink_dump(states: int, local_ports: PortRanges) -> list[TcpSocket]:
+def netlink_dump(states: int, local_ports: PortRanges, keep: Keep | None) -> list[TcpSocket]:
     """The default :data:`Dump`: one NETLINK_SOCK_DIAG dump, filtered in the kernel."""
-    return tcp_sockets(states, local_ports=local_ports)
+    return tcp_sockets(states, local_ports=local_ports, keep=keep)
 
 
 @dataclass(frozen=True)
@@ -87,9 +93,10 @@ class SocketWatcher(Generic[Owner]):
     and :meth:`stop`; :meth:`take` ends a window and returns what it saw."""
 
     def __init__(self, claim: Claim[Owner], period_seconds: float = 5.0, *,
-                 extra_states: int = 0, dump: Dump = netlink_dump, clock: Callable[[], float] = time.time,
-                 limit: int = SIGHTING_LIMIT) -> None:
+                 focus: Focus = lambda: None, extra_states: int = 0, dump: Dump = netlink_dump,
+                 clock: Callable[[], float] = time.time, limit: int = SIGHTING_LIMIT) -> None:
         self.claim = claim
+        self.focus = focus
         self.period_seconds = period_seconds
         # Sockets in these states are dumped too (e.g. LISTEN, to tell inbound from outbound) but
         # only established ones are watched.
@@ -129,8 +136,13 @@ class SocketWatcher(Generic[Owner]):
         """Read the kernel's table once: new claimed sockets are added, gone ones marked ended."""
         with self._lock:
             now = self.clock()
+            focus = self.focus()
+            watched = {inode for (inode, _), seen in self._seen.items() if seen.open}
+            if focus is not None and not focus and not watched:
+                return  # nothing running that could be claimed, nothing open to follow
+            keep = None if focus is None else (lambda inode: inode in focus or inode in watched)
             try:
-                table = self.dump(self.states, self.local_ports)
+                table = self.dump(self.states, self.local_ports, keep)
             except RttUnavailable as unavailable:
                 self.failure = str(unavailable)
                 return

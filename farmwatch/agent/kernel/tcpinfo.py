@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from farmwatch.errors import FarmwatchError
@@ -78,6 +78,8 @@ _DIAG_HEAD = struct.Struct("=BBxx")
 _PORTS = struct.Struct("!HH")
 _DIAG_TAIL = struct.Struct("=12xII")  # after the 48-byte sockid: expires, rqueue, wqueue skipped
 _DIAG_MSG_SIZE = _DIAG_HEAD.size + 48 + _DIAG_TAIL.size
+_INODE = struct.Struct("=I")
+_INODE_OFFSET = _DIAG_MSG_SIZE - _INODE.size
 # include/uapi/linux/rtnetlink.h: struct rtattr {u16 len; u16 type}; the top two type bits are flags.
 _RTATTR = struct.Struct("=HH")
 _RTATTR_TYPE_MASK = 0x3FFF
@@ -151,8 +153,9 @@ def dump_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> b
     return _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
 
 
-def parse_dump_part(data: bytes) -> tuple[list[TcpSocket], bool]:
-    """The sockets in one datagram of a dump answer, and whether it ended the dump (NLMSG_DONE).
+def parse_dump_part(data: bytes, keep: Callable[[int], bool] | None = None) -> tuple[list[TcpSocket], bool]:
+    """The sockets in one datagram of a dump answer, and whether it ended the dump (NLMSG_DONE);
+    with ``keep``, only those whose inode it accepts (the others are not parsed).
 
     Raises :class:`OSError` with the kernel's errno for NLMSG_ERROR (or a failed dump's DONE), and
     :class:`RttUnavailable` naming the offset for bytes that do not hold whole messages.
@@ -176,17 +179,20 @@ def parse_dump_part(data: bytes) -> tuple[list[TcpSocket], bool]:
             if status < 0:
                 raise OSError(-status, os.strerror(-status))
             return found, True
-        if kind == _SOCK_DIAG_BY_FAMILY:
+        if kind == _SOCK_DIAG_BY_FAMILY and (
+                keep is None or len(payload) < _DIAG_MSG_SIZE or keep(_INODE.unpack_from(payload, _INODE_OFFSET)[0])):
             found.append(_parse_diag_msg(payload, offset))
         offset += _align(length)
     return found, False
 
 
 def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform,
-                local_ports: Sequence[tuple[int, int]] = ()) -> list[TcpSocket]:
+                local_ports: Sequence[tuple[int, int]] = (), keep: Callable[[int], bool] | None = None
+                ) -> list[TcpSocket]:
     """Every IPv4 and IPv6 TCP socket of this network namespace in ``states`` (a bit mask), only
     those with a local port in ``local_ports`` (inclusive ranges) when given: both filters run in
-    the kernel, so the sockets left out cost neither copying nor parsing."""
+    the kernel, so the sockets left out cost neither copying nor parsing. ``keep`` (inode -> bool)
+    skips the parsing of the sockets it refuses."""
     if not platform.startswith("linux"):
         raise RttUnavailable(_UNSUPPORTED.get(platform, f"kernel TCP RTT is not read on {platform}"))
     found: list[TcpSocket] = []
@@ -197,7 +203,7 @@ def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform,
                 diag.sendto(dump_request(family, states, seq, bytecode), (0, 0))
                 done = False
                 while not done:
-                    part, done = parse_dump_part(diag.recv(_RECV_BYTES))
+                    part, done = parse_dump_part(diag.recv(_RECV_BYTES), keep)
                     found.extend(part)
     except RttUnavailable:
         raise
@@ -244,9 +250,9 @@ def _parse_diag_msg(payload: bytes, at: int) -> TcpSocket:
         rtt = rtts_from_tcp_info(_TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)[0],
                                  _TCPI_RTT.unpack_from(info, _TCPI_MIN_RTT_OFFSET)[0])
     return TcpSocket(
-        local_ip=normalize_ip(socket.inet_ntop(family, src)),
+        local_ip=_address(family, src),
         local_port=sport,
-        remote_ip=normalize_ip(socket.inet_ntop(family, dst)),
+        remote_ip=_address(family, dst),
         remote_port=dport,
         state=STATE_NAMES.get(state, str(state)),
         uid=uid,
@@ -254,6 +260,19 @@ def _parse_diag_msg(payload: bytes, at: int) -> TcpSocket:
         rtt_ms=rtt[0],
         min_rtt_ms=rtt[1],
     )
+
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96 (RFC 4291 2.5.5.2)
+
+
+def _address(family: int, raw: bytes) -> str:
+    """:func:`normalize_ip` of a packed address, without its parsing where inet_ntop's form is already
+    the canonical one (IPv4, IPv4-mapped IPv6): the socket watcher formats every socket each poll."""
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw)
+    if raw[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return normalize_ip(socket.inet_ntop(family, raw))
 
 
 def _attribute(payload: bytes, offset: int, wanted: int, at: int) -> bytes | None:

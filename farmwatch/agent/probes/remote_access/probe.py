@@ -168,7 +168,7 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         self._listener_problem: str | None = None
         self._signers: dict[str, str | None] = {}
         self._claims = ToolSockets(context.proc_root, self.catalog)
-        self._watcher: SocketWatcher[ToolOwner] = SocketWatcher(self._claims, active=self._claims.active,
+        self._watcher: SocketWatcher[ToolOwner] = SocketWatcher(self._claims, focus=self._claims.focus,
                                                                 extra_states=1 << TCP_LISTEN,
                                                                 clock=context.clock)
         self._watching = False

@@ -4,20 +4,21 @@ join the ``remote_access`` section.
 :class:`ToolSockets` is the socket watcher's claim function (:mod:`farmwatch.agent.kernel.socket_watch`):
 a socket is a tool's when a process recognised as that tool holds it: by its name in the catalogue
 (``/proc/<pid>/comm``, read once per new pid) or recognised by the probe's last collect in any way
-(path, service, signer, relay domain). Only those few processes' descriptors are read, and only
-when a socket appears that they were not already known not to hold. :func:`add_sightings` then
+(path, service, signer, relay domain). Only those few processes' descriptors are read each poll;
+only the sockets they hold are parsed from the dump, and while no tool runs (or holds a socket)
+the watcher does not dump the socket table at all (:meth:`ToolSockets.focus`). :func:`add_sightings` then
 marks the section's connections with when the watcher saw them and adds those that ended inside
 the window (``state`` ``CLOSED``), under their tool even when its process has exited since.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+from farmwatch.agent.kernel.process_names import ProcessNames
 from farmwatch.agent.kernel.socket_owners import socket_holders
 from farmwatch.agent.kernel.socket_watch import Sighting
 from farmwatch.agent.kernel.tcpinfo import TcpSocket
@@ -43,10 +44,11 @@ class ToolSockets:
     def __init__(self, proc_root: Path, tools: Catalog) -> None:
         self.proc_root = proc_root
         self.catalog = tools
-        self._names: dict[int, str] = {}  # pid -> comm, read once per pid
+        self._names = ProcessNames(proc_root)
         self._recognised: dict[int, tuple[str, str, tuple[MatchedBy, ...]]] = {}  # from the last collect
-        self._ruled_out: set[int] = set()  # inodes no candidate held at the last scan
-        self._scanned: frozenset[int] = frozenset()  # the candidates of the last scan
+        self._candidates: dict[int, tuple[str, str, tuple[MatchedBy, ...]]] = {}  # as of the latest focus()
+        self._holders: dict[int, list[int]] = {}  # socket inode -> candidate pids, as of the latest focus()
+        self._scanned = False  # focus() ran in this poll
 
     def follow(self, recognised: dict[int, tuple[str, str, list[MatchedBy]]]) -> None:
         """Processes the probe recognised (pid -> tool, name, ways), watched as tools from now on."""
@@ -54,31 +56,27 @@ class ToolSockets:
 
     def candidates(self) -> dict[int, tuple[str, str, tuple[MatchedBy, ...]]]:
         """pid -> (tool, process name, ways) of every running process recognised as a tool."""
-        try:
-            running = {int(entry) for entry in os.listdir(self.proc_root) if entry.isdigit()}
-        except OSError:
-            return {}
-        self._names = {pid: name for pid, name in self._names.items() if pid in running}
+        running = self._names.current()
         found = {pid: seen for pid, seen in self._recognised.items() if pid in running}
-        for pid in running:
-            name = self._names.get(pid)
-            if name is None:
-                try:
-                    name = (self.proc_root / str(pid) / "comm").read_text().strip()
-                except OSError:
-                    continue  # exited meanwhile
-                self._names[pid] = name
+        for pid, name in running.items():
             tool = self.catalog.by_name(name)
             if tool is not None and pid not in found:
                 found[pid] = (tool, name, ("name",))
         return found
 
+    def focus(self) -> set[int]:
+        """The watcher's focus: the socket inodes the tools hold now (none running: none, no dump)."""
+        self._candidates = self.candidates()
+        self._holders = socket_holders(self.proc_root, sorted(self._candidates))[0] if self._candidates else {}
+        self._scanned = True
+        return set(self._holders)
+
     def __call__(self, fresh: list[TcpSocket], table: list[TcpSocket]) -> dict[int, ToolOwner]:
-        candidates = self.candidates()
-        wanted = {sock.inode for sock in fresh}
-        if not candidates or (frozenset(candidates) == self._scanned and wanted <= self._ruled_out):
-            return {}
-        holders, _ = socket_holders(self.proc_root, sorted(candidates))
+        """Owners of the new sockets, from the descriptors :meth:`focus` read in this poll."""
+        if not self._scanned:  # a watcher not given focus=self.focus
+            self.focus()
+        self._scanned = False
+        candidates, holders = self._candidates, self._holders
         listening: dict[int, set[int]] = {}
         for sock in table:
             if sock.state == "LISTEN":
@@ -90,8 +88,6 @@ class ToolSockets:
             if pid is not None:
                 tool, name, ways = candidates[pid]
                 owners[sock.inode] = ToolOwner(tool, name, pid, ways, sock.local_port in listening.get(pid, ()))
-        self._ruled_out = wanted - set(owners)
-        self._scanned = frozenset(candidates)
         return owners
 
 

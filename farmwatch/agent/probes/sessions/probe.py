@@ -14,7 +14,7 @@ the WTS API (:mod:`farmwatch.agent.probes.sessions.wts`), without RTT. Logged-in
 their remote hosts are the host probe's.
 
 Through the window (Linux), a socket watcher polls the kernel's established TCP sockets on the
-servers' ports and the default ones (the kernel filters by state and port) every
+servers' ports and the default ones (the kernel filters by state and port), while a server runs, every
 ``probe_options.sessions.watch_period_seconds`` (default 5; 0 turns it off), so a session that
 began and ended between two reports is reported too: ``state`` ``CLOSED`` with ``first_seen``,
 ``last_seen``, ``duration_seconds`` and its least ``min_rtt_ms``, its kind and user as found when
@@ -29,6 +29,7 @@ from typing import Annotated, NamedTuple
 
 from pydantic import Field
 
+from farmwatch.agent.kernel.process_names import ProcessNames
 from farmwatch.agent.kernel.socket_owners import ProcessInfo, processes, socket_holders, user_names
 from farmwatch.agent.kernel.socket_watch import Sighting, SocketWatcher
 from farmwatch.agent.kernel.tcpinfo import TCP_ESTABLISHED, TCP_LISTEN, RttUnavailable, TcpSocket, tcp_sockets
@@ -70,7 +71,9 @@ class SessionsProbe(Probe[list[Session]]):
 
     def __init__(self, context: ProbeContext) -> None:
         super().__init__(context)
-        self._watcher: SocketWatcher[SessionOwner] = SocketWatcher(self._claim, extra_states=1 << TCP_LISTEN,
+        self._names = ProcessNames(context.proc_root)
+        self._watcher: SocketWatcher[SessionOwner] = SocketWatcher(self._claim, focus=self._focus,
+                                                                   extra_states=1 << TCP_LISTEN,
                                                                    clock=context.clock)
         self._ruled_out: set[int] = set()  # watched sockets found to be no session
         self._watching = False
@@ -102,6 +105,11 @@ class SessionsProbe(Probe[list[Session]]):
             except RttUnavailable:
                 found = {}
         return tuple(sorted(set(found) | {port for ports in DEFAULT_PORTS.values() for port in ports}))
+
+    def _focus(self) -> set[int] | None:
+        """The watcher's focus: every socket on the watched ports while an SSH/RDP/VNC server runs;
+        none (no dump) while none does."""
+        return None if any(name in SERVERS for name in self._names.current().values()) else set()
 
     def _claim(self, fresh: list[TcpSocket], table: list[TcpSocket]) -> dict[int, SessionOwner]:
         """The watcher's claim: which new sockets on the watched ports are sessions, of what, whose."""
