@@ -47,6 +47,7 @@ BASELINE_MAX_AGE = timedelta(hours=1)
 BASELINE_BATCH = 500
 """Devices whose frames are held at once while the baselines are refreshed."""
 BASELINE = "fleet"
+_FITTED: dict[str, Any] = {}  # Baselines.fitted's last answer and what it was fitted from
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,18 @@ class Baselines:
     device_features: pd.DataFrame
 
     def fitted(self, config: DetectionConfig) -> dict[str, Detector]:
-        """The two fleet detectors, fitted as a full re-read would fit them on the same records."""
+        """The two fleet detectors, fitted as a full re-read would fit them on the same records
+        (the last ones fitted are kept: a scoring loop asks for them once per batch of devices)."""
+        learned = self.device_features
+        key = (self.params, orjson.dumps(self.input_thresholds, option=orjson.OPT_SORT_KEYS),
+               int(pd.util.hash_pandas_object(learned).sum()), tuple(learned.columns))
+        if _FITTED.get("key") != key:
+            _FITTED.clear()
+            _FITTED.update(key=key, detectors=self._fit(config))
+        detectors: dict[str, Detector] = _FITTED["detectors"]
+        return detectors
+
+    def _fit(self, config: DetectionConfig) -> dict[str, Detector]:
         rhythm = InputRhythmDetector(**config.params(InputRhythmDetector.name))
         rhythm.thresholds_ = dict(self.input_thresholds)
         anomaly = FleetAnomalyDetector(**_with_random_state(config, FleetAnomalyDetector.name))

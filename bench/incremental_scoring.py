@@ -1,0 +1,146 @@
+"""Scoring after one new interval of reports: from rollups (issue 12) against today's full re-read.
+
+A simulated fleet (farmwatch.simulator) is stored in a real collector store (SQLite file), all but
+its last five minutes of reports, and reduced into rollups. Then the last interval's reports are
+stored and each way of scoring runs in its own forked process (time and that process's peak RSS):
+
+* baseline: ``pipeline.score`` over ``Storage.records`` of the whole lookback window, every device
+  (what the collector did before rollups);
+* incremental: reduce the new reports, ask ``changed_devices`` which devices that touched, and
+  ``score_devices`` them (neighbours and stored fleet baselines included).
+
+Both produce the same verdicts for the changed devices (checked here too; the equality test is
+tests/collector/test_incremental_scoring.py). Also printed: reducing the backlog and refreshing the
+fleet baselines (the hourly cost), which the incremental path pays outside the interval.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from report import Figure, at_most, publish, quick
+
+from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.incremental import refresh_baselines, score_devices
+from farmwatch.collector.rollups import changed_devices, reduce_pending
+from farmwatch.collector.storage import Storage
+from farmwatch.contract import to_wire
+from farmwatch.detectors.pipeline import score
+from farmwatch.roster import load_anchors, load_roster
+from farmwatch.simulator.cli import write_fleet
+from farmwatch.simulator.store import load_records
+
+CONFIG = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, lookback_hours=72)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _records(path: Path, keep: Callable[[datetime], bool]) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as handle:
+        for line in handle:
+            record = orjson.loads(line)
+            if keep(_time(record["received_at"])):
+                yield record
+
+
+def in_child(work: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Run ``work`` in a forked process: its result, seconds, and the process's peak RSS in GB."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: work, hand back the result, leave without running the parent's cleanup
+        os.close(read)
+        began = time.perf_counter()
+        result = work()
+        with os.fdopen(write, "wb") as out:
+            out.write(orjson.dumps({"result": result, "seconds": time.perf_counter() - began}))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        body = answer.read()
+    _, status, usage = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or not body:
+        raise RuntimeError(f"the measured child failed (status {status})")
+    done = orjson.loads(body)
+    return done["result"], done["seconds"], usage.ru_maxrss / 2**20
+
+
+def main() -> int:
+    laptops = 60 if quick() else 600
+    with tempfile.TemporaryDirectory(prefix="farmwatch-incremental-") as tmp:
+        files = write_fleet(Path(tmp), seed=21, legit=laptops * 5 // 6, farms=laptops // 6, days=4)
+        last = max(_time(r["received_at"]) for r in _records(files.records, lambda _: True))
+        cut = last - timedelta(minutes=5)
+        url = f"sqlite:///{Path(tmp) / 'collector.db'}"
+        storage = Storage.open(url)
+        load_records(storage, _records(files.records, lambda at: at <= cut))
+        storage.replace_roster(load_roster(files.roster))
+        storage.replace_anchors(load_anchors(files.anchors))
+        before = cut + timedelta(seconds=30)
+        began = time.perf_counter()
+        reduced = 0
+        while (done := reduce_pending(storage, before, limit=5000)).reports:
+            reduced += done.reports
+        backlog_seconds = time.perf_counter() - began
+        _, mark = changed_devices(storage, 0)
+        now = last + timedelta(seconds=30)
+        new = load_records(storage, _records(files.records, lambda at: at > cut))
+        storage.close()  # each child opens its own: database connections do not survive a fork
+
+        def reduce_interval() -> int:
+            store, filed = Storage.open(url), 0
+            while (done := reduce_pending(store, now)).reports:
+                filed += done.reports
+            return filed
+
+        def full() -> dict[str, Any]:
+            store = Storage.open(url)
+            since = now - timedelta(hours=CONFIG.lookback_hours)
+            verdicts = score(store.records(since=since), store.roster(), store.anchors(), now, CONFIG.detection,
+                             store.suppressed_detectors(now))
+            return {v.device_id: to_wire(v) for v in verdicts}
+
+        def incremental() -> dict[str, Any]:
+            store = Storage.open(url)
+            changed, _ = changed_devices(store, mark)
+            return {v.device_id: to_wire(v) for v in score_devices(store, changed, now, CONFIG).verdicts}
+
+        everyone, full_seconds, full_gb = in_child(full)
+        filed, reduce_seconds, reduce_gb = in_child(reduce_interval)
+        # The hourly refresh, here over the data just reduced so both paths see the same fleet.
+        _, refresh_seconds, refresh_gb = in_child(lambda: bool(refresh_baselines(Storage.open(url), now, CONFIG)))
+        changed, score_seconds, score_gb = in_child(incremental)
+    print(f"{files.count:,} records of {laptops} laptops; backlog of {reduced:,} reduced in {backlog_seconds:.1f} s; "
+          f"{new} new reports, {filed} reduced in {reduce_seconds:.1f} s; fleet baselines refreshed in "
+          f"{refresh_seconds:.1f} s (peak rss {refresh_gb:.2f} GB)")
+    incremental_seconds, incremental_gb = reduce_seconds + score_seconds, max(reduce_gb, score_gb)
+    same = all(everyone[device] == verdict for device, verdict in changed.items())
+    print(f"full re-read: {len(everyone)} devices in {full_seconds:.1f} s, peak rss {full_gb:.2f} GB; "
+          f"incremental: {len(changed)} changed devices in {incremental_seconds:.1f} s, peak rss "
+          f"{incremental_gb:.2f} GB; same verdicts: {same}")
+    if not same:
+        print("incremental verdicts differ from the full re-read", file=sys.stderr)
+        return 1
+    fleet = f"{laptops} laptops, 72 h"
+    publish([
+        Figure(f"score after one interval ({fleet}), rollups", incremental_seconds, "s", baseline=full_seconds,
+               baseline_is="full re-read of the lookback", target=at_most(1.0, ratio=True)),
+        Figure(f"peak memory scoring one interval ({fleet}), rollups", incremental_gb, "GB", baseline=full_gb,
+               baseline_is="full re-read of the lookback", target=at_most(1.0, ratio=True)),
+        Figure(f"reduce {reduced:,} stored reports into rollups", backlog_seconds, "s"),
+        Figure(f"refresh fleet baselines from rollups ({fleet}), hourly", refresh_seconds, "s"),
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
