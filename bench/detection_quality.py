@@ -14,6 +14,15 @@ internet or onto agents that report no LAN identity. Its tuning seed is 11, its 
 12-16 (not looked at while the colocation detector was changed), checked against the same targets;
 ``legit CGNAT/VPN called farm`` counts the converted employees among those called farm.
 
+Per variant (issue 16): every variant of the simulator -- its own fleet, shared egress, and the
+tactics farms move to (``farmwatch-simulate --tactic``: tampering, vps-hop, kvm-reflashed, in-city),
+and all of them at once -- over the report seeds 22-26, which nobody looked at while tuning. The
+tactics and their detectors (agent_health's stopped/re-enrolled/restarted parts, input_rhythm's
+too-regular typing, the capture dongle's EDID) were tuned on seed 21 only; the earlier detectors on
+seeds 1-4 and 11. Issue 16's targets, checked per seed: recall at farm >= 0.97, at farm-or-review
+1.00, no legitimate laptop called farm, at most 2 % sent to review. ``--variants-only`` skips the
+older runs; the per-variant table is printed in Markdown at the end (the README's table).
+
 Caveat: the simulator and the detectors were written by the same people from the same sources, so
 these figures measure the detectors against the behaviour we modelled, not against real farms.
 
@@ -34,6 +43,8 @@ from pathlib import Path
 
 import orjson
 
+from report import Figure, at_least, at_most, publish, quick
+
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.pipeline import score
 from farmwatch.roster import load_anchors, load_roster
@@ -53,12 +64,29 @@ TARGETS = {  # figure: (at least, at most)
     "legit called farm": (None, 0.005),
     "legit sent to review": (None, 0.03),
 }
+VARIANT_TARGETS = {  # issue 16
+    "recall (farm)": (0.97, None),
+    "recall (farm or review)": (1.0, None),
+    "legit called farm": (None, 0.0),
+    "legit sent to review": (None, 0.02),
+}
+TACTICS_TUNING_SEED = 21
+VARIANT_SEEDS = (22, 23, 24, 25, 26)
+VARIANTS: dict[str, tuple[bool, tuple[str, ...]]] = {  # name: (shared egress, tactics)
+    "simulator's own fleet": (False, ()),
+    "shared egress": (True, ()),
+    "tampering": (False, ("tampering",)),
+    "vps-hop": (False, ("vps-hop",)),
+    "kvm-reflashed": (False, ("kvm-reflashed",)),
+    "in-city": (False, ("in-city",)),
+    "all at once": (True, ("tampering", "vps-hop", "kvm-reflashed", "in-city")),
+}
 
 
-def missed(figures: dict[str, float]) -> list[str]:
+def missed(figures: dict[str, float], targets: dict[str, tuple[float | None, float | None]] = TARGETS) -> list[str]:
     """Each target ``figures`` misses, as ``name value (target)``."""
     found = []
-    for name, (least, most) in TARGETS.items():
+    for name, (least, most) in targets.items():
         value = figures[name]
         if least is not None and value < least:
             found.append(f"{name} {value:.3f} (target >= {least:g})")
@@ -68,10 +96,10 @@ def missed(figures: dict[str, float]) -> list[str]:
 
 
 def evaluate(seed: int, workdir: Path, verbose: bool = False, stealthy: bool = False,
-             shared_egress: bool = False) -> dict[str, float]:
+             shared_egress: bool = False, tactics: tuple[str, ...] = ()) -> dict[str, float]:
     """Simulate a fleet for ``seed``, score it, and compare the verdicts with the labels."""
     files = write_fleet(workdir / f"seed{seed}", seed, LEGIT, FARMS, DAYS, stealthy=stealthy,
-                        shared_egress=shared_egress)
+                        shared_egress=shared_egress, tactics=tactics)
     with files.records.open("rb") as handle:
         records = [orjson.loads(line) for line in handle]
     config = DetectionConfig(corporate_networks=(CORPORATE_NETWORK,))
@@ -108,9 +136,47 @@ def evaluate(seed: int, workdir: Path, verbose: bool = False, stealthy: bool = F
     return figures
 
 
+def variant_table(verbose: bool, workdir: Path) -> tuple[list[str], list[str]]:
+    """Every variant over :data:`VARIANT_SEEDS`: the Markdown table's lines and the targets missed."""
+    lines = ["| variant (seeds 22-26) | farm laptops | recall (farm) | recall (farm or review) | legit called farm "
+             "| legit sent to review | riskiest legit | quietest farm |", "|---|---|---|---|---|---|---|---|"]
+    misses, figures_out = [], []
+    for name, (shared_egress, tactics) in VARIANTS.items():
+        runs = []
+        for seed in VARIANT_SEEDS[:1] if quick() else VARIANT_SEEDS:
+            began = time.perf_counter()
+            figures = evaluate(seed, workdir, verbose, False, shared_egress, tactics)
+            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+                  + f" ({time.perf_counter() - began:.0f} s)", flush=True)
+            misses += [f"{name} seed {seed}: {miss}" for miss in missed(figures, VARIANT_TARGETS)]
+            runs.append(figures)
+        farms = sum(r["farm devices"] for r in runs)
+        legit = sum(r["legit devices"] for r in runs)
+        caught = sum(r["recall (farm)"] * r["farm devices"] for r in runs)
+        flagged = sum(r["recall (farm or review)"] * r["farm devices"] for r in runs)
+        called = sum(r["legit called farm"] * r["legit devices"] for r in runs)
+        reviewed = [r["legit sent to review"] for r in runs]
+        lines.append(f"| {name} | {farms:.0f} | {caught / farms:.3f} | {flagged / farms:.3f} | {called:.0f} of "
+                     f"{legit:.0f} | {sum(x * r['legit devices'] for x, r in zip(reviewed, runs)) / legit:.1%} "
+                     f"({min(reviewed):.1%}-{max(reviewed):.1%} per seed) | {max(r['max legit risk'] for r in runs):.2f} "
+                     f"| {min(r['min farm risk'] for r in runs):.2f} |")
+        figures_out += [Figure(f"{name}: recall (farm)", caught / farms, "", target=at_least(0.97)),
+                        Figure(f"{name}: recall (farm or review)", flagged / farms, "", target=at_least(1.0)),
+                        Figure(f"{name}: legit called farm", called, "laptops", target=at_most(0)),
+                        Figure(f"{name}: legit sent to review, worst seed", max(reviewed) * 100, "%",
+                               target=at_most(2.0))]
+    publish(figures_out)
+    return lines, misses
+
+
 def main() -> int:
     verbose = "-v" in sys.argv
     with tempfile.TemporaryDirectory(prefix="farmwatch-quality-") as tmp:
+        if "--variants-only" in sys.argv or quick():
+            lines, misses = variant_table(verbose, Path(tmp))
+            print("\n".join(lines))
+            print("targets on the variants' seeds: " + ("MISSED: " + "; ".join(misses) if misses else "all met"))
+            return 1 if misses else 0
         runs = [("tuning seed", seed, False, False) for seed in (TUNING_SEED,)]
         runs += [("held-out seed", seed, False, False) for seed in REPORT_SEEDS]
         runs += [("stress (stealthy farms) seed", seed, True, False) for seed in STRESS_SEEDS]
@@ -125,6 +191,9 @@ def main() -> int:
                 for name, value in figures.items()) + f" ({time.perf_counter() - began:.0f} s)", flush=True)
             if seed in REPORT_SEEDS + SHARED_EGRESS_SEEDS:
                 misses += [f"seed {seed}: {miss}" for miss in missed(figures)]
+        lines, variant_misses = variant_table(verbose, Path(tmp))
+    print("\n".join(lines))
+    misses += variant_misses
     print("targets on the held-out seeds: " + ("MISSED: " + "; ".join(misses) if misses else "all met"))
     return 1 if misses else 0
 

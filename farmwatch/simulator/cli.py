@@ -14,6 +14,7 @@ from farmwatch.simulator.fleet import Device, make_fleet
 from farmwatch.simulator.places import ANCHORS
 from farmwatch.simulator.records import Simulator
 from farmwatch.simulator.shared_egress import apply_shared_egress
+from farmwatch.simulator.tactics import TACTICS, apply_tactic
 
 DESCRIPTION = """\
 Simulate a company's laptop fleet over several days: legitimate employees with the confounders real
@@ -39,13 +40,16 @@ class FleetFiles:
 
 
 def write_fleet(out: Path, seed: int, legit: int, farms: int, days: int, limit: int | None = None,
-                stealthy: bool = False, shared_egress: bool = False) -> FleetFiles:
+                stealthy: bool = False, shared_egress: bool = False, tactics: tuple[str, ...] = ()) -> FleetFiles:
     """Simulate and write the four files; ``limit`` stops after that many records; ``shared_egress``
-    applies :func:`farmwatch.simulator.shared_egress.apply_shared_egress` to the fleet."""
+    applies :func:`farmwatch.simulator.shared_egress.apply_shared_egress` to the fleet, ``tactics``
+    each named :func:`farmwatch.simulator.tactics.apply_tactic` after it."""
     out.mkdir(parents=True, exist_ok=True)
     devices = make_fleet(seed, legit, farms, days, stealthy)
     if shared_egress:
         apply_shared_egress(devices, seed)
+    for tactic in tactics:
+        apply_tactic(devices, tactic, seed, days)
     simulator = Simulator(seed, days)
     files = FleetFiles(out / "records.jsonl", out / "roster.csv", out / "anchors.csv", out / "labels.csv", 0)
     count = 0
@@ -100,12 +104,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="put some employees behind carrier-grade NAT or a consumer VPN (strangers sharing "
                              "public addresses), some farms behind 5G home internet or agents without LAN "
                              "identities; labels.csv marks each converted device's kind")
+    parser.add_argument("--tactic", action="append", default=[], choices=sorted(TACTICS), metavar="NAME",
+                        help="a tactic farms move to, with the confounders it meets (repeatable): tampering "
+                             "(agents stopped, reinstalled, restored; IT reimages, upgrades, full disks), vps-hop "
+                             "(operators behind a VPS in the country), kvm-reflashed (IP-KVMs with generic USB "
+                             "and capture-dongle or re-flashed EDID identities, pasted typing), in-city (laptops "
+                             "kept in the claimed city); labels.csv marks each touched device's kind")
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
     try:
         files = write_fleet(args.out, args.seed, args.legit, args.farms, args.days, args.limit, args.stealthy,
-                            args.shared_egress)
+                            args.shared_egress, tuple(dict.fromkeys(args.tactic)))
     except OSError as failure:
         print(f"farmwatch-simulate: {args.out}: {failure.strerror or failure}", file=sys.stderr)
         return 2

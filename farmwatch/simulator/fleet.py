@@ -123,6 +123,7 @@ class Device:
     # and (from slot, count) reports the collector refused because their seq was taken.
     shuts_down: bool = False
     agent_stops: tuple[tuple[int, int], ...] = ()
+    agent_restarts: int = 0  # brief restarts (upgrades) at random awake windows: one window lost each
     reenrol_slot: int | None = None
     seq_conflicts: tuple[int, int] | None = None
     paste_share: float = 0.0  # IP-KVM: share of operated windows typed by "paste as keys" (too regular)

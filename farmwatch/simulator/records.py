@@ -72,7 +72,16 @@ class Simulator:
         if device.seq_reset_day is not None:  # agent state wiped and reinstalled on the running system
             reinstall = device.seq_reset_day * SLOTS_PER_DAY + 100
             stops.append((reinstall - int(life.integers(8, 24)), reinstall))
-        stopped = {slot for first, last in stops for slot in range(first, last)}
+        # Someone stops the agent on a laptop that is awake: a stop drawn while it slept starts when it wakes.
+        awake = [slot for slot, _ in plan]
+        stopped = set()
+        for first, last in stops:
+            begins = next((slot for slot in awake if slot >= first), None)
+            if begins is not None:
+                stopped.update(range(begins, begins + last - first))
+        for _ in range(device.agent_restarts):  # an upgrade restarts the service while the laptop is awake
+            if awake:
+                stopped.add(awake[int(life.integers(len(awake)))])
         plan = [(slot, step) for slot, step in plan if slot not in stopped]
         enrolments, previous = 1, None
         for slot, (where, active, state) in plan:
@@ -250,6 +259,8 @@ class Simulator:
             if device.path == "rdp-vpn" and device.os == "linux":
                 timing["virtual_devices"] = ["xrdpMouse", "xrdpKeyboard"]
             return timing
+        if device.paste_share and rng.random() < device.paste_share:  # a keyboard's own macro, typed at its pace
+            return _pasted(keys, mouse, rng)
         stats = _local_stats(device, rng)
         injected = int(rng.integers(20, 200)) if (device.macro_share and rng.random() < device.macro_share) else 0
         if state == "helpdesk":

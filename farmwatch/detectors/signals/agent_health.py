@@ -30,7 +30,8 @@ And three for an agent that is stopped, reinstalled or reset while the laptop ru
 - *sequence restarted*: the collector's ``seq_conflicts`` count rose: reports came with seqs already
   stored with other content (a state dir restored from a backup or copied back). The agent renumbers
   and re-sends them, so nothing is lost, but the restart stays evidence. An agent whose disk was too
-  full to save its counter does that too, which is why it stays moderate.
+  full to save its counter does that too, for a report or two, so the score grows with the count
+  and reaches ``seq_conflict_score`` at ``full_conflicts``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class AgentHealthDetector(Detector):
                  skew_score: float = 0.15, stopped_minutes: float = 30.0, stopped_score: float = 0.3,
                  stopped_working_score: float = 0.45, min_working_hours: float = 1.0,
                  boot_tolerance_seconds: float = 120.0, reenrolled_score: float = 0.2,
-                 reinstalled_running_score: float = 0.35, seq_conflict_score: float = 0.3) -> None:
+                 reinstalled_running_score: float = 0.35, seq_conflict_score: float = 0.3,
+                 full_conflicts: int = 5) -> None:
         self.reset_score = reset_score
         self.hole_score = hole_score
         self.min_missing = min_missing
@@ -88,6 +90,7 @@ class AgentHealthDetector(Detector):
         self.reenrolled_score = reenrolled_score
         self.reinstalled_running_score = reinstalled_running_score
         self.seq_conflict_score = seq_conflict_score
+        self.full_conflicts = full_conflicts
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
@@ -151,7 +154,7 @@ class AgentHealthDetector(Detector):
             refused = rows["seq_conflicts"].dropna()
             conflicts = int(refused.max() - refused.min()) if len(refused) else 0
             if conflicts:
-                parts["seq_conflicts"] = self.seq_conflict_score
+                parts["seq_conflicts"] = self.seq_conflict_score * min(conflicts / self.full_conflicts, 1.0)
                 sentences.append(f"{conflicts} of its reports came under seqs already stored with other content "
                                  "(its sequence restarted; they were renumbered and kept)")
             evidence = {"agent_stopped": stopped[:5], "reenrolments": len(enrolled),

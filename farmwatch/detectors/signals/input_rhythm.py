@@ -10,6 +10,13 @@ fleet's own spread (median +- 3 MADs, learned in :meth:`fit`, so a fleet of slow
 all odd). Injected input while no approved tool holds a session,
 and virtual input devices of remote-desktop servers (xrdp's ``xrdpMouse``/``xrdpKeyboard``) add.
 Macro tools inject too, which is why injection alone stays moderate.
+
+Keys typed at a machine's fixed pace (issue 16): hands spread their key intervals widely (the 90th
+percentile several times the 10th), an IP-KVM typing text pasted into its web page sends every key
+at the gadget's own pace (PiKVM and TinyPilot "paste as keys"), and as hardware nothing marks it
+injected. Windows whose ``key_interval_ms_p90`` is within ``regular_spread`` of their p10, with keys
+neither bunched (p10 at least ``regular_min_ms``) nor injected, are "too regular"; a programmable
+keyboard's macro does the same now and then, so only a share of such windows counts.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ class InputRhythmDetector(Detector):
                  jump_fraction: float = 0.015, min_key_events: int = 40, min_windows: int = 12,
                  odd_features: int = 2, top_score: float = 0.85, injected_score: float = 0.35,
                  virtual_score: float = 0.4, fleet_mads: float = 3.0, min_fleet: int = 20,
-                 injected_window_share: float = 0.05, recent_rise: float = 0.2) -> None:
+                 injected_window_share: float = 0.05, recent_rise: float = 0.2, regular_spread: float = 1.5,
+                 regular_min_ms: float = 8.0, regular_share: float = 0.1, min_regular_windows: int = 3,
+                 regular_score: float = 0.6) -> None:
         self.burst_fraction = burst_fraction
         self.key_p10_ms = key_p10_ms
         self.mouse_rate_hz = mouse_rate_hz
@@ -50,6 +59,11 @@ class InputRhythmDetector(Detector):
         self.min_fleet = min_fleet
         self.injected_window_share = injected_window_share  # a window's injected events above this share mark it
         self.recent_rise = recent_rise  # the summary says "rising" when the recent half's share is this much higher
+        self.regular_spread = regular_spread
+        self.regular_min_ms = regular_min_ms
+        self.regular_share = regular_share
+        self.min_regular_windows = min_regular_windows
+        self.regular_score = regular_score
 
     def typed_windows(self, reports: pd.DataFrame) -> pd.DataFrame:
         """The windows :meth:`fit` learns from (enough keystrokes), only the columns it reads: a fleet
@@ -92,6 +106,7 @@ class InputRhythmDetector(Detector):
         odd = self.odd_windows(typed)
         odd["device_id"] = typed["device_id"]
         odd["time"] = typed["window_end"]
+        odd["regular"] = self.regular_windows(typed)
         events = (reports["key_events"].fillna(0) + reports["mouse_events"].fillna(0)).to_numpy()
         injected = reports["injected_events"].fillna(0).to_numpy()
         inj = pd.DataFrame({
@@ -128,6 +143,13 @@ class InputRhythmDetector(Detector):
                              if recent_share > share + self.recent_rise else "")
                     sentences.append(f"{share:.0%} of {len(rows)} typed windows had remote-control rhythm "
                                      f"(bunched keys, network-rate mouse, jumps){since}")
+            regular = int(rows["regular"].sum())
+            if regular >= self.min_regular_windows and regular / len(rows) >= self.regular_share:
+                parts["regular"] = self.regular_score * min(regular / len(rows) / 0.3, 1.0)
+                evidence["too_regular_windows"] = regular
+                sentences.append(f"{regular} of {len(rows)} typed windows had keys at a machine's fixed pace "
+                                 f"(90th percentile interval within {self.regular_spread:g}x of the 10th, nothing "
+                                 "injected): typed by a device such as an IP-KVM, not by hands")
             share_injected = float(inj_share.get(device, 0.0))
             if share_injected > 0:
                 parts["injected"] = self.injected_score * min(share_injected / 0.5, 1.0)
@@ -146,6 +168,12 @@ class InputRhythmDetector(Detector):
             if finding is not None:
                 found.append(finding)
         return found
+
+    def regular_windows(self, typed: pd.DataFrame) -> pd.Series:
+        """Per typed window: keys at a fixed pace, neither bunched nor injected (module docstring)."""
+        p10, p90 = typed["key_interval_ms_p10"], typed["key_interval_ms_p90"]
+        return ((p10 >= self.regular_min_ms) & (p90 <= self.regular_spread * p10)
+                & (typed["injected_events"].fillna(0) == 0))
 
     @staticmethod
     def _approved_sessions(frames: Frames, context: Context) -> np.ndarray:
