@@ -22,6 +22,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import Figure, publish, quick  # noqa: E402
 from siem_receivers import HttpReceiver  # noqa: E402
 
 from farmwatch.collector.delivery import Alerting  # noqa: E402
@@ -30,7 +32,7 @@ from farmwatch.collector.outputs.base import parse_outputs  # noqa: E402
 from farmwatch.collector.storage import Storage  # noqa: E402
 from farmwatch.contract import Verdict  # noqa: E402
 
-DEVICES = 1000
+DEVICES = 100 if quick() else 1000
 NOW = datetime(2026, 11, 28, 9, tzinfo=timezone.utc)
 
 
@@ -44,8 +46,8 @@ def verdicts(changed_every: int | None) -> list[Verdict]:
     return [one(n) for n in range(DEVICES)]
 
 
-def store_cost(folder: Path) -> None:
-    runs = [("first run", verdicts(None)), ("100 change", verdicts(10)), ("no change", verdicts(10))]
+def store_cost(folder: Path) -> list[Figure]:
+    runs = [("first run", verdicts(None)), ("a tenth change", verdicts(10)), ("no change", verdicts(10))]
     figures = {}
     for recorder in (False, True):
         storage = Storage.open(f"sqlite:///{folder / f'store-{recorder}.db'}")
@@ -57,26 +59,25 @@ def store_cost(folder: Path) -> None:
             storage.save_verdicts(scored, through)
             figures[(recorder, name)] = (time.perf_counter() - started) * 1000
         storage.close()
-    for name, _ in runs:
-        print(f"save_verdicts, {DEVICES} devices, {name:10}: {figures[(True, name)]:6.0f} ms with alerts "
-              f"(baseline without: {figures[(False, name)]:.0f} ms)")
+    return [Figure(f"save_verdicts with alerts, {DEVICES} devices, {name}", figures[(True, name)], "ms",
+                   figures[(False, name)], "save_verdicts without the alert recorder") for name, _ in runs]
 
 
-def drain(folder: Path, receiver: HttpReceiver) -> None:
+def drain(folder: Path, receiver: HttpReceiver) -> list[Figure]:
     secret = folder / "secret"
     secret.write_text("s" * 32)
     tables = [{"type": "webhook", "url": f"{receiver.url}/webhook", "secret_file": str(secret)},
               {"type": "ecs_http", "url": f"{receiver.url}/ecs"}]
     storage = Storage.open(f"sqlite:///{folder / 'drain.db'}")
     alerting = Alerting(storage, parse_outputs(tables, REGISTRY, "bench"), None, CollectorRegistry(), lambda: NOW)
-    storage.save_verdicts(verdicts(1), through_report_id=1)  # every device raised: 1000 alerts per output
+    storage.save_verdicts(verdicts(1), through_report_id=1)  # every device raised: DEVICES alerts per output
+    rates = {}
     for worker in alerting.workers:
         started = time.perf_counter()
         sent = 0
         while (step := worker.step()) > 0:
             sent += step
-        seconds = time.perf_counter() - started
-        print(f"outbox drain, {worker.output.name:8}: {sent} alerts in {seconds:.2f} s = {sent / seconds:6.0f}/s")
+        rates[worker.output.name] = sent / (time.perf_counter() - started)
     storage.close()
 
     body = b'{"alert_id":"x"}'
@@ -86,18 +87,20 @@ def drain(folder: Path, receiver: HttpReceiver) -> None:
         connection.request("POST", "/floor", body=body, headers={"Content-Type": "application/json"})
         connection.getresponse().read()
         connection.close()
-    seconds = time.perf_counter() - started
-    print(f"floor: {DEVICES} bare POSTs in {seconds:.2f} s = {DEVICES / seconds:6.0f}/s (no database, no signature)")
+    floor = DEVICES / (time.perf_counter() - started)
+    return [Figure(f"outbox drain, {name}", rate, "alerts/s", floor, "bare POSTs, no database, no signature")
+            for name, rate in rates.items()]
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
-        store_cost(Path(folder))
+        figures = store_cost(Path(folder))
         receiver = HttpReceiver(hec_token="unused", webhook_secret="s" * 32).start()
         try:
-            drain(Path(folder), receiver)
+            figures += drain(Path(folder), receiver)
         finally:
             receiver.stop()
+    publish(figures)
     return 0
 
 
