@@ -74,7 +74,7 @@ class Simulator:
             stops.append((reinstall - int(life.integers(8, 24)), reinstall))
         # Someone stops the agent on a laptop that is awake: a stop drawn while it slept starts when it wakes.
         awake = [slot for slot, _ in plan]
-        stopped = set()
+        stopped: set[int] = set()
         for first, last in stops:
             begins = next((slot for slot in awake if slot >= first), None)
             if begins is not None:
