@@ -56,14 +56,17 @@ def observations(report: dict[str, Any]) -> list[str]:
     tools = report.get("remote_access") or []
     if tools:
         for tool in tools:
-            links = [f"{c['direction']} {c['remote_ip']}:{c['remote_port']}{_rtt(c)}" for c in tool.get("connections") or []]
-            lines.append(f"remote-access tool {tool['process']} ({tool['tool']}) is running"
+            connections = tool.get("connections") or []
+            links = [f"{c['direction']} {c['remote_ip']}:{c['remote_port']}{_rtt(c)}{_ended(c)}" for c in connections]
+            # Only connections that ended inside the window: the watcher saw it, it may have exited since.
+            seen = connections and all(c.get("state") == _CLOSED for c in connections)
+            lines.append(f"remote-access tool {tool['process']} ({tool['tool']}) {'was seen' if seen else 'is running'}"
                          + (f", connected: {'; '.join(links)}" if links else ", with no connection"))
     else:
         lines.append("no remote-access tool is running")
     sessions = report.get("sessions") or []
     lines.append("remote sessions: " + ("; ".join(f"{s['kind']} from {s.get('remote_ip') or 'this console'}{_rtt(s)}"
-                                                   for s in sessions) if sessions else "none"))
+                                                   f"{_ended(s)}" for s in sessions) if sessions else "none"))
     network = report.get("network") or {}
     kinds = sorted({f"{i['kind']} ({i['vpn_product']})" if i.get("vpn_product") else i["kind"]
                     for i in network.get("interfaces") or [] if i["kind"] != "loopback"})
@@ -83,6 +86,16 @@ def observations(report: dict[str, Any]) -> list[str]:
     for error in report.get("errors") or []:
         lines.append(f"could not check {error['probe']}: {error['message']}")
     return lines
+
+
+_CLOSED = "CLOSED"  # a connection or session that ended inside the window (the agent's socket watcher)
+
+
+def _ended(connection: dict[str, Any]) -> str:
+    if connection.get("state") != _CLOSED:
+        return ""
+    lasted = connection.get("duration_seconds")
+    return f" (ended after {lasted:.0f} s)" if lasted is not None else " (ended)"
 
 
 def _rtt(connection: dict[str, Any]) -> str:

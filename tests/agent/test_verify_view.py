@@ -64,6 +64,20 @@ def test_observations_say_what_each_probe_found() -> None:
     assert observations(quiet)[-1] == "could not check input: no X display"
 
 
+def test_observations_say_which_sessions_ended_inside_the_window() -> None:
+    report = json.loads(FIXTURE.read_text())
+    (tool,) = report["remote_access"]
+    ended = {**tool["connections"][0], "state": "CLOSED", "duration_seconds": 240.4}
+    report["remote_access"] = [{**tool, "connections": [ended]}]
+    report["sessions"] = [{**report["sessions"][0], "state": "CLOSED", "duration_seconds": 95.0},
+                          {**report["sessions"][0], "state": "ESTABLISHED", "duration_seconds": 12.0}]
+    assert observations(report)[:2] == [
+        "remote-access tool rustdesk (rustdesk) was seen, connected: outbound 192.0.2.77:21117 (round trip 29 ms)"
+        " (ended after 240 s)",
+        "remote sessions: ssh from 10.20.0.5 (ended after 95 s); ssh from 10.20.0.5",
+    ]
+
+
 @pytest.mark.parametrize("verdict, headline", [("clear", "CLEAR"), ("review", "NEEDS REVIEW"), ("farm", "LIKELY LAPTOP FARM")])
 def test_result_names_the_verdict_and_what_to_do(verdict: str, headline: str) -> None:
     assert result(verdict) == [f"Result: {headline}", f"What to do next: {ADVICE[verdict]}"]
