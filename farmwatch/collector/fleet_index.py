@@ -7,28 +7,12 @@ network kind per device) and stored with the verdicts in one transaction, so the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from farmwatch.contract import RosterEntry, Verdict
 
 COLOCATION = "colocation"
-
-
-class NewestNetworkKind:
-    """Watches the records a scoring run streams and keeps each device's newest ``geo.network_kind``."""
-
-    def __init__(self) -> None:
-        self.by_device: dict[str, str] = {}
-        self._at: dict[str, str] = {}
-
-    def watch(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for record in records:
-            device, at = record["report"]["device_id"], record["received_at"]
-            if at >= self._at.get(device, ""):  # RFC 3339 UTC strings order as times
-                self._at[device] = at
-                self.by_device[device] = record["geo"]["network_kind"]
-            yield record
 
 
 def cluster_of(verdict: Verdict) -> str | None:

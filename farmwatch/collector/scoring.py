@@ -1,13 +1,19 @@
 """Verdicts for the live collector, scored by whichever replicas share the database.
 
-Ingest marks a device as needing scoring in the transaction that stores its report
-(:mod:`farmwatch.collector.scoring_work`). Every replica runs the same loop: at each multiple of
-``[detection] interval_seconds`` (wall-clock aligned, so replicas wake together) it claims a batch
-of the devices marked by then, scores them, stores their verdicts and releases the claim in one
-transaction (alerts are decided there too, :mod:`farmwatch.collector.alerts`), and claims again until
-none are left. Claims are disjoint (``SKIP LOCKED``), so N replicas split the work; devices marked
-after the tick began wait for the next one, so a device is scored at most once per interval. No
-replica is special: a dead one's claims lapse and the others take them.
+Every replica runs the same loop. At each multiple of ``[detection] interval_seconds`` (wall-clock
+aligned, so replicas wake together) it reduces the reports still pending into rollups, marks the
+devices whose rollups or network sightings changed (:mod:`farmwatch.collector.scoring_work`), then
+claims a batch of ``[detection] batch_devices`` marked devices, scores them from their rollups
+(:func:`farmwatch.collector.incremental.score_devices`: their co-location neighbourhood is read
+alongside), stores their verdicts and releases the claim in one transaction (alerts are decided
+there too, :mod:`farmwatch.collector.alerts`), and claims again until none are left. Claims are
+disjoint (``SKIP LOCKED``), so N replicas split the work; a device marked after claiming began waits
+for the next tick, so a change is scored once. No replica is special: a dead one's claims lapse and
+the others take them.
+
+The fleet baselines (input rhythm, the anomaly model) are refreshed on their slower cadence
+(``incremental.BASELINE_MAX_AGE``) by one replica, the one holding the ``fleet-baselines`` lease;
+the others score with the stored ones.
 
 The analyst API asks for an on-demand run when a device has a report newer than its stored verdict:
 that run claims everything marked, right away. On-demand runs are coalesced (at most one running
@@ -33,17 +39,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.fleet_index import NewestNetworkKind, fleet_rows
+from farmwatch.collector.fleet_index import fleet_rows
+from farmwatch.collector.incremental import Baselines, current_baselines, load_baselines, score_devices
 from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
+from farmwatch.collector.rollups import catch_up, changed_devices
 from farmwatch.collector.scoring_work import Claim
 from farmwatch.collector.storage import Storage
-from farmwatch.contract import Verdict
-from farmwatch.detectors.pipeline import score
+from farmwatch.contract import RosterEntry, Verdict
 
 log = logging.getLogger("farmwatch.collector.scoring")
 MIN_CLAIM_SECONDS = 60.0
 """A claim outlives a slow batch; a dead replica's claims lapse after this (or two intervals)."""
+BASELINES_LEASE = "fleet-baselines"
 
 
 @dataclass
@@ -56,22 +64,21 @@ class ScoredBatch:
     broken: dict[str, str] = field(default_factory=dict)
 
 
-def score_from_records(storage: Storage, config: CollectorConfig, devices: Sequence[str], now: datetime) -> ScoredBatch:
-    """The shared detector pipeline over ``devices``' stored records in the lookback window.
+def score_claimed(storage: Storage, config: CollectorConfig, devices: Sequence[str], now: datetime,
+                  roster: Sequence[RosterEntry], baselines: Baselines) -> ScoredBatch:
+    """``devices``' verdicts from their rollups (:func:`farmwatch.collector.incremental.score_devices`).
 
-    Devices whose records break the detectors get a review verdict of their own
+    Devices whose windows break the detectors get a review verdict of their own
     (:mod:`farmwatch.collector.isolation`); the others are scored together."""
-    since = now - timedelta(hours=config.lookback_hours)
-    roster, networks = storage.roster(), NewestNetworkKind()
-    suppressed = storage.suppressed_detectors(now)  # analysts' false positives, still in force
-    anchors = storage.anchors()
+    kinds: dict[str, str] = {}
 
     def score_part(part: Collection[str] | None) -> list[Verdict]:
-        records = storage.records(since=since, devices=devices if part is None else part)
-        return score(networks.watch(records), roster, anchors, now, config.detection, suppressed)
+        scored = score_devices(storage, devices if part is None else part, now, config, baselines)
+        kinds.update(scored.network_kinds)
+        return scored.verdicts
 
     isolated = score_isolated(score_part, lambda: devices, roster, now, config.detection)
-    return ScoredBatch(isolated.verdicts, fleet_rows(isolated.verdicts, roster, networks.by_device), isolated.broken)
+    return ScoredBatch(isolated.verdicts, fleet_rows(isolated.verdicts, roster, kinds), isolated.broken)
 
 
 class Scorer:
@@ -92,14 +99,15 @@ class Scorer:
         self._queue_lock = threading.Lock()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    def run(self, dirtied_by: datetime | None = None) -> int:
-        """Claim and score marked devices until none are left (with ``dirtied_by``: only those marked
-        by then); returns how many verdicts were stored. A run that found nothing to claim is not
-        timed (``farmwatch_scoring_duration_seconds`` counts runs that scored something)."""
+    def run(self, bounded: bool = False) -> int:
+        """Reduce, mark, then claim and score marked devices until none are left (``bounded``: only
+        those marked before claiming began); returns how many verdicts were stored. A run that found
+        nothing to claim is not timed (``farmwatch_scoring_duration_seconds`` counts runs that scored
+        something)."""
         with self._lock:
             started = time.perf_counter()
             try:
-                claimed, stored = self._drain(dirtied_by)
+                claimed, stored = self._drain(bounded)
             except Exception:
                 self.metrics.scoring_failures.inc()
                 raise
@@ -164,8 +172,21 @@ class Scorer:
         stale = self.storage.stale_devices(self._window_start(self.clock()))
         return bool(stale) if device_id is None else device_id in stale
 
-    def _drain(self, dirtied_by: datetime | None) -> tuple[int, int]:
-        """(devices claimed, verdicts stored) of one run."""
+    def _drain(self, bounded: bool) -> tuple[int, int]:
+        """(devices claimed, verdicts stored) of one run; ``bounded``: only devices marked before it
+        started claiming (the periodic tick)."""
+        now = self.clock()
+        # Read the high-water mark before reducing: a report stored after it leaves its device's
+        # verdict stale and is marked by a later run, so it is scored once more.
+        through = self.storage.last_report_id()
+        catch_up(self.storage, now)
+        self.storage.mark_changed(lambda since: changed_devices(self.storage, since), now)
+        baselines = self._baselines(now)
+        if baselines is None:
+            log.info("no fleet baselines yet; the replica that keeps them is computing them")
+            return 0, 0
+        dirtied_by = self.clock() if bounded else None
+        roster = self.storage.roster()
         claimed = stored = 0
         hold = max(MIN_CLAIM_SECONDS, 2 * self.config.detection_interval_seconds)
         while not self._stop.is_set():
@@ -174,10 +195,7 @@ class Scorer:
                 break
             self.metrics.scoring_claimed.set(len(claim.devices))
             try:
-                # Read the high-water mark before the records: a report stored meanwhile marks its
-                # device again (and leaves its verdict stale), so it is scored once more.
-                through = self.storage.last_report_id()
-                batch = score_from_records(self.storage, self.config, claim.devices, self.clock())
+                batch = score_claimed(self.storage, self.config, claim.devices, now, roster, baselines)
                 self.storage.save_verdicts(batch.verdicts, through, batch.fleet, claim, self.clock())
             except Exception:
                 self._give_back(claim)
@@ -190,6 +208,15 @@ class Scorer:
             stored += len(batch.verdicts)
         self.metrics.scoring_backlog.set(self.storage.scoring_backlog())
         return claimed, stored
+
+    def _baselines(self, now: datetime) -> Baselines | None:
+        """The fleet baselines this run scores with. The replica holding the baselines lease (renewed
+        every run, so it lapses soon after its holder stops) refreshes them when they are due; the
+        others use the stored ones, or score nothing until the first ones are stored."""
+        keeper = max(MIN_CLAIM_SECONDS, 3 * self.config.detection_interval_seconds)
+        if self.storage.take_lease(BASELINES_LEASE, self.holder, now, keeper):
+            return current_baselines(self.storage, now, self.config)
+        return load_baselines(self.storage)
 
     def _give_back(self, claim: Claim) -> None:
         try:
@@ -207,7 +234,8 @@ class Scorer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the periodic run; a batch being scored is finished and stored first."""
+        """Stop the periodic run (a batch being scored is finished and stored first) and hand the
+        fleet baselines over to another replica."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -216,6 +244,10 @@ class Scorer:
             if self._on_demand is not None:
                 self._on_demand.shutdown(wait=False, cancel_futures=True)
                 self._on_demand = None
+        try:  # another replica keeps the fleet baselines from its next run on
+            self.storage.release_lease(BASELINES_LEASE, self.holder)
+        except Exception:  # noqa: BLE001 - shutting down; the lease lapses on its own
+            log.warning("could not release the fleet baselines lease; it lapses by itself")
 
     def _loop(self) -> None:
         interval = self.config.detection_interval_seconds
@@ -225,7 +257,7 @@ class Scorer:
             log.exception("could not mark the stale devices for scoring")
         while not self._stop.wait(_until_next_tick(interval)):
             try:
-                self.run(dirtied_by=self.clock())
+                self.run(bounded=True)
             except Exception:  # noqa: BLE001 - a failed run must not end periodic scoring
                 log.exception("scoring run failed; retrying at the next interval")
 

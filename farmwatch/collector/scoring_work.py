@@ -1,19 +1,23 @@
 """The devices that need scoring, shared by every replica on one database (the ``scoring_work`` table).
 
-Ingest marks a device in the transaction that stores its report (:func:`mark`: one multi-row UPSERT
-per call, so a batched ingest path pays one statement per batch). A replica :func:`claim` s a batch of
-marked devices for a while (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent
-claimers take disjoint rows without waiting; on SQLite the claim is one ``BEGIN IMMEDIATE`` writer
-transaction, which serializes claimers the same way), scores them, and :func:`release` s them in the
-transaction that stores their verdicts. A row is deleted only when its ``version`` is still the one
-claimed: a report stored while the device was being scored bumps it, so the row stays and the
-device is scored again. A replica that dies leaves its claims to lapse at ``claimed_until``; any
+A device is marked (:func:`mark`: one multi-row UPSERT per call) when its rollups or the sightings
+of its networks changed: :func:`mark_changed` takes that change set from
+:func:`farmwatch.collector.rollups.changed_devices` since the last reduction batch any replica
+marked, under a row lock, so each change is marked once. A roster import, an analyst's action and a
+verdict left stale by an older collector mark devices too (:func:`mark_stale`).
+
+A replica :func:`claim` s a batch of marked devices for a while (``SELECT … FOR UPDATE SKIP LOCKED``
+on PostgreSQL, so concurrent claimers take disjoint rows without waiting; on SQLite the claim is one
+``BEGIN IMMEDIATE`` writer transaction, which serializes claimers the same way), scores them, and
+:func:`release` s them in the transaction that stores their verdicts. A row is deleted only when its
+``version`` is still the one claimed: a device marked again while it was being scored keeps its
+row and is scored again. A replica that dies leaves its claims to lapse at ``claimed_until``; any
 replica then takes them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,9 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from farmwatch.collector.tables import devices, scoring_work, verdicts
+from farmwatch.collector.tables import devices, rollup_progress, scoring_work, verdicts
 
 CHUNK = 500  # device ids per statement (SQLite caps bound variables)
+MARKED = "scoring"
+"""The ``rollup_progress`` row holding the last reduction batch whose changes were marked here."""
+ChangedSince = Callable[[int], tuple[set[str], int]]
+"""Devices changed after a reduction batch, and the batch they run to (``rollups.changed_devices``)."""
 
 
 @dataclass(frozen=True)
@@ -35,9 +43,9 @@ class Claim:
     until: datetime
 
 
-def _insert(connection: Connection) -> postgresql.Insert | sqlite.Insert:
+def _insert(connection: Connection, table: sa.Table = scoring_work) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, which has ON CONFLICT (both backends' syntax is the same here)."""
-    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(scoring_work)
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def mark(tx: Connection, device_ids: Collection[str], at: datetime) -> None:
@@ -48,6 +56,23 @@ def mark(tx: Connection, device_ids: Collection[str], at: datetime) -> None:
         insert = _insert(tx)
         tx.execute(insert.values(rows).on_conflict_do_update(
             index_elements=[scoring_work.c.device_id], set_={"version": scoring_work.c.version + 1}))
+
+
+def mark_changed(tx: Connection, changed_since: ChangedSince, at: datetime) -> int:
+    """Mark the devices whose rollups or sightings changed since the last call on any replica; returns
+    how many. The progress row stays locked until ``tx`` commits, so replicas take turns and each
+    reduction batch's changes are marked exactly once."""
+    marked = sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == MARKED).with_for_update()
+    since = tx.execute(marked).scalar()
+    if since is None:
+        tx.execute(_insert(tx, rollup_progress).values(name=MARKED, batch=0, floor_report_id=0)
+                   .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
+        since = tx.execute(marked).scalar_one()
+    changed, through = changed_since(int(since))
+    mark(tx, changed, at)
+    if through != since:
+        tx.execute(rollup_progress.update().where(rollup_progress.c.name == MARKED).values(batch=through))
+    return len(changed)
 
 
 def mark_stale(tx: Connection, seen_since: datetime, at: datetime) -> int:

@@ -288,7 +288,6 @@ class Storage:
             .where(devices.c.device_id == device_id)
             .values(last_seen=received_at, last_report_id=report_id, last_seq=max(last_seq or 0, seq))
         )
-        scoring_work.mark(tx, [device_id], received_at)  # to be scored by whichever replica claims it
         return StoredReport(new=True, conflict=False)
 
     def quota_wait(self, device_id: str, now: datetime, limits: Limits) -> float | None:
@@ -460,6 +459,11 @@ class Storage:
         """Give up a claim without verdicts (a failed run): its devices stay marked for any replica."""
         with self._writer.begin() as tx:
             scoring_work.release(tx, claim, now, done=False)
+
+    def mark_changed(self, changed_since: scoring_work.ChangedSince, now: datetime) -> int:
+        """Mark the devices whose rollups changed since any replica last did (:func:`scoring_work.mark_changed`)."""
+        with self._writer.begin() as tx:
+            return scoring_work.mark_changed(tx, changed_since, now)
 
     def mark_stale_for_scoring(self, seen_since: datetime, now: datetime) -> int:
         """Mark every stale device seen since ``seen_since`` not marked yet (:func:`scoring_work.mark_stale`)."""

@@ -1,4 +1,5 @@
-"""Scoring state in the store: the scoring lease between replicas, and which devices count as stale."""
+"""Scoring state in the store: leases between replicas, which devices count as stale, and who keeps the
+fleet baselines."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collector_helpers import report_for
 from prometheus_client import CollectorRegistry
 
 from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.incremental import load_baselines
 from farmwatch.collector.ingest import digest, ingest_record, parse_report
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.scoring import Scorer
@@ -69,5 +71,42 @@ def test_only_devices_seen_within_the_lookback_are_rescored(tmp_path: Path) -> N
         assert runs() == 2 and storage.verdict("dev-new") is not None
         scorer.refresh()
         assert runs() == 2  # nothing new since: no second run
+    finally:
+        storage.close()
+
+
+def test_one_replica_keeps_the_fleet_baselines(tmp_path: Path) -> None:
+    """Two replicas' scorers on one store: only the lease holder refreshes the stored baselines when
+    they are due; the other scores with them as stored; a holder that stops hands them over."""
+    storage = Storage.open(f"sqlite:///{tmp_path / 'baselines.db'}")
+    clock = [T0]
+    config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, detection_interval_seconds=1200)
+    first, second = (Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: clock[0]) for _ in "ab")
+
+    def computed_at() -> datetime:
+        stored = load_baselines(storage)
+        assert stored is not None
+        return stored.computed_at
+
+    def run(scorer: Scorer, minutes: int) -> None:
+        clock[0] = T0 + timedelta(minutes=minutes)
+        scorer.run()
+
+    try:
+        storage.enrol(hardware_id="hw-1", hostname="h", source_ip="127.0.0.1", new_device_id="dev-1", token="t", now=T0)
+        store_report(storage, "dev-1", 1, T0)
+        run(first, 0)  # none stored yet: the first replica takes the lease and learns them
+        assert computed_at() == T0
+        run(second, 1)
+        run(first, 50)  # renews its lease (until +50 min + 3 intervals); the baselines are still fresh
+        run(second, 65)  # due (older than an hour), but not its lease: scores with the stored ones
+        assert computed_at() == T0
+        run(first, 66)
+        assert computed_at() == T0 + timedelta(minutes=66)
+        first.stop()  # hands the lease over
+        run(second, 67)
+        assert computed_at() == T0 + timedelta(minutes=66)  # fresh: nothing to do yet
+        run(second, 130)
+        assert computed_at() == T0 + timedelta(minutes=130)
     finally:
         storage.close()
