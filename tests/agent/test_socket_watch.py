@@ -272,3 +272,27 @@ def test_process_names_come_and_go_with_their_processes() -> None:
         child.kill()
         child.wait()
     assert child.pid not in names.current()
+
+
+def test_a_failing_claim_is_reported_and_watching_goes_on() -> None:
+    calls: list[int] = []
+
+    def claim(fresh: list[TcpSocket], table: list[TcpSocket]) -> dict[int, str]:
+        calls.append(len(fresh))
+        if len(calls) == 1:
+            raise OSError("proc went away")
+        return {sock.inode: "server" for sock in fresh}
+
+    with _server() as server:
+        port = _port(server)
+        watcher: SocketWatcher[str] = SocketWatcher(claim, period_seconds=0.05)
+        watcher.local_ports = [(port, port)]
+        with _session(server):
+            watcher.start()  # its first poll fails in the claim
+            deadline = time.monotonic() + 30
+            while len(calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            watcher.stop()
+            window = watcher.take()
+    assert window.problems()[0] == "socket watch: a poll failed: OSError: proc went away"
+    assert [seen.owner for seen in window.sightings] == ["server"]

@@ -73,7 +73,7 @@ class Watched(Generic[Owner]):
     sightings: list[Sighting[Owner]]
     polls: int  # polls that read the kernel's table
     dropped: int  # claimed sockets not kept (over the watcher's limit)
-    failure: str | None  # why the latest poll could not read the table, if it could not
+    failure: str | None  # why a poll failed (the latest such), if one did
 
     def problems(self) -> list[str]:
         """What the report's errors[] should say about this window's watching."""
@@ -105,7 +105,7 @@ class SocketWatcher(Generic[Owner]):
         self.dump = dump
         self.clock = clock
         self.limit = limit
-        self.failure: str | None = None  # why the latest poll could not read the kernel's table
+        self.failure: str | None = None  # why a poll of this window failed (the latest such), if one did
         self.dropped = 0  # claimed sockets not kept this window (over ``limit``)
         self.polls = 0  # polls this window that read the table
         self._seen: dict[tuple[int, tuple[str, int, str, int]], Sighting[Owner]] = {}
@@ -118,7 +118,7 @@ class SocketWatcher(Generic[Owner]):
         if self._thread is not None:
             return
         self._stop.clear()
-        self.poll()
+        self._poll_safely()
         self._thread = threading.Thread(target=self._run, name="socket-watch", daemon=True)
         self._thread.start()
 
@@ -130,7 +130,16 @@ class SocketWatcher(Generic[Owner]):
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_seconds):
+            self._poll_safely()
+
+    def _poll_safely(self) -> None:
+        """A poll whose failure (a claim function's bug, an unreadable /proc) becomes the window's
+        ``failure`` instead of ending the thread: watching goes on at the next period."""
+        try:
             self.poll()
+        except Exception as error:  # noqa: BLE001 - turned into data, as the runner does
+            with self._lock:
+                self.failure = f"a poll failed: {type(error).__name__}: {error}"
 
     def poll(self) -> None:
         """Read the kernel's table once: new claimed sockets are added, gone ones marked ended."""
@@ -146,7 +155,6 @@ class SocketWatcher(Generic[Owner]):
             except RttUnavailable as unavailable:
                 self.failure = str(unavailable)
                 return
-            self.failure = None
             self.polls += 1
             established = [sock for sock in table if sock.state == "ESTABLISHED" and sock.inode]
             present = {(sock.inode, sock.pair): sock for sock in established}
@@ -172,10 +180,11 @@ class SocketWatcher(Generic[Owner]):
     def take(self) -> Watched[Owner]:
         """Poll once more, then end the window: every socket seen in it (oldest first); those that
         ended are forgotten, open ones carry into the next window with their first_seen."""
-        self.poll()
+        self._poll_safely()
         with self._lock:
             window = Watched(sightings=sorted(self._seen.values(), key=lambda seen: seen.first_seen),
                              polls=self.polls, dropped=self.dropped, failure=self.failure)
             self._seen = {key: seen for key, seen in self._seen.items() if seen.open}
             self.dropped = self.polls = 0
+            self.failure = None
         return window
