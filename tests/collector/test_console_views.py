@@ -85,6 +85,17 @@ def test_timeline_merges_consecutive_windows_of_one_peer() -> None:
     assert lane.hours == pytest.approx(15 / 60)
 
 
+def test_timeline_draws_a_watched_session_from_its_first_to_its_last_sighting() -> None:
+    """A session the agent saw begin and end inside one window spans those minutes, not the window."""
+    ended = {"kind": "ssh", "remote_ip": "175.45.176.71", "state": "CLOSED",
+             "first_seen": _stamp(START + timedelta(minutes=6)), "last_seen": _stamp(START + timedelta(minutes=9))}
+    records = [record(START + timedelta(minutes=5)), record(START + timedelta(minutes=10), sessions=[ended])]
+    (lane,) = device_view.remote_timeline(records).lanes
+    assert lane.label == "ssh session from 175.45.176.71"
+    assert lane.spans == [(pytest.approx(6 / 10), pytest.approx(9 / 10))]
+    assert lane.hours == pytest.approx(3 / 60)
+
+
 def test_hardware_flags_ip_kvm_identities_first() -> None:
     usb = [{"vendor_id": "046d", "product_id": "c52b", "manufacturer": "Logitech", "product": "USB Receiver"},
            {"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device"}]

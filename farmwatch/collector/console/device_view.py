@@ -178,8 +178,17 @@ class Timeline:
     ticks: list[tuple[float, str]]  # (fraction, label) at each midnight UTC
 
 
+def _span(seen: dict[str, Any], start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """When a connection or session was open: the agent's socket watcher's first/last seen where it
+    sent them (a session may begin and end inside one window), else its report's whole window."""
+    if seen.get("first_seen") and seen.get("last_seen"):
+        return max(parse_utc(seen["first_seen"]), start), parse_utc(seen["last_seen"])
+    return start, end
+
+
 def remote_timeline(records: list[dict[str, Any]]) -> Timeline:
-    """When each remote-access tool held a connection, or a remote session was open (by report window)."""
+    """When each remote-access tool held a connection, or a remote session was open (by report window,
+    or as the agent watched it)."""
     if not records:
         return Timeline(None, None, [], [])
     windows: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
@@ -188,9 +197,11 @@ def remote_timeline(records: list[dict[str, Any]]) -> Timeline:
         start, end = parse_utc(report["window_start"]), parse_utc(report["window_end"])
         for tool in report.get("remote_access") or []:
             for connection in tool.get("connections") or []:
-                windows[f"{tool['tool']} {connection['direction']} {connection['remote_ip']}"].append((start, end))
+                windows[f"{tool['tool']} {connection['direction']} {connection['remote_ip']}"].append(
+                    _span(connection, start, end))
         for session in report.get("sessions") or []:
-            windows[f"{session['kind']} session from {session.get('remote_ip') or 'console'}"].append((start, end))
+            windows[f"{session['kind']} session from {session.get('remote_ip') or 'console'}"].append(
+                _span(session, start, end))
     first = parse_utc(records[0]["report"]["window_start"])
     last = max(parse_utc(r["report"]["window_end"]) for r in records)
     width = max((last - first).total_seconds(), 1.0)
