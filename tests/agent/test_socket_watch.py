@@ -296,3 +296,23 @@ def test_a_failing_claim_is_reported_and_watching_goes_on() -> None:
             window = watcher.take()
     assert window.problems()[0] == "socket watch: a poll failed: OSError: proc went away"
     assert [seen.owner for seen in window.sightings] == ["server"]
+
+
+@pytest.mark.parametrize("probe", [RemoteAccessProbe, SessionsProbe])
+def test_the_collectors_config_turns_watching_on_and_off_between_windows(
+        probe: type[RemoteAccessProbe | SessionsProbe]) -> None:
+    context = ProbeContext(options={probe.name: {"watch_period_seconds": 0}})
+    made = probe(context)
+    made.start()
+    try:
+        made.collect()
+        assert made._watcher._thread is None
+        context.options = {probe.name: {"watch_period_seconds": 2.5}}  # as a fresh config from the collector
+        made.collect()
+        assert made._watcher._thread is not None and made._watcher.period_seconds == 2.5
+        context.options = {}
+        made.collect()
+        assert made._watcher.period_seconds == 5.0
+    finally:
+        made.stop()
+    assert made._watcher._thread is None

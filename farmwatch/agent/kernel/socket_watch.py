@@ -4,10 +4,12 @@ The probes read sockets at the window's end, so a remote session that starts and
 reports used to leave no trace. A :class:`SocketWatcher` dumps the TCP sockets every
 ``period_seconds`` over NETLINK_SOCK_DIAG (:mod:`farmwatch.agent.kernel.tcpinfo`), filtered in the
 kernel by state and, where the caller knows its ports, by local port, so the sockets left out are
-neither copied nor parsed. A ``claim`` function (the probe's) says which of the new established
-sockets are its and who owns them; the watcher keeps, per claimed socket, the first and last poll
-that saw it established, the least ``min_rtt`` over those polls and the owner as found by the poll
-that first saw it, so a socket closed before the window's end still has its process and tool.
+neither copied nor parsed. A ``focus`` function (the probe's) names the socket inodes worth
+parsing (those its processes hold) and no dump is made while there are none; a ``claim`` function
+says which of the new established sockets are its and who owns them. The watcher keeps, per
+claimed socket, the first and last poll that saw it established, the least ``min_rtt`` over those
+polls and the owner as found by the poll that first saw it, so a socket closed before the window's
+end still has its process and tool.
 
 Why polling and not events: the kernel announces only a socket's destruction
 (SKNLGRP_INET_TCP_DESTROY, what ``ss -E`` reads), after the owning process has let go of it, so

@@ -77,15 +77,18 @@ class SessionsProbe(Probe[list[Session]]):
                                                                    clock=context.clock)
         self._ruled_out: set[int] = set()  # watched sockets found to be no session
         self._watching = False
+        self._started = False  # start() ran (Linux): the watcher follows the options from then on
 
     def start(self) -> None:
         """Watch the session ports through the window (Linux)."""
         if not self.context.platform.startswith("linux"):
             return
+        self._started = True
         self._watch(self.read_options(SessionsOptions).watch_period_seconds, self._watched_ports())
 
     def stop(self) -> None:
         self._watch(0, ())
+        self._started = False
 
     def _watch(self, period_seconds: float, ports: tuple[int, ...]) -> None:
         """Poll ``ports`` every ``period_seconds`` from now on (0: not at all)."""
@@ -136,8 +139,8 @@ class SessionsProbe(Probe[list[Session]]):
         except RttUnavailable as unavailable:
             raise ProbeUnavailable(f"cannot list TCP sockets: {unavailable}") from unavailable
         found, ports = self._read(sockets, self.problem)
-        if self._watching:
-            self._watch(period, self._watched_ports(ports))  # servers may have come or gone
+        if self._started:  # the collector's config may have changed the period; servers come and go
+            self._watch(period, self._watched_ports(ports))
         if watched is None:
             return [session for _, session in found]
         for problem in watched.problems():
