@@ -14,6 +14,9 @@
   report from fixtures).
 - **Import time**: wall time to import the agent's CLI in a fresh interpreter, beside a bare one.
 
+Where a collection's time goes: ``py-spy record -r 1000 -f raw -o cycles.txt -- python
+bench/agent_cost.py --cycle-worker 300`` (py-spy, in the dev extra, samples the probes' threads too).
+
 Two other engineers measure on this 2-core machine at the same time: the load averages printed
 before and after say how contended a run was; baseline and figure are interleaved so both see it.
 """
