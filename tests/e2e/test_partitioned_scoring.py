@@ -1,8 +1,10 @@
 """Two collectors on one PostgreSQL share the scoring by device, with no leased scorer (issue 12).
 
 Real collector processes, a real throwaway PostgreSQL (root only), a real webhook receiver; the
-reports are our hand-written fixture (a far AnyDesk session and a PiKVM: farm at once). Every round
-each laptop sends one new report to one replica and the same report again to the other. Counted from
+reports are our hand-written fixture (a far AnyDesk session and a PiKVM: farm at once), each laptop
+on a network of its own (its own loopback source address, gateway and Wi-Fi hashes), so one laptop's
+report never changes another's co-location neighbourhood. Every round each laptop sends one new
+report to one replica and the same report again to the other. Counted from
 the replicas' ``farmwatch_scoring_devices_total`` and from the database, not from logs: each laptop
 is scored once per round by one of the two, both replicas take a share, every report is stored
 once, and each laptop has one verdict change and one alert.
@@ -18,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from alert_scenario import ROSTER_HEADER, auth, collector_config, post, report
+from alert_scenario import ROSTER_HEADER, auth, collector_config, report
 from collector_process import RunningCollector
 from siem_receivers import HttpReceiver, wait_for
 
@@ -50,6 +52,15 @@ def scored_devices(collector: RunningCollector) -> float:
     return float(value)
 
 
+def send(collector: RunningCollector, laptop: int, body: dict[str, object], token: object) -> None:
+    """Post ``body`` from laptop ``laptop``'s own loopback address, on its own LAN identities."""
+    body["network"] = {**body["network"], "gateway_mac_hash": f"{laptop:064x}", "wifi_bssid_hash": f"{laptop + 99:064x}"}
+    transport = httpx.HTTPTransport(local_address=f"127.0.0.{laptop + 2}")
+    with httpx.Client(transport=transport, timeout=60) as client:
+        sent = client.post(f"{collector.url}/api/v1/reports", json=body, headers=auth(token))
+    assert sent.status_code == 202, sent.text
+
+
 def after_next_tick() -> None:
     """Sleep until just after the next multiple of INTERVAL, when both replicas have just ticked."""
     time.sleep(INTERVAL - time.time() % INTERVAL + 0.3)
@@ -73,8 +84,8 @@ def test_two_collectors_share_scoring_each_laptop_once_per_interval(
         after_next_tick()  # the round's reports all land inside one interval
         for n, laptop in enumerate(laptops):
             body = report(str(laptop["device_id"]), seq)
-            post(replicas[(n + seq) % 2], body, laptop["token"])
-            post(replicas[(n + seq + 1) % 2], body, laptop["token"])  # the same report again: a resend
+            send(replicas[(n + seq) % 2], n, body, laptop["token"])
+            send(replicas[(n + seq + 1) % 2], n, body, laptop["token"])  # the same report again: a resend
         wait_for(lambda: sum(map(scored_devices, replicas)) >= LAPTOPS * seq, 60, f"round {seq} scored")
     time.sleep(2 * INTERVAL)  # two more ticks: nothing is left to score, so nobody scores again
 
