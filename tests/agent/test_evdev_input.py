@@ -232,3 +232,25 @@ def test_batched_reads_give_the_aggregates_of_reducing_every_frame_as_it_comes(m
     assert stats.summary(2.0) == expected.summary(2.0)
     assert stats.mouse_jumps > 0 and stats.key_bursts > 0  # the sequence exercises both
     assert listener.reads <= frames // 5, f"{listener.reads} reads for {frames} frames: not batched"
+
+
+def test_after_a_queue_overflowed_every_frame_is_read_as_it_comes(machine: Machine) -> None:
+    """A mouse faster than the batch wait allows (4000-8000 Hz) overflows its evdev queue: the kernel
+    sends SYN_DROPPED, and from then on the listener reads without waiting, losing no more frames."""
+    machine.plug("event0", MOUSE)
+    stats = InputStats()
+    listener = EvdevInputListener(stats, machine.sys_root, machine.dev_root)
+    listener.start()
+    frames = 1000
+    try:
+        machine.write("event0", [(6999.0, EV_SYN, 3, 0), (6999.0, EV_SYN, 0, 0)])  # the kernel's overflow notice
+        began = time.monotonic()
+        for number in range(frames):
+            while time.monotonic() - began < number / 1000:
+                time.sleep(0.0002)
+            machine.write("event0", rel_move(7000 + number / 1000, 2))
+        settle(lambda: stats.mouse_events, frames)
+    finally:
+        listener.stop()
+    assert stats.mouse_moves == frames
+    assert listener.reads > frames // 5, f"{listener.reads} reads for {frames} frames: still batching"

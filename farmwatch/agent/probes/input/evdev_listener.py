@@ -12,6 +12,7 @@ Cost: events are read in batches. After a wake-up the loop waits :data:`BATCH_SE
 reads again, so the kernel queues a 1000 Hz mouse's frames ten at a time instead of waking the
 agent for each; the timing aggregates do not change, since every event carries the kernel's own
 time stamp, not the time it was read (bench/input_listener_cost.py measures the share of a core).
+A device too fast for that (its queue overflows) turns the wait off for a while.
 
 Privacy: a key's code is looked at only to tell a key from a mouse button and is then dropped;
 absolute positions (touchpads, tablets) only tell that the pointer moved.
@@ -50,8 +51,10 @@ BATCH_SECONDS = 0.01
 """How long the kernel queues a device's events between two reads. A 1000 Hz mouse fills 10 frames
 (30 events) meanwhile, inside the smallest per-reader queue evdev allocates (64 events,
 EVDEV_MIN_BUFFER_SIZE in drivers/input/evdev.c; a mouse's is 128): nothing is dropped, and the
-reader wakes at most 100 times a second instead of once per frame. Should a queue overflow anyway,
-the kernel says so with SYN_DROPPED and the frame is skipped, as for any slow reader."""
+reader wakes at most 100 times a second instead of once per frame. A faster device (a 4000 or
+8000 Hz gaming mouse) can overflow its queue meanwhile: the kernel says so with SYN_DROPPED, and
+the listener then reads without waiting for :data:`UNBATCHED_SECONDS`."""
+UNBATCHED_SECONDS = 10.0  # after a queue overflowed, read every event as it comes for this long
 READ_EVENTS = 512  # events taken per read(): more than any evdev queue holds, so one read empties it
 
 
@@ -127,6 +130,7 @@ class EvdevInputListener:
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # never set: an unplugged node is reopened by the rescan
         self.reads = 0  # read() calls on ready devices so far: how often the listener woke to work
+        self._overflowed_at = -math.inf  # monotonic time a device's queue last overflowed (SYN_DROPPED)
 
     def start(self) -> None:
         """Open the nodes; raises OSError saying why when there is nothing to read."""
@@ -182,7 +186,7 @@ class EvdevInputListener:
             for key, _ in ready:
                 self._drain(key.data)
             self.reads += len(ready)
-            if ready:
+            if ready and time.monotonic() - self._overflowed_at > UNBATCHED_SECONDS:
                 time.sleep(BATCH_SECONDS)  # let the kernel queue the next frames: one read takes them all
             if time.monotonic() >= next_scan:
                 self._open(input_devices(self.sys_root))
@@ -211,6 +215,7 @@ class EvdevInputListener:
         if kind == EV_SYN:
             if code == SYN_DROPPED:
                 reading.dropping = True
+                self._overflowed_at = time.monotonic()
             elif code == SYN_REPORT:
                 if not reading.dropping and (reading.dx or reading.dy):
                     self.sink.move(at, math.hypot(reading.dx, reading.dy), injected)
