@@ -9,6 +9,8 @@
 - **Average CPU and steady RSS**: a real ``farmwatch-agent run --interval 60`` reporting to a real
   collector on loopback, measured over STEADY_SECONDS after start-up (two reports fall inside).
   Targets 0.5 % of one core and 40 MB; the RSS baseline is a bare ``python -c pass`` interpreter.
+  The collector is reached over plain HTTP: an https one adds its TLS context, about 1.4 MB when
+  that loads the system's CA store (``ssl.create_default_context()``), little with a CA file.
 - **Report size**: ``farmwatch-agent once --print`` on this machine, compact JSON gzipped as the
   transport sends it (target 4 KB; tests/agent/test_report_size.py checks a busier laptop's
   report from fixtures).
