@@ -50,6 +50,7 @@ def _outbound(rtt: float, domain: str | None = None, **sections) -> list[dict]:
     pytest.param(_outbound(180.0), 0.85, id="outbound-direct-peer-one-window"),
     pytest.param(_outbound(180.0, input=user_input(injected=900)), 0.85, id="outbound-driven-by-injected-input"),
     pytest.param(_outbound(180.0, input=user_input()), 0.85 * 0.25, id="outbound-while-own-hands-type"),
+    pytest.param(_outbound(180.0, network=network([probe("us-central", 12.0)])), 0.85, id="a-quick-link-changes-nothing"),
 ])
 def test_session_distance_one_window_of_a_far_direct_peer_counts(records, expected) -> None:
     finding = run(SessionDistanceDetector, records, [roster_entry("d1")])["d1"]
@@ -64,6 +65,8 @@ def test_session_distance_one_window_of_a_far_direct_peer_counts(records, expect
     pytest.param(_outbound(180.0, domain="net.anydesk.com"), id="catalogued-relay-says-nothing"),
     pytest.param([make_record("d1", 0, sessions=[{"kind": "ssh", "user": "dev", "remote_ip": "175.45.176.71",
                                                   "min_rtt_ms": 190.0}])], id="one-window-of-ssh"),
+    # Geostationary satellite internet: ~600 ms to every anchor, so 650 ms to a peer says nothing.
+    pytest.param(_outbound(650.0, network=network([probe("us-central", 600.0)])), id="slow-access-link"),
 ])
 def test_session_distance_stays_quiet(records) -> None:
     assert run(SessionDistanceDetector, records, [roster_entry("d1")]) == {}

@@ -17,6 +17,11 @@ while the laptop's own keyboard and mouse are in use without injected input (in 
 driving this one: it scores ``local_hands_factor`` as much. A session the agent's socket watcher
 saw last ``min_session_seconds`` (``duration_seconds``, e.g. one that began and ended between two
 reports) counts from its one report too.
+
+A slow access link (geostationary satellite: ~600 ms to everything) makes every peer look far, so
+the time a path spends before it goes anywhere is the larger of the usual
+:data:`~farmwatch.detectors.distance.ACCESS_OVERHEAD_MS` and, with ``anchor_floor``, the device's
+fastest anchor answer: a laptop that reaches no anchor in under 600 ms shows no peer as far.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
-from farmwatch.detectors.distance import LIGHT_KM_PER_RTT_MS, likely_min_distance_km, max_distance_km
+from farmwatch.detectors.distance import (
+    ACCESS_OVERHEAD_MS,
+    LIGHT_KM_PER_RTT_MS,
+    likely_min_distance_km,
+    max_distance_km,
+)
 
 
 class SessionDistanceDetector(Detector):
@@ -38,7 +48,7 @@ class SessionDistanceDetector(Detector):
     def __init__(self, local_km: float = 2000.0, far_km: float = 6000.0, top_score: float = 0.85,
                  min_reports: int = 2, approved_factor: float = 0.25, far_tool_min_reports: int = 1,
                  local_hands_share: float = 0.5, local_hands_factor: float = 0.25,
-                 min_session_seconds: float = 60.0) -> None:
+                 min_session_seconds: float = 60.0, anchor_floor: bool = True) -> None:
         self.local_km = local_km
         self.far_km = far_km
         self.top_score = top_score
@@ -48,6 +58,7 @@ class SessionDistanceDetector(Detector):
         self.local_hands_share = local_hands_share
         self.local_hands_factor = local_hands_factor
         self.min_session_seconds = min_session_seconds
+        self.anchor_floor = anchor_floor
 
     def _paths(self, frames: Frames) -> pd.DataFrame:
         tools = frames.tools
@@ -80,7 +91,11 @@ class SessionDistanceDetector(Detector):
             min_rtt_ms=("min_rtt_ms", "min"), reports=("rec", "nunique"), tool=("tool", "any"),
             local_hands_share=("local_hands", "mean"), first=("time", "min"), last=("time", "max"),
             session_seconds=("duration_seconds", "max")).reset_index()
-        per_peer["likely_km"] = likely_min_distance_km(per_peer["min_rtt_ms"].to_numpy())
+        fastest_anchor = frames.probes.groupby("device_id")["rtt_min_ms"].min() if self.anchor_floor else pd.Series(dtype=float)
+        per_peer["access_ms"] = per_peer["device_id"].map(fastest_anchor).fillna(0.0).clip(lower=ACCESS_OVERHEAD_MS)
+        # likely_min_distance_km spends ACCESS_OVERHEAD_MS itself: give it only what this device spends beyond.
+        per_peer["likely_km"] = likely_min_distance_km(
+            (per_peer["min_rtt_ms"] - per_peer["access_ms"] + ACCESS_OVERHEAD_MS).to_numpy())
         far_tool = per_peer["tool"] & (per_peer["likely_km"] >= self.far_km)
         per_peer = per_peer[(per_peer["reports"] >= self.min_reports)
                             | (far_tool & (per_peer["reports"] >= self.far_tool_min_reports))
@@ -114,7 +129,7 @@ class SessionDistanceDetector(Detector):
                 "via": top["via"], "peer": top["peer"], "direction": top["direction"],
                 "min_rtt_ms": top["min_rtt_ms"], "likely_min_km": top["likely_km"],
                 "light_bound_km": max_distance_km(float(top["min_rtt_ms"])),
-                "local_floor_ms": self.local_km / LIGHT_KM_PER_RTT_MS,
+                "local_floor_ms": self.local_km / LIGHT_KM_PER_RTT_MS, "access_ms": float(top["access_ms"]),
                 "session_reports": top["reports"], "approved": approved,
                 "local_hands_share": float(top["local_hands_share"]),
                 "session_seconds": None if pd.isna(top["session_seconds"]) else float(top["session_seconds"]),
