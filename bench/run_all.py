@@ -1,5 +1,6 @@
 """Runs every other script under bench/, prints all their figures in one table and writes bench/results.json.
 
+Scripts whose name starts with ``_`` are helpers (servers a benchmark starts), not benchmarks.
 Each script publishes its figures through bench/report.py (figure, value, baseline measured in the
 same run, ratio, target, met/missed). One failing benchmark does not stop the rest; the run exits 1
 when any script failed. ``--quick`` is the shortened pass CI runs: every script with small sizes,
@@ -44,7 +45,7 @@ def main() -> int:
     args = arguments()
     if args.quick:
         os.environ[report.QUICK_ENV] = "1"
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in NOT_BENCHMARKS)
+    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in NOT_BENCHMARKS and not p.name.startswith("_"))
     if args.only:
         scripts = [p for p in scripts if p.stem in args.only]
     started, load_before = datetime.now(timezone.utc), os.getloadavg()

@@ -7,6 +7,7 @@ Blocking database work runs in the thread pool so one slow query never stalls th
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -27,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from farmwatch.collector import ingest
+from farmwatch.collector.admission import SpentQuotas, TokenMemory
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.console.routes import mount_console
 from farmwatch.collector.delivery import Alerting
@@ -38,12 +40,13 @@ from farmwatch.collector.ratelimit import AddressLimiter
 from farmwatch.collector.retention import RetentionJob
 from farmwatch.collector.rollups import Reducer
 from farmwatch.collector.scoring import Scorer
-from farmwatch.collector.storage import Storage
+from farmwatch.collector.storage import ArrivingReport, Storage, token_digest
 from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
 from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
 
 log = logging.getLogger("farmwatch.collector.app")
 SMALL_BODY = 64 * 1024  # enrol and verify requests are a few hundred bytes
+INLINE_PARSE_BYTES = 64 * 1024  # a report this small parses faster than a hop to the thread pool
 Text = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
 
 
@@ -135,6 +138,19 @@ def create_app(
             raise Rejected(401, "unauthorized", [{"field": "Authorization", "message": "unknown, revoked or missing device token"}])
         return device
 
+    reporting_tokens = TokenMemory()  # admission.py: the write re-checks the token at its commit
+    spent_quotas = SpentQuotas()
+
+    async def reporting_device(request: Request) -> tuple[str, str]:
+        """The device of a report's token and the token's digest, remembered for a minute."""
+        token = _bearer(request)
+        hashed = token_digest(token) if token else ""
+        device = reporting_tokens.device(hashed) if token else None
+        if device is None:
+            device = await device_of(request)
+            reporting_tokens.remember(hashed, device)
+        return device, hashed
+
     def require_analyst(request: Request) -> None:
         address = refuse_guessers(request)
         token = _bearer(request) or ""
@@ -209,6 +225,7 @@ def create_app(
         device = await device_of(request)
         token = secrets.token_urlsafe(32)
         await run_in_threadpool(storage.rotate_token, device, token, clock())
+        reporting_tokens.forget_device(device)
         log.info("device %s rotated its token", device)
         return {"device_id": device, "token": token}
 
@@ -216,16 +233,16 @@ def create_app(
     async def post_report(request: Request) -> Any:
         started = time.perf_counter()
         try:
-            return await _ingest(request, await device_of(request))
+            return await _ingest(request, *await reporting_device(request))
         except Rejected as refused:
             metrics.reports_rejected.labels(refused.reason).inc()
             raise
         finally:
             metrics.ingest_latency.observe(time.perf_counter() - started)
 
-    async def _ingest(request: Request, device: str) -> dict[str, int]:
-        # A device over its quota is refused before its body is read or parsed (it costs little).
-        wait = await run_in_threadpool(storage.quota_wait, device, clock(), config.limits)
+    async def _ingest(request: Request, device: str, token_sha256: str) -> dict[str, int]:
+        # A device whose quota a commit here found spent is refused before its body is read or parsed.
+        wait = spent_quotas.wait(device, clock())
         if wait is not None:
             raise _over_quota(wait)
         body = await ingest.read_body(
@@ -236,20 +253,28 @@ def create_app(
         )
         received_at = clock()
         not_after = received_at + timedelta(seconds=config.limits.max_clock_skew_seconds)
-        report = await run_in_threadpool(ingest.parse_report, body, not_after)
+        if len(body) <= INLINE_PARSE_BYTES:
+            report = ingest.parse_report(body, not_after)
+        else:
+            report = await run_in_threadpool(ingest.parse_report, body, not_after)
         if report.device_id != device:
             raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
         source_ip = _source(request, config)
         record = ingest.ingest_record(report, received_at, source_ip, geo.lookup(source_ip))
+        arriving = ArrivingReport(record, ingest.wire_digest(record["report"]), received_at, len(body), config.limits,
+                                  token_sha256)
         try:
-            stored = await run_in_threadpool(
-                storage.add_report, record, ingest.digest(report), received_at, len(body), config.limits
-            )
+            stored = await asyncio.wrap_future(storage.submit_report(arriving))
         except sa.exc.SQLAlchemyError as failure:
             if not unavailable(failure):
                 raise
             raise store_refusal(failure) from None
         store_health.wrote()
+        if stored.revoked:
+            reporting_tokens.forget_device(device)
+            raise Rejected(401, "unauthorized", [{"field": "Authorization", "message": "unknown, revoked or missing device token"}])
+        if stored.new or stored.retry_after is not None:
+            spent_quotas.spent(device, received_at, stored.next_wait if stored.new else stored.retry_after)
         if stored.retry_after is not None:
             raise _over_quota(stored.retry_after)
         if stored.conflict:

@@ -1,12 +1,15 @@
-"""Group commit: concurrent report writes share one SQLite transaction, so one fsync acknowledges many.
+"""Group commit: concurrent writes share one transaction, so one commit (one fsync) acknowledges many.
 
-With ``synchronous=FULL`` every commit waits for the disk. Writers hand their step (a function of
-the open transaction) to one committer thread; while it commits a batch, the next requests queue,
-and the next batch takes them all (at most ``max_batch``). Each step runs in its own SAVEPOINT, so a
-step that raises (an unknown device) is rolled back alone and only its caller sees the error. A
-database error (full disk, lost file) aborts the whole batch: nothing of it is stored, and every
-caller gets the error (503, the agents retry). Nobody is answered before the commit that holds
-their write has returned.
+With SQLite's ``synchronous=FULL`` every commit waits for the disk; on PostgreSQL every commit is
+a round trip and a WAL flush. Writers hand an item to one committer thread; while it commits a
+batch, the next items queue, and the next batch takes them all (at most ``max_batch``). The batch
+goes to ``write(tx, items)`` at once, so it can read and insert for all of them in a few
+statements, inside a SAVEPOINT. When that raises anything but a database failure (one item's
+problem: its device vanished, a unique key raced), the SAVEPOINT is rolled back and each item is
+written alone in its own SAVEPOINT, so a failing item fails alone and only its caller sees the
+error. A database failure (full disk, lost file, lost server) aborts the whole batch: nothing of it
+is stored, and every caller gets the error (503, the agents retry). Nobody is answered before the
+commit that holds their write has returned.
 """
 
 from __future__ import annotations
@@ -16,32 +19,42 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+Item = TypeVar("Item")
 Result = TypeVar("Result")
-Step = Callable[[Connection], Any]
 
 
-class GroupCommit:
-    """One committer thread running queued steps in shared transactions from ``begin()``."""
+class GroupCommit(Generic[Item, Result]):
+    """One committer thread writing queued items with ``write`` in shared transactions from ``begin()``."""
 
-    def __init__(self, begin: Callable[[], AbstractContextManager[Connection]], max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        begin: Callable[[], AbstractContextManager[Connection]],
+        write: Callable[[Connection, list[Item]], list[Result]],
+        max_batch: int = 256,
+    ) -> None:
         self._begin = begin
+        self._write = write
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[Step, Future[Any]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Item, Future[Result]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="farmwatch-group-commit", daemon=True)
         self._thread.start()
         self.batches = 0  # committed transactions, for tests and benchmarks
         self.steps = 0
 
-    def run(self, step: Callable[[Connection], Result]) -> Result:
-        """Run ``step`` in the next shared transaction; returns (or raises) once that commit is done."""
+    def submit(self, item: Item) -> Future[Result]:
+        """Queue ``item`` for the next shared transaction; the future completes once that commit is done."""
         done: Future[Result] = Future()
-        self._queue.put((step, done))
-        return done.result()
+        self._queue.put((item, done))
+        return done
+
+    def run(self, item: Item) -> Result:
+        """Write ``item`` in the next shared transaction; returns (or raises) once that commit is done."""
+        return self.submit(item).result()
 
     def close(self) -> None:
         """Finish what is queued, then stop the committer thread."""
@@ -63,20 +76,17 @@ class GroupCommit:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(more)
-            self._commit(batch)
+            # A caller that gave up (its request was cancelled) before the batch began is left out;
+            # from here on a future cannot be cancelled, so each one is answered exactly once.
+            batch = [(item, done) for item, done in batch if done.set_running_or_notify_cancel()]
+            if batch:
+                self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Step, Future[Any]]]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
+    def _commit(self, batch: list[tuple[Item, Future[Result]]]) -> None:
+        items = [item for item, _ in batch]
         try:
             with self._begin() as tx:
-                for step, _ in batch:
-                    try:
-                        with tx.begin_nested():
-                            outcomes.append((True, step(tx)))
-                    except sa.exc.OperationalError:
-                        raise  # the database itself failed: the whole batch goes
-                    except Exception as failure:  # noqa: BLE001 - handed to the one caller it belongs to
-                        outcomes.append((False, failure))
+                outcomes = self._write_all(tx, items)
         except BaseException as failure:  # noqa: BLE001 - every waiting caller must hear of it
             for _, done in batch:
                 done.set_exception(failure)
@@ -88,3 +98,24 @@ class GroupCommit:
                 done.set_result(value)
             else:
                 done.set_exception(value)
+
+    def _write_all(self, tx: Connection, items: list[Item]) -> list[tuple[bool, Any]]:
+        try:
+            with tx.begin_nested():
+                results = self._write(tx, items)
+            return [(True, result) for result in results]
+        except sa.exc.OperationalError:
+            raise  # the database itself failed: the whole batch goes
+        except Exception:  # noqa: BLE001 - one item's problem: find whose, writing each alone
+            if len(items) == 1:
+                raise
+        outcomes: list[tuple[bool, Any]] = []
+        for item in items:
+            try:
+                with tx.begin_nested():
+                    outcomes.append((True, self._write(tx, [item])[0]))
+            except sa.exc.OperationalError:
+                raise
+            except Exception as failure:  # noqa: BLE001 - handed to the one caller it belongs to
+                outcomes.append((False, failure))
+        return outcomes

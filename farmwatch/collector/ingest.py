@@ -88,7 +88,12 @@ def parse_report(body: bytes, not_after: datetime | None = None) -> Report:
 
 def digest(report: Report) -> str:
     """SHA-256 of the report's canonical JSON: equal for the same report however it was spelt."""
-    canonical = json.dumps(to_wire(report), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return wire_digest(to_wire(report))
+
+
+def wire_digest(wire: dict[str, Any]) -> str:
+    """:func:`digest` of a report already in its wire form (an ingest record's ``report``)."""
+    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

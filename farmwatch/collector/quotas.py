@@ -4,10 +4,14 @@ A device may store ``reports_per_device_per_hour`` reports in each UTC clock hou
 ``report_bytes_per_device_per_day`` bytes in each UTC day (``[limits]``). Fixed windows, not sliding
 ones: one row per device and period, rewritten inside the transaction that stores the report (which
 already holds the device row's lock), so the check and the charge cannot race between replicas.
+A group-commit batch reads the rows of all its devices at once (:func:`usage`), checks and charges
+in memory (:func:`wait_for`, :func:`charged`) and writes the changed rows back at once (:func:`save`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -17,6 +21,18 @@ from farmwatch.collector.limits import Limits
 from farmwatch.collector.tables import device_quota
 
 HOUR, DAY = "hour", "day"
+Used = dict[str, tuple[int, int]]
+"""Per period: (reports, bytes) stored in the current hour and day."""
+
+_READ = sa.select(device_quota).where(device_quota.c.device_id.in_(sa.bindparam("devices", expanding=True)))
+_UPDATE = (
+    device_quota.update()
+    .where(device_quota.c.device_id == sa.bindparam("device"), device_quota.c.period == sa.bindparam("kind"))
+    .values(period_start=sa.bindparam("start"), reports=sa.bindparam("count"), bytes=sa.bindparam("size"))
+)
+_INSERT = device_quota.insert().values(
+    device_id=sa.bindparam("device"), period=sa.bindparam("kind"), period_start=sa.bindparam("start"),
+    reports=sa.bindparam("count"), bytes=sa.bindparam("size"))
 
 
 def _starts(now: datetime) -> dict[str, datetime]:
@@ -28,19 +44,32 @@ def _lengths() -> dict[str, timedelta]:
     return {HOUR: timedelta(hours=1), DAY: timedelta(days=1)}
 
 
-def _used(tx: Connection, device_id: str, now: datetime) -> dict[str, tuple[int, int]]:
-    """(reports, bytes) stored by the device in the current hour and day."""
+@dataclass
+class Usage:
+    """The quota rows of some devices as read in this transaction, and what was charged since."""
+
+    now: datetime
+    used: dict[str, Used] = field(default_factory=dict)
+    rows: set[tuple[str, str]] = field(default_factory=set)  # (device, period) rows that exist
+    changed: set[str] = field(default_factory=set)
+
+    def of(self, device_id: str) -> Used:
+        return self.used.get(device_id, {HOUR: (0, 0), DAY: (0, 0)})
+
+
+def usage(tx: Connection, device_ids: Collection[str], now: datetime) -> Usage:
+    """The current hour's and day's use of every device in ``device_ids``, in one query."""
     starts = _starts(now)
-    used = {HOUR: (0, 0), DAY: (0, 0)}
-    for row in tx.execute(sa.select(device_quota).where(device_quota.c.device_id == device_id)):
+    found = Usage(now)
+    for row in tx.execute(_READ, {"devices": list(device_ids)}):
+        found.rows.add((row.device_id, row.period))
         if row.period in starts and row.period_start == starts[row.period]:
-            used[row.period] = (row.reports, row.bytes)
-    return used
+            found.used.setdefault(row.device_id, {HOUR: (0, 0), DAY: (0, 0)})[row.period] = (row.reports, row.bytes)
+    return found
 
 
-def wait_seconds(tx: Connection, device_id: str, now: datetime, size: int, limits: Limits) -> float | None:
-    """Seconds until the device may store a report of ``size`` bytes, or None when it may now."""
-    used = _used(tx, device_id, now)
+def wait_for(used: Used, now: datetime, size: int, limits: Limits) -> float | None:
+    """Seconds until a device with ``used`` may store a report of ``size`` bytes, or None when it may now."""
     starts, lengths = _starts(now), _lengths()
     over = []
     if used[HOUR][0] + 1 > limits.reports_per_device_per_hour:
@@ -52,12 +81,24 @@ def wait_seconds(tx: Connection, device_id: str, now: datetime, size: int, limit
     return max((starts[period] + lengths[period] - now).total_seconds() for period in over)
 
 
-def charge(tx: Connection, device_id: str, now: datetime, size: int) -> None:
-    """Count one stored report of ``size`` bytes against the device's current hour and day."""
-    used = _used(tx, device_id, now)
-    for period, start in _starts(now).items():
-        reports, stored = used[period]
-        values = {"period_start": start, "reports": reports + 1, "bytes": stored + size}
-        match = (device_quota.c.device_id == device_id) & (device_quota.c.period == period)
-        if not tx.execute(device_quota.update().where(match).values(**values)).rowcount:
-            tx.execute(device_quota.insert().values(device_id=device_id, period=period, **values))
+def charge(found: Usage, device_id: str, size: int) -> None:
+    """Count one stored report of ``size`` bytes against the device's current hour and day (in memory)."""
+    used = found.of(device_id)
+    found.used[device_id] = {period: (reports + 1, stored + size) for period, (reports, stored) in used.items()}
+    found.changed.add(device_id)
+
+
+def save(tx: Connection, found: Usage) -> None:
+    """Write the rows of every device charged since :func:`usage` (an update where a row exists)."""
+    updates: list[dict[str, object]] = []
+    inserts: list[dict[str, object]] = []
+    for device_id in sorted(found.changed):
+        for period, start in _starts(found.now).items():
+            reports, stored = found.used[device_id][period]
+            row = {"device": device_id, "kind": period, "start": start, "count": reports, "size": stored}
+            (updates if (device_id, period) in found.rows else inserts).append(row)
+    if updates:
+        tx.execute(_UPDATE, updates)
+    if inserts:
+        tx.execute(_INSERT, inserts)
+

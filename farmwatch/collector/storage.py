@@ -8,10 +8,12 @@ Times are stored as naive UTC and handed back tz-aware.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, TypeVar
@@ -98,6 +100,20 @@ class StoredReport:
     new: bool
     conflict: bool
     retry_after: float | None = None  # set when the device's quota ([limits]) refused it: nothing stored
+    revoked: bool = False  # the request's token was revoked before the commit: nothing stored
+    next_wait: float | None = None  # stored, and the device's quota is now spent for this many seconds
+
+
+@dataclass(frozen=True)
+class ArrivingReport:
+    """One ingest record on its way to the store (:meth:`Storage.submit_report`)."""
+
+    record: dict[str, Any]
+    digest: str
+    received_at: datetime
+    size: int = 0  # uncompressed bytes, charged to the device's daily quota
+    limits: Limits | None = None  # None: no quota applies
+    token_sha256: str | None = None  # the token the report came with, checked again at the commit
 
 
 class Storage:
@@ -106,7 +122,7 @@ class Storage:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(write=True)
-        self._group: GroupCommit | None = None  # SQLite report writes, started by the first one
+        self._group: GroupCommit[ArrivingReport, StoredReport] | None = None  # report writes, started by the first
         self._group_lock = threading.Lock()
         # Called in each stored verdict's transaction (alerts.AlertRecorder, set by create_app).
         self.verdict_listener: VerdictListener | None = None
@@ -234,66 +250,25 @@ class Storage:
     def add_report(
         self, record: dict[str, Any], digest: str, received_at: datetime, size: int = 0, limits: Limits | None = None
     ) -> StoredReport:
-        """Store one ingest record unless its (device, seq) is taken: same digest → duplicate, else conflict.
+        """Store one ingest record and wait for its commit (:meth:`submit_report`)."""
+        return self.submit_report(ArrivingReport(record, digest, received_at, size, limits)).result()
 
-        With ``limits``, a new report of ``size`` bytes is charged to the device's quotas, or refused
-        (``retry_after``) when they are spent. On SQLite the write shares one transaction with
-        concurrent ones (:mod:`group_commit`, in its own SAVEPOINT) and returns after that commit."""
-        def store(tx: Connection) -> StoredReport:
-            return self._store_report(tx, record, digest, received_at, size, limits)
+    def submit_report(self, arriving: ArrivingReport) -> Future[StoredReport]:
+        """Queue one ingest record for the store; the future completes after the commit that holds it.
 
-        if self.engine.dialect.name == "sqlite":
-            # synchronous=FULL makes each commit wait for the disk: concurrent reports share one.
-            return self._group_commit().run(store)
-        with self._writer.begin() as tx:
-            return store(tx)
+        Stored unless its (device, seq) is taken: same digest → a duplicate, else a conflict. With
+        ``limits``, a new report of ``size`` bytes is charged to the device's quotas, or refused
+        (``retry_after``) when they are spent. With ``token_sha256``, the token must still be live
+        at the commit (``revoked`` otherwise), so a token revoked since the request's check stores
+        nothing. Concurrent reports share one transaction (:mod:`group_commit`): one commit for many
+        (with SQLite's synchronous=FULL each commit waits for the disk), a few statements per batch."""
+        return self._group_commit().submit(arriving)
 
-    def _group_commit(self) -> GroupCommit:
+    def _group_commit(self) -> GroupCommit[ArrivingReport, StoredReport]:
         with self._group_lock:
             if self._group is None:
-                self._group = GroupCommit(self._writer.begin)
+                self._group = GroupCommit(self._writer.begin, store_report_batch)
             return self._group
-
-    @staticmethod
-    def _store_report(
-        tx: Connection, record: dict[str, Any], digest: str, received_at: datetime, size: int, limits: Limits | None
-    ) -> StoredReport:
-        report = record["report"]
-        device_id, seq = report["device_id"], report["seq"]
-        # Lock the device row first so concurrent reports of one device serialize (PostgreSQL).
-        last_seq = tx.execute(
-            sa.select(devices.c.last_seq).where(devices.c.device_id == device_id).with_for_update()
-        ).scalar_one()
-        stored = tx.execute(
-            sa.select(reports.c.digest).where(reports.c.device_id == device_id, reports.c.seq == seq)
-        ).scalar_one_or_none()
-        if stored is not None:
-            if stored != digest:  # the agent's sequence restarted: evidence, kept as a count (agent_history)
-                agent_history.note_seq_conflict(tx, device_id, seq, received_at)
-            return StoredReport(new=False, conflict=stored != digest)
-        if limits is not None:
-            wait = quotas.wait_seconds(tx, device_id, received_at, size, limits)
-            if wait is not None:
-                return StoredReport(new=False, conflict=False, retry_after=wait)
-            quotas.charge(tx, device_id, received_at, size)
-        inserted = tx.execute(
-            reports.insert().values(
-                device_id=device_id, seq=seq, digest=digest, received_at=received_at,
-                record=orjson.dumps({**record, **agent_history.stamp(tx, device_id)}).decode(),
-            )
-        ).inserted_primary_key
-        report_id = inserted[0] if inserted else None
-        tx.execute(
-            devices.update()
-            .where(devices.c.device_id == device_id)
-            .values(last_seen=received_at, last_report_id=report_id, last_seq=max(last_seq or 0, seq))
-        )
-        return StoredReport(new=True, conflict=False)
-
-    def quota_wait(self, device_id: str, now: datetime, limits: Limits) -> float | None:
-        """Seconds until the device may store another report (a quick check before reading a body)."""
-        with self.engine.connect() as connection:
-            return quotas.wait_seconds(connection, device_id, now, 0, limits)
 
     def records(self, since: datetime | None = None, devices: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
         """Ingest records received at or after ``since`` (all when None), oldest first; only those of
@@ -460,11 +435,6 @@ class Storage:
         with self._writer.begin() as tx:
             scoring_work.release(tx, claim, now, done=False)
 
-    def mark_changed(self, changed_since: scoring_work.ChangedSince, now: datetime) -> int:
-        """Mark the devices whose rollups changed since any replica last did (:func:`scoring_work.mark_changed`)."""
-        with self._writer.begin() as tx:
-            return scoring_work.mark_changed(tx, changed_since, now)
-
     def mark_stale_for_scoring(self, seen_since: datetime, now: datetime) -> int:
         """Mark every stale device seen since ``seen_since`` not marked yet (:func:`scoring_work.mark_stale`)."""
         with self._writer.begin() as tx:
@@ -521,6 +491,106 @@ class Storage:
     def device_count(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one()
+
+
+# The statements of a report batch, built once: each batch only binds values (no expression building).
+_LOCK_DEVICES = (
+    sa.select(devices.c.device_id, devices.c.last_seq)
+    .where(devices.c.device_id.in_(sa.bindparam("devices", expanding=True)))
+    .order_by(devices.c.device_id)  # replicas lock devices in one order: batches cannot deadlock
+    .with_for_update()
+)
+_LIVE_TOKENS = sa.select(tokens.c.token_sha256, tokens.c.device_id).where(
+    tokens.c.token_sha256.in_(sa.bindparam("tokens", expanding=True)), tokens.c.revoked_at.is_(None))
+_INSERT_REPORTS = reports.insert().returning(reports.c.id, sort_by_parameter_order=True)
+_UPDATE_DEVICE = (
+    devices.update()
+    .where(devices.c.device_id == sa.bindparam("device"))
+    .values(last_seen=sa.bindparam("seen"), last_report_id=sa.bindparam("report_id"), last_seq=sa.bindparam("top_seq"))
+)
+
+
+@functools.cache
+def _stored_query(pairs: int) -> sa.TextClause:
+    """The digests stored under ``pairs`` (device, seq) pairs: ``(device_id = :d0 AND seq = :s0) OR ...``.
+
+    An OR of pairs is one unique-index lookup each on SQLite (MULTI-INDEX OR) and PostgreSQL (BitmapOr);
+    a row-value IN list makes SQLite scan the whole table. One text per batch size, built once."""
+    alternatives = " OR ".join(f"(device_id = :d{n} AND seq = :s{n})" for n in range(pairs))
+    return sa.text(f"SELECT device_id, seq, digest FROM reports WHERE {alternatives}")
+
+
+def _stored_digests(tx: Connection, pairs: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    bound: dict[str, Any] = {}
+    for n, (device_id, seq) in enumerate(pairs):
+        bound[f"d{n}"], bound[f"s{n}"] = device_id, seq
+    return {(row.device_id, row.seq): row.digest for row in tx.execute(_stored_query(len(pairs)), bound)}
+
+
+def store_report_batch(tx: Connection, batch: list[ArrivingReport]) -> list[StoredReport]:
+    """Store a batch of reports in ``tx`` in a few statements; one outcome per report, in order.
+
+    Reports are taken in arrival order, so a resend queued behind its original in the same batch is
+    a duplicate, as it would be one batch later. A device that does not exist raises: :class:`GroupCommit`
+    then writes each report alone to find whose it was."""
+    device_ids = sorted({item.record["report"]["device_id"] for item in batch})
+    # Locks the device rows first, so concurrent batches of one device serialize (PostgreSQL).
+    last_seq = {row.device_id: row.last_seq or 0 for row in tx.execute(_LOCK_DEVICES, {"devices": device_ids})}
+    asked = sorted({item.token_sha256 for item in batch if item.token_sha256 is not None})
+    live = {row.token_sha256: row.device_id for row in tx.execute(_LIVE_TOKENS, {"tokens": asked})} if asked else {}
+    taken = _stored_digests(tx, sorted({(i.record["report"]["device_id"], i.record["report"]["seq"]) for i in batch}))
+    # The first receipt time decides the quota's hour and day for the whole batch (it spans milliseconds).
+    quota = quotas.usage(tx, device_ids, batch[0].received_at) if any(i.limits for i in batch) else None
+    outcomes: list[StoredReport | None] = []
+    accepted: list[ArrivingReport] = []
+    for item in batch:
+        device_id, seq = item.record["report"]["device_id"], item.record["report"]["seq"]
+        if device_id not in last_seq:
+            raise LookupError(f"no enrolled device {device_id!r}")
+        if item.token_sha256 is not None and live.get(item.token_sha256) != device_id:
+            outcomes.append(StoredReport(new=False, conflict=False, revoked=True))
+            continue
+        if (device_id, seq) in taken:
+            conflict = taken[(device_id, seq)] != item.digest
+            if conflict:  # the agent's sequence restarted: evidence, kept as a count (agent_history)
+                agent_history.note_seq_conflict(tx, device_id, seq, item.received_at)
+            outcomes.append(StoredReport(new=False, conflict=conflict))
+            continue
+        if quota is not None and item.limits is not None:
+            wait = quotas.wait_for(quota.of(device_id), item.received_at, item.size, item.limits)
+            if wait is not None:
+                outcomes.append(StoredReport(new=False, conflict=False, retry_after=wait))
+                continue
+            quotas.charge(quota, device_id, item.size)
+        taken[(device_id, seq)] = item.digest
+        last_seq[device_id] = max(last_seq[device_id], seq)
+        accepted.append(item)
+        outcomes.append(None)
+    if accepted:
+        stamps = {device_id: agent_history.stamp(tx, device_id)
+                  for device_id in sorted({item.record["report"]["device_id"] for item in accepted})}
+        rows = [{"device_id": item.record["report"]["device_id"], "seq": item.record["report"]["seq"],
+                 "digest": item.digest, "received_at": item.received_at,
+                 "record": orjson.dumps({**item.record, **stamps[item.record["report"]["device_id"]]}).decode()}
+                for item in accepted]
+        report_ids = tx.execute(_INSERT_REPORTS, rows).scalars().all()
+        newest = {row["device_id"]: (row, report_id) for row, report_id in zip(rows, report_ids)}
+        tx.execute(_UPDATE_DEVICE, [
+            {"device": device_id, "seen": row["received_at"], "report_id": report_id, "top_seq": last_seq[device_id]}
+            for device_id, (row, report_id) in newest.items()])
+        scoring_work.mark(tx, sorted(newest), batch[0].received_at)  # to be scored by whichever replica claims it
+    if quota is not None:
+        quotas.save(tx, quota)
+    stored = iter(accepted)
+    return [outcome or _stored(next(stored), quota) for outcome in outcomes]
+
+
+def _stored(item: ArrivingReport, quota: quotas.Usage | None) -> StoredReport:
+    """The outcome of a report this batch stored, with its device's quota as the batch leaves it."""
+    spent = None
+    if quota is not None and item.limits is not None:  # for the quick check before the next body is read
+        spent = quotas.wait_for(quota.of(item.record["report"]["device_id"]), item.received_at, 0, item.limits)
+    return StoredReport(new=True, conflict=False, next_wait=spent)
 
 
 def _once_more_on_conflict(step: Callable[[], Done]) -> Done:

@@ -1,5 +1,6 @@
 """Group commit on a real SQLite file: queued writes share one transaction, a failing step is rolled
-back alone, a database failure fails the whole batch, and nobody hears back before the commit."""
+back alone, a database failure fails the whole batch, and nobody hears back before the commit.
+Here each item is a step (a function of the transaction), written in order by ``run_steps``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def rows(engine: sa.Engine) -> list[int]:
         return [n for (n,) in db.execute("SELECT n FROM rows ORDER BY n")]
 
 
+def run_steps(tx: Connection, steps: list[Callable[[Connection], object]]) -> list[object]:
+    return [step(tx) for step in steps]
+
+
 def insert(n: int) -> Callable[[Connection], int]:
     def step(tx: Connection) -> int:
         tx.exec_driver_sql(f"INSERT INTO rows (n) VALUES ({n})")
@@ -38,7 +43,7 @@ def insert(n: int) -> Callable[[Connection], int]:
 
 
 def test_queued_writes_share_one_commit_and_a_failing_step_fails_alone(engine: sa.Engine) -> None:
-    group = GroupCommit(engine.execution_options(write=True).begin)
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
     release = threading.Event()
     started = threading.Event()
 
@@ -70,7 +75,7 @@ def test_queued_writes_share_one_commit_and_a_failing_step_fails_alone(engine: s
 
 
 def test_a_database_failure_fails_every_step_of_the_batch(engine: sa.Engine) -> None:
-    group = GroupCommit(engine.execution_options(write=True).begin)
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
     release = threading.Event()
     started = threading.Event()
 

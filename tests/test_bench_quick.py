@@ -1,0 +1,41 @@
+"""The shortened benchmark pass CI runs: every script under bench/ still runs and publishes its figures.
+
+``bench/run_all.py --quick`` shrinks each benchmark (bench/report.py ``quick()``); the figures of such
+a run are not quotable, so nothing here checks a speed: only that the script finished, published at
+least one figure in the shared shape, and that every figure is a number (a broken measurement shows
+up as a failure here rather than as a missing row in ``make bench``). A script may exit 1 for a missed
+target (detection_quality does); a traceback is a broken benchmark. Correctness figures are checked:
+the ingest benchmark's count of reports not stored exactly once must be 0 even in the short pass."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.name not in {"run_all.py", "report.py"} and not p.name.startswith("_"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_benchmark_still_runs_and_publishes_figures(script: str, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", script, "--out", str(out)],
+                          capture_output=True, text=True, timeout=1700)
+    crashed = "Traceback" in done.stderr or f"{script}.py failed:" in done.stderr  # run_all's report of an exception
+    assert done.returncode in (0, 1) and not crashed, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["quick"] is True
+    assert results["figures"], f"{script} published no figure"
+    for figure in results["figures"]:
+        assert figure["bench"] == script and figure["figure"] and figure["unit"]
+        assert isinstance(figure["value"], (int, float)) and math.isfinite(figure["value"]), figure
+        assert figure["met"] in (True, False, None)
+        if "not stored exactly once" in figure["figure"]:
+            assert figure["met"] is True, figure
