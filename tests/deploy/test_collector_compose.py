@@ -1,5 +1,6 @@
 """`podman-compose up` of deploy/collector/compose.yaml: two collector replicas on one PostgreSQL
-behind the proxy; the same report sent to each replica is stored once.
+behind the proxy, after the one-shot `migrate` service upgraded its schema; the same report sent to each
+replica is stored once.
 
 The collector services run exactly as compose.yaml writes them, from the image its Containerfile
 builds. What the test changes, because these machines reach no registry and must publish nothing
@@ -8,7 +9,11 @@ beyond loopback: PostgreSQL and nginx run from images made of Debian's packages
 published on a free 127.0.0.1 port instead of *:8080; relative paths become absolute; the
 collector's prebuilt image is used instead of compose's build step (which cannot be given the
 runtime, ulimit and CA flags podman needs here); Prometheus and Grafana are not started (Grafana
-has no Debian package; their files are checked in test_collector_container_files.py).
+has no Debian package; their files are checked in test_collector_container_files.py); and the
+replicas' `depends_on: migrate` (service_completed_successfully) is left out, because podman 4.3 cannot
+start a container whose required container has exited and requires another ("not found in input
+list"): the replicas then wait for the migration as they do wherever that condition is not honoured,
+refusing to start on the empty schema (`--migrate check`) and being restarted (`restart: on-failure`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from podman_images import build, collector_image, debian_image, missing_tools, p
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "collector" / "compose.yaml"
 FIXTURES = REPO / "tests" / "fixtures"
-STARTED = ("postgres", "collector-1", "collector-2", "proxy")
+STARTED = ("postgres", "migrate", "collector-1", "collector-2", "proxy")
 # PyPI's podman-compose (the dev extra): Debian bookworm's 1.0.3 cannot give a service a fixed
 # address on a named network (compose.yaml's proxy has one).
 PODMAN_COMPOSE = Path(sys.executable).parent / "podman-compose"
@@ -64,6 +69,8 @@ def _derived_compose(tmp_path: Path, proxy_port: int) -> Path:
     services["proxy"]["ports"] = [f"127.0.0.1:{proxy_port}:8080"]
     for name, service in services.items():
         service.pop("build", None)
+        if name.startswith("collector"):  # both replicas are one YAML anchor: one dict, rebuilt whole
+            service["depends_on"] = {k: v for k, v in service["depends_on"].items() if k != "migrate"}
         service["volumes"] = [
             ":".join([_absolute(v.split(":")[0], folder), *v.split(":")[1:]]) for v in service.get("volumes", [])
         ]
@@ -113,7 +120,7 @@ def _inside(project: str, service: str, code: str, stdin: str = "") -> str:
 
 def _container(project: str, service: str) -> str:
     """The name podman-compose gave the service's container (found by the labels it sets)."""
-    names = podman("ps", "--filter", f"label=io.podman.compose.project={project}",
+    names = podman("ps", "--all", "--filter", f"label=io.podman.compose.project={project}",
                    "--filter", f"label=com.docker.compose.service={service}", "--format", "{{.Names}}").stdout.split()
     assert len(names) == 1, (service, names)
     return names[0]
@@ -160,6 +167,10 @@ def _wait_ready(project: str, url: str, timeout: float = 180) -> None:
 def test_two_replicas_on_one_postgresql_store_a_report_sent_to_each_once(stack: tuple[str, str, str]) -> None:
     project, url, enrol_secret = stack
     _wait_ready(project, url)
+    # the one-shot migration step ran to completion on the empty database before the replicas served
+    migrated = podman("inspect", "--format", "{{.State.ExitCode}}", _container(project, "migrate")).stdout.strip()
+    assert migrated == "0", _logs(project)
+    assert "upgraded from an empty database to revision" in podman("logs", _container(project, "migrate")).stdout
     for replica in ("collector-1", "collector-2"):  # both up, each answering on its own port
         deadline = time.monotonic() + 120
         while "200" not in _healthz(project, replica) and time.monotonic() < deadline:
