@@ -8,9 +8,10 @@ from datetime import datetime
 
 import orjson
 import pytest
-from detector_records import make_record, run, user_input
+from detector_records import make_record, roster_entry, run, user_input
 
 from farmwatch.contract import IngestRecord
+from farmwatch.detectors.signals.agent_health import AgentHealthDetector
 from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
 from farmwatch.detectors.signals.ipkvm import IpKvmDetector
 from farmwatch.simulator.cli import write_fleet
@@ -25,6 +26,33 @@ def _typists(device: str, pasted_every: int | None, injected: int = 0) -> list[d
     """20 windows of ``device``: hands, with every ``pasted_every``-th window typed at a fixed pace."""
     return [make_record(device, 5 * k, input=user_input(injected=injected, **(
         PASTED if pasted_every and k % pasted_every == 0 else {}))) for k in range(20)]
+
+
+def _resumed(gap_minutes: int, boots: tuple[str | None, str | None]) -> list[dict]:
+    """Three tiled windows, a gap, three more (START is Monday 09:00 in Chicago); each side's boot time."""
+    records = []
+    for k, minutes in enumerate((5, 10, 15, 20 + gap_minutes, 25 + gap_minutes, 30 + gap_minutes)):
+        record = make_record("d1", minutes, host={
+            "timezone": "America/Chicago", "utc_offset_minutes": -360, "locale": "en_US", "keyboard_layouts": [],
+            "input_methods": [], "boot_time": boots[k >= 3], "users": []})
+        records.append(record)
+    return records
+
+
+BOOT, LATER = "2026-11-23T06:00:00Z", "2026-11-23T17:40:00Z"
+
+
+@pytest.mark.parametrize(("gap", "boots", "roster", "score"), [
+    pytest.param(120, (BOOT, BOOT), True, 0.45, id="stopped-two-working-hours"),
+    pytest.param(120, (BOOT, BOOT), False, 0.3, id="stopped-no-roster-zone"),
+    pytest.param(120, (BOOT, LATER), True, None, id="rebooted"),
+    pytest.param(120, (BOOT, None), True, None, id="boot-unknown"),
+    pytest.param(20, (BOOT, BOOT), True, None, id="restarted-in-minutes"),
+])
+def test_an_agent_stopped_while_the_system_stayed_up(gap: int, boots: tuple, roster: bool, score: float | None) -> None:
+    found = run(AgentHealthDetector, _resumed(gap, boots), roster=[roster_entry("d1")] if roster else [])
+    parts = found["d1"].evidence["parts"] if "d1" in found else {}
+    assert parts.get("agent_stopped") == score
 
 
 def test_keys_at_a_machines_fixed_pace_are_a_device_typing() -> None:

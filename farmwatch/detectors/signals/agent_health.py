@@ -145,8 +145,8 @@ class AgentHealthDetector(Detector):
                                  + (f", {sum(h['working_hours'] for h in working):.1f} h of it in working hours"
                                     if working else ""))
             enrolled = self._rises(rows, "enrolments")
+            running = [bool(self._same_boot(rows, at)) for at in enrolled]  # reinstalled on the running system
             if len(enrolled):
-                running = [bool(self._same_boot(rows, at)) for at in enrolled]
                 parts["reenrolled"] = self.reinstalled_running_score if any(running) else self.reenrolled_score
                 sentences.append(f"it enrolled again as the same machine {len(enrolled)} time(s) (its agent's state "
                                  "was wiped or reinstalled" + (", without a restart of the system)" if any(running)
@@ -158,8 +158,8 @@ class AgentHealthDetector(Detector):
                 sentences.append(f"{conflicts} of its reports came under seqs already stored with other content "
                                  "(its sequence restarted; they were renumbered and kept)")
             evidence = {"agent_stopped": stopped[:5], "reenrolments": len(enrolled),
-                        "reinstalled_without_restart": sum(bool(self._same_boot(rows, at)) for at in enrolled),
-                        "seq_conflicts": conflicts, "seq_resets": resets, "missing_reports": missing, "hardware_ids": len(hardware),
+                        "reinstalled_without_restart": sum(running), "seq_conflicts": conflicts,
+                        "seq_resets": resets, "missing_reports": missing, "hardware_ids": len(hardware),
                         "silent_hours": silent, "silent_gaps": gaps, "operating_systems": systems[:5],
                         "hostnames": hostnames[:5], "clock_skew_seconds_median": skew}
             finding = self.combined(str(device), parts, sentences, "Agent health: ", evidence,
