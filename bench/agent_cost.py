@@ -112,9 +112,6 @@ def bare_rss() -> float:
 
 def running_agent(folder: str) -> tuple[float, float, int]:
     """A real ``farmwatch-agent run`` to a real collector: CPU % of one core, peak RSS, peak USS (bytes)."""
-    # As installed (pip, the .deb's frozen agent): bytecode compiled beforehand. In this shared tree
-    # modules change all day, and compiling them at start-up would add ~2 MB to the agent's peak.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "farmwatch")], check=True)
     collector = launch_collector(Path(folder) / "collector")
     try:
         agent = subprocess.Popen(
@@ -148,6 +145,9 @@ def report_bytes() -> tuple[int, int]:
 
 def main() -> int:
     load_before = os.getloadavg()
+    # As installed (pip, the .deb's frozen agent): bytecode compiled beforehand. In this shared tree
+    # modules change all day; compiling them at start-up added ~2 MB to the agent's peak RSS.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "farmwatch")], check=True)
     agent_ms, raw_ms = cycle_cpu()
     imported, bare = import_seconds()
     with tempfile.TemporaryDirectory() as folder:
