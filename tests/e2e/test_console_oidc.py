@@ -28,6 +28,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(oidc_provider.unavailable_reason() is not None, reason=str(oidc_provider.unavailable_reason())),
 ]
+needs_browser = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                                   reason="needs Debian's chromium and chromium-driver (deploy/dev/system-packages.txt)")
 if CHROMIUM and CHROMEDRIVER:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -92,6 +94,7 @@ def _through_the_provider(browser: WebDriver, setup: Setup, login: str) -> None:
                                      and driver.find_elements(By.CSS_SELECTOR, "header .who, p.refusal, main"))
 
 
+@needs_browser
 def test_a_mapped_analyst_signs_in_at_the_provider_and_lands_on_the_fleet(
         browser: WebDriver, setup: Setup) -> None:  # noqa: F811
     _through_the_provider(browser, setup, "alice")
@@ -104,6 +107,7 @@ def test_a_mapped_analyst_signs_in_at_the_provider_and_lands_on_the_fleet(
     assert signed and "sign_in" in signed[0] and "sign_in_refused" not in signed[0]
 
 
+@needs_browser
 @pytest.mark.parametrize(("login", "why"), [
     pytest.param("mallory", "mallory@example.test is not mapped to an analyst", id="not-mapped"),
     pytest.param("bob", "bob@example.test maps to analyst 'bob', who has no account", id="no-account"),
