@@ -435,6 +435,11 @@ class Storage:
         with self._writer.begin() as tx:
             scoring_work.release(tx, claim, now, done=False)
 
+    def mark_changed(self, changed_since: scoring_work.ChangedSince, now: datetime) -> int:
+        """Mark the devices whose rollups changed since any replica last did (:func:`scoring_work.mark_changed`)."""
+        with self._writer.begin() as tx:
+            return scoring_work.mark_changed(tx, changed_since, now)
+
     def mark_stale_for_scoring(self, seen_since: datetime, now: datetime) -> int:
         """Mark every stale device seen since ``seen_since`` not marked yet (:func:`scoring_work.mark_stale`)."""
         with self._writer.begin() as tx:
@@ -578,7 +583,6 @@ def store_report_batch(tx: Connection, batch: list[ArrivingReport]) -> list[Stor
         tx.execute(_UPDATE_DEVICE, [
             {"device": device_id, "seen": row["received_at"], "report_id": report_id, "top_seq": last_seq[device_id]}
             for device_id, (row, report_id) in newest.items()])
-        scoring_work.mark(tx, sorted(newest), batch[0].received_at)  # to be scored by whichever replica claims it
     if quota is not None:
         quotas.save(tx, quota)
     stored = iter(accepted)
