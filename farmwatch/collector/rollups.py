@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection
 
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts, rollup_progress, rollups, sightings
-from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, Window, reduce_record
+from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, reduce_record
 from farmwatch.detectors.sightings import window_sightings
 
 log = logging.getLogger("farmwatch.collector.rollups")
@@ -249,9 +249,10 @@ def relayout(windows: list[StoredWindow], layout: str, layouts: dict[str, dict[s
 
 # --- reads ---------------------------------------------------------------------------------------
 
-def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iterator[Window]:
-    """The reduced windows of ``devices`` received at or after ``since``: device by device, each
-    device's in order of receipt (as :meth:`Storage.records` streams them)."""
+def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iterator[Sequence[Any]]:
+    """The reduced windows of ``devices`` received at or after ``since`` (each a :class:`Window`'s
+    six parts, as stored): device by device, each device's in order of receipt (as
+    :meth:`Storage.records` streams them)."""
     since_us, first_hour = _micros(since), hour_of(since)
     wanted = sorted(devices)
     with storage.engine.connect() as connection:
@@ -262,9 +263,9 @@ def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iter
                      .order_by(rollups.c.device_id, rollups.c.hour))
             for row in connection.execution_options(yield_per=2000).execute(query):
                 stored = relayout(orjson.loads(row.windows), row.layout, layouts)
-                for received, _report_id, *window in stored:
-                    if row.hour > first_hour or received >= since_us:
-                        yield Window(*window)
+                for window in stored:
+                    if row.hour > first_hour or window[0] >= since_us:
+                        yield window[2:]
 
 
 def neighbours(storage: Storage, devices: Collection[str]) -> set[str]:

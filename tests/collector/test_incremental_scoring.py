@@ -26,9 +26,10 @@ from farmwatch.collector.incremental import refresh_baselines, score_devices
 from farmwatch.collector.retention import RetentionSettings, prune
 from farmwatch.collector.rollups import changed_devices, devices_since, reduce_pending
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import reduced_reports, reports, rollup_progress, sightings
+from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts, rollup_progress, sightings
 from farmwatch.collector.tables import rollups as rollups_table
 from farmwatch.contract import Verdict, to_wire
+from farmwatch.detectors.frame import WINDOW_LAYOUT
 from farmwatch.detectors.pipeline import score
 from farmwatch.detectors.registry import REGISTRY
 from farmwatch.roster import load_anchors, load_roster
@@ -89,7 +90,8 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
 
 def test_rollups_give_the_verdicts_of_a_full_reread_on_several_fleets(tmp_path: Path) -> None:
     fired: set[str] = set()
-    for seed, variant in ((3, {}), (7, {"stealthy": True}), (11, {"shared_egress": True})):
+    for seed, variant in ((3, {}), (7, {"stealthy": True}),
+                          (11, {"shared_egress": True, "tactics": ("tampering", "vps-hop", "kvm-reflashed", "in-city")})):
         records, roster, anchors = _fleet(tmp_path / f"fleet-{seed}", seed, **variant)
         storage = _store(f"sqlite:///{tmp_path / f'seed-{seed}.db'}", records, roster, anchors)
         try:
@@ -232,5 +234,36 @@ def test_rollups_and_sightings_past_their_age_are_pruned_and_no_others(
                 assert left == [hour for hour in hours[table.name] if hour >= keep_from], table.name
                 assert left and left != hours[table.name]
         assert deleted["rollups_days"] > 0 and deleted["sightings_days"] > 0 and deleted["reports_days"] == 0
+    finally:
+        storage.close()
+
+
+def test_windows_reduced_under_an_older_layout_read_with_its_columns_matched_by_name(tmp_path: Path) -> None:
+    records, roster, anchors = _fleet(tmp_path / "fleet", 23)
+    storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", records[:50], roster, anchors)
+    now = _time(records[49]["received_at"])
+    try:
+        _reduce_all(storage, now, limit=5000)
+        since = now - timedelta(hours=CONFIG.lookback_hours)
+        current = list(rollups.windows(storage, devices_since(storage, since), since))
+        # The same rows as a release whose reports lacked seq_conflicts and put hostname first would
+        # have written them.
+        columns = {part: list(names) for part, names in WINDOW_LAYOUT.items()}
+        columns["reports"] = ["hostname"] + [c for c in columns["reports"] if c not in ("hostname", "seq_conflicts")]
+        at = {name: WINDOW_LAYOUT["reports"].index(name) for name in columns["reports"]}
+        with storage._writer.begin() as tx:
+            tx.execute(rollup_layouts.insert().values(layout="older", columns=orjson.dumps(columns).decode()))
+            for row in tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour,
+                                            rollups_table.c.windows)).all():
+                older = [[received, report_id, [window[0][at[name]] for name in columns["reports"]], *window[1:]]
+                         for received, report_id, *window in orjson.loads(row.windows)]
+                tx.execute(rollups_table.update().where(rollups_table.c.device_id == row.device_id,
+                                                        rollups_table.c.hour == row.hour)
+                           .values(layout="older", windows=orjson.dumps(older).decode()))
+        read = list(rollups.windows(storage, devices_since(storage, since), since))
+        lost = WINDOW_LAYOUT["reports"].index("seq_conflicts")
+        assert [w[0][lost] for w in read] == [None] * len(current)
+        assert [[v for i, v in enumerate(w[0]) if i != lost] for w in read] == \
+            [[v for i, v in enumerate(w[0]) if i != lost] for w in current]
     finally:
         storage.close()
