@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -46,8 +48,8 @@ from farmwatch.detectors.sightings import window_sightings
 
 log = logging.getLogger("farmwatch.collector.rollups")
 
-BATCH = 2000
-"""Reports per reduction transaction."""
+BATCH = 500
+"""Reports per reduction transaction (on SQLite ingest waits for it: a few hundred ms at most)."""
 SETTLE_SECONDS = 600.0
 """How long after receipt a report is surely committed (module docstring: the floor)."""
 CHUNK = 400  # keys per IN list (SQLite caps bound variables)
@@ -330,12 +332,20 @@ def devices_since(storage: Storage, since: datetime) -> list[str]:
 
 class Reducer:
     """Reduces newly stored reports every ``interval_seconds`` in a daemon thread, as long as there
-    are any; a failed batch is logged and retried at the next tick (it committed nothing)."""
+    are any; a failed batch is logged, counted and retried at the next tick (it committed nothing)."""
 
-    def __init__(self, storage: Storage, clock: Callable[[], datetime], interval_seconds: float = 2.0) -> None:
+    def __init__(self, storage: Storage, clock: Callable[[], datetime], registry: CollectorRegistry,
+                 interval_seconds: float = 2.0) -> None:
         self.storage = storage
         self.clock = clock
         self.interval_seconds = interval_seconds
+        self.reduced = Counter("farmwatch_reduced_reports", "Stored reports this replica reduced into rollups.",
+                               registry=registry)
+        self.failures = Counter("farmwatch_reduction_failures", "Reduction batches that failed (retried next tick).",
+                                registry=registry)
+        self.last_success = Gauge("farmwatch_reduction_last_success_timestamp_seconds",
+                                  "Unix time this replica last found nothing left to reduce, or another replica reducing (0: not yet).",
+                                  registry=registry)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -353,7 +363,12 @@ class Reducer:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_seconds):
             try:
-                while not self._stop.is_set() and reduce_pending(self.storage, self.clock()).reports:
-                    pass
+                while not self._stop.is_set():
+                    done = reduce_pending(self.storage, self.clock())
+                    self.reduced.inc(done.reports)
+                    if not done.reports:
+                        self.last_success.set(time.time())
+                        break
             except Exception:  # noqa: BLE001 - the batch rolled back; the next tick retries it
                 log.exception("reducing stored reports failed; retrying at the next tick")
+                self.failures.inc()

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from collector_helpers import auth, report_for, wire_time
 from collector_process import RunningCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +65,8 @@ def test_reports_reach_the_rollups_once_also_across_a_restart(
     filed = _until_filed(collector, 6)
     time.sleep(3)  # a further reducer tick must not file anything again
     assert _filed(collector.db_path) == filed == _stored(collector.db_path)
+    metrics = {sample.name: sample.value for family in text_string_to_metric_families(
+        httpx.get(f"{collector.url}/metrics", timeout=10).text) for sample in family.samples}
+    assert metrics["farmwatch_reduced_reports_total"] == 2  # this process's share: the two sent since the restart
+    assert metrics["farmwatch_reduction_failures_total"] == 0
+    assert metrics["farmwatch_reduction_last_success_timestamp_seconds"] > 0
