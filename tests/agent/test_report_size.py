@@ -41,6 +41,7 @@ ANCHORS = 8
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.root,
     pytest.mark.skipif(sys.platform != "linux" or struct.calcsize("@l") != 8,
                        reason="replays Linux's sysfs, /proc and 64-bit evdev records"),
     pytest.mark.skipif(os.geteuid() != 0, reason="reads other processes' sockets as the agent's service does (root)"),
