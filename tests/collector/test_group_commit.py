@@ -102,3 +102,23 @@ def test_a_database_failure_fails_every_step_of_the_batch(engine: sa.Engine) -> 
     assert group.run(insert(8)) == 8  # the committer goes on
     assert rows(engine) == [8]
     group.close()
+
+
+def test_a_write_whose_caller_gave_up_before_its_batch_is_left_out(engine: sa.Engine) -> None:
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold(tx: Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    held = group.submit(hold)
+    assert started.wait(10)
+    abandoned, kept = group.submit(insert(1)), group.submit(insert(2))
+    assert abandoned.cancel()  # e.g. the client hung up while its report was queued
+    release.set()
+    assert kept.result(10) == 2 and held.result(10) is None
+    assert rows(engine) == [2]  # nobody waits for row 1, so it was never written
+    assert not held.cancel()  # once its batch began, a write can no longer be abandoned
+    group.close()
