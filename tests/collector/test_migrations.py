@@ -195,6 +195,16 @@ def test_a_database_from_a_newer_release_is_refused(fresh_url: str) -> None:
         engine.dispose()
 
 
+def test_a_table_declared_without_a_revision_is_named(tmp_path: Path) -> None:
+    """tables.py gained a table and nobody wrote its revision: opening the store says so, by name."""
+    forgotten = sa.Table("forgotten_rollups", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    try:
+        with pytest.raises(migrate.SchemaError, match="tables.py declares forgotten_rollups but no migration creates"):
+            Storage.open(f"sqlite:///{tmp_path / 'farmwatch.db'}")
+    finally:
+        metadata.remove(forgotten)
+
+
 def test_concurrent_sqlite_upgrades_migrate_once(tmp_path: Path) -> None:
     """Several processes' worth of opens on one SQLite file: BEGIN IMMEDIATE lets one migrate."""
     from concurrent.futures import ThreadPoolExecutor
