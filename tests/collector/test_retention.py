@@ -208,3 +208,21 @@ def test_the_collector_prunes_at_start_and_counts_it(tmp_path: Path) -> None:
         running.stop()
     assert count_reports(url) == 2
 
+
+
+def test_one_replica_at_a_time_prunes(tmp_path: Path) -> None:
+    """Two collectors' jobs on one database: the lease holder prunes, the other skips until it is released."""
+    from prometheus_client import CollectorRegistry
+
+    url = f"sqlite:///{tmp_path / 'farmwatch.db'}"
+    seed_reports(url, [40, 35])
+    storage = Storage.open(url)
+    try:
+        first, second = (retention.RetentionJob(storage, RetentionSettings(), CollectorRegistry(),
+                                                lambda: datetime.now(timezone.utc)) for _ in range(2))
+        assert first.run_once() == {**{rule.key: 0 for rule in RULES}, "reports_days": 2}
+        assert second.run_once() is None  # the first holds the lease for interval_seconds
+        first.stop()  # a clean shutdown gives the lease up at once
+        assert second.run_once() is not None
+    finally:
+        storage.close()
