@@ -80,7 +80,8 @@ def create_app(
     scorer = Scorer(storage, config, metrics, clock)
     alerting = Alerting(storage, config.outputs, config.public_url, metrics.registry, clock)
     retention = RetentionJob(storage, config.retention, metrics.registry, clock)
-    reducer = Reducer(storage, clock, metrics.registry)  # stored reports into rollups, outside the request path
+    # Stored reports into rollups, outside the request path.
+    reducer = Reducer(storage, clock, metrics.registry, config.lookback_hours)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

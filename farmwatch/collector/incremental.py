@@ -99,8 +99,8 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     detection config naming unknown detectors, RecordError when the windows break a detector (as
     :func:`farmwatch.detectors.pipeline.score` does, so :mod:`farmwatch.collector.isolation` can
     find the device)."""
-    catch_up(storage, now)
     since = now - timedelta(hours=config.lookback_hours)
+    catch_up(storage, now, since)
     wanted = set(devices)
     fleet = baselines or current_baselines(storage, now, config)
     with paused_gc():

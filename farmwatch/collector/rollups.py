@@ -91,13 +91,17 @@ class Reduced:
     skipped: int  # reports the reduction could not use (logged; marked so they are not retried)
 
 
-def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False) -> Reduced:
+def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False,
+                   since: datetime | None = None) -> Reduced:
     """Reduce up to ``limit`` stored reports that have not been reduced, in one transaction.
 
     Returns at once with batch 0 when another replica holds the reducer (``wait`` False) or when
-    nothing is pending; with ``wait`` True it waits for that replica's batch to commit instead."""
+    nothing is pending; with ``wait`` True it waits for that replica's batch to commit instead.
+    ``since`` (the start of the scoring lookback) matters once, when the reducer first runs on a
+    database: reports received before it are never reduced, since scoring never reads them (a
+    database upgraded with weeks of reports starts scoring without reducing all of them first)."""
     with storage._writer.begin() as tx:
-        progress = _hold_progress(tx, wait)
+        progress = _hold_progress(tx, wait, since)
         if progress is None:
             return Reduced(0, 0, 0)
         floor, last_batch = progress
@@ -114,24 +118,28 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
         return Reduced(batch if pending else 0, len(pending), skipped)
 
 
-def catch_up(storage: Storage, now: datetime) -> int:
+def catch_up(storage: Storage, now: datetime, since: datetime | None = None) -> int:
     """Reduce every pending report (waiting for another replica's batch rather than skipping it);
-    returns how many this call reduced. Scoring calls it so verdicts cover every stored report."""
+    returns how many this call reduced. Scoring calls it so verdicts cover every stored report.
+    ``since``: as for :func:`reduce_pending`."""
     total = 0
     while True:
-        done = reduce_pending(storage, now, wait=True)
+        done = reduce_pending(storage, now, wait=True, since=since)
         total += done.reports
         if done.reports == 0:
             return total
 
 
-def _hold_progress(tx: Connection, wait: bool) -> tuple[int, int] | None:
-    """Lock the reducer's progress row (creating it once); None when another replica holds it."""
+def _hold_progress(tx: Connection, wait: bool, since: datetime | None) -> tuple[int, int] | None:
+    """Lock the reducer's progress row (creating it once, its floor below the first report received
+    since ``since``); None when another replica holds it."""
     query = sa.select(rollup_progress.c.floor_report_id, rollup_progress.c.batch).where(
         rollup_progress.c.name == PROGRESS).with_for_update(skip_locked=not wait)
     row = tx.execute(query).first()
     if row is None:
-        tx.execute(_insert(tx, rollup_progress).values(name=PROGRESS, batch=0, floor_report_id=0)
+        floor = 0 if since is None else tx.execute(
+            sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0)).where(reports.c.received_at < since)).scalar()
+        tx.execute(_insert(tx, rollup_progress).values(name=PROGRESS, batch=0, floor_report_id=floor)
                    .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
         row = tx.execute(query).first()
     return None if row is None else (int(row.floor_report_id), int(row.batch))
@@ -335,9 +343,10 @@ class Reducer:
     are any; a failed batch is logged, counted and retried at the next tick (it committed nothing)."""
 
     def __init__(self, storage: Storage, clock: Callable[[], datetime], registry: CollectorRegistry,
-                 interval_seconds: float = 2.0) -> None:
+                 lookback_hours: float, interval_seconds: float = 2.0) -> None:
         self.storage = storage
         self.clock = clock
+        self.lookback = timedelta(hours=lookback_hours)
         self.interval_seconds = interval_seconds
         self.reduced = Counter("farmwatch_reduced_reports", "Stored reports this replica reduced into rollups.",
                                registry=registry)
@@ -364,7 +373,8 @@ class Reducer:
         while not self._stop.wait(self.interval_seconds):
             try:
                 while not self._stop.is_set():
-                    done = reduce_pending(self.storage, self.clock())
+                    now = self.clock()
+                    done = reduce_pending(self.storage, now, since=now - self.lookback)
                     self.reduced.inc(done.reports)
                     if not done.reports:
                         self.last_success.set(time.time())

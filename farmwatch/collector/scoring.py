@@ -179,7 +179,7 @@ class Scorer:
         # Read the high-water mark before reducing: a report stored after it leaves its device's
         # verdict stale and is marked by a later run, so it is scored once more.
         through = self.storage.last_report_id()
-        catch_up(self.storage, now)
+        catch_up(self.storage, now, self._window_start(now))  # a first run skips reports scoring never reads
         self.storage.mark_changed(lambda since: changed_devices(self.storage, since), now)
         baselines = self._baselines(now)
         if baselines is None:

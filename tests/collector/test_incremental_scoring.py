@@ -267,3 +267,22 @@ def test_windows_reduced_under_an_older_layout_read_with_its_columns_matched_by_
             [[v for i, v in enumerate(w[0]) if i != lost] for w in current]
     finally:
         storage.close()
+
+
+def test_a_first_reduction_leaves_out_reports_older_than_the_lookback(tmp_path: Path) -> None:
+    records, roster, anchors = _fleet(tmp_path / "fleet", 29)
+    storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", records, roster, anchors)
+    now = _time(records[-1]["received_at"]) + timedelta(minutes=1)
+    since = now - timedelta(hours=CONFIG.lookback_hours)
+    try:
+        while reduce_pending(storage, now, since=since).reports:
+            pass
+        with storage.engine.connect() as connection:
+            young = sorted(connection.execute(sa.select(reports.c.id).where(reports.c.received_at >= since)).scalars())
+            filed = sorted(window[1] for text in connection.execute(sa.select(rollups_table.c.windows)).scalars()
+                           for window in orjson.loads(text))
+        assert filed == young and len(young) < len(records)  # a day of the four is older than the lookback
+        devices = devices_since(storage, since)
+        _assert_same(_full_reread(storage, now), _wire(score_devices(storage, devices, now, CONFIG).verdicts))
+    finally:
+        storage.close()
