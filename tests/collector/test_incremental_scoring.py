@@ -29,7 +29,7 @@ from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts, rollup_progress, sightings
 from farmwatch.collector.tables import rollups as rollups_table
 from farmwatch.contract import Verdict, to_wire
-from farmwatch.detectors.frame import WINDOW_LAYOUT
+from farmwatch.detectors.frame import WINDOW_LAYOUT, reduce_record
 from farmwatch.detectors.pipeline import score
 from farmwatch.detectors.registry import REGISTRY
 from farmwatch.roster import load_anchors, load_roster
@@ -286,3 +286,15 @@ def test_a_first_reduction_leaves_out_reports_older_than_the_lookback(tmp_path: 
         _assert_same(_full_reread(storage, now), _wire(score_devices(storage, devices, now, CONFIG).verdicts))
     finally:
         storage.close()
+
+
+def test_a_reduced_window_holds_one_value_per_column_of_its_layout(tmp_path: Path) -> None:
+    records, _, _ = _fleet(tmp_path / "fleet", 31)
+    seen: set[str] = set()
+    for record in records:
+        window = reduce_record(record)
+        assert len(window.row) == len(WINDOW_LAYOUT["reports"])
+        for part, rows in zip(("tools", "sessions", "probes", "usb", "displays"), window[1:]):
+            assert all(len(row) == len(WINDOW_LAYOUT[part]) for row in rows), part
+            seen.update([part] if rows else [])
+    assert seen == {"tools", "sessions", "probes", "usb", "displays"}  # every part was checked
