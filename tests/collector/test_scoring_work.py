@@ -1,4 +1,5 @@
-"""The shared work table replicas score from: disjoint claims, lapsed claims retaken, re-marked devices kept.
+"""The shared work table replicas score from: changed devices marked once, disjoint claims, lapsed claims
+retaken, re-marked devices kept.
 
 Run on SQLite and on a real PostgreSQL (root only), where two claims racing in open transactions
 must each get other devices without waiting (``FOR UPDATE SKIP LOCKED``).
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from test_scoring_state import store_report
 
 from farmwatch.collector import scoring_work
+from farmwatch.collector.rollups import catch_up, changed_devices
 from farmwatch.collector.storage import Storage
+from farmwatch.collector.tables import rollup_progress
 from farmwatch.collector.tables import scoring_work as work_table
 
 T0 = datetime(2026, 11, 28, 5, 0, tzinfo=timezone.utc)
@@ -28,6 +32,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
     opened = Storage.open(url)
     with opened.engine.begin() as tx:  # the postgres fixture is shared by the module's tests
         tx.execute(work_table.delete())
+        tx.execute(rollup_progress.delete().where(rollup_progress.c.name == scoring_work.MARKED))
     try:
         yield opened
     finally:
@@ -125,3 +130,26 @@ def test_concurrent_claims_on_postgresql_skip_each_others_rows(postgres: str) ->
         assert sorted(held[0].devices + other.devices) == DEVICES
     finally:
         storage.close()
+
+
+def test_the_devices_whose_rollups_changed_are_marked_once(storage: Storage) -> None:
+    """Reports reduced into rollups mark their devices; asking again marks nothing until more arrive."""
+    for device in ("dev-a", "dev-b"):
+        storage.enrol(hardware_id=f"hw-{device}", hostname="h", source_ip="127.0.0.1", new_device_id=device,
+                      token=f"t-{device}", now=T0)
+        store_report(storage, device, 1, T0)
+    catch_up(storage, T0)
+
+    def mark() -> int:
+        return storage.mark_changed(lambda since: changed_devices(storage, since), T0)
+
+    def versions() -> dict[str, int]:
+        with storage.engine.connect() as connection:
+            return dict(connection.execute(sa.select(work_table.c.device_id, work_table.c.version)).all())
+
+    assert mark() >= 2 and set(versions()) >= {"dev-a", "dev-b"}
+    before = versions()
+    assert mark() == 0 and versions() == before  # nothing reduced since: no version moves
+    store_report(storage, "dev-a", 2, T0 + timedelta(minutes=5))
+    catch_up(storage, T0 + timedelta(minutes=5))
+    assert mark() >= 1 and versions()["dev-a"] == before["dev-a"] + 1
