@@ -176,6 +176,7 @@ def _merge_rollups(tx: Connection, by_hour: dict[tuple[str, int], list[StoredWin
                    last_end: dict[tuple[str, int], datetime], batch: int) -> None:
     keys = sorted(by_hour)
     _remember_layout(tx)
+    layouts = _layouts(tx)
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start:start + CHUNK]
         existing = {
@@ -193,7 +194,7 @@ def _merge_rollups(tx: Connection, by_hour: dict[tuple[str, int], list[StoredWin
                                 "reports": len(added), "last_window_end": last_end[key],
                                 "windows": orjson.dumps(sorted(added)).decode()})
                 continue
-            windows = relayout(orjson.loads(old.windows), old.layout, _layouts(tx)) + added
+            windows = relayout(orjson.loads(old.windows), old.layout, layouts) + added
             windows.sort()  # receipt time, then report id: the order a full re-read streams them in
             tx.execute(rollups.update().where(rollups.c.device_id == key[0], rollups.c.hour == key[1])
                        .values(layout=LAYOUT, batch=batch, reports=len(windows),
