@@ -26,7 +26,8 @@ And three for an agent that is stopped, reinstalled or reset while the laptop ru
   ``stopped_minutes`` is far above that.
 - *re-enrolled*: the collector's ``enrolments`` count rose between two reports, so the agent lost
   its state and enrolled again as the same machine; IT reimaging does that too (then the boot time
-  changes), a reinstall on the running system (same boot time) weighs more.
+  changes), so that weighs next to nothing (it is in the evidence for the analyst), while a reinstall
+  on the running system (same boot time) weighs more.
 - *sequence restarted*: the collector's ``seq_conflicts`` count rose: reports came with seqs already
   stored with other content (a state dir restored from a backup or copied back). The agent renumbers
   and re-sends them, so nothing is lost, but the restart stays evidence. An agent whose disk was too
@@ -63,7 +64,7 @@ class AgentHealthDetector(Detector):
                  skew_seconds: float = 120.0, skew_spread_seconds: float = 30.0, min_skew_reports: int = 6,
                  skew_score: float = 0.15, stopped_minutes: float = 30.0, stopped_score: float = 0.3,
                  stopped_working_score: float = 0.45, min_working_hours: float = 1.0,
-                 boot_tolerance_seconds: float = 120.0, reenrolled_score: float = 0.2,
+                 boot_tolerance_seconds: float = 120.0, reenrolled_score: float = 0.05,
                  reinstalled_running_score: float = 0.35, seq_conflict_score: float = 0.3,
                  full_conflicts: int = 5) -> None:
         self.reset_score = reset_score
