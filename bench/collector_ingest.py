@@ -12,7 +12,10 @@ each device counting its own seq, one device's reports in order on one connectio
   uvicorn, same process count) reading, gunzipping and strictly parsing each report and keeping
   nothing: the ratio is what storing costs on top of receiving;
 - **exactly once**: afterwards the store is counted: every acknowledged (202) report must be there
-  once, and nothing unacknowledged.
+  once, and nothing unacknowledged;
+- **CPU per report**: user + system CPU of the collector processes (and their children) over the
+  rate phase, beside the parse-and-discard server's over its own: less sensitive than rates to
+  whatever else shares the machine's cores.
 
 SQLite: one collector process (one writer; synchronous=FULL, group commit). PostgreSQL (when this
 machine can start a throwaway cluster: root and the server binaries; fsync=off there, so an upper
