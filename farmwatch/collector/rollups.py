@@ -137,12 +137,21 @@ def _hold_progress(tx: Connection, wait: bool, since: datetime | None) -> tuple[
         rollup_progress.c.name == PROGRESS).with_for_update(skip_locked=not wait)
     row = tx.execute(query).first()
     if row is None:
-        floor = 0 if since is None else tx.execute(
-            sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0)).where(reports.c.received_at < since)).scalar()
+        floor = 0 if since is None else _floor_before(tx, since)
         tx.execute(_insert(tx, rollup_progress).values(name=PROGRESS, batch=0, floor_report_id=floor)
                    .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
         row = tx.execute(query).first()
     return None if row is None else (int(row.floor_report_id), int(row.batch))
+
+
+def _floor_before(tx: Connection, since: datetime) -> int:
+    """The id just below the first report received at or after ``since`` (every report when none
+    is). Ids need not follow receipt times (a bulk load, a restored database), so this is the lowest
+    such id, never the highest id received before ``since``: that could skip recent reports."""
+    first = tx.execute(sa.select(sa.func.min(reports.c.id)).where(reports.c.received_at >= since)).scalar()
+    if first is not None:
+        return int(first) - 1
+    return int(tx.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar())
 
 
 def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:
