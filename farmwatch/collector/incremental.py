@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -103,12 +103,32 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     catch_up(storage, now, since)
     wanted = set(devices)
     fleet = baselines or current_baselines(storage, now, config)
-    with paused_gc():
-        frames = frames_from_windows(windows(storage, neighbours(storage, wanted), since))
-        verdicts = score_frames(frames, storage.roster(), storage.anchors(), now, config.detection,
-                                storage.suppressed_detectors(now), fitted=fleet.fitted(config.detection),
-                                fleet_last_report=last_window_end(storage, since))
+    roster, anchors, suppressed = storage.roster(), storage.anchors(), storage.suppressed_detectors(now)
+    fleet_last_report = last_window_end(storage, since)
+
+    def scored(group: Collection[str]) -> tuple[Frames, list[Verdict]]:
+        with paused_gc():
+            frames = frames_from_windows(windows(storage, group, since))
+            return frames, score_frames(frames, roster, anchors, now, config.detection, suppressed,
+                                        fitted=fleet.fitted(config.detection), fleet_last_report=fleet_last_report)
+
+    around = neighbours(storage, wanted)
+    try:
+        frames, verdicts = scored(around)
+    except Exception:  # noqa: BLE001 - narrowed below; re-raised when ``devices`` themselves break it
+        # A neighbour's hostile windows must not cost these devices their verdicts: score without
+        # every neighbour that cannot be scored alone (it earns its own verdict when its turn comes).
+        frames, verdicts = scored(wanted | {device for device in around - wanted if _scorable(scored, device)})
     return DeviceScores([v for v in verdicts if v.device_id in wanted], _newest_network_kinds(frames, wanted))
+
+
+def _scorable(scored: Callable[[Collection[str]], tuple[Frames, list[Verdict]]], device: str) -> bool:
+    try:
+        scored({device})
+    except Exception:  # noqa: BLE001 - any failure means: leave this neighbour out
+        log.warning("device %s left out of its neighbours' scoring: its windows cannot be scored", device)
+        return False
+    return True
 
 
 def _newest_network_kinds(frames: Frames, wanted: set[str]) -> dict[str, str]:
@@ -138,11 +158,15 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
     anomaly = FleetAnomalyDetector(**_with_random_state(detection, FleetAnomalyDetector.name))
     typed, features = [], []
     devices = devices_since(storage, since)  # sorted: the features come out in a full re-read's order
+    def learn(batch: Sequence[str]) -> None:
+        frames = frames_from_windows(windows(storage, batch, since))
+        found = rhythm.typed_windows(frames.reports)
+        features.append(raw_device_features(frames, context, anomaly.interval_seconds, anomaly.active_seconds))
+        typed.append(found)
+
     with paused_gc():
         for start in range(0, len(devices), BASELINE_BATCH):
-            frames = frames_from_windows(windows(storage, devices[start:start + BASELINE_BATCH], since))
-            typed.append(rhythm.typed_windows(frames.reports))
-            features.append(raw_device_features(frames, context, anomaly.interval_seconds, anomaly.active_seconds))
+            _learn_isolated(learn, devices[start:start + BASELINE_BATCH])
     empty = frames_from_windows([])
     fleet_typed = pd.concat(typed, ignore_index=True) if typed else empty.reports
     rhythm.fit(dataclasses.replace(empty, reports=fleet_typed), context)
@@ -151,6 +175,21 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
     _store(storage, baselines)
     log.info("fleet baselines refreshed over %d devices", len(devices))
     return baselines
+
+
+def _learn_isolated(learn: Callable[[Sequence[str]], None], batch: Sequence[str]) -> None:
+    """``learn`` from ``batch``, leaving out (by bisection) the devices whose windows break it: one
+    device's hostile data must not stop the fleet's baselines, and so every verdict. Such a device is
+    then scored alone and earns its own ``scoring_error`` (:mod:`farmwatch.collector.isolation`)."""
+    try:
+        learn(batch)
+    except Exception as failure:  # noqa: BLE001 - any failure is narrowed to its devices below
+        if len(batch) == 1:
+            log.warning("device %s left out of the fleet baselines: %s", batch[0], failure)
+            return
+        middle = len(batch) // 2
+        _learn_isolated(learn, batch[:middle])
+        _learn_isolated(learn, batch[middle:])
 
 
 def load_baselines(storage: Storage) -> Baselines | None:

@@ -1,7 +1,8 @@
 """``devices purge``: remove a device's poisoned or unwanted reports and its verdict, audited.
 
 One transaction: the device's reports (all, or those received before a time) go, its verdict and
-fleet-index row go (the next scoring run computes them again from what is left), and the device's
+fleet-index row go (the next scoring run computes them again from what is left), its rollups and
+sightings are rebuilt from the reports left (nothing derived outlives a purged report), and the device's
 high-water marks (``last_seq``, ``last_report_id``, ``last_seen``) are recomputed from the reports
 left, so a hostile seq near the limit stops blocking the device's next enrolment. The device itself,
 its tokens and its enrolment history stay (``devices revoke`` is the tool for tokens). Every purge
@@ -16,6 +17,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from farmwatch.collector.rollups import refile_device
 from farmwatch.collector.tables import UtcDateTime, audit_log, devices, fleet_index, reports, verdicts
 
 
@@ -36,7 +38,9 @@ def purge_device(engine: Engine, device_id: str, before: datetime | None, actor:
         doomed = reports.c.device_id == device_id
         if before is not None:
             doomed = doomed & (reports.c.received_at < before)
+        had = list(tx.execute(sa.select(reports.c.id).where(reports.c.device_id == device_id)).scalars())
         removed = tx.execute(reports.delete().where(doomed)).rowcount
+        refile_device(tx, device_id, had)
         verdict = tx.execute(verdicts.delete().where(verdicts.c.device_id == device_id)).rowcount > 0
         tx.execute(fleet_index.delete().where(fleet_index.c.device_id == device_id))
         left = tx.execute(

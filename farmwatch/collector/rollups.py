@@ -118,6 +118,29 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
         return Reduced(batch if pending else 0, len(pending), skipped)
 
 
+def refile_device(tx: Connection, device_id: str, report_ids: Collection[int]) -> None:
+    """Rebuild ``device_id``'s rollups and sightings from the reports it has left, inside the
+    caller's transaction (``devices purge``): what was derived from purged reports must go with them.
+    ``report_ids``: every id the device had before the purge, whose reduced markers are dropped (a
+    freed id may be given to a new report, which must not pass for reduced). Waits for a replica's
+    batch in flight; does nothing before the first reduction."""
+    progress = tx.execute(sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == PROGRESS)
+                          .with_for_update()).first()
+    tx.execute(rollups.delete().where(rollups.c.device_id == device_id))
+    tx.execute(sightings.delete().where(sightings.c.device_id == device_id))
+    ids = list(report_ids)
+    for start in range(0, len(ids), BATCH):  # bounded IN lists
+        tx.execute(reduced_reports.delete().where(reduced_reports.c.report_id.in_(ids[start:start + BATCH])))
+    if progress is None:
+        return
+    left = tx.execute(sa.select(reports.c.id, reports.c.received_at, reports.c.record)
+                      .where(reports.c.device_id == device_id).order_by(reports.c.id)).all()
+    if left:
+        batch = int(progress.batch) + 1
+        _file(tx, left, batch)
+        tx.execute(rollup_progress.update().where(rollup_progress.c.name == PROGRESS).values(batch=batch))
+
+
 def catch_up(storage: Storage, now: datetime, since: datetime | None = None) -> int:
     """Reduce every pending report (waiting for another replica's batch rather than skipping it);
     returns how many this call reduced. Scoring calls it so verdicts cover every stored report.
@@ -151,7 +174,7 @@ def _floor_before(tx: Connection, since: datetime) -> int:
     first = tx.execute(sa.select(sa.func.min(reports.c.id)).where(reports.c.received_at >= since)).scalar()
     if first is not None:
         return int(first) - 1
-    return int(tx.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar())
+    return int(tx.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar_one())
 
 
 def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:

@@ -131,7 +131,9 @@ def test_a_device_whose_records_break_scoring_costs_only_its_own_verdict(collect
     [finding] = shown.json()["findings"]
     assert finding["detector"] == "scoring_error"
     assert "OutOfBoundsDatetime" in finding["evidence"]["error"]
-    for device in healthy:
+    for device in healthy:  # they share the hostile device's network, so they were scored beside it
+        detail = httpx.get(f"{collector.url}/api/v1/devices/{device['device_id']}", headers=auth(collector.analyst_token))
+        assert "scoring_error" not in {f["detector"] for f in detail.json()["findings"]}, detail.text
         mine = httpx.post(f"{collector.url}/api/v1/verify", json={"seconds": 1}, headers=auth(device["token"]))
         assert mine.status_code == 200, mine.text
     assert metric(collector, "farmwatch_scoring_device_errors_total") >= 1

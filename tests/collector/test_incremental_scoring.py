@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from farmwatch.collector import retention, rollups
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.incremental import refresh_baselines, score_devices
+from farmwatch.collector.purge import purge_device
 from farmwatch.collector.retention import RetentionSettings, prune
 from farmwatch.collector.rollups import changed_devices, devices_since, reduce_pending
 from farmwatch.collector.storage import Storage
@@ -308,3 +309,42 @@ def test_a_reduced_window_holds_one_value_per_column_of_its_layout(tmp_path: Pat
             assert all(len(row) == len(WINDOW_LAYOUT[part]) for row in rows), part
             seen.update([part] if rows else [])
     assert seen == {"tools", "sessions", "probes", "usb", "displays"}  # every part was checked
+
+
+def test_a_purge_rebuilds_the_device_s_rollups_from_the_reports_it_has_left(tmp_path: Path) -> None:
+    """Derived data goes with the purged reports; the rest of the fleet's rollups stay as they were."""
+    records, roster, anchors = _fleet(tmp_path / "fleet", 33)
+    storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", records, roster, anchors)
+    now = max(_time(record["received_at"]) for record in records) + timedelta(minutes=1)
+    try:
+        _reduce_all(storage, now, limit=5000)
+
+        def filed() -> dict[str, list[int]]:
+            with storage.engine.connect() as connection:
+                rows = connection.execute(sa.select(rollups_table.c.device_id, rollups_table.c.windows)).all()
+            by_device: dict[str, list[int]] = {}
+            for device, text in rows:
+                by_device.setdefault(device, []).extend(window[1] for window in orjson.loads(text))
+            return {device: sorted(ids) for device, ids in by_device.items()}
+
+        def ids_of(device: str) -> list[int]:
+            with storage.engine.connect() as connection:
+                return sorted(connection.execute(sa.select(reports.c.id).where(reports.c.device_id == device)).scalars())
+
+        before = filed()
+        device, other = sorted(before)[:2]
+        cutoff = now - timedelta(days=2)
+        purge_device(storage.engine, device, cutoff, "test", now)
+        after = filed()
+        assert after[device] == ids_of(device) and 0 < len(after[device]) < len(before[device])
+        assert {d: ids for d, ids in after.items() if d != device} == {d: ids for d, ids in before.items() if d != device}
+
+        purge_device(storage.engine, device, None, "test", now)
+        assert device not in filed() and filed()[other] == before[other]
+        with storage.engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(sightings)
+                                      .where(sightings.c.device_id == device)).scalar() == 0
+            assert connection.execute(sa.select(sa.func.count()).select_from(reduced_reports)
+                                      .where(reduced_reports.c.report_id.in_(before[device]))).scalar() == 0
+    finally:
+        storage.close()
