@@ -165,8 +165,8 @@ def variant_table(verbose: bool, workdir: Path, only: list[str]) -> tuple[list[s
                      f"({min(reviewed):.1%}-{max(reviewed):.1%} per seed) | {max(r['max legit risk'] for r in runs):.2f} "
                      f"| {min(r['min farm risk'] for r in runs):.2f} |")
         print(lines[-1], flush=True)
-        figures_out += [Figure(f"{name}: recall (farm)", caught / farms, "", target=at_least(0.97)),
-                        Figure(f"{name}: recall (farm or review)", flagged / farms, "", target=at_least(1.0)),
+        figures_out += [Figure(f"{name}: recall (farm)", caught / farms, "of farms", target=at_least(0.97)),
+                        Figure(f"{name}: recall (farm or review)", flagged / farms, "of farms", target=at_least(1.0)),
                         Figure(f"{name}: legit called farm", called, "laptops", target=at_most(0)),
                         Figure(f"{name}: legit sent to review, worst seed", max(reviewed) * 100, "%",
                                target=at_most(2.0))]
