@@ -355,6 +355,15 @@ def changed_devices(storage: Storage, since_batch: int) -> tuple[set[str], int]:
     return changed, int(mark)
 
 
+def aged_out_devices(storage: Storage, after_hour: int, through_hour: int) -> set[str]:
+    """Devices with windows received in the hours after ``after_hour`` up to ``through_hour``: once
+    those hours leave the scoring lookback, these devices' frames lost windows, so their verdicts
+    may change (a device gone quiet decays) although nothing new was reduced for them."""
+    with storage.engine.connect() as connection:
+        return set(connection.execute(sa.select(rollups.c.device_id).where(
+            rollups.c.hour > after_hour, rollups.c.hour <= through_hour).distinct()).scalars())
+
+
 def last_window_end(storage: Storage, since: datetime) -> datetime | None:
     """The newest window end of any device's rollups from the hour of ``since`` on: when the fleet
     last reported (agent_health's silence is measured against it)."""

@@ -2,7 +2,8 @@
 
 Every replica runs the same loop. At each multiple of ``[detection] interval_seconds`` (wall-clock
 aligned, so replicas wake together) it reduces the reports still pending into rollups, marks the
-devices whose rollups or network sightings changed (:mod:`farmwatch.collector.scoring_work`), then
+devices whose rollups or network sightings changed, or whose windows left the lookback (a quiet
+device's verdict decays; :mod:`farmwatch.collector.scoring_work`), then
 claims a batch of ``[detection] batch_devices`` marked devices, scores them from their rollups
 (:func:`farmwatch.collector.incremental.score_devices`: their co-location neighbourhood is read
 alongside), stores their verdicts and releases the claim in one transaction (alerts are decided
@@ -43,7 +44,7 @@ from farmwatch.collector.fleet_index import fleet_rows
 from farmwatch.collector.incremental import Baselines, current_baselines, load_baselines, score_devices
 from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
-from farmwatch.collector.rollups import catch_up, changed_devices
+from farmwatch.collector.rollups import aged_out_devices, catch_up, changed_devices
 from farmwatch.collector.scoring_work import Claim
 from farmwatch.collector.storage import Storage
 from farmwatch.contract import RosterEntry, Verdict
@@ -181,6 +182,8 @@ class Scorer:
         through = self.storage.last_report_id()
         catch_up(self.storage, now, self._window_start(now))  # a first run skips reports scoring never reads
         self.storage.mark_changed(lambda since: changed_devices(self.storage, since), now)
+        self.storage.mark_aged_out(lambda after, last: aged_out_devices(self.storage, after, last),
+                                   self._window_start(now), now)
         baselines = self._baselines(now)
         if baselines is None:
             log.info("no fleet baselines yet; the replica that keeps them is computing them")

@@ -32,6 +32,11 @@ MARKED = "scoring"
 """The ``rollup_progress`` row holding the last reduction batch whose changes were marked here."""
 ChangedSince = Callable[[int], tuple[set[str], int]]
 """Devices changed after a reduction batch, and the batch they run to (``rollups.changed_devices``)."""
+AGED_OUT = "aged-out"
+"""The ``rollup_progress`` row whose ``batch`` holds the last hour of receipt whose devices were
+marked for leaving the lookback (an hour number, not a reduction batch)."""
+AgedOut = Callable[[int, int], set[str]]
+"""Devices with windows received after one hour up to another (``rollups.aged_out_devices``)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,27 @@ def mark_changed(tx: Connection, changed_since: ChangedSince, at: datetime) -> i
     if through != since:
         tx.execute(rollup_progress.update().where(rollup_progress.c.name == MARKED).values(batch=through))
     return len(changed)
+
+
+def mark_aged_out(tx: Connection, aged_out: AgedOut, lookback_start: datetime, at: datetime) -> int:
+    """Mark the devices with windows received in hours that have wholly left the lookback (which
+    starts at ``lookback_start``) since the last call on any replica; returns how many. Their frames
+    lost windows though nothing new was reduced for them: a device gone quiet is rescored hour by
+    hour as its windows age out, so its verdict decays as a full re-read's would (at most an hour
+    and one interval later). The first call only records the hour."""
+    gone = int(lookback_start.timestamp() // 3600) - 1  # the last hour wholly before the lookback
+    held = sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == AGED_OUT).with_for_update()
+    last = tx.execute(held).scalar()
+    if last is None:
+        tx.execute(_insert(tx, rollup_progress).values(name=AGED_OUT, batch=gone, floor_report_id=0)
+                   .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
+        return 0
+    if gone <= last:
+        return 0
+    devices = aged_out(int(last), gone)
+    mark(tx, devices, at)
+    tx.execute(rollup_progress.update().where(rollup_progress.c.name == AGED_OUT).values(batch=gone))
+    return len(devices)
 
 
 def mark_stale(tx: Connection, seen_since: datetime, at: datetime) -> int:

@@ -440,6 +440,11 @@ class Storage:
         with self._writer.begin() as tx:
             return scoring_work.mark_changed(tx, changed_since, now)
 
+    def mark_aged_out(self, aged_out: scoring_work.AgedOut, lookback_start: datetime, now: datetime) -> int:
+        """Mark the devices whose windows left the lookback since any replica last did (:func:`scoring_work.mark_aged_out`)."""
+        with self._writer.begin() as tx:
+            return scoring_work.mark_aged_out(tx, aged_out, lookback_start, now)
+
     def mark_stale_for_scoring(self, seen_since: datetime, now: datetime) -> int:
         """Mark every stale device seen since ``seen_since`` not marked yet (:func:`scoring_work.mark_stale`)."""
         with self._writer.begin() as tx:

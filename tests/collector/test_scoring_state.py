@@ -110,3 +110,33 @@ def test_one_replica_keeps_the_fleet_baselines(tmp_path: Path) -> None:
         assert computed_at() == T0 + timedelta(minutes=130)
     finally:
         storage.close()
+
+
+def test_a_quiet_device_is_rescored_as_its_windows_leave_the_lookback(tmp_path: Path) -> None:
+    """Its verdict follows what is left in the lookback (as a full re-read's would), although it
+    sends nothing new: the periodic run rescores it once the hour of its windows has aged out."""
+    storage = Storage.open(f"sqlite:///{tmp_path / 'scoring.db'}")
+    clock = [T0]
+    config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, lookback_hours=3)
+    scorer = Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: clock[0])
+    try:
+        for device in ("dev-quiet", "dev-busy"):
+            storage.enrol(hardware_id=f"hw-{device}", hostname="h", source_ip="127.0.0.1", new_device_id=device,
+                          token=f"token-{device}", now=T0)
+        store_report(storage, "dev-quiet", 1, T0)
+        store_report(storage, "dev-quiet", 2, T0 + timedelta(hours=1, minutes=30))
+        store_report(storage, "dev-busy", 1, T0)
+        scorer.run(bounded=True)
+        first = storage.verdict("dev-quiet")
+        assert first is not None
+        for hour in (2, 3):  # only dev-busy reports; the lookback has not lost a whole hour of dev-quiet yet
+            clock[0] = T0 + timedelta(hours=hour)
+            store_report(storage, "dev-busy", hour, clock[0])
+            scorer.run(bounded=True)
+        assert storage.verdict("dev-quiet") == first
+        clock[0] = T0 + timedelta(hours=4, minutes=5)  # T0's hour has wholly left the 3-hour lookback
+        scorer.run(bounded=True)
+        later = storage.verdict("dev-quiet")
+        assert later is not None and later.scored_at == clock[0]
+    finally:
+        storage.close()

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from test_scoring_state import store_report
 
 from farmwatch.collector import scoring_work
-from farmwatch.collector.rollups import catch_up, changed_devices
+from farmwatch.collector.rollups import aged_out_devices, catch_up, changed_devices
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import rollup_progress
 from farmwatch.collector.tables import scoring_work as work_table
@@ -153,3 +153,29 @@ def test_the_devices_whose_rollups_changed_are_marked_once(storage: Storage) -> 
     store_report(storage, "dev-a", 2, T0 + timedelta(minutes=5))
     catch_up(storage, T0 + timedelta(minutes=5))
     assert mark() >= 1 and versions()["dev-a"] == before["dev-a"] + 1
+
+
+def test_devices_whose_windows_leave_the_lookback_are_marked_once_per_hour(storage: Storage) -> None:
+    """A device that went quiet changes nothing new, yet its frames lose windows as they age out:
+    it is marked when the hour of its windows has wholly left the lookback, once across calls."""
+    for device, at in (("dev-quiet", T0), ("dev-later", T0 + timedelta(hours=2))):
+        storage.enrol(hardware_id=f"hw-{device}", hostname="h", source_ip="127.0.0.1", new_device_id=device,
+                      token=f"t-{device}", now=T0)
+        store_report(storage, device, 1, at)
+    catch_up(storage, T0 + timedelta(hours=2))
+    with storage._writer.begin() as tx:
+        tx.execute(rollup_progress.delete().where(rollup_progress.c.name == scoring_work.AGED_OUT))
+        tx.execute(work_table.delete())
+
+    def mark(lookback_start: datetime) -> set[str]:
+        storage.mark_aged_out(lambda after, through: aged_out_devices(storage, after, through), lookback_start, T0)
+        with storage.engine.connect() as connection:
+            return set(connection.execute(sa.select(work_table.c.device_id)).scalars())
+
+    assert mark(T0 - timedelta(hours=1)) == set()  # the first call records where the lookback starts
+    assert mark(T0 + timedelta(minutes=30)) == set()  # T0's hour has only begun to leave
+    assert mark(T0 + timedelta(hours=1)) == {"dev-quiet"}  # wholly gone: its device lost windows
+    with storage._writer.begin() as tx:
+        tx.execute(work_table.delete())
+    assert mark(T0 + timedelta(hours=1, minutes=5)) == set()  # that hour is marked once
+    assert mark(T0 + timedelta(hours=3)) == {"dev-later"}
