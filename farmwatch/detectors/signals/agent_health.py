@@ -97,7 +97,14 @@ class AgentHealthDetector(Detector):
         reports = frames.reports
         fleet_last = pd.Timestamp(context.fleet_last_report or reports["window_end"].max())
         found = []
-        for device, rows in reports.groupby("device_id", sort=True):
+        # Window times as plain datetime64 (NaT kept) for the per-device hole and gap arithmetic:
+        # tz-aware columns turn into arrays of Timestamp objects, far slower at fleet scale.
+        starts = reports["window_start"].dt.tz_localize(None).to_numpy()
+        ends = reports["window_end"].dt.tz_localize(None).to_numpy()
+        grouped = reports.groupby("device_id", sort=True)
+        positions = grouped.indices
+        for device, rows in grouped:
+            mine = positions[device]
             parts: dict[str, float] = {}
             sentences = []
             step = np.diff(rows["seq"].dropna().to_numpy())
@@ -130,13 +137,13 @@ class AgentHealthDetector(Detector):
             if silent >= self.silent_hours:
                 parts["silent"] = self.silent_score
                 sentences.append(f"it has been silent for {silent:.0f} h while the fleet reports")
-            gaps = self._gaps_in_always_on(rows)
+            gaps = self._gaps_in_always_on(ends[mine])
             if gaps:
                 parts["silent_gaps"] = self.gap_score
                 sentences.append(f"a laptop that otherwise never sleeps went silent {gaps} time(s) for "
                                  f"{self.gap_hours:g} h or more")
             entry = context.roster.get(str(device))
-            stopped = self._stopped(rows, entry.timezone if entry else None)
+            stopped = self._stopped(rows, starts[mine], ends[mine], entry.timezone if entry else None)
             if stopped:
                 working = [hole for hole in stopped if hole["working_hours"] >= self.min_working_hours]
                 parts["agent_stopped"] = self.stopped_working_score if working else self.stopped_score
@@ -187,13 +194,18 @@ class AgentHealthDetector(Detector):
         rose = np.diff(values) > 0  # NaN (older records) compares False
         return np.flatnonzero(rose) + 1
 
-    def _stopped(self, rows: pd.DataFrame, timezone: str | None) -> list[dict[str, Any]]:
-        """Holes between tiled windows with the same boot time on both sides (module docstring)."""
+    def _stopped(self, rows: pd.DataFrame, window_starts: np.ndarray, window_ends: np.ndarray,
+                 timezone: str | None) -> list[dict[str, Any]]:
+        """Holes between tiled windows with the same boot time on both sides (module docstring);
+        ``window_starts``/``window_ends``: the rows' window times as datetime64."""
+        holes = (window_starts[1:] - window_ends[:-1]) / np.timedelta64(1, "m")  # NaT: NaN, never a hole
+        found = []
+        candidates = np.flatnonzero(holes >= self.stopped_minutes) + 1
+        if not len(candidates):
+            return found
         starts = rows["window_start"].reset_index(drop=True)
         ends = rows["window_end"].reset_index(drop=True)
-        holes = (starts.iloc[1:].to_numpy() - ends.iloc[:-1].to_numpy()) / pd.Timedelta(minutes=1)
-        found = []
-        for at in np.flatnonzero(holes >= self.stopped_minutes) + 1:
+        for at in candidates:
             if not self._same_boot(rows, int(at)):
                 continue
             began, resumed = ends.iloc[at - 1], starts.iloc[at]
@@ -210,16 +222,15 @@ class AgentHealthDetector(Detector):
             return float(median)
         return None
 
-    def _gaps_in_always_on(self, rows: pd.DataFrame) -> int:
+    def _gaps_in_always_on(self, ends: np.ndarray) -> int:
         """Long silences of a device that reports most of the time (``always_on_coverage`` of its span,
         gaps included): a person's laptop sleeps every night, so gaps mean nothing there; on an
-        always-on laptop they suggest a stopped agent."""
-        ends = rows["window_end"]
+        always-on laptop they suggest a stopped agent. ``ends``: its window ends (datetime64, in order)."""
         if len(ends) < 2:
             return 0
-        gap = ends.diff().dt.total_seconds().fillna(0.0)
-        long = gap >= self.gap_hours * 3600
-        span = (ends.iloc[-1] - ends.iloc[0]).total_seconds() + self.interval_seconds
+        second = np.timedelta64(1, "s")
+        long = np.diff(ends) / second >= self.gap_hours * 3600
+        span = (ends[-1] - ends[0]) / second + self.interval_seconds
         coverage = len(ends) * self.interval_seconds / span
         return int(long.sum()) if coverage >= self.always_on_coverage else 0
 
