@@ -14,6 +14,7 @@ carrier-grade NAT). Residential networks need data we do not ship yet, so everyt
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 from collections.abc import Sequence
 from importlib import resources
@@ -38,7 +39,7 @@ class GeoLookup:
     def lookup(self, address: str) -> dict[str, Any]:
         """The ingest record's ``geo`` object (:class:`farmwatch.contract.Geo`) for ``address`` (unknown parts null)."""
         try:
-            ip = ipaddress.ip_address(address)
+            ip = parse_address(address)
         except ValueError:
             return {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}
         city = _record(self._city, ip)
@@ -81,10 +82,15 @@ def network_kinds() -> dict[int, str]:
 def within(address: str, networks: Sequence[Network]) -> bool:
     """True when ``address`` is a valid IP inside any of ``networks``."""
     try:
-        ip = ipaddress.ip_address(address)
+        ip = parse_address(address)
     except ValueError:
         return False
     return any(ip in network for network in networks)
+
+
+# Every report asks about its source and gateway addresses (a few per laptop, asked again and again),
+# and ipaddress parses in Python: a bounded memory of the answers. Refusals (ValueError) are not kept.
+parse_address = functools.lru_cache(maxsize=65_536)(ipaddress.ip_address)
 
 
 def _open(path: Path | None, key: str) -> maxminddb.Reader | None:

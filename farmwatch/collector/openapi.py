@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
+from starlette.routing import BaseRoute
 
 REF = "#/components/schemas/{model}"
 
@@ -41,13 +42,15 @@ WHY = {
 
 
 def openapi_document(
-    app: FastAPI, bodies: Mapping[tuple[str, str], type[BaseModel]], refusals: Mapping[tuple[str, str], Sequence[int]]
+    app: FastAPI, bodies: Mapping[tuple[str, str], type[BaseModel]], refusals: Mapping[tuple[str, str], Sequence[int]],
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> dict[str, Any]:
     """``app``'s OpenAPI document with ``bodies[(path, method)]`` as request bodies and the error body
-    under each status of ``refusals[(path, method)]`` (every operation also gets 404, 405 and 500)."""
+    under each status of ``refusals[(path, method)]`` (every operation also gets 404, 405 and 500).
+    ``extra_routes`` describe the routes ``app`` serves as plain Starlette routes (FastAPI skips those)."""
     if app.openapi_schema:
         return app.openapi_schema
-    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    document = get_openapi(title=app.title, version=app.version, routes=[*app.routes, *extra_routes])
     components = document.setdefault("components", {}).setdefault("schemas", {})
     documented: list[type[BaseModel]] = [*bodies.values(), ErrorBody]
     for model in documented:

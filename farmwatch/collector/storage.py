@@ -577,8 +577,7 @@ def store_report_batch(tx: Connection, batch: list[ArrivingReport]) -> list[Stor
         accepted.append(item)
         outcomes.append(None)
     if accepted:
-        stamps = {device_id: agent_history.stamp(tx, device_id)
-                  for device_id in sorted({item.record["report"]["device_id"] for item in accepted})}
+        stamps = agent_history.stamps(tx, {item.record["report"]["device_id"] for item in accepted})
         rows = [{"device_id": item.record["report"]["device_id"], "seq": item.record["report"]["seq"],
                  "digest": item.digest, "received_at": item.received_at,
                  "record": orjson.dumps({**item.record, **stamps[item.record["report"]["device_id"]]}).decode()}
