@@ -141,7 +141,9 @@ def measure(kind: str, store: Store, hours: int) -> dict[str, Any]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed (status {status})")
     done = {**json.loads(answer), "gb": usage.ru_maxrss / 2**20}
-    print(f"  {kind} at {store.laptops:,} laptops: {done['seconds']:.1f} s, peak {done['gb']:.2f} GB", flush=True)
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())  # a shared machine: say how busy it was
+    print(f"  {kind} at {store.laptops:,} laptops: {done['seconds']:.1f} s, peak {done['gb']:.2f} GB "
+          f"(load average {load})", flush=True)
     return done
 
 
@@ -165,6 +167,10 @@ def child(kind: str, url: str, now: datetime, hours: int) -> dict[str, Any]:
         storage.save_verdicts(verdicts, through)
         answer = {"verdicts": len(verdicts)}
     return {**answer, "seconds": time.perf_counter() - began}
+
+
+def _drop(store: Store) -> None:
+    Path(sa.make_url(store.url).database or "").unlink()
 
 
 def per_report(points: list[tuple[float, float]], at: float) -> float:
@@ -192,6 +198,7 @@ def main(laptops: int) -> int:
             full.append((store.records, measure("full", store, hours)))
             measure("baselines", store, hours)  # the hourly job, done before the interval (as at full size)
             small.append((store, measure("incremental", store, hours)))
+            _drop(store)  # about 2 GB per 1,000 laptops: keep one store on disk at a time
         fleet = build(folder, laptops, hours)
         refreshed = measure("baselines", fleet, hours)
         interval = measure("incremental", fleet, hours)
