@@ -34,7 +34,15 @@ class AlwaysOnDetector(Detector):
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
         found = []
-        for device, rows in reports.groupby("device_id", sort=True):
+        grouped = reports.groupby("device_id", sort=True)
+        # Most laptops sleep: the span and coverage tests, over whole columns, leave only the few
+        # always-on devices for the per-device local-time work below (which repeats both tests).
+        spans = (grouped["window_end"].max() - grouped["window_start"].min()).dt.total_seconds()
+        short = spans < self.min_days * 86400
+        sleeps = grouped.size() * self.interval_seconds / spans < self.coverage
+        positions = grouped.indices
+        for device in spans.index[~(short | sleeps)]:  # sorted by device, as groupby gives them
+            rows = reports.iloc[positions[device]]
             span = (rows["window_end"].max() - rows["window_start"].min()).total_seconds()
             if span < self.min_days * 86400:
                 continue
