@@ -118,11 +118,12 @@ class Runner:
         sections: dict[str, Any] = {}
         errors = self._load_errors + self._pending
         self._pending = []
-        for probe in self.probes:
-            value, found = self._collect(probe)
-            errors += found
-            if value is not _NOTHING:
-                sections[probe.section] = value
+        with self.context.kernel.collection():  # one /proc pass and one socket dump for every probe
+            for probe in self.probes:
+                value, found = self._collect(probe)
+                errors += found
+                if value is not _NOTHING:
+                    sections[probe.section] = value
         return Report.model_validate({
             "schema": REPORT_SCHEMA,
             "device_id": device_id,

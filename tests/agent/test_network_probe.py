@@ -86,7 +86,7 @@ def test_vpn_products_from_names_and_running_clients() -> None:
 
 def test_vpn_products_without_clients_come_from_names_only(tmp_path: Path) -> None:
     (tmp_path / "1").mkdir()
-    (tmp_path / "1" / "comm").write_text("systemd\n")
+    (tmp_path / "1" / "stat").write_text("1 (systemd) S 0 1 1 0 -1 4194560 1200 0 10 0 30 20 0 0 20 0 1 0 110\n")
     facts = _probe(proc=tmp_path).collect()
     products = {i.name: i.vpn_product for i in facts.interfaces if i.kind == "vpn"}
     assert products == {"tailscale0": "Tailscale", "wg0": "WireGuard", "tun0": None, "ppp0": None}

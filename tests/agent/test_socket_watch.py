@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from farmwatch.agent.kernel.process_names import ProcessNames
-from farmwatch.agent.kernel.socket_watch import SocketWatcher, netlink_dump
+from farmwatch.agent.kernel.socket_watch import SocketWatch, SocketWatcher, netlink_dump
 from farmwatch.agent.kernel.tcpinfo import TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, tcp_sockets
 from farmwatch.agent.probes.base import ProbeContext
 from farmwatch.agent.probes.remote_access.catalog import Catalog
@@ -158,7 +158,8 @@ def test_the_owner_is_the_one_found_while_the_socket_was_held() -> None:
     """A tool's connection that closes before the window's end keeps its process and tool."""
     clock = _ticks()
     claims = ToolSockets(Path("/proc"), AS_A_TOOL)
-    watcher: SocketWatcher[ToolOwner] = SocketWatcher(claims, extra_states=1 << TCP_LISTEN, clock=lambda: next(clock))
+    watcher: SocketWatcher[ToolOwner] = SocketWatcher(claims, focus=claims.focus, extra_states=1 << TCP_LISTEN,
+                                                      clock=lambda: next(clock))
     with _server() as server:
         port = _port(server)
         watcher.local_ports = [(port, port)]
@@ -219,14 +220,14 @@ def test_period_zero_turns_watching_off(probe: type[RemoteAccessProbe | Sessions
     made = probe(ProbeContext(options={probe.name: {"watch_period_seconds": 0}}))
     made.start()
     made.collect()
-    assert made._watcher.polls == 0 and made._watcher._thread is None
+    assert made._watcher.polls == 0 and not made._watcher.running and not made.context.kernel.watch.running
     made.stop()
 
 
 def test_keep_parses_only_the_sockets_it_accepts() -> None:
     with _server() as server, _session(server) as (client, accepted), _session(server):
         wanted = os.fstat(accepted.fileno()).st_ino
-        kept = tcp_sockets(1 << TCP_ESTABLISHED, keep=lambda inode: inode == wanted)
+        kept = tcp_sockets(1 << TCP_ESTABLISHED, keep=lambda inode, port: inode == wanted)
         expected = [(wanted, _port(server), _port(client))]
     assert [(s.inode, s.local_port, s.remote_port) for s in kept] == expected
 
@@ -241,8 +242,8 @@ def test_an_empty_focus_skips_the_dump_until_something_watched_is_open() -> None
     focus: set[int] = set()
     with _server() as server:
         port = _port(server)
-        watcher: SocketWatcher[str] = SocketWatcher(_claim_port(port), focus=lambda: focus,  # type: ignore[arg-type]
-                                                    dump=counted)  # type: ignore[arg-type]
+        watcher: SocketWatcher[str] = SocketWatcher(_claim_port(port), focus=lambda running: focus,  # type: ignore[arg-type]
+                                                    watch=SocketWatch(dump=counted))  # type: ignore[arg-type]
         watcher.poll()
         assert dumps == []  # nothing running worth watching: no dump
         with _session(server) as (_, accepted):
@@ -306,13 +307,91 @@ def test_the_collectors_config_turns_watching_on_and_off_between_windows(
     made.start()
     try:
         made.collect()
-        assert made._watcher._thread is None
+        assert not made._watcher.running
         context.options = {probe.name: {"watch_period_seconds": 2.5}}  # as a fresh config from the collector
         made.collect()
-        assert made._watcher._thread is not None and made._watcher.period_seconds == 2.5
+        assert made._watcher.running and made._watcher.period_seconds == 2.5
         context.options = {}
         made.collect()
         assert made._watcher.period_seconds == 5.0
     finally:
         made.stop()
-    assert made._watcher._thread is None
+    assert not made._watcher.running and not context.kernel.watch.running
+
+
+def test_two_watchers_polled_together_share_one_dump_and_get_what_each_asked_for() -> None:
+    tables: list[list[TcpSocket]] = []
+
+    def counted(states: int, ports: list[tuple[int, int]], keep: object) -> list[TcpSocket]:
+        tables.append(netlink_dump(states, ports, keep))  # type: ignore[arg-type]
+        return tables[-1]
+
+    watch = SocketWatch(dump=counted)  # type: ignore[arg-type]
+    with _server() as a, _server() as b, _server() as c, _session(a), _session(b) as (_, b_accepted), _session(c):
+        by_port: SocketWatcher[str] = SocketWatcher(_claim_port(_port(a)), watch=watch)  # type: ignore[arg-type]
+        by_port.local_ports = [(_port(a), _port(a))]
+        held = os.fstat(b_accepted.fileno()).st_ino  # as a tool's process would hold it
+        by_focus: SocketWatcher[str] = SocketWatcher(_claim_port(_port(b)), focus=lambda running: {held},  # type: ignore[arg-type]
+                                                     watch=watch)
+        watch.poll([by_port, by_focus])
+        port_window, focus_window = by_port.take(), by_focus.take()
+        ports = _port(a), _port(b)
+    assert len(tables) == 1 + 2  # one shared poll, then each take() alone
+    assert {sock.local_port for sock in tables[0]} == set(ports)  # c's sockets were not parsed
+    assert [seen.socket.local_port for seen in port_window.sightings] == [ports[0]]
+    assert [seen.socket.inode for seen in focus_window.sightings] == [held]
+    assert (port_window.polls, focus_window.polls) == (2, 2)
+
+
+def test_a_failing_watcher_does_not_cost_the_other_its_poll() -> None:
+    def broken(fresh: list[TcpSocket], table: list[TcpSocket]) -> dict[int, str]:
+        raise OSError("proc went away")
+
+    watch = SocketWatch()
+    with _server() as server, _session(server):
+        port = _port(server)
+        failing: SocketWatcher[str] = SocketWatcher(broken, watch=watch)
+        working: SocketWatcher[str] = SocketWatcher(_claim_port(port), watch=watch)  # type: ignore[arg-type]
+        for watcher in (failing, working):
+            watcher.local_ports = [(port, port)]
+        watch.poll([failing, working])
+        assert failing.failure == "a poll failed: OSError: proc went away"
+        assert working.failure is None and len(working.take().sightings) == 1
+
+
+@pytest.mark.parametrize("periods", [(0.05, 0.05), (0.05, 0.1)], ids=["same period", "one twice the other"])
+def test_joined_watchers_are_polled_on_one_thread_with_one_dump_per_tick(periods: tuple[float, float]) -> None:
+    watch = SocketWatch()
+    with _server() as server:
+        port = _port(server)
+        fast: SocketWatcher[str] = SocketWatcher(_claim_port(port), period_seconds=periods[0], watch=watch)  # type: ignore[arg-type]
+        slow: SocketWatcher[str] = SocketWatcher(_claim_port(port), period_seconds=periods[1], watch=watch)  # type: ignore[arg-type]
+        for watcher in (fast, slow):
+            watcher.local_ports = [(port, port)]
+        fast.start()
+        slow.start()
+        assert watch.running
+        deadline = time.monotonic() + 30
+        while slow.polls < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fast.stop()
+        assert watch.running  # slow is still joined
+        slow.stop()
+        assert not watch.running
+    # Each start() polls its watcher alone; every tick after that polls both (or fast alone) with one dump.
+    assert watch.dumps == fast.polls + 1
+    assert slow.polls >= 4 and (slow.polls == fast.polls if periods[0] == periods[1] else slow.polls < fast.polls)
+
+
+def test_the_agents_probes_share_one_socket_watch() -> None:
+    context = ProbeContext()
+    remote, sessions = RemoteAccessProbe(context), SessionsProbe(context)
+    remote.start()
+    sessions.start()
+    try:
+        assert remote._watcher.watch is sessions._watcher.watch is context.kernel.watch
+        assert remote._watcher.running and sessions._watcher.running
+    finally:
+        remote.stop()
+        sessions.stop()
+    assert not context.kernel.watch.running

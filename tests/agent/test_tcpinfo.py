@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from farmwatch.agent.kernel import tcpinfo
 from farmwatch.agent.kernel.tcpinfo import (
     RttUnavailable,
     TcpSocket,
@@ -253,3 +254,28 @@ def test_a_kernel_refusal_carries_its_errno(kind: int) -> None:
     with pytest.raises(OSError) as refused:
         parse_dump_part(_first_message() + _message(kind, struct.pack("=i", -errno.EPERM)))
     assert refused.value.errno == errno.EPERM and not isinstance(refused.value, RttUnavailable)
+
+
+def test_the_one_walk_request_answers_what_the_two_per_family_requests_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TCPDIAG_GETSOCK (one walk of the hash tables for both families) and SOCK_DIAG_BY_FAMILY per
+    family see the same sockets, kernel filters included; a kernel refusing the former gets the latter."""
+    with _connected(socket.AF_INET, "127.0.0.1") as v4, _connected(socket.AF_INET6, "::1") as v6:
+        ours = {_pair(v4), _pair(v6)}
+        ports = [(v4.getsockname()[1], v4.getsockname()[1]), (v6.getsockname()[1], v6.getsockname()[1])]
+
+        def read() -> list[tuple[object, ...]]:
+            return sorted((s.pair, s.state, s.inode) for s in tcp_sockets(local_ports=ports))
+
+        one_walk = read()
+        assert tcpinfo._one_walk.answered is True
+        monkeypatch.setattr(tcpinfo._one_walk, "answered", False)  # as after a refusal
+        per_family = read()
+    assert one_walk == per_family and ours <= {pair for pair, _, _ in one_walk}  # others may share a port number
+
+
+def test_a_refused_one_walk_request_falls_back_to_one_request_per_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcpinfo._one_walk, "answered", None)
+    monkeypatch.setattr(tcpinfo, "_TCPDIAG_GETSOCK", 17)  # a type no inet_diag kernel knows: refused
+    with _connected(socket.AF_INET, "127.0.0.1") as client:
+        assert _pair(client) in {s.pair for s in tcp_sockets()}
+    assert tcpinfo._one_walk.answered is False

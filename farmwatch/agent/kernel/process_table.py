@@ -1,11 +1,12 @@
-"""Every process's name, executable and start time in one pass over ``/proc`` (Linux).
+"""Every process's name, parent, executable and start time in one pass over ``/proc`` (Linux).
 
 What psutil's ``process_iter(["name", "create_time", "exe"])`` gives, read with one ``stat`` file
 and one ``exe`` link per process and none of psutil's per-attribute wrapping, which cost the
 remote-access probe about as much again as the reads themselves (issue 13's profile). Names follow
 psutil's rule: ``comm`` (proc(5): cut to 15 characters), extended to the base name of the
 executable's first argument when that starts with the cut name; nothing else of the command line
-is kept.
+is kept. The agent makes this pass once per collection for every probe
+(:class:`~farmwatch.agent.kernel.shared_reads.KernelReads`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 _COMM_LENGTH = 15  # TASK_COMM_LEN - 1: comm longer than this is cut
 _DELETED = " (deleted)"  # the kernel's suffix on the exe link of a replaced or removed executable
 _STARTTIME_FIELD = 19  # field 22 of /proc/<pid>/stat, counted after "pid (comm) "
+_PPID_FIELD = 1  # field 4
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,11 @@ class ProcessRow:
     """One process: pid, name, executable path (None when unreadable) and start time (Unix seconds)."""
 
     pid: int
-    name: str
+    name: str  # comm, or the executable's name where comm is its cut (psutil's name())
     exe: str | None
     create_time: float | None
+    comm: str = ""  # the kernel's task name, at most 15 characters (what /proc/<pid>/comm says)
+    ppid: int = 0
 
 
 def process_ids(proc_root: Path) -> list[int]:
@@ -49,12 +53,11 @@ def process_rows(proc_root: Path) -> Iterator[ProcessRow]:
             continue
         text = stat.decode("utf-8", "replace")
         opened, closed = text.find("("), text.rfind(")")  # comm may itself hold parentheses
-        name = text[opened + 1:closed]
+        comm = text[opened + 1:closed]
         fields = text[closed + 2:].split()
         created = boot + int(fields[_STARTTIME_FIELD]) / ticks if boot is not None and len(fields) > _STARTTIME_FIELD else None
-        if len(name) >= _COMM_LENGTH:
-            name = _extended_name(folder, name)
-        yield ProcessRow(pid, name, _executable(folder), created)
+        name = _extended_name(folder, comm) if len(comm) >= _COMM_LENGTH else comm
+        yield ProcessRow(pid, name, _executable(folder), created, comm, int(fields[_PPID_FIELD]))
 
 
 def _extended_name(folder: str, cut: str) -> str:

@@ -8,46 +8,22 @@ an unprivileged agent sees only its own user's sockets and counts the processes 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from farmwatch.agent.kernel.process_table import process_ids
 
+def real_uid(proc_root: Path, pid: int) -> int | None:
+    """A process's real uid, from ``/proc/<pid>/status`` (world-readable); None once it has exited.
 
-@dataclass(frozen=True)
-class ProcessInfo:
-    """One process: name (never its command line), parent, real uid."""
-
-    pid: int
-    name: str
-    ppid: int
-    uid: int
-
-
-def processes(proc_root: Path) -> dict[int, ProcessInfo]:
-    """Every process in ``proc_root``, from ``/proc/<pid>/status`` (world-readable).
-
-    Read every window for every process: plain ``open`` and only the lines wanted, since pathlib's
-    glob and a dict of every field cost twice the reads themselves (issue 13's profile)."""
-    found = {}
-    for pid in process_ids(proc_root):
-        try:
-            with open(f"{proc_root}/{pid}/status", encoding="utf-8", errors="replace") as status:
-                fields = {}
-                for line in status:
-                    key, _, value = line.partition(":")
-                    if key in _STATUS_FIELDS:
-                        fields[key] = value
-                        if len(fields) == len(_STATUS_FIELDS):
-                            break
-            found[pid] = ProcessInfo(pid=pid, name=fields["Name"].strip(), ppid=int(fields["PPid"]),
-                                     uid=int(fields["Uid"].split()[0]))
-        except (OSError, KeyError, ValueError):
-            continue  # exited meanwhile
-    return found
-
-
-_STATUS_FIELDS = ("Name", "PPid", "Uid")  # in the order proc(5) lists them: reading stops at Uid
+    Read only for the few processes that may own a session: the pass over every process
+    (:mod:`farmwatch.agent.kernel.process_table`) reads ``stat``, which has no uid."""
+    try:
+        with open(f"{proc_root}/{pid}/status", encoding="utf-8", errors="replace") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
 
 
 def socket_holders(proc_root: Path, pids: list[int]) -> tuple[dict[int, list[int]], list[int]]:

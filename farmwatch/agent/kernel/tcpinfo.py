@@ -4,8 +4,9 @@ The kernel keeps, per TCP socket, a smoothed RTT (``tcpi_rtt``) and the minimum 
 (``tcpi_min_rtt``), both in microseconds (``struct tcp_info``, include/uapi/linux/tcp.h). The
 minimum is the physics: light in fibre covers ~200 km per ms one way, so a round trip of r ms
 bounds the peer's distance to r x 100 km, and congestion only ever adds to it. ``ss -ti`` reads
-the same numbers through inet_diag (``INET_DIAG_INFO``); we send the same SOCK_DIAG_BY_FAMILY
-dump request and unpack the answer with :mod:`struct` (a netlink library cost the agent more
+the same numbers through inet_diag (``INET_DIAG_INFO``); we send inet_diag's dump request (the
+TCPDIAG_GETSOCK form, one walk of the kernel's tables for IPv4 and IPv6; SOCK_DIAG_BY_FAMILY per
+family where a kernel refuses it) and unpack the answer with :mod:`struct` (a netlink library cost the agent more
 memory than everything else it reads). An unprivileged process may dump every TCP socket of its
 network namespace with ``INET_DIAG_INFO``, so the default path needs no root.
 
@@ -31,6 +32,9 @@ Pair = tuple[str, int, str, int]
 
 RttPair = tuple[float | None, float | None]
 """(rtt_ms, min_rtt_ms); ``None`` where the kernel has no sample yet."""
+
+Keep = Callable[[int, int], bool]
+"""(socket inode, local port) -> whether to parse that socket of a dump; the rest cost no parsing."""
 
 # Kernel socket states (include/net/tcp_states.h); netlink filters by a bit mask of them.
 TCP_ESTABLISHED = 1
@@ -61,6 +65,14 @@ _SOCK_DIAG_BY_FAMILY = 20
 # of idiag_ext asks for struct tcp_info as an INET_DIAG_INFO attribute.
 _REQUEST = struct.Struct("=BBBxI48x")
 _INET_DIAG_INFO = 2
+# The same header's TCPDIAG_GETSOCK request, older than SOCK_DIAG_BY_FAMILY: struct inet_diag_req
+# {u8 family, src_len, dst_len, ext; struct inet_diag_sockid id; u32 states; u32 dbs}. The kernel
+# answers it (inet_diag_dump_compat in net/ipv4/inet_diag.c) with the family set to AF_UNSPEC: IPv4
+# and IPv6 sockets in one walk of the TCP hash tables, where SOCK_DIAG_BY_FAMILY walks them once per
+# family, and the walk is most of a dump's cost (bench/socket_watch_cost.py). Its answer holds the
+# same inet_diag_msg records, typed TCPDIAG_GETSOCK. A kernel refusing it gets the two requests.
+_TCPDIAG_GETSOCK = 18
+_ONE_WALK_REQUEST = struct.Struct("=BBBB48xII")
 # A request may carry an INET_DIAG_REQ_BYTECODE attribute: a filter the kernel runs on each socket
 # before answering (inet_diag_bc_run in net/ipv4/inet_diag.c). Each op is struct inet_diag_bc_op
 # {u8 code; u8 yes; u16 no}: on a true condition skip ``yes`` bytes, else ``no``; JMP always takes
@@ -153,9 +165,19 @@ def dump_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> b
     return _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
 
 
-def parse_dump_part(data: bytes, keep: Callable[[int], bool] | None = None) -> tuple[list[TcpSocket], bool]:
+def one_walk_request(states: int, seq: int, bytecode: bytes = b"") -> bytes:
+    """A TCPDIAG_GETSOCK dump request for the TCP sockets of both families in ``states``, filtered
+    in the kernel by ``bytecode`` when given (see ``_TCPDIAG_GETSOCK``)."""
+    body = _ONE_WALK_REQUEST.pack(0, 0, 0, 1 << (_INET_DIAG_INFO - 1), states, 0)
+    if bytecode:
+        body += _RTATTR.pack(_RTATTR.size + len(bytecode), _INET_DIAG_REQ_BYTECODE) + bytecode
+    flags = _NLM_F_REQUEST | _NLM_F_DUMP
+    return _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _TCPDIAG_GETSOCK, flags, seq, 0) + body
+
+
+def parse_dump_part(data: bytes, keep: Keep | None = None) -> tuple[list[TcpSocket], bool]:
     """The sockets in one datagram of a dump answer, and whether it ended the dump (NLMSG_DONE);
-    with ``keep``, only those whose inode it accepts (the others are not parsed).
+    with ``keep``, only those whose inode and local port it accepts (the others are not parsed).
 
     Raises :class:`OSError` with the kernel's errno for NLMSG_ERROR (or a failed dump's DONE), and
     :class:`RttUnavailable` naming the offset for bytes that do not hold whole messages.
@@ -179,36 +201,63 @@ def parse_dump_part(data: bytes, keep: Callable[[int], bool] | None = None) -> t
             if status < 0:
                 raise OSError(-status, os.strerror(-status))
             return found, True
-        if kind == _SOCK_DIAG_BY_FAMILY and (
-                keep is None or len(payload) < _DIAG_MSG_SIZE or keep(_INODE.unpack_from(payload, _INODE_OFFSET)[0])):
+        if kind in (_SOCK_DIAG_BY_FAMILY, _TCPDIAG_GETSOCK) and (
+                keep is None or len(payload) < _DIAG_MSG_SIZE
+                or keep(_INODE.unpack_from(payload, _INODE_OFFSET)[0], _PORTS.unpack_from(payload, _DIAG_HEAD.size)[0])):
             found.append(_parse_diag_msg(payload, offset))
         offset += _align(length)
     return found, False
 
 
 def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform,
-                local_ports: Sequence[tuple[int, int]] = (), keep: Callable[[int], bool] | None = None
-                ) -> list[TcpSocket]:
+                local_ports: Sequence[tuple[int, int]] = (), keep: Keep | None = None) -> list[TcpSocket]:
     """Every IPv4 and IPv6 TCP socket of this network namespace in ``states`` (a bit mask), only
     those with a local port in ``local_ports`` (inclusive ranges) when given: both filters run in
-    the kernel, so the sockets left out cost neither copying nor parsing. ``keep`` (inode -> bool)
-    skips the parsing of the sockets it refuses."""
+    the kernel, so the sockets left out cost neither copying nor parsing. ``keep`` (inode, local port
+    -> bool) skips the parsing of the sockets it refuses."""
     if not platform.startswith("linux"):
         raise RttUnavailable(_UNSUPPORTED.get(platform, f"kernel TCP RTT is not read on {platform}"))
-    found: list[TcpSocket] = []
     bytecode = local_port_filter(local_ports) if local_ports else b""
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
-            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
-                diag.sendto(dump_request(family, states, seq, bytecode), (0, 0))
-                done = False
-                while not done:
-                    part, done = parse_dump_part(diag.recv(_RECV_BYTES), keep)
-                    found.extend(part)
+        if _one_walk.answered is not False:
+            try:
+                found = _dump([one_walk_request(states, 1, bytecode)], keep)
+            except RttUnavailable:
+                raise
+            except OSError:
+                if _one_walk.answered:
+                    raise  # answered before: the dump failed, not the kind of request
+                _one_walk.answered = False
+            else:
+                _one_walk.answered = True
+                return found
+        families = (socket.AF_INET, socket.AF_INET6)
+        return _dump([dump_request(family, states, seq, bytecode) for seq, family in enumerate(families, 1)], keep)
     except RttUnavailable:
         raise
     except OSError as failure:
         raise RttUnavailable(f"NETLINK_SOCK_DIAG refused the TCP socket dump: {failure}") from failure
+
+
+class _OneWalk:
+    """Whether this kernel answers :func:`one_walk_request`: None until asked; refused once, never again."""
+
+    answered: bool | None = None
+
+
+_one_walk = _OneWalk()
+
+
+def _dump(requests: list[bytes], keep: Keep | None) -> list[TcpSocket]:
+    """The sockets the kernel answers ``requests`` (dump requests, sent one after the other) with."""
+    found: list[TcpSocket] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
+        for request in requests:
+            diag.sendto(request, (0, 0))
+            done = False
+            while not done:
+                part, done = parse_dump_part(diag.recv(_RECV_BYTES), keep)
+                found.extend(part)
     return found
 
 

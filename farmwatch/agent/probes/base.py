@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from farmwatch.agent.kernel.shared_reads import KernelReads
 from farmwatch.contract import Anchor
 from farmwatch.errors import FarmwatchError
 
@@ -53,6 +54,12 @@ class ProbeContext:
     etc_root: Path = Path("/etc")
     run: RunCommand = run_command
     clock: Callable[[], float] = time.time
+    # Kernel reads the probes share (one socket watcher thread; one /proc pass and one TCP dump per
+    # collection): made for proc_root with the context.
+    kernel: KernelReads = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.kernel = KernelReads(self.proc_root)
 
 
 class ProbeOptions(BaseModel):

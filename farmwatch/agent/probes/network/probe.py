@@ -1,6 +1,7 @@
 """The ``network`` section: interfaces and VPNs, the local network, and latency to anchors.
 
-Reads ``/sys/class/net`` (interface kinds), ``/proc/*/comm`` (VPN client processes, by name only),
+Reads ``/sys/class/net`` (interface kinds), the process table (VPN client processes, by name only;
+the collection's one pass over ``/proc``, shared with the other probes),
 ``/proc/net/route`` and ``/proc/net/arp`` (gateway, neighbours), the OS's Wi-Fi tool (BSSID) and
 times TCP connects to the anchors the collector configured. Why security cares: a VPN hides the
 route to the operator; laptops of several employees behind one gateway or access point are a farm;
@@ -20,7 +21,6 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from farmwatch.agent.kernel.process_table import process_ids
 from farmwatch.agent.probes.base import Probe, ProbeOptions
 from farmwatch.agent.probes.salted import salted_sha256
 from farmwatch.contract import Interface, LatencyProbe, NetworkFacts
@@ -107,14 +107,7 @@ class NetworkProbe(Probe[NetworkFacts]):
             import psutil
 
             return {p.info["name"] for p in psutil.process_iter(["name"]) if p.info["name"]}
-        names = set()
-        for pid in process_ids(self.context.proc_root):
-            try:
-                with open(f"{self.context.proc_root}/{pid}/comm", encoding="utf-8", errors="replace") as comm:
-                    names.add(comm.read().strip())
-            except OSError:
-                continue  # the process exited meanwhile
-        return names
+        return {row.comm for row in self.context.kernel.processes()}
 
     def _local_network(self, links: list[LinkFacts]) -> tuple[str | None, str | None, int | None]:
         proc = self.context.proc_root

@@ -30,19 +30,16 @@ from typing import Annotated, Any, NamedTuple, TypeAlias
 import psutil
 from pydantic import Field
 
-from farmwatch.agent.kernel.process_table import process_ids, process_rows
+from farmwatch.agent.kernel.process_table import process_ids
 from farmwatch.agent.kernel.socket_owners import socket_holders
 from farmwatch.agent.kernel.socket_watch import SocketWatcher
 from farmwatch.agent.kernel.tcpinfo import (
-    ALL_STATES,
-    STATE_NAMES,
     TCP_LISTEN,
     Pair,
     RttPair,
     RttUnavailable,
     normalize_ip,
     tcp_rtts,
-    tcp_sockets,
 )
 from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions
 from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, catalog
@@ -60,10 +57,6 @@ from farmwatch.contract import Connection, MatchedBy, RemoteAccessTool
 __all__ = ["CATALOG_PATH", "RemoteAccessProbe", "tool_for"]
 
 SIGNER_CACHE_LIMIT = 4096  # executables whose signer is remembered between windows
-_STATE_NUMBERS = {name: number for number, name in STATE_NAMES.items()}
-HELD_STATES = ALL_STATES & ~(1 << _STATE_NUMBERS["TIME_WAIT"]) & ~(1 << _STATE_NUMBERS["SYN_RECV"])
-"""Socket states a process can hold: TIME_WAIT sockets and half-open connections belong to no process
-(no inode), and a busy machine has thousands of the former, so the kernel leaves them out of the dump."""
 
 
 class RemoteAccessOptions(ProbeOptions):
@@ -170,6 +163,7 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         self._claims = ToolSockets(context.proc_root, self.catalog)
         self._watcher: SocketWatcher[ToolOwner] = SocketWatcher(self._claims, focus=self._claims.focus,
                                                                 extra_states=1 << TCP_LISTEN,
+                                                                watch=context.kernel.watch,
                                                                 clock=context.clock)
         self._watching = False
         self._started = False  # start() ran (Linux): the watcher follows the options from then on
@@ -299,7 +293,7 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         if self.context.platform != "linux":
             yield from psutil.process_iter(["name", "create_time", "exe"])
             return
-        for row in process_rows(self.context.proc_root):
+        for row in self.context.kernel.processes():  # the collection's one /proc pass
             yield _ProcessRow(row.pid, {"name": row.name, "create_time": row.create_time, "exe": row.exe})
 
     def _services(self) -> Any:
@@ -387,7 +381,7 @@ class RemoteAccessProbe(Probe[list[RemoteAccessTool]]):
         descriptors of the recognised processes only, and of every process (as ``ss -p`` reads them)
         only when a socket to a catalogued relay is held by none of those. psutil reads every
         process's descriptors each time, which cost more than the rest of the probe (issue 13)."""
-        table = tcp_sockets(HELD_STATES)
+        table = self.context.kernel.tcp_sockets()  # the collection's one dump, shared with sessions
         proc = self.context.proc_root
         holders, _ = socket_holders(proc, sorted(recognised))
         if any(sock.inode not in holders and sock.remote_port and self._relay(sock.remote_ip) for sock in table):

@@ -4,16 +4,18 @@ join the ``remote_access`` section.
 :class:`ToolSockets` is the socket watcher's claim function (:mod:`farmwatch.agent.kernel.socket_watch`):
 a socket is a tool's when a process recognised as that tool holds it: by its name in the catalogue
 (``/proc/<pid>/comm``, read once per new pid) or recognised by the probe's last collect in any way
-(path, service, signer, relay domain). Only those few processes' descriptors are read each poll;
-only the sockets they hold are parsed from the dump, and while no tool runs (or holds a socket)
-the watcher does not dump the socket table at all (:meth:`ToolSockets.focus`). :func:`add_sightings` then
+(path, service, signer, relay domain), among the processes the agent's
+:class:`~farmwatch.agent.kernel.socket_watch.SocketWatch` lists once per poll for every watcher.
+Only those few processes' descriptors are read each poll; only the sockets they hold are parsed
+from the dump, and while no tool runs (or holds a socket) this watcher asks for no dump at all
+(:meth:`ToolSockets.focus`). :func:`add_sightings` then
 marks the section's connections with when the watcher saw them and adds those that ended inside
 the window (``state`` ``CLOSED``), under their tool even when its process has exited since.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -44,7 +46,6 @@ class ToolSockets:
     def __init__(self, proc_root: Path, tools: Catalog) -> None:
         self.proc_root = proc_root
         self.catalog = tools
-        self._names = ProcessNames(proc_root)
         self._recognised: dict[int, tuple[str, str, tuple[MatchedBy, ...]]] = {}  # from the last collect
         self._candidates: dict[int, tuple[str, str, tuple[MatchedBy, ...]]] = {}  # as of the latest focus()
         self._holders: dict[int, list[int]] = {}  # socket inode -> candidate pids, as of the latest focus()
@@ -54,9 +55,8 @@ class ToolSockets:
         """Processes the probe recognised (pid -> tool, name, ways), watched as tools from now on."""
         self._recognised = {pid: (tool, name, tuple(ways)) for pid, (tool, name, ways) in recognised.items()}
 
-    def candidates(self) -> dict[int, tuple[str, str, tuple[MatchedBy, ...]]]:
-        """pid -> (tool, process name, ways) of every running process recognised as a tool."""
-        running = self._names.current()
+    def candidates(self, running: Mapping[int, str]) -> dict[int, tuple[str, str, tuple[MatchedBy, ...]]]:
+        """pid -> (tool, process name, ways) of every process in ``running`` (pid -> name) recognised as a tool."""
         found = {pid: seen for pid, seen in self._recognised.items() if pid in running}
         for pid, name in running.items():
             tool = self.catalog.by_name(name)
@@ -64,17 +64,18 @@ class ToolSockets:
                 found[pid] = (tool, name, ("name",))
         return found
 
-    def focus(self) -> set[int]:
-        """The watcher's focus: the socket inodes the tools hold now (none running: none, no dump)."""
-        self._candidates = self.candidates()
+    def focus(self, running: Mapping[int, str]) -> set[int]:
+        """The watcher's focus: the socket inodes the tools among ``running`` hold now (none
+        running: none, no dump)."""
+        self._candidates = self.candidates(running)
         self._holders = socket_holders(self.proc_root, sorted(self._candidates))[0] if self._candidates else {}
         self._scanned = True
         return set(self._holders)
 
     def __call__(self, fresh: list[TcpSocket], table: list[TcpSocket]) -> dict[int, ToolOwner]:
         """Owners of the new sockets, from the descriptors :meth:`focus` read in this poll."""
-        if not self._scanned:  # a watcher not given focus=self.focus
-            self.focus()
+        if not self._scanned:  # a watcher not given focus=self.focus: list the processes here
+            self.focus(ProcessNames(self.proc_root).current())
         self._scanned = False
         candidates, holders = self._candidates, self._holders
         listening: dict[int, set[int]] = {}

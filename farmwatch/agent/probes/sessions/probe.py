@@ -19,20 +19,22 @@ servers' ports and the default ones (the kernel filters by state and port), whil
 began and ended between two reports is reported too: ``state`` ``CLOSED`` with ``first_seen``,
 ``last_seen``, ``duration_seconds`` and its least ``min_rtt_ms``, its kind and user as found when
 it was first seen; sessions open at the window's end are ``ESTABLISHED`` with the same times.
+Its polls are remote_access's (the agent's one ``SocketWatch``: one dump per poll for both), and at
+the window's end both probes read the collection's one socket dump and one pass over ``/proc``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Annotated, NamedTuple
 
 from pydantic import Field
 
-from farmwatch.agent.kernel.process_names import ProcessNames
-from farmwatch.agent.kernel.socket_owners import ProcessInfo, processes, socket_holders, user_names
+from farmwatch.agent.kernel.process_table import ProcessRow
+from farmwatch.agent.kernel.socket_owners import real_uid, socket_holders, user_names
 from farmwatch.agent.kernel.socket_watch import Sighting, SocketWatcher
-from farmwatch.agent.kernel.tcpinfo import TCP_ESTABLISHED, TCP_LISTEN, RttUnavailable, TcpSocket, tcp_sockets
+from farmwatch.agent.kernel.tcpinfo import TCP_LISTEN, RttUnavailable, TcpSocket
 from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions, ProbeUnavailable
 from farmwatch.contract import Session
 
@@ -71,9 +73,9 @@ class SessionsProbe(Probe[list[Session]]):
 
     def __init__(self, context: ProbeContext) -> None:
         super().__init__(context)
-        self._names = ProcessNames(context.proc_root)
         self._watcher: SocketWatcher[SessionOwner] = SocketWatcher(self._claim, focus=self._focus,
                                                                    extra_states=1 << TCP_LISTEN,
+                                                                   watch=context.kernel.watch,
                                                                    clock=context.clock)
         self._ruled_out: set[int] = set()  # watched sockets found to be no session
         self._watching = False
@@ -104,15 +106,16 @@ class SessionsProbe(Probe[list[Session]]):
         """The servers' ports (read now unless given) and every default port."""
         if found is None:
             try:
-                found = self._read(tcp_sockets((1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN)), lambda _: None)[1]
+                found = self._read(self.context.kernel.tcp_sockets(), lambda _: None)[1]
             except RttUnavailable:
                 found = {}
         return tuple(sorted(set(found) | {port for ports in DEFAULT_PORTS.values() for port in ports}))
 
-    def _focus(self) -> set[int] | None:
-        """The watcher's focus: every socket on the watched ports while an SSH/RDP/VNC server runs;
-        none (no dump) while none does."""
-        return None if any(name in SERVERS for name in self._names.current().values()) else set()
+    @staticmethod
+    def _focus(running: Mapping[int, str]) -> set[int] | None:
+        """The watcher's focus: every socket on the watched ports while an SSH/RDP/VNC server is
+        among ``running`` (pid -> name); none (no dump for it) while none is."""
+        return None if any(name in SERVERS for name in running.values()) else set()
 
     def _claim(self, fresh: list[TcpSocket], table: list[TcpSocket]) -> dict[int, SessionOwner]:
         """The watcher's claim: which new sockets on the watched ports are sessions, of what, whose."""
@@ -135,7 +138,7 @@ class SessionsProbe(Probe[list[Session]]):
         period = self.read_options(SessionsOptions).watch_period_seconds
         watched = self._watcher.take() if self._watching else None
         try:
-            sockets = tcp_sockets((1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN))
+            sockets = self.context.kernel.tcp_sockets()  # the collection's one dump, shared with remote_access
         except RttUnavailable as unavailable:
             raise ProbeUnavailable(f"cannot list TCP sockets: {unavailable}") from unavailable
         found, ports = self._read(sockets, self.problem)
@@ -150,8 +153,8 @@ class SessionsProbe(Probe[list[Session]]):
     def _read(self, sockets: list[TcpSocket], problem: Callable[[str], None]
               ) -> tuple[list[tuple[TcpSocket, Session]], dict[int, str]]:
         """The established sessions among ``sockets``, each with its socket, and the servers' ports."""
-        table = processes(self.context.proc_root)
-        servers = {pid: info for pid, info in table.items() if info.name in SERVERS}
+        table = {row.pid: row for row in self.context.kernel.processes()}  # the collection's one /proc pass
+        servers = {pid: row for pid, row in table.items() if row.comm in SERVERS}
         if not servers:
             return [], {}
         holders, denied = socket_holders(self.context.proc_root, sorted(servers))
@@ -165,7 +168,7 @@ class SessionsProbe(Probe[list[Session]]):
             kind = ports.get(sock.local_port)
             server = next((servers[pid] for pid in holders.get(sock.inode, []) if pid in servers), None)
             if kind is None and server is not None and sock.local_port in listening:
-                kind = SERVERS[server.name]  # socket-activated: systemd listens, the server holds the session
+                kind = SERVERS[server.comm]  # socket-activated: systemd listens, the server holds the session
             if kind is None:
                 continue
             sessions.append((sock, Session(
@@ -178,15 +181,15 @@ class SessionsProbe(Probe[list[Session]]):
         return sessions, ports
 
     def _server_ports(self, sockets: list[TcpSocket], holders: dict[int, list[int]],
-                      servers: dict[int, ProcessInfo], denied: set[int],
+                      servers: dict[int, ProcessRow], denied: set[int],
                       problem: Callable[[str], None]) -> dict[int, str]:
         """Listening port -> session kind, from the servers' own sockets or their default ports."""
         ports: dict[int, str] = {}
         for sock in sockets:
             for pid in holders.get(sock.inode, []) if sock.state == "LISTEN" else []:
-                kind = SERVERS[servers[pid].name]
+                kind = SERVERS[servers[pid].comm]
                 ports[sock.local_port] = "rdp" if kind == "vnc" and sock.local_port == _RDP_PORT else kind
-        unseen = {info.name for pid, info in servers.items() if pid in denied}
+        unseen = {row.comm for pid, row in servers.items() if pid in denied}
         for kind in sorted({SERVERS[name] for name in unseen} - set(ports.values())):
             who = ", ".join(sorted(name for name in unseen if SERVERS[name] == kind))
             first, last = DEFAULT_PORTS[kind][0], DEFAULT_PORTS[kind][-1]
@@ -196,8 +199,7 @@ class SessionsProbe(Probe[list[Session]]):
                 ports.setdefault(port, kind)
         return ports
 
-    @staticmethod
-    def _user(kind: str, holders: list[int], table: dict[int, ProcessInfo], names: dict[int, str]) -> str | None:
+    def _user(self, kind: str, holders: list[int], table: dict[int, ProcessRow], names: dict[int, str]) -> str | None:
         """Who the session belongs to, where the socket's holders tell.
 
         SSH: sshd itself runs as root; the session's own process (the privilege-separated child
@@ -207,11 +209,13 @@ class SessionsProbe(Probe[list[Session]]):
         """
         if kind == "rdp":
             return None
-        candidates = [table[pid] for pid in holders if pid in table]
+        candidates = [pid for pid in holders if pid in table]
         if kind == "ssh":
-            candidates = [info for info in candidates + [i for i in table.values() if i.ppid in holders]
-                          if info.uid != 0]
-        return names.get(candidates[0].uid, str(candidates[0].uid)) if candidates else None
+            candidates += [row.pid for row in table.values() if row.ppid in holders]
+        uids = [uid for pid in candidates if (uid := real_uid(self.context.proc_root, pid)) is not None]
+        if kind == "ssh":
+            uids = [uid for uid in uids if uid != 0]
+        return names.get(uids[0], str(uids[0])) if uids else None
 
 
 def _utc(moment: float) -> datetime:
