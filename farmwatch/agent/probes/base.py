@@ -54,6 +54,9 @@ class ProbeContext:
     etc_root: Path = Path("/etc")
     run: RunCommand = run_command
     clock: Callable[[], float] = time.time
+    # Local config [agent] input_helper_socket/_group: per-user input helpers send here (input probe).
+    input_helper_socket: Path | None = None
+    input_helper_group: str | None = None
     # Kernel reads the probes share (one socket watcher thread; one /proc pass and one TCP dump per
     # collection): made for proc_root with the context.
     kernel: KernelReads = field(init=False, repr=False, compare=False)
