@@ -250,6 +250,9 @@ class InputTiming(_Section):
     # Added to v1 (optional): the listener behind these figures. "evdev" reads the kernel's devices
     # and cannot see input injected inside a display server (XTest, xrdp), so its zero means less.
     source: InputSource | None = None
+    # Added to v1 (optional): set when per-user input helpers sent these figures to the agent's
+    # service over its local socket; the uids (never names) the kernel gave for their connections.
+    helper_uids: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] | None = None
 
 
 class UsbDevice(_Section):

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .delivery.transport import MAX_FAILED_ATTEMPTS
-from .errors import AgentError
+from .errors import AgentError, UsageError
+from .probes.input.helper_protocol import FLUSH_SECONDS
 from .service import Agent, print_report
-from .settings import resolve
+from .settings import helper_socket_path, resolve
 
 DEFAULT_ONCE_WINDOW_SECONDS = 10.0
 DEFAULT_VERIFY_SECONDS = 60.0
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "75 collector unreachable or busy (reports kept), 77 enrol secret refused.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log on stderr")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{once,run,verify}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{once,run,verify,input-helper}")
 
     def collector_flags(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--collector", metavar="URL", help="collector base URL, e.g. https://farmwatch.example.com")
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "~/.local/state/farmwatch-agent otherwise)")
         sub.add_argument("--config", type=Path, metavar="FILE",
                          help="optional TOML file with an [agent] table (collector, salt, probes, ...)")
+        sub.add_argument("--input-helper-socket", metavar="PATH",
+                         help="take input timing from the signed-in users' 'farmwatch-agent input-helper' "
+                         "processes, which connect to this Unix socket, instead of reading input here "
+                         "(config key input_helper_socket; macOS and Linux)")
+        sub.add_argument("--input-helper-group", metavar="GROUP",
+                         help="members of GROUP may connect to that socket (made 0660 and owned by GROUP); "
+                         "default: only this agent's own user (0600)")
 
     once = commands.add_parser(
         "once", help="collect one report and deliver it (with anything spooled), or print it",
@@ -94,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seconds", type=_positive, default=DEFAULT_VERIFY_SECONDS, metavar="S",
                         help=f"seconds to observe (default {DEFAULT_VERIFY_SECONDS:g})")
     collector_flags(verify)
+
+    helper = commands.add_parser(
+        "input-helper", help="per-user helper: send this user's input timing to the agent's service",
+        description="Run in a signed-in user's session (a macOS LaunchAgent, a desktop autostart entry) "
+        "when the agent's service cannot see that user's input itself. It listens to this user's "
+        "keyboard and mouse (pynput on macOS; X11 on DISPLAY, else /dev/input, on Linux), reduces "
+        "them to timing aggregates (counts, interval histograms; never keys, characters, positions or "
+        "window titles) and sends those every --flush-seconds to the service's Unix socket, the path "
+        "the service has as input_helper_socket. The service learns this user's uid from the kernel, "
+        "not from the helper. Runs until SIGTERM/SIGINT; waits for the service if it is not up yet.",
+    )
+    helper.add_argument("--socket", type=Path, required=True, metavar="PATH",
+                        help="the agent service's input_helper_socket, e.g. /var/run/farmwatch-agent/input.sock")
+    helper.add_argument("--flush-seconds", type=_positive, default=FLUSH_SECONDS, metavar="S",
+                        help=f"send what was seen every S seconds (default {FLUSH_SECONDS:g})")
     return parser
 
 
@@ -105,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.command == "input-helper":
+            return _input_helper(args)
         settings = resolve(args)
         if args.command == "once" and args.print_only:
             return print_report(settings, args.window)
@@ -125,6 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_IOERR
     except KeyboardInterrupt:
         return 130
+
+
+def _input_helper(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":
+        raise UsageError("input-helper runs on macOS and Linux; there is no per-user input helper on Windows yet")
+    if args.flush_seconds <= 0:
+        raise UsageError("--flush-seconds must be more than 0")
+    from .probes.input.helper import run_helper  # the listeners load only in the helper
+
+    return run_helper(helper_socket_path(str(args.socket)), _stop_on_signals(), args.flush_seconds)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -56,9 +56,14 @@ def collect_window(runner: Runner, seconds: float,
     return start, utc_now(runner.context)
 
 
+def helper_socket(settings: Settings) -> dict[str, Any]:
+    """The ProbeContext fields that make the input probe take per-user helpers' aggregates."""
+    return {"input_helper_socket": settings.input_helper_socket, "input_helper_group": settings.input_helper_group}
+
+
 def print_report(settings: Settings, window: float) -> int:
     """``once --print``: one report on stdout, no collector, no state."""
-    runner = Runner(ProbeContext(salt=settings.salt, window_seconds=window), settings.probes)
+    runner = Runner(ProbeContext(salt=settings.salt, window_seconds=window, **helper_socket(settings)), settings.probes)
     start, end = collect_window(runner, window)
     report = runner.report(UNENROLLED, 1, start, end)
     runner.stop()
@@ -71,7 +76,7 @@ class Agent:
 
     def __init__(self, settings: Settings, machine_id: str | None = None) -> None:
         self.settings = settings
-        self.context = ProbeContext(salt=settings.salt)
+        self.context = ProbeContext(salt=settings.salt, **helper_socket(settings))
         url, secret = settings.collector_url(), settings.enroll_secret()
         machine = machine_id or os_machine_id(self.context.platform, self.context.run, self.context.etc_root)
         self.state = StateDir(settings.state_dir)

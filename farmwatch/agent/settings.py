@@ -10,12 +10,16 @@
     ca_file = "/etc/farmwatch/ca.pem"   # trust this CA for an https:// collector (default: system CAs)
     interval_seconds = 300
     probes = ["remote_access"]          # default: every registered probe
+    input_helper_socket = "/var/run/farmwatch-agent/input.sock"  # take input timing from per-user
+                                        # helpers (farmwatch-agent input-helper) instead of reading it
+    input_helper_group = "staff"        # who may connect (socket 0660 root:group); default: 0600
 """
 
 from __future__ import annotations
 
 import argparse
 import ssl
+import sys
 import tomllib
 import urllib.parse
 from dataclasses import dataclass
@@ -31,7 +35,10 @@ DEFAULT_INTERVAL_SECONDS = 300.0
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "collector": str, "enroll_secret_file": str, "state_dir": str, "salt": str,
     "interval_seconds": (int, float), "probes": list, "ca_file": str,
+    "input_helper_socket": str, "input_helper_group": str,
 }
+# sun_path is 104 bytes on macOS (108 on Linux), its terminating NUL included (<sys/un.h>)
+MAX_SOCKET_PATH_BYTES = 103
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class Settings:
     interval_seconds: float | None  # None: the collector's choice, else the default
     probes: list[str]
     ca_file: Path | None = None
+    input_helper_socket: Path | None = None  # per-user input helpers send here; None: the agent reads input
+    input_helper_group: str | None = None
 
     def enroll_secret(self) -> str:
         """The enrol secret, read from its file; a missing or empty file is a one-line error."""
@@ -99,6 +108,35 @@ def load_file(path: Path | None) -> dict[str, Any]:
     return dict(table)
 
 
+def helper_socket_path(text: str) -> Path:
+    """An input helper socket path, refused unless absolute and short enough for a Unix socket."""
+    if sys.platform == "win32":
+        raise UsageError("input_helper_socket is for macOS and Linux: there is no per-user input helper on Windows yet")
+    path = Path(text)
+    if not path.is_absolute():
+        raise UsageError(f"input_helper_socket must be an absolute path, got {text!r}")
+    if len(text.encode()) > MAX_SOCKET_PATH_BYTES:
+        raise UsageError(f"input_helper_socket is {len(text.encode())} bytes long; a Unix socket path "
+                         f"holds at most {MAX_SOCKET_PATH_BYTES}")
+    if path.is_dir():
+        raise UsageError(f"input_helper_socket {text!r} is a directory; name the socket file in it")
+    return path
+
+
+def _helper_group(name: str | None, socket_path: Path | None) -> str | None:
+    if name is None:
+        return None
+    if socket_path is None:
+        raise UsageError("input_helper_group is set but input_helper_socket is not")
+    import grp  # not on Windows, where the socket is refused first
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        raise UsageError(f"input_helper_group {name!r} is not a group on this machine") from None
+    return name
+
+
 def resolve(args: argparse.Namespace) -> Settings:
     """Flags win over the config file, which wins over the defaults."""
     file = load_file(args.config)
@@ -110,6 +148,8 @@ def resolve(args: argparse.Namespace) -> Settings:
     secret_file = pick("enroll_secret_file", "enroll_secret_file")
     state_dir = pick("state_dir", "state_dir")
     interval = pick("interval", "interval_seconds")
+    socket_text = pick("input_helper_socket", "input_helper_socket")
+    helper_socket = helper_socket_path(socket_text) if socket_text is not None else None
     return Settings(
         collector=pick("collector", "collector"),
         enroll_secret_file=Path(secret_file) if secret_file else None,
@@ -118,4 +158,6 @@ def resolve(args: argparse.Namespace) -> Settings:
         interval_seconds=float(interval) if interval is not None else None,
         probes=list(file.get("probes", PROBES)),
         ca_file=Path(file["ca_file"]) if "ca_file" in file else None,
+        input_helper_socket=helper_socket,
+        input_helper_group=_helper_group(pick("input_helper_group", "input_helper_group"), helper_socket),
     )

@@ -18,7 +18,7 @@ def test_empty_window_has_counts_and_no_timing() -> None:
         "seconds_observed": 300.0, "active_seconds": 0.0, "key_events": 0, "mouse_events": 0,
         "injected_events": 0, "virtual_devices": [], "key_interval_ms_p10": None,
         "key_interval_ms_p50": None, "key_interval_ms_p90": None, "key_burst_fraction": None,
-        "mouse_rate_hz_median": None, "mouse_jump_fraction": None, "source": None,
+        "mouse_rate_hz_median": None, "mouse_jump_fraction": None, "source": None, "helper_uids": None,
     }
 
 

@@ -1,4 +1,4 @@
-"""What the input probe asks of a listener; the X11, evdev and pynput listeners each fit it.
+"""What the input probe asks of a listener; the X11, evdev, pynput listeners and the helper socket each fit it.
 
 A listener feeds an :class:`~farmwatch.agent.probes.input.stats.InputSink` from its own thread
 between ``start()`` and ``stop()``; the probe reads the rest through this interface.
@@ -13,8 +13,8 @@ from farmwatch.contract import InputSource
 
 class Listener(Protocol):
     @property
-    def source(self) -> InputSource:
-        """Where the events come from, named in the report's input section."""
+    def source(self) -> InputSource | None:
+        """Where the events come from, named in the report's input section (None: not known yet)."""
         ...
 
     @property

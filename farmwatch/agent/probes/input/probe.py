@@ -15,6 +15,12 @@ pynput. The section names its ``source``. uinput devices under
 ``<sys_root>/devices/virtual/input`` are reported as ``virtual_devices``. Without any listener it
 may use, ``collect()`` raises ``ProbeUnavailable`` with the reason and the rest of the report
 still goes out.
+
+Per-user helpers: with ``input_helper_socket`` in the agent's config the probe reads no input
+itself; it takes the aggregates the signed-in users' ``farmwatch-agent input-helper`` processes
+send over that socket (:mod:`.helper_socket`), and the section lists their uids in
+``helper_uids``. A helper is this same probe in the user's session: :meth:`InputTimingProbe.drain`
+hands its aggregates over (:mod:`.helper`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Literal
 from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions, ProbeUnavailable
 from farmwatch.contract import InputSource, InputTiming
 
+from .helper_protocol import InputAggregate
+from .helper_socket import HelperSocketListener
 from .listener import Listener
 from .stats import InputStats
 
@@ -51,11 +59,19 @@ class _LockedStats:
         with self._lock:
             self._stats.move(at, distance, injected)
 
+    def merge(self, part: InputAggregate) -> None:
+        with self._lock:
+            self._stats.merge(part)
+
+    def drain(self) -> InputAggregate:
+        with self._lock:
+            return self._stats.drain()
+
     def events(self) -> int:
         with self._lock:
             return self._stats.key_events + self._stats.mouse_events
 
-    def take(self, seconds_observed: float, virtual_devices: list[str], source: InputSource) -> InputTiming:
+    def take(self, seconds_observed: float, virtual_devices: list[str], source: InputSource | None) -> InputTiming:
         """The window's summary; the next window starts empty."""
         with self._lock:
             summary = self._stats.summary(seconds_observed, virtual_devices, source)
@@ -111,20 +127,51 @@ class InputTimingProbe(Probe[InputTiming]):
             raise ProbeUnavailable("the input listener was not started for this window")
         now = time.monotonic()
         seconds, self._window_start = now - self._window_start, now
+        listener = self._running_listener()
+        names, source = listener.device_names(), listener.source
+        if isinstance(listener, HelperSocketListener):
+            return self._from_helpers(listener, seconds, names)
+        self._check(listener)
+        summary = self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, source)
+        self._prefer_x11()
+        return summary
+
+    def drain(self) -> tuple[InputAggregate, InputSource | None, list[str]]:
+        """For the per-user helper: what was seen since the last drain, from which listener, and the
+        injecting devices present. Raises ``ProbeUnavailable`` while no listener runs (retried)."""
+        if self._window_start is None:
+            raise ProbeUnavailable("the input listener was not started")
+        listener = self._running_listener()
+        names, source = listener.device_names(), listener.source
+        self._check(listener)
+        part = self._recorder.drain()
+        self._prefer_x11()
+        return part, source, uinput_device_names(self.context.sys_root) + names
+
+    def _running_listener(self) -> Listener:
         if self._listener is None:
             reason = self._unavailable or "the input listener is not running"
             self._listen()  # the display may be there by the next window (a user logged in)
             raise ProbeUnavailable(reason)
-        names = self._listener.device_names()
-        source = self._listener.source
-        failure = self._listener.failure
-        if failure is not None:  # e.g. the X session ended: report what was seen, listen again
-            self.problem(failure)
+        return self._listener
+
+    def _check(self, listener: Listener) -> None:
+        """A listener that stopped on its own (e.g. the X session ended) is named and reopened."""
+        if listener.failure is not None:
+            self.problem(listener.failure)
             self._close()
             self._listen()
-        summary = self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, source)
-        self._prefer_x11()
-        return summary
+
+    def _from_helpers(self, listener: HelperSocketListener, seconds: float, names: list[str]) -> InputTiming:
+        senders, refusals = listener.take_window()
+        for refusal in refusals:
+            self.problem(refusal)
+        self._check(listener)
+        summary = self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, listener.source)
+        if not senders:
+            raise ProbeUnavailable(f"no input helper was connected to {listener.path} in this window (nobody "
+                                   "signed in, or 'farmwatch-agent input-helper' does not run in the user's session)")
+        return summary.model_copy(update={"helper_uids": sorted(senders)})
 
     def _listen(self) -> None:
         try:
@@ -156,6 +203,8 @@ class InputTimingProbe(Probe[InputTiming]):
         self._listener = x11
 
     def _open_listener(self) -> Listener:
+        if self.context.input_helper_socket is not None:
+            return self._open_helper_socket(self.context.input_helper_socket)
         platform = self.context.platform
         if platform in ("win32", "darwin"):
             return self._open_pynput()
@@ -208,6 +257,14 @@ class InputTimingProbe(Probe[InputTiming]):
             listener.start()
         except OSError as error:
             raise ProbeUnavailable(f"cannot read kernel input devices: {error}") from None
+        return listener
+
+    def _open_helper_socket(self, path: Path) -> Listener:
+        listener = HelperSocketListener(path, self._recorder, self.context.input_helper_group)
+        try:
+            listener.start()
+        except OSError as error:
+            raise ProbeUnavailable(f"cannot listen for input helpers on {path}: {error}") from None
         return listener
 
     def _open_pynput(self) -> Listener:

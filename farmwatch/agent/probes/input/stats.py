@@ -19,6 +19,10 @@ Definitions (all per window):
 
 Memory stays bounded: key intervals are few (people type < 20 keys/s); mouse intervals go into a
 histogram of ``resolution`` steps up to ``moving_gap``.
+
+A per-user input helper (:mod:`.helper_protocol`) hands its part over with :meth:`InputStats.drain`
+and the service adds it with :meth:`InputStats.merge`: the same counts, key intervals rounded to
+the millisecond and sent as a histogram (their order is not kept), active seconds as a count.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from farmwatch.contract import InputSource, InputTiming
+
+from .helper_protocol import InputAggregate
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -76,6 +82,8 @@ class InputStats:
         self.key_intervals: list[float] = []
         self.move_steps: Counter[int] = Counter()  # interval in resolution steps -> count
         self.active: set[int] = set()
+        self.merged_active = 0  # active seconds helpers reported (their clocks are their own: counted, not merged)
+        self._drained_active: set[int] = set()  # seconds the last drain counted, so a second is counted once
         # Windows are independent: the first key of a window has no interval, so equal input
         # gives equal sections whatever came before.
         self._last_key: float | None = None
@@ -116,6 +124,34 @@ class InputStats:
             self.move_steps[max(1, round(abs(at - self._last_move) / self.resolution))] += 1
         self._last_move = at if self._last_move is None else max(at, self._last_move)
 
+    def drain(self) -> InputAggregate:
+        """What was recorded since the last drain, which is forgotten; unlike :meth:`reset`, the last
+        key and move are kept, so the interval spanning two drains is still measured."""
+        key_ms = Counter(round(interval * 1000) for interval in self.key_intervals)
+        drained = InputAggregate(
+            key_events=self.key_events, mouse_events=self.mouse_events, injected_events=self.injected_events,
+            key_bursts=self.key_bursts, mouse_moves=self.mouse_moves, mouse_jumps=self.mouse_jumps,
+            active_seconds=len(self.active - self._drained_active),
+            key_interval_ms=dict(key_ms), move_interval_steps=dict(self.move_steps),
+        )
+        last_key, last_move, counted = self._last_key, self._last_move, self.active
+        self.reset()
+        self._last_key, self._last_move, self._drained_active = last_key, last_move, counted
+        return drained
+
+    def merge(self, part: InputAggregate) -> None:
+        """Add a helper's drained part to this window (``resolution`` must be the helper's: 1 ms by default)."""
+        self.key_events += part.key_events
+        self.mouse_events += part.mouse_events
+        self.injected_events += part.injected_events
+        self.key_bursts += part.key_bursts
+        self.mouse_moves += part.mouse_moves
+        self.mouse_jumps += part.mouse_jumps
+        self.merged_active += part.active_seconds
+        for milliseconds, count in part.key_interval_ms.items():
+            self.key_intervals.extend([milliseconds / 1000] * count)
+        self.move_steps.update(part.move_interval_steps)
+
     def _median_move_interval(self) -> float | None:
         """Median of the histogram of move intervals, in seconds."""
         total = sum(self.move_steps.values())
@@ -144,7 +180,7 @@ class InputStats:
 
         return InputTiming(
             seconds_observed=round(seconds_observed, 3),
-            active_seconds=float(len(self.active)),
+            active_seconds=float(len(self.active) + self.merged_active),
             key_events=self.key_events,
             mouse_events=self.mouse_events,
             injected_events=self.injected_events,

@@ -1,0 +1,276 @@
+"""The service's end of the per-user input helpers: a local Unix socket taking their aggregates.
+
+With ``input_helper_socket`` set, the input probe listens here instead of reading input itself
+(the macOS LaunchDaemon, or a Linux service that should not read input devices, cannot see the
+user's input). Each signed-in user's ``farmwatch-agent input-helper`` connects and sends a
+:class:`~.helper_protocol.HelperMessage` every few seconds; the aggregates are added to the window.
+
+Who may send, and who sent:
+- the socket file is ``0600`` (only the service's user) or, with ``input_helper_group``, ``0660``
+  and owned by that group (macOS: ``staff``, which every local user is in);
+- the kernel names each connection's user: ``SO_PEERCRED`` on Linux, ``LOCAL_PEERCRED`` (a
+  ``struct xucred``) on macOS. A message whose ``uid`` differs from it is refused, so one user's
+  process cannot pass its aggregates off as another's, and the report lists the uids that sent
+  (``input.helper_uids``); no user names;
+- a message that is not valid, too long (:data:`~.helper_protocol.MAX_MESSAGE_BYTES`) or forged
+  closes that connection and is named in the report's ``errors[]``; the service and the other
+  helpers go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from farmwatch.contract import InputSource
+
+from .helper_protocol import MAX_MESSAGE_BYTES, HelperMessage, InputAggregate
+
+log = logging.getLogger(__name__)
+
+# Linux <asm-generic/socket.h> SO_PEERCRED gives struct ucred {pid_t pid; uid_t uid; gid_t gid}.
+_UCRED = struct.Struct("=iII")
+# macOS <sys/un.h>: SOL_LOCAL 0, LOCAL_PEERCRED 0x001 give struct xucred {u_int cr_version; uid_t cr_uid;
+# short cr_ngroups; gid_t cr_groups[16]} (<sys/ucred.h>), 76 bytes; only its first two fields are read.
+_SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED_SIZE = 0, 0x001, 76
+_XUCRED_HEAD = struct.Struct("=II")
+MAX_REFUSALS = 20  # refusals named per window; more are counted in one line
+
+
+class AggregateSink(Protocol):
+    """Where helpers' aggregates go: :meth:`InputStats.merge` behind the probe's lock."""
+
+    def merge(self, part: InputAggregate) -> None: ...
+
+
+def peer_uid(connection: socket.socket, platform: str = sys.platform) -> int:
+    """The user id the kernel gives for the process at the other end of a Unix socket."""
+    if platform == "linux":
+        _pid, uid, _gid = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        return int(uid)
+    if platform == "darwin":
+        _version, uid = _XUCRED_HEAD.unpack_from(connection.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED_SIZE))
+        return int(uid)
+    raise OSError(f"no peer credentials for Unix sockets on {platform}")
+
+
+@dataclass
+class _Helper:
+    uid: int
+    pending: bytearray = field(default_factory=bytearray)
+
+
+class HelperSocketListener:
+    """Accepts helpers on ``path`` in a background thread and merges what they send into ``sink``."""
+
+    def __init__(self, path: Path, sink: AggregateSink, group: str | None = None) -> None:
+        self.path = path
+        self.sink = sink
+        self.group = group  # members may connect (mode 0660); None: only the service's own user (0600)
+        self.failure: str | None = None  # why the accept loop ended on its own, if it did
+        self._server: socket.socket | None = None
+        self._selector = selectors.DefaultSelector()
+        self._helpers: dict[socket.socket, _Helper] = {}
+        self._lock = threading.Lock()
+        self._senders: set[int] = set()  # uids connected at some time in this window
+        self._refusals: list[str] = []
+        self._refused = 0
+        self._devices: set[str] = set()
+        self._source: InputSource | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def source(self) -> InputSource | None:
+        """The listener the most recent helper message came from (x11, evdev, pynput)."""
+        return self._source
+
+    def start(self) -> None:
+        """Bind and listen; raises OSError saying why (another agent listens there, a bad group, ...)."""
+        gid = self._gid()
+        self._clear_stale_socket()
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_umask = os.umask(0o177)  # no moment at which the socket is open to everyone
+            try:
+                server.bind(str(self.path))
+            finally:
+                os.umask(old_umask)
+            if gid is not None:
+                os.chown(self.path, -1, gid)
+                os.chmod(self.path, 0o660)
+            server.listen(16)
+            server.setblocking(False)
+        except OSError:
+            server.close()
+            raise
+        self._server = server
+        self._selector.register(server, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, name="farmwatch-input-helpers", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for connection in list(self._helpers):
+            self._drop(connection)
+        if self._server is not None:
+            self._selector.unregister(self._server)
+            self._server.close()
+            self._server = None
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        self._selector.close()
+
+    def device_names(self) -> list[str]:
+        """Injecting devices the helpers named in this window (X devices such as xrdp's)."""
+        with self._lock:
+            return sorted(self._devices)
+
+    def take_window(self) -> tuple[set[int], list[str]]:
+        """The uids whose helpers were connected in the window now ending, and the refusals in it;
+        the next window starts with the helpers connected now."""
+        with self._lock:
+            senders, refusals = self._senders, self._refusals
+            if self._refused > len(refusals):
+                refusals = [*refusals, f"... and {self._refused - len(refusals)} more refused input helper messages"]
+            self._senders = {helper.uid for helper in self._helpers.values()}
+            self._refusals, self._refused, self._devices = [], 0, set()
+            return senders, refusals
+
+    def _gid(self) -> int | None:
+        if self.group is None:
+            return None
+        import grp  # Unix only; this module is imported on Windows too (the probe names the class)
+
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise OSError(f"input_helper_group {self.group!r} is not a group on this machine") from None
+
+    def _clear_stale_socket(self) -> None:
+        """Remove a socket left by an agent that died; refuse to take over a live one or another file."""
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"{self.path} exists and is not a socket; not removing it")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.path.unlink(missing_ok=True)
+                return
+        raise OSError(f"another process already listens on {self.path}")
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for key, _ in self._selector.select(timeout=0.2):
+                    connection = key.fileobj
+                    assert isinstance(connection, socket.socket)
+                    if connection is self._server:
+                        self._accept()
+                    else:
+                        self._read(connection)
+        except OSError as error:  # the listening socket itself failed: the probe says so and reopens it
+            self.failure = f"input helper socket {self.path} failed: {error}"
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        try:
+            connection, _ = self._server.accept()
+        except BlockingIOError:
+            return
+        try:
+            uid = peer_uid(connection)
+        except OSError as error:
+            self._refuse(f"an input helper on {self.path} was refused: its user is unknown ({error})")
+            connection.close()
+            return
+        connection.setblocking(False)
+        with self._lock:
+            self._helpers[connection] = _Helper(uid)
+            self._senders.add(uid)
+        self._selector.register(connection, selectors.EVENT_READ)
+        log.debug("input helper of uid %d connected", uid)
+
+    def _read(self, connection: socket.socket) -> None:
+        helper = self._helpers[connection]
+        try:
+            chunk = connection.recv(MAX_MESSAGE_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(connection)
+            return
+        helper.pending += chunk
+        while (end := helper.pending.find(b"\n")) >= 0:
+            line = bytes(helper.pending[:end])
+            del helper.pending[:end + 1]
+            if not self._handle(helper, line):
+                self._drop(connection)
+                return
+        if len(helper.pending) > MAX_MESSAGE_BYTES:
+            self._refuse(f"input helper of uid {helper.uid}: a message longer than {MAX_MESSAGE_BYTES} bytes; "
+                         "connection closed")
+            self._drop(connection)
+
+    def _handle(self, helper: _Helper, line: bytes) -> bool:
+        """Merge one message; False (after saying why) when it is refused."""
+        if len(line) > MAX_MESSAGE_BYTES:
+            self._refuse(f"input helper of uid {helper.uid}: a message longer than {MAX_MESSAGE_BYTES} bytes; "
+                         "connection closed")
+            return False
+        try:
+            message = HelperMessage.model_validate_json(line)
+        except ValidationError as invalid:
+            first = invalid.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "message"
+            self._refuse(f"input helper of uid {helper.uid}: invalid message ({where}: {first['msg']}); "
+                         "connection closed")
+            return False
+        if message.uid != helper.uid:
+            self._refuse(f"input helper of uid {helper.uid} sent aggregates claiming uid {message.uid}; "
+                         "refused and connection closed")
+            return False
+        self.sink.merge(message.aggregate)
+        with self._lock:
+            self._senders.add(helper.uid)
+            self._devices.update(message.virtual_devices)
+            self._source = message.source
+        return True
+
+    def _refuse(self, why: str) -> None:
+        log.warning("%s", why)
+        with self._lock:
+            self._refused += 1
+            if len(self._refusals) < MAX_REFUSALS:
+                self._refusals.append(why)
+
+    def _drop(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._helpers.pop(connection, None)
+        try:
+            self._selector.unregister(connection)
+        except (KeyError, ValueError):
+            pass  # never registered (refused at accept)
+        connection.close()
