@@ -29,7 +29,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.rollups import catch_up, devices_since, last_window_end, neighbours, windows
+from farmwatch.collector.isolation import with_refusals
+from farmwatch.collector.rollups import catch_up, devices_since, last_window_end, neighbours, refusals, windows
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import fleet_baselines
 from farmwatch.contract import Verdict
@@ -81,10 +82,12 @@ class Baselines:
 
 @dataclass(frozen=True)
 class DeviceScores:
-    """Verdicts of the devices asked for, and each one's newest ``geo.network_kind`` (fleet index)."""
+    """Verdicts of the devices asked for, each one's newest ``geo.network_kind`` (fleet index), and
+    why the reducer refused a report of those that had one refused (each verdict carries it)."""
 
     verdicts: list[Verdict]
     network_kinds: dict[str, str]
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def score_devices(storage: Storage, devices: Collection[str], now: datetime, config: CollectorConfig,
@@ -95,10 +98,12 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     call. Loads the rollups of ``devices`` and of every device they may share a network with (so a
     co-location cluster is judged whole), and scores with ``baselines`` (default: the stored ones,
     refreshed when older than ``BASELINE_MAX_AGE`` or learned under another config). Verdicts of
-    the neighbours loaded alongside are not returned. Raises ValueError for a naive ``now`` or a
-    detection config naming unknown detectors, RecordError when the windows break a detector (as
-    :func:`farmwatch.detectors.pipeline.score` does, so :mod:`farmwatch.collector.isolation` can
-    find the device)."""
+    the neighbours loaded alongside are not returned. A device with reports the reducer refused
+    (:func:`farmwatch.collector.rollups.refusals`) has them as its own error evidence, at least
+    ``review`` (such reports never become windows, so they reach no one else's frames). Raises
+    ValueError for a naive ``now`` or a detection config naming unknown detectors, RecordError when
+    the windows break a detector (as :func:`farmwatch.detectors.pipeline.score` does, so
+    :mod:`farmwatch.collector.isolation` can find the device)."""
     since = now - timedelta(hours=config.lookback_hours)
     catch_up(storage, now, since)
     wanted = set(devices)
@@ -106,29 +111,17 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     roster, anchors, suppressed = storage.roster(), storage.anchors(), storage.suppressed_detectors(now)
     fleet_last_report = last_window_end(storage, since)
 
-    def scored(group: Collection[str]) -> tuple[Frames, list[Verdict]]:
-        with paused_gc():
-            frames = frames_from_windows(windows(storage, group, since))
-            return frames, score_frames(frames, roster, anchors, now, config.detection, suppressed,
-                                        fitted=fleet.fitted(config.detection), fleet_last_report=fleet_last_report)
-
-    around = neighbours(storage, wanted)
-    try:
-        frames, verdicts = scored(around)
-    except Exception:  # noqa: BLE001 - narrowed below; re-raised when ``devices`` themselves break it
-        # A neighbour's hostile windows must not cost these devices their verdicts: score without
-        # every neighbour that cannot be scored alone (it earns its own verdict when its turn comes).
-        frames, verdicts = scored(wanted | {device for device in around - wanted if _scorable(scored, device)})
-    return DeviceScores([v for v in verdicts if v.device_id in wanted], _newest_network_kinds(frames, wanted))
-
-
-def _scorable(scored: Callable[[Collection[str]], tuple[Frames, list[Verdict]]], device: str) -> bool:
-    try:
-        scored({device})
-    except Exception:  # noqa: BLE001 - any failure means: leave this neighbour out
-        log.warning("device %s left out of its neighbours' scoring: its windows cannot be scored", device)
-        return False
-    return True
+    with paused_gc():
+        frames = frames_from_windows(windows(storage, neighbours(storage, wanted), since))
+        verdicts = score_frames(frames, roster, anchors, now, config.detection, suppressed,
+                                fitted=fleet.fitted(config.detection), fleet_last_report=fleet_last_report)
+    mine = {v.device_id: v for v in verdicts if v.device_id in wanted}  # in the pipeline's order
+    employees = {entry.device_id: entry.employee_id for entry in roster}
+    refused = refusals(storage, wanted, since)
+    for device, reasons in sorted(refused.items()):
+        mine[device] = with_refusals(mine.get(device), device, employees.get(device), reasons, now, config.detection)
+    return DeviceScores(list(mine.values()), _newest_network_kinds(frames, wanted),
+                        {device: reasons[-1] for device, reasons in refused.items()})
 
 
 def _newest_network_kinds(frames: Frames, wanted: set[str]) -> dict[str, str]:

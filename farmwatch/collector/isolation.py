@@ -83,21 +83,37 @@ def error_verdict(
 ) -> Verdict:
     """``review`` at the review threshold, with one finding saying the records could not be scored."""
     risk = config.review_threshold
-    finding = Finding(
-        detector=ERROR_DETECTOR,
-        severity="medium",
-        score=risk,
-        summary="This device's reports could not be scored, so its verdict is held at review until "
-        "an analyst looks (farmwatch-collector devices purge removes poisoned data).",
-        evidence={"error": reason},
-        attack=None,
-        first_seen=None,
-        last_seen=None,
-    )
+    summary = ("This device's reports could not be scored, so its verdict is held at review until an analyst "
+               "looks (farmwatch-collector devices purge removes poisoned data).")
     return Verdict(
         device_id=device_id, employee_id=employee_id, scored_at=now, risk=risk,
-        verdict=label(risk, config), findings=[finding],
+        verdict=label(risk, config), findings=[_error_finding(summary, {"error": reason}, risk)],
     )
+
+
+def with_refusals(
+    verdict: Verdict | None, device_id: str, employee_id: str | None, reasons: Sequence[str], now: datetime,
+    config: DetectionConfig,
+) -> Verdict:
+    """``verdict`` (None: the device has no window left to score) with the device's refused reports
+    (:func:`farmwatch.collector.rollups.refusals`) as its own error evidence: one more finding, and
+    a risk of at least the review threshold. A farm operator who stores what the detectors refuse
+    earns a review, not an escape."""
+    summary = (f"{len(reasons)} of this device's stored reports were refused by the reduction (a time outside the "
+               "contract's bounds, or unreadable), so its verdict is at least review until an analyst looks "
+               "(farmwatch-collector devices purge removes poisoned data).")
+    finding = _error_finding(summary, {"error": reasons[-1], "refused_reports": len(reasons)}, config.review_threshold)
+    if verdict is None:
+        verdict = Verdict(device_id=device_id, employee_id=employee_id, scored_at=now, risk=0.0,
+                          verdict=label(0.0, config), findings=[])
+    risk = max(verdict.risk, config.review_threshold)
+    return verdict.model_copy(update={"risk": risk, "verdict": label(risk, config),
+                                      "findings": [*verdict.findings, finding]})
+
+
+def _error_finding(summary: str, evidence: dict[str, object], risk: float) -> Finding:
+    return Finding(detector=ERROR_DETECTOR, severity="medium", score=risk, summary=summary, evidence=evidence,
+                   attack=None, first_seen=None, last_seen=None)
 
 
 def _describe(failure: Exception) -> str:

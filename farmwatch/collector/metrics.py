@@ -59,8 +59,9 @@ class Metrics:
         )
         self.scoring_device_errors = Counter(
             "farmwatch_scoring_device_errors",
-            "Devices whose records the detectors could not score in a run (each got a review verdict "
-            "with a scoring_error finding; the rest of the fleet was scored).",
+            "Devices whose records the detectors could not score in a run, or with stored reports the reducer "
+            "refused (each got a verdict of at least review with a scoring_error finding; the rest of the fleet "
+            "was scored).",
             registry=registry,
         )
         self.scoring_last_success = Gauge(

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import alerts, outbox, reports, rollups, sightings, tokens, verifications
+from farmwatch.collector.tables import alerts, outbox, refused_reports, reports, rollups, sightings, tokens, verifications
 from farmwatch.errors import FarmwatchError
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,10 @@ RULES: tuple[RetentionRule, ...] = (
                   in_hours=True),
     RetentionRule("sightings_days", sightings, "hour", 30, "network sightings (identity x hour x device)",
                   in_hours=True),
+    RetentionRule("refused_reports_days", refused_reports, "received_at", 30,
+                  "why the reducer refused a stored report (a device's error evidence), by time received"),
 )
-COVER_LOOKBACK = ("reports_days", "rollups_days", "sightings_days")
+COVER_LOOKBACK = ("reports_days", "rollups_days", "sightings_days", "refused_reports_days")
 """Keys whose tables scoring reads over the lookback window: a shorter age is refused."""
 RULE_KEYS = frozenset(rule.key for rule in RULES)
 

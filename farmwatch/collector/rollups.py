@@ -42,7 +42,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts, rollup_progress, rollups, sightings
+from farmwatch.collector.tables import (
+    reduced_reports, refused_reports, reports, rollup_layouts, rollup_progress, rollups, sightings,
+)
 from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, reduce_record
 from farmwatch.detectors.sightings import window_sightings
 
@@ -88,7 +90,7 @@ class Reduced:
 
     batch: int  # its number (0: nothing to do, or another replica was reducing)
     reports: int  # reports reduced
-    skipped: int  # reports the reduction could not use (logged; marked so they are not retried)
+    skipped: int  # reports the reduction refused (logged, kept in refused_reports; marked so they are not retried)
 
 
 def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False,
@@ -106,7 +108,7 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
             return Reduced(0, 0, 0)
         floor, last_batch = progress
         pending = tx.execute(
-            sa.select(reports.c.id, reports.c.received_at, reports.c.record)
+            sa.select(reports.c.id, reports.c.device_id, reports.c.received_at, reports.c.record)
             .where(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
             .order_by(reports.c.id).limit(limit)
         ).all()
@@ -128,12 +130,13 @@ def refile_device(tx: Connection, device_id: str, report_ids: Collection[int]) -
                           .with_for_update()).first()
     tx.execute(rollups.delete().where(rollups.c.device_id == device_id))
     tx.execute(sightings.delete().where(sightings.c.device_id == device_id))
+    tx.execute(refused_reports.delete().where(refused_reports.c.device_id == device_id))
     ids = list(report_ids)
     for start in range(0, len(ids), BATCH):  # bounded IN lists
         tx.execute(reduced_reports.delete().where(reduced_reports.c.report_id.in_(ids[start:start + BATCH])))
     if progress is None:
         return
-    left = tx.execute(sa.select(reports.c.id, reports.c.received_at, reports.c.record)
+    left = tx.execute(sa.select(reports.c.id, reports.c.device_id, reports.c.received_at, reports.c.record)
                       .where(reports.c.device_id == device_id).order_by(reports.c.id)).all()
     if left:
         batch = int(progress.batch) + 1
@@ -179,20 +182,25 @@ def _floor_before(tx: Connection, since: datetime) -> int:
 
 def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:
     """Reduce ``pending`` reports into rollups and sightings and mark them reduced; returns how many
-    could not be reduced."""
+    were refused.
+
+    A report the reduction refuses (a time outside the contract's bounds, unreadable) is filed in
+    ``refused_reports`` under the device that stored it, as that device's own error evidence
+    (:func:`refusals`), and never becomes a window: no other device's frames, no fleet baseline and
+    not the fleet's last report time can see it."""
     by_hour: dict[tuple[str, int], list[StoredWindow]] = defaultdict(list)
     ends: dict[tuple[str, int], list[datetime]] = defaultdict(list)
     seen: set[tuple[str, str, int, str]] = set()
-    skipped = 0
+    refused: list[dict[str, Any]] = []
     for row in pending:
         try:
-            record = orjson.loads(row.record)
-            window = reduce_record(record)
+            window = reduce_record(orjson.loads(row.record), f"report {row.id}")
         except (orjson.JSONDecodeError, RecordError) as problem:
-            # Stored reports passed validation at ingest, so this is a bug or a tampered database:
-            # say so, and do not retry it forever.
-            log.error("report %s cannot be reduced and is left out of the rollups: %s", row.id, problem)
-            skipped += 1
+            # Ingest refuses such reports, so this one predates the bounds or the database was
+            # tampered with: say so, and do not retry it forever.
+            log.error("report %s of device %s is refused by the reduction: %s", row.id, row.device_id, problem)
+            refused.append({"report_id": row.id, "device_id": row.device_id, "received_at": row.received_at,
+                            "batch": batch, "reason": str(problem)[:500]})
             continue
         device = window.row[0]
         by_hour[(device, hour_of(row.received_at))].append([_micros(row.received_at), row.id, *window])
@@ -200,8 +208,10 @@ def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:
         seen.update((kind, identity, hour, device) for kind, identity, hour in window_sightings(window))
     _merge_rollups(tx, by_hour, {key: max(times) for key, times in ends.items()}, batch)
     _add_sightings(tx, seen, batch)
+    if refused:
+        tx.execute(refused_reports.insert(), refused)
     tx.execute(reduced_reports.insert(), [{"report_id": row.id, "batch": batch} for row in pending])
-    return skipped
+    return len(refused)
 
 
 def _merge_rollups(tx: Connection, by_hour: dict[tuple[str, int], list[StoredWindow]],
@@ -337,9 +347,9 @@ def changed_devices(storage: Storage, since_batch: int) -> tuple[set[str], int]:
     """Devices whose verdict may have changed since reduction batch ``since_batch``, and the batch
     to pass next time.
 
-    A device changed when it has a rollup written after that batch, or when a network identity it
-    was seen on in some hour gained a new device in that hour (a co-location cluster may have
-    grown). Batches commit in number order (module docstring), so nothing is missed between marks.
+    A device changed when it has a rollup written or a report refused (:func:`_file`) after that
+    batch, or when a network identity it was seen on in some hour gained a new device in that hour
+    (a co-location cluster may have grown). Batches commit in number order (module docstring), so nothing is missed between marks.
     """
     with storage.engine.connect() as connection:
         mark = connection.execute(sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == PROGRESS)).scalar()
@@ -347,6 +357,8 @@ def changed_devices(storage: Storage, since_batch: int) -> tuple[set[str], int]:
             return set(), since_batch
         window = sa.and_(rollups.c.batch > since_batch, rollups.c.batch <= mark)
         changed = set(connection.execute(sa.select(rollups.c.device_id).where(window).distinct()).scalars())
+        changed.update(connection.execute(sa.select(refused_reports.c.device_id).distinct().where(
+            refused_reports.c.batch > since_batch, refused_reports.c.batch <= mark)).scalars())
         fresh = sa.select(sightings.c.kind, sightings.c.identity, sightings.c.hour).where(
             sightings.c.batch > since_batch, sightings.c.batch <= mark).distinct().subquery()
         changed.update(connection.execute(sa.select(sightings.c.device_id).distinct().join(
@@ -362,6 +374,22 @@ def aged_out_devices(storage: Storage, after_hour: int, through_hour: int) -> se
     with storage.engine.connect() as connection:
         return set(connection.execute(sa.select(rollups.c.device_id).where(
             rollups.c.hour > after_hour, rollups.c.hour <= through_hour).distinct()).scalars())
+
+
+def refusals(storage: Storage, devices: Collection[str], since: datetime) -> dict[str, list[str]]:
+    """Why the reducer refused each of ``devices``' reports received at or after ``since`` (oldest
+    report first), for the devices that have any."""
+    found: dict[str, list[str]] = defaultdict(list)
+    wanted = sorted(devices)
+    with storage.engine.connect() as connection:
+        for start in range(0, len(wanted), CHUNK):
+            for device, reason in connection.execute(
+                    sa.select(refused_reports.c.device_id, refused_reports.c.reason)
+                    .where(refused_reports.c.device_id.in_(wanted[start:start + CHUNK]),
+                           refused_reports.c.received_at >= since)
+                    .order_by(refused_reports.c.report_id)):
+                found[device].append(reason)
+    return dict(found)
 
 
 def last_window_end(storage: Storage, since: datetime) -> datetime | None:

@@ -58,7 +58,8 @@ BASELINES_LEASE = "fleet-baselines"
 @dataclass
 class ScoredBatch:
     """What scoring a set of devices produced: verdicts, their fleet-index rows, and the devices the
-    detectors could not score (each also has a review verdict in ``verdicts``)."""
+    detectors could not score or with reports the reducer refused (each also has a verdict of at
+    least review, with a scoring_error finding, in ``verdicts``)."""
 
     verdicts: list[Verdict]
     fleet: list[dict[str, Any]]
@@ -72,14 +73,16 @@ def score_claimed(storage: Storage, config: CollectorConfig, devices: Sequence[s
     Devices whose windows break the detectors get a review verdict of their own
     (:mod:`farmwatch.collector.isolation`); the others are scored together."""
     kinds: dict[str, str] = {}
+    refused: dict[str, str] = {}
 
     def score_part(part: Collection[str] | None) -> list[Verdict]:
         scored = score_devices(storage, devices if part is None else part, now, config, baselines)
         kinds.update(scored.network_kinds)
+        refused.update(scored.refused)
         return scored.verdicts
 
     isolated = score_isolated(score_part, lambda: devices, roster, now, config.detection)
-    return ScoredBatch(isolated.verdicts, fleet_rows(isolated.verdicts, roster, kinds), isolated.broken)
+    return ScoredBatch(isolated.verdicts, fleet_rows(isolated.verdicts, roster, kinds), {**refused, **isolated.broken})
 
 
 class Scorer:

@@ -319,6 +319,17 @@ reduced_reports = sa.Table(
     sa.Column("report_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
     sa.Column("batch", sa.BigInteger, nullable=False),
 )
+# Stored reports the reducer refused (a time outside the contract's bounds, unreadable JSON): each
+# is its own device's error evidence (a scoring_error finding), never a window in anyone's frames.
+refused_reports = sa.Table(
+    "refused_reports",
+    metadata,
+    sa.Column("report_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("device_id", sa.String(128), nullable=False, index=True),
+    sa.Column("received_at", UtcDateTime(), nullable=False, index=True),  # the report's; retention ages it
+    sa.Column("batch", sa.BigInteger, nullable=False, index=True),  # the reduction batch that refused it
+    sa.Column("reason", sa.Text, nullable=False),
+)
 # The reducer's one row, held (FOR UPDATE) by the replica reducing: batch numbers and the floor.
 rollup_progress = sa.Table(
     "rollup_progress",

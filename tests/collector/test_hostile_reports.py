@@ -128,9 +128,10 @@ def test_a_device_whose_records_break_scoring_costs_only_its_own_verdict(collect
     assert not any(row["stale"] for row in rows.values()), rows
 
     shown = httpx.get(f"{collector.url}/api/v1/devices/{hostile['device_id']}", headers=auth(collector.analyst_token))
-    [finding] = shown.json()["findings"]
-    assert finding["detector"] == "scoring_error"
-    assert "OutOfBoundsDatetime" in finding["evidence"]["error"]
+    # Judged on its good report as before, plus its refused one as its own error evidence.
+    [finding] = [f for f in shown.json()["findings"] if f["detector"] == "scoring_error"]
+    # Refused by the reducer, naming the field: the window never reached the detectors.
+    assert "report.window_end '2262-04-12T00:00:00Z'" in finding["evidence"]["error"], finding
     for device in healthy:  # they share the hostile device's network, so they were scored beside it
         detail = httpx.get(f"{collector.url}/api/v1/devices/{device['device_id']}", headers=auth(collector.analyst_token))
         assert "scoring_error" not in {f["detector"] for f in detail.json()["findings"]}, detail.text

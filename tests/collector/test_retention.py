@@ -27,6 +27,7 @@ from farmwatch.collector.tables import (
     enrolments,
     notes,
     outbox,
+    refused_reports,
     reports,
     tokens,
     verifications,
@@ -86,6 +87,10 @@ def seed(storage: Storage) -> None:
             {"output": "siem2", "alert_id": "old-delivered", "state": "delivered", "created_at": at_age(400),
              "attempts": 1, "delivered_at": at_age(30)},
         ])
+        tx.execute(refused_reports.insert(), [
+            {"report_id": seq, "device_id": "dev-a", "received_at": moment, "batch": 1, "reason": "window_end"}
+            for seq, moment in ((1, at_age(30, -SECOND)), (2, at_age(30)))
+        ])
         tx.execute(verifications.insert(), [
             {"at": moment, "device_id": "dev-a", "observed_seconds": 60, "verdict": "clear", "risk": 0.0, "answer": "{}"}
             for moment in (at_age(365, -SECOND), at_age(365))
@@ -103,7 +108,9 @@ def test_prune_deletes_exactly_the_rows_past_their_age(storage: Storage, monkeyp
     monkeypatch.setattr(retention, "BATCH_ROWS", 1)  # every rule goes through several batches
     deleted = prune(storage.engine, RetentionSettings(), NOW)
     assert deleted == {"reports_days": 1, "delivered_alerts_days": 1, "alerts_days": 1, "verifications_days": 1,
-                       "revoked_tokens_days": 1, "rollups_days": 0, "sightings_days": 0}  # rollups: test_incremental_scoring
+                       "revoked_tokens_days": 1, "rollups_days": 0, "sightings_days": 0,  # rollups: test_incremental_scoring
+                       "refused_reports_days": 1}
+    assert rows(storage, refused_reports.c.report_id) == [2]
     assert rows(storage, reports.c.seq) == [2, 3, 4]  # 30 days + 1 s old went; exactly 30 days stays
     assert rows(storage, tokens.c.token_sha256) == ["2" * 64, "3" * 64]
     assert rows(storage, outbox.c.output) == ["siem2", "soc", "soc"]  # pending and overflow stay whatever their age
@@ -115,7 +122,7 @@ def test_prune_deletes_exactly_the_rows_past_their_age(storage: Storage, monkeyp
     # A second later each boundary row is past its age; old-delivered's last delivery goes first, then the alert.
     assert prune(storage.engine, RetentionSettings(), NOW + SECOND) == {
         "reports_days": 1, "delivered_alerts_days": 1, "alerts_days": 2, "verifications_days": 1,
-        "revoked_tokens_days": 1, "rollups_days": 0, "sightings_days": 0}
+        "revoked_tokens_days": 1, "rollups_days": 0, "sightings_days": 0, "refused_reports_days": 1}
     assert rows(storage, alerts.c.alert_id) == ["old-overflow", "old-pending"]
 
 
