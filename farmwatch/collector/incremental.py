@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.isolation import with_refusals
+from farmwatch.collector.isolation import isolate, with_refusals
 from farmwatch.collector.rollups import catch_up, devices_since, last_window_end, neighbours, refusals, windows
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import fleet_baselines
@@ -159,7 +159,11 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
 
     with paused_gc():
         for start in range(0, len(devices), BASELINE_BATCH):
-            _learn_isolated(learn, devices[start:start + BASELINE_BATCH])
+            # One device's windows must not stop the fleet's baselines, and so every verdict: learn
+            # without the devices that break it (each is then scored alone and earns its own
+            # scoring_error, farmwatch.collector.isolation).
+            for device, failure in isolate(learn, devices[start:start + BASELINE_BATCH]).items():
+                log.warning("device %s left out of the fleet baselines: %s", device, failure)
     empty = frames_from_windows([])
     fleet_typed = pd.concat(typed, ignore_index=True) if typed else empty.reports
     rhythm.fit(dataclasses.replace(empty, reports=fleet_typed), context)
@@ -168,21 +172,6 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
     _store(storage, baselines)
     log.info("fleet baselines refreshed over %d devices", len(devices))
     return baselines
-
-
-def _learn_isolated(learn: Callable[[Sequence[str]], None], batch: Sequence[str]) -> None:
-    """``learn`` from ``batch``, leaving out (by bisection) the devices whose windows break it: one
-    device's hostile data must not stop the fleet's baselines, and so every verdict. Such a device is
-    then scored alone and earns its own ``scoring_error`` (:mod:`farmwatch.collector.isolation`)."""
-    try:
-        learn(batch)
-    except Exception as failure:  # noqa: BLE001 - any failure is narrowed to its devices below
-        if len(batch) == 1:
-            log.warning("device %s left out of the fleet baselines: %s", batch[0], failure)
-            return
-        middle = len(batch) // 2
-        _learn_isolated(learn, batch[:middle])
-        _learn_isolated(learn, batch[middle:])
 
 
 def load_baselines(storage: Storage) -> Baselines | None:

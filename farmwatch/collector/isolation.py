@@ -3,10 +3,11 @@
 Scoring runs over the whole fleet at once (fleet detectors compare devices), so one record the
 detectors cannot use used to fail every run and leave every verdict stale. :func:`score_isolated`
 runs the fleet as usual; only when that fails does it bisect the devices to find the ones whose
-records make the detectors raise (``k`` bad devices among ``n`` cost about ``2 k log2 n`` partial
-runs, each smaller than the last), scores everyone else together, and gives each culprit a verdict
-of its own: ``review`` with an error finding naming what failed. A farm operator who breaks the
-scorer for their own laptop earns a review, not an escape.
+records make the detectors raise (:func:`isolate`), scores everyone else together, and gives each
+culprit a verdict of its own: ``review`` with an error finding naming what failed. A farm operator
+who breaks the scorer for their own laptop earns a review, not an escape. The fleet baselines
+(:func:`farmwatch.collector.incremental.refresh_baselines`) leave out the devices they cannot learn
+from with the same :func:`isolate`.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def score_isolated(
     except Exception as failure:  # noqa: BLE001 - any detector failure is isolated below
         log.warning("scoring run failed (%s); looking for the devices that break it", _describe(failure))
     everyone = sorted(set(devices()))
-    broken: dict[str, str] = {}
-    _bisect(score_part, everyone, broken)
+    broken = isolate(score_part, everyone)
     if not broken:
         raise RuntimeError("the scoring run fails, but no device alone makes it fail")
     healthy = [device for device in everyone if device not in broken]
@@ -65,17 +65,27 @@ def score_isolated(
     return IsolatedRun(sorted(verdicts, key=lambda verdict: verdict.device_id), broken)
 
 
-def _bisect(score_part: ScorePart, devices: list[str], broken: dict[str, str]) -> None:
-    try:
-        score_part(devices)
-        return
-    except Exception as failure:  # noqa: BLE001 - narrowing down which device raises
-        if len(devices) == 1:
-            broken[devices[0]] = _describe(failure)
+def isolate(attempt: Callable[[list[str]], object], devices: Sequence[str]) -> dict[str, str]:
+    """Run ``attempt`` on ``devices``; where it raises, on each half of them instead, down to single
+    devices. Returns why it failed for each device that makes it fail alone (``k`` such devices among
+    ``n`` cost about ``2 k log2 n`` attempts, each smaller than the last); every other device was in
+    some attempt that succeeded, in the order given."""
+    broken: dict[str, str] = {}
+
+    def narrow(part: list[str]) -> None:
+        try:
+            attempt(part)
             return
-    middle = len(devices) // 2
-    _bisect(score_part, devices[:middle], broken)
-    _bisect(score_part, devices[middle:], broken)
+        except Exception as failure:  # noqa: BLE001 - narrowing down which device raises
+            if len(part) == 1:
+                broken[part[0]] = _describe(failure)
+                return
+        middle = len(part) // 2
+        narrow(part[:middle])
+        narrow(part[middle:])
+
+    narrow(list(devices))
+    return broken
 
 
 def error_verdict(
