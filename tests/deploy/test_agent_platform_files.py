@@ -37,6 +37,11 @@ def _daemon() -> dict[str, Any]:
     return job
 
 
+def _helper_agent() -> dict[str, Any]:
+    job: dict[str, Any] = plistlib.loads((MACOS / "com.farmwatch.agent.input-helper.plist").read_bytes())
+    return job
+
+
 def _profile() -> dict[str, Any]:
     profile: dict[str, Any] = plistlib.loads((MACOS / "farmwatch-agent.mobileconfig").read_bytes())
     return profile
@@ -74,6 +79,28 @@ def test_the_profile_grants_the_binary_the_launch_daemon_runs_signed_as_build_pk
     # postinstall waits for the files the daemon's command line reads
     args = build_parser().parse_args(_daemon()["ProgramArguments"][1:])
     assert f"[ -f {args.config} ]" in (MACOS / "scripts" / "postinstall").read_text()
+
+
+def test_the_launch_agent_runs_the_input_helper_on_the_daemons_socket_in_each_gui_session() -> None:
+    helper, daemon = _helper_agent(), _daemon()
+    program, *argv = helper["ProgramArguments"]
+    args = build_parser().parse_args(argv)
+    service = build_parser().parse_args(daemon["ProgramArguments"][1:])
+    assert args.command == "input-helper" and args.socket == Path(service.input_helper_socket)
+    assert service.input_helper_group == "staff"  # every local macOS user is in staff: each helper may connect
+    assert program == daemon["ProgramArguments"][0]  # the binary the PPPC profile grants (test above)
+    assert helper["LimitLoadToSessionType"] == "Aqua" and helper["RunAtLoad"] is True
+    assert "UserName" not in helper  # a LaunchAgent runs as the signed-in user
+    label = helper["Label"]
+    assert label != daemon["Label"]
+    # the package installs it where launchd loads agents for every user; install and removal reach it
+    build = (MACOS / "build-pkg.sh").read_text()
+    assert f'"$stage/root/Library/LaunchAgents/{label}.plist"' in build
+    assert f"helper=/Library/LaunchAgents/{label}.plist" in (MACOS / "scripts" / "postinstall").read_text()
+    assert 'launchctl bootstrap "gui/$(id -u "$console_user")" "$helper"' in (MACOS / "scripts" / "postinstall").read_text()
+    assert f'/{label}"' in (MACOS / "scripts" / "preinstall").read_text()
+    uninstall = (MACOS / "uninstall.sh").read_text()
+    assert f'"gui/$uid/{label}"' in uninstall and f"/Library/LaunchAgents/{label}.plist" in uninstall
 
 
 def _winsw() -> ElementTree.Element:

@@ -3,6 +3,7 @@
 # Apple's). The package installs
 #   /opt/farmwatch/bin/farmwatch-agent (+ _internal/)   the self-contained agent from ../freeze.sh
 #   /Library/LaunchDaemons/com.farmwatch.agent.plist    ../com.farmwatch.agent.plist
+#   /Library/LaunchAgents/com.farmwatch.agent.input-helper.plist   the per-user input helper
 # and its postinstall loads the daemon once /etc/farmwatch/agent.toml and enroll-secret exist
 # (push them first with your MDM, or load later: see deploy/README.md).
 #
@@ -20,9 +21,11 @@ version=$("${PYTHON:-python3}" -c 'import sys, tomllib; print(tomllib.load(open(
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-install -d "$stage/root/opt/farmwatch" "$stage/root/Library/LaunchDaemons"
+install -d "$stage/root/opt/farmwatch" "$stage/root/Library/LaunchDaemons" "$stage/root/Library/LaunchAgents"
 cp -R "$bundle" "$stage/root/opt/farmwatch/bin"
 install -m 0644 "$here/../com.farmwatch.agent.plist" "$stage/root/Library/LaunchDaemons/com.farmwatch.agent.plist"
+install -m 0644 "$here/com.farmwatch.agent.input-helper.plist" \
+  "$stage/root/Library/LaunchAgents/com.farmwatch.agent.input-helper.plist"
 if [ -n "${DEVELOPER_ID_APP:-}" ]; then
   # The identifier is the one the PPPC profile's code requirement names.
   codesign --force --options runtime --timestamp --identifier farmwatch-agent --sign "$DEVELOPER_ID_APP" \
