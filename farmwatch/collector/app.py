@@ -39,6 +39,7 @@ from farmwatch.collector.ingest import Rejected
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.openapi import openapi_document
 from farmwatch.collector.ratelimit import AddressLimiter
+from farmwatch.collector.reducer_process import ReducerProcess
 from farmwatch.collector.retention import RetentionJob
 from farmwatch.collector.rollups import Reducer
 from farmwatch.collector.scoring import Scorer
@@ -75,15 +76,21 @@ def create_app(
     registry: CollectorRegistry | None = None,
     clock: Callable[[], datetime] = utcnow,
     background_scoring: bool = True,
+    reducer_process: bool = False,
 ) -> FastAPI:
-    """The collector app over ``storage``; metrics go to ``registry`` (a fresh one when None)."""
+    """The collector app over ``storage``; metrics go to ``registry`` (a fresh one when None).
+
+    ``reducer_process``: reduce stored reports into rollups in a child process (``serve`` does:
+    :mod:`farmwatch.collector.reducer_process`), not in a thread beside ingest."""
     metrics = Metrics(registry or CollectorRegistry(), device_count=lambda: _safe_count(storage))
     geo = GeoLookup(config.corporate_networks, config.city_db, config.asn_db)
     scorer = Scorer(storage, config, metrics, clock)
     alerting = Alerting(storage, config.outputs, config.public_url, metrics.registry, clock)
     retention = RetentionJob(storage, config.retention, metrics.registry, clock)
     # Stored reports into rollups, outside the request path.
-    reducer = Reducer(storage, clock, metrics.registry, config.lookback_hours)
+    reducer: Reducer | ReducerProcess = (
+        ReducerProcess(storage.engine.url.render_as_string(hide_password=False), config.lookback_hours, metrics.registry)
+        if reducer_process else Reducer(storage, clock, metrics.registry, config.lookback_hours))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

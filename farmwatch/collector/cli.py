@@ -187,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
         # own; the collector applies [collector] trusted_proxies itself (ingest.source_address).
         uvicorn.run(
-            create_app(storage, config), host=args.host, port=args.port, log_level=args.log_level,
+            create_app(storage, config, reducer_process=True), host=args.host, port=args.port, log_level=args.log_level,
             proxy_headers=False,
             ssl_certfile=config.tls_cert_file,
             ssl_keyfile=config.tls_key_file,

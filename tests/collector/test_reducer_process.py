@@ -1,5 +1,6 @@
 """The real collector reduces stored reports into rollups in the background, each report once, also
-across a restart (the reducer's progress lives in the database, not in the process)."""
+across a restart (the reducer's progress lives in the database, not in the process), in a child
+process of ``serve`` that is started again when it dies."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 import pytest
 from collector_helpers import auth, report_for, wire_time
 from collector_process import RunningCollector
@@ -70,3 +72,43 @@ def test_reports_reach_the_rollups_once_also_across_a_restart(
     assert metrics["farmwatch_reduced_reports_total"] == 2  # this process's share: the two sent since the restart
     assert metrics["farmwatch_reduction_failures_total"] == 0
     assert metrics["farmwatch_reduction_last_success_timestamp_seconds"] > 0
+
+
+def _metrics(collector: RunningCollector) -> dict[str, float]:
+    return {sample.name: sample.value for family in text_string_to_metric_families(
+        httpx.get(f"{collector.url}/metrics", timeout=10).text) for sample in family.samples}
+
+
+def _reducer_child(collector: RunningCollector) -> psutil.Process:
+    assert collector.process is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        # multiprocessing's resource tracker is a child too; the reducer is the one spawn_main started
+        children = [child for child in psutil.Process(collector.process.pid).children()
+                    if "spawn_main" in " ".join(child.cmdline())]
+        if children:
+            assert len(children) == 1
+            return children[0]
+        time.sleep(0.2)
+    raise AssertionError(f"serve started no reducer process:\n{collector.log()}")
+
+
+def test_the_reducer_runs_in_a_child_process_started_again_when_killed(
+        collector_factory: Callable[..., RunningCollector]) -> None:
+    collector = collector_factory()
+    device = collector.enrol(hardware_id="hw-kill", hostname="host-kill")
+    _send(collector, device, 1)
+    assert _until_filed(collector, 1) == _stored(collector.db_path)
+    first = _reducer_child(collector)
+    first.kill()
+    first.wait(timeout=10)
+    _send(collector, device, 2)  # ingest does not wait for the reducer
+    assert _until_filed(collector, 2) == _stored(collector.db_path)  # the new child filed it, and only it
+    second = _reducer_child(collector)
+    assert second.pid != first.pid
+    metrics = _metrics(collector)
+    assert metrics["farmwatch_reducer_restarts_total"] == 1
+    assert metrics["farmwatch_reduction_failures_total"] == 0
+    assert "exited" in collector.log() and "starting it again" in collector.log()
+    collector.stop()
+    second.wait(timeout=40)  # it stops with serve (psutil.TimeoutExpired otherwise)

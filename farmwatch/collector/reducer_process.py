@@ -1,0 +1,134 @@
+"""The rollups reducer (:class:`farmwatch.collector.rollups.Reducer`) in a process of its own, beside ``serve``.
+
+Reduction is Python work (parse each stored report, reduce it, file rollups and sightings). In the
+serving process it shared one GIL with ingest: under load, py-spy ``--gil`` gave it a quarter of
+that process's GIL time, so ingest ran slower by about as much (issue 13). A child process runs it
+on another core. What stays the same: exactly-once filing (the reducer's progress and markers live in
+the database, so any number of reducers, on any replica, file each report once), the scorer's own
+reduction before it reads, and the reducer's metrics on the serving process's ``/metrics`` (the
+child sends its registry's samples up a pipe every second).
+
+The serving process supervises the child: one that exits or is killed is started again after
+``RESTART_SECONDS`` (logged and counted in ``farmwatch_reducer_restarts_total``), and the child
+stops when the serving process stops or dies (it watches the pipe).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("farmwatch.collector.reducer_process")
+
+REPORT_SECONDS = 1.0  # how often the child sends its metrics up
+RESTART_SECONDS = 2.0  # pause before a dead child is started again
+STOP_SECONDS = 30.0  # a stopping child may finish its batch (one transaction) before it is killed
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run_child(url: str, lookback_hours: float, parent: Connection) -> None:
+    """The child's whole life: open the store, reduce in the background, report metrics until told to stop."""
+    from farmwatch.collector.rollups import Reducer  # the child imports the reduction, the parent need not
+    from farmwatch.collector.storage import Storage
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     reducer: %(message)s")
+    storage = Storage.open(url, migrate="check")  # the serving process migrated before it started us
+    registry = CollectorRegistry()
+    reducer = Reducer(storage, utcnow, registry, lookback_hours)
+    reducer.start()
+    try:
+        while True:
+            parent.send(list(registry.collect()))
+            if parent.poll(REPORT_SECONDS):
+                break  # "stop" from the parent, or EOF: the parent is gone
+    except (EOFError, OSError):
+        pass  # the parent is gone
+    finally:
+        reducer.stop()
+        storage.close()
+
+
+class _ChildMetrics(Collector):
+    """The child's last reported metric families, served from the parent's registry."""
+
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+class ReducerProcess:
+    """Runs :func:`run_child` in a supervised child process; ``start``/``stop`` like the in-process reducer."""
+
+    def __init__(self, url: str, lookback_hours: float, registry: CollectorRegistry) -> None:
+        self.url = url
+        self.lookback_hours = lookback_hours
+        self._metrics = _ChildMetrics()
+        registry.register(self._metrics)
+        self.restarts = Counter("farmwatch_reducer_restarts", "Times the reducer's child process died and was started again.",
+                                registry=registry)
+        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._stop = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self.child: BaseProcess | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._supervisor = threading.Thread(target=self._supervise, name="farmwatch-reducer-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=STOP_SECONDS + 5)
+            self._supervisor = None
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            ours, theirs = self._context.Pipe()
+            child = self._context.Process(target=run_child, args=(self.url, self.lookback_hours, theirs),
+                                          name="farmwatch-reducer", daemon=True)
+            child.start()
+            theirs.close()
+            self.child = child
+            self._follow(child, ours)
+            if not self._stop.is_set():
+                log.error("the reducer's process %s exited (code %s); starting it again in %.0f s",
+                          child.pid, child.exitcode, RESTART_SECONDS)
+                self.restarts.inc()
+                self._stop.wait(RESTART_SECONDS)
+
+    def _follow(self, child: BaseProcess, pipe: Connection) -> None:
+        """Take the child's metrics until it exits or we stop; then see it ends."""
+        try:
+            while not self._stop.is_set():
+                if pipe.poll(REPORT_SECONDS):
+                    self._metrics.families = pipe.recv()
+                elif not child.is_alive():
+                    break
+        except (EOFError, OSError):
+            pass  # the child is gone
+        try:
+            pipe.send("stop")
+        except OSError:
+            pass
+        child.join(STOP_SECONDS)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        pipe.close()
