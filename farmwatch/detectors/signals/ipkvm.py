@@ -14,6 +14,7 @@ import csv
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
+from typing import Any
 
 import pandas as pd
 
@@ -89,7 +90,10 @@ class IpKvmDetector(Detector):
             usb = self._usb(row)
             if usb is not None:
                 hits.setdefault(row.device_id, []).append((*usb, row.first_rec, row.last_rec))
-        for device, rows in frames.displays.groupby("device_id", sort=True):
+        by_device: dict[str, list[Any]] = {}  # plain rows: a device has a few displays, pandas per device costs more
+        for row in frames.displays.itertuples(index=False):
+            by_device.setdefault(str(row.device_id), []).append(row)
+        for device, rows in by_device.items():
             display = self._displays(rows)
             if display is not None:
                 hits.setdefault(str(device), []).append(display)
@@ -121,8 +125,9 @@ class IpKvmDetector(Detector):
                 f"the identity IP-KVMs use when re-branded (benign gadgets use it too).",
                 {**evidence, "device": "generic gadget", "source": identity.source})
 
-    def _displays(self, rows: pd.DataFrame) -> tuple[float, str, dict[str, object], int, int] | None:
-        for row in rows.itertuples(index=False):
+    def _displays(self, rows: list[Any]) -> tuple[float, str, dict[str, object], int, int] | None:
+        """``rows``: one device's display identities (``Frames.displays`` rows), in frame order."""
+        for row in rows:
             identity = display_identity(row.name)
             if identity is not None:
                 return (self.known_score,
@@ -130,11 +135,11 @@ class IpKvmDetector(Detector):
                         f"is being watched through an IP-KVM.",
                         {"display": row.name, "device": identity.device, "source": identity.source,
                          "reports": row.reports}, row.first_rec, row.last_rec)
-        names = [str(n).lower() for n in rows["name"].dropna()]
-        internal = rows[[any(mark in n for mark in INTERNAL_PANEL_MARKS) for n in rows["name"].fillna("").str.lower()]]
-        if names and internal.empty and int(rows["reports"].sum()) >= self.min_reports:
+        names = [str(row.name).lower() for row in rows if not pd.isna(row.name)]
+        internal = any(mark in name for name in names for mark in INTERNAL_PANEL_MARKS)
+        if names and not internal and sum(row.reports for row in rows) >= self.min_reports:
             return (self.external_only_score,
                     "Only external displays were ever seen (the laptop runs with its lid closed).",
-                    {"displays": sorted(set(rows["name"].dropna()))[:5]},
-                    int(rows["first_rec"].min()), int(rows["last_rec"].max()))
+                    {"displays": sorted({row.name for row in rows if not pd.isna(row.name)})[:5]},
+                    min(row.first_rec for row in rows), max(row.last_rec for row in rows))
         return None
