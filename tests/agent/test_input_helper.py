@@ -314,3 +314,30 @@ def test_the_service_reports_what_the_helper_process_sends(collector: RunningCol
     assert sum(r.get("input", {}).get("injected_events", 0) for r in reports) == 9 + 1  # XTest's keys and move
     assert {r["input"]["source"] for r in reports if "input" in r} <= {"x11", "pynput"}
     assert not path.exists()  # the service removed its socket on SIGTERM
+
+
+def test_without_a_helper_in_the_window_the_section_is_missing_and_says_why(tmp_path: Path) -> None:
+    from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
+    from farmwatch.agent.probes.input.probe import InputTimingProbe
+
+    path = tmp_path / "input.sock"
+    probe = InputTimingProbe(ProbeContext(platform="linux", sys_root=tmp_path, input_helper_socket=path))
+    probe.start()
+    try:
+        with pytest.raises(ProbeUnavailable, match="no input helper was connected to .*input.sock in this window"):
+            probe.collect()
+        with socket.socket(socket.AF_UNIX) as helper:  # connected, nobody typing: a section of zeros
+            helper.connect(str(path))
+            helper.sendall(encode(HelperMessage(uid=os.getuid(), source="x11", aggregate=InputAggregate())))
+            _wait(lambda: probe.collect().helper_uids == [os.getuid()], "the helper's uid in a window")
+
+        def helper_gone() -> bool:
+            try:
+                probe.collect()
+            except ProbeUnavailable:
+                return True
+            return False
+
+        _wait(helper_gone, "a window after the helper left")  # it left: the next windows say so again
+    finally:
+        probe.stop()
