@@ -121,9 +121,14 @@ def test_the_service_socket_takes_valid_messages_and_refuses_forged_invalid_and_
     path = tmp_path / "run" / "input.sock"
     sink = _Merged()
     listener = HelperSocketListener(path, sink)
-    listener.start()
+    old_umask = os.umask(0o077)  # as launchd's Umask 63 gives the daemon
+    try:
+        listener.start()
+    finally:
+        os.umask(old_umask)
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_uid == os.getuid()
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755  # the folder it made: helpers can reach the socket
         me = os.getuid()
         good = encode(HelperMessage(uid=me, source="x11", virtual_devices=["xrdpKeyboard"],
                                     aggregate=InputAggregate(key_events=2, key_interval_ms={120: 1}, active_seconds=1)))
@@ -254,7 +259,7 @@ def test_the_service_reports_what_the_helper_process_sends(collector: RunningCol
     if shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists():
         pytest.skip("setpriv (util-linux) and /usr/bin/python3 are needed for the other users' clients")
     nogroup = grp.getgrgid(65534).gr_name
-    path = socket_dir / "input.sock"
+    path = socket_dir / "run" / "input.sock"  # the service makes the folder, as /var/run/farmwatch-agent
     config = tmp_path / "agent.toml"
     config.write_text(f'[agent]\nprobes = ["input"]\ninput_helper_socket = "{path}"\ninput_helper_group = "{nogroup}"\n')
     logs = tmp_path / "service.log"

@@ -100,7 +100,10 @@ class HelperSocketListener:
         """Bind and listen; raises OSError saying why (another agent listens there, a bad group, ...)."""
         gid = self._gid()
         self._clear_stale_socket()
-        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True)
+            # Reachable by the helpers whatever the service's umask (launchd's Umask 077 would give 0700).
+            os.chmod(self.path.parent, 0o755)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old_umask = os.umask(0o177)  # no moment at which the socket is open to everyone
