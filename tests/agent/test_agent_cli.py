@@ -23,10 +23,12 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.parametrize(
     ("argv", "mentions"),
-    [pytest.param([], ["once", "run", "verify", "spool"], id="top"),
+    [pytest.param([], ["once", "run", "verify", "input-helper", "spool"], id="top"),
      pytest.param(["once"], ["--print", "--window", "--collector", "--enroll-secret-file", "--state-dir"], id="once"),
      pytest.param(["run"], ["--interval", "--collector", "SIGTERM"], id="run"),
-     pytest.param(["verify"], ["--seconds", "clear", "review", "farm"], id="verify")],
+     pytest.param(["verify"], ["--seconds", "clear", "review", "farm"], id="verify"),
+     pytest.param(["input-helper"], ["--socket", "--flush-seconds", "input_helper_socket", "never keys"],
+                  id="input-helper")],
 )
 def test_every_command_explains_itself(argv: list[str], mentions: list[str]) -> None:
     done = run_agent(*argv, "--help")
