@@ -346,3 +346,30 @@ def test_without_a_helper_in_the_window_the_section_is_missing_and_says_why(tmp_
         _wait(lambda: window() is None, "a window after the helper left")  # it left: the windows say so again
     finally:
         probe.stop()
+
+
+def test_one_user_cannot_hold_more_than_a_few_connections(tmp_path: Path) -> None:
+    from farmwatch.agent.probes.input.helper_socket import MAX_HELPERS_PER_USER
+
+    path = tmp_path / "input.sock"
+    listener = HelperSocketListener(path, _Merged())
+    listener.start()
+    held = [socket.socket(socket.AF_UNIX) for _ in range(MAX_HELPERS_PER_USER)]
+    try:
+        for connection in held:
+            connection.connect(str(path))
+        _wait(lambda: len(listener.take_window()[0]) == 1, "the held connections accepted")
+        with socket.socket(socket.AF_UNIX) as extra:
+            extra.connect(str(path))
+            assert _closed_by_peer(extra)
+        _, refusals = listener.take_window()
+        assert refusals == [f"input helper of uid {os.getuid()} refused: that user already has "
+                            f"{MAX_HELPERS_PER_USER} connected"]
+        held[0].sendall(encode(HelperMessage(uid=os.getuid(), source="x11", aggregate=InputAggregate())))
+        held[0].settimeout(0.5)
+        with pytest.raises(TimeoutError):  # the connections within the limit stay open
+            held[0].recv(1)
+    finally:
+        for connection in held:
+            connection.close()
+        listener.stop()

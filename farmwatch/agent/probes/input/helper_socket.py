@@ -14,7 +14,7 @@ Who may send, and who sent:
   (``input.helper_uids``); no user names;
 - a message that is not valid, too long (:data:`~.helper_protocol.MAX_MESSAGE_BYTES`) or forged
   closes that connection and is named in the report's ``errors[]``; the service and the other
-  helpers go on.
+  helpers go on. A user gets at most :data:`MAX_HELPERS_PER_USER` connections at once.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ _UCRED = struct.Struct("=iII")
 _SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED_SIZE = 0, 0x001, 76
 _XUCRED_HEAD = struct.Struct("=II")
 MAX_REFUSALS = 20  # refusals named per window; more are counted in one line
+MAX_HELPERS_PER_USER = 4  # a user has one helper per desktop session; more connections are refused
 
 
 class AggregateSink(Protocol):
@@ -201,10 +202,19 @@ class HelperSocketListener:
             connection, _ = self._server.accept()
         except BlockingIOError:
             return
+        except OSError as error:  # e.g. out of file descriptors: the helper will try again
+            self._refuse(f"could not accept an input helper on {self.path}: {error}")
+            return
         try:
             uid = peer_uid(connection)
         except OSError as error:
             self._refuse(f"an input helper on {self.path} was refused: its user is unknown ({error})")
+            connection.close()
+            return
+        if sum(helper.uid == uid for helper in list(self._helpers.values())) >= MAX_HELPERS_PER_USER:
+            # one user's processes cannot hold the service's file descriptors
+            self._refuse(f"input helper of uid {uid} refused: that user already has {MAX_HELPERS_PER_USER} "
+                         "connected")
             connection.close()
             return
         connection.setblocking(False)
