@@ -88,7 +88,10 @@ def test_the_launch_agent_runs_the_input_helper_on_the_daemons_socket_in_each_gu
     service = build_parser().parse_args(daemon["ProgramArguments"][1:])
     assert args.command == "input-helper" and args.socket == Path(service.input_helper_socket)
     assert service.input_helper_group == "staff"  # every local macOS user is in staff: each helper may connect
-    assert program == daemon["ProgramArguments"][0]  # the binary the PPPC profile grants (test above)
+    assert program == daemon["ProgramArguments"][0]
+    # the PPPC profile grants the binary the helper runs (its event tap), by path and signed identity
+    for entries in _profile()["PayloadContent"][0]["Services"].values():
+        assert [entry["Identifier"] for entry in entries] == [program]
     assert helper["LimitLoadToSessionType"] == "Aqua" and helper["RunAtLoad"] is True
     assert "UserName" not in helper  # a LaunchAgent runs as the signed-in user
     label = helper["Label"]
