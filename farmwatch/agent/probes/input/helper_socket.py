@@ -243,15 +243,13 @@ class HelperSocketListener:
                 self._drop(connection)
                 return
         if len(helper.pending) > MAX_MESSAGE_BYTES:
-            self._refuse(f"input helper of uid {helper.uid}: a message longer than {MAX_MESSAGE_BYTES} bytes; "
-                         "connection closed")
+            self._refuse_oversized(helper)
             self._drop(connection)
 
     def _handle(self, helper: _Helper, line: bytes) -> bool:
         """Merge one message; False (after saying why) when it is refused."""
         if len(line) > MAX_MESSAGE_BYTES:
-            self._refuse(f"input helper of uid {helper.uid}: a message longer than {MAX_MESSAGE_BYTES} bytes; "
-                         "connection closed")
+            self._refuse_oversized(helper)
             return False
         try:
             message = HelperMessage.model_validate_json(line)
@@ -271,6 +269,10 @@ class HelperSocketListener:
             self._devices.update(message.virtual_devices)
             self._source = message.source
         return True
+
+    def _refuse_oversized(self, helper: _Helper) -> None:
+        self._refuse(f"input helper of uid {helper.uid}: a message longer than {MAX_MESSAGE_BYTES} bytes; "
+                     "connection closed")
 
     def _refuse(self, why: str) -> None:
         log.warning("%s", why)
