@@ -9,8 +9,13 @@
 - **Average CPU and steady RSS**: a real ``farmwatch-agent run --interval 60`` reporting to a real
   collector on loopback, measured over STEADY_SECONDS after start-up (two reports fall inside).
   Targets 0.5 % of one core and 40 MB; the RSS baseline is a bare ``python -c pass`` interpreter.
-  The collector is reached over plain HTTP: an https one adds its TLS context, about 1.4 MB when
-  that loads the system's CA store (``ssl.create_default_context()``), little with a CA file.
+  Four agents run at once, each with its own collector: one over plain HTTP, three over HTTPS to
+  a collector serving a certificate from a throw-away CA (tests/fixtures/throwaway_ca.py): one
+  trusting that CA through ``ca_file`` (what a company with its own CA configures), two through
+  the system's CAs with the test CA added (no ``ca_file``: a collector with a public certificate),
+  once as the agent reads them (the hashed directory, ``SSL_CERT_DIR``: one issuer at a time) and
+  once as a bundle loaded whole (``SSL_CERT_FILE``: what ``ssl.create_default_context()`` loaded
+  before), the baseline of the former.
 - **Report size**: ``farmwatch-agent once --print`` on this machine, compact JSON gzipped as the
   transport sends it (target 4 KB; tests/agent/test_report_size.py checks a busier laptop's
   report from fixtures).
@@ -29,11 +34,16 @@ import gzip
 import json
 import os
 import resource
+import secrets
+import shutil
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -41,7 +51,8 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "fixtures"))
-from collector_process import launch_collector  # noqa: E402  (the tests' real-collector launcher)
+from collector_process import SERVE, die_with_parent, free_port, launch_collector  # noqa: E402  (the tests')
+from throwaway_ca import make_pki  # noqa: E402
 from report import Figure, at_most, publish, quick  # noqa: E402
 
 REPETITIONS = 3 if quick() else 30
@@ -110,14 +121,69 @@ def bare_rss() -> float:
     return int(done.stdout) * 1024
 
 
-def running_agent(folder: str) -> tuple[float, float, int]:
-    """A real ``farmwatch-agent run`` to a real collector: CPU % of one core, peak RSS, peak USS (bytes)."""
-    collector = launch_collector(Path(folder) / "collector")
+TRANSPORTS = ("http", "https, ca_file", "https, system CAs", "https, system CA bundle loaded whole")
+
+
+def https_collector(folder: Path) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
+    """A real collector serving HTTPS with a throw-away CA's certificate: (process, url, enrol
+    secret file, CA file); waits until a TLS handshake trusting that CA succeeds."""
+    folder.mkdir(parents=True)
+    pki = make_pki(folder / "pki")
+    secret = folder / "enroll-secret"
+    secret.write_text(secrets.token_urlsafe(24) + "\n")
+    port = free_port()
+    with open(folder / "collector.log", "wb") as log:
+        server = subprocess.Popen(
+            [*SERVE, "--host", "127.0.0.1", "--port", str(port), "--db", f"sqlite:///{folder / 'farmwatch.db'}",
+             "--enroll-secret-file", str(secret), "--analyst-token-file", str(secret), "--log-level", "warning",
+             "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    trust = ssl.create_default_context(cafile=str(pki.ca))
+    for _ in range(600):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+                trust.wrap_socket(raw, server_hostname="127.0.0.1").close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server, f"https://127.0.0.1:{port}", secret, pki.ca
+
+
+def running_agent(folder: str, transport: str = "http") -> tuple[float, float, int]:
+    """A real ``farmwatch-agent run`` to a real collector over ``transport`` (one of TRANSPORTS):
+    CPU % of one core, peak RSS, peak USS (bytes)."""
+    # As the agent's service starts: no OpenSSL overrides inherited from this shell (some set SSL_CERT_FILE).
+    env = {name: value for name, value in os.environ.items() if name not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    options = []
+    if transport == "http":
+        collector = launch_collector(Path(folder) / "collector")
+        url, secret, stop = collector.url, collector.enroll_secret_file, collector.stop
+    else:
+        server, url, secret, ca = https_collector(Path(folder) / "collector")
+
+        def stop() -> None:
+            server.terminate()
+            server.wait(timeout=30)
+
+        if transport == "https, ca_file":
+            (Path(folder) / "agent.toml").write_text(f'[agent]\nca_file = "{ca}"\n')
+            options = ["--config", f"{folder}/agent.toml"]
+        elif transport == "https, system CAs":  # the system's hashed directory, with the test CA in it
+            hashed = Path(folder) / "certs"
+            system = Path(ssl.get_default_verify_paths().openssl_capath)
+            shutil.copytree(system, hashed, symlinks=False, ignore=shutil.ignore_patterns("*.0", "*.1", "*.crt"))
+            shutil.copy(ca, hashed / "farmwatch-test-ca.pem")
+            subprocess.run(["openssl", "rehash", str(hashed)], check=True, capture_output=True)
+            env["SSL_CERT_DIR"] = str(hashed)
+        else:  # the system's bundle, with the test CA in it
+            bundle = Path(folder) / "system-and-test-ca.pem"
+            bundle.write_bytes(Path(ssl.get_default_verify_paths().openssl_cafile).read_bytes() + ca.read_bytes())
+            env["SSL_CERT_FILE"] = str(bundle)
     try:
         agent = subprocess.Popen(
-            [AGENT, "run", "--interval", str(INTERVAL_SECONDS), "--collector", collector.url,
-             "--enroll-secret-file", str(collector.enroll_secret_file), "--state-dir", f"{folder}/state"],
-            stderr=subprocess.DEVNULL,
+            [AGENT, "run", "--interval", str(INTERVAL_SECONDS), "--collector", url,
+             "--enroll-secret-file", str(secret), "--state-dir", f"{folder}/state", *options],
+            stderr=subprocess.DEVNULL, env=env,
         )
         process = psutil.Process(agent.pid)
         time.sleep(3)  # past start-up (imports, enrolment); the first report comes at INTERVAL_SECONDS
@@ -131,7 +197,7 @@ def running_agent(folder: str) -> tuple[float, float, int]:
         agent.terminate()
         agent.wait(timeout=30)
     finally:
-        collector.stop()
+        stop()
     spent = sum(after[:4]) - sum(before[:4])  # user, system and the children's (the commands probes run)
     return 100 * spent / elapsed, peak, peak_unique
 
@@ -143,15 +209,22 @@ def report_bytes() -> tuple[int, int]:
     return len(report), len(gzip.compress(report))
 
 
+def compile_package() -> None:
+    """As installed (pip, the .deb's frozen agent): bytecode compiled beforehand. In this shared tree
+    modules change all day; compiling them at start-up added ~2 MB to the agent's peak RSS."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "farmwatch")], check=True)
+
+
 def main() -> int:
     load_before = os.getloadavg()
-    # As installed (pip, the .deb's frozen agent): bytecode compiled beforehand. In this shared tree
-    # modules change all day; compiling them at start-up added ~2 MB to the agent's peak RSS.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "farmwatch")], check=True)
+    compile_package()
     agent_ms, raw_ms = cycle_cpu()
     imported, bare = import_seconds()
-    with tempfile.TemporaryDirectory() as folder:
-        cpu, peak, peak_unique = running_agent(folder)
+    compile_package()  # again: modules changed during the cycle runs would be compiled by the agents
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(len(TRANSPORTS)) as pool:
+        running = {transport: pool.submit(running_agent, f"{folder}/{number}", transport)
+                   for number, transport in enumerate(TRANSPORTS)}
+        (cpu, peak, peak_unique), *over_https = [running[transport].result() for transport in TRANSPORTS]
     json_size, gzip_size = report_bytes()
     floor = bare_rss()
     load_after = os.getloadavg()
@@ -164,6 +237,11 @@ def main() -> int:
         Figure("agent peak rss", peak / 2**20, "MB", baseline=floor / 2**20, baseline_is="bare python",
                target=at_most(40)),
         Figure("agent peak uss", peak_unique / 2**20, "MB"),
+        *[Figure(f"agent peak rss, {transport}", https_peak / 2**20, "MB", baseline=peak / 2**20,
+                 baseline_is="the same agent over http, same run", target=at_most(40))
+          for transport, (_, https_peak, _) in zip(TRANSPORTS[1:], over_https)],
+        Figure("agent peak rss, https, system CAs, read as needed", over_https[1][1] / 2**20, "MB",
+               baseline=over_https[2][1] / 2**20, baseline_is="the system bundle loaded whole, same run"),
         Figure("report gzip (this machine)", gzip_size, "bytes", baseline=json_size, baseline_is="same report, JSON",
                target=at_most(4096)),
         Figure("agent import", imported * 1000, "ms", baseline=bare * 1000, baseline_is="bare python start"),

@@ -10,6 +10,8 @@ import http.server
 import json
 import shutil
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +20,9 @@ from typing import Any
 
 import pytest
 from certificates import self_signed
+from throwaway_ca import make_pki
 
-from farmwatch.agent.delivery.http_client import TRANSPORT_ERRORS, CollectorClient
+from farmwatch.agent.delivery.http_client import TRANSPORT_ERRORS, CollectorClient, system_trust
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -96,3 +99,32 @@ def test_https_trusts_the_given_ca_and_not_an_unknown_certificate(tmp_path: Path
 def test_a_url_without_a_host_is_refused() -> None:
     with pytest.raises(ValueError, match="not an http:// or https:// URL"):
         CollectorClient("https://", timeout=5)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test CA")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the hashed CA directory is read on Linux")
+def test_the_system_cas_are_read_from_the_hashed_directory_one_issuer_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust through OpenSSL's hashed directory (as update-ca-certificates lays it out): no CA is
+    loaded before a handshake needs its issuer, a server it vouches for is trusted, an unknown one
+    refused; SSL_CERT_FILE (a bundle) still loads the whole store."""
+    pki = make_pki(tmp_path / "pki")
+    hashed = tmp_path / "certs"
+    hashed.mkdir()
+    shutil.copy(pki.ca, hashed / "test-ca.pem")
+    subprocess.run(["openssl", "rehash", str(hashed)], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_DIR", str(hashed))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.load_cert_chain(pki.server_cert, pki.server_key)
+    with _server(serving) as (port, _):
+        trust = system_trust()
+        assert trust.cert_store_stats()["x509_ca"] == 0  # nothing loaded up front
+        assert CollectorClient(f"https://127.0.0.1:{port}", timeout=5).request("GET", "/healthz").status_code == 201
+    stranger, stranger_key = self_signed(tmp_path)
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.load_cert_chain(stranger, stranger_key)
+    with _server(serving) as (port, _), pytest.raises(ssl.SSLCertVerificationError):
+        CollectorClient(f"https://127.0.0.1:{port}", timeout=5).request("GET", "/healthz")
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+    assert system_trust().cert_store_stats()["x509_ca"] == 1  # a bundle is loaded whole, as OpenSSL would
