@@ -8,7 +8,11 @@ Sleet 2025) type Korean and often work through Chinese and Russian infrastructur
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
@@ -59,7 +63,9 @@ class HostMismatchDetector(Detector):
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
         found = []
-        for device, rows in reports.groupby("device_id", sort=True):
+        positions = reports.groupby("device_id", sort=True).indices
+        for device in self._candidates(reports, positions, context):
+            rows = reports.iloc[positions[device]]
             entry = context.roster.get(str(device))
             # A clock following the laptop abroad (egress from another country) is travel, not a
             # mismatch; an operator's zone on a laptop that egresses at home is.
@@ -95,3 +101,40 @@ class HostMismatchDetector(Detector):
             found.append(self.finding(str(device), score, summary, evidence,
                                       rows["window_end"].min(), rows["window_end"].max()))
         return found
+
+    def _candidates(self, reports: pd.DataFrame, positions: dict[Any, np.ndarray], context: Context) -> list[Any]:
+        """The devices (sorted) that can have a finding: a home-egress clock offset other than the
+        roster zone's (or any at all when ``min_share`` is 0), or an operator language. Decided over
+        whole columns with one zone lookup per device, so the per-device work in :meth:`detect`
+        (which decides again, the same way) is left for the few that can."""
+        # Anything but text (but a missing locale, which is skipped) goes to the per-device path,
+        # which says what it is.
+        odd = np.zeros(len(reports), dtype=bool)
+        for column in ("keyboard_layouts", "input_methods", "locale"):
+            values = reports[column].to_numpy(dtype=object)
+            marked = {value: not isinstance(value, str) or bool(_languages(value)) for value in pd.unique(values)
+                      if not (column == "locale" and value is None)}
+            odd |= np.fromiter((marked.get(value, False) for value in values), dtype=bool, count=len(values))
+        offsets = reports["utc_offset_minutes"].to_numpy(dtype=float)
+        countries = reports["country"].to_numpy(dtype=object)
+        window_ends = reports["window_end"].array
+        candidates = []
+        for device, at in positions.items():
+            if odd[at].any():
+                candidates.append(device)
+                continue
+            entry = context.roster.get(str(device))
+            if entry is None:
+                continue
+            home = at
+            if entry.country:
+                home = at[[country is None or country != country or country == entry.country
+                           for country in countries[at]]]  # missing (None or NaN) counts as home
+            seen = offsets[home]
+            seen = seen[~np.isnan(seen)]
+            if not len(seen):
+                continue
+            expected = utc_offset_minutes(entry.timezone, window_ends[at[len(at) // 2]].to_pydatetime())
+            if expected is not None and (self.min_share <= 0 or (seen != expected).any()):
+                candidates.append(device)
+        return sorted(candidates)
