@@ -303,6 +303,9 @@ def _column(name: str, values: Sequence[Any]) -> Any:
     return np.array(values, dtype=object)
 
 
+_TRANSPOSED_ROWS = 65_536  # rows moved into columns at a time: a few MB of pointers
+
+
 def _table(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
     """Columns from row tuples, each converted once (numbers to float64 with NaN for null).
 
@@ -319,9 +322,6 @@ def _table(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.DataFram
     for index, name in enumerate(columns):
         arrays[name], values[index] = _column(name, values[index]), []
     return pd.DataFrame(arrays, copy=False)
-
-
-_TRANSPOSED_ROWS = 65_536  # rows moved into columns at a time: a few MB of pointers
 
 
 def _frames(
