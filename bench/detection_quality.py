@@ -20,25 +20,36 @@ and all of them at once -- over the report seeds 22-26, which nobody looked at w
 tactics and their detectors (agent_health's stopped/re-enrolled/restarted parts, input_rhythm's
 too-regular typing, the capture dongle's EDID) were tuned on seed 21 only; the earlier detectors on
 seeds 1-4 and 11. Issue 16's targets, checked per seed: recall at farm >= 0.97, at farm-or-review
-1.00, no legitimate laptop called farm, at most 2 % sent to review. ``--variants-only`` skips the
-older runs; ``--variant NAME`` (repeatable) runs only the variants named; the per-variant table is
-printed in Markdown (each row as its variant finishes, then the table).
+1.00, no legitimate laptop called farm, at most 2 % sent to review. The per-variant table is printed
+in Markdown.
+
+What runs: by default (``make bench``) every variant over seed 22 only, so the whole of ``make bench``
+fits its 15 minutes; ``--seeds N`` takes the first N report seeds, and ``--full`` is the whole sweep
+(the issue-5 runs below and every variant over seeds 22-26, about 25 minutes on a 2-core machine),
+the run the README's per-variant table quotes. ``--variant NAME`` (repeatable) runs only the
+variants named. Fleets are scored side by side (``--jobs``, one process each).
 
 Caveat: the simulator and the detectors were written by the same people from the same sources, so
 these figures measure the detectors against the behaviour we modelled, not against real farms.
 
-Targets (issue 5), checked on every held-out seed (the script exits 1 naming each one missed):
+Targets (issue 5), checked with ``--full`` on every held-out seed (the script exits 1 naming each one
+missed, as it does for issue 16's):
 recall at farm >= 0.95, recall at farm-or-review >= 0.98, legitimate called farm <= 0.5 %, sent to
 review <= 3 %.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -137,74 +148,118 @@ def evaluate(seed: int, workdir: Path, verbose: bool = False, stealthy: bool = F
     return figures
 
 
-def variant_table(verbose: bool, workdir: Path, only: list[str]) -> tuple[list[str], list[str]]:
-    """Every variant (those in ``only`` when given) over :data:`VARIANT_SEEDS`: the Markdown table's
-    lines and the targets missed."""
-    lines = ["| variant (seeds 22-26) | farm laptops | recall (farm) | recall (farm or review) | legit called farm "
-             "| legit sent to review | riskiest legit | quietest farm |", "|---|---|---|---|---|---|---|---|"]
+Run = tuple[str, int, bool, bool, tuple[str, ...]]  # (what it is, seed, stealthy, shared egress, tactics)
+
+
+def evaluate_all(runs: list[Run], verbose: bool, jobs: int) -> list[dict[str, float]]:
+    """:func:`evaluate` each run, ``jobs`` at a time, each in its own process (a fleet is scored on
+    one core; these figures are counts of verdicts, not timings, so running side by side changes
+    nothing in them). The figures come back in the order of ``runs``; each run's line is printed
+    as it finishes."""
+
+    def one(run: Run) -> dict[str, float]:
+        role, seed, stealthy, shared_egress, tactics = run
+        spec = {"seed": seed, "stealthy": stealthy, "shared_egress": shared_egress, "tactics": list(tactics),
+                "verbose": verbose}
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, "--evaluate", json.dumps(spec)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{role} seed {seed}: scoring failed\n{done.stderr[-3000:]}")
+        *said, answer = done.stdout.rstrip("\n").split("\n")
+        figures: dict[str, float] = json.loads(answer)
+        print("\n".join([*said, f"{role} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+                         + f" ({time.perf_counter() - began:.0f} s)"]), flush=True)
+        return figures
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, runs))
+
+
+def seeds_label(seeds: tuple[int, ...]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+
+
+def variant_table(verbose: bool, only: list[str], seeds: tuple[int, ...], jobs: int) -> tuple[list[str], list[str]]:
+    """Every variant (those in ``only`` when given) over ``seeds``: the Markdown table's lines and
+    the targets missed; publishes each variant's figures against issue 16's targets."""
+    names = [name for name in VARIANTS if not only or name in only]
+    runs: list[Run] = [(name, seed, False, *VARIANTS[name]) for name in names for seed in seeds]
+    results = iter(evaluate_all(runs, verbose, jobs))
+    lines = [f"| variant ({seeds_label(seeds)}) | farm laptops | recall (farm) | recall (farm or review) "
+             "| legit called farm | legit sent to review | riskiest legit | quietest farm |",
+             "|---|---|---|---|---|---|---|---|"]
     misses, figures_out = [], []
-    for name, (shared_egress, tactics) in VARIANTS.items():
-        if only and name not in only:
-            continue
-        runs = []
-        for seed in VARIANT_SEEDS[:1] if quick() else VARIANT_SEEDS:
-            began = time.perf_counter()
-            figures = evaluate(seed, workdir, verbose, False, shared_egress, tactics)
-            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
-                  + f" ({time.perf_counter() - began:.0f} s)", flush=True)
-            misses += [f"{name} seed {seed}: {miss}" for miss in missed(figures, VARIANT_TARGETS)]
-            runs.append(figures)
-        farms = sum(r["farm devices"] for r in runs)
-        legit = sum(r["legit devices"] for r in runs)
-        caught = sum(r["recall (farm)"] * r["farm devices"] for r in runs)
-        flagged = sum(r["recall (farm or review)"] * r["farm devices"] for r in runs)
-        called = sum(r["legit called farm"] * r["legit devices"] for r in runs)
-        reviewed = [r["legit sent to review"] for r in runs]
+    for name in names:
+        runs_of = [next(results) for _ in seeds]
+        misses += [f"{name} seed {seed}: {miss}" for seed, figures in zip(seeds, runs_of)
+                   for miss in missed(figures, VARIANT_TARGETS)]
+        farms = sum(r["farm devices"] for r in runs_of)
+        legit = sum(r["legit devices"] for r in runs_of)
+        caught = sum(r["recall (farm)"] * r["farm devices"] for r in runs_of)
+        flagged = sum(r["recall (farm or review)"] * r["farm devices"] for r in runs_of)
+        called = sum(r["legit called farm"] * r["legit devices"] for r in runs_of)
+        reviewed = [r["legit sent to review"] for r in runs_of]
         lines.append(f"| {name} | {farms:.0f} | {caught / farms:.3f} | {flagged / farms:.3f} | {called:.0f} of "
-                     f"{legit:.0f} | {sum(x * r['legit devices'] for x, r in zip(reviewed, runs)) / legit:.1%} "
-                     f"({min(reviewed):.1%}-{max(reviewed):.1%} per seed) | {max(r['max legit risk'] for r in runs):.2f} "
-                     f"| {min(r['min farm risk'] for r in runs):.2f} |")
-        print(lines[-1], flush=True)
-        figures_out += [Figure(f"{name}: recall (farm)", caught / farms, "of farms", target=at_least(0.97)),
-                        Figure(f"{name}: recall (farm or review)", flagged / farms, "of farms", target=at_least(1.0)),
-                        Figure(f"{name}: legit called farm", called, "laptops", target=at_most(0)),
-                        Figure(f"{name}: legit sent to review, worst seed", max(reviewed) * 100, "%",
+                     f"{legit:.0f} | {sum(x * r['legit devices'] for x, r in zip(reviewed, runs_of)) / legit:.1%} "
+                     f"({min(reviewed):.1%}-{max(reviewed):.1%} per seed) | "
+                     f"{max(r['max legit risk'] for r in runs_of):.2f} | {min(r['min farm risk'] for r in runs_of):.2f} |")
+        label = f"{name} ({seeds_label(seeds)})"
+        figures_out += [Figure(f"{label}: recall (farm)", caught / farms, "of farms", target=at_least(0.97)),
+                        Figure(f"{label}: recall (farm or review)", flagged / farms, "of farms", target=at_least(1.0)),
+                        Figure(f"{label}: legit called farm", called, "laptops", target=at_most(0)),
+                        Figure(f"{label}: legit sent to review, worst seed", max(reviewed) * 100, "%",
                                target=at_most(2.0))]
     publish(figures_out)
     return lines, misses
 
 
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true",
+                        help=f"the whole sweep (about 25 min on a 2-core machine): the issue-5 runs (tuning seed "
+                             f"{TUNING_SEED}, held-out seeds {REPORT_SEEDS[0]}-{REPORT_SEEDS[-1]}, stress seed "
+                             f"{STRESS_SEEDS[0]}, shared-egress seeds {SHARED_EGRESS_TUNING_SEED}-"
+                             f"{SHARED_EGRESS_SEEDS[-1]}) and every variant over seeds {VARIANT_SEEDS[0]}-"
+                             f"{VARIANT_SEEDS[-1]}. Without it (what make bench runs): every variant over seed "
+                             f"{VARIANT_SEEDS[0]} only")
+    parser.add_argument("--seeds", type=int, choices=range(1, len(VARIANT_SEEDS) + 1), metavar="N",
+                        help=f"score each variant over the first N of seeds {VARIANT_SEEDS[0]}-{VARIANT_SEEDS[-1]} "
+                             f"(default 1; {len(VARIANT_SEEDS)} with --full)")
+    parser.add_argument("--variants-only", action="store_true", help="with --full: skip the issue-5 runs")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME", choices=list(VARIANTS),
+                        help="run only this variant (repeatable): " + ", ".join(repr(v) for v in VARIANTS))
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
+                        help="fleets scored at once, each in its own process (default: the cores, at most 2)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every device called wrongly")
+    parser.add_argument("--evaluate", metavar="JSON", help="internal: score one fleet, print its figures as JSON")
+    return parser.parse_args()
+
+
 def main() -> int:
-    verbose = "-v" in sys.argv
-    only = [sys.argv[i + 1] for i, arg in enumerate(sys.argv[:-1]) if arg == "--variant"]
-    unknown = sorted(set(only) - set(VARIANTS))
-    if unknown:
-        print(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="farmwatch-quality-") as tmp:
-        if "--variants-only" in sys.argv or only or quick():
-            lines, misses = variant_table(verbose, Path(tmp), only)
-            print("\n".join(lines))
-            print("targets on the variants' seeds: " + ("MISSED: " + "; ".join(misses) if misses else "all met"))
-            return 1 if misses else 0
-        runs = [("tuning seed", seed, False, False) for seed in (TUNING_SEED,)]
-        runs += [("held-out seed", seed, False, False) for seed in REPORT_SEEDS]
-        runs += [("stress (stealthy farms) seed", seed, True, False) for seed in STRESS_SEEDS]
-        runs += [("shared-egress tuning seed", SHARED_EGRESS_TUNING_SEED, False, True)]
-        runs += [("shared-egress held-out seed", seed, False, True) for seed in SHARED_EGRESS_SEEDS]
-        misses = []
-        for role, seed, stealthy, shared_egress in runs:
-            began = time.perf_counter()
-            figures = evaluate(seed, Path(tmp), verbose, stealthy, shared_egress)
-            print(f"{role} {seed}: " + ", ".join(
-                f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
-                for name, value in figures.items()) + f" ({time.perf_counter() - began:.0f} s)", flush=True)
+    args = arguments()
+    if args.evaluate:
+        spec = json.loads(args.evaluate)
+        with tempfile.TemporaryDirectory(prefix="farmwatch-quality-") as tmp:
+            figures = evaluate(spec["seed"], Path(tmp), spec["verbose"], spec["stealthy"], spec["shared_egress"],
+                               tuple(spec["tactics"]))
+        print(json.dumps(figures))
+        return 0
+    seeds = VARIANT_SEEDS[:1] if quick() else VARIANT_SEEDS[:args.seeds or (len(VARIANT_SEEDS) if args.full else 1)]
+    misses: list[str] = []
+    if args.full and not args.variants_only and not args.variant and not quick():
+        runs: list[Run] = [("tuning seed", TUNING_SEED, False, False, ())]
+        runs += [("held-out seed", seed, False, False, ()) for seed in REPORT_SEEDS]
+        runs += [("stress (stealthy farms) seed", seed, True, False, ()) for seed in STRESS_SEEDS]
+        runs += [("shared-egress tuning seed", SHARED_EGRESS_TUNING_SEED, False, True, ())]
+        runs += [("shared-egress held-out seed", seed, False, True, ()) for seed in SHARED_EGRESS_SEEDS]
+        for (_, seed, _, _, _), figures in zip(runs, evaluate_all(runs, args.verbose, args.jobs)):
             if seed in REPORT_SEEDS + SHARED_EGRESS_SEEDS:
                 misses += [f"seed {seed}: {miss}" for miss in missed(figures)]
-        lines, variant_misses = variant_table(verbose, Path(tmp), only)
+    lines, variant_misses = variant_table(args.verbose, args.variant, seeds, args.jobs)
     print("\n".join(lines))
     misses += variant_misses
-    print("targets on the held-out seeds: " + ("MISSED: " + "; ".join(misses) if misses else "all met"))
+    print("targets: " + ("MISSED: " + "; ".join(misses) if misses else "all met"))
     return 1 if misses else 0
 
 
