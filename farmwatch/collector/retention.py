@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
+from farmwatch.collector.periodic import PeriodicWorker
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import alerts, outbox, refused_reports, reports, rollups, sightings, tokens, verifications
 from farmwatch.errors import FarmwatchError
@@ -142,26 +142,27 @@ def _prune_rule(writer: Engine, rule: RetentionRule, cutoff: datetime) -> int:
             return total
 
 
-class RetentionJob:
-    """Runs :func:`prune` every ``interval_seconds`` on the replica holding the retention lease."""
+class RetentionJob(PeriodicWorker):
+    """Runs :func:`prune` every ``interval_seconds`` on the replica holding the retention lease, the
+    first time as it starts (a collector restarted daily still prunes)."""
 
     def __init__(
         self, storage: Storage, settings: RetentionSettings, registry: CollectorRegistry, clock: Callable[[], datetime]
     ) -> None:
+        super().__init__("farmwatch-retention", settings.interval_seconds,
+                         "retention run failed; retrying at the next interval",
+                         Counter("farmwatch_retention_failures", "Retention runs that failed (retried next interval).",
+                                 registry=registry))
         self.storage = storage
         self.settings = settings
         self.clock = clock
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.deleted = Counter("farmwatch_retention_deleted_rows", "Rows the retention job deleted, by [retention] key.",
                                ["rule"], registry=registry)
-        self.failures = Counter("farmwatch_retention_failures", "Retention runs that failed (retried next interval).",
-                                registry=registry)
         self.last_success = Gauge("farmwatch_retention_last_success_timestamp_seconds",
                                   "Unix time this replica last finished a retention run (0: none yet).", registry=registry)
         for rule in RULES:
             self.deleted.labels(rule.key)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> dict[str, int] | None:
         """Prune now if this replica holds (or takes) the lease; None when another replica has it."""
@@ -174,28 +175,18 @@ class RetentionJob:
         self.last_success.set(time.time())
         return deleted
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="farmwatch-retention", daemon=True)
-        self._thread.start()
+    def step(self) -> None:
+        self.run_once()
+
+    def next_delay(self, last_step_seconds: float | None) -> float:
+        """At once when the job starts, then every ``interval_seconds`` from the start of a run."""
+        if last_step_seconds is None:
+            return 0.0
+        return max(self.interval_seconds - last_step_seconds, 0.001)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        super().stop()
         try:  # another replica may take over at once
             self.storage.release_lease(LEASE, self.holder)
         except sa.exc.SQLAlchemyError:
             log.warning("could not release the retention lease; it lapses by itself")
-
-    def _loop(self) -> None:
-        delay = 0.0  # the first run at start: a collector restarted daily still prunes
-        while not self._stop.wait(delay):
-            started = time.monotonic()
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - a failed run must not end the job; the next one retries
-                log.exception("retention run failed; retrying at the next interval")
-                self.failures.inc()
-            delay = max(self.settings.interval_seconds - (time.monotonic() - started), 0.001)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -41,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from farmwatch.collector.periodic import PeriodicWorker
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import (
     reduced_reports, refused_reports, reports, rollup_layouts, rollup_progress, rollups, sightings,
@@ -408,47 +408,30 @@ def devices_since(storage: Storage, since: datetime) -> list[str]:
             rollups.c.hour >= hour_of(since)).distinct()).scalars())
 
 
-class Reducer:
+class Reducer(PeriodicWorker):
     """Reduces newly stored reports every ``interval_seconds`` in a daemon thread, as long as there
     are any; a failed batch is logged, counted and retried at the next tick (it committed nothing)."""
 
     def __init__(self, storage: Storage, clock: Callable[[], datetime], registry: CollectorRegistry,
                  lookback_hours: float, interval_seconds: float = 2.0) -> None:
+        super().__init__("farmwatch-reducer", interval_seconds, "reducing stored reports failed; retrying at the next tick",
+                         Counter("farmwatch_reduction_failures", "Reduction batches that failed (retried next tick).",
+                                 registry=registry))
         self.storage = storage
         self.clock = clock
         self.lookback = timedelta(hours=lookback_hours)
-        self.interval_seconds = interval_seconds
         self.reduced = Counter("farmwatch_reduced_reports", "Stored reports this replica reduced into rollups.",
                                registry=registry)
-        self.failures = Counter("farmwatch_reduction_failures", "Reduction batches that failed (retried next tick).",
-                                registry=registry)
         self.last_success = Gauge("farmwatch_reduction_last_success_timestamp_seconds",
                                   "Unix time this replica last found nothing left to reduce, or another replica reducing (0: not yet).",
                                   registry=registry)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="farmwatch-reducer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            try:
-                while not self._stop.is_set():
-                    now = self.clock()
-                    done = reduce_pending(self.storage, now, since=now - self.lookback)
-                    self.reduced.inc(done.reports)
-                    if not done.reports:
-                        self.last_success.set(time.time())
-                        break
-            except Exception:  # noqa: BLE001 - the batch rolled back; the next tick retries it
-                log.exception("reducing stored reports failed; retrying at the next tick")
-                self.failures.inc()
+    def step(self) -> None:
+        """Reduce batch after batch until none is left (or the reducer stops)."""
+        while not self.stopping:
+            now = self.clock()
+            done = reduce_pending(self.storage, now, since=now - self.lookback)
+            self.reduced.inc(done.reports)
+            if not done.reports:
+                self.last_success.set(time.time())
+                return

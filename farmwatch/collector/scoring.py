@@ -44,6 +44,7 @@ from farmwatch.collector.fleet_index import fleet_rows
 from farmwatch.collector.incremental import Baselines, current_baselines, load_baselines, score_devices
 from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
+from farmwatch.collector.periodic import PeriodicWorker
 from farmwatch.collector.rollups import aged_out_devices, catch_up, changed_devices
 from farmwatch.collector.scoring_work import Claim
 from farmwatch.collector.storage import Storage
@@ -85,19 +86,21 @@ def score_claimed(storage: Storage, config: CollectorConfig, devices: Sequence[s
     return ScoredBatch(isolated.verdicts, fleet_rows(isolated.verdicts, roster, kinds), {**refused, **isolated.broken})
 
 
-class Scorer:
-    """Claims, scores and stores verdicts for this replica's share of the marked devices."""
+class Scorer(PeriodicWorker):
+    """Claims, scores and stores verdicts for this replica's share of the marked devices: every
+    ``[detection] interval_seconds`` in the background once started, and on demand (:meth:`refresh`)."""
 
     def __init__(
         self, storage: Storage, config: CollectorConfig, metrics: Metrics, clock: Callable[[], datetime]
     ) -> None:
+        # A failed run is counted by run() itself (on-demand runs too), so the worker counts nothing.
+        super().__init__("farmwatch-scorer", config.detection_interval_seconds,
+                         "scoring run failed; retrying at the next interval")
         self.storage = storage
         self.config = config
         self.metrics = metrics
         self.clock = clock
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._on_demand: ThreadPoolExecutor | None = None
         self._queued: Future[int] | None = None
         self._queue_lock = threading.Lock()
@@ -195,7 +198,7 @@ class Scorer:
         roster = self.storage.roster()
         claimed = stored = 0
         hold = max(MIN_CLAIM_SECONDS, 2 * self.config.detection_interval_seconds)
-        while not self._stop.is_set():
+        while not self.stopping:
             claim = self.storage.claim_scoring(self.holder, self.clock(), hold, self.config.batch_devices, dirtied_by)
             if not claim.devices:
                 break
@@ -233,19 +236,10 @@ class Scorer:
     def _window_start(self, now: datetime) -> datetime:
         return now - timedelta(hours=self.config.lookback_hours)
 
-    def start(self) -> None:
-        """Start the periodic background run (a daemon thread, stopped by :meth:`stop`)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="farmwatch-scorer", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
         """Stop the periodic run (a batch being scored is finished and stored first) and hand the
         fleet baselines over to another replica."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        super().stop()
         with self._queue_lock:
             if self._on_demand is not None:
                 self._on_demand.shutdown(wait=False, cancel_futures=True)
@@ -255,17 +249,17 @@ class Scorer:
         except Exception:  # noqa: BLE001 - shutting down; the lease lapses on its own
             log.warning("could not release the fleet baselines lease; it lapses by itself")
 
-    def _loop(self) -> None:
-        interval = self.config.detection_interval_seconds
+    def before_first_step(self) -> None:
         try:  # devices left stale by an older collector or a crash before they were marked
             self.storage.mark_stale_for_scoring(self._window_start(self.clock()), self.clock())
         except Exception:  # noqa: BLE001 - the on-demand path marks them too
             log.exception("could not mark the stale devices for scoring")
-        while not self._stop.wait(_until_next_tick(interval)):
-            try:
-                self.run(bounded=True)
-            except Exception:  # noqa: BLE001 - a failed run must not end periodic scoring
-                log.exception("scoring run failed; retrying at the next interval")
+
+    def step(self) -> None:
+        self.run(bounded=True)
+
+    def next_delay(self, last_step_seconds: float | None) -> float:
+        return _until_next_tick(self.interval_seconds)
 
 
 def _until_next_tick(interval: float) -> float:
