@@ -6,6 +6,8 @@
 # build-deb.sh (Linux), macos/build-pkg.sh, windows/ (see deploy/README.md).
 #
 #   deploy/agent/freeze.sh            -> build/agent/dist/farmwatch-agent/farmwatch-agent[.exe]
+#                                        (Windows also: dist/farmwatch-agent-helper/farmwatch-agent-helper.exe,
+#                                        windowless, for the per-user input helper)
 #
 # Environment: PYTHON (default python3; its libpython is what the bundle carries, so build on the
 # oldest glibc you support), FARMWATCH_BUILD_DIR (default build/agent). The build venv is kept
@@ -33,8 +35,19 @@ fi
 # Probes are imported by name (farmwatch/agent/probes/registry.py), so PyInstaller cannot see
 # them: collect every agent module. Catalogues and the JSON Schema are package data; the runner
 # reads the version from the distribution's metadata.
-"$bin/pyinstaller" --noconfirm --clean --log-level WARN --onedir --name farmwatch-agent \
-  --distpath "$build/dist" --workpath "$build/work" --specpath "$build" \
-  --collect-submodules farmwatch.agent --collect-data farmwatch --copy-metadata farmwatch \
-  "$repo/deploy/agent/pyinstaller_entry.py"
+freeze() {  # NAME [PYINSTALLER FLAGS...]
+  local name=$1; shift
+  "$bin/pyinstaller" --noconfirm --clean --log-level WARN --onedir --name "$name" "$@" \
+    --distpath "$build/dist" --workpath "$build/work" --specpath "$build" \
+    --collect-submodules farmwatch.agent --collect-data farmwatch --copy-metadata farmwatch \
+    "$repo/deploy/agent/pyinstaller_entry.py"
+}
+freeze farmwatch-agent
 echo "$build/dist/farmwatch-agent/farmwatch-agent"
+if [ -d "$venv/Scripts" ]; then
+  # Windows: the same program without a console window, for the per-user input helper a Scheduled
+  # Task starts at sign-in (deploy/agent/windows/farmwatch-agent-input-helper.xml); a console
+  # program would open a window on every user's desktop.
+  freeze farmwatch-agent-helper --noconsole
+  echo "$build/dist/farmwatch-agent-helper/farmwatch-agent-helper.exe"
+fi

@@ -65,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="optional TOML file with an [agent] table (collector, salt, probes, ...)")
         sub.add_argument("--input-helper-socket", metavar="PATH",
                          help="take input timing from the signed-in users' 'farmwatch-agent input-helper' "
-                         "processes, which connect to this Unix socket, instead of reading input here "
-                         "(config key input_helper_socket; macOS and Linux)")
+                         "processes, which connect to this Unix socket (on Windows a named pipe, "
+                         "\\\\.\\pipe\\farmwatch-agent-input), instead of reading input here "
+                         "(config key input_helper_socket)")
         sub.add_argument("--input-helper-group", metavar="GROUP",
                          help="members of GROUP may connect to that socket (made 0660 and owned by GROUP); "
-                         "default: only this agent's own user (0600)")
+                         "default: only this agent's own user (0600); not on Windows, where every "
+                         "signed-in user may write to the pipe and the service reads who from the sender's process")
 
     once = commands.add_parser(
         "once", help="collect one report and deliver it (with anything spooled), or print it",
@@ -105,16 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     helper = commands.add_parser(
         "input-helper", help="per-user helper: send this user's input timing to the agent's service",
-        description="Run in a signed-in user's session (a macOS LaunchAgent, a desktop autostart entry) "
+        description="Run in a signed-in user's session (a macOS LaunchAgent, a desktop autostart entry, "
+        "a Windows Scheduled Task at sign-in running the windowless farmwatch-agent-helper.exe) "
         "when the agent's service cannot see that user's input itself. It listens to this user's "
-        "keyboard and mouse (pynput on macOS; X11 on DISPLAY, else /dev/input, on Linux), reduces "
+        "keyboard and mouse (pynput on macOS and Windows; X11 on DISPLAY, else /dev/input, on Linux), reduces "
         "them to timing aggregates (counts, interval histograms; never keys, characters, positions or "
-        "window titles) and sends those every --flush-seconds to the service's Unix socket, the path "
-        "the service has as input_helper_socket. The service learns this user's uid from the kernel, "
-        "not from the helper. Runs until SIGTERM/SIGINT; waits for the service if it is not up yet.",
+        "window titles) and sends those every --flush-seconds to the service's Unix socket (Windows: "
+        "named pipe), the one the service has as input_helper_socket. The service learns this user's "
+        "uid from the operating system (Windows: the RID of the helper process's account SID), not "
+        "from the helper. Runs until "
+        "SIGTERM/SIGINT or sign-out; waits for the service if it is not up yet.",
     )
     helper.add_argument("--socket", type=Path, required=True, metavar="PATH",
-                        help="the agent service's input_helper_socket, e.g. /var/run/farmwatch-agent/input.sock")
+                        help="the agent service's input_helper_socket, e.g. /var/run/farmwatch-agent/input.sock "
+                        "or, on Windows, \\\\.\\pipe\\farmwatch-agent-input")
     helper.add_argument("--flush-seconds", type=_positive, default=FLUSH_SECONDS, metavar="S",
                         help=f"send what was seen every S seconds (default {FLUSH_SECONDS:g})")
     return parser
@@ -153,8 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _input_helper(args: argparse.Namespace) -> int:
-    if sys.platform == "win32":
-        raise UsageError("input-helper runs on macOS and Linux; there is no per-user input helper on Windows yet")
     if args.flush_seconds <= 0:
         raise UsageError("--flush-seconds must be more than 0")
     from .probes.input.helper import run_helper  # the listeners load only in the helper

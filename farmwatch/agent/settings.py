@@ -28,6 +28,7 @@ from typing import Any
 
 from .delivery.state import default_state_dir
 from .errors import UsageError
+from .probes.input.helper_pipe import DEFAULT_PIPE, PIPE_PREFIX
 from .probes.registry import PROBES
 
 DEFAULT_INTERVAL_SECONDS = 300.0
@@ -108,10 +109,11 @@ def load_file(path: Path | None) -> dict[str, Any]:
     return dict(table)
 
 
-def helper_socket_path(text: str) -> Path:
-    """An input helper socket path, refused unless absolute and short enough for a Unix socket."""
-    if sys.platform == "win32":
-        raise UsageError("input_helper_socket is for macOS and Linux: there is no per-user input helper on Windows yet")
+def helper_socket_path(text: str, platform: str = sys.platform) -> Path:
+    """An input helper socket path, refused unless absolute and short enough for a Unix socket; on
+    Windows a named pipe, ``\\\\.\\pipe\\NAME``."""
+    if platform == "win32":
+        return _pipe_name(text)
     path = Path(text)
     if not path.is_absolute():
         raise UsageError(f"input_helper_socket must be an absolute path, got {text!r}")
@@ -123,12 +125,24 @@ def helper_socket_path(text: str) -> Path:
     return path
 
 
-def _helper_group(name: str | None, socket_path: Path | None) -> str | None:
+def _pipe_name(text: str) -> Path:
+    """A local named pipe's name (CreateNamedPipe: "\\\\.\\pipe\\" then up to 256 characters in all,
+    no backslash after the prefix), kept as the Path the settings carry."""
+    name = text.removeprefix(PIPE_PREFIX)
+    if not text.startswith(PIPE_PREFIX) or not name or "\\" in name or len(text) > 256:
+        raise UsageError(f"input_helper_socket on Windows is a local named pipe such as {DEFAULT_PIPE}, got {text!r}")
+    return Path(text)
+
+
+def _helper_group(name: str | None, socket_path: Path | None, platform: str = sys.platform) -> str | None:
     if name is None:
         return None
     if socket_path is None:
         raise UsageError("input_helper_group is set but input_helper_socket is not")
-    import grp  # not on Windows, where the socket is refused first
+    if platform == "win32":
+        raise UsageError("input_helper_group is for the Unix socket; on Windows the pipe lets every signed-in "
+                         "user write and the service reads each sender's account from its process")
+    import grp  # Unix only: Windows was refused above
 
     try:
         grp.getgrnam(name)

@@ -349,7 +349,7 @@ def test_without_a_helper_in_the_window_the_section_is_missing_and_says_why(tmp_
 
 
 def test_one_user_cannot_hold_more_than_a_few_connections(tmp_path: Path) -> None:
-    from farmwatch.agent.probes.input.helper_socket import MAX_HELPERS_PER_USER
+    from farmwatch.agent.probes.input.helper_listener import MAX_HELPERS_PER_USER
 
     path = tmp_path / "input.sock"
     listener = HelperSocketListener(path, _Merged())

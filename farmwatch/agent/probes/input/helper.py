@@ -1,26 +1,27 @@
 """``farmwatch-agent input-helper``: input timing in the signed-in user's session, sent to the service.
 
-The helper runs the input probe's own listeners as the user (pynput on macOS; X11 on ``DISPLAY``,
+The helper runs the input probe's own listeners as the user (pynput on macOS and Windows; X11 on ``DISPLAY``,
 else the kernel's devices, on Linux) and every ``flush_seconds`` sends what they saw, reduced to
 an :class:`~.helper_protocol.InputAggregate`, to the service's socket. It never sends, logs or
 keeps a key, a character, a pointer position or a window title.
 
 While the service is not listening (it restarts, or starts later than the user's session) the
 helper tries again at every flush and drops what it saw meanwhile: the service has no window to
-count it in. It runs until SIGTERM or SIGINT (launchd and a session's logout send SIGTERM).
+count it in. It runs until SIGTERM or SIGINT (launchd and a session's logout send SIGTERM; on
+Windows, where it is a windowless program a Scheduled Task starts at sign-in, until sign-out ends it).
+The connection is a Unix socket, or a named pipe on Windows (:mod:`.helper_transport`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from pathlib import Path
 
 from farmwatch.agent.probes.base import ProbeContext, ProbeUnavailable
 
 from .helper_protocol import FLUSH_SECONDS, HelperMessage, encode
+from .helper_transport import ServiceConnection, connect_to_service, current_user_id
 from .probe import InputTimingProbe
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,14 @@ class _Channel:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._connection: socket.socket | None = None
+        self._connection: ServiceConnection | None = None
         self._said_why: str | None = None  # the last failure logged, so a long outage logs once
 
     def connected(self) -> bool:
         if self._connection is None:
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                connection.connect(str(self.path))
+                connection = connect_to_service(self.path)
             except OSError as error:
-                connection.close()
                 self._failed(f"cannot reach the agent's service on {self.path}: {error.strerror or error}")
                 return False
             self._connection = connection
@@ -77,6 +76,7 @@ def run_helper(socket_path: Path, stop: threading.Event, flush_seconds: float = 
     """Listen to this user's input and send its aggregates to ``socket_path`` until ``stop`` is set."""
     probe = InputTimingProbe(context or ProbeContext())
     channel = _Channel(socket_path)
+    uid = current_user_id()
     probe.start()
     unavailable: str | None = None
     try:
@@ -94,7 +94,7 @@ def run_helper(socket_path: Path, stop: threading.Event, flush_seconds: float = 
             probe.problems = []
             if source is None or not channel.connected():
                 continue
-            channel.send(encode(HelperMessage(uid=os.getuid(), source=source, virtual_devices=_sendable(devices),
+            channel.send(encode(HelperMessage(uid=uid, source=source, virtual_devices=_sendable(devices),
                                               aggregate=part)))
     finally:
         channel.close()

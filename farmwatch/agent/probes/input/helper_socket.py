@@ -1,20 +1,16 @@
-"""The service's end of the per-user input helpers: a local Unix socket taking their aggregates.
+"""The Unix socket transport of the per-user input helpers (macOS and Linux).
 
 With ``input_helper_socket`` set, the input probe listens here instead of reading input itself
 (the macOS LaunchDaemon, or a Linux service that should not read input devices, cannot see the
 user's input). Each signed-in user's ``farmwatch-agent input-helper`` connects and sends a
-:class:`~.helper_protocol.HelperMessage` every few seconds; the aggregates are added to the window.
+:class:`~.helper_protocol.HelperMessage` every few seconds; :class:`.helper_listener.HelperListener`
+checks and merges them. Windows has the named pipe instead (:mod:`.helper_pipe`).
 
 Who may send, and who sent:
 - the socket file is ``0600`` (only the service's user) or, with ``input_helper_group``, ``0660``
   and owned by that group (macOS: ``staff``, which every local user is in);
 - the kernel names each connection's user: ``SO_PEERCRED`` on Linux, ``LOCAL_PEERCRED`` (a
-  ``struct xucred``) on macOS. A message whose ``uid`` differs from it is refused, so one user's
-  process cannot pass its aggregates off as another's, and the report lists the uids that sent
-  (``input.helper_uids``); no user names;
-- a message that is not valid, too long (:data:`~.helper_protocol.MAX_MESSAGE_BYTES`) or forged
-  closes that connection and is named in the report's ``errors[]``; the service and the other
-  helpers go on. A user gets at most :data:`MAX_HELPERS_PER_USER` connections at once.
+  ``struct xucred``) on macOS, and that uid is the one a message must claim.
 """
 
 from __future__ import annotations
@@ -27,15 +23,10 @@ import stat
 import struct
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from pydantic import ValidationError
-
-from farmwatch.contract import InputSource
-
-from .helper_protocol import MAX_MESSAGE_BYTES, HelperMessage, InputAggregate
+from .helper_listener import AggregateSink, HelperListener
+from .helper_protocol import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +36,6 @@ _UCRED = struct.Struct("=iII")
 # short cr_ngroups; gid_t cr_groups[16]} (<sys/ucred.h>), 76 bytes; only its first two fields are read.
 _SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED_SIZE = 0, 0x001, 76
 _XUCRED_HEAD = struct.Struct("=II")
-MAX_REFUSALS = 20  # refusals named per window; more are counted in one line
-MAX_HELPERS_PER_USER = 4  # a user has one helper per desktop session; more connections are refused
-
-
-class AggregateSink(Protocol):
-    """Where helpers' aggregates go: :meth:`InputStats.merge` behind the probe's lock."""
-
-    def merge(self, part: InputAggregate) -> None: ...
 
 
 def peer_uid(connection: socket.socket, platform: str = sys.platform) -> int:
@@ -66,36 +49,18 @@ def peer_uid(connection: socket.socket, platform: str = sys.platform) -> int:
     raise OSError(f"no peer credentials for Unix sockets on {platform}")
 
 
-@dataclass
-class _Helper:
-    uid: int
-    pending: bytearray = field(default_factory=bytearray)
-
-
-class HelperSocketListener:
+class HelperSocketListener(HelperListener):
     """Accepts helpers on ``path`` in a background thread and merges what they send into ``sink``."""
 
     def __init__(self, path: Path, sink: AggregateSink, group: str | None = None) -> None:
+        super().__init__(str(path), sink)
         self.path = path
-        self.sink = sink
         self.group = group  # members may connect (mode 0660); None: only the service's own user (0600)
-        self.failure: str | None = None  # why the accept loop ended on its own, if it did
         self._server: socket.socket | None = None
         self._selector = selectors.DefaultSelector()
-        self._helpers: dict[socket.socket, _Helper] = {}
-        self._lock = threading.Lock()
-        self._senders: set[int] = set()  # uids connected at some time in this window
-        self._refusals: list[str] = []
-        self._refused = 0
-        self._devices: set[str] = set()
-        self._source: InputSource | None = None
+        self._connections: set[socket.socket] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    @property
-    def source(self) -> InputSource | None:
-        """The listener the most recent helper message came from (x11, evdev, pynput)."""
-        return self._source
 
     def start(self) -> None:
         """Bind and listen; raises OSError saying why (another agent listens there, a bad group, ...)."""
@@ -129,7 +94,7 @@ class HelperSocketListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        for connection in list(self._helpers):
+        for connection in list(self._connections):
             self._drop(connection)
         if self._server is not None:
             self._selector.unregister(self._server)
@@ -140,22 +105,6 @@ class HelperSocketListener:
             except FileNotFoundError:
                 pass
         self._selector.close()
-
-    def device_names(self) -> list[str]:
-        """Injecting devices the helpers named in this window (X devices such as xrdp's)."""
-        with self._lock:
-            return sorted(self._devices)
-
-    def take_window(self) -> tuple[set[int], list[str]]:
-        """The uids whose helpers were connected in the window now ending, and the refusals in it;
-        the next window starts with the helpers connected now."""
-        with self._lock:
-            senders, refusals = self._senders, self._refusals
-            if self._refused > len(refusals):
-                refusals = [*refusals, f"... and {self._refused - len(refusals)} more refused input helper messages"]
-            self._senders = {helper.uid for helper in self._helpers.values()}
-            self._refusals, self._refused, self._devices = [], 0, set()
-            return senders, refusals
 
     def _gid(self) -> int | None:
         if self.group is None:
@@ -211,79 +160,26 @@ class HelperSocketListener:
             self._refuse(f"an input helper on {self.path} was refused: its user is unknown ({error})")
             connection.close()
             return
-        if sum(helper.uid == uid for helper in list(self._helpers.values())) >= MAX_HELPERS_PER_USER:
-            # one user's processes cannot hold the service's file descriptors
-            self._refuse(f"input helper of uid {uid} refused: that user already has {MAX_HELPERS_PER_USER} "
-                         "connected")
+        if not self._admit(connection, uid):
             connection.close()
             return
         connection.setblocking(False)
-        with self._lock:
-            self._helpers[connection] = _Helper(uid)
-            self._senders.add(uid)
+        self._connections.add(connection)
         self._selector.register(connection, selectors.EVENT_READ)
-        log.debug("input helper of uid %d connected", uid)
 
     def _read(self, connection: socket.socket) -> None:
-        helper = self._helpers[connection]
         try:
             chunk = connection.recv(MAX_MESSAGE_BYTES)
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
-        if not chunk:
+        if not chunk or not self._received(connection, chunk):
             self._drop(connection)
-            return
-        helper.pending += chunk
-        while (end := helper.pending.find(b"\n")) >= 0:
-            line = bytes(helper.pending[:end])
-            del helper.pending[:end + 1]
-            if not self._handle(helper, line):
-                self._drop(connection)
-                return
-        if len(helper.pending) > MAX_MESSAGE_BYTES:
-            self._refuse_oversized(helper)
-            self._drop(connection)
-
-    def _handle(self, helper: _Helper, line: bytes) -> bool:
-        """Merge one message; False (after saying why) when it is refused."""
-        if len(line) > MAX_MESSAGE_BYTES:
-            self._refuse_oversized(helper)
-            return False
-        try:
-            message = HelperMessage.model_validate_json(line)
-        except ValidationError as invalid:
-            first = invalid.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "message"
-            self._refuse(f"input helper of uid {helper.uid}: invalid message ({where}: {first['msg']}); "
-                         "connection closed")
-            return False
-        if message.uid != helper.uid:
-            self._refuse(f"input helper of uid {helper.uid} sent aggregates claiming uid {message.uid}; "
-                         "refused and connection closed")
-            return False
-        self.sink.merge(message.aggregate)
-        with self._lock:
-            self._senders.add(helper.uid)
-            self._devices.update(message.virtual_devices)
-            self._source = message.source
-        return True
-
-    def _refuse_oversized(self, helper: _Helper) -> None:
-        self._refuse(f"input helper of uid {helper.uid}: a message longer than {MAX_MESSAGE_BYTES} bytes; "
-                     "connection closed")
-
-    def _refuse(self, why: str) -> None:
-        log.warning("%s", why)
-        with self._lock:
-            self._refused += 1
-            if len(self._refusals) < MAX_REFUSALS:
-                self._refusals.append(why)
 
     def _drop(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._helpers.pop(connection, None)
+        self._left(connection)
+        self._connections.discard(connection)
         try:
             self._selector.unregister(connection)
         except (KeyError, ValueError):

@@ -18,7 +18,7 @@ still goes out.
 
 Per-user helpers: with ``input_helper_socket`` in the agent's config the probe reads no input
 itself; it takes the aggregates the signed-in users' ``farmwatch-agent input-helper`` processes
-send over that socket (:mod:`.helper_socket`), and the section lists their uids in
+send over that socket (:mod:`.helper_socket`; a named pipe on Windows, :mod:`.helper_pipe`), and the section lists their uids in
 ``helper_uids``. A helper is this same probe in the user's session: :meth:`InputTimingProbe.drain`
 hands its aggregates over (:mod:`.helper`).
 """
@@ -35,7 +35,8 @@ from farmwatch.agent.probes.base import Probe, ProbeContext, ProbeOptions, Probe
 from farmwatch.contract import InputSource, InputTiming
 
 from .helper_protocol import InputAggregate
-from .helper_socket import HelperSocketListener
+from .helper_listener import HelperListener
+from .helper_transport import service_listener
 from .listener import Listener
 from .stats import InputStats
 
@@ -129,7 +130,7 @@ class InputTimingProbe(Probe[InputTiming]):
         seconds, self._window_start = now - self._window_start, now
         listener = self._running_listener()
         names, source = listener.device_names(), listener.source
-        if isinstance(listener, HelperSocketListener):
+        if isinstance(listener, HelperListener):
             return self._from_helpers(listener, seconds, names)
         self._check(listener)
         summary = self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, source)
@@ -162,14 +163,14 @@ class InputTimingProbe(Probe[InputTiming]):
             self._close()
             self._listen()
 
-    def _from_helpers(self, listener: HelperSocketListener, seconds: float, names: list[str]) -> InputTiming:
+    def _from_helpers(self, listener: HelperListener, seconds: float, names: list[str]) -> InputTiming:
         senders, refusals = listener.take_window()
         for refusal in refusals:
             self.problem(refusal)
         self._check(listener)
         summary = self._recorder.take(seconds, uinput_device_names(self.context.sys_root) + names, listener.source)
         if not senders:
-            raise ProbeUnavailable(f"no input helper was connected to {listener.path} in this window (nobody "
+            raise ProbeUnavailable(f"no input helper was connected to {listener.address} in this window (nobody "
                                    "signed in, or 'farmwatch-agent input-helper' does not run in the user's session)")
         return summary.model_copy(update={"helper_uids": sorted(senders)})
 
@@ -260,7 +261,7 @@ class InputTimingProbe(Probe[InputTiming]):
         return listener
 
     def _open_helper_socket(self, path: Path) -> Listener:
-        listener = HelperSocketListener(path, self._recorder, self.context.input_helper_group)
+        listener = service_listener(path, self._recorder, self.context.input_helper_group, self.context.platform)
         try:
             listener.start()
         except OSError as error:
