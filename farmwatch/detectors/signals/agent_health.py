@@ -199,7 +199,7 @@ class AgentHealthDetector(Detector):
         """Holes between tiled windows with the same boot time on both sides (module docstring);
         ``window_starts``/``window_ends``: the rows' window times as datetime64."""
         holes = (window_starts[1:] - window_ends[:-1]) / np.timedelta64(1, "m")  # NaT: NaN, never a hole
-        found = []
+        found: list[dict[str, Any]] = []
         candidates = np.flatnonzero(holes >= self.stopped_minutes) + 1
         if not len(candidates):
             return found
