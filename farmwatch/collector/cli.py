@@ -174,6 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from farmwatch.collector.app import create_app
+    from farmwatch.collector.gc_tuning import settle_long_lived
 
     config = load_config(
         args.config,
@@ -184,10 +185,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
     storage = Storage.open(database_url(args.db), migrate=args.migrate or config.migrate)
     try:
+        app = create_app(storage, config, reducer_process=True)
+        settle_long_lived()  # what is built by now lives as long as the process (gc_tuning.py)
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
         # own; the collector applies [collector] trusted_proxies itself (ingest.source_address).
         uvicorn.run(
-            create_app(storage, config, reducer_process=True), host=args.host, port=args.port, log_level=args.log_level,
+            app, host=args.host, port=args.port, log_level=args.log_level,
             proxy_headers=False,
             ssl_certfile=config.tls_cert_file,
             ssl_keyfile=config.tls_key_file,

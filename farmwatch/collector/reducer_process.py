@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from farmwatch.collector.gc_tuning import settle_long_lived
+
 log = logging.getLogger("farmwatch.collector.reducer_process")
 
 REPORT_SECONDS = 1.0  # how often the child sends its metrics up
@@ -49,6 +51,7 @@ def run_child(url: str, lookback_hours: float, parent: Connection) -> None:
     storage = Storage.open(url, migrate="check")  # the serving process migrated before it started us
     registry = CollectorRegistry()
     reducer = Reducer(storage, utcnow, registry, lookback_hours)
+    settle_long_lived()
     reducer.start()
     try:
         while True:
