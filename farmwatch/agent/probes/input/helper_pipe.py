@@ -56,10 +56,12 @@ DEFAULT_PIPE = PIPE_PREFIX + "farmwatch-agent-input"
 # Every wait covers the stop event, one pending ConnectNamedPipe and each helper's pending read;
 # WaitForMultipleObjects takes at most MAXIMUM_WAIT_OBJECTS (64) handles (<winnt.h>).
 MAX_CONNECTIONS = 62
-# SYSTEM: full control. Authenticated Users: FILE_WRITE_DATA 0x2 | FILE_READ_ATTRIBUTES 0x80 |
-# SYNCHRONIZE 0x100000 (<winnt.h>), the least a client opening the pipe to write is granted.
-PIPE_SDDL = "D:P(A;;GA;;;SY)(A;;0x00100082;;;AU)"
+# SYSTEM and the service's own account (SYSTEM too, when installed): full control, which includes
+# FILE_CREATE_PIPE_INSTANCE for each next instance. Authenticated Users: FILE_WRITE_DATA 0x2 |
+# FILE_READ_ATTRIBUTES 0x80 | SYNCHRONIZE 0x100000 (<winnt.h>), the least a writing client is granted.
+PIPE_SDDL = "D:P(A;;GA;;;SY)(A;;GA;;;{service})(A;;0x00100082;;;AU)"
 CLIENT_ACCESS = 0x00000002  # FILE_WRITE_DATA
+PIPE_BUSY_WAIT_MS = 2000
 _ERROR_IO_PENDING, _ERROR_PIPE_CONNECTED, _ERROR_BROKEN_PIPE = 997, 535, 109  # <winerror.h>
 
 
@@ -69,9 +71,18 @@ def _os_error(error: Exception) -> OSError:
     return OSError(code or 0, f"{function}: {words}" if function else str(error))
 
 
-def _rid_of_token(token: int) -> int:
-    sid, _attributes = win32security.GetTokenInformation(token, win32security.TokenUser)
-    return int(sid.GetSubAuthority(sid.GetSubAuthorityCount() - 1))
+def _user_sid(token: int) -> _win32typing.PySID:
+    sid: _win32typing.PySID = win32security.GetTokenInformation(token, win32security.TokenUser)[0]
+    return sid
+
+
+def _rid(sid: _win32typing.PySID) -> int:
+    """The last sub-authority of the SID: S-1-5-21-<machine or domain>-<RID>."""
+    return int(win32security.ConvertSidToStringSid(sid).rsplit("-", 1)[1])
+
+
+def _own_sid() -> _win32typing.PySID:
+    return _user_sid(win32security.OpenProcessToken(win32api.GetCurrentProcess(), win32con.TOKEN_QUERY))
 
 
 def current_user_rid() -> int:
@@ -79,8 +90,7 @@ def current_user_rid() -> int:
     if _NO_PIPES:
         raise OSError(_NO_PIPES)
     try:
-        token = win32security.OpenProcessToken(win32api.GetCurrentProcess(), win32con.TOKEN_QUERY)
-        return _rid_of_token(token)
+        return _rid(_own_sid())
     except pywintypes.error as error:
         raise _os_error(error) from None
 
@@ -94,7 +104,7 @@ def client_rid(pipe: int) -> int:
         process = win32api.OpenProcess(win32con.PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
         try:
             token = win32security.OpenProcessToken(process, win32con.TOKEN_QUERY)
-            return _rid_of_token(token)
+            return _rid(_user_sid(token))
         finally:
             win32api.CloseHandle(process)
     except pywintypes.error as error:
@@ -108,9 +118,21 @@ class PipeConnection:
         if _NO_PIPES:
             raise OSError(_NO_PIPES)
         try:
-            self._handle = win32file.CreateFile(name, CLIENT_ACCESS, 0, None, win32con.OPEN_EXISTING, 0, None)
+            self._handle = self._open(name)
         except pywintypes.error as error:
             raise _os_error(error) from None
+
+    @staticmethod
+    def _open(name: str) -> _win32typing.PyHANDLE:
+        """Open the pipe; while every instance is taken (helpers of several users signing in at
+        once), wait up to PIPE_BUSY_WAIT_MS for the service to make the next."""
+        while True:
+            try:
+                return win32file.CreateFile(name, CLIENT_ACCESS, 0, None, win32con.OPEN_EXISTING, 0, None)
+            except pywintypes.error as error:
+                if error.winerror != winerror.ERROR_PIPE_BUSY:
+                    raise
+            win32pipe.WaitNamedPipe(name, PIPE_BUSY_WAIT_MS)  # raises ERROR_SEM_TIMEOUT when none came
 
     def sendall(self, data: bytes) -> None:
         try:
@@ -142,11 +164,13 @@ class NamedPipeListener(HelperListener):
         self._waiting: _Instance | None = None  # the instance a ConnectNamedPipe waits on
         self._connections: list[_Instance] = []
         self._thread: threading.Thread | None = None
+        self._sddl = ""
 
     def start(self) -> None:
         if _NO_PIPES:
             raise OSError(_NO_PIPES)
         try:
+            self._sddl = PIPE_SDDL.format(service=win32security.ConvertSidToStringSid(_own_sid()))
             self._stop_event = win32event.CreateEvent(None, True, False, None)
             self._waiting = self._create(first=True)
         except pywintypes.error as error:
@@ -170,7 +194,7 @@ class NamedPipeListener(HelperListener):
         """A new instance of the pipe (the first one refused if the name is taken)."""
         attributes = win32security.SECURITY_ATTRIBUTES()
         attributes.SECURITY_DESCRIPTOR = win32security.ConvertStringSecurityDescriptorToSecurityDescriptor(
-            PIPE_SDDL, win32security.SDDL_REVISION_1)
+            self._sddl, win32security.SDDL_REVISION_1)
         open_mode = win32pipe.PIPE_ACCESS_INBOUND | win32file.FILE_FLAG_OVERLAPPED
         if first:
             open_mode |= win32pipe.FILE_FLAG_FIRST_PIPE_INSTANCE

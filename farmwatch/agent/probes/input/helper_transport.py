@@ -37,9 +37,9 @@ def service_listener(address: Path, sink: AggregateSink, group: str | None,
     return HelperSocketListener(address, sink, group)
 
 
-def connect_to_service(address: Path, platform: str = sys.platform) -> ServiceConnection:
+def connect_to_service(address: Path) -> ServiceConnection:
     """A connection from this helper to the service; raises OSError when the service is not there."""
-    if platform == "win32":
+    if sys.platform == "win32":  # sys.platform itself, so mypy --platform checks each branch where it runs
         from .helper_pipe import PipeConnection
 
         return PipeConnection(str(address))
@@ -52,10 +52,10 @@ def connect_to_service(address: Path, platform: str = sys.platform) -> ServiceCo
     return connection
 
 
-def current_user_id(platform: str = sys.platform) -> int:
+def current_user_id() -> int:
     """The id this helper's messages claim, which the service checks against the transport's own:
     the uid on Unix; on Windows the RID of this process's user SID."""
-    if platform == "win32":
+    if sys.platform == "win32":
         from .helper_pipe import current_user_rid
 
         return current_user_rid()
