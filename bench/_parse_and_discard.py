@@ -1,7 +1,8 @@
 """The ingest benchmark's baseline server: the collector's HTTP stack that parses each report and keeps nothing.
 
-FastAPI on uvicorn as ``farmwatch-collector serve`` runs them (same event loop, HTTP parser and
-worker count), and the collector's own body reading (size cap, gzip) and strict contract parsing
+FastAPI on uvicorn as ``farmwatch-collector serve`` runs them (the report route a plain Starlette
+route, the same event loop, HTTP parser, garbage-collector settings and worker count), and the
+collector's own body reading (size cap, gzip) and strict contract parsing
 (``ingest.parse_report``); no token lookup, no quota, no database. What the collector does beyond
 this is what storing costs. Run by bench/collector_ingest.py:
 ``python bench/_parse_and_discard.py --port P --workers N``.
@@ -17,8 +18,10 @@ from datetime import datetime, timedelta, timezone
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from farmwatch.collector import ingest
+from farmwatch.collector.gc_tuning import settle_long_lived
 from farmwatch.collector.limits import Limits
 
 MAX_REPORT_BYTES = 1_048_576  # the bench collector's max_report_bytes
@@ -28,8 +31,7 @@ def discarding_app() -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None)
     skew = timedelta(seconds=Limits().max_clock_skew_seconds)
 
-    @app.post("/api/v1/reports", status_code=202)
-    async def post_report(request: Request) -> object:
+    async def post_report(request: Request) -> JSONResponse:
         try:
             body = await ingest.read_body(request.stream(), limit=MAX_REPORT_BYTES,
                                           declared_length=request.headers.get("content-length"),
@@ -37,8 +39,9 @@ def discarding_app() -> FastAPI:
             report = ingest.parse_report(body, datetime.now(timezone.utc) + skew)
         except ingest.Rejected as refused:
             return JSONResponse({"errors": refused.errors}, status_code=refused.status)
-        return {"accepted": report.seq}
+        return JSONResponse({"accepted": report.seq}, status_code=202)
 
+    app.router.routes.insert(0, Route("/api/v1/reports", post_report, methods=["POST"]))  # as the collector's
     return app
 
 
@@ -51,8 +54,9 @@ def main() -> None:
     for _ in range(args.workers - 1):
         if os.fork() == 0:
             break
-    config = uvicorn.Config(discarding_app(), log_level="warning")
-    uvicorn.Server(config).run(sockets=[listener])
+    app = discarding_app()
+    settle_long_lived()  # as serve does
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ each device counting its own seq, one device's reports in order on one connectio
   nothing: the ratio is what storing costs on top of receiving;
 - **exactly once**: afterwards the store is counted: every acknowledged (202) report must be there
   once, and nothing unacknowledged;
-- **CPU per report**: user + system CPU of the collector processes (and their children) over the
-  rate phase, beside the parse-and-discard server's over its own: less sensitive than rates to
-  whatever else shares the machine's cores.
+- **CPU per report**: user + system CPU of the collector processes (and their children: serve's
+  reducer process) over the rate phase, beside the parse-and-discard server's over its own: less
+  sensitive than rates to whatever else shares the machine's cores; and again once the reducer has
+  filed every report of the phase into rollups (it works behind ingest), with how long that took.
 
 SQLite: one collector process (one writer; synchronous=FULL, group commit). PostgreSQL (when this
 machine can start a throwaway cluster: root and the server binaries; fsync=off there, so an upper
@@ -226,6 +227,24 @@ def server_cpu(pids: list[int], phase: Coroutine[Any, Any, Outcome]) -> tuple[Ou
     return outcome, (cpu_seconds(pids) - before) / outcome.answered * 1e6
 
 
+def filed_reports(database_url: str) -> int:
+    """Reports the reducer has filed into rollups so far (each rollup row counts its windows)."""
+    engine = sqlalchemy.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as db:
+            return int(db.execute(sqlalchemy.text("SELECT coalesce(sum(reports), 0) FROM rollups")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def until_reduced(database_url: str, stored: int, timeout: float = 300.0) -> float:
+    """Seconds until the reducer has filed ``stored`` reports (``timeout`` when it has not by then)."""
+    began = time.perf_counter()
+    while filed_reports(database_url) < stored and time.perf_counter() - began < timeout:
+        time.sleep(0.25)
+    return time.perf_counter() - began
+
+
 @contextmanager
 def parse_and_discard(workers: int) -> Iterator[tuple[int, int]]:
     """The baseline server on a free port (its own process group, ended afterwards): (port, pid)."""
@@ -255,7 +274,11 @@ def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
     fixed_seqs = range(REPORTS_PER_DEVICE + 1, REPORTS_PER_DEVICE + 1 + -(-FIXED_RATE * FIXED_SECONDS // DEVICES))
     fixed = [request(ports[0], device, seq, now) for seq in fixed_seqs for device in devices][:FIXED_RATE * FIXED_SECONDS]
     pids = [collector.process.pid for collector in collectors if collector.process is not None]
+    before = cpu_seconds(pids)
     rate_run, cpu = server_cpu(pids, as_fast_as_answered(ports, loaded))
+    # The reducer files stored reports into rollups behind ingest: its share is counted once it caught up.
+    catch_up = until_reduced(collectors[0].db_url, stored_reports(collectors[0].db_url)[0])
+    cpu_reduced = (cpu_seconds(pids) - before) / rate_run.answered * 1e6
     fixed_run = asyncio.run(at_fixed_rate(ports, fixed, FIXED_RATE))
     with parse_and_discard(len(collectors)) as (port, pid):
         floor_run, floor_cpu = server_cpu([pid], as_fast_as_answered([port], loaded))
@@ -278,6 +301,9 @@ def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
         Figure(f"p99 latency at full rate, {store}", rate_run.quantile(0.99) * 1000, "ms"),
         Figure(f"reports not acknowledged or not stored exactly once, {store}", missing, "reports", target=at_most(0)),
         Figure(f"collector CPU per report, {store}", cpu, "us", floor_cpu, "parse-and-discard server's CPU per report"),
+        Figure(f"collector CPU per report with the reducer caught up, {store}", cpu_reduced, "us", floor_cpu,
+               "parse-and-discard server's CPU per report"),
+        Figure(f"reducer catching up after the rate phase, {store}", catch_up, "s"),
         Figure(f"laptops carried at a {AGENT_INTERVAL_SECONDS} s interval, {store}", rate * AGENT_INTERVAL_SECONDS,
                "laptops"),
     ]
