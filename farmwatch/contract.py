@@ -251,7 +251,8 @@ class InputTiming(_Section):
     # and cannot see input injected inside a display server (XTest, xrdp), so its zero means less.
     source: InputSource | None = None
     # Added to v1 (optional): set when per-user input helpers sent these figures to the agent's
-    # service over its local socket; the uids (never names) the kernel gave for their connections.
+    # service over its local socket; the uids (never names) the kernel gave for their connections
+    # (Windows: over a named pipe; the RID, the SID's last part, of each pipe client's account).
     helper_uids: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] | None = None
 
 
