@@ -21,8 +21,8 @@ Who may send, and who sent:
   never a name. Two accounts from different domains can share a RID; the report counts them as one.
   Loopback TCP was not used: it carries no sender identity.
 
-pywin32 is imported only on Windows; on other systems this module loads (the probe chooses the
-transport by platform) and ``start`` or ``connect`` raise ``OSError``.
+pywin32 is in the agent's dependencies on Windows only; elsewhere this module still loads (and is
+type-checked against pywin32's stubs), and every entry point raises ``OSError`` saying why.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ MAX_CONNECTIONS = 62
 PIPE_SDDL = "D:P(A;;GA;;;SY)(A;;GA;;;{service})(A;;0x00100082;;;AU)"
 CLIENT_ACCESS = 0x00000002  # FILE_WRITE_DATA
 PIPE_BUSY_WAIT_MS = 2000
-_ERROR_IO_PENDING, _ERROR_PIPE_CONNECTED, _ERROR_BROKEN_PIPE = 997, 535, 109  # <winerror.h>
 
 
 def _os_error(error: Exception) -> OSError:
@@ -208,9 +207,17 @@ class NamedPipeListener(HelperListener):
         return _Instance(handle, overlapped)
 
     def _wait_for_client(self, instance: _Instance) -> None:
-        instance.pending = True
-        if win32pipe.ConnectNamedPipe(instance.handle, instance.overlapped) == _ERROR_PIPE_CONNECTED:
-            instance.pending = False  # a client came between CreateNamedPipe and ConnectNamedPipe
+        while True:
+            try:
+                result = win32pipe.ConnectNamedPipe(instance.handle, instance.overlapped)
+                break
+            except pywintypes.error as error:
+                if error.winerror != winerror.ERROR_NO_DATA:
+                    raise
+                win32pipe.DisconnectNamedPipe(instance.handle)  # a client came and went already: wait anew
+        connected = result == winerror.ERROR_PIPE_CONNECTED  # else ERROR_IO_PENDING (or 0)
+        instance.pending = not connected
+        if connected:  # a client came between CreateNamedPipe and ConnectNamedPipe: no completion will signal
             win32event.SetEvent(instance.overlapped.hEvent)
 
     def _run(self) -> None:
@@ -219,7 +226,8 @@ class NamedPipeListener(HelperListener):
             if self._waiting is not None:
                 self._wait_for_client(self._waiting)
             while True:
-                instances: list[_Instance] = [*([self._waiting] if self._waiting is not None else []), *self._connections]
+                waiting = [self._waiting] if self._waiting is not None else []
+                instances: list[_Instance] = [*waiting, *self._connections]
                 events = [self._stop_event, *(instance.overlapped.hEvent for instance in instances)]
                 which = win32event.WaitForMultipleObjects(events, False, win32event.INFINITE) - win32event.WAIT_OBJECT_0
                 if which == 0:
