@@ -36,7 +36,8 @@ from farmwatch.agent.probes.input.helper_socket import HelperSocketListener
 from farmwatch.agent.probes.input.stats import InputStats
 from farmwatch.agent.settings import load_file
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets: the helper runs on macOS and Linux")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets (Windows has the named pipe: "
+                                "tests/agent/test_input_helper_pipe.py)")
 
 
 Event = tuple[str, float, float | None, bool]  # kind, time, distance moved, injected

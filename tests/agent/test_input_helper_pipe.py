@@ -39,6 +39,7 @@ from farmwatch.agent.probes.input.helper_transport import connect_to_service, cu
 connection = connect_to_service(Path(sys.argv[1]))
 aggregate = InputAggregate(key_events=3, key_interval_ms={120: 2})
 connection.sendall(encode(HelperMessage(uid=current_user_id(), source="pynput", aggregate=aggregate)))
+sys.stdin.read()  # alive until the test has seen the message, like a helper between flushes
 connection.close()
 """
 
@@ -100,8 +101,12 @@ def _send(name: str, data: bytes) -> None:
 def test_a_helper_process_is_named_by_its_accounts_rid(listener: NamedPipeListener) -> None:
     stats = listener.sink
     assert isinstance(stats, InputStats)
-    subprocess.run([sys.executable, "-c", SENDER, listener.address], check=True, timeout=60)
-    _wait(lambda: stats.key_events == 3, "the helper's aggregate merged")
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, listener.address], stdin=subprocess.PIPE)
+    try:
+        _wait(lambda: stats.key_events == 3, "the helper's aggregate merged")
+    finally:
+        sender.communicate(timeout=60)  # closes its stdin: it exits
+    assert sender.returncode == 0
     senders, refusals = listener.take_window()
     assert senders == {_whoami_rid()} and refusals == []
     assert listener.source == "pynput"
