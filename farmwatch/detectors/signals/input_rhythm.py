@@ -118,7 +118,11 @@ class InputRhythmDetector(Detector):
         virtual = reports.loc[reports["virtual_devices"] != "", ["device_id", "virtual_devices"]]
         virtual_by_device = virtual.groupby("device_id")["virtual_devices"].agg(set).to_dict()
         found = []
-        devices = sorted(set(odd["device_id"]) | set(inj_share.index) | set(virtual["device_id"]))
+        if self.min_regular_windows > 0:  # only the devices that can have a part get the per-device work
+            devices = sorted(self._rhythm_candidates(odd) | set(inj_share.index[inj_share > 0])
+                             | set(virtual["device_id"]))
+        else:  # then even a device without typed windows is judged on its regular keys
+            devices = sorted(set(odd["device_id"]) | set(inj_share.index) | set(virtual["device_id"]))
         odd_groups = odd.groupby("device_id")
         spans = reports.groupby("device_id")["window_end"].agg(["min", "max"])
         for device in devices:
@@ -168,6 +172,25 @@ class InputRhythmDetector(Detector):
             if finding is not None:
                 found.append(finding)
         return found
+
+    def _rhythm_candidates(self, odd: pd.DataFrame) -> set[str]:
+        """Devices whose typed windows can give a rhythm or a regular-keys part, decided over whole
+        columns (a small margin keeps every device :meth:`detect` would find): only those, and the
+        devices with injected input or virtual devices, get the per-device work."""
+        grouped = odd.groupby("device_id")
+        windows = grouped.size()
+        if windows.empty:
+            return set()
+        later = grouped.cumcount().to_numpy() >= (windows[odd["device_id"]].to_numpy() // 2)  # the recent half
+        odd_windows = grouped["odd"].sum()
+        recent_odd = odd.loc[later].groupby("device_id")["odd"].sum().reindex(windows.index, fill_value=0)
+        recent = windows - windows // 2
+        share = odd_windows / windows
+        recent_share = (recent_odd / recent).where(recent >= self.min_windows, share)
+        rhythm = (windows >= self.min_windows) & (np.maximum(share, recent_share) > 0.1 - 1e-9)
+        regular = grouped["regular"].sum()
+        regular_keys = (regular >= self.min_regular_windows) & (regular / windows >= self.regular_share - 1e-9)
+        return set(windows.index[rhythm | regular_keys])
 
     def regular_windows(self, typed: pd.DataFrame) -> pd.Series:
         """Per typed window: keys at a fixed pace, neither bunched nor injected (module docstring)."""
