@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
@@ -29,12 +28,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from farmwatch.collector.gc_tuning import settle_long_lived
+from farmwatch.collector.periodic import JOIN_SECONDS, PeriodicWorker
 
 log = logging.getLogger("farmwatch.collector.reducer_process")
 
 REPORT_SECONDS = 1.0  # how often the child sends its metrics up
 RESTART_SECONDS = 2.0  # pause before a dead child is started again
-STOP_SECONDS = 30.0  # a stopping child may finish its batch (one transaction) before it is killed
+STOP_SECONDS = JOIN_SECONDS - 5  # a stopping child may finish its batch (one transaction), then is killed
 
 
 def utcnow() -> datetime:
@@ -75,10 +75,13 @@ class _ChildMetrics(Collector):
         return iter(self.families)
 
 
-class ReducerProcess:
-    """Runs :func:`run_child` in a supervised child process; ``start``/``stop`` like the in-process reducer."""
+class ReducerProcess(PeriodicWorker):
+    """Runs :func:`run_child` in a supervised child process: each step starts one and follows it until
+    it exits (then the next step, ``RESTART_SECONDS`` later, starts another) or the worker stops."""
 
     def __init__(self, url: str, lookback_hours: float, registry: CollectorRegistry) -> None:
+        super().__init__("farmwatch-reducer-supervisor", RESTART_SECONDS,
+                         "supervising the reducer's process failed; starting it again")
         self.url = url
         self.lookback_hours = lookback_hours
         self._metrics = _ChildMetrics()
@@ -86,40 +89,28 @@ class ReducerProcess:
         self.restarts = Counter("farmwatch_reducer_restarts", "Times the reducer's child process died and was started again.",
                                 registry=registry)
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        self._stop = threading.Event()
-        self._supervisor: threading.Thread | None = None
         self.child: BaseProcess | None = None
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._supervisor = threading.Thread(target=self._supervise, name="farmwatch-reducer-supervisor", daemon=True)
-        self._supervisor.start()
+    def next_delay(self, last_step_seconds: float | None) -> float:
+        return 0.0 if last_step_seconds is None else RESTART_SECONDS  # the first child at once
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._supervisor is not None:
-            self._supervisor.join(timeout=STOP_SECONDS + 5)
-            self._supervisor = None
-
-    def _supervise(self) -> None:
-        while not self._stop.is_set():
-            ours, theirs = self._context.Pipe()
-            child = self._context.Process(target=run_child, args=(self.url, self.lookback_hours, theirs),
-                                          name="farmwatch-reducer", daemon=True)
-            child.start()
-            theirs.close()
-            self.child = child
-            self._follow(child, ours)
-            if not self._stop.is_set():
-                log.error("the reducer's process %s exited (code %s); starting it again in %.0f s",
-                          child.pid, child.exitcode, RESTART_SECONDS)
-                self.restarts.inc()
-                self._stop.wait(RESTART_SECONDS)
+    def step(self) -> None:
+        ours, theirs = self._context.Pipe()
+        child = self._context.Process(target=run_child, args=(self.url, self.lookback_hours, theirs),
+                                      name="farmwatch-reducer", daemon=True)
+        child.start()
+        theirs.close()
+        self.child = child
+        self._follow(child, ours)
+        if not self.stopping:
+            log.error("the reducer's process %s exited (code %s); starting it again in %.0f s",
+                      child.pid, child.exitcode, RESTART_SECONDS)
+            self.restarts.inc()
 
     def _follow(self, child: BaseProcess, pipe: Connection) -> None:
         """Take the child's metrics until it exits or we stop; then see it ends."""
         try:
-            while not self._stop.is_set():
+            while not self.stopping:
                 if pipe.poll(REPORT_SECONDS):
                     self._metrics.families = pipe.recv()
                 elif not child.is_alive():
