@@ -170,7 +170,8 @@ def test_devices_whose_windows_leave_the_lookback_are_marked_once_per_hour(stora
     def mark(lookback_start: datetime) -> set[str]:
         storage.mark_aged_out(lambda after, through: aged_out_devices(storage, after, through), lookback_start, T0)
         with storage.engine.connect() as connection:
-            return set(connection.execute(sa.select(work_table.c.device_id)).scalars())
+            marked = set(connection.execute(sa.select(work_table.c.device_id)).scalars())
+        return marked & {"dev-quiet", "dev-later"}  # the postgres fixture is shared by the module's tests
 
     assert mark(T0 - timedelta(hours=1)) == set()  # the first call records where the lookback starts
     assert mark(T0 + timedelta(minutes=30)) == set()  # T0's hour has only begun to leave
