@@ -36,7 +36,6 @@ import os
 import resource
 import secrets
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -51,7 +50,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "fixtures"))
-from collector_process import SERVE, die_with_parent, free_port, launch_collector  # noqa: E402  (the tests')
+from collector_process import SERVE, die_with_parent, free_port, launch_collector, wait_for_tls  # noqa: E402  (the tests')
 from throwaway_ca import make_pki  # noqa: E402
 from report import Figure, at_most, publish, quick  # noqa: E402
 
@@ -138,14 +137,7 @@ def https_collector(folder: Path) -> tuple[subprocess.Popen[bytes], str, Path, P
              "--enroll-secret-file", str(secret), "--analyst-token-file", str(secret), "--log-level", "warning",
              "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-    trust = ssl.create_default_context(cafile=str(pki.ca))
-    for _ in range(600):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                trust.wrap_socket(raw, server_hostname="127.0.0.1").close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_for_tls(port, pki.ca, 600)
     return server, f"https://127.0.0.1:{port}", secret, pki.ca
 
 

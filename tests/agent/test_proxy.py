@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from certificates import self_signed
-from collector_process import SERVE, RunningCollector, free_port
+from collector_process import SERVE, RunningCollector, free_port, wait_for_tls
 
 pytestmark = [
     pytest.mark.slow,
@@ -145,14 +144,7 @@ def test_an_https_collector_is_reached_through_a_connect_tunnel(proxy_factory, t
             stdout=log, stderr=subprocess.STDOUT,
         )
     try:
-        trust = ssl.create_default_context(cafile=str(cert))
-        for _ in range(300):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                    trust.wrap_socket(raw, server_hostname="127.0.0.1").close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for_tls(port, cert, 300)
         proxy = proxy_factory(port)
         agent_config = tmp_path / "agent.toml"
         agent_config.write_text(f'[agent]\nca_file = "{cert}"\n')
