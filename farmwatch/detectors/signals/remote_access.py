@@ -25,8 +25,10 @@ was a live session as much as one still open at the window's end (the frame's ``
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 
 from farmwatch.agent.probes.remote_access.catalog import catalog
@@ -109,84 +111,71 @@ class RemoteAccessDetector(Detector):
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         tools = pd.concat([frames.tools, _session_rows(frames)], ignore_index=True)
+        tools = tools[tools["tool"].notna()]
         if tools.empty:
             return []
         reports = frames.reports
         tools = tools.assign(
             time=frames.times(tools),
             injected=reports["injected_events"].fillna(0).to_numpy()[tools["rec"].to_numpy()] > 0,
+            live=tools["live"].astype(bool),
         )
         device_start = reports.groupby("device_id")["window_end"].min()
+        uses = _tool_uses(tools, context)
         found: list[DeviceFinding] = []
-        for device, rows in tools.groupby("device_id", sort=True):
-            entry = context.roster.get(str(device))
+        for device, device_uses in uses.items():  # sorted by device, then tool
+            entry = context.roster.get(device)
             approved = set(entry.approved_tools) if entry else set()
-            unapproved = sorted(set(rows["tool"].dropna()) - approved)
-            for tool, used in rows.groupby("tool", sort=True):
-                found.append(
-                    self._score_tool(str(device), str(tool), used, tool in approved, unapproved, entry,
-                                     device_start[device])
-                )
+            unapproved = sorted({use.tool for use in device_uses} - approved)
+            for use in device_uses:
+                found.append(self._score_tool(device, use, use.tool in approved, unapproved, entry,
+                                              device_start[device]))
         return found
 
     def _score_tool(
         self,
         device: str,
-        tool: str,
-        used: pd.DataFrame,
+        use: ToolUse,
         approved: bool,
         unapproved: list[str],
         entry: RosterEntry | None,
         device_start: pd.Timestamp,
     ) -> DeviceFinding:
-        process = str(used["process"].dropna().iloc[0]) if used["process"].notna().any() else None
+        tool, process = use.tool, use.process
         shown = display_name(tool, process)
-        live = used[used["live"]]
-        inbound = live[live["direction"] == "inbound"]
-        public_inbound = [ip for ip in inbound["remote_ip"].unique() if is_public(str(ip))]
+        public_inbound = [ip for ip in use.inbound_peers if is_public(ip)]
         # Direct peers only: a relay's country is the vendor's data centre, not the operator's.
-        countries = sorted({c for ip in public_inbound if (c := peer_country(str(ip)))})
+        countries = sorted({c for ip in public_inbound if (c := peer_country(ip))})
         foreign = [c for c in countries if entry is not None and entry.country and c != entry.country]
-        live_recs = live.drop_duplicates("rec")
-        injected_share = float(live_recs["injected"].mean()) if len(live_recs) else 0.0
-        # Reports in which the laptop was being driven: an inbound peer, or injected input.
-        driven = live_recs[live_recs["injected"] | live_recs["rec"].isin(inbound["rec"])]
-        controlled = not driven.empty
-        # Whose hours: the driven reports when there are any (an idle relay link runs all day).
-        timed = driven if controlled else live_recs
-        local = local_times(timed["time"], entry.timezone if entry else None)
-        outside_share = float(outside_working_time(local).mean()) if len(timed) else 0.0
-        new_tool = used["time"].min() - device_start >= pd.Timedelta(hours=self.baseline_hours)
-        ways = _ways(used)
+        controlled = use.driven_reports > 0
+        new_tool = use.first_used - device_start >= pd.Timedelta(hours=self.baseline_hours)
+        ways = use.ways
         tunnel = catalog().kinds.get(tool) == "tunnel"
         # Recognised, but not by its own name: renamed, or running under a name the catalogue lacks.
         unnamed = bool(ways) and "name" not in ways
-        relayed_domains = sorted(set(live["domain"].dropna())) if "domain" in live else []
-        # Sessions the agent's socket watcher saw begin and end inside one window count as live too.
-        ended = live[live["state"].astype(str).str.upper() == "CLOSED"]
-        longest = live["duration_seconds"].max() if "duration_seconds" in live else None
+        live = use.live_connections
 
-        if live.empty:
+        if not live:
             score, what = self.running, "ran without a live session"
         elif controlled:
             score = self.controlled_session
-            what = (f"held live connections in {len(live_recs)} report(s) and drove this laptop (inbound peer or "
-                    f"injected input) in {len(driven)}")
+            what = (f"held live connections in {use.session_reports} report(s) and drove this laptop (inbound peer "
+                    f"or injected input) in {use.driven_reports}")
         else:
-            score, what = self.outbound_session, f"held a live outbound session in {len(live_recs)} report(s)"
-        if len(live):
+            score, what = self.outbound_session, f"held a live outbound session in {use.session_reports} report(s)"
+        if live:
             score += self.public_inbound * bool(public_inbound)
             score += self.foreign_peer * bool(foreign)
-            score += self.outside_hours * (outside_share > 0.5)
+            score += self.outside_hours * (use.outside_share > 0.5)
         score += self.several_vendors * (len(unapproved) > 1 and not approved)
         score += self.first_seen * bool(new_tool)
-        if unnamed and len(live):
+        if unnamed and live:
             score += self.unnamed_relay if "domain" in ways else self.unnamed
         if tunnel:
             score *= self.tunnel_factor
         if approved:
             score *= self.approved_factor
-        path = "direct inbound peer" if len(inbound) else ("relay or outbound peer" if len(live) else "none")
+        path = "direct inbound peer" if use.inbound_connections else ("relay or outbound peer" if live else "none")
         kind = "tunnel" if tunnel else "remote-access tool"
         found_as = (f", recognised by {' and '.join(sorted(ways))} while running as {process}"
                     if unnamed and process else "")
@@ -194,8 +183,8 @@ class RemoteAccessDetector(Detector):
             f"{'Approved' if approved else 'Unapproved'} {kind} {shown} ({tool}){found_as} {what}"
             + (f", {len(public_inbound)} public inbound peer(s)" if public_inbound else "")
             + (f" registered in {', '.join(countries)}" if countries else "")
-            + (f"; {len(ended)} connection(s) ended inside their window" if len(ended) else "")
-            + (f"; {outside_share:.0%} of those reports fell outside working hours" if len(timed) else "")
+            + (f"; {use.ended} connection(s) ended inside their window" if use.ended else "")
+            + (f"; {use.outside_share:.0%} of those reports fell outside working hours" if use.timed_reports else "")
             + "."
         )
         evidence = {
@@ -203,33 +192,118 @@ class RemoteAccessDetector(Detector):
             "name": shown,
             "process": process,
             "approved": approved,
-            "session_reports": len(live_recs),
-            "driven_reports": len(driven),
+            "session_reports": use.session_reports,
+            "driven_reports": use.driven_reports,
             "path": path,
-            "inbound_peers": sorted(map(str, inbound["remote_ip"].unique()))[:5],
+            "inbound_peers": sorted(use.inbound_peers)[:5],
             "inbound_peer_countries": countries,
             "foreign_peer": bool(foreign),
-            "outbound_peers": sorted(map(str, live[live["direction"] == "outbound"]["remote_ip"].unique()))[:5],
-            "injected_share_in_session": injected_share,
-            "outside_hours_share": outside_share,
+            "outbound_peers": sorted(use.outbound_peers)[:5],
+            "injected_share_in_session": use.injected_share,
+            "outside_hours_share": use.outside_share,
             "first_seen_tool": bool(new_tool),
             "unapproved_vendors": unapproved,
             "kind": "tunnel" if tunnel else "remote_control",
             "matched_by": sorted(ways),
             "recognised_without_its_name": unnamed,
-            "relay_domains": relayed_domains[:5],
-            "ended_in_window_connections": len(ended),
-            "longest_session_seconds": None if longest is None or pd.isna(longest) else float(longest),
+            "relay_domains": use.relay_domains[:5],
+            "ended_in_window_connections": use.ended,
+            "longest_session_seconds": use.longest_session_seconds,
         }
-        span = live if len(live) else used
-        return self.finding(device, score, summary, evidence, span["time"].min(), span["time"].max())
+        return self.finding(device, score, summary, evidence, use.first, use.last)
 
 
-def _ways(used: pd.DataFrame) -> set[str]:
-    """Every way the agent recognised the tool in these rows (OS sessions have none)."""
-    if "matched_by" not in used:
-        return set()
-    return {way for joined in used["matched_by"].dropna() for way in str(joined).split(";") if way}
+@dataclass(frozen=True)
+class ToolUse:
+    """What one device's rows of one tool (connections and OS sessions) add up to."""
+
+    tool: str
+    process: str | None  # the first process name reported
+    ways: set[str]  # every way the agent recognised it (OS sessions: none)
+    first_used: pd.Timestamp  # the earliest report naming it
+    live_connections: int  # rows with a live session
+    inbound_connections: int
+    inbound_peers: list[str]  # distinct peers of live inbound connections
+    outbound_peers: list[str]
+    relay_domains: list[str]  # sorted catalogued relay domains of live connections
+    ended: int  # live connections that ended inside their window
+    longest_session_seconds: float | None
+    session_reports: int  # reports with a live connection
+    driven_reports: int  # of those, driven: an inbound peer or injected input
+    timed_reports: int  # the reports whose hours count: the driven ones, else every session report
+    injected_share: float  # share of session reports with injected input
+    outside_share: float  # share of the timed reports outside the roster zone's working time
+    first: pd.Timestamp  # the span of the live rows (of every row without one)
+    last: pd.Timestamp
+
+
+_KEYS = ["device_id", "tool"]
+
+
+def _tool_uses(tools: pd.DataFrame, context: Context) -> dict[str, list[ToolUse]]:
+    """Per device (sorted), one :class:`ToolUse` per tool (sorted), aggregated over whole columns
+    (grouped by device and tool) rather than device by device."""
+    live = tools[tools["live"].to_numpy()]
+    inbound = live[(live["direction"] == "inbound").to_numpy()]
+    # One row per report with a live connection of the tool (its first), as the report's facts.
+    live_recs = live.drop_duplicates(_KEYS + ["rec"])
+    driven = (live_recs["injected"].to_numpy()
+              | pd.MultiIndex.from_frame(live_recs[_KEYS + ["rec"]]).isin(
+                  pd.MultiIndex.from_frame(inbound[_KEYS + ["rec"]])))
+    zones = {device: entry.timezone for device, entry in context.roster.items()}
+    outside = np.zeros(len(live_recs), dtype=bool)
+    zone_of = live_recs["device_id"].map(zones).fillna("").to_numpy(dtype=object)
+    for zone in pd.unique(zone_of):
+        at = zone_of == zone
+        outside[at] = outside_working_time(local_times(live_recs["time"][at], zone or None)).to_numpy()
+    recs = pd.DataFrame({"device_id": live_recs["device_id"].to_numpy(), "tool": live_recs["tool"].to_numpy(),
+                         "injected": live_recs["injected"].to_numpy(), "driven": driven,
+                         "outside": outside, "outside_driven": outside & driven})
+    per_rec = recs.groupby(_KEYS, sort=True).agg(
+        session_reports=("driven", "size"), driven_reports=("driven", "sum"), injected=("injected", "sum"),
+        outside=("outside", "sum"), outside_driven=("outside_driven", "sum"))
+    used = tools.groupby(_KEYS, sort=True).agg(process=("process", "first"), first_used=("time", "min"),
+                                               used_last=("time", "max"))
+    live_span = live.groupby(_KEYS, sort=True).agg(
+        first=("time", "min"), last=("time", "max"), live_connections=("time", "size"),
+        longest=("duration_seconds", "max"))
+    ended = live[live["state"].astype(str).str.upper().to_numpy() == "CLOSED"].groupby(_KEYS).size()
+    inbound_count = inbound.groupby(_KEYS).size()
+    inbound_peers = inbound.groupby(_KEYS)["remote_ip"].unique()
+    outbound = live[(live["direction"] == "outbound").to_numpy()]
+    outbound_peers = outbound.groupby(_KEYS)["remote_ip"].unique()
+    domains = live.dropna(subset=["domain"]).groupby(_KEYS)["domain"].unique()
+    matched = tools.dropna(subset=["matched_by"]).groupby(_KEYS)["matched_by"].unique()
+    uses: dict[str, list[ToolUse]] = {}
+    for key, row in zip(used.index, used.itertuples(index=False)):
+        device, tool = str(key[0]), str(key[1])
+        counts = per_rec.loc[key] if key in per_rec.index else None
+        session_reports = int(counts["session_reports"]) if counts is not None else 0
+        driven_reports = int(counts["driven_reports"]) if counts is not None else 0
+        injected = int(counts["injected"]) if counts is not None else 0
+        timed = driven_reports if driven_reports else session_reports
+        outside_timed = (0 if counts is None else
+                         int(counts["outside_driven"] if driven_reports else counts["outside"]))
+        span = live_span.loc[key] if key in live_span.index else None
+        longest = None if span is None or pd.isna(span["longest"]) else float(span["longest"])
+        uses.setdefault(device, []).append(ToolUse(
+            tool=tool, process=None if pd.isna(row.process) else str(row.process),
+            ways={way for joined in matched.get(key, ()) for way in str(joined).split(";") if way},
+            first_used=row.first_used,
+            live_connections=0 if span is None else int(span["live_connections"]),
+            inbound_connections=int(inbound_count.get(key, 0)),
+            inbound_peers=[str(ip) for ip in inbound_peers.get(key, ())],
+            outbound_peers=[str(ip) for ip in outbound_peers.get(key, ())],
+            relay_domains=sorted(set(domains.get(key, ()))),
+            ended=int(ended.get(key, 0)),
+            longest_session_seconds=longest,
+            session_reports=session_reports, driven_reports=driven_reports, timed_reports=timed,
+            injected_share=injected / session_reports if session_reports else 0.0,
+            outside_share=outside_timed / timed if timed else 0.0,
+            first=row.first_used if span is None else span["first"],
+            last=row.used_last if span is None else span["last"],
+        ))
+    return uses
 
 
 def _session_rows(frames: Frames) -> pd.DataFrame:
