@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from farmwatch.collector import cli as collector_cli
+from farmwatch.collector.command_support import CommandError, open_existing
 from farmwatch.collector import outbox
 from farmwatch.collector.alerts import Alert, AlertFinding
 from farmwatch.collector.config import load_outputs
@@ -70,7 +70,7 @@ def _test_outputs(args: argparse.Namespace) -> int:
     if not chosen:
         names = ", ".join(settings.name for settings in configured) or "none"
         wanted = f"no output named {args.name!r}" if args.name else "no [[outputs]]"
-        raise collector_cli.CommandError(f"{args.config}: {wanted} (configured: {names})")
+        raise CommandError(f"{args.config}: {wanted} (configured: {names})")
     refused = 0
     for settings in chosen:
         output = build(settings)
@@ -87,8 +87,8 @@ def _test_outputs(args: argparse.Namespace) -> int:
 
 def _list_alerts(args: argparse.Namespace) -> int:
     if args.limit < 1:
-        raise collector_cli.CommandError("--limit must be at least 1")
-    storage = collector_cli._open_existing(args.db)
+        raise CommandError("--limit must be at least 1")
+    storage = open_existing(args.db)
     try:
         rows = outbox.recent(storage, args.limit)
     finally:

@@ -16,18 +16,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from farmwatch.collector.alert_commands import add_commands as add_alert_commands
+from farmwatch.collector.command_support import CommandError, database_url, db_flag, open_existing, parse_since
 from farmwatch.collector.config import load_config
+from farmwatch.collector.console.cli import add_commands as add_console_commands
+from farmwatch.collector.db_commands import add_commands as add_db_commands
 from farmwatch.collector.purge import purge_device
 from farmwatch.collector.storage import Storage
 from farmwatch.errors import FarmwatchError
 from farmwatch.roster import ANCHOR_COLUMNS, ROSTER_COLUMNS, load_anchors, load_roster
 from farmwatch.times import parse_utc
-
-DEFAULT_DB = "sqlite:///farmwatch.db"
-
-
-class CommandError(FarmwatchError):
-    """An expected failure; its message is the one line the user sees."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", metavar="H",
                        help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=int, default=8765, metavar="P", help="TCP port to listen on (default: 8765)")
-    _db_flag(serve)
+    db_flag(serve)
     serve.add_argument("--config", type=Path, metavar="FILE",
                        help="collector.toml with [collector], [detection], [geo], [agent] (see collector/README.md) "
                        "and [[outputs]], the SIEMs alerts go to (README: Sending alerts to your SIEM)")
@@ -93,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the stored ingest records (received_at, source_ip, geo, report), oldest first, "
         "one JSON object per line: the input of farmwatch-detect.",
     )
-    _db_flag(export)
+    db_flag(export)
     export.add_argument("--since", metavar="TIME", help="only records received at or after this RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
     export.add_argument("--out", type=Path, metavar="FILE", help="file to write (default: standard output); written whole or not at all")
     export.set_defaults(run=_export)
@@ -109,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"{','.join(ROSTER_COLUMNS if table == 'roster' else ANCHOR_COLUMNS)}; example: deploy/dev/{table}.csv). "
             "Nothing changes if any row is bad; the error names the line.",
         )
-        _db_flag(load)
+        db_flag(load)
         load.add_argument("csv", type=Path, metavar=f"{table.upper()}.csv")
         load.set_defaults(run=_import_table, table=table)
 
@@ -120,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="revoke a device's token",
         description="Revoke every token of a device: its agent gets 401 and must enrol again with the enrol secret.",
     )
-    _db_flag(revoke)
+    db_flag(revoke)
     revoke.add_argument("device_id", metavar="DEVICE_ID")
     revoke.set_defaults(run=_revoke)
     purge = device_actions.add_parser(
@@ -133,41 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: farmwatch-collector devices purge --db /var/lib/farmwatch/farmwatch.db dev-3f2a9c1b0d4e "
         "--before 2026-11-28T00:00:00Z",
     )
-    _db_flag(purge)
+    db_flag(purge)
     purge.add_argument("device_id", metavar="DEVICE_ID")
     purge.add_argument("--before", metavar="TIME",
                        help="only reports received before this RFC 3339 time, e.g. 2026-11-28T00:00:00Z (default: all)")
     purge.set_defaults(run=_purge)
 
-    from farmwatch.collector.alert_commands import add_commands as add_alert_commands  # builds on this module
-
-    add_alert_commands(commands, _db_flag)
-
-    from farmwatch.collector.db_commands import add_commands as add_db_commands  # builds on this module
-
-    add_db_commands(commands, _db_flag)
-
-    from farmwatch.collector.console.cli import add_commands  # imported here: it builds on this module
-
-    add_commands(commands, _db_flag)
+    add_alert_commands(commands, db_flag)
+    add_db_commands(commands, db_flag)
+    add_console_commands(commands, db_flag)
     return parser
-
-
-def _db_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=DEFAULT_DB, metavar="URL",
-                        help=f"database URL or SQLite file path (default: {DEFAULT_DB})")
-
-
-def database_url(value: str) -> str:
-    """A SQLAlchemy URL from ``--db``: URLs pass through, a bare path means a SQLite file."""
-    return value if "://" in value else f"sqlite:///{value}"
-
-
-def _open_existing(value: str) -> Storage:
-    url = database_url(value)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise CommandError(f"no database at {url.removeprefix('sqlite:///')} (start `serve` with this --db first)")
-    return Storage.open(url)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -201,8 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    since = _parse_time(args.since) if args.since else None
-    storage = _open_existing(args.db)
+    since = parse_since(args.since) if args.since else None
+    storage = open_existing(args.db)
     try:
         lines = (json.dumps(record, separators=(",", ":")) + "\n" for record in storage.records(since))
         count = _write_lines(lines, args.out)
@@ -236,15 +209,8 @@ def _write_lines(lines: Iterable[str], out: Path | None) -> int:
     return count
 
 
-def _parse_time(text: str) -> datetime:
-    try:
-        return parse_utc(text)
-    except ValueError as problem:
-        raise CommandError(f"--since {problem}") from None
-
-
 def _import_table(args: argparse.Namespace) -> int:
-    storage = _open_existing(args.db)
+    storage = open_existing(args.db)
     try:
         if args.table == "roster":
             count = len(entries := load_roster(args.csv))
@@ -259,7 +225,7 @@ def _import_table(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    storage = _open_existing(args.db)
+    storage = open_existing(args.db)
     try:
         revoked = storage.revoke(args.device_id, datetime.now(timezone.utc))
     except KeyError:
@@ -279,7 +245,7 @@ def _purge(args: argparse.Namespace) -> int:
         actor = f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no name for this uid (a container, a dynamic user)
         actor = f"cli:uid{os.getuid()}"
-    storage = _open_existing(args.db)
+    storage = open_existing(args.db)
     try:
         purged = purge_device(storage.engine, args.device_id, before, actor, datetime.now(timezone.utc))
     except KeyError:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from farmwatch.collector import cli as collector_cli
+from farmwatch.collector.command_support import CommandError, database_url, open_existing
 from farmwatch.collector import migrate
 from farmwatch.collector.config import load_retention_config
 from farmwatch.collector.retention import RULES, prune
@@ -84,14 +84,14 @@ def _reason(failure: sa.exc.SQLAlchemyError) -> str:
 
 
 def _engine_of_existing(value: str) -> sa.Engine:
-    url = collector_cli.database_url(value)
+    url = database_url(value)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise collector_cli.CommandError(f"no database at {url.removeprefix('sqlite:///')}")
+        raise CommandError(f"no database at {url.removeprefix('sqlite:///')}")
     return open_engine(url)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    url = collector_cli.database_url(args.db)
+    url = database_url(args.db)
     engine = open_engine(url)
     try:
         done = migrate.upgrade(engine)
@@ -132,7 +132,7 @@ def _history(_args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     settings = load_retention_config(args.config)
-    storage = collector_cli._open_existing(args.db)
+    storage = open_existing(args.db)
     try:
         deleted = prune(storage.engine, settings, datetime.now(timezone.utc))
     finally:

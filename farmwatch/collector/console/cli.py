@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from farmwatch.collector import cli as collector_cli
+from farmwatch.collector.command_support import open_existing, parse_since
 from farmwatch.collector.console.accounts import MIN_PASSWORD, AccountError, Accounts
 from farmwatch.collector.console.store import ConsoleStore
 
@@ -89,7 +89,7 @@ def _password(args: argparse.Namespace) -> str:
 
 def _add(args: argparse.Namespace) -> int:
     password = _password(args)
-    storage = collector_cli._open_existing(args.db)
+    storage = open_existing(args.db)
     try:
         Accounts(storage.engine).add(args.name, password, datetime.now(timezone.utc))
     finally:
@@ -99,7 +99,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    storage = collector_cli._open_existing(args.db)
+    storage = open_existing(args.db)
     try:
         Accounts(storage.engine).remove(args.name)
     finally:
@@ -109,7 +109,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    storage = collector_cli._open_existing(args.db)
+    storage = open_existing(args.db)
     try:
         for name, created in Accounts(storage.engine).names():
             print(f"{name}\t{created.isoformat().replace('+00:00', 'Z')}")
@@ -119,8 +119,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    since = collector_cli._parse_time(args.since) if args.since else None
-    storage = collector_cli._open_existing(args.db)
+    since = parse_since(args.since) if args.since else None
+    storage = open_existing(args.db)
     try:
         entries = ConsoleStore(storage.engine).audit_entries(device_id=args.device, analyst=args.analyst,
                                                              since=since, limit=args.limit)
