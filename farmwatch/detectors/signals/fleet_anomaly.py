@@ -50,7 +50,7 @@ def raw_device_features(frames: Frames, context: Context, interval_seconds: floa
     reports = frames.reports
     hours = pd.Series(np.nan, index=reports.index)
     # "" for a device without a roster zone: pandas 2.2 cannot group on None keys (pandas 3 can).
-    zones = reports["device_id"].map(lambda d: (context.roster[d].timezone or "") if d in context.roster else "")
+    zones = reports["device_id"].map({d: e.timezone or "" for d, e in context.roster.items()}).fillna("")
     for tz, index in reports.groupby(zones).groups.items():
         hours.loc[index] = local_times(reports.loc[index, "window_end"], tz or None).dt.hour
     active = reports["active_seconds"].fillna(0) >= active_seconds
@@ -126,9 +126,8 @@ class FleetAnomalyDetector(Detector):
         decision = self.model_.decision_function(features.to_numpy())
         z = (features - self.median_) / self.scale_
         found = []
-        for device, margin, (_, row) in zip(features.index, decision, z.iterrows()):
-            if margin >= 0:
-                continue
+        for at in np.flatnonzero(decision < 0):  # only the outliers get the per-device work
+            device, margin, row = features.index[at], decision[at], z.iloc[at]
             top = row.abs().sort_values(ascending=False).head(self.explain)
             reasons = {name: {"value": float(features.loc[device, name]),
                               "fleet_median": float(self.median_[name]),
