@@ -77,6 +77,21 @@ def test_broken_json_names_the_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and f"{broken} line 2: not valid JSON" in done.stderr
 
 
+def test_blank_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    """Blank and whitespace-only lines are skipped (the reader strips a line only when it fails to
+    parse) and still count for the line number a broken line is named by."""
+    lines = (EXAMPLES / "records.jsonl").read_text().splitlines()
+    spaced = tmp_path / "records.jsonl"
+    spaced.write_text("\n".join(["", lines[0], "   \t", *lines[1:], "", ""]) + "\n")
+    plain = _detect(EXAMPLES / "records.jsonl", "--roster", EXAMPLES / "roster.csv", "--now", "2026-11-25T04:00:00Z")
+    done = _detect(spaced, "--roster", EXAMPLES / "roster.csv", "--now", "2026-11-25T04:00:00Z")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == plain.stdout and done.stdout.count("\n") == 3
+    spaced.write_text("\n\n" + lines[0] + "\n[1,\n")
+    done = _detect(spaced, "--roster", EXAMPLES / "roster.csv")
+    assert done.returncode == 2 and f"{spaced} line 4: not valid JSON" in done.stderr
+
+
 def test_help_explains_the_command() -> None:
     done = _detect("--help")
     assert done.returncode == 0
