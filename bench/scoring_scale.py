@@ -2,18 +2,35 @@
 
 Setup, not timed: a simulated company (farmwatch.simulator: 85 % employees of every kind, 15 % farm
 laptops) reporting every 5 minutes while awake; its 72 hours of reports up to a weekday noon in the
-US are stored straight into a SQLite collector store (bulk insert, no HTTP:
-farmwatch.simulator.store.load_records), reduced into rollups and sightings by the collector's own
-reducer, and the fleet baselines are learned (the hourly job, timed and printed for information).
-Then the next 5 minutes' reports are stored.
+US, loaded directly (no HTTP) and reduced by the collector's own code, in two processes at once:
 
-Measured, each in a fresh process (``python bench/scoring_scale.py --measure ...``) so its peak RSS
+* the fleet is split by device into shards (one per process, ``build(..., processes=2)``); each
+  process simulates its devices, stores their reports raw into a SQLite collector store of its own
+  (bulk insert: ``farmwatch.simulator.store.load_records``) and reduces them there with the
+  collector's reducer (``rollups.catch_up``, whatever format the rollups have);
+* the shards are merged into one store with SQLite's ``ATTACH`` and ``INSERT … SELECT``, table by
+  table as the reducer left them (rollups, sightings, devices, …; the reducer's bookkeeping is
+  replaced by one progress row: everything reduced). The raw reports are copied too at the sizes
+  whose full re-read is measured, and left out at the measured fleet's size (only the full re-read
+  reads them; 2 KB each, about 35 GB at 20,000 laptops);
+* roster and anchors are stored, then the next 5 minutes' reports are stored raw as ingest leaves
+  them (not reduced: the interval's reduction is part of what is measured).
+
+Each shard draws the base RTTs of the networks its devices share (office, coworking) on its own,
+so a fleet built in two shards differs in those draws from one built in one; everything else of a
+device's records depends on its seed and index only. The fleet baselines are then learned (the
+hourly job, timed and printed for information).
+
+Measured, each in fresh processes (``python bench/scoring_scale.py --measure ...``) so each peak RSS
 is its own:
 
-* **incremental**: one interval's work of a replica, ``Scorer.run``: reduce the new reports, mark the
-  devices whose rollups or sightings changed, claim them in batches of ``[detection] batch_devices``,
-  score each batch from rollups (with its co-location neighbourhood and the stored baselines), store
-  the verdicts and release the claims. Target: at most 60 s and 1 GB.
+* **incremental**: one interval's work, ``Scorer.run`` in ``--processes`` processes at once (default
+  2, as ``[detection] scoring_processes = 2`` runs it: every process claims its own batches): reduce
+  the new reports, mark the devices whose rollups or sightings changed, claim them in batches of
+  ``[detection] batch_devices``, score each batch from rollups (with its co-location neighbourhood
+  and the stored baselines), store the verdicts and release the claims. Its time is the slowest
+  process's; CPU seconds and peak memory are summed over the processes. Target: at most 60 s and
+  1 GB.
 * **baseline, today's full re-read**: ``pipeline.score`` over every stored report of the 72 h window and
   the verdicts stored, as the single leased scorer did before issue 12. At 20,000 laptops that needs
   far more memory than this machine has, so it is measured at 1,000 and 2,000 laptops in the same
@@ -28,12 +45,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -49,7 +68,7 @@ from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.rollups import catch_up, changed_devices
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import devices, reports, scoring_work
+from farmwatch.collector.tables import devices, reports, rollup_progress, rollups, scoring_work
 from farmwatch.contract import Anchor, RosterEntry
 from farmwatch.detectors.pipeline import score
 from farmwatch.simulator.fleet import make_fleet
@@ -72,16 +91,18 @@ class Store:
     now: datetime
 
 
-def config(hours: int) -> CollectorConfig:
+def config(hours: int, batch_devices: int = 500) -> CollectorConfig:
     return CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, lookback_hours=hours,
-                           detection_interval_seconds=INTERVAL.total_seconds())
+                           detection_interval_seconds=INTERVAL.total_seconds(), batch_devices=batch_devices)
 
 
-def _records(laptops: int, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
-    """The fleet's records received in (start, end], device by device (each in time order)."""
+def _records(laptops: int, start: datetime, end: datetime, first: int = 0, last: int | None = None,
+             ) -> Iterator[dict[str, Any]]:
+    """The fleet's records received in (start, end], device by device (each in time order): of the
+    devices ``first`` up to ``last`` (fleet indices; each device's records do not depend on the others)."""
     fleet = make_fleet(SEED, laptops - laptops * 15 // 100, laptops * 15 // 100, days=4)
     simulator = Simulator(SEED, days=4)
-    for index, device in enumerate(fleet):
+    for index, device in enumerate(fleet[first:last], start=first):
         for record in simulator.records(device, index):
             received = datetime.fromisoformat(record["received_at"].replace("Z", "+00:00"))
             if start < received <= end:
@@ -103,54 +124,141 @@ def _seen(storage: Storage) -> None:
         tx.execute(devices.update().values(last_report_id=newest, last_seen=when.scalar_subquery()))
 
 
-def build(folder: Path, laptops: int, hours: int) -> Store:
-    """A store holding ``hours`` of the fleet's reports up to NOON_THURSDAY, reduced, baselines learned
-    and nothing left to score; then the next interval's reports stored (not yet reduced)."""
+SHARD_SKIPS = {"reduced_reports", "rollup_progress", "scoring_work", "alembic_version", "leases"}
+"""Shard tables the merge leaves behind: reduction bookkeeping (everything in a shard is reduced), and
+the schema's own version (the main store was migrated by the same code)."""
+
+
+def _build_shard(folder: Path, laptops: int, first: int, last: int, hours: int) -> tuple[Path, int, list[dict[str, Any]]]:
+    """One shard (in a process of its own): devices ``first`` to ``last`` (fleet indices) of the fleet,
+    their ``hours`` of reports up to NOON_THURSDAY stored raw into a SQLite store of their own and
+    reduced there by the collector's reducer (``rollups.catch_up``); returns the shard's path, how
+    many reports it stored, and the devices' reports of the next interval (stored later, in the
+    merged store, so that one interval's reduction is measured)."""
+    path = folder / f"shard-{laptops}-{first}.db"
+    storage = Storage.open(f"sqlite:///{path}")
+    history: list[dict[str, Any]] = []
+    interval: list[dict[str, Any]] = []
+    for record in _records(laptops, NOON_THURSDAY - timedelta(hours=hours), NOON_THURSDAY + INTERVAL, first, last):
+        received = datetime.fromisoformat(record["received_at"].replace("Z", "+00:00"))
+        (history if received <= NOON_THURSDAY else interval).append(record)
+    stored = load_records(storage, history)
+    del history
+    catch_up(storage, NOON_THURSDAY)
+    storage.close()
+    return path, stored, interval
+
+
+def _merge(storage: Storage, shard: Path, keep_reports: bool) -> None:
+    """Copy a reduced shard into the store: every table of the shard, whatever the reduction's format
+    (the rollups tables are the reducer's, not this bench's), except the reduction's bookkeeping, and
+    raw reports only when ``keep_reports`` (the full re-read reads them; the incremental path never
+    does). Devices never repeat across shards, so no row collides."""
+    raw = storage.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("ATTACH DATABASE ? AS shard", (str(shard),))
+        tables = [row[0] for row in cursor.execute("SELECT name FROM shard.sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            if table in SHARD_SKIPS or table.startswith("sqlite_") or (table == "reports" and not keep_reports):
+                continue
+            columns = [row[1] for row in cursor.execute(f'PRAGMA shard.table_info("{table}")')]
+            if table == "reports":
+                columns.remove("id")  # ids are the store's own: each shard numbered its reports from 1
+            names = ", ".join(f'"{c}"' for c in columns)
+            cursor.execute(f'INSERT OR IGNORE INTO main."{table}" ({names}) SELECT {names} FROM shard."{table}"')
+        raw.commit()
+        cursor.execute("DETACH DATABASE shard")
+    finally:
+        raw.close()
+    shard.unlink()
+
+
+def _settle_progress(storage: Storage, batches: int) -> None:
+    """The merged store's reducer progress: every stored report reduced (the floor at the highest id)
+    and batch numbers past every shard's, so the interval's reduction is a new batch."""
+    with storage._writer.begin() as tx:
+        highest = tx.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar_one()
+        tx.execute(rollup_progress.delete().where(rollup_progress.c.name == "reducer"))
+        tx.execute(rollup_progress.insert().values(name="reducer", batch=batches, floor_report_id=highest))
+
+
+def build(folder: Path, laptops: int, hours: int, keep_reports: bool = True, processes: int = 2) -> Store:
+    """A store holding ``hours`` of the fleet's reports up to NOON_THURSDAY, reduced, nothing left to
+    score; then the next interval's reports stored (not yet reduced).
+
+    The fleet is split into ``processes`` shards built side by side (:func:`_build_shard`: the
+    simulator's records stored raw and reduced by the collector's own reducer, in the shard's own
+    SQLite file), then merged (:func:`_merge`); without ``keep_reports`` the 72 h of raw reports are
+    left out of the merged store (only the full re-read reads them: 2 KB each, 35 GB at 20,000
+    laptops). The interval's reports are stored raw as ingest would store them."""
     now = NOON_THURSDAY + INTERVAL
     url = f"sqlite:///{folder / f'{laptops}-laptops.db'}"
     storage = Storage.open(url)
     began = time.perf_counter()
-    stored = load_records(storage, _records(laptops, NOON_THURSDAY - timedelta(hours=hours), NOON_THURSDAY))
+    bounds = [laptops * part // processes for part in range(processes + 1)]
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shards = list(pool.map(_build_shard, *zip(*[(folder, laptops, bounds[i], bounds[i + 1], hours)
+                                                      for i in range(processes)])))
+    reduced = time.perf_counter()
+    stored, interval = 0, []
+    for path, count, records in shards:
+        _merge(storage, path, keep_reports)
+        stored += count
+        interval.extend(records)
+    with storage.engine.connect() as connection:
+        batches = connection.execute(sa.select(sa.func.max(rollups.c.batch))).scalar() or 0
+    _settle_progress(storage, int(batches))
     storage.replace_roster(_roster(laptops))
     storage.replace_anchors([Anchor(name=a[0], address=a[1], port=a[2], latitude=a[3], longitude=a[4]) for a in ANCHORS])
     _seen(storage)
-    loaded = time.perf_counter()
-    catch_up(storage, NOON_THURSDAY)
-    reduced = time.perf_counter()
+    merged = time.perf_counter()
     # Steady state: every change so far has been scored, so the next run sees only the interval's.
     storage.mark_changed(lambda since: changed_devices(storage, since), NOON_THURSDAY)
     with storage._writer.begin() as tx:
         tx.execute(scoring_work.delete())
-    new = load_records(storage, _records(laptops, NOON_THURSDAY, now))
+    interval.sort(key=lambda record: record["received_at"])
+    new = load_records(storage, interval)
     _seen(storage)
     storage.close()
-    print(f"{laptops:,} laptops: {stored:,} reports over {hours} h stored in {loaded - began:.0f} s, reduced into "
-          f"rollups in {reduced - loaded:.0f} s; {new:,} reports in the next {INTERVAL.seconds // 60} minutes",
-          flush=True)
+    print(f"{laptops:,} laptops: {stored:,} reports over {hours} h simulated, stored and reduced into rollups "
+          f"in {reduced - began:.0f} s ({processes} processes), merged in {merged - reduced:.0f} s "
+          f"({'with' if keep_reports else 'without'} the raw reports); {new:,} reports in the next "
+          f"{INTERVAL.seconds // 60} minutes", flush=True)
     return Store(url, laptops, stored, new, now)
 
 
-def measure(kind: str, store: Store, hours: int) -> dict[str, Any]:
-    """Run one measurement in a fresh process: its answer, seconds and peak RSS (GB)."""
+def measure(kind: str, store: Store, hours: int, processes: int = 1, batch: int = 500) -> dict[str, Any]:
+    """Run one measurement in fresh processes, ``processes`` of them at once (as ``serve`` runs
+    ``[detection] scoring_processes`` scorers: each claims its own batches); its answers summed, the
+    wall time of the slowest, CPU seconds (user + system) and peak RSS (GB) summed over the
+    processes (each one's own peak: their sum bounds the peak of the sum)."""
     command = [sys.executable, __file__, "--measure", kind, "--db", store.url, "--now", store.now.isoformat(),
-               "--hours", str(hours)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE)
-    assert child.stdout is not None
-    answer = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed (status {status})")
-    done = {**json.loads(answer), "gb": usage.ru_maxrss / 2**20}
+               "--hours", str(hours), "--batch-devices", str(batch)]
+    began = time.perf_counter()
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(processes)]
+    done: dict[str, Any] = {"gb": 0.0, "cpu": 0.0}
+    for child in children:
+        assert child.stdout is not None
+        answer = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(command)} failed (status {status})")
+        for key, value in json.loads(answer).items():
+            done[key] = max(done.get(key, 0), value) if key == "seconds" else done.get(key, 0) + value
+        done["gb"] += usage.ru_maxrss / 2**20
+        done["cpu"] += usage.ru_utime + usage.ru_stime
+    done["wall"] = time.perf_counter() - began
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())  # a shared machine: say how busy it was
-    print(f"  {kind} at {store.laptops:,} laptops: {done['seconds']:.1f} s, peak {done['gb']:.2f} GB "
-          f"(load average {load})", flush=True)
+    print(f"  {kind} at {store.laptops:,} laptops, {processes} process{'es' if processes > 1 else ''}: "
+          f"{done['seconds']:.1f} s, {done['cpu']:.1f} CPU s, peak {done['gb']:.2f} GB (load average {load})", flush=True)
     return done
 
 
-def child(kind: str, url: str, now: datetime, hours: int) -> dict[str, Any]:
+def child(kind: str, url: str, now: datetime, hours: int, batch: int) -> dict[str, Any]:
     """The measured work (in the child process)."""
     storage = Storage.open(url)
-    settings = config(hours)
+    settings = config(hours, batch)
     began = time.perf_counter()
     if kind == "baselines":
         refresh_baselines(storage, now, settings)
@@ -186,7 +294,7 @@ def linear(points: list[tuple[float, float]], at: float) -> float:
     return y1 + (y1 - y0) / (x1 - x0) * (at - x1)
 
 
-def main(laptops: int) -> int:
+def main(laptops: int, processes: int, batch: int) -> int:
     hours, sizes = (2, (10, 20)) if quick() else (72, (1_000, 2_000))
     laptops = 30 if quick() else laptops
     with tempfile.TemporaryDirectory(prefix="farmwatch-scoring-scale-", dir=os.environ.get("FARMWATCH_BENCH_DIR")) as tmp:
@@ -197,30 +305,33 @@ def main(laptops: int) -> int:
             store = build(folder, size, hours)
             full.append((store.records, measure("full", store, hours)))
             measure("baselines", store, hours)  # the hourly job, done before the interval (as at full size)
-            small.append((store, measure("incremental", store, hours)))
+            small.append((store, measure("incremental", store, hours, processes, batch)))
             _drop(store)  # about 2 GB per 1,000 laptops: keep one store on disk at a time
-        fleet = build(folder, laptops, hours)
+        fleet = build(folder, laptops, hours, keep_reports=False)  # only the full re-read reads raw reports
         refreshed = measure("baselines", fleet, hours)
-        interval = measure("incremental", fleet, hours)
+        interval = measure("incremental", fleet, hours, processes, batch)
     for (records, done), (store, incremental) in zip(full, small):
         print(f"{store.laptops:,} laptops, {records:,} reports: full re-read {done['seconds']:.1f} s, "
               f"peak {done['gb']:.2f} GB; one interval incremental ({incremental['devices']:.0f} devices) "
-              f"{incremental['seconds']:.1f} s, peak {incremental['gb']:.2f} GB")
+              f"{incremental['seconds']:.1f} s, {incremental['cpu']:.1f} CPU s, peak {incremental['gb']:.2f} GB "
+              f"({processes} scoring process{'es' if processes > 1 else ''})")
     seconds_line = [(float(records), done["seconds"]) for records, done in full]
     memory_line = [(float(records), done["gb"]) for records, done in full]
     full_seconds, full_gb = per_report(seconds_line, fleet.records), linear(memory_line, fleet.records)
     print(f"{laptops:,} laptops, {fleet.records:,} reports in {hours} h, {fleet.new:,} new in the interval: "
-          f"{interval['devices']:.0f} devices scored, {interval['verdicts']} verdicts in {interval['seconds']:.1f} s, "
-          f"peak {interval['gb']:.2f} GB (fleet baselines, hourly: {refreshed['seconds']:.1f} s, {refreshed['gb']:.2f} GB); "
+          f"{interval['devices']:.0f} devices scored, {interval['verdicts']} verdicts in {interval['seconds']:.1f} s "
+          f"by {processes} scoring process{'es' if processes > 1 else ''}, batches of {batch} ({interval['cpu']:.1f} CPU s), "
+          f"peak {interval['gb']:.2f} GB summed over them (fleet baselines, hourly: {refreshed['seconds']:.1f} s, {refreshed['gb']:.2f} GB); "
           f"full re-read EXTRAPOLATED from {sizes[0]:,}/{sizes[-1]:,} laptops: {full_seconds:.0f} s, {full_gb:.1f} GB")
     if laptops < 20_000 and not quick():
         print(f"EXTRAPOLATED, not measured: one interval at 20,000 laptops, in proportion to the fleet from "
-              f"{laptops:,}: {interval['seconds'] * 20_000 / laptops:.0f} s on one replica")
+              f"{laptops:,}: {interval['seconds'] * 20_000 / laptops:.0f} s with {processes} scoring process(es)")
     extrapolated = f"today's full re-read, EXTRAPOLATED from {sizes[0]:,} and {sizes[-1]:,} laptops measured in this run"
     figures = [
         Figure(f"one interval's scoring, {laptops:,} laptops, {hours} h stored", interval["seconds"], "s",
                baseline=full_seconds, baseline_is=extrapolated, target=at_most(TARGET_SECONDS)),
-        Figure(f"peak memory of one interval's scoring, {laptops:,} laptops", interval["gb"], "GB",
+        Figure(f"peak memory of one interval's scoring, {laptops:,} laptops, summed over {processes} process(es)",
+               interval["gb"], "GB",
                baseline=full_gb, baseline_is=extrapolated, target=at_most(TARGET_GB)),
         Figure(f"fleet baselines refresh (hourly, one replica), {laptops:,} laptops", refreshed["seconds"], "s"),
     ]
@@ -237,6 +348,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes (what make bench's CI pass runs)")
     parser.add_argument("--laptops", type=int, default=20_000,
                         help="the fleet whose interval is measured (default 20,000; the baselines stay at 1,000 and 2,000)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="scoring processes measured side by side, as [detection] scoring_processes (default 2: "
+                             "this machine's cores)")
+    parser.add_argument("--batch-devices", type=int, default=100,
+                        help="[detection] batch_devices of the incremental runs (default 100: each process then "
+                             "holds 100 devices' frames at once, so two stay under 1 GB together)")
     parser.add_argument("--measure", choices=("full", "incremental", "baselines"),
                         help="internal: run one measurement on --db at --now and print it as JSON")
     parser.add_argument("--db", help="internal: the store --measure reads")
@@ -248,8 +365,8 @@ def arguments() -> argparse.Namespace:
 if __name__ == "__main__":
     args = arguments()
     if args.measure:
-        print(json.dumps(child(args.measure, args.db, args.now.astimezone(timezone.utc), args.hours)))
+        print(json.dumps(child(args.measure, args.db, args.now.astimezone(timezone.utc), args.hours, args.batch_devices)))
         raise SystemExit(0)
     if args.quick:
         os.environ[QUICK_ENV] = "1"
-    raise SystemExit(main(args.laptops))
+    raise SystemExit(main(args.laptops, args.processes, args.batch_devices))

@@ -43,6 +43,7 @@ from farmwatch.collector.reducer_process import ReducerProcess
 from farmwatch.collector.retention import RetentionJob
 from farmwatch.collector.rollups import Reducer
 from farmwatch.collector.scoring import Scorer
+from farmwatch.collector.scoring_process import ScoringProcesses
 from farmwatch.collector.storage import ArrivingReport, Storage, token_digest
 from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
 from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
@@ -91,17 +92,24 @@ def create_app(
     reducer: Reducer | ReducerProcess = (
         ReducerProcess(storage.engine.url.render_as_string(hide_password=False), config.lookback_hours, metrics.registry)
         if reducer_process else Reducer(storage, clock, metrics.registry, config.lookback_hours))
+    # [detection] scoring_processes: the periodic scoring in child processes; this one keeps the
+    # on-demand refreshes (scoring_process.py).
+    scoring: Scorer | ScoringProcesses = scorer
+    if background_scoring and config.scoring_processes:
+        url = storage.engine.url.render_as_string(hide_password=False)
+        scoring = ScoringProcesses(url, config, metrics, config.scoring_processes)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if background_scoring:
-            scorer.start()
+            scoring.start()
         alerting.start()
         retention.start()
         reducer.start()
         try:
             yield
         finally:
+            scoring.stop()
             scorer.stop()
             alerting.stop()
             retention.stop()

@@ -30,6 +30,10 @@ from farmwatch.errors import FarmwatchError
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+MAX_SCORING_PROCESSES = 64
+"""More scoring processes than this is a typo: each holds its own interpreter and detectors (~0.2 GB)."""
+
+
 class ConfigError(FarmwatchError, ValueError):
     """A configuration problem; the message names the file, table and key."""
 
@@ -47,6 +51,7 @@ class CollectorConfig:
     lookback_hours: float = 72.0
     refresh_wait_seconds: float = 10.0  # how long an API request waits for an on-demand re-score
     batch_devices: int = 500  # devices a replica claims for scoring at a time (its memory grows with it)
+    scoring_processes: int = 0  # serve's child processes that score (0: a thread of the serving process)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     agent_interval_seconds: int = 300
     probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -71,7 +76,7 @@ _KNOWN = {
         "enroll_secret_file", "analyst_token_file", "max_report_bytes", "trusted_proxies", "tls_cert_file", "tls_key_file",
         "public_url", "previous_enroll_secret_file", "previous_enroll_secret_until",
     },
-    "detection": {"interval_seconds", "lookback_hours", "refresh_wait_seconds", "batch_devices"}
+    "detection": {"interval_seconds", "lookback_hours", "refresh_wait_seconds", "batch_devices", "scoring_processes"}
     | {f.name for f in fields(DetectionConfig) if f.name != "corporate_networks"},
     "geo": {"city_db", "asn_db", "corporate_networks"},
     "agent": {"interval_seconds", "probe_options"},
@@ -114,6 +119,10 @@ def load_config(
     batch = detection.pop("batch_devices", 500)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ConfigError(f"{where} [detection] batch_devices: must be an integer >= 1, got {batch!r}")
+    processes = detection.pop("scoring_processes", 0)
+    if not isinstance(processes, int) or isinstance(processes, bool) or not 0 <= processes <= MAX_SCORING_PROCESSES:
+        raise ConfigError(f"{where} [detection] scoring_processes: must be an integer from 0 to "
+                          f"{MAX_SCORING_PROCESSES}, got {processes!r}")
     tuning = _detection_tuning(detection, corporate, f"{where} [detection]")
     max_bytes = collector.get("max_report_bytes", 1_048_576)
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
@@ -131,6 +140,7 @@ def load_config(
         lookback_hours=lookback,
         refresh_wait_seconds=refresh_wait,
         batch_devices=batch,
+        scoring_processes=processes,
         detection=tuning,
         agent_interval_seconds=int(_number(agent.get("interval_seconds", 300), f"{where} [agent] interval_seconds")),
         probe_options=probe_options,

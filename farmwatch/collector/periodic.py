@@ -5,15 +5,22 @@ The reducer (:class:`farmwatch.collector.rollups.Reducer`), the retention job
 (:class:`farmwatch.collector.scoring.Scorer`) all derive from :class:`PeriodicWorker`, which owns
 what they share: ``start``, ``stop`` (waits for a step in progress to finish), the wait between
 steps, and a step that raises is logged (with its traceback) and counted, never ending the thread:
-the next step is the retry.
+the next step is the retry. :class:`SupervisedChild` is such a worker whose step is a child process
+(serve's reducer and scoring processes: :mod:`farmwatch.collector.reducer_process`,
+:mod:`farmwatch.collector.scoring_process`), started again when it dies.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -58,6 +65,10 @@ class PeriodicWorker(ABC):
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Tell the thread to stop after the step in progress, without waiting (:meth:`stop` waits)."""
+        self._stop.set()
+
     def stop(self) -> None:
         """Stop the thread, letting a step in progress finish (at most ``JOIN_SECONDS``)."""
         self._stop.set()
@@ -77,3 +88,68 @@ class PeriodicWorker(ABC):
                 if self.failures is not None:
                     self.failures.inc()
             took = time.monotonic() - started
+
+
+RESTART_SECONDS = 2.0
+"""Pause before a supervised child that exited is started again."""
+REPORT_SECONDS = 1.0
+"""How often a supervised child sends its news (its metrics) up its pipe."""
+STOP_SECONDS = JOIN_SECONDS - 5
+"""A stopping child may finish its batch (one transaction), then is killed."""
+
+
+class SupervisedChild(PeriodicWorker):
+    """Runs ``target(*args, pipe)`` in a child process (``spawn``: no fork of a threaded server), each
+    step starting one and following it until it exits (then, ``RESTART_SECONDS`` later, the next
+    step starts another: counted in ``restarts`` and logged) or the worker stops. The child sends
+    messages up the pipe (:meth:`received` takes each); it must end when it reads anything from the
+    pipe ("stop") or finds it closed (the parent died), and is killed ``STOP_SECONDS`` after
+    "stop" if it has not."""
+
+    def __init__(self, name: str, target: Callable[..., None], args: tuple[Any, ...], restarts: Counter) -> None:
+        super().__init__(f"{name}-supervisor", RESTART_SECONDS, f"supervising the {name} process failed; starting it again")
+        self.child_name = name
+        self.target = target
+        self.args = args
+        self.restarts = restarts
+        self._context = multiprocessing.get_context("spawn")
+        self.child: BaseProcess | None = None
+
+    def received(self, message: Any) -> None:
+        """One message the child sent (default: ignored)."""
+
+    def next_delay(self, last_step_seconds: float | None) -> float:
+        return 0.0 if last_step_seconds is None else RESTART_SECONDS  # the first child at once
+
+    def step(self) -> None:
+        ours, theirs = self._context.Pipe()
+        child = self._context.Process(target=self.target, args=(*self.args, theirs), name=self.child_name, daemon=True)
+        child.start()
+        theirs.close()
+        self.child = child
+        self._follow(child, ours)
+        if not self.stopping:
+            logging.getLogger(type(self).__module__).error(
+                "the %s process %s exited (code %s); starting it again in %.0f s",
+                self.child_name, child.pid, child.exitcode, RESTART_SECONDS)
+            self.restarts.inc()
+
+    def _follow(self, child: BaseProcess, pipe: Connection) -> None:
+        """Take the child's messages until it exits or we stop; then see it ends."""
+        try:
+            while not self.stopping:
+                if pipe.poll(REPORT_SECONDS):
+                    self.received(pipe.recv())
+                elif not child.is_alive():
+                    break
+        except (EOFError, OSError):
+            pass  # the child is gone
+        try:
+            pipe.send("stop")
+        except OSError:
+            pass
+        child.join(STOP_SECONDS)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        pipe.close()
