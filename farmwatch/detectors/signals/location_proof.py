@@ -78,7 +78,9 @@ class LocationProofDetector(Detector):
         devices = per_report.groupby("device_id", sort=True).agg(
             reports=("violation", "size"), violating=("violating", "sum"), direct=("direct", "sum"),
             slow=("slow", "sum"), first=("time", "min"), last=("time", "max"))
-        devices = devices[devices["reports"] >= self.min_reports]
+        too_slow = (devices["direct"] >= self.min_reports) & (devices["slow"] >= 0.9 * devices["direct"])
+        # Only the devices with a finding get the per-device work below (which decides the same way).
+        devices = devices[(devices["reports"] >= self.min_reports) & ((devices["violating"] > 0) | too_slow)]
         report_rows = per_report.groupby("device_id").indices
         probe_rows = probes.groupby("device_id").indices
         found = []
