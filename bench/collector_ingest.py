@@ -16,17 +16,23 @@ each device counting its own seq, one device's reports in order on one connectio
 - **CPU per report**: user + system CPU of the collector processes (and their children: serve's
   reducer process) over the rate phase, beside the parse-and-discard server's over its own: less
   sensitive than rates to whatever else shares the machine's cores; and again once the reducer has
-  filed every report of the phase into rollups (it works behind ingest), with how long that took.
+  filed every report of the phase into rollups (it works behind ingest), with how long that took;
+- **load generator CPU per report**: this process's own CPU over the rate phase, since it shares the
+  cores with the servers (the same generator drives the parse-and-discard baseline).
 
 SQLite: one collector process (one writer; synchronous=FULL, group commit). PostgreSQL (when this
 machine can start a throwaway cluster: root and the server binaries; fsync=off there, so an upper
 bound): REPLICAS collectors on the one database, the supported scale-out, connections spread over
 them as a balancer would. Load generator, collectors and database share this machine's cores, so
 the figures are a floor for a dedicated collector host.
+
+``--store`` measures one store only (both by default); ``FARMWATCH_BENCH_QUICK=1`` shrinks the run to
+show that it still works (bench/report.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gzip
 import json
@@ -38,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -275,7 +281,9 @@ def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
     fixed = [request(ports[0], device, seq, now) for seq in fixed_seqs for device in devices][:FIXED_RATE * FIXED_SECONDS]
     pids = [collector.process.pid for collector in collectors if collector.process is not None]
     before = cpu_seconds(pids)
+    generator_before = time.process_time()
     rate_run, cpu = server_cpu(pids, as_fast_as_answered(ports, loaded))
+    generator_cpu = (time.process_time() - generator_before) / rate_run.answered * 1e6
     # The reducer files stored reports into rollups behind ingest: its share is counted once it caught up.
     catch_up = until_reduced(collectors[0].db_url, stored_reports(collectors[0].db_url)[0])
     cpu_reduced = (cpu_seconds(pids) - before) / rate_run.answered * 1e6
@@ -304,6 +312,8 @@ def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
         Figure(f"collector CPU per report with the reducer caught up, {store}", cpu_reduced, "us", floor_cpu,
                "parse-and-discard server's CPU per report"),
         Figure(f"reducer catching up after the rate phase, {store}", catch_up, "s"),
+        Figure(f"load generator CPU per report (this process, same cores), {store}", generator_cpu, "us", cpu,
+               "collector CPU per report"),
         Figure(f"laptops carried at a {AGENT_INTERVAL_SECONDS} s interval, {store}", rate * AGENT_INTERVAL_SECONDS,
                "laptops"),
     ]
@@ -324,15 +334,24 @@ def postgres_database() -> Iterator[str | None]:
         server.stop()
 
 
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both",
+                        help="which store to measure (default: both; PostgreSQL needs root and its server binaries)")
+    return parser.parse_args()
+
+
 def main() -> int:
+    store = arguments().store
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="farmwatch-ingest-") as folder:
-        collector = launch_collector(Path(folder) / "sqlite", CONFIG)
-        try:
-            figures += measure("sqlite", [collector])
-        finally:
-            collector.stop()
-        with postgres_database() as url:
+        if store in ("sqlite", "both"):
+            collector = launch_collector(Path(folder) / "sqlite", CONFIG)
+            try:
+                figures += measure("sqlite", [collector])
+            finally:
+                collector.stop()
+        with postgres_database() if store in ("postgresql", "both") else nullcontext() as url:
             if url:
                 replicas: list[RunningCollector] = []
                 try:
