@@ -413,14 +413,13 @@ class Reducer(PeriodicWorker):
     are any; a failed batch is logged, counted and retried at the next tick (it committed nothing)."""
 
     def __init__(self, storage: Storage, clock: Callable[[], datetime], registry: CollectorRegistry,
-                 lookback_hours: float, interval_seconds: float = 2.0, batch: int = BATCH) -> None:
+                 lookback_hours: float, interval_seconds: float = 2.0) -> None:
         super().__init__("farmwatch-reducer", interval_seconds, "reducing stored reports failed; retrying at the next tick",
                          Counter("farmwatch_reduction_failures", "Reduction batches that failed (retried next tick).",
                                  registry=registry))
         self.storage = storage
         self.clock = clock
         self.lookback = timedelta(hours=lookback_hours)
-        self.batch = batch  # reports per transaction (serve's reducer process picks it per store)
         self.reduced = Counter("farmwatch_reduced_reports", "Stored reports this replica reduced into rollups.",
                                registry=registry)
         self.last_success = Gauge("farmwatch_reduction_last_success_timestamp_seconds",
@@ -431,7 +430,7 @@ class Reducer(PeriodicWorker):
         """Reduce batch after batch until none is left (or the reducer stops)."""
         while not self.stopping:
             now = self.clock()
-            done = reduce_pending(self.storage, now, self.batch, since=now - self.lookback)
+            done = reduce_pending(self.storage, now, since=now - self.lookback)
             self.reduced.inc(done.reports)
             if not done.reports:
                 self.last_success.set(time.time())
