@@ -18,7 +18,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
@@ -27,6 +27,9 @@ from sqlalchemy.engine import Connection
 from farmwatch.collector import outbox
 from farmwatch.collector.tables import alert_told, alerts, devices, roster, verdict_state
 from farmwatch.contract import Verdict
+
+if TYPE_CHECKING:  # the outputs import this module (Alert)
+    from farmwatch.collector.outputs.base import OutputSettings
 
 VerdictName = Literal["clear", "review", "farm"]
 LEVELS: dict[str, int] = {"clear": 0, "review": 1, "farm": 2}
@@ -103,6 +106,12 @@ class AlertRecorder:
         """``outputs``: (name, min_verdict, max_pending) of each configured output."""
         self.outputs = tuple(outputs)
         self.public_url = public_url.rstrip("/") if public_url else None
+
+    @classmethod
+    def configured(cls, outputs: Sequence[OutputSettings], public_url: str | None) -> AlertRecorder:
+        """The recorder for the collector's ``[[outputs]]``: every process that stores verdicts
+        (``serve`` and its scoring processes) records alerts with them."""
+        return cls([(o.name, o.min_verdict, o.max_pending) for o in outputs], public_url)
 
     def record(self, tx: Connection, scored: Sequence[Verdict], through_report_id: int) -> list[str]:
         """Run inside the verdicts' transaction; returns the ids of the alerts raised."""

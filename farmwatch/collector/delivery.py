@@ -146,8 +146,7 @@ class Alerting:
         clock: Callable[[], datetime],
     ) -> None:
         self.storage = storage
-        storage.verdict_listener = AlertRecorder(
-            [(o.name, o.min_verdict, o.max_pending) for o in outputs], public_url)
+        storage.verdict_listener = AlertRecorder.configured(outputs, public_url)
         deliveries = Counter("farmwatch_alert_deliveries", "Alerts an output accepted or failed to take, by output.",
                              ["output", "result"], registry=registry)
         registry.register(outbox.OutboxCollector(storage, [o.name for o in outputs], clock))

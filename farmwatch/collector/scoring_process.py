@@ -17,12 +17,14 @@ Peak memory is the sum of the processes: each child holds an interpreter with th
 
 The children's scoring metrics reach the serving process's ``/metrics`` (each sends its samples up
 a pipe every second), added to the serving process's own: counters and histograms summed, the
-devices claimed right now summed, the other gauges (last success, backlog) the newest value.
+devices claimed right now summed, the other gauges (last success, backlog) the highest value; each
+child's share is ``farmwatch_scoring_process_devices_total{process="N"}``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -55,16 +57,19 @@ def utcnow() -> datetime:
 def run_child(url: str, config: CollectorConfig, index: int, parent: Connection) -> None:
     """One scoring child's whole life: open the store, score every interval, send its scoring metrics
     up until told to stop (or the serving process is gone)."""
+    from farmwatch.collector.alerts import AlertRecorder
     from farmwatch.collector.scoring import Scorer  # the child imports the detectors, the supervisor need not
     from farmwatch.collector.storage import Storage
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s:     scoring {index}: %(message)s")
     storage = Storage.open(url, migrate="check")  # the serving process migrated before it started us
+    storage.verdict_listener = AlertRecorder.configured(config.outputs, config.public_url)  # alerts with verdicts
     metrics = Metrics(CollectorRegistry(), device_count=lambda: 0)
     scorer = Scorer(storage, config, metrics, utcnow)
     settle_long_lived()
     scorer.start()
+    log.info("scoring process %d started (pid %d)", index, os.getpid())
     try:
         while True:
             parent.send([family for name in SHARED for family in getattr(metrics, name).collect()])
@@ -82,6 +87,7 @@ class ScoringProcess(SupervisedChild):
 
     def __init__(self, url: str, config: CollectorConfig, index: int, restarts: Counter) -> None:
         super().__init__(f"farmwatch-scoring-{index}", run_child, (url, config, index), restarts)
+        self.index = index
         self.families: list[Metric] = []
 
     def received(self, message: Any) -> None:
@@ -108,12 +114,24 @@ class _MergedScoringMetrics(Collector):
                 for sample in family.samples:
                     key = (sample.name, tuple(sorted(sample.labels.items())))
                     old = found.get(key)
-                    found[key] = sample.value if old is None else (old + sample.value if summed else max(old, sample.value))
+                    if old is None:
+                        found[key] = sample.value
+                    elif sample.name.endswith("_created"):  # when the first of them began counting
+                        found[key] = min(old, sample.value)
+                    else:
+                        found[key] = old + sample.value if summed else max(old, sample.value)
         for name, family in families.items():
             merged = Metric(family.name, family.documentation, family.type, family.unit)
             for (sample, labels), value in values[name].items():
                 merged.add_sample(sample, dict(labels), value)
             yield merged
+        shares = Metric("farmwatch_scoring_process_devices", "Devices each scoring child process claimed and "
+                        "scored since it (last) started.", "counter")
+        for child in self.children:
+            scored = [sample.value for family in child.families for sample in family.samples
+                      if sample.name == "farmwatch_scoring_devices_total"]
+            shares.add_sample("farmwatch_scoring_process_devices_total", {"process": str(child.index)}, sum(scored))
+        yield shares
 
 
 class ScoringProcesses:

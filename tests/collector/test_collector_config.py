@@ -26,6 +26,7 @@ trusted_proxies    = ["10.0.0.0/8"]
 interval_seconds = 60
 lookback_hours   = 24
 batch_devices    = 50
+scoring_processes = 2
 review_threshold = 0.4
 [detection.detectors.remote_access]
 weight = 2
@@ -48,6 +49,7 @@ url = "tcp://127.0.0.1:6514"
     assert config.max_report_bytes == 2048
     assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
     assert (config.detection_interval_seconds, config.lookback_hours, config.batch_devices) == (60.0, 24.0, 50)
+    assert config.scoring_processes == 2
     assert config.detection.review_threshold == 0.4
     assert config.detection.params("remote_access") == {"weight": 2}
     assert config.detection.corporate_networks == ("198.51.100.0/24",)
@@ -63,6 +65,12 @@ url = "tcp://127.0.0.1:6514"
         pytest.param("[collector]\nmax_report_bytes = 10\n", "max_report_bytes: must be an integer >= 1024", id="tiny-cap"),
         pytest.param("[detection]\ninterval_seconds = 0\n", "interval_seconds: must be a positive number", id="zero-interval"),
         pytest.param("[detection]\nbatch_devices = 0\n", "batch_devices: must be an integer >= 1", id="no-batch"),
+        pytest.param("[detection]\nscoring_processes = -1\n", "scoring_processes: must be an integer from 0 to 64",
+                     id="negative-processes"),
+        pytest.param("[detection]\nscoring_processes = 65\n", "scoring_processes: must be an integer from 0 to 64",
+                     id="too-many-processes"),
+        pytest.param("[detection]\nscoring_processes = \"2\"\n", "scoring_processes: must be an integer", id="text-processes"),
+        pytest.param("[detection]\nscoring_processes = true\n", "scoring_processes: must be an integer", id="bool-processes"),
         pytest.param("[detection]\nrandom_state = 1.5\n", "random_state: must be an integer", id="float-seed"),
         pytest.param("[detection]\ndetectors = 3\n", "detectors: must map detector names", id="detectors-not-table"),
         pytest.param("[agent]\nprobe_options = {network = 1}\n", "probe_options: must map probe names", id="probe-options"),

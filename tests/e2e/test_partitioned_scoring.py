@@ -12,7 +12,10 @@ once, and each laptop has one verdict change and one alert.
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,3 +118,81 @@ def test_two_collectors_share_scoring_each_laptop_once_per_interval(
     assert {(doc["previous_verdict"], doc["verdict"]) for doc in documents} == {("clear", "farm")}
     rows = httpx.get(f"{replicas[1].url}/api/v1/devices", headers=auth(replicas[1].analyst_token), timeout=60).json()
     assert {(row["verdict"], row["stale"]) for row in rows} == {("farm", False)}
+
+
+def scoring_children(collector: RunningCollector) -> dict[int, int]:
+    """The newest pid of each scoring child process, as each logged it on starting."""
+    started = re.findall(r"scoring process (\d+) started \(pid (\d+)\)", collector.log())
+    return {int(index): int(pid) for index, pid in started}
+
+
+def metric(collector: RunningCollector, name: str) -> float:
+    text = httpx.get(f"{collector.url}/metrics", timeout=30).text
+    [value] = [line.split()[-1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_scoring_processes_of_one_collector_share_scoring_and_survive_a_killed_one(
+    backend: str, webhook: tuple[HttpReceiver, str], collector_factory: Callable[..., RunningCollector],
+    tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    """``[detection] scoring_processes = 2``: one serve, two scoring children. Each laptop is scored
+    once per interval by one of them and both take a share; a child killed (SIGKILL) right after a
+    tick, possibly holding claims, is started again, every laptop's verdict still covers its newest
+    report (a dead child's claims lapse and are retaken), and each laptop has one verdict change, one
+    alert and every report stored once."""
+    database = request.getfixturevalue("postgres") if backend == "postgresql" else None
+    receiver, table = webhook
+    config = collector_config(table).replace(
+        "interval_seconds = 3600", f"interval_seconds = {INTERVAL}\nbatch_devices = {BATCH}\nscoring_processes = 2")
+    collector = collector_factory(config, name=f"processes-{backend}", database=database)
+    wait_for(lambda: set(scoring_children(collector)) == {1, 2}, 60, "both scoring processes started")
+    laptops = [collector.enrol(hardware_id=f"hw-proc-{backend}-{n}", hostname=f"tp-{n}") for n in range(LAPTOPS)]
+    ids = sorted(str(laptop["device_id"]) for laptop in laptops)
+    roster = tmp_path / "roster.csv"
+    roster.write_text(ROSTER_HEADER + "".join(
+        f"{laptop['device_id']},E-{n},US,Austin,30.27,-97.74,America/Chicago,\n" for n, laptop in enumerate(laptops)))
+    assert collector.cli("roster", "import", "--db", collector.db_url, str(roster)).returncode == 0
+
+    for seq in (1, 2):
+        after_next_tick()
+        for n, laptop in enumerate(laptops):
+            send(collector, n, report(str(laptop["device_id"]), seq), laptop["token"])
+        wait_for(lambda: scored_devices(collector) >= LAPTOPS * seq, 60, f"round {seq} scored")
+    time.sleep(2 * INTERVAL)  # two more ticks: nothing is left to score, so nobody scores again
+    assert scored_devices(collector) == LAPTOPS * 2
+    shares = [metric(collector, f'farmwatch_scoring_process_devices_total{{process="{n}"}}') for n in (1, 2)]
+    assert sum(shares) == LAPTOPS * 2 and min(shares) > 0, shares
+
+    killed = scoring_children(collector)[1]
+    after_next_tick()
+    for n, laptop in enumerate(laptops):
+        send(collector, n, report(str(laptop["device_id"]), 3), laptop["token"])
+    time.sleep(INTERVAL)  # the next tick: both children claim the round's laptops
+    os.kill(killed, signal.SIGKILL)
+    wait_for(lambda: scoring_children(collector).get(1, killed) != killed, 60, "the killed child started again")
+    assert metric(collector, "farmwatch_scoring_restarts_total") == 1
+
+    engine = sa.create_engine(collector.db_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        def all_scored() -> bool:
+            with engine.connect() as db:
+                behind = set(db.execute(sa.text(
+                    "SELECT devices.device_id FROM devices LEFT JOIN verdicts USING (device_id) WHERE "
+                    "verdicts.device_id IS NULL OR verdicts.through_report_id < devices.last_report_id")).scalars())
+                marked = set(db.execute(sa.text("SELECT device_id FROM scoring_work")).scalars())
+                return not (behind | marked) & set(ids)
+        wait_for(all_scored, 120, "every laptop's verdict covers round 3 (a dead child's claims lapse after 60 s)")
+        with engine.connect() as db:
+            stored = db.execute(sa.text("SELECT device_id, seq, count(*) FROM reports GROUP BY device_id, seq")).all()
+            changes: dict[str, int] = dict(db.execute(sa.text("SELECT device_id, changes FROM verdict_state")).all())
+            alerts = db.execute(sa.text("SELECT device_id, count(*) FROM alerts GROUP BY device_id")).all()
+    finally:
+        engine.dispose()
+    # The module's PostgreSQL holds the other test's laptops too: only these are looked at.
+    assert sorted(row for row in stored if row[0] in ids) == [(device, seq, 1) for device in ids for seq in (1, 2, 3)]
+    assert {device: count for device, count in changes.items() if device in ids} == {device: 1 for device in ids}
+    assert sorted(row for row in alerts if row[0] in ids) == [(device, 1) for device in ids]
+    wait_for(lambda: len(receiver.accepted("/webhook")) >= LAPTOPS, 60, "every laptop's alert delivered")
+    assert sorted(doc["device_id"] for doc in receiver.documents("/webhook")) == ids
