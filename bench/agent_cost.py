@@ -52,7 +52,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "fixtures"))
 from collector_process import SERVE, die_with_parent, free_port, launch_collector, wait_for_tls  # noqa: E402  (the tests')
 from throwaway_ca import make_pki  # noqa: E402
-from report import Figure, at_most, publish, quick  # noqa: E402
+from report import Figure, at_most, idle_phase, publish, quick  # noqa: E402
 
 REPETITIONS = 3 if quick() else 30
 INTERVAL_SECONDS = 5 if quick() else 60
@@ -213,7 +213,9 @@ def main() -> int:
     agent_ms, raw_ms = cycle_cpu()
     imported, bare = import_seconds()
     compile_package()  # again: modules changed during the cycle runs would be compiled by the agents
-    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(len(TRANSPORTS)) as pool:
+    # The timed phases above ran alone. The agents' phase measures CPU seconds and memory over two
+    # 60 s intervals, mostly waiting: run_all.py may score detection_quality's fleets beside it.
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(len(TRANSPORTS)) as pool, idle_phase():
         running = {transport: pool.submit(running_agent, f"{folder}/{number}", transport)
                    for number, transport in enumerate(TRANSPORTS)}
         (cpu, peak, peak_unique), *over_https = [running[transport].result() for transport in TRANSPORTS]

@@ -19,14 +19,20 @@ ratio=True)``); a figure without one is printed for information.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 QUICK_ENV = "FARMWATCH_BENCH_QUICK"
 """Set to 1 (``run_all.py --quick``) for the shortened pass CI runs: small sizes, figures not quotable."""
+FIGURES_ENV = "FARMWATCH_BENCH_FIGURES"
+"""A file path: a script run_all.py starts as a child process (beside another) also appends every
+figure it publishes there, one JSON object a line (:func:`read_figures` reads them back)."""
 
 
 def quick() -> bool:
@@ -102,7 +108,35 @@ def publish(figures: list[Figure]) -> None:
     bench = Path(sys.argv[0]).stem
     named = [replace(figure, bench=figure.bench or bench) for figure in figures]
     PUBLISHED.extend(named)
+    if os.environ.get(FIGURES_ENV):
+        with open(os.environ[FIGURES_ENV], "a") as out:
+            out.writelines(json.dumps(asdict(figure)) + "\n" for figure in named)
     print(table(named), flush=True)
+
+
+def read_figures(path: Path) -> list[Figure]:
+    """The figures a child process published into ``path`` (see :data:`FIGURES_ENV`)."""
+    figures = []
+    for line in path.read_text().splitlines():
+        fields = json.loads(line)
+        target = fields.pop("target")
+        figures.append(Figure(**fields, target=None if target is None else Target(**target)))
+    return figures
+
+
+IDLE_PHASE_STARTED: list[Callable[[], None]] = []
+"""Called when a script enters :func:`idle_phase` (run_all.py starts a counts-only script there)."""
+
+
+@contextmanager
+def idle_phase() -> Iterator[None]:
+    """Wrap a phase of a benchmark that mostly waits and measures only CPU seconds a process used or
+    its memory, never wall time (bench/agent_cost.py's agents reporting every 60 s). run_all.py may
+    start a benchmark whose figures are counts, not timings (detection_quality), beside it; the
+    script's own timed phases stay alone, and run_all waits for that benchmark before the next one."""
+    for started in IDLE_PHASE_STARTED:
+        started()
+    yield
 
 
 def number(value: float | None) -> str:

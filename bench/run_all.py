@@ -13,9 +13,13 @@ whole sweep, about 25 min here), and scripts in LEFT_TO_FULL are not run at all,
 of theirs fits yet: the run prints each one's reason and the targets it leaves unchecked, and
 results.json lists them under ``not_run``. ``--full`` runs everything at its full sizes (well over
 an hour here); ``--only NAME`` runs the scripts named, LEFT_TO_FULL ones included.
-Scripts run one after another, never side by side: most figures are timings, and a second
-benchmark on the same two cores would move them (detection_quality, whose figures are counts of
-verdicts, scores its fleets in parallel itself).
+Scripts run one after another, never side by side while anything is timed: most figures are
+timings, and a second benchmark on the same two cores would move them. One exception, in BESIDE:
+detection_quality, whose figures are counts of verdicts (it scores its fleets two at a time itself),
+runs as a child process during agent_cost's idle phase (four agents reporting every 60 s for two
+intervals, measured in CPU seconds and memory; report.idle_phase), and the next script starts only
+once it has ended. Its figures, output and seconds join the run's as if it had run alone; the table
+says where it ran.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import platform
 import runpy
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +48,39 @@ LEFT_TO_FULL: dict[str, str] = {  # script: why make bench leaves it out, and th
                      "(python bench/scoring_scale.py --laptops N) or with run_all.py --full",
 }
 FULL_ARGUMENTS: dict[str, list[str]] = {"detection_quality": ["--full"]}
+BESIDE: dict[str, str] = {"agent_cost": "detection_quality"}  # script with an idle phase: what runs in it
+
+
+class Beside:
+    """A counts-only benchmark run as a child process during another script's idle phase."""
+
+    def __init__(self, script: Path, arguments: list[str], folder: Path) -> None:
+        self.script, self.arguments = script, arguments
+        self.figures, self.output = folder / f"{script.stem}.figures.jsonl", folder / f"{script.stem}.out"
+        self.child: subprocess.Popen[bytes] | None = None
+        self.began = 0.0
+
+    def start(self) -> None:
+        if self.child is not None:
+            return
+        print(f"== {' '.join([self.script.name, *self.arguments])} started beside it (load average "
+              f"{load_average()}); its output follows once it ends", flush=True)
+        self.began = time.monotonic()
+        with self.output.open("wb") as out:
+            self.child = subprocess.Popen([sys.executable, str(self.script), *self.arguments], cwd=HERE, stdout=out,
+                                          stderr=subprocess.STDOUT,
+                                          env={**os.environ, report.FIGURES_ENV: str(self.figures)})
+
+    def finish(self) -> tuple[bool, float]:
+        """Wait for the child; print its output, keep its figures: (whether it succeeded, its seconds)."""
+        assert self.child is not None
+        code = self.child.wait()
+        seconds = time.monotonic() - self.began
+        print(f"== {self.script.name} (beside the script above) ended after {seconds:.0f} s:", flush=True)
+        print(self.output.read_text(errors="replace"), end="", flush=True)
+        if self.figures.exists():
+            report.PUBLISHED.extend(report.read_figures(self.figures))
+        return code == 0, seconds
 
 
 def arguments() -> argparse.Namespace:
@@ -68,6 +106,23 @@ def load_average() -> str:
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
+def run_script(script: Path, arguments: list[str], seconds: dict[str, float]) -> bool:
+    """Run one benchmark in this process (its figures land in report.PUBLISHED); False if it failed."""
+    sys.argv = [str(script), *arguments]
+    print(f"== {' '.join([script.name, *arguments])} (load average {load_average()})", flush=True)
+    script_began = time.monotonic()
+    succeeded = True
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as done:  # a script's `raise SystemExit(main())` must not end the run
+        succeeded = done.code in (None, 0)
+    except Exception as failure:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
+        print(f"{script.name} failed: {failure!r}", file=sys.stderr)
+        succeeded = False
+    seconds[script.name] = round(time.monotonic() - script_began, 1)
+    return succeeded
+
+
 def main() -> int:
     args = arguments()
     if args.quick:
@@ -87,22 +142,32 @@ def main() -> int:
     not_run = {} if args.quick or args.full or args.only else {
         p.stem: LEFT_TO_FULL[p.stem] for p in scripts if p.stem in LEFT_TO_FULL}
     scripts = [p for p in scripts if p.stem not in not_run]
+    by_name = {p.stem: p for p in scripts}
+    beside = {host: by_name[guest] for host, guest in BESIDE.items() if host in by_name and guest in by_name}
+    scripts = [p for p in scripts if p not in beside.values()]
     started, load_before = datetime.now(timezone.utc), os.getloadavg()
     began = time.monotonic()
-    failed, seconds = [], {}
-    for script in scripts:
-        sys.argv = [str(script), *given.get(script.stem, [])]
-        print(f"== {' '.join([script.name, *sys.argv[1:]])} (load average {load_average()})", flush=True)
-        script_began = time.monotonic()
-        try:
-            runpy.run_path(str(script), run_name="__main__")
-        except SystemExit as done:  # a script's `raise SystemExit(main())` must not end the run
-            if done.code not in (None, 0):
+    failed: list[str] = []
+    seconds: dict[str, float] = {}
+    ran_beside: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="farmwatch-bench-") as scratch:
+        for script in scripts:
+            guest = beside.get(script.stem)
+            companion = Beside(guest, given.get(guest.stem, []), Path(scratch)) if guest else None
+            report.IDLE_PHASE_STARTED[:] = [companion.start] if companion else []
+            if not run_script(script, given.get(script.stem, []), seconds):
                 failed.append(script.name)
-        except Exception as failure:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
-            print(f"{script.name} failed: {failure!r}", file=sys.stderr)
-            failed.append(script.name)
-        seconds[script.name] = round(time.monotonic() - script_began, 1)
+            report.IDLE_PHASE_STARTED.clear()
+            if guest is None or companion is None:
+                continue
+            if companion.child is None:  # the host never reached its idle phase: run the guest alone
+                if not run_script(guest, given.get(guest.stem, []), seconds):
+                    failed.append(guest.name)
+                continue
+            succeeded, spent = companion.finish()
+            seconds[guest.name], ran_beside[guest.stem] = round(spent, 1), script.stem
+            if not succeeded:
+                failed.append(guest.name)
     wall = time.monotonic() - began
     if not args.quick and not args.only:  # the whole of make bench, against issue 13's budget
         report.PUBLISHED.append(report.Figure(f"make bench{' --full' if args.full else ''} wall time", wall, "s",
@@ -112,6 +177,8 @@ def main() -> int:
     print(f"\n== every figure ({wall:.0f} s, load average {load_average()}"
           f"{', quick pass: sizes too small to quote' if args.quick else ''})")
     print(report.table(figures) if figures else "no figures published")
+    for name, host in ran_beside.items():
+        print(f"{name} ran beside {host}'s idle phase (its figures are counts, not timings)")
     for name, why in not_run.items():
         print(f"NOT RUN, its targets unchecked in this run: {name}: {why}")
     if args.markdown and figures:
@@ -122,7 +189,7 @@ def main() -> int:
         # Other work on the machine moves every figure; the load averages say how busy it was.
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_before": load_before, "load_after": os.getloadavg()},
-        "seconds": seconds, "failed": failed, "not_run": not_run,
+        "seconds": seconds, "ran_beside": ran_beside, "failed": failed, "not_run": not_run,
         "figures": [figure.as_json() for figure in figures],
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
