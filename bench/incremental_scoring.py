@@ -53,8 +53,9 @@ def _records(path: Path, keep: Callable[[datetime], bool]) -> Iterator[dict[str,
                 yield record
 
 
-def in_child(work: Callable[[], Any]) -> tuple[Any, float, float]:
-    """Run ``work`` in a forked process: its result, seconds, and the process's peak RSS in GB."""
+def in_child(work: Callable[[], Any]) -> tuple[Any, float, float, float]:
+    """Run ``work`` in a forked process: its result, seconds, the process's peak RSS in GB and its CPU
+    seconds (user and system: on a shared machine wall time is mostly waiting for a core)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: work, hand back the result, leave without running the parent's cleanup
@@ -71,7 +72,7 @@ def in_child(work: Callable[[], Any]) -> tuple[Any, float, float]:
     if os.waitstatus_to_exitcode(status) != 0 or not body:
         raise RuntimeError(f"the measured child failed (status {status})")
     done = orjson.loads(body)
-    return done["result"], done["seconds"], usage.ru_maxrss / 2**20
+    return done["result"], done["seconds"], usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -114,19 +115,22 @@ def main() -> int:
             changed, _ = changed_devices(store, mark)
             return {v.device_id: to_wire(v) for v in score_devices(store, changed, now, CONFIG).verdicts}
 
-        everyone, full_seconds, full_gb = in_child(full)
-        filed, reduce_seconds, reduce_gb = in_child(reduce_interval)
+        everyone, full_seconds, full_gb, full_cpu = in_child(full)
+        filed, reduce_seconds, reduce_gb, reduce_cpu = in_child(reduce_interval)
         # The hourly refresh, here over the data just reduced so both paths see the same fleet.
-        _, refresh_seconds, refresh_gb = in_child(lambda: bool(refresh_baselines(Storage.open(url), now, CONFIG)))
-        changed, score_seconds, score_gb = in_child(incremental)
+        _, refresh_seconds, refresh_gb, _ = in_child(lambda: bool(refresh_baselines(Storage.open(url), now, CONFIG)))
+        changed, score_seconds, score_gb, score_cpu = in_child(incremental)
     print(f"{files.count:,} records of {laptops} laptops; backlog of {reduced:,} reduced in {backlog_seconds:.1f} s; "
           f"{new} new reports, {filed} reduced in {reduce_seconds:.1f} s; fleet baselines refreshed in "
           f"{refresh_seconds:.1f} s (peak rss {refresh_gb:.2f} GB)")
     incremental_seconds, incremental_gb = reduce_seconds + score_seconds, max(reduce_gb, score_gb)
+    incremental_cpu_ms = (reduce_cpu + score_cpu) * 1000 / max(len(changed), 1)
+    full_cpu_ms = full_cpu * 1000 / max(len(everyone), 1)
     same = all(everyone[device] == verdict for device, verdict in changed.items())
-    print(f"full re-read: {len(everyone)} devices in {full_seconds:.1f} s, peak rss {full_gb:.2f} GB; "
-          f"incremental: {len(changed)} changed devices in {incremental_seconds:.1f} s, peak rss "
-          f"{incremental_gb:.2f} GB; same verdicts: {same}")
+    print(f"full re-read: {len(everyone)} devices in {full_seconds:.1f} s ({full_cpu_ms:.1f} ms CPU per device), "
+          f"peak rss {full_gb:.2f} GB; incremental: {len(changed)} changed devices in {incremental_seconds:.1f} s "
+          f"({incremental_cpu_ms:.1f} ms CPU per device), peak rss {incremental_gb:.2f} GB; same verdicts: {same}; "
+          f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     if not same:
         print("incremental verdicts differ from the full re-read", file=sys.stderr)
         return 1
@@ -134,6 +138,8 @@ def main() -> int:
     publish([
         Figure(f"score after one interval ({fleet}), rollups", incremental_seconds, "s", baseline=full_seconds,
                baseline_is="full re-read of the lookback", target=at_most(1.0, ratio=True)),
+        Figure(f"CPU per device scoring one interval ({fleet}), rollups", incremental_cpu_ms, "ms",
+               baseline=full_cpu_ms, baseline_is="full re-read of the lookback, per device"),
         Figure(f"peak memory scoring one interval ({fleet}), rollups", incremental_gb, "GB", baseline=full_gb,
                baseline_is="full re-read of the lookback", target=at_most(1.0, ratio=True)),
         Figure(f"reduce {reduced:,} stored reports into rollups", backlog_seconds, "s"),
