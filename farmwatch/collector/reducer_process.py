@@ -8,6 +8,12 @@ the database, so any number of reducers, on any replica, file each report once),
 reduction before it reads, and the reducer's metrics on the serving process's ``/metrics`` (the
 child sends its registry's samples up a pipe every second).
 
+On PostgreSQL the child runs at :data:`NICENESS`: when the cores are busy, the serving process
+answers agents first and reduction, which can wait, catches up when ingest idles (scoring reduces
+what is left before it reads). Not on SQLite: there a reduction transaction holds the one write
+lock every report's commit waits for, and a reducer descheduled while holding it would stall
+ingest (priority inversion); PostgreSQL's reducer takes row locks that ingest never waits for.
+
 The serving process supervises the child: one that exits or is killed is started again after
 ``RESTART_SECONDS`` (logged and counted in ``farmwatch_reducer_restarts_total``), and the child
 stops when the serving process stops or dies (it watches the pipe).
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -35,6 +42,9 @@ log = logging.getLogger("farmwatch.collector.reducer_process")
 REPORT_SECONDS = 1.0  # how often the child sends its metrics up
 RESTART_SECONDS = 2.0  # pause before a dead child is started again
 STOP_SECONDS = JOIN_SECONDS - 5  # a stopping child may finish its batch (one transaction), then is killed
+NICENESS = 10
+"""Added to the child's nice value on PostgreSQL: under contention Linux gives a nice-10 process about
+a tenth of a nice-0 one's CPU share (sched(7)); on an idle core it runs at full speed."""
 
 
 def utcnow() -> datetime:
@@ -49,6 +59,8 @@ def run_child(url: str, lookback_hours: float, parent: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     reducer: %(message)s")
     storage = Storage.open(url, migrate="check")  # the serving process migrated before it started us
+    if storage.engine.dialect.name != "sqlite":
+        os.nice(NICENESS)
     registry = CollectorRegistry()
     reducer = Reducer(storage, utcnow, registry, lookback_hours)
     settle_long_lived()

@@ -112,3 +112,30 @@ def test_the_reducer_runs_in_a_child_process_started_again_when_killed(
     assert "exited" in collector.log() and "starting it again" in collector.log()
     collector.stop()
     second.wait(timeout=40)  # it stops with serve (psutil.TimeoutExpired otherwise)
+
+
+def test_on_sqlite_the_reducer_keeps_the_serving_process_priority(
+        collector_factory: Callable[..., RunningCollector]) -> None:
+    # It holds the one write lock every report's commit waits for: descheduled, it would stall ingest.
+    collector = collector_factory()
+    device = collector.enrol(hardware_id="hw-nice-sqlite", hostname="host-nice-sqlite")
+    _send(collector, device, 1)
+    _until_filed(collector, 1)  # the child has opened the store, where it would have lowered its priority
+    assert collector.process is not None
+    assert _reducer_child(collector).nice() == psutil.Process(collector.process.pid).nice()
+
+
+@pytest.mark.root
+def test_on_postgresql_the_reducer_yields_the_cores_to_ingest(
+        postgres: str, collector_factory: Callable[..., RunningCollector]) -> None:
+    from farmwatch.collector.reducer_process import NICENESS
+
+    collector = collector_factory(database=postgres)
+    assert collector.process is not None
+    serving = psutil.Process(collector.process.pid).nice()
+    child = _reducer_child(collector)
+    deadline = time.monotonic() + 30
+    while child.nice() == serving and time.monotonic() < deadline:  # it lowers its priority once the store is open
+        time.sleep(0.2)
+    assert child.nice() == min(19, serving + NICENESS)
+    assert psutil.Process(collector.process.pid).nice() == serving  # the serving process keeps its own
