@@ -18,8 +18,8 @@ timings, and a second benchmark on the same two cores would move them. One excep
 detection_quality, whose figures are counts of verdicts (it scores its fleets two at a time itself),
 runs as a child process during agent_cost's idle phase (four agents reporting every 60 s for two
 intervals, measured in CPU seconds and memory; report.idle_phase), and the next script starts only
-once it has ended. Its figures, output and seconds join the run's as if it had run alone; the table
-says where it ran.
+once it has ended. Its figures, output and seconds join the run's as if it had run alone; the line
+after the table and results.json (``ran_beside``) say where it ran.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ LEFT_TO_FULL: dict[str, str] = {  # script: why make bench leaves it out, and th
 }
 FULL_ARGUMENTS: dict[str, list[str]] = {"detection_quality": ["--full"]}
 BESIDE: dict[str, str] = {"agent_cost": "detection_quality"}  # script with an idle phase: what runs in it
+EXAMPLES = """\
+examples:
+  python bench/run_all.py                        what `make bench` runs (~15 min budget on 2 cores)
+  python bench/run_all.py --only console_fleet   one benchmark, its figures in the same table
+  python bench/run_all.py --quick                every benchmark at small sizes (CI; not quotable)
+  python bench/run_all.py --markdown             also the table in Markdown, for the README"""
 
 
 class Beside:
@@ -84,7 +90,8 @@ class Beside:
 
 
 def arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: check that every benchmark still runs (CI)")
     parser.add_argument("--full", action="store_true",
                         help="every script at its full sizes: detection quality over every seed, and "
@@ -92,7 +99,8 @@ def arguments() -> argparse.Namespace:
                              f"sized to finish within {BUDGET_SECONDS // 60} minutes and leaves those out")
     parser.add_argument("--out", type=Path, default=HERE / "results.json", help="where to write the figures as JSON "
                         "(default: bench/results.json)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these scripts (e.g. collector_ingest)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these scripts (e.g. collector_ingest); named together, "
+                        "agent_cost and detection_quality run as make bench runs them (the latter beside)")
     parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown (for the README)")
     return parser.parse_args()
 
