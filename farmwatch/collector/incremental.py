@@ -134,9 +134,16 @@ def current_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
     """The stored baselines, or freshly computed (and stored) ones when those are missing, older than
     ``BASELINE_MAX_AGE`` or were learned under another detection config."""
     stored = load_baselines(storage)
-    if stored is not None and stored.params == _params_digest(config) and now - stored.computed_at < BASELINE_MAX_AGE:
+    if stored is not None and baselines_fresh(stored, now, config):
         return stored
     return refresh_baselines(storage, now, config)
+
+
+def baselines_fresh(stored: Baselines, now: datetime, config: CollectorConfig, ahead: timedelta = timedelta(0)) -> bool:
+    """Whether ``stored`` were learned under ``config``'s detection settings and are younger than
+    ``BASELINE_MAX_AGE`` still ``ahead`` from ``now`` (the scorer's keeper refreshes them ahead of
+    time, so a scoring run never has to: :class:`farmwatch.collector.scoring.BaselineKeeper`)."""
+    return stored.params == _params_digest(config) and now + ahead - stored.computed_at < BASELINE_MAX_AGE
 
 
 def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) -> Baselines:

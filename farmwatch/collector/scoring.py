@@ -13,8 +13,9 @@ for the next tick, so a change is scored once. No replica is special: a dead one
 the others take them.
 
 The fleet baselines (input rhythm, the anomaly model) are refreshed on their slower cadence
-(``incremental.BASELINE_MAX_AGE``) by one replica, the one holding the ``fleet-baselines`` lease;
-the others score with the stored ones.
+(``incremental.BASELINE_MAX_AGE``) by one replica, the one holding the ``fleet-baselines`` lease,
+beside its scoring runs (:class:`BaselineKeeper`, ahead of their expiry), so no interval's run
+waits for a refresh; every run scores with the stored ones.
 
 The analyst API asks for an on-demand run when a device has a report newer than its stored verdict:
 that run claims everything marked, right away. On-demand runs are coalesced (at most one running
@@ -42,7 +43,9 @@ from typing import Any
 
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.fleet_index import fleet_rows
-from farmwatch.collector.incremental import Baselines, current_baselines, load_baselines, score_devices
+from farmwatch.collector.incremental import (
+    Baselines, baselines_fresh, current_baselines, load_baselines, refresh_baselines, score_devices,
+)
 from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.periodic import PeriodicWorker
@@ -55,6 +58,11 @@ log = logging.getLogger("farmwatch.collector.scoring")
 MIN_CLAIM_SECONDS = 60.0
 """A claim outlives a slow batch; a dead replica's claims lapse after this (or two intervals)."""
 BASELINES_LEASE = "fleet-baselines"
+KEEPER_CHECK_SECONDS = 60.0
+"""How often the baselines keeper renews its lease and looks at the baselines' age."""
+REFRESH_AHEAD = timedelta(minutes=15)
+"""How long before ``BASELINE_MAX_AGE`` the keeper refreshes the baselines (a refresh at 20,000
+laptops takes minutes)."""
 
 
 @dataclass
@@ -106,6 +114,7 @@ class Scorer(PeriodicWorker):
         self._queued: Future[int] | None = None
         self._queue_lock = threading.Lock()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.keeper = BaselineKeeper(self)
 
     def run(self, bounded: bool = False) -> int:
         """Reduce, mark, then claim and score marked devices until none are left (``bounded``: only
@@ -221,13 +230,22 @@ class Scorer(PeriodicWorker):
         return claimed, stored
 
     def _baselines(self, now: datetime) -> Baselines | None:
-        """The fleet baselines this run scores with. The replica holding the baselines lease (renewed
-        every run, so it lapses soon after its holder stops) refreshes them when they are due; the
-        others use the stored ones, or score nothing until the first ones are stored."""
-        keeper = max(MIN_CLAIM_SECONDS, 3 * self.config.detection_interval_seconds)
-        if self.storage.take_lease(BASELINES_LEASE, self.holder, now, keeper):
+        """The fleet baselines this run scores with: the stored ones. They are refreshed beside the
+        runs, ahead of their expiry, by the :class:`BaselineKeeper` of the replica holding the
+        baselines lease; a run refreshes them itself only when none are stored, they were learned
+        under another detection config, or they are past ``BASELINE_MAX_AGE`` (the keeper fell
+        behind), and only on the lease's holder (renewed by every run and keeper step, so it lapses
+        soon after its holder stops). The other replicas score nothing until the first ones are stored."""
+        holder = self.storage.take_lease(BASELINES_LEASE, self.holder, now, self.lease_seconds)
+        stored = load_baselines(self.storage)
+        if holder and (stored is None or not baselines_fresh(stored, now, self.config)):
             return current_baselines(self.storage, now, self.config)
-        return load_baselines(self.storage)
+        return stored
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long the baselines lease outlives its holder's last run or keeper step."""
+        return max(MIN_CLAIM_SECONDS, 3 * self.config.detection_interval_seconds)
 
     def _give_back(self, claim: Claim) -> None:
         try:
@@ -238,10 +256,17 @@ class Scorer(PeriodicWorker):
     def _window_start(self, now: datetime) -> datetime:
         return now - timedelta(hours=self.config.lookback_hours)
 
+    def start(self) -> None:
+        """Start the periodic runs and, beside them, the baselines keeper."""
+        super().start()
+        self.keeper.start()
+
     def stop(self) -> None:
-        """Stop the periodic run (a batch being scored is finished and stored first) and hand the
-        fleet baselines over to another replica."""
+        """Stop the periodic run (a batch being scored is finished and stored first) and the keeper,
+        and hand the fleet baselines over to another replica."""
+        self.keeper.request_stop()
         super().stop()
+        self.keeper.stop()
         with self._queue_lock:
             if self._on_demand is not None:
                 self._on_demand.shutdown(wait=False, cancel_futures=True)
@@ -262,6 +287,34 @@ class Scorer(PeriodicWorker):
 
     def next_delay(self, last_step_seconds: float | None) -> float:
         return _until_next_tick(self.interval_seconds)
+
+
+class BaselineKeeper(PeriodicWorker):
+    """Refreshes the fleet baselines beside a scorer's runs, not inside one: every
+    ``KEEPER_CHECK_SECONDS`` it takes (or renews) the baselines lease under the scorer's holder name
+    and, holding it, refreshes the stored baselines once they are within ``REFRESH_AHEAD`` of
+    ``BASELINE_MAX_AGE``. At 20,000 laptops a refresh reads every device's rollups (minutes); done
+    here, no interval's scoring waits for it, and the stored baselines stay younger than
+    ``BASELINE_MAX_AGE`` (what :mod:`farmwatch.collector.incremental` promises) as long as a refresh
+    takes less than ``REFRESH_AHEAD`` minus one check."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        super().__init__("farmwatch-baselines", min(KEEPER_CHECK_SECONDS, scorer.config.detection_interval_seconds),
+                         "refreshing the fleet baselines failed; retrying at the next check")
+        self.scorer = scorer
+
+    def step(self) -> None:
+        scorer = self.scorer
+        now = scorer.clock()
+        if not scorer.storage.take_lease(BASELINES_LEASE, scorer.holder, now, scorer.lease_seconds):
+            return
+        stored = load_baselines(scorer.storage)
+        if stored is None or not baselines_fresh(stored, now, scorer.config, ahead=REFRESH_AHEAD):
+            # Held through the refresh (it outlasts the lease's usual length at scale), so no other
+            # replica starts one meanwhile; should this process die, another takes over after it.
+            scorer.storage.take_lease(BASELINES_LEASE, scorer.holder, now, REFRESH_AHEAD.total_seconds())
+            refresh_baselines(scorer.storage, now, scorer.config)
+            give_back_freed_memory()
 
 
 def give_back_freed_memory() -> None:

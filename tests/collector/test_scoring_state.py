@@ -11,10 +11,10 @@ from collector_helpers import report_for
 from prometheus_client import CollectorRegistry
 
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.incremental import load_baselines
+from farmwatch.collector.incremental import BASELINE_MAX_AGE, load_baselines
 from farmwatch.collector.ingest import digest, ingest_record, parse_report
 from farmwatch.collector.metrics import Metrics
-from farmwatch.collector.scoring import Scorer
+from farmwatch.collector.scoring import REFRESH_AHEAD, Scorer
 from farmwatch.collector.storage import Storage
 
 T0 = datetime(2026, 11, 28, 5, 0, tzinfo=timezone.utc)
@@ -138,5 +138,48 @@ def test_a_quiet_device_is_rescored_as_its_windows_leave_the_lookback(tmp_path: 
         scorer.run(bounded=True)
         later = storage.verdict("dev-quiet")
         assert later is not None and later.scored_at == clock[0]
+    finally:
+        storage.close()
+
+
+def test_the_keeper_refreshes_the_baselines_beside_the_runs_ahead_of_their_expiry(tmp_path: Path) -> None:
+    """The lease holder's keeper refreshes the stored baselines once they are within REFRESH_AHEAD of
+    BASELINE_MAX_AGE, so the runs in that time score with fresh stored ones and never refresh them
+    themselves; a keeper without the lease refreshes nothing."""
+    storage = Storage.open(f"sqlite:///{tmp_path / 'keeper.db'}")
+    clock = [T0]
+    config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, detection_interval_seconds=300)
+    first, second = (Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: clock[0]) for _ in "ab")
+
+    def computed_at() -> datetime:
+        stored = load_baselines(storage)
+        assert stored is not None
+        return stored.computed_at
+
+    def at(minutes: float) -> None:
+        clock[0] = T0 + timedelta(minutes=minutes)
+
+    try:
+        storage.enrol(hardware_id="hw-1", hostname="h", source_ip="127.0.0.1", new_device_id="dev-1", token="t", now=T0)
+        store_report(storage, "dev-1", 1, T0)
+        first.run()  # none stored yet: the holder learns them in its run
+        assert computed_at() == T0
+        keep_until = BASELINE_MAX_AGE - REFRESH_AHEAD
+        at(keep_until.total_seconds() / 60 - 1)
+        first.keeper.step()  # not due yet
+        second.keeper.step()  # not the holder
+        assert computed_at() == T0
+        at(keep_until.total_seconds() / 60 + 1)
+        second.keeper.step()  # due, but the lease is first's: nothing
+        assert computed_at() == T0
+        first.run()  # due for the keeper, still fresh for a run: the run does not refresh them
+        assert computed_at() == T0
+        first.keeper.step()
+        assert computed_at() == clock[0]
+        refreshed = clock[0]
+        at(BASELINE_MAX_AGE.total_seconds() / 60 + 1)  # past the first ones' age: the runs use the keeper's
+        first.run()
+        second.run()
+        assert computed_at() == refreshed
     finally:
         storage.close()
