@@ -22,26 +22,21 @@ stops when the serving process stops or dies (it watches the pipe).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from farmwatch.collector.gc_tuning import settle_long_lived
-from farmwatch.collector.periodic import JOIN_SECONDS, PeriodicWorker
+from farmwatch.collector.periodic import REPORT_SECONDS, SupervisedChild
 
-log = logging.getLogger("farmwatch.collector.reducer_process")
 
-REPORT_SECONDS = 1.0  # how often the child sends its metrics up
-RESTART_SECONDS = 2.0  # pause before a dead child is started again
-STOP_SECONDS = JOIN_SECONDS - 5  # a stopping child may finish its batch (one transaction), then is killed
 NICENESS = 10
 """Added to the child's nice value on PostgreSQL: under contention Linux gives a nice-10 process about
 a tenth of a nice-0 one's CPU share (sched(7)); on an idle core it runs at full speed."""
@@ -87,54 +82,16 @@ class _ChildMetrics(Collector):
         return iter(self.families)
 
 
-class ReducerProcess(PeriodicWorker):
-    """Runs :func:`run_child` in a supervised child process: each step starts one and follows it until
-    it exits (then the next step, ``RESTART_SECONDS`` later, starts another) or the worker stops."""
+class ReducerProcess(SupervisedChild):
+    """Runs :func:`run_child` in a supervised child process (:class:`farmwatch.collector.periodic.SupervisedChild`:
+    started again ``RESTART_SECONDS`` after it exits) and serves the metrics it sends up."""
 
     def __init__(self, url: str, lookback_hours: float, registry: CollectorRegistry) -> None:
-        super().__init__("farmwatch-reducer-supervisor", RESTART_SECONDS,
-                         "supervising the reducer's process failed; starting it again")
-        self.url = url
-        self.lookback_hours = lookback_hours
+        super().__init__("farmwatch-reducer", run_child, (url, lookback_hours), Counter(
+            "farmwatch_reducer_restarts", "Times the reducer's child process died and was started again.",
+            registry=registry))
         self._metrics = _ChildMetrics()
         registry.register(self._metrics)
-        self.restarts = Counter("farmwatch_reducer_restarts", "Times the reducer's child process died and was started again.",
-                                registry=registry)
-        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        self.child: BaseProcess | None = None
 
-    def next_delay(self, last_step_seconds: float | None) -> float:
-        return 0.0 if last_step_seconds is None else RESTART_SECONDS  # the first child at once
-
-    def step(self) -> None:
-        ours, theirs = self._context.Pipe()
-        child = self._context.Process(target=run_child, args=(self.url, self.lookback_hours, theirs),
-                                      name="farmwatch-reducer", daemon=True)
-        child.start()
-        theirs.close()
-        self.child = child
-        self._follow(child, ours)
-        if not self.stopping:
-            log.error("the reducer's process %s exited (code %s); starting it again in %.0f s",
-                      child.pid, child.exitcode, RESTART_SECONDS)
-            self.restarts.inc()
-
-    def _follow(self, child: BaseProcess, pipe: Connection) -> None:
-        """Take the child's metrics until it exits or we stop; then see it ends."""
-        try:
-            while not self.stopping:
-                if pipe.poll(REPORT_SECONDS):
-                    self._metrics.families = pipe.recv()
-                elif not child.is_alive():
-                    break
-        except (EOFError, OSError):
-            pass  # the child is gone
-        try:
-            pipe.send("stop")
-        except OSError:
-            pass
-        child.join(STOP_SECONDS)
-        if child.is_alive():
-            child.kill()
-            child.join()
-        pipe.close()
+    def received(self, message: Any) -> None:
+        self._metrics.families = message
