@@ -40,15 +40,17 @@ SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
 """RFC 6598 shared address space: only carrier-grade NAT hands it out, so it on the path means CGNAT."""
 
 
-def _in_shared_space(values: np.ndarray) -> np.ndarray:
-    """Per value: True for an IPv4 address inside 100.64.0.0/10 (None and malformed: False)."""
-    inside = {}
-    for text in pd.unique(values):
+def _in_shared_space(codes: np.ndarray, uniques: np.ndarray) -> np.ndarray:
+    """Per value of a factorized column (``pd.factorize``: ``codes``, -1 for missing, and its
+    ``uniques``): True for an IPv4 address inside 100.64.0.0/10 (missing and malformed: False).
+    Each distinct address is parsed once, and spread to the rows by its code."""
+    inside = np.zeros(len(uniques) + 1, dtype=bool)  # the extra last entry: code -1 (missing)
+    for code, text in enumerate(uniques):
         try:
-            inside[text] = isinstance(text, str) and ipaddress.ip_address(text) in SHARED_ADDRESS_SPACE
+            inside[code] = isinstance(text, str) and ipaddress.ip_address(text) in SHARED_ADDRESS_SPACE
         except ValueError:
-            inside[text] = False
-    return np.array([inside[v] for v in values], dtype=bool)
+            pass
+    return inside[codes]
 
 
 class _Components:
@@ -92,14 +94,14 @@ class ColocationDetector(Detector):
         """(kind, key code, device, hour, gateway code, BSSID code) for every network identity seen;
         the last two (-1: not reported) let an egress link be checked against the LAN identities.
         Egress of networks strangers share (module docstring) is left out."""
-        shared_egress = (reports["network_kind"].isin(SHARED_BY_STRANGERS).to_numpy()
-                         | _in_shared_space(reports["source_ip"].to_numpy())
-                         | _in_shared_space(reports["gateway_ip"].to_numpy()))
-        devices, hours = reports["device_id"].to_numpy(), reports["hour"].to_numpy()
         # Integer codes instead of 64-character hashes: the joins below then run on numbers.
+        egress, addresses = pd.factorize(reports["source_ip"].to_numpy(), use_na_sentinel=True)
+        shared_egress = (reports["network_kind"].isin(SHARED_BY_STRANGERS).to_numpy()
+                         | _in_shared_space(egress, addresses)
+                         | _in_shared_space(*pd.factorize(reports["gateway_ip"].to_numpy(), use_na_sentinel=True)))
+        devices, hours = reports["device_id"].to_numpy(), reports["hour"].to_numpy()
         gateway = pd.factorize(reports["gateway_mac_hash"].to_numpy(), use_na_sentinel=True)[0]
         bssid = pd.factorize(reports["wifi_bssid_hash"].to_numpy(), use_na_sentinel=True)[0]
-        egress = pd.factorize(reports["source_ip"].to_numpy(), use_na_sentinel=True)[0]
         keyed = (("egress_ip", np.where(shared_egress, -1, egress)), ("gateway_mac", gateway), ("wifi_bssid", bssid))
         rows = []
         for kind, codes in keyed:
@@ -137,13 +139,16 @@ class ColocationDetector(Detector):
                             for side in ("device_id_x", "device_id_y")])
         hours_total = frames.reports.groupby("device_id")["hour"].nunique()
         hours_shared = shared.groupby("device_id")["hour"].nunique()
-        best_kind = shared.groupby("device_id")["kind"].agg(lambda kinds: max(KIND_WEIGHT[k] for k in set(kinds)))
+        kinds = {device: set(found) for device, found in
+                 shared.drop_duplicates(["device_id", "kind"]).groupby("device_id")["kind"]}
+        best_kind = pd.Series({device: max(KIND_WEIGHT[k] for k in found) for device, found in kinds.items()},
+                              dtype=float)
         clusters: dict[str, list[str]] = {}
         for device in sorted(set(together["device_id_x"]) | set(together["device_id_y"])):
             clusters.setdefault(components.find(device), []).append(device)
         found = []
         for members in clusters.values():
-            found.extend(self._cluster(members, together, hours_total, hours_shared, best_kind, shared, context))
+            found.extend(self._cluster(members, together, hours_total, hours_shared, best_kind, kinds, context))
         return found
 
     @staticmethod
@@ -183,7 +188,7 @@ class ColocationDetector(Detector):
         return together[keep].reset_index(drop=True)
 
     def _cluster(self, members: list[str], together: pd.DataFrame, hours_total: pd.Series, hours_shared: pd.Series,
-                 best_kind: pd.Series, shared: pd.DataFrame, context: Context) -> list[DeviceFinding]:
+                 best_kind: pd.Series, kinds_seen: dict[str, set[str]], context: Context) -> list[DeviceFinding]:
         employees = sorted({context.roster[d].employee_id if d in context.roster else d for d in members})
         size = len(employees)
         base = self.size_scores[min(size, len(self.size_scores) - 1)]
@@ -193,7 +198,7 @@ class ColocationDetector(Detector):
         score = base * kind_weight * min(max(persistence / self.full_persistence, 0.3), 1.0)
         score = min(score + (self.apart_bonus if apart and score > 0 else 0.0), self.max_score)
         inside = together[together["device_id_x"].isin(members)]
-        kinds = sorted(set(shared.loc[shared["device_id"].isin(members), "kind"]))
+        kinds = sorted(set().union(*(kinds_seen.get(d, set()) for d in members)))
         evidence = {
             "cluster_size": size, "devices": members[:20], "employees": employees[:20], "shared": kinds,
             "overlap_hours_median": float(inside["hours"].median()), "persistence": persistence,
