@@ -10,6 +10,7 @@ Weak: night owls and on-call staff exist, so it only adds to other evidence.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.frame import Frames
@@ -48,17 +49,27 @@ class WorkingHoursDetector(Detector):
         if active.empty:
             return []
         hours = active["window_end"].dt.hour.to_numpy()
+        codes, devices = pd.factorize(active["device_id"], sort=True)
+        counts = np.bincount(codes, minlength=len(devices))
+        # Every device's 24-bin UTC histogram and its fit to each offset's workday, as two matrices
+        # (whole columns, not device by device): fit = hist @ inside / total.
+        hists = np.zeros((len(devices), 24))
+        np.add.at(hists, (codes, hours), 1.0)
+        inside = np.zeros((24, len(OFFSETS)))
+        for column, offset in enumerate(OFFSETS):
+            inside[(WORKDAY - offset) % 24, column] = 1.0
+        fits = hists @ inside / np.maximum(counts, 1)[:, None]
+        first = np.searchsorted(codes, np.arange(len(devices)))  # rows are sorted by device
         found = []
-        for device, index in active.groupby("device_id", sort=True).indices.items():
+        for at, device in enumerate(devices):
             entry = context.roster.get(str(device))
-            if entry is None or len(index) < self.min_active_reports:
+            if entry is None or counts[at] < self.min_active_reports:
                 continue
-            middle = active["window_end"].iloc[index[len(index) // 2]].to_pydatetime()
+            middle = active["window_end"].iloc[first[at] + counts[at] // 2].to_pydatetime()
             roster_minutes = utc_offset_minutes(entry.timezone, middle)
             if roster_minutes is None:
                 continue
-            hist = np.bincount(hours[index], minlength=24).astype(float)
-            fit = workday_fit(hist)
+            fit = fits[at]
             best = int(np.argmax(fit))
             best_offset = int(OFFSETS[best])
             roster_offset = roster_minutes / 60
@@ -67,6 +78,8 @@ class WorkingHoursDetector(Detector):
             gain = float(fit[best]) - roster_fit
             if shift < self.min_shift_hours or gain < self.min_gain:
                 continue
+            index = np.arange(first[at], first[at] + counts[at])
+            hist = hists[at]
             score = self.top_score * min(gain / 0.7, 1.0)
             rows = active.iloc[index]
             summary = (f"Active like someone working 09-18 in UTC{best_offset:+d} ({fit[best]:.0%} of "
