@@ -246,12 +246,15 @@ def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
         row = _pooled(row, keep)
         rows.append(row)
         device = row[0]
-        tools.extend(_pooled((rec, *tool), keep) for tool in window_tools)
-        sessions.extend(_pooled((rec, *session), keep) for session in window_sessions)
+        if window_tools:  # most windows have none: an empty extend still costs a generator
+            tools.extend(_pooled((rec, *tool), keep) for tool in window_tools)
+        if window_sessions:
+            sessions.extend(_pooled((rec, *session), keep) for session in window_sessions)
         # A probe's one string is its target: pooled alone, four times cheaper than _pooled, and
         # probes are most of the list rows (several anchors per report).
-        probes.extend((rec, keep(target, target) if type(target) is str else target, *rest)
-                      for target, *rest in window_probes)
+        if window_probes:
+            probes.extend((rec, keep(target, target) if type(target) is str else target, *rest)
+                          for target, *rest in window_probes)
         hardware = (window_usb, window_displays)
         previous = last_hardware.get(device)
         if previous is not None and previous[0] == hardware:  # unchanged since this device's last report
