@@ -33,6 +33,7 @@ LAPTOPS = 12
 ROUNDS = 3
 INTERVAL = 4.0
 BATCH = 2  # smaller than the fleet, so both replicas get claims in every interval
+KILL_ROUNDS = 4  # rounds in which a scoring child is watched for a claim to be killed holding it
 
 
 @pytest.fixture
@@ -126,6 +127,19 @@ def scoring_children(collector: RunningCollector) -> dict[int, int]:
     return {int(index): int(pid) for index, pid in started}
 
 
+def claimed_by(engine: sa.Engine, pid: int, until: float) -> list[str]:
+    """The devices the scorer of process ``pid`` holds claimed (its holder name carries the pid), as
+    soon as it holds any before ``until`` (monotonic); [] if it held none by then."""
+    while time.monotonic() < until:
+        with engine.connect() as db:
+            held = list(db.execute(sa.text("SELECT device_id FROM scoring_work WHERE claimed_by LIKE :mine"),
+                                   {"mine": f"%:{pid}:%"}).scalars())
+        if held:
+            return held
+        time.sleep(0.02)
+    return []
+
+
 def metric(collector: RunningCollector, name: str) -> float:
     text = httpx.get(f"{collector.url}/metrics", timeout=30).text
     [value] = [line.split()[-1] for line in text.splitlines() if line.startswith(f"{name} ")]
@@ -138,10 +152,10 @@ def test_scoring_processes_of_one_collector_share_scoring_and_survive_a_killed_o
     tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
     """``[detection] scoring_processes = 2``: one serve, two scoring children. Each laptop is scored
-    once per interval by one of them and both take a share; a child killed (SIGKILL) right after a
-    tick, possibly holding claims, is started again, every laptop's verdict still covers its newest
-    report (a dead child's claims lapse and are retaken), and each laptop has one verdict change, one
-    alert and every report stored once."""
+    once per interval by one of them and both take a share; a child killed (SIGKILL) while it holds
+    claimed devices is started again, and those devices' claims lapse and are retaken, so every
+    laptop's verdict still covers its newest report; each laptop has one verdict change, one alert
+    and every report stored once."""
     database = request.getfixturevalue("postgres") if backend == "postgresql" else None
     receiver, table = webhook
     config = collector_config(table).replace(
@@ -165,17 +179,22 @@ def test_scoring_processes_of_one_collector_share_scoring_and_survive_a_killed_o
     shares = [metric(collector, f'farmwatch_scoring_process_devices_total{{process="{n}"}}') for n in (1, 2)]
     assert sum(shares) == LAPTOPS * 2 and min(shares) > 0, shares
 
-    killed = scoring_children(collector)[1]
-    after_next_tick()
-    for n, laptop in enumerate(laptops):
-        send(collector, n, report(str(laptop["device_id"]), 3), laptop["token"])
-    time.sleep(INTERVAL)  # the next tick: both children claim the round's laptops
-    os.kill(killed, signal.SIGKILL)
-    wait_for(lambda: scoring_children(collector).get(1, killed) != killed, 60, "the killed child started again")
-    assert metric(collector, "farmwatch_scoring_restarts_total") == 1
-
     engine = sa.create_engine(collector.db_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
+        killed = scoring_children(collector)[1]
+        held: list[str] = []
+        seq = 2
+        while not held and seq < 2 + KILL_ROUNDS:  # until child 1 is caught holding a claim
+            seq += 1
+            after_next_tick()
+            for n, laptop in enumerate(laptops):
+                send(collector, n, report(str(laptop["device_id"]), seq), laptop["token"])
+            held = claimed_by(engine, killed, time.monotonic() + 1.5 * INTERVAL)
+        assert held, f"child 1 was never seen holding a claim in {KILL_ROUNDS} rounds"
+        os.kill(killed, signal.SIGKILL)  # its claimed devices are neither scored nor released
+        wait_for(lambda: scoring_children(collector).get(1, killed) != killed, 60, "the killed child started again")
+        assert metric(collector, "farmwatch_scoring_restarts_total") == 1
+
         def all_scored() -> bool:
             with engine.connect() as db:
                 behind = set(db.execute(sa.text(
@@ -183,7 +202,8 @@ def test_scoring_processes_of_one_collector_share_scoring_and_survive_a_killed_o
                     "verdicts.device_id IS NULL OR verdicts.through_report_id < devices.last_report_id")).scalars())
                 marked = set(db.execute(sa.text("SELECT device_id FROM scoring_work")).scalars())
                 return not (behind | marked) & set(ids)
-        wait_for(all_scored, 120, "every laptop's verdict covers round 3 (a dead child's claims lapse after 60 s)")
+        # The dead child's claims lapse (after 60 s) and another scorer takes them.
+        wait_for(all_scored, 150, f"every laptop's verdict covers round {seq}, the dead child's claims {held} too")
         with engine.connect() as db:
             stored = db.execute(sa.text("SELECT device_id, seq, count(*) FROM reports GROUP BY device_id, seq")).all()
             changes: dict[str, int] = dict(db.execute(sa.text("SELECT device_id, changes FROM verdict_state")).all())
@@ -191,7 +211,7 @@ def test_scoring_processes_of_one_collector_share_scoring_and_survive_a_killed_o
     finally:
         engine.dispose()
     # The module's PostgreSQL holds the other test's laptops too: only these are looked at.
-    assert sorted(row for row in stored if row[0] in ids) == [(device, seq, 1) for device in ids for seq in (1, 2, 3)]
+    assert sorted(row for row in stored if row[0] in ids) == [(device, number, 1) for device in ids for number in range(1, seq + 1)]
     assert {device: count for device, count in changes.items() if device in ids} == {device: 1 for device in ids}
     assert sorted(row for row in alerts if row[0] in ids) == [(device, 1) for device in ids]
     wait_for(lambda: len(receiver.accepted("/webhook")) >= LAPTOPS, 60, "every laptop's alert delivered")
