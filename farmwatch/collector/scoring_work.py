@@ -117,16 +117,25 @@ def mark_stale(tx: Connection, seen_since: datetime, at: datetime) -> int:
 
 
 def claim(tx: Connection, holder: str, now: datetime, hold_seconds: float, limit: int,
-          dirtied_by: datetime | None = None) -> Claim:
+          dirtied_by: datetime | None = None, among: Collection[str] | None = None) -> Claim:
     """Claim up to ``limit`` marked devices nobody holds (or whose holder's claim lapsed), oldest mark
     first; with ``dirtied_by``, only devices marked by then (one periodic tick leaves later marks to
-    the next tick, so a device is scored at most once per tick across replicas)."""
+    the next tick, so a device is scored at most once per tick across replicas); with ``among``,
+    only those devices (a batch's co-location neighbours, scored with it anyway)."""
     free = sa.or_(scoring_work.c.claimed_until.is_(None), scoring_work.c.claimed_until < now)
     query = sa.select(scoring_work.c.device_id).where(free)
     if dirtied_by is not None:
         query = query.where(scoring_work.c.dirtied_at <= dirtied_by)
-    query = query.order_by(scoring_work.c.dirtied_at, scoring_work.c.device_id).limit(limit)
-    taken = list(tx.execute(query.with_for_update(skip_locked=True)).scalars())
+    query = query.order_by(scoring_work.c.dirtied_at, scoring_work.c.device_id)
+    if among is None:
+        taken = list(tx.execute(query.limit(limit).with_for_update(skip_locked=True)).scalars())
+    else:
+        wanted, taken = sorted(among), []
+        for start in range(0, len(wanted), CHUNK):
+            if len(taken) >= limit:
+                break
+            chunk = query.where(scoring_work.c.device_id.in_(wanted[start:start + CHUNK])).limit(limit - len(taken))
+            taken += tx.execute(chunk.with_for_update(skip_locked=True)).scalars()
     until = now + timedelta(seconds=hold_seconds)
     for start in range(0, len(taken), CHUNK):
         tx.execute(scoring_work.update()

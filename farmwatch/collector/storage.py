@@ -425,10 +425,10 @@ class Storage:
     # --- scoring shared by replicas (farmwatch/collector/scoring_work.py) -------------------
 
     def claim_scoring(self, holder: str, now: datetime, hold_seconds: float, limit: int,
-                      dirtied_by: datetime | None = None) -> scoring_work.Claim:
+                      dirtied_by: datetime | None = None, among: Collection[str] | None = None) -> scoring_work.Claim:
         """Claim up to ``limit`` devices that need scoring (:func:`scoring_work.claim`), one transaction."""
         with self._writer.begin() as tx:
-            return scoring_work.claim(tx, holder, now, hold_seconds, limit, dirtied_by)
+            return scoring_work.claim(tx, holder, now, hold_seconds, limit, dirtied_by, among)
 
     def release_claim(self, claim: scoring_work.Claim, now: datetime) -> None:
         """Give up a claim without verdicts (a failed run): its devices stay marked for any replica."""

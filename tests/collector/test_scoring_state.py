@@ -3,9 +3,13 @@ fleet baselines."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from collector_helpers import report_for
 from prometheus_client import CollectorRegistry
@@ -16,6 +20,11 @@ from farmwatch.collector.ingest import digest, ingest_record, parse_report
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.scoring import REFRESH_AHEAD, Scorer
 from farmwatch.collector.storage import Storage
+from farmwatch.contract import to_wire
+from farmwatch.detectors.pipeline import score
+from farmwatch.roster import load_anchors, load_roster
+from farmwatch.simulator.cli import write_fleet
+from farmwatch.simulator.store import load_records
 
 T0 = datetime(2026, 11, 28, 5, 0, tzinfo=timezone.utc)
 
@@ -181,5 +190,41 @@ def test_the_keeper_refreshes_the_baselines_beside_the_runs_ahead_of_their_expir
         first.run()
         second.run()
         assert computed_at() == refreshed
+    finally:
+        storage.close()
+
+
+def test_a_batch_takes_its_marked_neighbours_along_and_scores_them_as_a_full_reread_would(tmp_path: Path) -> None:
+    """Batches of two on a fleet with farms sharing networks: a batch also claims the marked devices
+    of its co-location neighbourhood (it scores them anyway), so batches grow past two, every marked
+    device is claimed exactly once, and every verdict equals a full re-read's."""
+    files = write_fleet(tmp_path / "fleet", seed=11, legit=16, farms=8, days=4, shared_egress=True)
+    records = sorted((orjson.loads(line) for line in files.records.open("rb")), key=lambda r: r["received_at"])
+    storage = Storage.open(f"sqlite:///{tmp_path / 'neighbours.db'}")
+    load_records(storage, records)
+    storage.replace_roster(load_roster(files.roster))
+    storage.replace_anchors(load_anchors(files.anchors))
+    now = datetime.fromisoformat(records[-1]["received_at"].replace("Z", "+00:00")) + timedelta(minutes=7)
+    config = dataclasses.replace(CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20), batch_devices=2)
+    scorer = Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: now)
+    batches: list[tuple[str, ...]] = []
+    save = storage.save_verdicts
+
+    def saving(verdicts: Any, through: int, fleet: Any = None, claim: Any = None, at: Any = None) -> None:
+        batches.append(claim.devices)
+        save(verdicts, through, fleet, claim, at)
+
+    try:
+        storage.save_verdicts = saving  # type: ignore[method-assign, assignment]
+        scorer.run()  # reduces the fleet's reports and marks every device (its rollups are new)
+        claimed = [device for batch in batches for device in batch]
+        assert max(map(len, batches)) > 2, batches
+        assert len(claimed) == len(set(claimed)) == len({record["report"]["device_id"] for record in records})
+        full = score(storage.records(since=now - timedelta(hours=config.lookback_hours)), storage.roster(),
+                     storage.anchors(), now, config.detection, storage.suppressed_detectors(now))
+        assert {"farm", "clear"} <= {verdict.verdict for verdict in full}
+        for verdict in full:
+            stored = storage.verdict(verdict.device_id)
+            assert stored is not None and to_wire(stored) == to_wire(verdict), verdict.device_id
     finally:
         storage.close()

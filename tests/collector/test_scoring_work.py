@@ -69,6 +69,19 @@ def test_a_device_marked_again_while_scored_stays_for_the_next_tick(storage: Sto
     assert storage.claim_scoring("b", done_at, 60, limit=10, dirtied_by=done_at).devices == (DEVICES[1],)
 
 
+def test_a_claim_among_given_devices_takes_only_those_marked_free_and_due(storage: Storage) -> None:
+    """What a batch's neighbours are claimed with: only devices among those named, marked by the tick,
+    not held by anyone; never an unmarked one."""
+    _mark(storage, DEVICES[:6], T0)
+    _mark(storage, [DEVICES[6]], T0 + timedelta(seconds=30))  # marked after this tick began
+    held = storage.claim_scoring("other", T0, 60, limit=1)  # DEVICES[0]
+    among = [DEVICES[0], DEVICES[2], DEVICES[3], DEVICES[6], DEVICES[8]]  # DEVICES[8]: never marked
+    taken = storage.claim_scoring("a", T0, 60, limit=10, dirtied_by=T0, among=among)
+    assert held.devices == (DEVICES[0],)
+    assert sorted(taken.devices) == [DEVICES[2], DEVICES[3]]
+    assert storage.claim_scoring("b", T0, 60, limit=1, dirtied_by=T0, among=DEVICES[2:6]).devices == (DEVICES[4],)
+
+
 def test_a_dead_replicas_claim_lapses_and_is_retaken(storage: Storage) -> None:
     _mark(storage, DEVICES[:3], T0)
     dead = storage.claim_scoring("dead", T0, 60, limit=10)
