@@ -36,10 +36,13 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from farmwatch.collector.alerts import AlertRecorder
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.gc_tuning import settle_long_lived
 from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.periodic import REPORT_SECONDS, SupervisedChild
+from farmwatch.collector.scoring import Scorer
+from farmwatch.collector.storage import Storage
 
 log = logging.getLogger("farmwatch.collector.scoring_process")
 
@@ -57,10 +60,6 @@ def utcnow() -> datetime:
 def run_child(url: str, config: CollectorConfig, index: int, parent: Connection) -> None:
     """One scoring child's whole life: open the store, score every interval, send its scoring metrics
     up until told to stop (or the serving process is gone)."""
-    from farmwatch.collector.alerts import AlertRecorder
-    from farmwatch.collector.scoring import Scorer  # the child imports the detectors, the supervisor need not
-    from farmwatch.collector.storage import Storage
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s:     scoring {index}: %(message)s")
     storage = Storage.open(url, migrate="check")  # the serving process migrated before it started us
