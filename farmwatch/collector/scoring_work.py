@@ -63,17 +63,33 @@ def mark(tx: Connection, device_ids: Collection[str], at: datetime) -> None:
             index_elements=[scoring_work.c.device_id], set_={"version": scoring_work.c.version + 1}))
 
 
-def mark_changed(tx: Connection, changed_since: ChangedSince, at: datetime) -> int:
+def marked_batch(connection: Connection) -> int | None:
+    """The reduction batch through which changes were last marked (None before the first mark), read
+    without a lock: what :func:`mark_changed`'s ``read_ahead`` starts from."""
+    return connection.execute(sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == MARKED)).scalar()
+
+
+def mark_changed(tx: Connection, changed_since: ChangedSince, at: datetime,
+                 read_ahead: tuple[int, tuple[set[str], int]] | None = None) -> int:
     """Mark the devices whose rollups or sightings changed since the last call on any replica; returns
     how many. The progress row stays locked until ``tx`` commits, so replicas take turns and each
-    reduction batch's changes are marked exactly once."""
+    reduction batch's changes are marked exactly once.
+
+    ``read_ahead``: ``(batch, changed_since(batch))`` computed before ``tx`` took its lock; used when
+    nobody marked since that batch, so the slow read (a join over the sightings: over 10 s at
+    20,000 laptops) does not hold SQLite's one write lock, which another scoring process then waited
+    for past its busy timeout. When another replica marked in between, the (now small) change since
+    its mark is read again under the lock."""
     marked = sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == MARKED).with_for_update()
     since = tx.execute(marked).scalar()
     if since is None:
         tx.execute(_insert(tx, rollup_progress).values(name=MARKED, batch=0, floor_report_id=0)
                    .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
         since = tx.execute(marked).scalar_one()
-    changed, through = changed_since(int(since))
+    if read_ahead is not None and read_ahead[0] == since:
+        changed, through = read_ahead[1]
+    else:
+        changed, through = changed_since(int(since))
     mark(tx, changed, at)
     if through != since:
         tx.execute(rollup_progress.update().where(rollup_progress.c.name == MARKED).values(batch=through))

@@ -436,9 +436,14 @@ class Storage:
             scoring_work.release(tx, claim, now, done=False)
 
     def mark_changed(self, changed_since: scoring_work.ChangedSince, now: datetime) -> int:
-        """Mark the devices whose rollups changed since any replica last did (:func:`scoring_work.mark_changed`)."""
+        """Mark the devices whose rollups changed since any replica last did (:func:`scoring_work.mark_changed`);
+        the change set is read before the write lock is taken, and again under it only if another
+        replica marked in between."""
+        with self.engine.connect() as connection:
+            since = scoring_work.marked_batch(connection) or 0  # none yet: the first mark starts at batch 0
+        read_ahead = (since, changed_since(since))
         with self._writer.begin() as tx:
-            return scoring_work.mark_changed(tx, changed_since, now)
+            return scoring_work.mark_changed(tx, changed_since, now, read_ahead)
 
     def mark_aged_out(self, aged_out: scoring_work.AgedOut, lookback_start: datetime, now: datetime) -> int:
         """Mark the devices whose windows left the lookback since any replica last did (:func:`scoring_work.mark_aged_out`)."""
