@@ -98,6 +98,23 @@ STOP_SECONDS = JOIN_SECONDS - 5
 """A stopping child may finish its batch (one transaction), then is killed."""
 
 
+def report_until_stopped(parent: Connection, collect: Callable[[], list[Any]], work: PeriodicWorker,
+                         close: Callable[[], None]) -> None:
+    """A supervised child's main loop once ``work`` is started: send ``collect()`` (its metrics) up
+    ``parent`` every REPORT_SECONDS until the parent says stop or is gone, then stop ``work`` and
+    ``close`` what it used."""
+    try:
+        while True:
+            parent.send(collect())
+            if parent.poll(REPORT_SECONDS):
+                break  # "stop" from the parent, or EOF: the parent is gone
+    except (EOFError, OSError):
+        pass  # the parent is gone
+    finally:
+        work.stop()
+        close()
+
+
 class SupervisedChild(PeriodicWorker):
     """Runs ``target(*args, pipe)`` in a child process (``spawn``: no fork of a threaded server), each
     step starting one and following it until it exits (then, ``RESTART_SECONDS`` later, the next

@@ -34,7 +34,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from farmwatch.collector.gc_tuning import settle_long_lived
-from farmwatch.collector.periodic import REPORT_SECONDS, SupervisedChild
+from farmwatch.collector.periodic import SupervisedChild, report_until_stopped
 
 
 NICENESS = 10
@@ -60,16 +60,7 @@ def run_child(url: str, lookback_hours: float, parent: Connection) -> None:
     reducer = Reducer(storage, utcnow, registry, lookback_hours)
     settle_long_lived()
     reducer.start()
-    try:
-        while True:
-            parent.send(list(registry.collect()))
-            if parent.poll(REPORT_SECONDS):
-                break  # "stop" from the parent, or EOF: the parent is gone
-    except (EOFError, OSError):
-        pass  # the parent is gone
-    finally:
-        reducer.stop()
-        storage.close()
+    report_until_stopped(parent, lambda: list(registry.collect()), reducer, storage.close)
 
 
 class _ChildMetrics(Collector):

@@ -40,7 +40,7 @@ from farmwatch.collector.alerts import AlertRecorder
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.gc_tuning import settle_long_lived
 from farmwatch.collector.metrics import Metrics
-from farmwatch.collector.periodic import REPORT_SECONDS, SupervisedChild
+from farmwatch.collector.periodic import SupervisedChild, report_until_stopped
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 
@@ -69,16 +69,8 @@ def run_child(url: str, config: CollectorConfig, index: int, parent: Connection)
     settle_long_lived()
     scorer.start()
     log.info("scoring process %d started (pid %d)", index, os.getpid())
-    try:
-        while True:
-            parent.send([family for name in SHARED for family in getattr(metrics, name).collect()])
-            if parent.poll(REPORT_SECONDS):
-                break  # "stop" from the parent, or EOF: the parent is gone
-    except (EOFError, OSError):
-        pass  # the parent is gone
-    finally:
-        scorer.stop()
-        storage.close()
+    report_until_stopped(parent, lambda: [family for name in SHARED for family in getattr(metrics, name).collect()],
+                         scorer, storage.close)
 
 
 class ScoringProcess(SupervisedChild):

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from postgres_server import new_database as new_postgres_database
 
 from farmwatch.collector import migrate
 from farmwatch.collector.storage import Storage, open_engine
@@ -27,14 +28,6 @@ from farmwatch.collector.tables import metadata
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "schema_a99bc29"
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 RECORD = '{"received_at": "2026-11-30T12:00:00Z", "kept": true}'
-
-
-def new_postgres_database(postgres: str, name: str, encoding: str = "UTF8") -> str:
-    """A fresh database on the test cluster; its URL."""
-    with psycopg.connect(postgres, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name}")
-        connection.execute(f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0")
-    return postgres.rsplit("/", 1)[0] + "/" + name
 
 
 def load_legacy(url: str) -> None:

@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from alert_scenario import ROSTER_HEADER, auth, collector_config, report
 from collector_process import RunningCollector
+from postgres_server import new_database
 from siem_receivers import HttpReceiver, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -156,7 +157,9 @@ def test_scoring_processes_of_one_collector_share_scoring_and_survive_a_killed_o
     claimed devices is started again, and those devices' claims lapse and are retaken, so every
     laptop's verdict still covers its newest report; each laptop has one verdict change, one alert
     and every report stored once."""
-    database = request.getfixturevalue("postgres") if backend == "postgresql" else None
+    # its own database: the module's cluster still holds the laptops of the test above, which this
+    # collector would score too (stale verdicts), on top of its own
+    database = new_database(request.getfixturevalue("postgres"), "scoring_processes") if backend == "postgresql" else None
     receiver, table = webhook
     config = collector_config(table).replace(
         "interval_seconds = 3600", f"interval_seconds = {INTERVAL}\nbatch_devices = {BATCH}\nscoring_processes = 2")
