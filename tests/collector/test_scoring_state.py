@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +85,26 @@ def test_only_devices_seen_within_the_lookback_are_rescored(tmp_path: Path) -> N
         storage.close()
 
 
+def _two_replicas(storage: Storage, config: CollectorConfig, clock: list[datetime]) -> tuple[Scorer, Scorer]:
+    """Two replicas' scorers on one store, both reading the time from ``clock[0]``."""
+    first, second = (Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: clock[0]) for _ in "ab")
+    return first, second
+
+
+def _baselines_computed_at(storage: Storage) -> datetime:
+    stored = load_baselines(storage)
+    assert stored is not None
+    return stored.computed_at
+
+
 def test_one_replica_keeps_the_fleet_baselines(tmp_path: Path) -> None:
     """Two replicas' scorers on one store: only the lease holder refreshes the stored baselines when
     they are due; the other scores with them as stored; a holder that stops hands them over."""
     storage = Storage.open(f"sqlite:///{tmp_path / 'baselines.db'}")
     clock = [T0]
     config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, detection_interval_seconds=1200)
-    first, second = (Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: clock[0]) for _ in "ab")
-
-    def computed_at() -> datetime:
-        stored = load_baselines(storage)
-        assert stored is not None
-        return stored.computed_at
+    first, second = _two_replicas(storage, config, clock)
+    computed_at = partial(_baselines_computed_at, storage)
 
     def run(scorer: Scorer, minutes: int) -> None:
         clock[0] = T0 + timedelta(minutes=minutes)
@@ -158,12 +167,8 @@ def test_the_keeper_refreshes_the_baselines_beside_the_runs_ahead_of_their_expir
     storage = Storage.open(f"sqlite:///{tmp_path / 'keeper.db'}")
     clock = [T0]
     config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, detection_interval_seconds=300)
-    first, second = (Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: clock[0]) for _ in "ab")
-
-    def computed_at() -> datetime:
-        stored = load_baselines(storage)
-        assert stored is not None
-        return stored.computed_at
+    first, second = _two_replicas(storage, config, clock)
+    computed_at = partial(_baselines_computed_at, storage)
 
     def at(minutes: float) -> None:
         clock[0] = T0 + timedelta(minutes=minutes)
