@@ -15,7 +15,7 @@
   the system's CAs with the test CA added (no ``ca_file``: a collector with a public certificate),
   once as the agent reads them (the hashed directory, ``SSL_CERT_DIR``: one issuer at a time) and
   once as a bundle loaded whole (``SSL_CERT_FILE``: what ``ssl.create_default_context()`` loaded
-  before), the baseline of the former.
+  before), the baseline of the former; that one has no target: the agent never runs that way.
 - **Report size**: ``farmwatch-agent once --print`` on this machine, compact JSON gzipped as the
   transport sends it (target 4 KB; tests/agent/test_report_size.py checks a busier laptop's
   report from fixtures).
@@ -231,8 +231,10 @@ def main() -> int:
         Figure("agent peak rss", peak / 2**20, "MB", baseline=floor / 2**20, baseline_is="bare python",
                target=at_most(40)),
         Figure("agent peak uss", peak_unique / 2**20, "MB"),
+        # The last transport is the comparison for how the agent reads CAs (never how it runs): no target.
         *[Figure(f"agent peak rss, {transport}", https_peak / 2**20, "MB", baseline=peak / 2**20,
-                 baseline_is="the same agent over http, same run", target=at_most(40))
+                 baseline_is="the same agent over http, same run",
+                 target=None if transport == TRANSPORTS[-1] else at_most(40))
           for transport, (_, https_peak, _) in zip(TRANSPORTS[1:], over_https)],
         Figure("agent peak rss, https, system CAs, read as needed", over_https[1][1] / 2**20, "MB",
                baseline=over_https[2][1] / 2**20, baseline_is="the system bundle loaded whole, same run"),
