@@ -89,7 +89,8 @@ class Frames:
     """The flattened records.
 
     ``reports``: one row per record, sorted by device and window end (index 0..n-1 = ``rec``);
-    ``hour`` is the window end in whole hours since the epoch.
+    ``hour`` is the window end in whole hours since the epoch; ``device_code`` the device as an
+    integer, 0.. in device id order (a child table's rows: ``reports["device_code"]`` at their ``rec``).
     ``tools``: one row per remote-access connection (a tool without connections: one row, no peer);
     ``matched_by`` says how the agent recognised the tool (``;``-joined; ``name`` for reports from
     agents before it was reported), ``domain`` the catalogued relay domain of the peer; ``live`` marks
@@ -354,6 +355,9 @@ def _frames(
     reports = reports.iloc[order].reset_index(drop=True)
     # Whole hours since the epoch: a cheap integer key for "at the same time" joins.
     reports["hour"] = ((reports["window_end"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(hours=1)).astype("int64")
+    # The device as an integer, 0.. in device id order (the rows are sorted by device): detectors
+    # group, join and compare on it instead of hashing the id string of every row.
+    reports["device_code"] = pd.factorize(reports["device_id"].to_numpy())[0]
     new_rec = np.empty(len(order), dtype=np.int64)
     new_rec[order] = np.arange(len(order))
     devices = reports["device_id"].to_numpy()

@@ -33,6 +33,14 @@ def test_records_in_any_order_are_sorted_and_children_follow() -> None:
     assert list(reports["has_input"]) == [True, False, False, False]
 
 
+
+def test_device_codes_number_devices_in_id_order() -> None:
+    records = [make_record(device, seq) for device, seq in (("c", 0), ("a", 5), ("b", 0), ("a", 0), ("c", 5))]
+    reports = flatten(records).reports
+    assert list(reports["device_code"]) == [0, 0, 1, 2, 2]  # a, a, b, c, c: dense, ordered as the ids
+    assert reports["device_code"].dtype.kind == "i"
+    assert flatten([]).reports["device_code"].empty
+
 def test_a_tool_without_connections_is_one_row_without_a_peer() -> None:
     frames = flatten([make_record("a", 0, remote_access=[tool("anydesk", "AnyDesk")])])
     [row] = frames.tools.to_dict("records")
