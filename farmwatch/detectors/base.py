@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 
 from farmwatch.contract import Anchor, Finding, RosterEntry, Severity
@@ -106,6 +107,16 @@ class Detector(ABC):
         summary = lead + "; ".join(sentences) + "."
         return self.finding(device_id, noisy_or(parts.values()), summary, {**evidence, "parts": parts},
                             first_seen, last_seen)
+
+
+def device_runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each device's first row and row count, devices in order, for rows sorted by device (a
+    ``device_code`` column, whole or filtered: each device's rows are one contiguous run)."""
+    codes = np.asarray(codes)
+    if not len(codes):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    first = np.flatnonzero(np.diff(codes, prepend=codes[0] - 1))
+    return first, np.diff(first, append=len(codes))
 
 
 def noisy_or(scores: Iterable[float]) -> float:

@@ -7,7 +7,9 @@ Weak: some people leave laptops docked and awake, so this only adds to other evi
 
 from __future__ import annotations
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+import numpy as np
+
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_runs
 from farmwatch.detectors.clock import local_times
 from farmwatch.detectors.frame import Frames
 
@@ -33,16 +35,26 @@ class AlwaysOnDetector(Detector):
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
-        found = []
-        grouped = reports.groupby("device_id", sort=True)
-        # Most laptops sleep: the span and coverage tests, over whole columns, leave only the few
-        # always-on devices for the per-device local-time work below (which repeats both tests).
-        spans = (grouped["window_end"].max() - grouped["window_start"].min()).dt.total_seconds()
+        found: list[DeviceFinding] = []
+        if reports.empty:
+            return found
+        # Most laptops sleep: the span and coverage tests, over whole columns (each device's rows are
+        # one run in device order), leave only the few always-on devices for the per-device
+        # local-time work below (which repeats both tests).
+        first, count = device_runs(reports["device_code"].to_numpy())
+        ends = reports["window_end"].array  # time-sorted within a device: its last row is its latest
+        starts = reports["window_start"].array.as_unit(ends.unit)
+        earliest = np.minimum.reduceat(np.where(starts.isna(), np.iinfo(np.int64).max, starts.asi8), first)
+        # Seconds as Timedelta.total_seconds gives them: ticks over ticks per second.
+        spans = (ends.asi8[first + count - 1] - earliest) / (np.timedelta64(1, "s") // np.timedelta64(1, ends.unit))
+        spans[earliest == np.iinfo(np.int64).max] = np.nan  # no window start at all: as pandas' NaT span
         short = spans < self.min_days * 86400
-        sleeps = grouped.size() * self.interval_seconds / spans < self.coverage
-        positions = grouped.indices
-        for device in spans.index[~(short | sleeps)]:  # sorted by device, as groupby gives them
-            rows = reports.iloc[positions[device]]
+        sleeps = count * self.interval_seconds / spans < self.coverage
+        ids = reports["device_id"].to_numpy()
+        narrow = reports[["window_start", "window_end", "active_seconds"]]
+        for at in np.flatnonzero(~(short | sleeps)):  # in device order
+            device = ids[first[at]]
+            rows = narrow.iloc[first[at]:first[at] + count[at]]
             span = (rows["window_end"].max() - rows["window_start"].min()).total_seconds()
             if span < self.min_days * 86400:
                 continue

@@ -10,9 +10,8 @@ Weak: night owls and on-call staff exist, so it only adds to other evidence.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_runs
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.signals.host_mismatch import utc_offset_minutes
 
@@ -45,27 +44,28 @@ class WorkingHoursDetector(Detector):
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
-        active = reports[reports["active_seconds"].fillna(0) >= self.active_seconds]
-        if active.empty:
+        # Whole columns of the active rows only (a filtered copy of the frame would copy every column).
+        mask = reports["active_seconds"].fillna(0).to_numpy() >= self.active_seconds
+        if not mask.any():
             return []
-        hours = active["window_end"].dt.hour.to_numpy()
-        codes, devices = pd.factorize(active["device_id"], sort=True)
-        counts = np.bincount(codes, minlength=len(devices))
+        hours = reports["hour"].to_numpy()[mask] % 24  # whole hours since the epoch: the UTC hour of day
+        ends = reports["window_end"].array[mask]
+        ids = reports["device_id"].to_numpy()[mask]
+        first, counts = device_runs(reports["device_code"].to_numpy()[mask])  # devices with active rows, in order
+        codes = np.repeat(np.arange(len(first)), counts)
         # Every device's 24-bin UTC histogram and its fit to each offset's workday, as two matrices
         # (whole columns, not device by device): fit = hist @ inside / total.
-        hists = np.zeros((len(devices), 24))
-        np.add.at(hists, (codes, hours), 1.0)
+        hists = np.bincount(codes * 24 + hours, minlength=len(first) * 24).reshape(len(first), 24).astype(float)
         inside = np.zeros((24, len(OFFSETS)))
         for column, offset in enumerate(OFFSETS):
             inside[(WORKDAY - offset) % 24, column] = 1.0
         fits = hists @ inside / np.maximum(counts, 1)[:, None]
-        first = np.searchsorted(codes, np.arange(len(devices)))  # rows are sorted by device
         found = []
-        for at, device in enumerate(devices):
+        for at, device in enumerate(ids[first]):
             entry = context.roster.get(str(device))
             if entry is None or counts[at] < self.min_active_reports:
                 continue
-            middle = active["window_end"].iloc[first[at] + counts[at] // 2].to_pydatetime()
+            middle = ends[first[at] + counts[at] // 2].to_pydatetime()
             roster_minutes = utc_offset_minutes(entry.timezone, middle)
             if roster_minutes is None:
                 continue
@@ -78,16 +78,14 @@ class WorkingHoursDetector(Detector):
             gain = float(fit[best]) - roster_fit
             if shift < self.min_shift_hours or gain < self.min_gain:
                 continue
-            index = np.arange(first[at], first[at] + counts[at])
             hist = hists[at]
             score = self.top_score * min(gain / 0.7, 1.0)
-            rows = active.iloc[index]
             summary = (f"Active like someone working 09-18 in UTC{best_offset:+d} ({fit[best]:.0%} of "
-                       f"{len(index)} active reports), not in the roster's {entry.timezone} "
+                       f"{counts[at]} active reports), not in the roster's {entry.timezone} "
                        f"({roster_fit:.0%} inside its workday).")
             evidence = {"best_utc_offset": best_offset, "best_fit": float(fit[best]),
                         "roster_utc_offset": roster_offset, "roster_fit": roster_fit,
-                        "active_reports": len(index), "hours_utc": hist.astype(int).tolist()}
+                        "active_reports": int(counts[at]), "hours_utc": hist.astype(int).tolist()}
             found.append(self.finding(str(device), score, summary, evidence,
-                                      rows["window_end"].min(), rows["window_end"].max()))
+                                      ends[first[at]], ends[first[at] + counts[at] - 1]))  # time-sorted
         return found
