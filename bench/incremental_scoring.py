@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from report import Figure, at_most, publish, quick
 
+from farmwatch.collector import incremental as incremental_scoring
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.incremental import refresh_baselines, score_devices
 from farmwatch.collector.rollups import changed_devices, reduce_pending
@@ -75,6 +76,24 @@ def in_child(work: Callable[[], Any]) -> tuple[Any, float, float, float]:
     return done["result"], done["seconds"], usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime
 
 
+FRAME_BUILDERS = ("frames_from_columns", "frames_from_windows")
+"""What ``score_devices`` rebuilds frames with (reading and decoding the rollups included): the first
+one its module has is timed (frames_from_windows before the columnar rollups)."""
+
+
+def timed_in_process(module: Any, name: str, spent: dict[str, float], label: str) -> None:
+    """Replace ``module.name`` with a wrapper adding the process CPU seconds of each call to ``spent[label]``."""
+    inner = getattr(module, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.process_time() - began
+    setattr(module, name, timed)
+
+
 def main() -> int:
     laptops = 60 if quick() else 600
     with tempfile.TemporaryDirectory(prefix="farmwatch-incremental-") as tmp:
@@ -113,13 +132,19 @@ def main() -> int:
         def incremental() -> dict[str, Any]:
             store = Storage.open(url)
             changed, _ = changed_devices(store, mark)
-            return {v.device_id: to_wire(v) for v in score_devices(store, changed, now, CONFIG).verdicts}
+            spent: dict[str, float] = {}
+            builder = next(name for name in FRAME_BUILDERS if hasattr(incremental_scoring, name))
+            timed_in_process(incremental_scoring, builder, spent, "frames")
+            timed_in_process(incremental_scoring, "score_frames", spent, "detectors")
+            verdicts = {v.device_id: to_wire(v) for v in score_devices(store, changed, now, CONFIG).verdicts}
+            return {"verdicts": verdicts, "cpu": spent}
 
         everyone, full_seconds, full_gb, full_cpu = in_child(full)
         filed, reduce_seconds, reduce_gb, reduce_cpu = in_child(reduce_interval)
         # The hourly refresh, here over the data just reduced so both paths see the same fleet.
         _, refresh_seconds, refresh_gb, _ = in_child(lambda: bool(refresh_baselines(Storage.open(url), now, CONFIG)))
-        changed, score_seconds, score_gb, score_cpu = in_child(incremental)
+        scored, score_seconds, score_gb, score_cpu = in_child(incremental)
+        changed, split = scored["verdicts"], scored["cpu"]
     print(f"{files.count:,} records of {laptops} laptops; backlog of {reduced:,} reduced in {backlog_seconds:.1f} s; "
           f"{new} new reports, {filed} reduced in {reduce_seconds:.1f} s; fleet baselines refreshed in "
           f"{refresh_seconds:.1f} s (peak rss {refresh_gb:.2f} GB)")
@@ -127,6 +152,9 @@ def main() -> int:
     incremental_cpu_ms = (reduce_cpu + score_cpu) * 1000 / max(len(changed), 1)
     full_cpu_ms = full_cpu * 1000 / max(len(everyone), 1)
     same = all(everyone[device] == verdict for device, verdict in changed.items())
+    per_device = {part: seconds * 1000 / max(len(changed), 1) for part, seconds in split.items()}
+    print(f"incremental scoring CPU per changed device: frames from rollups {per_device['frames']:.2f} ms "
+          f"(reading and decoding included), detectors {per_device['detectors']:.2f} ms")
     print(f"full re-read: {len(everyone)} devices in {full_seconds:.1f} s ({full_cpu_ms:.1f} ms CPU per device), "
           f"peak rss {full_gb:.2f} GB; incremental: {len(changed)} changed devices in {incremental_seconds:.1f} s "
           f"({incremental_cpu_ms:.1f} ms CPU per device), peak rss {incremental_gb:.2f} GB; same verdicts: {same}; "
@@ -140,6 +168,8 @@ def main() -> int:
                baseline_is="full re-read of the lookback", target=at_most(1.0, ratio=True)),
         Figure(f"CPU per device scoring one interval ({fleet}), rollups", incremental_cpu_ms, "ms",
                baseline=full_cpu_ms, baseline_is="full re-read of the lookback, per device"),
+        Figure(f"CPU per device rebuilding frames from rollups ({fleet})", per_device["frames"], "ms"),
+        Figure(f"CPU per device in the detectors, scoring from rollups ({fleet})", per_device["detectors"], "ms"),
         Figure(f"peak memory scoring one interval ({fleet}), rollups", incremental_gb, "GB", baseline=full_gb,
                baseline_is="full re-read of the lookback", target=at_most(1.0, ratio=True)),
         Figure(f"reduce {reduced:,} stored reports into rollups", backlog_seconds, "s"),

@@ -13,11 +13,11 @@ never as evidence.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from operator import itemgetter
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -229,63 +229,6 @@ def _within_bounds(value: Any) -> bool:
         return False
 
 
-def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
-    """Build :class:`Frames` from reduced windows (:class:`Window`, or the lists JSON gives back),
-    in the order given (ties of device, window end and seq keep it)."""
-    rows: list[tuple[Any, ...]] = []
-    tools: list[tuple[Any, ...]] = []
-    sessions: list[tuple[Any, ...]] = []
-    probes: list[tuple[Any, ...]] = []
-    usb: dict[tuple[Any, ...], list[int]] = {}
-    displays: dict[tuple[Any, ...], list[int]] = {}
-    last_hardware: dict[str, tuple[Any, list[list[int]]]] = {}
-    # Every record brings its own copy of the same few strings (device ids, networks, time zones);
-    # keeping one object per distinct value roughly halves the frames' memory at fleet scale.
-    pool: dict[str, str] = {}
-    keep = pool.setdefault
-    for rec, (row, window_tools, window_sessions, window_probes, window_usb, window_displays) in enumerate(windows):
-        row = _pooled(row, keep)
-        rows.append(row)
-        device = row[0]
-        if window_tools:  # most windows have none: an empty extend still costs a generator
-            tools.extend(_pooled((rec, *tool), keep) for tool in window_tools)
-        if window_sessions:
-            sessions.extend(_pooled((rec, *session), keep) for session in window_sessions)
-        # A probe's one string is its target: pooled alone, four times cheaper than _pooled, and
-        # probes are most of the list rows (several anchors per report).
-        if window_probes:
-            probes.extend((rec, keep(target, target) if type(target) is str else target, *rest)
-                          for target, *rest in window_probes)
-        hardware = (window_usb, window_displays)
-        previous = last_hardware.get(device)
-        if previous is not None and previous[0] == hardware:  # unchanged since this device's last report
-            for recs in previous[1]:
-                recs.append(rec)
-            continue
-        folded = [_fold(usb, (device, *item)) for item in window_usb]
-        folded += [_fold(displays, (device, *item)) for item in window_displays]
-        for recs in folded:
-            recs.append(rec)
-        last_hardware[device] = (hardware, folded)
-    return _frames(rows, tools, sessions, probes, usb, displays)
-
-
-def _pooled(values: Iterable[Any], keep: Callable[[str, str], str]) -> tuple[Any, ...]:
-    """``values`` with each string replaced by the first equal string the pool holds (``keep``: the
-    pool's ``setdefault``); other values pass through (1, 1.0 and True are equal dict keys, so pooling
-    them would change their type). One comprehension per row rather than a Python call per value:
-    py-spy showed the per-value call as 5 % of ``farmwatch-detect`` on a million records."""
-    return tuple([keep(value, value) if type(value) is str else value for value in values])
-
-
-def _fold(seen: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...]) -> list[int]:
-    """The list of records holding hardware identity ``key`` (created empty on first sight)."""
-    recs = seen.get(key)
-    if recs is None:
-        recs = seen[key] = []
-    return recs
-
-
 def _utc(values: Any) -> pd.Series:
     return pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
 
@@ -310,61 +253,287 @@ def _column(name: str, values: Sequence[Any]) -> Any:
     return np.array(values, dtype=object)
 
 
-_TRANSPOSED_ROWS = 65_536  # rows moved into columns at a time: a few MB of pointers
+
+def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
+    """Build :class:`Frames` from reduced windows (:class:`Window`, or the lists JSON gives back),
+    in the order given (ties of device, window end and seq keep it): their :func:`window_columns`,
+    a chunk of windows at a time, through :func:`frames_from_columns`."""
+    def chunks() -> Iterator[dict[str, Any]]:
+        chunk: list[Sequence[Any]] = []
+        for window in windows:
+            chunk.append(window)
+            if len(chunk) == _CHUNK_WINDOWS:
+                yield window_columns(chunk)
+                chunk = []
+        yield window_columns(chunk)
+    return frames_from_columns(chunks())
 
 
-def _table(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
-    """Columns from row tuples, each converted once (numbers to float64 with NaN for null).
+_CHUNK_WINDOWS = 4096  # windows turned into columns at a time by frames_from_windows
+_PARTS = (("tools", _TOOL_COLUMNS[1:]), ("sessions", _SESSION_COLUMNS[1:]), ("probes", _PROBE_COLUMNS[1:]))
+WINDOW = "window"
+"""The column of a list part (tools, sessions, probes) in :func:`window_columns`: which window, 0..,
+the row belongs to."""
+SAME = "same"
+"""A column whose every value is the same is stored as ``{"same": value}``."""
 
-    Consumes ``rows`` (the list is emptied): they are moved into one list per column a slice at a
-    time (``zip``, at C speed: an ``itemgetter`` call per value was 6 % of ``farmwatch-detect`` on a
-    million records), each slice's tuples freed as it goes, and each column's list freed once it is
-    an array, so the rows, a full transposed copy and the arrays never all exist at once."""
-    values: list[list[Any]] = [[] for _ in columns]
-    while rows:
-        for column, part in zip(values, zip(*rows[:_TRANSPOSED_ROWS])):
-            column.extend(part)
-        del rows[:_TRANSPOSED_ROWS]
-    arrays = {}
-    for index, name in enumerate(columns):
-        arrays[name], values[index] = _column(name, values[index]), []
+
+def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The column form of ``windows`` (each a :class:`Window`'s six parts, in the current
+    :data:`WINDOW_LAYOUT`), plain JSON values, as the collector stores one device-hour of them::
+
+        {"windows": n,
+         "reports": {column: [n values] or {"same": value}, ...},
+         "tools" | "sessions" | "probes": {"window": [index of its window, ...], column: [...], ...},
+         "hardware": {"sets": [[usb items, display items], ...],
+                      "window_set": [index into sets for each window] or {"same": index}}}
+
+    Columns are named, so a reader maps an older layout by name (a column it lacks is None).
+    :func:`frames_from_columns` builds frames from any number of these; :func:`windows_of_columns`
+    gives the windows back."""
+    rows = [window[0] for window in windows]
+    reports = {name: _same_or_all(list(values)) for name, values in
+               zip(_REPORT_COLUMNS, _transposed(rows, len(_REPORT_COLUMNS)))}
+    columns: dict[str, Any] = {"windows": len(windows), "reports": reports}
+    for index, (part, names) in enumerate(_PARTS, start=1):
+        owners: list[int] = []
+        items: list[Sequence[Any]] = []
+        for window_index, window in enumerate(windows):
+            entries = window[index]
+            if entries:
+                owners.extend(repeat(window_index, len(entries)))
+                items.extend(entries)
+        columns[part] = {WINDOW: owners, **{name: list(values) for name, values in
+                                            zip(names, _transposed(items, len(names)))}}
+    sets: dict[tuple[Any, ...], int] = {}
+    window_set = [sets.setdefault((_items_key(window[4]), _items_key(window[5])), len(sets)) for window in windows]
+    columns["hardware"] = {"sets": [[list(map(list, usb)), list(map(list, displays))] for usb, displays in sets],
+                           "window_set": _same_or_all(window_set)}
+    return columns
+
+
+def _transposed(rows: Sequence[Sequence[Any]], width: int) -> list[tuple[Any, ...]]:
+    return list(zip(*rows)) if rows else [() for _ in range(width)]
+
+
+def _items_key(items: Sequence[Sequence[Any]]) -> tuple[tuple[Any, ...], ...]:
+    return tuple(map(tuple, items))
+
+
+def _same_or_all(values: list[Any]) -> list[Any] | dict[str, Any]:
+    """``{"same": value}`` when every value is equal and of one type (1, 1.0 and True compare equal),
+    else ``values``; the count and the type set run at C speed."""
+    if len(values) > 1 and values.count(values[0]) == len(values) and len(set(map(type, values))) == 1:
+        return {SAME: values[0]}
+    return values
+
+
+def _all_values(stored: Any, count: int) -> list[Any]:
+    """A stored column's ``count`` values (missing: None, not reported)."""
+    if stored is None:
+        return [None] * count
+    if type(stored) is dict:
+        return [stored[SAME]] * count
+    return list(stored)
+
+
+def windows_of_columns(columns: dict[str, Any]) -> list[list[Any]]:
+    """The windows :func:`window_columns` made ``columns`` from (each ``[row, tools, sessions,
+    probes, usb, displays]``, rows as tuples), in their order; a column the stored form lacks is None."""
+    count = columns["windows"]
+    stored = columns["reports"]
+    rows = list(zip(*(_all_values(stored.get(name), count) for name in _REPORT_COLUMNS))) if count else []
+    windows: list[list[Any]] = [[row] for row in rows]
+    for part, names in _PARTS:
+        entries: list[list[tuple[Any, ...]]] = [[] for _ in range(count)]
+        part_columns = columns[part]
+        owners = part_columns[WINDOW]
+        values = (_all_values(part_columns.get(name), len(owners)) for name in names)
+        for owner, *item in zip(owners, *values):
+            entries[owner].append(tuple(item))
+        for window, items in zip(windows, entries):
+            window.append(items)
+    hardware = columns["hardware"]
+    sets = hardware["sets"]
+    for window, index in zip(windows, _all_values(hardware["window_set"], count)):
+        usb, displays = sets[index]
+        window += [[tuple(item) for item in usb], [tuple(item) for item in displays]]
+    return windows
+
+
+def frames_from_columns(blocks: Iterable[dict[str, Any]]) -> Frames:
+    """Build :class:`Frames` from column forms of windows (:func:`window_columns`), the windows in
+    the order given (ties of device, window end and seq keep it), as :func:`frames_from_windows`
+    builds them from the windows themselves.
+
+    Each column of the batch is one list extended block by block, then converted once; strings of
+    text columns are pooled (one object per distinct value: about half the frames' memory at fleet
+    scale), a column stored as one value for the block at the cost of one lookup."""
+    reports: dict[str, list[Any]] = {name: [] for name in _REPORT_COLUMNS}
+    parts: dict[str, dict[str, Any]] = {part: {name: [] for name in names} for part, names in _PARTS}
+    owners: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
+    owner_offsets: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
+    owner_counts: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
+    hardware = _Hardware()
+    pool: dict[str, str] = {}
+    offset = 0
+    for block in blocks:
+        count = block["windows"]
+        if not count:
+            continue
+        stored = block["reports"]
+        for name, values in reports.items():
+            _extend(values, stored.get(name), count, pool if name in _POOLED else None)
+        for part, names in _PARTS:
+            part_columns = block[part]
+            rows = part_columns[WINDOW]
+            if not rows:
+                continue
+            owners[part].extend(rows)
+            owner_offsets[part].append(offset)
+            owner_counts[part].append(len(rows))
+            for name, values in parts[part].items():
+                _extend(values, part_columns.get(name), len(rows), pool if name in _POOLED else None)
+        hardware.add(block["hardware"], count)
+        offset += count
+    for part, _ in _PARTS:
+        recs = np.asarray(owners.pop(part), dtype=np.int64)
+        recs += np.repeat(np.asarray(owner_offsets[part], dtype=np.int64), owner_counts[part])
+        parts[part] = {"rec": recs, **parts[part]}
+    return _frames(reports, parts["tools"], parts["sessions"], parts["probes"], hardware)
+
+
+# Text columns: their strings are pooled (numbers are not: 1, 1.0 and True are equal dict keys,
+# and the window times are parsed, not kept).
+_POOLED = frozenset(name for name in (*_REPORT_COLUMNS, *(name for _, names in _PARTS for name in names))
+                    if name not in _NUMERIC | _INTEGER | _BOOLEAN and name not in _PARSED_TIMES)
+
+
+def _extend(values: list[Any], stored: Any, count: int, pool: dict[str, str] | None) -> None:
+    """Append a stored column's ``count`` values to ``values`` (missing: None), pooling strings in ``pool``."""
+    if type(stored) is dict:
+        value = stored[SAME]
+        if pool is not None and type(value) is str:
+            value = pool.setdefault(value, value)
+        values.extend(repeat(value, count))
+    elif stored is None:
+        values.extend(repeat(None, count))
+    elif pool is None:
+        values.extend(stored)
+    else:
+        keep = pool.setdefault
+        values.extend([keep(value, value) if type(value) is str else value for value in stored])
+
+
+class _Hardware:
+    """The batch's hardware: each distinct set of (usb, displays) items once, and each window's set;
+    folded per device and identity once the windows' final order is known (:meth:`folded`)."""
+
+    def __init__(self) -> None:
+        self.sets: list[tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...]]] = []
+        self.index: dict[Any, int] = {}
+        self.window_set: list[int] = []
+
+    def add(self, stored: dict[str, Any], count: int) -> None:
+        mapping = []
+        for usb, displays in stored["sets"]:
+            key = (_items_key(usb), _items_key(displays))
+            found = self.index.get(key)
+            if found is None:
+                found = self.index[key] = len(self.sets)
+                self.sets.append(key)
+            mapping.append(found)
+        window_set = stored["window_set"]
+        if type(window_set) is dict:
+            self.window_set.extend(repeat(mapping[window_set[SAME]], count))
+        else:
+            self.window_set.extend([mapping[index] for index in window_set])
+
+    def folded(self, devices: Any, new_rec: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """One row per device and identity, usb and displays, in the order each first appears among
+        the windows as given, with the first and last ``rec`` (``new_rec``: each window's row after
+        the sort) holding it and how many times windows held it. ``devices``: each window's device,
+        as given."""
+        usb: dict[tuple[Any, ...], list[int]] = {}
+        displays: dict[tuple[Any, ...], list[int]] = {}
+        window_set = np.asarray(self.window_set, dtype=np.int64)
+        self.window_set = []
+        holding = np.flatnonzero(np.array([bool(u or d) for u, d in self.sets], dtype=bool)[window_set]
+                                 if len(self.sets) else np.zeros(0, dtype=bool))
+        if len(holding):
+            # Windows of one device with the same set hold the same identities: fold those pairs
+            # with numpy, then each pair's few identities in Python.
+            codes, device_ids = pd.factorize(np.asarray(devices, dtype=object)[holding])
+            pair = codes.astype(np.int64) * len(self.sets) + window_set[holding]
+            keys, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+            recs = new_rec[holding]
+            lowest = np.full(len(keys), np.iinfo(np.int64).max, dtype=np.int64)
+            highest = np.full(len(keys), -1, dtype=np.int64)
+            np.minimum.at(lowest, inverse, recs)
+            np.maximum.at(highest, inverse, recs)
+            windows = np.bincount(inverse, minlength=len(keys))
+            for at in np.argsort(first, kind="stable"):  # first appearance among the windows as given
+                device = device_ids[keys[at] // len(self.sets)]
+                held_usb, held_displays = self.sets[keys[at] % len(self.sets)]
+                for seen, items in ((usb, held_usb), (displays, held_displays)):
+                    for item in items:
+                        _count(seen, (device, *item), int(lowest[at]), int(highest[at]), int(windows[at]))
+        return _folded(usb, _USB_KEY), _folded(displays, _DISPLAY_KEY)
+
+
+def _count(seen: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], first: int, last: int, windows: int) -> None:
+    """Add ``windows`` windows, from rec ``first`` to ``last``, to identity ``key``'s [first, last, count]."""
+    entry = seen.get(key)
+    if entry is None:
+        seen[key] = [first, last, windows]
+    else:
+        entry[0], entry[1], entry[2] = min(entry[0], first), max(entry[1], last), entry[2] + windows
+
+
+def _table(columns: dict[str, Any], names: tuple[str, ...]) -> pd.DataFrame:
+    """A frame of ``columns`` (lists, emptied from the dict as each is converted once: numbers to
+    float64 with NaN for null), so the lists and the arrays never all exist at once."""
+    arrays = {name: _column(name, columns.pop(name)) for name in names}
     return pd.DataFrame(arrays, copy=False)
 
 
 def _frames(
-    rows: list[tuple[Any, ...]],
-    tools: list[tuple[Any, ...]],
-    sessions: list[tuple[Any, ...]],
-    probes: list[tuple[Any, ...]],
-    usb: dict[tuple[Any, ...], list[int]],
-    displays: dict[tuple[Any, ...], list[int]],
+    reports: dict[str, list[Any]],
+    tools: dict[str, Any],
+    sessions: dict[str, Any],
+    probes: dict[str, Any],
+    hardware: _Hardware,
 ) -> Frames:
-    # Largest list first: each is freed once it is a table, which lowers the peak for the next.
+    # Largest table first: each column is freed once it is an array, which lowers the peak for the next.
     probe_table = _table(probes, _PROBE_COLUMNS)
     tool_table = _table(tools, _TOOL_COLUMNS)
     session_table = _table(sessions, _SESSION_COLUMNS)
-    window_ends = list(map(itemgetter(_REPORT_COLUMNS.index("window_end")), rows))
-    reports = _table(rows, _REPORT_COLUMNS)
-    unreadable = reports["window_end"].isna().to_numpy()
+    window_ends = reports["window_end"]
+    reports_table = _table(reports, _REPORT_COLUMNS)
+    devices = reports_table["device_id"].to_numpy()  # in the order given: the hardware's windows
+    unreadable = reports_table["window_end"].isna().to_numpy()
     if unreadable.any():
         first = int(unreadable.argmax())
         raise RecordError(f"record {first + 1}: report.window_end is not an RFC 3339 time: {window_ends[first]!r}")
     del window_ends
     # Sort once so every detector sees each device's records in time order; remap child tables.
-    order = reports.sort_values(["device_id", "window_end", "seq"], kind="stable").index.to_numpy()
-    reports = reports.iloc[order].reset_index(drop=True)
+    order = reports_table.sort_values(["device_id", "window_end", "seq"], kind="stable").index.to_numpy()
+    reports_table = reports_table.iloc[order].reset_index(drop=True)
     # Whole hours since the epoch: a cheap integer key for "at the same time" joins.
-    reports["hour"] = ((reports["window_end"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(hours=1)).astype("int64")
+    reports_table["hour"] = ((reports_table["window_end"] - pd.Timestamp(0, tz="UTC"))
+                             // pd.Timedelta(hours=1)).astype("int64")
     # The device as an integer, 0.. in device id order (the rows are sorted by device): detectors
     # group, join and compare on it instead of hashing the id string of every row.
-    reports["device_code"] = pd.factorize(reports["device_id"].to_numpy())[0]
+    reports_table["device_code"] = pd.factorize(reports_table["device_id"].to_numpy())[0]
     new_rec = np.empty(len(order), dtype=np.int64)
     new_rec[order] = np.arange(len(order))
-    devices = reports["device_id"].to_numpy()
+    usb, displays = hardware.folded(devices, new_rec)
+    del devices
+    sorted_devices = reports_table["device_id"].to_numpy()
 
     def child(table: pd.DataFrame) -> pd.DataFrame:
         table["rec"] = new_rec[table["rec"].to_numpy()]
-        table["device_id"] = devices[table["rec"].to_numpy()]
+        table["device_id"] = sorted_devices[table["rec"].to_numpy()]
         return table.sort_values("rec", kind="stable").reset_index(drop=True)
 
     tool_frame = child(tool_table)
@@ -373,18 +542,15 @@ def _frames(
     tool_frame["live"] = (tool_frame["state"].astype(str).str.upper().isin(("ESTABLISHED", _ENDED))
                           & tool_frame["remote_ip"].notna())
     return Frames(
-        reports=reports,
+        reports=reports_table,
         tools=tool_frame,
         sessions=child(session_table),
         probes=child(probe_table),
-        usb=_folded(usb, _USB_KEY, new_rec),
-        displays=_folded(displays, _DISPLAY_KEY, new_rec),
+        usb=usb,
+        displays=displays,
     )
 
 
-def _folded(seen: dict[tuple[Any, ...], list[int]], key: tuple[str, ...], new_rec: Any) -> pd.DataFrame:
-    rows = []
-    for identity, recs in seen.items():
-        renumbered = new_rec[recs]
-        rows.append(identity + (int(renumbered.min()), int(renumbered.max()), len(recs)))
+def _folded(seen: dict[tuple[Any, ...], list[int]], key: tuple[str, ...]) -> pd.DataFrame:
+    rows = [identity + tuple(counts) for identity, counts in seen.items()]
     return pd.DataFrame(rows, columns=list(key) + ["first_rec", "last_rec", "reports"])

@@ -1,0 +1,140 @@
+"""Frames built from the column form of windows (``window_columns`` / ``frames_from_columns``, what
+the collector's rollups store and scoring reads) are exactly the frames the per-window builder made
+(the oracle: tests/detectors/per_window_frames.py, the builder as it was before), and score to the
+same verdicts.
+
+Simulated fleets (farmwatch.simulator, two seeds with the tactics that change hardware and tamper
+with the agent), plus hand-made windows for what a fleet rarely shows: a device's hardware changing
+and changing back, one identity twice in a window, windows received out of time order, a column an
+older layout lacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+from detector_records import make_record
+from per_window_frames import frames_from_windows as per_window_frames
+
+from farmwatch.contract import to_wire
+from farmwatch.detectors.frame import (
+    WINDOW_LAYOUT, Frames, flatten, frames_from_columns, reduce_record, window_columns, windows_of_columns,
+)
+from farmwatch.detectors.pipeline import score_frames
+from farmwatch.roster import Anchor, RosterEntry, load_anchors, load_roster
+from farmwatch.simulator.cli import write_fleet
+
+FLEETS = {"seed-21-tactics": (21, ("tampering", "kvm-reflashed")), "seed-24-stealthy": (24, ())}
+
+KVM = {"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device",
+       "interface_classes": ["hid"]}
+MOUSE = {"vendor_id": "046d", "product_id": "c077", "manufacturer": "Logitech", "product": "USB Optical Mouse",
+         "interface_classes": ["hid"]}
+SCREEN = {"name": "HDMI-1", "manufacturer": "DEL", "serial_hash": "ab" * 32}
+
+
+@dataclasses.dataclass
+class Fleet:
+    records: list[dict[str, Any]]
+    roster: list[RosterEntry]
+    anchors: list[Anchor]
+    now: datetime
+
+
+def _hand_made() -> list[dict[str, Any]]:
+    """One device whose hardware goes A, B, A (two identities, one of them twice in a window), and
+    one whose windows arrive out of time order with the same hardware."""
+    changing = [({"usb": [KVM, MOUSE], "displays": [SCREEN]}), ({"usb": [MOUSE, MOUSE], "displays": []}),
+                ({"usb": [KVM, MOUSE], "displays": [SCREEN]}), ({"usb": [], "displays": []})]
+    records = [make_record("zz-changing", seq * 5, hardware=hardware) for seq, hardware in enumerate(changing)]
+    late = [make_record("zz-late", minutes, hardware={"usb": [KVM], "displays": []}) for minutes in (20, 0, 10, 5)]
+    return records + late
+
+
+@pytest.fixture(scope="module", params=list(FLEETS))
+def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    seed, tactics = FLEETS[request.param]
+    variant: dict[str, Any] = {"tactics": tactics} if tactics else {"stealthy": True}
+    files = write_fleet(tmp_path_factory.mktemp(request.param), seed=seed, legit=30, farms=8, days=4, **variant)
+    records = [orjson.loads(line) for line in files.records.open("rb")]
+    records.sort(key=lambda record: record["received_at"])  # as they would arrive: devices interleaved
+    now = max(datetime.fromisoformat(r["received_at"].replace("Z", "+00:00")) for r in records) + timedelta(seconds=30)
+    return Fleet(records + _hand_made(), load_roster(files.roster), load_anchors(files.anchors), now)
+
+
+def _assert_same_frames(expected: Frames, built: Frames) -> None:
+    for field in dataclasses.fields(Frames):
+        pd.testing.assert_frame_equal(getattr(built, field.name), getattr(expected, field.name), check_exact=True,
+                                      obj=f"Frames.{field.name}")
+
+
+def _device_hours(windows: list[Any]) -> list[list[Any]]:
+    """The windows grouped as the rollups store them: by device, then hour of receipt (here: of the
+    window's position, twelve at a time), in order within each."""
+    by_device: dict[str, list[Any]] = defaultdict(list)
+    for window in windows:
+        by_device[window[0][0]].append(window)
+    return [mine[start:start + 12] for device in sorted(by_device) for mine in [by_device[device]]
+            for start in range(0, len(mine), 12)]
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value))
+
+
+def test_flatten_builds_the_frames_the_per_window_builder_built(fleet: Fleet) -> None:
+    expected = per_window_frames(reduce_record(record) for record in fleet.records)
+    built = flatten(fleet.records)
+    _assert_same_frames(expected, built)
+    assert len(built.usb) and len(built.displays) and len(built.tools) and len(built.probes)  # every table compared
+    changing = built.usb[built.usb["device_id"] == "zz-changing"]
+    assert sorted(changing["reports"]) == [2, 4]  # the KVM in windows 0 and 2, the mouse once, twice, once
+
+
+def test_stored_device_hours_build_the_frames_their_windows_build(fleet: Fleet) -> None:
+    """As scoring reads rollups: one column form per device-hour, through JSON, concatenated."""
+    windows = _json([list(reduce_record(record)) for record in fleet.records])
+    hours = _device_hours(windows)
+    in_order = [window for hour in hours for window in hour]
+    expected = per_window_frames(in_order)
+    built = frames_from_columns(_json(window_columns(hour)) for hour in hours)
+    _assert_same_frames(expected, built)
+
+
+def test_verdicts_from_columns_are_the_per_window_verdicts(fleet: Fleet) -> None:
+    windows = _json([list(reduce_record(record)) for record in fleet.records])
+    hours = _device_hours(windows)
+    expected = per_window_frames([window for hour in hours for window in hour])
+    built = frames_from_columns(_json(window_columns(hour)) for hour in hours)
+
+    def verdicts(frames: Frames) -> list[bytes]:
+        return [orjson.dumps(to_wire(verdict), option=orjson.OPT_SORT_KEYS)
+                for verdict in score_frames(frames, fleet.roster, fleet.anchors, fleet.now)]
+
+    found = verdicts(built)
+    assert found == verdicts(expected)
+    assert any(b'"verdict":"farm"' in verdict for verdict in found)  # the fleet has farms to find
+
+
+def test_the_column_form_gives_its_windows_back(fleet: Fleet) -> None:
+    windows = _json([list(reduce_record(record)) for record in fleet.records[:2000]])
+    for hour in _device_hours(windows):
+        assert _json(windows_of_columns(_json(window_columns(hour)))) == hour
+
+
+def test_a_column_an_older_layout_lacks_reads_as_not_reported() -> None:
+    windows = _json([list(reduce_record(record)) for record in _hand_made()])
+    stored = _json(window_columns(windows))
+    del stored["reports"]["hostname"], stored["tools"]["domain"]
+    built = frames_from_columns([stored])
+    assert built.reports["hostname"].isna().all() and len(built.reports) == len(windows)
+    hostname = WINDOW_LAYOUT["reports"].index("hostname")
+    assert {window[0][hostname] for window in windows_of_columns(stored)} == {None}
+    _assert_same_frames(per_window_frames(windows), dataclasses.replace(
+        built, reports=built.reports.assign(hostname=per_window_frames(windows).reports["hostname"])))
