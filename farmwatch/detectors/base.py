@@ -119,6 +119,13 @@ def device_runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.diff(first, append=len(codes))
 
 
+def device_ids(reports: pd.DataFrame) -> np.ndarray:
+    """The device id of each ``device_code`` of a whole ``Frames.reports`` (its codes are dense):
+    ``device_ids(reports)[code]``."""
+    first, _ = device_runs(reports["device_code"].to_numpy())
+    return reports["device_id"].to_numpy()[first]
+
+
 def noisy_or(scores: Iterable[float]) -> float:
     """Probability that at least one of several independent signals is right: ``1 - prod(1 - s)``."""
     remaining = 1.0

@@ -26,7 +26,7 @@ import ipaddress
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.distance import great_circle_km
 from farmwatch.detectors.networks import corporate_mask
@@ -34,6 +34,9 @@ from farmwatch.detectors.networks import corporate_mask
 KIND_WEIGHT = {"gateway_mac": 1.0, "wifi_bssid": 1.0, "egress_ip": 0.8}
 """How much sharing one network identity means: a LAN identity is a room; a public address may be a house."""
 LAN_KINDS = ("gateway_mac", "wifi_bssid")
+KINDS = ("egress_ip", *LAN_KINDS)
+_READ = ("device_id", "device_code", "hour", "window_end", "source_ip", "network_kind", "gateway_ip",
+         "gateway_mac_hash", "wifi_bssid_hash")
 SHARED_BY_STRANGERS = frozenset({"mobile", "cgnat", "vpn", "hosting"})
 """``geo.network_kind`` values whose public addresses carry many unrelated customers at once."""
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
@@ -91,42 +94,54 @@ class ColocationDetector(Detector):
         self.min_comovement = min_comovement
 
     def _sightings(self, reports: pd.DataFrame) -> pd.DataFrame:
-        """(kind, key code, device, hour, gateway code, BSSID code) for every network identity seen;
-        the last two (-1: not reported) let an egress link be checked against the LAN identities.
-        Egress of networks strangers share (module docstring) is left out."""
+        """(kind, key code, device code, hour, gateway code, BSSID code) for every network identity
+        seen, kind as its position in KINDS; the last two (-1: not reported) let an egress link be
+        checked against the LAN identities. Egress of networks strangers share (module docstring) is
+        left out."""
         # Integer codes instead of 64-character hashes: the joins below then run on numbers.
         egress, addresses = pd.factorize(reports["source_ip"].to_numpy(), use_na_sentinel=True)
         shared_egress = (reports["network_kind"].isin(SHARED_BY_STRANGERS).to_numpy()
                          | _in_shared_space(egress, addresses)
                          | _in_shared_space(*pd.factorize(reports["gateway_ip"].to_numpy(), use_na_sentinel=True)))
-        devices, hours = reports["device_id"].to_numpy(), reports["hour"].to_numpy()
+        devices, hours = reports["device_code"].to_numpy(), reports["hour"].to_numpy()
         gateway = pd.factorize(reports["gateway_mac_hash"].to_numpy(), use_na_sentinel=True)[0]
         bssid = pd.factorize(reports["wifi_bssid_hash"].to_numpy(), use_na_sentinel=True)[0]
-        keyed = (("egress_ip", np.where(shared_egress, -1, egress)), ("gateway_mac", gateway), ("wifi_bssid", bssid))
+        keyed = (np.where(shared_egress, -1, egress), gateway, bssid)  # in KINDS order
         rows = []
-        for kind, codes in keyed:
-            part = pd.DataFrame({"kind": kind, "key": codes, "device_id": devices, "hour": hours,
-                                 "gateway": gateway, "bssid": bssid})
-            rows.append(part[codes >= 0])
+        for kind, codes in enumerate(keyed):
+            kept = codes >= 0
+            rows.append(pd.DataFrame({"kind": np.full(int(kept.sum()), kind, dtype=np.int8), "key": codes[kept],
+                                      "device_id": devices[kept], "hour": hours[kept],
+                                      "gateway": gateway[kept], "bssid": bssid[kept]}))
         seen = pd.concat(rows, ignore_index=True)
-        seen["kind"] = seen["kind"].astype("category")
         return seen.drop_duplicates(["kind", "key", "device_id", "hour"])
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
-        reports = frames.reports[~corporate_mask(frames, context.config.corporate_networks)]
+        # Only the columns read here and in _moving_together: a filtered copy of every column cost more
+        # than the rest of the detector.
+        reports = frames.reports.loc[~corporate_mask(frames, context.config.corporate_networks), list(_READ)]
+        # Devices as their codes (in device id order) until the pairs are known: the grouping and
+        # joins below then hash numbers, not id strings of every window.
         seen = self._sightings(reports)
-        employee = {d: e.employee_id for d, e in context.roster.items()}
+        ids = device_ids(frames.reports)
         seen = seen[seen.groupby(["kind", "key", "hour"])["device_id"].transform("nunique") >= 2]
         if seen.empty:
             return []
+        # The employee of each device code (the device itself when not in the roster), as a number.
+        employee = pd.factorize(np.array([e.employee_id if (e := context.roster.get(d)) else d for d in ids],
+                                         dtype=object))[0]
         pairs = seen.merge(seen, on=["kind", "key", "hour"])
-        pairs = pairs[pairs["device_id_x"] < pairs["device_id_y"]]
-        pairs = pairs[pairs["device_id_x"].map(lambda d: employee.get(d, d))
-                      != pairs["device_id_y"].map(lambda d: employee.get(d, d))]
+        x, y = pairs["device_id_x"].to_numpy(), pairs["device_id_y"].to_numpy()
+        pairs = pairs[(x < y) & (employee[x] != employee[y])]
         pairs = pairs[~self._rooms_disagree(pairs)]
         together = pairs.groupby(["device_id_x", "device_id_y"]).agg(
             hours=("hour", "nunique"), first=("hour", "min"), last=("hour", "max"))
         together = together[together["hours"] >= self.min_overlap_hours].reset_index()
+        pairs = pairs.assign(kind=np.asarray(KINDS, dtype=object)[pairs["kind"].to_numpy()],
+                             device_id_x=ids[pairs["device_id_x"].to_numpy()],
+                             device_id_y=ids[pairs["device_id_y"].to_numpy()])
+        together = together.assign(device_id_x=ids[together["device_id_x"].to_numpy()],
+                                   device_id_y=ids[together["device_id_y"].to_numpy()])
         together = self._moving_together(together, pairs, reports)
         if together.empty:
             return []
@@ -137,7 +152,11 @@ class ColocationDetector(Detector):
         columns = ["device_id", "kind", "key", "hour"]
         shared = pd.concat([pairs[[side, "kind", "key", "hour"]].set_axis(columns, axis=1)
                             for side in ("device_id_x", "device_id_y")])
-        hours_total = frames.reports.groupby("device_id")["hour"].nunique()
+        # Hours with a report per device: the hour never falls within a device's time-sorted rows.
+        codes, hours = frames.reports["device_code"].to_numpy(), frames.reports["hour"].to_numpy()
+        new_hour = np.diff(codes, prepend=-1) != 0
+        new_hour[1:] |= np.diff(hours) != 0
+        hours_total = pd.Series(np.bincount(codes[new_hour], minlength=len(ids)), index=ids)
         hours_shared = shared.groupby("device_id")["hour"].nunique()
         kinds = {device: set(found) for device, found in
                  shared.drop_duplicates(["device_id", "kind"]).groupby("device_id")["kind"]}
@@ -155,7 +174,7 @@ class ColocationDetector(Detector):
     def _rooms_disagree(pairs: pd.DataFrame) -> np.ndarray:
         """Per egress pair-hour: True when the two devices' LAN identities say two different rooms
         (gateway MACs both reported and different; failing that, BSSIDs both reported and different)."""
-        egress = (pairs["kind"] == "egress_ip").to_numpy()
+        egress = (pairs["kind"] == KINDS.index("egress_ip")).to_numpy()
         gx, gy = pairs["gateway_x"].to_numpy(), pairs["gateway_y"].to_numpy()
         bx, by = pairs["bssid_x"].to_numpy(), pairs["bssid_y"].to_numpy()
         gateways_known = (gx >= 0) & (gy >= 0)

@@ -26,9 +26,10 @@ fastest anchor answer: a laptop that reaches no anchor in under 600 ms shows no 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.distance import (
     ACCESS_OVERHEAD_MS,
@@ -87,12 +88,23 @@ class SessionDistanceDetector(Detector):
         if paths.empty:
             return []
         paths["time"] = frames.times(paths)
+        # Grouped on device codes (in device id order), not id strings; the ids come back per peer.
+        codes = frames.reports["device_code"].to_numpy()
+        ids = device_ids(frames.reports)
+        paths["device_id"] = codes[paths["rec"].to_numpy()]
         per_peer = paths.groupby(["device_id", "via", "peer", "direction"], sort=True).agg(
             min_rtt_ms=("min_rtt_ms", "min"), reports=("rec", "nunique"), tool=("tool", "any"),
             local_hands_share=("local_hands", "mean"), first=("time", "min"), last=("time", "max"),
             session_seconds=("duration_seconds", "max")).reset_index()
-        fastest_anchor = frames.probes.groupby("device_id")["rtt_min_ms"].min() if self.anchor_floor else pd.Series(dtype=float)
-        per_peer["access_ms"] = per_peer["device_id"].map(fastest_anchor).fillna(0.0).clip(lower=ACCESS_OVERHEAD_MS)
+        peer_codes = per_peer["device_id"].to_numpy()
+        per_peer["device_id"] = ids[peer_codes]
+        fastest_anchor = np.full(len(ids), np.nan)  # per device code; NaN: no probe answered
+        if self.anchor_floor and len(frames.probes):
+            probes = frames.probes
+            minima = probes["rtt_min_ms"].groupby(codes[probes["rec"].to_numpy()]).min()
+            fastest_anchor[minima.index.to_numpy()] = minima.to_numpy()
+        per_peer["access_ms"] = pd.Series(fastest_anchor[peer_codes], index=per_peer.index).fillna(0.0).clip(
+            lower=ACCESS_OVERHEAD_MS)
         # likely_min_distance_km spends ACCESS_OVERHEAD_MS itself: give it only what this device spends beyond.
         per_peer["likely_km"] = likely_min_distance_km(
             (per_peer["min_rtt_ms"] - per_peer["access_ms"] + ACCESS_OVERHEAD_MS).to_numpy())
@@ -103,13 +115,15 @@ class SessionDistanceDetector(Detector):
         # The employee driving something elsewhere from this laptop: outbound, with their own hands.
         reaching_out = (per_peer["direction"] == "outbound") & (per_peer["local_hands_share"] >= self.local_hands_share)
         per_peer = per_peer.assign(weight=reaching_out.map({True: self.local_hands_factor, False: 1.0}))
+        strength = ((per_peer["likely_km"] - self.local_km) / (self.far_km - self.local_km)).clip(upper=1.0)
+        per_peer = per_peer.assign(strength=strength * per_peer["weight"])
+        # Each device's strongest peer: one stable sort of all peers (ties keep the peers' order).
+        tops = per_peer.sort_values(["device_id", "strength", "likely_km", "reports"],
+                                    ascending=[True, False, False, False], kind="stable").drop_duplicates("device_id")
         found = []
-        for device, peers in per_peer.groupby("device_id", sort=True):
-            strength = ((peers["likely_km"] - self.local_km) / (self.far_km - self.local_km)).clip(upper=1.0)
-            peers = peers.assign(strength=strength * peers["weight"])
-            top = peers.sort_values(["strength", "likely_km", "reports"], ascending=False).iloc[0]
-            if top["strength"] <= 0:
-                continue
+        for at in np.flatnonzero(~(tops["strength"] <= 0).to_numpy()):  # NaN strength stays, as it always did
+            top = tops.iloc[at]
+            device = top["device_id"]
             entry = context.roster.get(str(device))
             approved = entry is not None and top["via"] in entry.approved_tools
             score = self.top_score * top["strength"] * (self.approved_factor if approved else 1.0)
