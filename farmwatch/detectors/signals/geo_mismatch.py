@@ -8,14 +8,18 @@ DOJ laptop-farm cases and Microsoft's Jasper Sleet write-up name Astrill VPN as 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_runs
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.networks import corporate_mask
 
 OPERATOR_VPNS = frozenset({"astrill"})
 """VPN products named in public laptop-farm cases (DOJ 2024-2025 indictments; Microsoft, Jasper Sleet 2025)."""
+
+
+_READ = ("device_id", "device_code", "window_end", "country", "asn", "asn_org", "network_kind", "vpn_product")
 
 
 class GeoMismatchDetector(Detector):
@@ -40,7 +44,8 @@ class GeoMismatchDetector(Detector):
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
-        outside = reports[~corporate_mask(frames, context.config.corporate_networks)]
+        # Only the columns read here (a filtered copy of every column cost a third of the detector).
+        outside = reports.loc[~corporate_mask(frames, context.config.corporate_networks), list(_READ)]
         found = []
         for device, rows in self._candidates(outside, context).groupby("device_id", sort=True):
             entry = context.roster.get(str(device))
@@ -94,16 +99,30 @@ class GeoMismatchDetector(Detector):
     def _candidates(outside: pd.DataFrame, context: Context) -> pd.DataFrame:
         """Only the devices with something to say: a foreign, anonymised or changing egress, or an
         operator VPN (a cheap vectorised pass, so the per-device work stays small)."""
-        home = outside["device_id"].map({d: e.country for d, e in context.roster.items() if e.country})
+        # Per device code (in device id order) rather than per row: the roster country, then the
+        # devices with an odd row.
+        codes = outside["device_code"].to_numpy()
+        by_code = np.full(int(codes.max()) + 1 if len(codes) else 0, None, dtype=object)
+        first, _ = device_runs(codes)
+        for code, device in zip(codes[first], outside["device_id"].to_numpy()[first]):
+            entry = context.roster.get(device)
+            by_code[code] = entry.country if entry is not None and entry.country else None
+        home = pd.Series(by_code[codes], index=outside.index)
         country = outside["country"]
+        products, names = pd.factorize(outside["vpn_product"].to_numpy())  # -1: none (last entry below)
+        operator_vpn = np.array([isinstance(name, str) and name.lower() in OPERATOR_VPNS for name in names] + [False])
+        same_device = np.zeros(len(codes), dtype=bool)
+        same_device[1:] = codes[1:] == codes[:-1]
         odd = (
             (country.notna() & home.notna() & (country != home))
             | outside["network_kind"].isin(["vpn", "hosting"])
             | (outside["network_kind"].eq("unknown") & outside["asn"].notna())
-            | outside["vpn_product"].str.lower().isin(OPERATOR_VPNS)
-            | (country.notna() & (country != country.shift()) & (outside["device_id"] == outside["device_id"].shift()))
+            | operator_vpn[products]
+            | (country.notna() & (country != country.shift()) & same_device)
         )
-        return outside[outside["device_id"].isin(outside.loc[odd, "device_id"].unique())]
+        flagged = np.zeros(len(by_code), dtype=bool)
+        flagged[codes[odd.to_numpy()]] = True
+        return outside[flagged[codes]]
 
     def _hops(self, rows: pd.DataFrame) -> int:
         """Consecutive reports from different countries closer in time than any flight allows."""

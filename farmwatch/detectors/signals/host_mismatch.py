@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_runs
 from farmwatch.detectors.frame import Frames
 
 # Substrings of keyboard layouts / IMEs / locales, lower-cased. Windows layouts are KLIDs
@@ -45,6 +45,9 @@ def utc_offset_minutes(tz: str | None, at: datetime) -> int | None:
     return None if offset is None else int(offset.total_seconds() // 60)
 
 
+_READ = ("window_end", "country", "utc_offset_minutes", "keyboard_layouts", "input_methods", "locale")
+
+
 class HostMismatchDetector(Detector):
     """A clock set to another zone than the roster's, and operator-country input languages."""
 
@@ -63,9 +66,13 @@ class HostMismatchDetector(Detector):
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         reports = frames.reports
         found = []
-        positions = reports.groupby("device_id", sort=True).indices
+        # Each device's rows are one run (in device id order): its positions without a groupby.
+        first, count = device_runs(reports["device_code"].to_numpy())
+        ids = reports["device_id"].to_numpy()
+        positions = {ids[at]: np.arange(at, at + n) for at, n in zip(first, count)}
+        narrow = reports[list(_READ)]  # the per-device rows: only the columns read
         for device in self._candidates(reports, positions, context):
-            rows = reports.iloc[positions[device]]
+            rows = narrow.iloc[positions[device]]
             entry = context.roster.get(str(device))
             # A clock following the laptop abroad (egress from another country) is travel, not a
             # mismatch; an operator's zone on a laptop that egresses at home is.
@@ -112,12 +119,23 @@ class HostMismatchDetector(Detector):
         odd = np.zeros(len(reports), dtype=bool)
         for column in ("keyboard_layouts", "input_methods", "locale"):
             values = reports[column].to_numpy(dtype=object)
-            marked = {value: not isinstance(value, str) or bool(_languages(value)) for value in pd.unique(values)
-                      if not (column == "locale" and value is None)}
-            odd |= np.fromiter((marked.get(value, False) for value in values), dtype=bool, count=len(values))
+            codes, uniques = pd.factorize(values)  # missing (None, NaN): -1, the last flag
+            odd |= np.array([not isinstance(value, str) or bool(_languages(value)) for value in uniques]
+                            + [True])[codes]
+            if column == "locale":  # a missing locale is skipped (NaN, not text, is not)
+                missing = np.flatnonzero(codes == -1)
+                odd[missing] = [value is not None for value in values[missing]]
         offsets = reports["utc_offset_minutes"].to_numpy(dtype=float)
-        countries = reports["country"].to_numpy(dtype=object)
         window_ends = reports["window_end"].array
+        # Per row: the roster country of its device, then whether the row egressed at home (missing
+        # country, None or NaN, counts as home; so does every row of a device without one).
+        roster_country = {device: entry.country or None for device, entry in context.roster.items()}
+        device_country = np.array([roster_country.get(device) for device in positions], dtype=object)
+        codes = reports["device_code"].to_numpy()
+        countries = reports["country"].to_numpy(dtype=object)
+        expected_country = device_country[codes]
+        at_home = (pd.isna(countries) | pd.isna(expected_country)
+                   | (countries == expected_country))
         candidates = []
         for device, at in positions.items():
             if odd[at].any():
@@ -126,10 +144,7 @@ class HostMismatchDetector(Detector):
             entry = context.roster.get(str(device))
             if entry is None:
                 continue
-            home = at
-            if entry.country:
-                home = at[[country is None or country != country or country == entry.country
-                           for country in countries[at]]]  # missing (None or NaN) counts as home
+            home = at[at_home[at]]
             seen = offsets[home]
             seen = seen[~np.isnan(seen)]
             if not len(seen):
