@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from farmwatch.contract import RosterEntry
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids, device_runs
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.distance import (
     ACCESS_OVERHEAD_MS,
@@ -47,18 +47,18 @@ class LocationProofDetector(Detector):
         claimed = {d: e for d, e in context.roster.items() if e.latitude is not None and e.longitude is not None}
         # Coordinates per device and per anchor, spread to the probe rows by integer codes
         # (millions of rows: no per-row string lookups).
-        devices, names = pd.factorize(frames.reports["device_id"])
+        device_codes, names = frames.reports["device_code"].to_numpy(), device_ids(frames.reports)
         device_place = np.array([(claimed[n].latitude, claimed[n].longitude) if n in claimed else (np.nan, np.nan)
                                  for n in names], dtype=float).reshape(-1, 2)
         targets, anchor_names = pd.factorize(probes["target"])
         anchors = context.anchors
         anchor_place = np.array([(anchors[n].latitude, anchors[n].longitude) if n in anchors else (np.nan, np.nan)
                                  for n in anchor_names], dtype=float).reshape(-1, 2)
-        claim = device_place[devices[probes["rec"].to_numpy()]] if len(names) else np.empty((0, 2))
+        claim = device_place[device_codes[probes["rec"].to_numpy()]] if len(names) else np.empty((0, 2))
         anchor = anchor_place[targets] if len(anchor_names) else np.empty((len(probes), 2))
         usable = (probes["rtt_min_ms"].notna().to_numpy() & ~np.isnan(claim[:, 0]) & ~np.isnan(anchor[:, 0])
                   & (targets >= 0))
-        probes = probes[usable].copy()
+        probes = probes.loc[usable, ["rec", "target", "rtt_min_ms"]]  # only what is read below
         if probes.empty:
             return []
         claim, anchor = claim[usable], anchor[usable]
@@ -70,7 +70,7 @@ class LocationProofDetector(Detector):
         per_report = probes.groupby("rec", sort=True).agg(violation=("violation_km", "max"),
                                                           excess=("excess_ms", "min"))
         recs = per_report.index.to_numpy()
-        per_report["device_id"] = frames.reports["device_id"].to_numpy()[recs]
+        per_report["device_id"] = device_codes[recs]  # device codes (in id order) until the devices with a finding
         per_report["direct"] = ~frames.reports["has_vpn_interface"].to_numpy()[recs]
         per_report["violating"] = per_report["violation"] > 0
         per_report["slow"] = per_report["direct"] & (per_report["excess"] > self.slow_excess_ms)
@@ -81,16 +81,22 @@ class LocationProofDetector(Detector):
         too_slow = (devices["direct"] >= self.min_reports) & (devices["slow"] >= 0.9 * devices["direct"])
         # Only the devices with a finding get the per-device work below (which decides the same way).
         devices = devices[(devices["reports"] >= self.min_reports) & ((devices["violating"] > 0) | too_slow)]
-        report_rows = per_report.groupby("device_id").indices
-        probe_rows = probes.groupby("device_id").indices
+        # Rows per device code: per_report is in rec order, so each device's rows are one run; the
+        # probes are put in device order first (stable: each device's rows keep their order).
+        report_rows = _runs(per_report["device_id"].to_numpy(), np.arange(len(per_report)))
+        probe_codes = device_codes[probes["rec"].to_numpy()]
+        in_order = np.argsort(probe_codes, kind="stable")
+        probe_rows = _runs(probe_codes[in_order], in_order)
         found = []
-        for device, row in devices.iterrows():
+        for code, row in devices.iterrows():
+            device = names[code]
+            report_rows_of, probe_rows_of = report_rows[code], probe_rows[code]
             entry = claimed[str(device)]
             if row["violating"]:
-                found.append(self._proof(str(device), probes.iloc[probe_rows[device]],
-                                         per_report.iloc[report_rows[device]], entry, frames))
+                found.append(self._proof(str(device), probes.iloc[probe_rows_of], per_report.iloc[report_rows_of],
+                                         entry, frames))
             elif row["direct"] >= self.min_reports and row["slow"] >= 0.9 * row["direct"]:
-                mine = per_report.iloc[report_rows[device]]
+                mine = per_report.iloc[report_rows_of]
                 excess = float(mine.loc[mine["direct"], "excess"].median())
                 summary = (f"Every anchor answers at least {excess:.0f} ms slower than a laptop in "
                            f"{entry.city or entry.country} plausibly would (median excess), in "
@@ -122,3 +128,9 @@ class LocationProofDetector(Detector):
         }
         times = frames.times(bad)
         return self.finding(device, score, summary, evidence, times.min(), times.max())
+
+
+def _runs(codes: np.ndarray, rows: np.ndarray) -> dict[int, np.ndarray]:
+    """``rows`` per device code, for ``codes`` (the codes of ``rows``) in device order."""
+    first, count = device_runs(codes)
+    return {int(codes[at]): rows[at:at + n] for at, n in zip(first, count)}
