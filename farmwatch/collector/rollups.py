@@ -45,7 +45,7 @@ from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import (
     reduced_reports, refused_reports, reports, rollup_layouts, rollup_progress, rollups, sightings,
 )
-from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, reduce_record
+from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, reduce_record, window_columns, windows_of_columns
 from farmwatch.detectors.sightings import window_sightings
 
 log = logging.getLogger("farmwatch.collector.rollups")
@@ -56,11 +56,20 @@ SETTLE_SECONDS = 600.0
 """How long after receipt a report is surely committed (module docstring: the floor)."""
 CHUNK = 400  # keys per IN list (SQLite caps bound variables)
 PROGRESS = "reducer"
+COLUMNS = "columns"
+"""``rollups.layout`` of a row whose windows are stored as named columns: one
+:func:`farmwatch.detectors.frame.window_columns` object per device-hour, with ``received`` (microseconds
+since the epoch) and ``report_id`` lists beside it, in order of receipt. Scoring extends each column
+across a batch and converts it once, with no Python work per window (issue 12). A column a row lacks
+(written under an older layout) reads as None."""
 LAYOUT = hashlib.sha256(orjson.dumps(WINDOW_LAYOUT)).hexdigest()[:16]
-"""Names the column layout of stored windows; a layout change is mapped by column names on read."""
+"""Any other ``rollups.layout`` is a ``rollup_layouts`` digest naming the columns of the row-shaped
+windows earlier versions stored (a JSON list of ``StoredWindow``); this one is the current
+:data:`WINDOW_LAYOUT`'s. Such rows are read through :func:`relayout` (columns mapped by name) and
+rewritten as columns when a batch merges into them."""
 
 StoredWindow = list[Any]
-"""``[received_at_us, report_id, *Window]`` as stored (microseconds since the epoch of receipt)."""
+"""``[received_at_us, report_id, *Window]`` (microseconds since the epoch of receipt)."""
 
 
 WINDOW_END = WINDOW_LAYOUT["reports"].index("window_end")
@@ -217,7 +226,6 @@ def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:
 def _merge_rollups(tx: Connection, by_hour: dict[tuple[str, int], list[StoredWindow]],
                    last_end: dict[tuple[str, int], datetime], batch: int) -> None:
     keys = sorted(by_hour)
-    _remember_layout(tx)
     layouts = _layouts(tx)
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start:start + CHUNK]
@@ -232,16 +240,16 @@ def _merge_rollups(tx: Connection, by_hour: dict[tuple[str, int], list[StoredWin
             added = by_hour[key]
             old = existing.get(key)
             if old is None:
-                inserts.append({"device_id": key[0], "hour": key[1], "layout": LAYOUT, "batch": batch,
+                inserts.append({"device_id": key[0], "hour": key[1], "layout": COLUMNS, "batch": batch,
                                 "reports": len(added), "last_window_end": last_end[key],
-                                "windows": orjson.dumps(sorted(added)).decode()})
+                                "windows": _stored_text(sorted(added))})
                 continue
-            windows = relayout(orjson.loads(old.windows), old.layout, layouts) + added
+            windows = _stored_windows(orjson.loads(old.windows), old.layout, layouts) + added
             windows.sort()  # receipt time, then report id: the order a full re-read streams them in
             tx.execute(rollups.update().where(rollups.c.device_id == key[0], rollups.c.hour == key[1])
-                       .values(layout=LAYOUT, batch=batch, reports=len(windows),
+                       .values(layout=COLUMNS, batch=batch, reports=len(windows),
                                last_window_end=max(old.last_window_end, last_end[key]),
-                               windows=orjson.dumps(windows).decode()))
+                               windows=_stored_text(windows)))
         if inserts:
             tx.execute(rollups.insert(), inserts)
 
@@ -272,9 +280,20 @@ def _advance_floor(tx: Connection, floor: int, now: datetime) -> int:
 
 # --- layouts -------------------------------------------------------------------------------------
 
-def _remember_layout(tx: Connection) -> None:
-    tx.execute(_insert(tx, rollup_layouts).values(layout=LAYOUT, columns=orjson.dumps(WINDOW_LAYOUT).decode())
-               .on_conflict_do_nothing(index_elements=[rollup_layouts.c.layout]))
+def _stored_text(windows: list[StoredWindow]) -> str:
+    """``windows`` (in order of receipt) as a rollup row's ``windows`` text in the :data:`COLUMNS` layout."""
+    columns = window_columns([window[2:] for window in windows])
+    columns["received"] = [window[0] for window in windows]
+    columns["report_id"] = [window[1] for window in windows]
+    return orjson.dumps(columns).decode()
+
+
+def _stored_windows(stored: Any, layout: str, layouts: dict[str, dict[str, list[str]]]) -> list[StoredWindow]:
+    """A rollup row's windows (its ``windows`` text decoded) in the current layout, whichever wrote them."""
+    if layout != COLUMNS:
+        return relayout(stored, layout, layouts)
+    return [[received, report_id, *window] for received, report_id, window
+            in zip(stored["received"], stored["report_id"], windows_of_columns(stored))]
 
 
 def _layouts(connection: Connection) -> dict[str, dict[str, list[str]]]:
@@ -302,10 +321,13 @@ def relayout(windows: list[StoredWindow], layout: str, layouts: dict[str, dict[s
 
 # --- reads ---------------------------------------------------------------------------------------
 
-def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iterator[Sequence[Any]]:
-    """The reduced windows of ``devices`` received at or after ``since`` (each a :class:`Window`'s
-    six parts, as stored): device by device, each device's in order of receipt (as
-    :meth:`Storage.records` streams them)."""
+def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iterator[dict[str, Any]]:
+    """The reduced windows of ``devices`` received at or after ``since``, in column form
+    (:func:`farmwatch.detectors.frame.window_columns`, for
+    :func:`farmwatch.detectors.frame.frames_from_columns`), one per device-hour: device by device,
+    each device's in order of receipt (as :meth:`Storage.records` streams them). A row stored as
+    columns is passed on as decoded unless the lookback starts inside its hour; a row-shaped one
+    (an earlier version's) is converted."""
     since_us, first_hour = _micros(since), hour_of(since)
     wanted = sorted(devices)
     with storage.engine.connect() as connection:
@@ -315,10 +337,14 @@ def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iter
                      .where(rollups.c.device_id.in_(wanted[start:start + CHUNK]), rollups.c.hour >= first_hour)
                      .order_by(rollups.c.device_id, rollups.c.hour))
             for row in connection.execution_options(yield_per=2000).execute(query):
-                stored = relayout(orjson.loads(row.windows), row.layout, layouts)
-                for window in stored:
-                    if row.hour > first_hour or window[0] >= since_us:
-                        yield window[2:]
+                stored = orjson.loads(row.windows)
+                if row.layout == COLUMNS and (row.hour > first_hour or stored["received"][0] >= since_us):
+                    yield stored
+                    continue
+                kept = [window[2:] for window in _stored_windows(stored, row.layout, layouts)
+                        if row.hour > first_hour or window[0] >= since_us]
+                if kept:
+                    yield window_columns(kept)
 
 
 def neighbours(storage: Storage, devices: Collection[str]) -> set[str]:

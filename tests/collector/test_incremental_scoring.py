@@ -12,11 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from operator import itemgetter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -30,7 +32,7 @@ from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts, rollup_progress, sightings
 from farmwatch.collector.tables import rollups as rollups_table
 from farmwatch.contract import Verdict, to_wire
-from farmwatch.detectors.frame import WINDOW_LAYOUT, reduce_record
+from farmwatch.detectors.frame import WINDOW_LAYOUT, frames_from_columns, reduce_record, windows_of_columns
 from farmwatch.detectors.pipeline import score
 from farmwatch.detectors.registry import REGISTRY
 from farmwatch.roster import load_anchors, load_roster
@@ -140,12 +142,18 @@ def test_one_new_interval_rescores_the_changed_devices_as_a_full_reread_would(tm
         storage.close()
 
 
+def _report_ids(windows: str) -> list[int]:
+    """The reports a rollup row's ``windows`` text holds, stored as columns or (earlier versions) per window."""
+    stored = orjson.loads(windows)
+    return stored["report_id"] if isinstance(stored, dict) else [window[1] for window in stored]
+
+
 def _reduced_once(storage: Storage) -> None:
     """Every stored report is in exactly one rollup window."""
     with storage.engine.connect() as connection:
         stored = sorted(connection.execute(sa.select(reports.c.id)).scalars())
-        filed = sorted(window[1] for text in connection.execute(sa.select(rollups_table.c.windows)).scalars()
-                       for window in orjson.loads(text))
+        filed = sorted(report_id for text in connection.execute(sa.select(rollups_table.c.windows)).scalars()
+                       for report_id in _report_ids(text))
     assert filed == stored
 
 
@@ -239,33 +247,70 @@ def test_rollups_and_sightings_past_their_age_are_pruned_and_no_others(
         storage.close()
 
 
-def test_windows_reduced_under_an_older_layout_read_with_its_columns_matched_by_name(tmp_path: Path) -> None:
+def _rewrite_row_shaped(storage: Storage, layout: str, columns: dict[str, list[str]]) -> int:
+    """Store every rollup row as an earlier version did: a JSON list of ``[received_us, report_id,
+    row, tools, sessions, probes, usb, displays]`` in ``columns`` (part -> names), under ``layout``
+    registered in ``rollup_layouts``; returns how many rows."""
+    at = {part: [WINDOW_LAYOUT[part].index(name) for name in names] for part, names in columns.items()}
+    with storage._writer.begin() as tx:
+        tx.execute(rollup_layouts.insert().values(layout=layout, columns=orjson.dumps(columns).decode()))
+        rows = tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.layout,
+                                    rollups_table.c.windows)).all()
+        for row in rows:
+            assert row.layout == rollups.COLUMNS
+            older = []
+            for received, report_id, window in zip(*itemgetter("received", "report_id")(orjson.loads(row.windows)),
+                                                  windows_of_columns(orjson.loads(row.windows))):
+                parts = dict(zip(WINDOW_LAYOUT, window))
+                older.append([received, report_id, [parts["reports"][i] for i in at["reports"]],
+                              *([[item[i] for i in at[part]] for item in parts[part]] for part in list(WINDOW_LAYOUT)[1:])])
+            tx.execute(rollups_table.update().where(rollups_table.c.device_id == row.device_id,
+                                                    rollups_table.c.hour == row.hour)
+                       .values(layout=layout, windows=orjson.dumps(older).decode()))
+    return len(rows)
+
+
+@pytest.mark.parametrize("layout", ["previous-release", "older-columns"])
+def test_rollups_an_earlier_version_stored_row_shaped_are_read_and_merged_into_as_columns(
+        tmp_path: Path, layout: str) -> None:
+    """Rows written per window (the format before columns) by the previous release (its layout, the
+    current columns) or one whose reports lacked ``seq_conflicts`` and put ``hostname`` first: read,
+    they build the frames the rows stored as columns built (the missing column null); a later batch
+    merges into them and rewrites them as columns; scoring then matches a full re-read."""
     records, roster, anchors = _fleet(tmp_path / "fleet", 23)
-    storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", records[:50], roster, anchors)
-    now = _time(records[49]["received_at"])
+    cut = _time(records[-1]["received_at"]) - timedelta(minutes=35)  # mid-hour: that hour's rows get merged into
+    storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", [r for r in records if _time(r["received_at"]) <= cut],
+                     roster, anchors)
     try:
+        now = cut + timedelta(minutes=1)
         _reduce_all(storage, now, limit=5000)
-        since = now - timedelta(hours=CONFIG.lookback_hours)
-        current = list(rollups.windows(storage, devices_since(storage, since), since))
-        # The same rows as a release whose reports lacked seq_conflicts and put hostname first would
-        # have written them.
+        since = now - timedelta(hours=CONFIG.lookback_hours) + timedelta(minutes=7)  # the first hour is cut too
+        devices = devices_since(storage, since)
+        current = frames_from_columns(rollups.windows(storage, devices, since))
         columns = {part: list(names) for part, names in WINDOW_LAYOUT.items()}
-        columns["reports"] = ["hostname"] + [c for c in columns["reports"] if c not in ("hostname", "seq_conflicts")]
-        at = {name: WINDOW_LAYOUT["reports"].index(name) for name in columns["reports"]}
-        with storage._writer.begin() as tx:
-            tx.execute(rollup_layouts.insert().values(layout="older", columns=orjson.dumps(columns).decode()))
-            for row in tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour,
-                                            rollups_table.c.windows)).all():
-                older = [[received, report_id, [window[0][at[name]] for name in columns["reports"]], *window[1:]]
-                         for received, report_id, *window in orjson.loads(row.windows)]
-                tx.execute(rollups_table.update().where(rollups_table.c.device_id == row.device_id,
-                                                        rollups_table.c.hour == row.hour)
-                           .values(layout="older", windows=orjson.dumps(older).decode()))
-        read = list(rollups.windows(storage, devices_since(storage, since), since))
-        lost = WINDOW_LAYOUT["reports"].index("seq_conflicts")
-        assert [w[0][lost] for w in read] == [None] * len(current)
-        assert [[v for i, v in enumerate(w[0]) if i != lost] for w in read] == \
-            [[v for i, v in enumerate(w[0]) if i != lost] for w in current]
+        if layout == "previous-release":
+            layout = rollups.LAYOUT  # what the previous release wrote: the same columns, per window
+        else:
+            columns["reports"] = ["hostname"] + [c for c in columns["reports"] if c not in ("hostname", "seq_conflicts")]
+        rewritten = _rewrite_row_shaped(storage, layout, columns)
+        read = frames_from_columns(rollups.windows(storage, devices, since))
+        if layout != rollups.LAYOUT:
+            assert read.reports["seq_conflicts"].isna().all() and current.reports["seq_conflicts"].notna().any()
+            read.reports["seq_conflicts"] = current.reports["seq_conflicts"]
+        for part in ("reports", "tools", "sessions", "probes", "usb", "displays"):
+            pd.testing.assert_frame_equal(getattr(read, part), getattr(current, part), check_exact=True, obj=part)
+
+        load_records(storage, [r for r in records if _time(r["received_at"]) > cut])
+        now = _time(records[-1]["received_at"]) + timedelta(minutes=1)
+        _reduce_all(storage, now, limit=5000)
+        with storage.engine.connect() as connection:
+            layouts = dict(connection.execute(sa.select(rollups_table.c.layout, sa.func.count())
+                                              .group_by(rollups_table.c.layout)).all())
+        assert 0 < layouts[layout] < rewritten and layouts[rollups.COLUMNS] > 0  # merged-into rows became columns
+        _reduced_once(storage)
+        if layout == rollups.LAYOUT:  # nothing lost: the verdicts of a full re-read
+            devices = devices_since(storage, now - timedelta(hours=CONFIG.lookback_hours))
+            _assert_same(_full_reread(storage, now), _wire(score_devices(storage, devices, now, CONFIG).verdicts))
     finally:
         storage.close()
 
@@ -286,8 +331,8 @@ def test_a_first_reduction_leaves_out_reports_older_than_the_lookback(tmp_path: 
             pass
         with storage.engine.connect() as connection:
             young = sorted(connection.execute(sa.select(reports.c.id).where(reports.c.received_at >= since)).scalars())
-            filed = sorted(window[1] for text in connection.execute(sa.select(rollups_table.c.windows)).scalars()
-                           for window in orjson.loads(text))
+            filed = sorted(report_id for text in connection.execute(sa.select(rollups_table.c.windows)).scalars()
+                           for report_id in _report_ids(text))
         assert len(young) < len(records)  # a day of the four is older than the lookback
         if order == "receipt":
             assert filed == young
@@ -324,7 +369,7 @@ def test_a_purge_rebuilds_the_device_s_rollups_from_the_reports_it_has_left(tmp_
                 rows = connection.execute(sa.select(rollups_table.c.device_id, rollups_table.c.windows)).all()
             by_device: dict[str, list[int]] = {}
             for device, text in rows:
-                by_device.setdefault(device, []).extend(window[1] for window in orjson.loads(text))
+                by_device.setdefault(device, []).extend(_report_ids(text))
             return {device: sorted(ids) for device, ids in by_device.items()}
 
         def ids_of(device: str) -> list[int]:
