@@ -33,7 +33,7 @@ import pandas as pd
 
 from farmwatch.agent.probes.remote_access.catalog import catalog
 from farmwatch.contract import RosterEntry
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids, device_runs
 from farmwatch.detectors.clock import local_times, outside_working_time
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.networks import peer_country
@@ -115,13 +115,17 @@ class RemoteAccessDetector(Detector):
         if tools.empty:
             return []
         reports = frames.reports
+        recs = tools["rec"].to_numpy()
         tools = tools.assign(
             time=frames.times(tools),
-            injected=reports["injected_events"].fillna(0).to_numpy()[tools["rec"].to_numpy()] > 0,
+            injected=reports["injected_events"].fillna(0).to_numpy()[recs] > 0,
             live=tools["live"].astype(bool),
+            device_id=reports["device_code"].to_numpy()[recs],  # grouped on codes, named in _tool_uses
         )
-        device_start = reports.groupby("device_id")["window_end"].min()
-        uses = _tool_uses(tools, context)
+        # Each device's first window: the first of its time-sorted run.
+        first, _ = device_runs(reports["device_code"].to_numpy())
+        device_start = dict(zip(reports["device_id"].to_numpy()[first], reports["window_end"].array[first]))
+        uses = _tool_uses(tools, context, device_ids(reports))
         found: list[DeviceFinding] = []
         for device, device_uses in uses.items():  # sorted by device, then tool
             entry = context.roster.get(device)
@@ -240,9 +244,10 @@ class ToolUse:
 _KEYS = ["device_id", "tool"]
 
 
-def _tool_uses(tools: pd.DataFrame, context: Context) -> dict[str, list[ToolUse]]:
+def _tool_uses(tools: pd.DataFrame, context: Context, ids: np.ndarray) -> dict[str, list[ToolUse]]:
     """Per device (sorted), one :class:`ToolUse` per tool (sorted), aggregated over whole columns
-    (grouped by device and tool) rather than device by device."""
+    (grouped by device and tool) rather than device by device. ``tools["device_id"]`` holds device
+    codes (numbers group faster than id strings), ``ids`` the id of each code."""
     live = tools[tools["live"].to_numpy()]
     inbound = live[(live["direction"] == "inbound").to_numpy()]
     # One row per report with a live connection of the tool (its first), as the report's facts.
@@ -250,9 +255,10 @@ def _tool_uses(tools: pd.DataFrame, context: Context) -> dict[str, list[ToolUse]
     driven = (live_recs["injected"].to_numpy()
               | pd.MultiIndex.from_frame(live_recs[_KEYS + ["rec"]]).isin(
                   pd.MultiIndex.from_frame(inbound[_KEYS + ["rec"]])))
-    zones = {device: entry.timezone for device, entry in context.roster.items()}
+    zones = np.array([(entry.timezone if (entry := context.roster.get(device)) else None) or "" for device in ids],
+                     dtype=object)
     outside = np.zeros(len(live_recs), dtype=bool)
-    zone_of = live_recs["device_id"].map(zones).fillna("").to_numpy(dtype=object)
+    zone_of = zones[live_recs["device_id"].to_numpy()]
     for zone in pd.unique(zone_of):
         at = zone_of == zone
         outside[at] = outside_working_time(local_times(live_recs["time"][at], zone or None)).to_numpy()
@@ -276,7 +282,7 @@ def _tool_uses(tools: pd.DataFrame, context: Context) -> dict[str, list[ToolUse]
     matched = tools.dropna(subset=["matched_by"]).groupby(_KEYS)["matched_by"].unique()
     uses: dict[str, list[ToolUse]] = {}
     for key, row in zip(used.index, used.itertuples(index=False)):
-        device, tool = str(key[0]), str(key[1])
+        device, tool = str(ids[key[0]]), str(key[1])
         counts = per_rec.loc[key] if key in per_rec.index else None
         session_reports = int(counts["session_reports"]) if counts is not None else 0
         driven_reports = int(counts["driven_reports"]) if counts is not None else 0
