@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_runs
 from farmwatch.detectors.clock import local_times
 from farmwatch.detectors.frame import Frames
 
@@ -101,8 +101,11 @@ class AgentHealthDetector(Detector):
         # tz-aware columns turn into arrays of Timestamp objects, far slower at fleet scale.
         starts = reports["window_start"].dt.tz_localize(None).to_numpy()
         ends = reports["window_end"].dt.tz_localize(None).to_numpy()
-        positions = reports.groupby("device_id", sort=True).indices
-        for device in self._candidates(reports, context, fleet_last):  # sorted, as groupby gives them
+        # Each device's rows are one run (in device id order): its positions without a groupby.
+        first, count = device_runs(reports["device_code"].to_numpy())
+        positions = {device: np.arange(at, at + n)
+                     for device, at, n in zip(reports["device_id"].to_numpy()[first], first, count)}
+        for device in self._candidates(reports, context, fleet_last):  # sorted
             mine = positions[device]
             rows = reports.iloc[mine]
             parts: dict[str, float] = {}
@@ -180,17 +183,25 @@ class AgentHealthDetector(Detector):
         """The devices (sorted) that can have a part, decided over whole columns (each test is the
         per-device one or looser, and :meth:`detect` decides again the same way): most devices have
         none, and the per-device pandas work was about 1 ms per device whatever it found."""
-        devices = reports["device_id"].to_numpy()
-        grouped = reports.groupby("device_id", sort=True)
-        odd = (grouped["hardware_id"].nunique() > 1) | (grouped["os"].nunique() > 1) | (grouped["hostname"].nunique() > 1)
-        conflicts = grouped["seq_conflicts"].agg(["min", "max"])
-        odd |= (conflicts["max"] - conflicts["min"]).fillna(0) > 0  # a rise of the refused-seq count
-        skew = grouped["clock_skew_seconds"].agg(["median", "count"])
-        odd |= (skew["count"] >= self.min_skew_reports) & (skew["median"].abs() >= self.skew_seconds)
-        newest = grouped["window_end"].max()
+        # Per device over its run of rows (device codes, in id order; rows time-sorted within a run).
+        if reports.empty:
+            return []
+        devices = reports["device_code"].to_numpy()
+        first, count = device_runs(devices)
+        odd = np.zeros(len(first), dtype=bool)
+        for column in ("hardware_id", "os", "hostname"):  # more than one distinct value (missing aside)
+            values = pd.factorize(reports[column].to_numpy(dtype=object))[0]  # missing: -1
+            odd |= np.minimum.reduceat(np.where(values < 0, len(values), values), first) < np.maximum.reduceat(
+                values, first)
+        refused = reports["seq_conflicts"].to_numpy(dtype=float)  # a rise of the refused-seq count (all missing: none)
+        odd |= np.nan_to_num(np.fmax.reduceat(refused, first) - np.fmin.reduceat(refused, first)) > 0
+        skew = reports["clock_skew_seconds"].groupby(devices).agg(["median", "count"]).reindex(range(len(first)))
+        odd |= ((skew["count"] >= self.min_skew_reports) & (skew["median"].abs() >= self.skew_seconds)).to_numpy()
+        window_ends = reports["window_end"].array
+        newest = pd.Series(window_ends[first + count - 1])
         silent = (min(context.now, fleet_last.to_pydatetime()) - newest).dt.total_seconds() / 3600
-        odd |= silent >= self.silent_hours
-        flagged = set(odd.index[odd.to_numpy()])
+        odd |= (silent >= self.silent_hours).to_numpy()
+        flagged = set(np.flatnonzero(odd))
         # Per row against the device's row before: enrolment rises, long silences, holes between windows.
         same = np.zeros(len(reports), dtype=bool)
         same[1:] = devices[1:] == devices[:-1]
@@ -200,23 +211,24 @@ class AgentHealthDetector(Detector):
         ends = reports["window_end"].dt.tz_localize(None).to_numpy()
         starts = reports["window_start"].dt.tz_localize(None).to_numpy()
         # Long silences count only on a device reporting most of its span (_gaps_in_always_on).
-        first_end = grouped["window_end"].min()
-        span = (newest - first_end).dt.total_seconds() + self.interval_seconds
-        always_on = (grouped.size() * self.interval_seconds / span >= self.always_on_coverage).reindex(devices).to_numpy()
+        span = (newest - pd.Series(window_ends[first])).dt.total_seconds() + self.interval_seconds
+        always_on = (count * self.interval_seconds / span >= self.always_on_coverage).to_numpy()[devices]
         gap = np.zeros(len(reports), dtype=bool)
         gap[1:] = (ends[1:] - ends[:-1]) / np.timedelta64(1, "s") >= self.gap_hours * 3600
         gap &= always_on
         # A hole counts only with the same boot time on both sides (_same_boot); a boot time this
         # parse cannot read is left to _same_boot's own parse.
-        boot_text = reports["boot_time"].to_numpy(dtype=object)
-        boots = pd.to_datetime(reports["boot_time"], utc=True, format="ISO8601", errors="coerce")
-        boot = boots.dt.tz_localize(None).to_numpy()
-        unread = boots.isna().to_numpy() & np.array([isinstance(v, str) for v in boot_text], dtype=bool)
+        # A laptop keeps one boot time for days: each distinct text is parsed once.
+        boot_codes, boot_texts = pd.factorize(reports["boot_time"].to_numpy(dtype=object))  # missing: -1
+        boots = pd.to_datetime(pd.Series(boot_texts, dtype=object), utc=True, format="ISO8601", errors="coerce")
+        boot = np.append(boots.dt.tz_localize(None).to_numpy(), np.datetime64("NaT"))[boot_codes]
+        unread = np.append(boots.isna().to_numpy() & np.array([isinstance(v, str) for v in boot_texts], dtype=bool),
+                           False)[boot_codes]
         hole = np.zeros(len(reports), dtype=bool)
         hole[1:] = ((starts[1:] - ends[:-1]) / np.timedelta64(1, "m") >= self.stopped_minutes) & (
             (np.abs((boot[1:] - boot[:-1]) / np.timedelta64(1, "s")) <= self.boot_tolerance_seconds)
             | unread[1:] | unread[:-1])
-        flagged.update(devices[same & (rose | gap | hole)])
+        flagged.update(devices[same & (rose | gap | hole)].tolist())
         # Sequence resets and holes, over the rows that carry a seq.
         seqs = reports["seq"].to_numpy(dtype=float)
         known = ~np.isnan(seqs)
@@ -224,10 +236,11 @@ class AgentHealthDetector(Detector):
         step = np.diff(seqs)
         after = seq_devices[1:]
         within = after == seq_devices[:-1]
-        flagged.update(after[within & (step < 0)])
-        skipped = pd.Series(np.where(within & (step > 1), step - 1, 0.0)).groupby(after).sum()
-        flagged.update(skipped.index[skipped.to_numpy() >= self.min_missing])
-        return sorted(flagged)
+        flagged.update(after[within & (step < 0)].tolist())
+        skipped = np.bincount(after, weights=np.where(within & (step > 1), step - 1, 0.0), minlength=len(first))
+        flagged.update(np.flatnonzero(skipped >= self.min_missing).tolist())
+        ids = reports["device_id"].to_numpy()[first]
+        return [ids[code] for code in sorted(flagged)]  # code order is id order
 
     def _same_boot(self, rows: pd.DataFrame, at: int) -> bool | None:
         """Whether rows ``at - 1`` and ``at`` name the same boot time (None when either is unknown)."""
