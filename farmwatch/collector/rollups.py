@@ -9,13 +9,15 @@ before it reads) parses each stored report once with the detectors' own reductio
 * ``sightings``: one row per network identity (egress address, gateway MAC hash, Wi-Fi BSSID hash)
   x hour x device, so the devices that may share a network with a device are found in SQL.
 
-Exactly once, with any number of replicas on one database: a reduction batch runs in one
+Exactly once, with any number of replicas on one database: a reduction batch is written in one
 transaction that holds the ``rollup_progress`` row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: one
 replica reduces at a time, the others skip; on SQLite ``BEGIN IMMEDIATE`` serializes writers). The
 batch writes its rollups, its sightings and a ``reduced_reports`` marker per report in that
 transaction, so a crash loses the whole batch and the next one redoes it, and a report with a
 marker is never reduced again. Batches are numbered under the same lock, so a batch number is a mark
-that orders what scoring has seen (:func:`changed_devices`).
+that orders what scoring has seen (:func:`changed_devices`). On SQLite the batch is reduced before
+that transaction, from a read-only snapshot, and written only if what the snapshot read still holds
+under the lock (:func:`reduce_pending`).
 
 PostgreSQL assigns report ids before commit, so a report can become visible after one with a
 higher id. The reducer therefore looks for reports without a marker above a floor, and moves the
@@ -104,29 +106,93 @@ class Reduced:
 
 def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False,
                    since: datetime | None = None) -> Reduced:
-    """Reduce up to ``limit`` stored reports that have not been reduced, in one transaction.
+    """Reduce up to ``limit`` stored reports that have not been reduced, and file them in one transaction.
 
     Returns at once with batch 0 when another replica holds the reducer (``wait`` False) or when
     nothing is pending; with ``wait`` True it waits for that replica's batch to commit instead.
     ``since`` (the start of the scoring lookback) matters once, when the reducer first runs on a
     database: reports received before it are never reduced, since scoring never reads them (a
-    database upgraded with weeks of reports starts scoring without reducing all of them first)."""
-    with storage._writer.begin() as tx:
-        progress = _hold_progress(tx, wait, since)
-        if progress is None:
-            return Reduced(0, 0, 0)
-        floor, last_batch = progress
-        pending = tx.execute(
-            sa.select(reports.c.id, reports.c.device_id, reports.c.received_at, reports.c.record)
-            .where(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
-            .order_by(reports.c.id).limit(limit)
-        ).all()
-        batch = last_batch + 1
-        skipped = _file(tx, pending, batch) if pending else 0
-        new_floor = _advance_floor(tx, floor, now)
-        tx.execute(rollup_progress.update().where(rollup_progress.c.name == PROGRESS)
-                   .values(batch=batch if pending else last_batch, floor_report_id=new_floor))
-        return Reduced(batch if pending else 0, len(pending), skipped)
+    database upgraded with weeks of reports starts scoring without reducing all of them first).
+
+    On SQLite the batch is read, parsed, reduced and merged into its rollups in a read-only snapshot
+    (WAL: it blocks no writer), outside the one write lock that every report's commit waits for
+    (issue 13: reduced under that lock, it set ingest's p99). The write transaction that follows
+    only checks that what the snapshot read still holds (:func:`_still_holds`) and writes; when it
+    does not (another reducer, a purge or retention got there first), nothing is written and the
+    batch is read again. On PostgreSQL the progress row is held first and the batch reduced under
+    it: ingest never waits for that row lock, and a second replica skips at once instead of
+    reducing the same reports for nothing."""
+    if storage.engine.dialect.name != "sqlite":
+        with storage._writer.begin() as tx:
+            progress = _hold_progress(tx, wait, since)
+            if progress is None:
+                return Reduced(0, 0, 0)
+            return _commit(tx, _prepare(tx, progress[0], limit), progress, now)
+    while True:
+        with storage.engine.connect() as reader, reader.begin():  # BEGIN (deferred): a snapshot, no lock
+            filing = _prepare(reader, _read_floor(reader, since), limit)
+        with storage._writer.begin() as tx:
+            progress = _hold_progress(tx, wait, since)
+            if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
+                return Reduced(0, 0, 0)
+            if _still_holds(tx, filing, progress[0]):
+                return _commit(tx, filing, progress, now)
+
+
+def _prepare(connection: Connection, floor: int, limit: int) -> Filing:
+    """The next batch: up to ``limit`` reports above ``floor`` without a reduced marker, reduced
+    and merged into their rollups as ``connection`` reads them (nothing is written)."""
+    pending = connection.execute(
+        sa.select(reports.c.id, reports.c.device_id, reports.c.received_at, reports.c.record)
+        .where(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
+        .order_by(reports.c.id).limit(limit)
+    ).all()
+    return _reduce(connection, pending)
+
+
+def _commit(tx: Connection, filing: Filing, progress: tuple[int, int], now: datetime) -> Reduced:
+    """Write ``filing`` as the next batch under the held reducer ``progress`` (floor, last batch), and move the floor."""
+    floor, last_batch = progress
+    batch = last_batch + 1 if filing.report_ids else last_batch
+    skipped = _write(tx, filing, batch) if filing.report_ids else 0
+    new_floor = _advance_floor(tx, floor, now)
+    tx.execute(rollup_progress.update().where(rollup_progress.c.name == PROGRESS)
+               .values(batch=batch, floor_report_id=new_floor))
+    return Reduced(batch if filing.report_ids else 0, len(filing.report_ids), skipped)
+
+
+def _read_floor(connection: Connection, since: datetime | None) -> int:
+    """The reducer's floor as ``connection`` reads it (before its first batch: the one
+    :func:`_hold_progress` will give it)."""
+    floor = connection.execute(sa.select(rollup_progress.c.floor_report_id)
+                               .where(rollup_progress.c.name == PROGRESS)).scalar()
+    if floor is not None:
+        return int(floor)
+    return 0 if since is None else _floor_before(connection, since)
+
+
+def _still_holds(tx: Connection, filing: Filing, floor: int) -> bool:
+    """Whether ``filing``, read before ``tx`` took the lock, may be written as it is: each of its
+    reports still stored, above the held ``floor`` (markers below it are deleted) and without a
+    marker, and each rollup row it merged into still the one it read (a row's ``batch`` changes
+    with every write to it, since batch numbers only grow; a deleted row is missing)."""
+    ids = filing.report_ids
+    unreduced = 0
+    for start in range(0, len(ids), CHUNK):
+        unreduced += len(tx.execute(sa.select(reports.c.id).where(
+            reports.c.id.in_(ids[start:start + CHUNK]), reports.c.id > floor,
+            ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))).all())
+    if unreduced != len(ids):
+        return False
+    keys = sorted(filing.read)
+    for start in range(0, len(keys), CHUNK):
+        chunk = keys[start:start + CHUNK]
+        stored = {(row.device_id, row.hour): int(row.batch) for row in tx.execute(
+            sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.batch)
+            .where(sa.tuple_(rollups.c.device_id, rollups.c.hour).in_(chunk)))}
+        if any(stored.get(key) != filing.read[key] for key in chunk):
+            return False
+    return True
 
 
 def refile_device(tx: Connection, device_id: str, report_ids: Collection[int]) -> None:
@@ -189,9 +255,26 @@ def _floor_before(tx: Connection, since: datetime) -> int:
     return int(tx.execute(sa.select(sa.func.coalesce(sa.func.max(reports.c.id), 0))).scalar_one())
 
 
+@dataclass(frozen=True)
+class Filing:
+    """A batch of reports reduced and merged into rollups from what a connection read, not yet
+    written (:func:`_reduce`, :func:`_write`)."""
+
+    report_ids: list[int]
+    rollups: dict[tuple[str, int], dict[str, Any]]  # each device-hour's new row, without its batch
+    read: dict[tuple[str, int], int | None]  # the batch of each of those rows as read (None: no row)
+    seen: set[tuple[str, str, int, str]]  # sightings: kind, identity, hour, device
+    refused: list[dict[str, Any]]  # refused_reports rows, without their batch
+
+
 def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:
-    """Reduce ``pending`` reports into rollups and sightings and mark them reduced; returns how many
-    were refused.
+    """Reduce ``pending`` reports and write them as ``batch``, all in ``tx``; returns how many were refused."""
+    return _write(tx, _reduce(tx, pending), batch)
+
+
+def _reduce(connection: Connection, pending: Sequence[Any]) -> Filing:
+    """Reduce ``pending`` reports into rollups and sightings, merged with the rollups ``connection``
+    reads; nothing is written.
 
     A report the reduction refuses (a time outside the contract's bounds, unreadable) is filed in
     ``refused_reports`` under the device that stored it, as that device's own error evidence
@@ -209,57 +292,74 @@ def _file(tx: Connection, pending: Sequence[Any], batch: int) -> int:
             # tampered with: say so, and do not retry it forever.
             log.error("report %s of device %s is refused by the reduction: %s", row.id, row.device_id, problem)
             refused.append({"report_id": row.id, "device_id": row.device_id, "received_at": row.received_at,
-                            "batch": batch, "reason": str(problem)[:500]})
+                            "reason": str(problem)[:500]})
             continue
         device = window.row[0]
         by_hour[(device, hour_of(row.received_at))].append([_micros(row.received_at), row.id, *window])
         ends[(device, hour_of(row.received_at))].append(_parse_time(window.row[WINDOW_END]))
         seen.update((kind, identity, hour, device) for kind, identity, hour in window_sightings(window))
-    _merge_rollups(tx, by_hour, {key: max(times) for key, times in ends.items()}, batch)
-    _add_sightings(tx, seen, batch)
-    if refused:
-        tx.execute(refused_reports.insert(), refused)
-    tx.execute(reduced_reports.insert(), [{"report_id": row.id, "batch": batch} for row in pending])
-    return len(refused)
+    existing = _read_rollups(connection, sorted(by_hour))
+    merged = _merge_rollups(by_hour, {key: max(times) for key, times in ends.items()}, existing, _layouts(connection))
+    return Filing([row.id for row in pending], merged,
+                  {key: None if key not in existing else int(existing[key].batch) for key in merged}, seen, refused)
 
 
-def _merge_rollups(tx: Connection, by_hour: dict[tuple[str, int], list[StoredWindow]],
-                   last_end: dict[tuple[str, int], datetime], batch: int) -> None:
-    keys = sorted(by_hour)
-    layouts = _layouts(tx)
+def _write(tx: Connection, filing: Filing, batch: int) -> int:
+    """Write ``filing`` as ``batch``: its rollups, sightings, refusals and a reduced marker per
+    report; returns how many reports were refused."""
+    inserts = [{**row, "batch": batch} for key, row in filing.rollups.items() if filing.read[key] is None]
+    updates = [{**{column: value for column, value in row.items() if column not in ("device_id", "hour")},
+                "batch": batch, "key_device": key[0], "key_hour": key[1]}
+               for key, row in filing.rollups.items() if filing.read[key] is not None]
+    if inserts:
+        tx.execute(rollups.insert(), inserts)
+    if updates:
+        tx.execute(rollups.update().where(rollups.c.device_id == sa.bindparam("key_device"),
+                                          rollups.c.hour == sa.bindparam("key_hour")), updates)
+    _add_sightings(tx, filing.seen, batch)
+    if filing.refused:
+        tx.execute(refused_reports.insert(), [{**row, "batch": batch} for row in filing.refused])
+    tx.execute(reduced_reports.insert(), [{"report_id": report_id, "batch": batch} for report_id in filing.report_ids])
+    return len(filing.refused)
+
+
+def _read_rollups(connection: Connection, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """The stored rollup rows of ``keys`` (device, hour) that exist."""
+    existing: dict[tuple[str, int], Any] = {}
     for start in range(0, len(keys), CHUNK):
-        chunk = keys[start:start + CHUNK]
-        existing = {
-            (row.device_id, row.hour): row for row in tx.execute(
-                sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.layout, rollups.c.windows,
-                          rollups.c.last_window_end)
-                .where(sa.tuple_(rollups.c.device_id, rollups.c.hour).in_(chunk)))
-        }
-        inserts = []
-        for key in chunk:
-            added = by_hour[key]
-            old = existing.get(key)
-            if old is None:
-                inserts.append({"device_id": key[0], "hour": key[1], "layout": COLUMNS, "batch": batch,
-                                "reports": len(added), "last_window_end": last_end[key],
-                                "windows": _stored_text(sorted(added))})
-                continue
-            windows = _stored_windows(orjson.loads(old.windows), old.layout, layouts) + added
-            windows.sort()  # receipt time, then report id: the order a full re-read streams them in
-            tx.execute(rollups.update().where(rollups.c.device_id == key[0], rollups.c.hour == key[1])
-                       .values(layout=COLUMNS, batch=batch, reports=len(windows),
-                               last_window_end=max(old.last_window_end, last_end[key]),
-                               windows=_stored_text(windows)))
-        if inserts:
-            tx.execute(rollups.insert(), inserts)
+        existing.update(((row.device_id, row.hour), row) for row in connection.execute(
+            sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.layout, rollups.c.windows,
+                      rollups.c.last_window_end, rollups.c.batch)
+            .where(sa.tuple_(rollups.c.device_id, rollups.c.hour).in_(keys[start:start + CHUNK]))))
+    return existing
+
+
+def _merge_rollups(by_hour: dict[tuple[str, int], list[StoredWindow]], last_end: dict[tuple[str, int], datetime],
+                   existing: dict[tuple[str, int], Any], layouts: dict[str, dict[str, list[str]]],
+                   ) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each device-hour's rollup row (without its batch) once ``by_hour``'s windows are added to the ``existing`` one."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for key in sorted(by_hour):
+        added = by_hour[key]
+        old = existing.get(key)
+        if old is None:
+            merged[key] = {"device_id": key[0], "hour": key[1], "layout": COLUMNS, "reports": len(added),
+                           "last_window_end": last_end[key], "windows": _stored_text(sorted(added))}
+            continue
+        windows = _stored_windows(orjson.loads(old.windows), old.layout, layouts) + added
+        windows.sort()  # receipt time, then report id: the order a full re-read streams them in
+        merged[key] = {"device_id": key[0], "hour": key[1], "layout": COLUMNS, "reports": len(windows),
+                       "last_window_end": max(old.last_window_end, last_end[key]),
+                       "windows": _stored_text(windows)}
+    return merged
 
 
 def _add_sightings(tx: Connection, seen: set[tuple[str, str, int, str]], batch: int) -> None:
     rows = [{"kind": kind, "identity": identity, "hour": hour, "device_id": device, "batch": batch}
             for kind, identity, hour, device in sorted(seen)]
-    for start in range(0, len(rows), CHUNK):
-        tx.execute(_insert(tx, sightings).values(rows[start:start + CHUNK]).on_conflict_do_nothing(
-            index_elements=[sightings.c.kind, sightings.c.identity, sightings.c.hour, sightings.c.device_id]))
+    if rows:  # one statement executed for many rows: compiled once (a multi-row VALUES is compiled per batch)
+        tx.execute(_insert(tx, sightings).on_conflict_do_nothing(
+            index_elements=[sightings.c.kind, sightings.c.identity, sightings.c.hour, sightings.c.device_id]), rows)
 
 
 def _advance_floor(tx: Connection, floor: int, now: datetime) -> int:

@@ -1,0 +1,214 @@
+"""The reducer on SQLite reduces outside the write lock, and what others write meanwhile is never lost
+nor filed twice (issue 13).
+
+:func:`farmwatch.collector.rollups.reduce_pending` reads, parses, reduces and merges a batch in a
+read-only snapshot, then writes it in a short write transaction only if what it read still holds.
+Each test lets a real other writer in between the two (a second reducer on its own connection, a
+purge, the retention job) through a hook right after the batch was prepared, on a real SQLite file
+holding a simulated fleet, and compares the result with the same reports reduced one batch after
+another with nobody in between.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from farmwatch.collector import rollups
+from farmwatch.collector.purge import purge_device
+from farmwatch.collector.retention import RetentionSettings, prune
+from farmwatch.collector.storage import Storage
+from farmwatch.collector.tables import reduced_reports, refused_reports, reports, sightings
+from farmwatch.collector.tables import rollups as rollups_table
+from farmwatch.simulator.cli import write_fleet
+from farmwatch.simulator.store import load_records
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    files = write_fleet(tmp_path_factory.mktemp("fleet"), seed=41, legit=12, farms=3, days=3)
+    records = [orjson.loads(line) for line in files.records.open("rb")]
+    records.sort(key=lambda record: record["received_at"])  # as they would arrive
+    return records
+
+
+def _open(path: Path, records: list[dict[str, Any]]) -> Storage:
+    storage = Storage.open(f"sqlite:///{path}")
+    load_records(storage, records)
+    return storage
+
+
+def _reduce_all(storage: Storage, now: datetime, limit: int = rollups.BATCH) -> None:
+    while rollups.reduce_pending(storage, now, limit=limit).reports:
+        pass
+
+
+def _filed(storage: Storage) -> dict[str, Any]:
+    """Everything the reducer derived, batch numbers left out (they count transactions, not content)."""
+    with storage.engine.connect() as connection:
+        return {
+            "rollups": sorted(tuple(row) for row in connection.execute(sa.select(
+                rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.layout, rollups_table.c.reports,
+                rollups_table.c.last_window_end, rollups_table.c.windows))),
+            "sightings": sorted(tuple(row) for row in connection.execute(sa.select(
+                sightings.c.kind, sightings.c.identity, sightings.c.hour, sightings.c.device_id))),
+            "refused": sorted(connection.execute(sa.select(refused_reports.c.report_id)).scalars()),
+        }
+
+
+def _count(storage: Storage, query: Any) -> int:
+    with storage.engine.connect() as connection:
+        return int(connection.execute(query).scalar() or 0)
+
+
+def _once_each(storage: Storage) -> None:
+    """Every stored report is filed once: as a window of one rollup, or refused."""
+    stored = _count(storage, sa.select(sa.func.count()).select_from(reports))
+    windows = _count(storage, sa.select(sa.func.sum(rollups_table.c.reports)))
+    refused = _count(storage, sa.select(sa.func.count()).select_from(refused_reports))
+    assert windows + refused == stored
+
+
+@pytest.fixture
+def between(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[], object]], list[bool]]]:
+    """``between(step)``: run ``step`` once, after the next batch is prepared and before its write
+    transaction takes the lock; returns the outcomes of every check of a prepared batch under the lock."""
+    prepare, still_holds = rollups._prepare, rollups._still_holds
+    checks: list[bool] = []
+
+    def install(step: Callable[[], object]) -> list[bool]:
+        pending = [step]
+
+        def prepared(*args: Any, **kwargs: Any) -> rollups.Filing:
+            filing = prepare(*args, **kwargs)
+            if pending:
+                pending.pop()()
+            return filing
+
+        def checked(*args: Any, **kwargs: Any) -> bool:
+            checks.append(still_holds(*args, **kwargs))
+            return checks[-1]
+
+        monkeypatch.setattr(rollups, "_prepare", prepared)
+        monkeypatch.setattr(rollups, "_still_holds", checked)
+        return checks
+
+    yield install
+
+
+def test_the_write_lock_is_free_while_a_batch_is_being_reduced(
+        tmp_path: Path, fleet: list[dict[str, Any]], between: Callable[[Callable[[], object]], list[bool]]) -> None:
+    """The point of the change: a writer that will not wait at all (as ingest's next group commit
+    would, without a busy timeout) takes the write lock while the reducer works on its batch; the
+    reducer then files the batch as it read it."""
+    storage = _open(tmp_path / "collector.db", fleet[:600])
+    now = _time(fleet[599]["received_at"]) + timedelta(minutes=1)
+    taken: list[bool] = []
+
+    def write_meanwhile() -> None:
+        writer = sqlite3.connect(tmp_path / "collector.db", timeout=0, isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # "database is locked" at once if anyone holds the lock
+            writer.execute("COMMIT")
+            taken.append(True)
+        finally:
+            writer.close()
+
+    try:
+        checks = between(write_meanwhile)
+        done = rollups.reduce_pending(storage, now, limit=500)
+        assert taken == [True] and done.reports == 500 and checks == [True]
+        _reduce_all(storage, now)
+        _once_each(storage)
+    finally:
+        storage.close()
+
+
+def test_a_batch_another_reducer_filed_meanwhile_is_not_filed_again(
+        tmp_path: Path, fleet: list[dict[str, Any]], between: Callable[[Callable[[], object]], list[bool]]) -> None:
+    """Two reducers (the serving process's and the scorer's catch-up) prepare the same reports: the
+    one that writes second finds them marked, writes nothing, and goes on with the next batch."""
+    serial = _open(tmp_path / "serial.db", fleet)
+    racing = _open(tmp_path / "racing.db", fleet)
+    other = Storage.open(f"sqlite:///{tmp_path / 'racing.db'}", migrate="check")
+    now = _time(fleet[-1]["received_at"]) + timedelta(minutes=1)
+    try:
+        _reduce_all(serial, now, limit=400)
+        # The other reducer takes a smaller batch: part of what the first read is filed, and rollup
+        # rows the first merged into are rewritten, by the time the first takes the lock.
+        checks = between(lambda: rollups.reduce_pending(other, now, limit=150))
+        first = rollups.reduce_pending(racing, now, limit=400, wait=True)
+        # The other reducer's batch written, then the first's refused, then its next one written.
+        assert checks == [True, False, True]
+        assert first.reports == 400 and first.batch == 2
+        _reduce_all(racing, now, limit=400)
+        _once_each(racing)
+        assert _filed(racing) == _filed(serial)
+    finally:
+        other.close()
+        racing.close()
+        serial.close()
+
+
+def test_reports_purged_meanwhile_are_not_filed(
+        tmp_path: Path, fleet: list[dict[str, Any]], between: Callable[[Callable[[], object]], list[bool]]) -> None:
+    """A purge between the read and the write: the batch is read again, and nothing derived from the
+    purged reports comes back (no rollup, no sighting, no marker a reused id could inherit)."""
+    storage = _open(tmp_path / "collector.db", fleet)
+    now = _time(fleet[-1]["received_at"]) + timedelta(minutes=1)
+    device = fleet[0]["report"]["device_id"]  # it has reports in the first batch
+    try:
+        with storage.engine.connect() as connection:
+            purged_ids = list(connection.execute(sa.select(reports.c.id).where(reports.c.device_id == device)).scalars())
+        checks = between(lambda: purge_device(storage.engine, device, None, "test", now))
+        _reduce_all(storage, now)
+        assert checks[0] is False
+        _once_each(storage)
+        with storage.engine.connect() as connection:
+            for table in (rollups_table, sightings):
+                assert connection.execute(sa.select(sa.func.count()).select_from(table)
+                                          .where(table.c.device_id == device)).scalar() == 0, table.name
+            assert connection.execute(sa.select(sa.func.count()).select_from(reduced_reports)
+                                      .where(reduced_reports.c.report_id.in_(purged_ids))).scalar() == 0
+    finally:
+        storage.close()
+
+
+def test_a_rollup_row_deleted_meanwhile_is_merged_into_as_it_is_now(
+        tmp_path: Path, fleet: list[dict[str, Any]], between: Callable[[Callable[[], object]], list[bool]]) -> None:
+    """A late report of an old hour merges into that hour's rollup; the retention job deletes the
+    row between the read and the write. Only the check of the rows read catches it (the report
+    itself is untouched): written as read, the update would find no row and the report would be
+    marked reduced without being in any rollup."""
+    device = fleet[0]["report"]["device_id"]
+    hour = rollups.hour_of(_time(fleet[0]["received_at"]))
+    late = [record for record in fleet if record["report"]["device_id"] == device
+            and rollups.hour_of(_time(record["received_at"])) == hour][-1]
+    storage = _open(tmp_path / "collector.db", [record for record in fleet if record is not late])
+    now = _time(fleet[-1]["received_at"]) + timedelta(minutes=1)
+    # The first day's hours are older than a one-day age; nothing else is old enough to go.
+    settings = RetentionSettings(days={**RetentionSettings().days, "rollups_days": 1})
+    assert hour < rollups.hour_of(now - timedelta(days=1))
+    try:
+        _reduce_all(storage, now)
+        load_records(storage, [late])
+        checks = between(lambda: prune(storage.engine, settings, now))
+        done = rollups.reduce_pending(storage, now)
+        assert done.reports == 1 and checks == [False, True]
+        with storage.engine.connect() as connection:
+            row = connection.execute(sa.select(rollups_table.c.reports).where(
+                rollups_table.c.device_id == device, rollups_table.c.hour == hour)).one()
+        assert row.reports == 1  # the late report alone: what pruning first and reducing then gives
+    finally:
+        storage.close()
