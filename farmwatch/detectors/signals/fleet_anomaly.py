@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids
 from farmwatch.detectors.clock import local_times
 from farmwatch.detectors.frame import Frames
 
@@ -48,26 +48,34 @@ def raw_device_features(frames: Frames, context: Context, interval_seconds: floa
     A window counts as active with at least ``active_seconds`` of input; ``interval_seconds`` is
     the agents' reporting interval (for coverage)."""
     reports = frames.reports
+    # Grouped on device codes (in device id order; numbers group faster than id strings), the
+    # rows named by device id at the end.
+    codes = reports["device_code"].to_numpy()
+    ids = device_ids(reports)
     hours = pd.Series(np.nan, index=reports.index)
-    # "" for a device without a roster zone: pandas 2.2 cannot group on None keys (pandas 3 can).
-    zones = reports["device_id"].map({d: e.timezone or "" for d, e in context.roster.items()}).fillna("")
-    for tz, index in reports.groupby(zones).groups.items():
-        hours.loc[index] = local_times(reports.loc[index, "window_end"], tz or None).dt.hour
+    # Each roster zone's rows read on its wall clock ("" for a device without one: UTC).
+    zones, zone_names = pd.factorize(np.array([(entry.timezone or "") if (entry := context.roster.get(device)) else ""
+                                               for device in ids], dtype=object))
+    row_zones = zones[codes]
+    for zone, tz in enumerate(zone_names):
+        index = np.flatnonzero(row_zones == zone)
+        hours.iloc[index] = local_times(reports["window_end"].iloc[index], tz or None).dt.hour.to_numpy()
     active = reports["active_seconds"].fillna(0) >= active_seconds
     per = pd.DataFrame({
-        "device_id": reports["device_id"],
+        "device_id": codes,
         "night": (active & (hours < 6)).astype(float),
         "active": active.astype(float),
         "injected": (reports["injected_events"].fillna(0) > 0).astype(float),
         "burst": reports["key_burst_fraction"], "key_p10": reports["key_interval_ms_p10"],
         "mouse_rate": reports["mouse_rate_hz_median"], "jump": reports["mouse_jump_fraction"],
         "lan": reports["lan_neighbors"], "start": reports["window_start"], "end": reports["window_end"],
-    }).groupby("device_id")
+    }).groupby("device_id")  # device codes
     sums = per[["night", "active", "injected"]].sum()
     counts = per.size()
     span = (per["end"].max() - per["start"].min()).dt.total_seconds().clip(lower=interval_seconds)
     medians = per[["burst", "key_p10", "mouse_rate", "jump", "lan"]].median()
-    tools = frames.tools.groupby("device_id")["tool"].nunique() if len(frames.tools) else pd.Series(dtype=float)
+    tools = (frames.tools["tool"].groupby(codes[frames.tools["rec"].to_numpy()]).nunique() if len(frames.tools)
+             else pd.Series(dtype=float))
     features = pd.DataFrame({
         "night_active_share": sums["night"] / sums["active"].clip(lower=1),
         "injected_share": sums["injected"] / counts,
@@ -77,6 +85,7 @@ def raw_device_features(frames: Frames, context: Context, interval_seconds: floa
         "rmm_tools": tools.reindex(counts.index).fillna(0),
         "report_coverage": (counts * interval_seconds / span).clip(upper=1.0),
     })
+    features.index = pd.Index(ids[features.index.to_numpy()], name="device_id")
     return features
 
 
