@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from detector_records import NOW, START, host, make_record, roster_entry, run, user_input
 
+from farmwatch.detectors.base import device_runs
+from farmwatch.detectors.frame import flatten
 from farmwatch.detectors.signals.agent_health import AgentHealthDetector
 from farmwatch.detectors.signals.always_on import AlwaysOnDetector
 from farmwatch.detectors.signals.host_mismatch import HostMismatchDetector
@@ -63,6 +65,18 @@ def test_always_on_with_night_input() -> None:
     assert finding.evidence["coverage"] == 1.0
     assert finding.evidence["night_active_share"] == pytest.approx(12 / 60, abs=0.01)  # two 6-hour nights in 60 h
     assert finding.score == pytest.approx(0.35 * finding.evidence["night_active_share"] / 0.3, abs=1e-3)
+
+
+def test_always_on_judges_only_laptops_that_never_sleep() -> None:
+    """The whole-column prefilter (device runs) keeps the laptop awake for days, and drops one that
+    sleeps every night and one that reported for a day only."""
+    awake = [make_record("a-awake", 5 * k) for k in range(int(2.5 * 288))]
+    sleeps = [make_record("b-sleeps", 5 * k) for k in range(int(2.5 * 288)) if (k // 12) % 24 < 9]
+    short = [make_record("c-short", 5 * k) for k in range(288)]
+    reports = flatten(short + sleeps + awake).reports
+    first, count = device_runs(reports["device_code"].to_numpy())
+    kept = AlwaysOnDetector()._candidates(reports, first, count)
+    assert [reports["device_id"].iloc[first[at]] for at in kept] == ["a-awake"]
 
 
 def test_always_on_idle_nights_are_quiet() -> None:

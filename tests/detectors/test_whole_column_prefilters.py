@@ -20,6 +20,7 @@ from farmwatch.detectors.base import Context, Detector
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import Frames, flatten
 from farmwatch.detectors.signals.agent_health import AgentHealthDetector
+from farmwatch.detectors.signals.always_on import AlwaysOnDetector
 from farmwatch.detectors.signals.geo_mismatch import GeoMismatchDetector
 from farmwatch.detectors.signals.host_mismatch import HostMismatchDetector
 from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
@@ -34,6 +35,7 @@ EVERY_DEVICE: dict[type[Detector], tuple[str, Callable[..., Any]]] = {
     HostMismatchDetector: ("_candidates", lambda self, reports, positions, context: sorted(positions)),
     InputRhythmDetector: ("_rhythm_candidates", lambda self, odd: set(odd["device_id"])),
     GeoMismatchDetector: ("_candidates", lambda self, outside, context: outside),
+    AlwaysOnDetector: ("_candidates", lambda self, reports, first, count: range(len(first))),
 }
 
 

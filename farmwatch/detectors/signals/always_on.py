@@ -8,6 +8,7 @@ Weak: some people leave laptops docked and awake, so this only adds to other evi
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_runs
 from farmwatch.detectors.clock import local_times
@@ -38,21 +39,10 @@ class AlwaysOnDetector(Detector):
         found: list[DeviceFinding] = []
         if reports.empty:
             return found
-        # Most laptops sleep: the span and coverage tests, over whole columns (each device's rows are
-        # one run in device order), leave only the few always-on devices for the per-device
-        # local-time work below (which repeats both tests).
         first, count = device_runs(reports["device_code"].to_numpy())
-        ends = reports["window_end"].array  # time-sorted within a device: its last row is its latest
-        starts = reports["window_start"].array.as_unit(ends.unit)
-        earliest = np.minimum.reduceat(np.where(starts.isna(), np.iinfo(np.int64).max, starts.asi8), first)
-        # Seconds as Timedelta.total_seconds gives them: ticks over ticks per second.
-        spans = (ends.asi8[first + count - 1] - earliest) / (np.timedelta64(1, "s") // np.timedelta64(1, ends.unit))
-        spans[earliest == np.iinfo(np.int64).max] = np.nan  # no window start at all: as pandas' NaT span
-        short = spans < self.min_days * 86400
-        sleeps = count * self.interval_seconds / spans < self.coverage
         ids = reports["device_id"].to_numpy()
         narrow = reports[["window_start", "window_end", "active_seconds"]]
-        for at in np.flatnonzero(~(short | sleeps)):  # in device order
+        for at in self._candidates(reports, first, count):  # in device order
             device = ids[first[at]]
             rows = narrow.iloc[first[at]:first[at] + count[at]]
             span = (rows["window_end"].max() - rows["window_start"].min()).total_seconds()
@@ -74,3 +64,18 @@ class AlwaysOnDetector(Detector):
                                        "days": span / 86400},
                                       rows["window_end"].min(), rows["window_end"].max()))
         return found
+
+    def _candidates(self, reports: pd.DataFrame, first: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """The devices (positions in ``first``/``count``: each device's run of rows) that can be
+        always on. Most laptops sleep: the span and coverage tests, over whole columns, leave only
+        the few always-on devices for the per-device local-time work in :meth:`detect` (which
+        repeats both tests); a device without any window start stays, as :meth:`detect` judges it."""
+        ends = reports["window_end"].array  # time-sorted within a device: its last row is its latest
+        starts = reports["window_start"].array.as_unit(ends.unit)
+        earliest = np.minimum.reduceat(np.where(starts.isna(), np.iinfo(np.int64).max, starts.asi8), first)
+        # Seconds as Timedelta.total_seconds gives them: ticks over ticks per second.
+        spans = (ends.asi8[first + count - 1] - earliest) / (np.timedelta64(1, "s") // np.timedelta64(1, ends.unit))
+        spans[earliest == np.iinfo(np.int64).max] = np.nan  # no window start at all: as pandas' NaT span
+        short = spans < self.min_days * 86400
+        sleeps = count * self.interval_seconds / spans < self.coverage
+        return np.flatnonzero(~(short | sleeps))
