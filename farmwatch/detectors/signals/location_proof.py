@@ -54,15 +54,18 @@ class LocationProofDetector(Detector):
         anchors = context.anchors
         anchor_place = np.array([(anchors[n].latitude, anchors[n].longitude) if n in anchors else (np.nan, np.nan)
                                  for n in anchor_names], dtype=float).reshape(-1, 2)
-        claim = device_place[device_codes[probes["rec"].to_numpy()]] if len(names) else np.empty((0, 2))
-        anchor = anchor_place[targets] if len(anchor_names) else np.empty((len(probes), 2))
-        usable = (probes["rtt_min_ms"].notna().to_numpy() & ~np.isnan(claim[:, 0]) & ~np.isnan(anchor[:, 0])
-                  & (targets >= 0))
+        probe_devices = device_codes[probes["rec"].to_numpy()]
+        usable = (probes["rtt_min_ms"].notna().to_numpy() & ~np.isnan(device_place[probe_devices, 0])
+                  & (targets >= 0) & ~np.isnan(anchor_place[targets, 0]))
         probes = probes.loc[usable, ["rec", "target", "rtt_min_ms"]]  # only what is read below
         if probes.empty:
             return []
-        claim, anchor = claim[usable], anchor[usable]
-        claim_km = great_circle_km(claim[:, 0], claim[:, 1], anchor[:, 0], anchor[:, 1])
+        # The claimed distance per device and anchor (a few anchors per device), spread to the
+        # probe rows: the haversine once per pair, not once per probe.
+        each_device, each_anchor = len(anchor_names), len(names)
+        pair_km = great_circle_km(np.repeat(device_place[:, 0], each_device), np.repeat(device_place[:, 1], each_device),
+                                  np.tile(anchor_place[:, 0], each_anchor), np.tile(anchor_place[:, 1], each_anchor))
+        claim_km = pair_km[probe_devices[usable] * len(anchor_names) + targets[usable]]
         probes["claim_km"] = claim_km
         probes["bound_km"] = max_distance_km(probes["rtt_min_ms"].to_numpy())
         probes["violation_km"] = probes["claim_km"] - probes["bound_km"] - self.slack_km
