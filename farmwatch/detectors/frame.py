@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -272,10 +272,9 @@ def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
 _CHUNK_WINDOWS = 4096  # windows turned into columns at a time by frames_from_windows
 _PARTS = (("tools", _TOOL_COLUMNS[1:]), ("sessions", _SESSION_COLUMNS[1:]), ("probes", _PROBE_COLUMNS[1:]))
 WINDOW = "window"
-"""The column of a list part (tools, sessions, probes) in :func:`window_columns`: which window, 0..,
-the row belongs to."""
-SAME = "same"
-"""A column whose every value is the same is stored as ``{"same": value}``."""
+"""The first column of a list part (tools, sessions, probes) in :func:`window_columns`: which window,
+0.., the row belongs to."""
+_PART_KEYS = {part: (WINDOW, *names) for part, names in _PARTS}
 
 
 def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
@@ -283,18 +282,26 @@ def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
     :data:`WINDOW_LAYOUT`), plain JSON values, as the collector stores one device-hour of them::
 
         {"windows": n,
-         "reports": {column: [n values] or {"same": value}, ...},
+         "reports": {"same": {column: its one value, or null, for every column in layout order},
+                     "plain": {column: [n values], for each column whose values differ}},
          "tools" | "sessions" | "probes": {"window": [index of its window, ...], column: [...], ...},
          "hardware": {"sets": [[usb items, display items], ...],
-                      "window_set": [index into sets for each window] or {"same": index}}}
+                      "window_set": [index into sets for each window]}}
 
-    Columns are named, so a reader maps an older layout by name (a column it lacks is None).
+    Most of a laptop's report columns keep one value for an hour, so they are stored once. Columns
+    are named, so a reader maps an older layout by name (a column it lacks is None).
     :func:`frames_from_columns` builds frames from any number of these; :func:`windows_of_columns`
     gives the windows back."""
-    rows = [window[0] for window in windows]
-    reports = {name: _same_or_all(list(values)) for name, values in
-               zip(_REPORT_COLUMNS, _transposed(rows, len(_REPORT_COLUMNS)))}
-    columns: dict[str, Any] = {"windows": len(windows), "reports": reports}
+    same: dict[str, Any] = {}
+    plain: dict[str, list[Any]] = {}
+    for name, values in zip(_REPORT_COLUMNS, _transposed([window[0] for window in windows], len(_REPORT_COLUMNS))):
+        # One value of one type (1, 1.0 and True compare equal); the count and the type set run at C speed.
+        if values and values.count(values[0]) == len(values) and len(set(map(type, values))) == 1:
+            same[name] = values[0]
+        else:
+            same[name] = None
+            plain[name] = list(values)
+    columns: dict[str, Any] = {"windows": len(windows), "reports": {"same": same, "plain": plain}}
     for index, (part, names) in enumerate(_PARTS, start=1):
         owners: list[int] = []
         items: list[Sequence[Any]] = []
@@ -308,7 +315,7 @@ def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
     sets: dict[tuple[Any, ...], int] = {}
     window_set = [sets.setdefault((_items_key(window[4]), _items_key(window[5])), len(sets)) for window in windows]
     columns["hardware"] = {"sets": [[list(map(list, usb)), list(map(list, displays))] for usb, displays in sets],
-                           "window_set": _same_or_all(window_set)}
+                           "window_set": window_set}
     return columns
 
 
@@ -320,42 +327,35 @@ def _items_key(items: Sequence[Sequence[Any]]) -> tuple[tuple[Any, ...], ...]:
     return tuple(map(tuple, items))
 
 
-def _same_or_all(values: list[Any]) -> list[Any] | dict[str, Any]:
-    """``{"same": value}`` when every value is equal and of one type (1, 1.0 and True compare equal),
-    else ``values``; the count and the type set run at C speed."""
-    if len(values) > 1 and values.count(values[0]) == len(values) and len(set(map(type, values))) == 1:
-        return {SAME: values[0]}
-    return values
+def _report_values(stored: dict[str, Any], count: int) -> list[list[Any]]:
+    """Each report column's ``count`` values from a stored ``reports`` (missing: None)."""
+    same, plain = stored["same"], stored["plain"]
+    return [plain[name] if name in plain else [same.get(name)] * count for name in _REPORT_COLUMNS]
 
 
-def _all_values(stored: Any, count: int) -> list[Any]:
-    """A stored column's ``count`` values (missing: None, not reported)."""
-    if stored is None:
-        return [None] * count
-    if type(stored) is dict:
-        return [stored[SAME]] * count
-    return list(stored)
+def _part_values(stored: dict[str, Any], keys: tuple[str, ...]) -> tuple[list[Any], ...]:
+    """A stored list part's columns in ``keys`` order (one it lacks: None for every row)."""
+    if tuple(stored) == keys:  # as written by this layout: no lookups
+        return tuple(stored.values())
+    rows = len(stored[WINDOW])
+    return tuple(stored[key] if key in stored else [None] * rows for key in keys)
 
 
 def windows_of_columns(columns: dict[str, Any]) -> list[list[Any]]:
     """The windows :func:`window_columns` made ``columns`` from (each ``[row, tools, sessions,
     probes, usb, displays]``, rows as tuples), in their order; a column the stored form lacks is None."""
     count = columns["windows"]
-    stored = columns["reports"]
-    rows = list(zip(*(_all_values(stored.get(name), count) for name in _REPORT_COLUMNS))) if count else []
-    windows: list[list[Any]] = [[row] for row in rows]
-    for part, names in _PARTS:
+    windows: list[list[Any]] = [[row] for row in zip(*_report_values(columns["reports"], count))] if count else []
+    for part, _ in _PARTS:
         entries: list[list[tuple[Any, ...]]] = [[] for _ in range(count)]
-        part_columns = columns[part]
-        owners = part_columns[WINDOW]
-        values = (_all_values(part_columns.get(name), len(owners)) for name in names)
+        owners, *values = _part_values(columns[part], _PART_KEYS[part])
         for owner, *item in zip(owners, *values):
             entries[owner].append(tuple(item))
         for window, items in zip(windows, entries):
             window.append(items)
     hardware = columns["hardware"]
     sets = hardware["sets"]
-    for window, index in zip(windows, _all_values(hardware["window_set"], count)):
+    for window, index in zip(windows, hardware["window_set"]):
         usb, displays = sets[index]
         window += [[tuple(item) for item in usb], [tuple(item) for item in displays]]
     return windows
@@ -366,41 +366,66 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]]) -> Frames:
     the order given (ties of device, window end and seq keep it), as :func:`frames_from_windows`
     builds them from the windows themselves.
 
-    Each column of the batch is one list extended block by block, then converted once; strings of
-    text columns are pooled (one object per distinct value: about half the frames' memory at fleet
-    scale), a column stored as one value for the block at the cost of one lookup."""
-    reports: dict[str, list[Any]] = {name: [] for name in _REPORT_COLUMNS}
-    parts: dict[str, dict[str, Any]] = {part: {name: [] for name in names} for part, names in _PARTS}
-    owners: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
-    owner_offsets: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
-    owner_counts: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
+    Python touches each block a few times, never each window: a block's single values are taken
+    as one tuple, its differing columns and list parts as whole lists; each column of the batch is
+    then assembled (numpy repeats the single values and places the lists) and converted once.
+    Strings of text columns are pooled (one object per distinct value: about half the frames'
+    memory at fleet scale)."""
+    counts: list[int] = []
+    singles: list[tuple[Any, ...]] = []  # per block: each report column's one value (None where it differs)
+    differing: dict[str, tuple[list[int], list[list[Any]]]] = {name: ([], []) for name in _REPORT_COLUMNS}
+    parts: dict[str, list[tuple[list[Any], ...]]] = {part: [] for part, _ in _PARTS}
+    part_offsets: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
     hardware = _Hardware()
-    pool: dict[str, str] = {}
     offset = 0
     for block in blocks:
         count = block["windows"]
         if not count:
             continue
         stored = block["reports"]
-        for name, values in reports.items():
-            _extend(values, stored.get(name), count, pool if name in _POOLED else None)
-        for part, names in _PARTS:
-            part_columns = block[part]
-            rows = part_columns[WINDOW]
-            if not rows:
-                continue
-            owners[part].extend(rows)
-            owner_offsets[part].append(offset)
-            owner_counts[part].append(len(rows))
-            for name, values in parts[part].items():
-                _extend(values, part_columns.get(name), len(rows), pool if name in _POOLED else None)
-        hardware.add(block["hardware"], count)
+        same = stored["same"]
+        singles.append(tuple(same.values()) if tuple(same) == _REPORT_COLUMNS else tuple(map(same.get, _REPORT_COLUMNS)))
+        for name, values in stored["plain"].items():
+            found = differing.get(name)  # a column this layout no longer has is left out
+            if found is not None:
+                found[0].append(len(counts))
+                found[1].append(values)
+        for part, _ in _PARTS:
+            columns = block[part]
+            if columns[WINDOW]:
+                parts[part].append(_part_values(columns, _PART_KEYS[part]))
+                part_offsets[part].append(offset)
+        hardware.add(block["hardware"])
+        counts.append(count)
         offset += count
-    for part, _ in _PARTS:
-        recs = np.asarray(owners.pop(part), dtype=np.int64)
-        recs += np.repeat(np.asarray(owner_offsets[part], dtype=np.int64), owner_counts[part])
-        parts[part] = {"rec": recs, **parts[part]}
-    return _frames(reports, parts["tools"], parts["sessions"], parts["probes"], hardware)
+    pool: dict[str, str] = {}
+    repeats = np.asarray(counts, dtype=np.int64)
+    by_column = _transposed(singles, len(_REPORT_COLUMNS))
+    del singles
+    reports: dict[str, Any] = {}
+    for index, name in enumerate(_REPORT_COLUMNS):
+        blocks_of, lists = differing.pop(name)
+        if len(lists) == len(counts):  # its own value in every window (times, input counts)
+            reports[name] = _converted(name, list(chain.from_iterable(lists)), pool)
+        else:
+            column = np.repeat(_converted(name, by_column[index], pool), repeats)
+            if lists:
+                placed = np.zeros(len(counts), dtype=bool)
+                placed[blocks_of] = True
+                column[np.repeat(placed, repeats)] = _converted(name, list(chain.from_iterable(lists)), pool)
+            reports[name] = column
+        by_column[index] = ()
+    tables = {}
+    for part, names in _PARTS:
+        stored_parts = parts.pop(part)
+        keys = _PART_KEYS[part]
+        concatenated = [list(chain.from_iterable(values)) for values in _transposed(stored_parts, len(keys))]
+        lengths = np.asarray([len(values[0]) for values in stored_parts], dtype=np.int64)
+        del stored_parts
+        recs = np.asarray(concatenated[0], dtype=np.int64)
+        recs += np.repeat(np.asarray(part_offsets[part], dtype=np.int64), lengths)
+        tables[part] = {"rec": recs, **{name: _pooled(values, pool, name) for name, values in zip(names, concatenated[1:])}}
+    return _frames(reports, tables["tools"], tables["sessions"], tables["probes"], hardware)
 
 
 # Text columns: their strings are pooled (numbers are not: 1, 1.0 and True are equal dict keys,
@@ -409,20 +434,23 @@ _POOLED = frozenset(name for name in (*_REPORT_COLUMNS, *(name for _, names in _
                     if name not in _NUMERIC | _INTEGER | _BOOLEAN and name not in _PARSED_TIMES)
 
 
-def _extend(values: list[Any], stored: Any, count: int, pool: dict[str, str] | None) -> None:
-    """Append a stored column's ``count`` values to ``values`` (missing: None), pooling strings in ``pool``."""
-    if type(stored) is dict:
-        value = stored[SAME]
-        if pool is not None and type(value) is str:
-            value = pool.setdefault(value, value)
-        values.extend(repeat(value, count))
-    elif stored is None:
-        values.extend(repeat(None, count))
-    elif pool is None:
-        values.extend(stored)
-    else:
-        keep = pool.setdefault
-        values.extend([keep(value, value) if type(value) is str else value for value in stored])
+def _pooled(values: Sequence[Any], pool: dict[str, str], name: str) -> Sequence[Any]:
+    """``values`` of column ``name`` with each string replaced by the first equal one ``pool`` holds
+    (only for text columns)."""
+    if name not in _POOLED:
+        return values
+    keep = pool.setdefault
+    return [keep(value, value) if type(value) is str else value for value in values]
+
+
+def _converted(name: str, values: Sequence[Any], pool: dict[str, str]) -> Any:
+    """Column ``name``'s ``values`` as the array its table holds (:func:`_column`), strings pooled;
+    window times stay text (an object array), parsed once the column is whole."""
+    if name not in _PARSED_TIMES:
+        return _column(name, _pooled(values, pool, name))
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 class _Hardware:
@@ -434,7 +462,7 @@ class _Hardware:
         self.index: dict[Any, int] = {}
         self.window_set: list[int] = []
 
-    def add(self, stored: dict[str, Any], count: int) -> None:
+    def add(self, stored: dict[str, Any]) -> None:
         mapping = []
         for usb, displays in stored["sets"]:
             key = (_items_key(usb), _items_key(displays))
@@ -443,11 +471,7 @@ class _Hardware:
                 found = self.index[key] = len(self.sets)
                 self.sets.append(key)
             mapping.append(found)
-        window_set = stored["window_set"]
-        if type(window_set) is dict:
-            self.window_set.extend(repeat(mapping[window_set[SAME]], count))
-        else:
-            self.window_set.extend([mapping[index] for index in window_set])
+        self.window_set.extend([mapping[index] for index in stored["window_set"]])
 
     def folded(self, devices: Any, new_rec: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         """One row per device and identity, usb and displays, in the order each first appears among
@@ -492,8 +516,10 @@ def _count(seen: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], first: 
 
 def _table(columns: dict[str, Any], names: tuple[str, ...]) -> pd.DataFrame:
     """A frame of ``columns`` (lists, emptied from the dict as each is converted once: numbers to
-    float64 with NaN for null), so the lists and the arrays never all exist at once."""
-    arrays = {name: _column(name, columns.pop(name)) for name in names}
+    float64 with NaN for null, so the lists and the arrays never all exist at once; arrays already
+    converted by :func:`_converted` are taken as they are)."""
+    arrays = {name: _column(name, values) if name in _PARSED_TIMES or not isinstance(values, np.ndarray) else values
+              for name in names for values in [columns.pop(name)]}
     return pd.DataFrame(arrays, copy=False)
 
 
