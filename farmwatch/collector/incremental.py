@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,13 +30,15 @@ import sqlalchemy as sa
 
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.isolation import isolate, with_refusals
-from farmwatch.collector.rollups import catch_up, devices_since, last_window_end, neighbours, refusals, windows
+from farmwatch.collector.rollups import (
+    FleetLastWindowEnd, catch_up, devices_since, neighbours, refusals, windows,
+)
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import fleet_baselines
-from farmwatch.contract import Verdict
+from farmwatch.contract import RosterEntry, Verdict
 from farmwatch.detectors.base import Context, Detector
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.frame import Frames, frames_from_columns, paused_gc
+from farmwatch.detectors.frame import Frames, frames_from_windows, paused_gc
 from farmwatch.detectors.pipeline import score_frames
 from farmwatch.detectors.signals.fleet_anomaly import FEATURES, FleetAnomalyDetector, raw_device_features
 from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
@@ -80,6 +82,31 @@ class Baselines:
         return {rhythm.name: rhythm, anomaly.name: anomaly.fit_features(self.device_features)}
 
 
+class FleetReads:
+    """What every batch of one scoring run needs to know about the whole fleet, read once for the
+    run instead of once per batch: the roster (indexed by device, so a batch takes only its own
+    devices' entries) and the fleet's newest window end (:class:`FleetLastWindowEnd`: after the
+    first batch, only the rollups written since are read). Read per batch, both cost time in
+    proportion to the fleet, so a run's cost grew with the square of the fleet (at 20,000 laptops
+    a scan of every rollup of the lookback per batch). A roster imported during a run is used
+    from the next run on; the import marks every device, so that run rescores them all."""
+
+    def __init__(self, roster: Sequence[RosterEntry], last_window_end: Callable[[], datetime | None]) -> None:
+        self.roster = list(roster)
+        self._position = {entry.device_id: index for index, entry in enumerate(self.roster)}
+        self.last_window_end = last_window_end
+
+    @classmethod
+    def read(cls, storage: Storage, since: datetime) -> FleetReads:
+        """The roster as stored now, and the newest window end from the hour of ``since`` on."""
+        return cls(storage.roster(), FleetLastWindowEnd(storage, since))
+
+    def roster_of(self, devices: Collection[str]) -> list[RosterEntry]:
+        """The roster entries of ``devices``, in the roster's order. The detectors look a device up
+        only for devices in their frames, so this is all a batch's scoring reads of the roster."""
+        return [self.roster[i] for i in sorted(self._position[d] for d in devices if d in self._position)]
+
+
 @dataclass(frozen=True)
 class DeviceScores:
     """Verdicts of the devices asked for, each one's newest ``geo.network_kind`` (fleet index), and
@@ -91,13 +118,14 @@ class DeviceScores:
 
 
 def score_devices(storage: Storage, devices: Collection[str], now: datetime, config: CollectorConfig,
-                  baselines: Baselines | None = None) -> DeviceScores:
+                  baselines: Baselines | None = None, fleet_reads: FleetReads | None = None) -> DeviceScores:
     """Verdicts for ``devices`` (those with a report received in the lookback window), from rollups.
 
     Reduces whatever is still pending first, so the verdicts cover every report stored before the
     call. Loads the rollups of ``devices`` and of every device they may share a network with (so a
     co-location cluster is judged whole), and scores with ``baselines`` (default: the stored ones,
-    refreshed when older than ``BASELINE_MAX_AGE`` or learned under another config). Verdicts of
+    refreshed when older than ``BASELINE_MAX_AGE`` or learned under another config) and
+    ``fleet_reads`` (default: read now; a scoring run passes one for all its batches). Verdicts of
     the neighbours loaded alongside are not returned. A device with reports the reducer refused
     (:func:`farmwatch.collector.rollups.refusals`) has them as its own error evidence, at least
     ``review`` (such reports never become windows, so they reach no one else's frames). Raises
@@ -108,11 +136,14 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     catch_up(storage, now, since)
     wanted = set(devices)
     fleet = baselines or current_baselines(storage, now, config)
-    roster, anchors, suppressed = storage.roster(), storage.anchors(), storage.suppressed_detectors(now)
-    fleet_last_report = last_window_end(storage, since)
+    reads = fleet_reads or FleetReads.read(storage, since)
+    anchors, suppressed = storage.anchors(), storage.suppressed_detectors(now)
+    fleet_last_report = reads.last_window_end()
 
     with paused_gc():
-        frames = frames_from_columns(windows(storage, neighbours(storage, wanted), since))
+        loaded = neighbours(storage, wanted)
+        roster = reads.roster_of(loaded)
+        frames = frames_from_windows(windows(storage, loaded, since))
         verdicts = score_frames(frames, roster, anchors, now, config.detection, suppressed,
                                 fitted=fleet.fitted(config.detection), fleet_last_report=fleet_last_report)
     mine = {v.device_id: v for v in verdicts if v.device_id in wanted}  # in the pipeline's order
@@ -159,7 +190,7 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
     typed, features = [], []
     devices = devices_since(storage, since)  # sorted: the features come out in a full re-read's order
     def learn(batch: Sequence[str]) -> None:
-        frames = frames_from_columns(windows(storage, batch, since))
+        frames = frames_from_windows(windows(storage, batch, since))
         found = rhythm.typed_windows(frames.reports)
         features.append(raw_device_features(frames, context, anomaly.interval_seconds, anomaly.active_seconds))
         typed.append(found)
@@ -171,7 +202,7 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
             # scoring_error, farmwatch.collector.isolation).
             for device, failure in isolate(learn, devices[start:start + BASELINE_BATCH]).items():
                 log.warning("device %s left out of the fleet baselines: %s", device, failure)
-    empty = frames_from_columns([])
+    empty = frames_from_windows([])
     fleet_typed = pd.concat(typed, ignore_index=True) if typed else empty.reports
     rhythm.fit(dataclasses.replace(empty, reports=fleet_typed), context)
     baselines = Baselines(now, _params_digest(config), rhythm.thresholds_,

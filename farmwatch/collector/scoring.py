@@ -44,7 +44,7 @@ from typing import Any
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.fleet_index import fleet_rows
 from farmwatch.collector.incremental import (
-    Baselines, baselines_fresh, current_baselines, load_baselines, refresh_baselines, score_devices,
+    Baselines, FleetReads, baselines_fresh, current_baselines, load_baselines, refresh_baselines, score_devices,
 )
 from farmwatch.collector.isolation import score_isolated
 from farmwatch.collector.metrics import Metrics
@@ -52,7 +52,7 @@ from farmwatch.collector.periodic import PeriodicWorker
 from farmwatch.collector.rollups import aged_out_devices, catch_up, changed_devices, neighbours
 from farmwatch.collector.scoring_work import Claim
 from farmwatch.collector.storage import Storage
-from farmwatch.contract import RosterEntry, Verdict
+from farmwatch.contract import Verdict
 
 log = logging.getLogger("farmwatch.collector.scoring")
 MIN_CLAIM_SECONDS = 60.0
@@ -77,8 +77,9 @@ class ScoredBatch:
 
 
 def score_claimed(storage: Storage, config: CollectorConfig, devices: Sequence[str], now: datetime,
-                  roster: Sequence[RosterEntry], baselines: Baselines) -> ScoredBatch:
-    """``devices``' verdicts from their rollups (:func:`farmwatch.collector.incremental.score_devices`).
+                  fleet_reads: FleetReads, baselines: Baselines) -> ScoredBatch:
+    """``devices``' verdicts from their rollups (:func:`farmwatch.collector.incremental.score_devices`),
+    with what the run read of the whole fleet (``fleet_reads``: the roster, the fleet's newest window end).
 
     Devices whose windows break the detectors get a review verdict of their own
     (:mod:`farmwatch.collector.isolation`); the others are scored together."""
@@ -86,11 +87,12 @@ def score_claimed(storage: Storage, config: CollectorConfig, devices: Sequence[s
     refused: dict[str, str] = {}
 
     def score_part(part: Collection[str] | None) -> list[Verdict]:
-        scored = score_devices(storage, devices if part is None else part, now, config, baselines)
+        scored = score_devices(storage, devices if part is None else part, now, config, baselines, fleet_reads)
         kinds.update(scored.network_kinds)
         refused.update(scored.refused)
         return scored.verdicts
 
+    roster = fleet_reads.roster_of(devices)
     isolated = score_isolated(score_part, lambda: devices, roster, now, config.detection)
     return ScoredBatch(isolated.verdicts, fleet_rows(isolated.verdicts, roster, kinds), {**refused, **isolated.broken})
 
@@ -205,7 +207,7 @@ class Scorer(PeriodicWorker):
             log.info("no fleet baselines yet; the replica that keeps them is computing them")
             return 0, 0
         dirtied_by = self.clock() if bounded else None
-        roster = self.storage.roster()
+        fleet_reads = FleetReads.read(self.storage, self._window_start(now))  # once per run, not per batch
         claimed = stored = 0
         hold = max(MIN_CLAIM_SECONDS, 2 * self.config.detection_interval_seconds)
         while not self.stopping:
@@ -215,7 +217,7 @@ class Scorer(PeriodicWorker):
             claim = self._with_neighbours(claim, hold, dirtied_by)
             self.metrics.scoring_claimed.set(len(claim.devices))
             try:
-                batch = score_claimed(self.storage, self.config, claim.devices, now, roster, baselines)
+                batch = score_claimed(self.storage, self.config, claim.devices, now, fleet_reads, baselines)
                 self.storage.save_verdicts(batch.verdicts, through, batch.fleet, claim, self.clock())
             except Exception:
                 self._give_back(claim)

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.incremental import load_baselines, refresh_baselines, score_devices
+from farmwatch.collector.incremental import FleetReads, load_baselines, refresh_baselines, score_devices
 from farmwatch.collector.isolation import ERROR_DETECTOR
 from farmwatch.collector.rollups import catch_up, changed_devices, devices_since, last_window_end, neighbours
 from farmwatch.collector.scoring import score_claimed
@@ -84,8 +84,7 @@ def test_a_window_past_the_contract_s_bounds_counts_only_against_its_own_device(
         assert hostile in learned["poisoned"].device_features.index  # its good windows still count
 
         expected = {v.device_id: to_wire(v) for v in score_devices(clean, fleet, now, CONFIG).verdicts}
-        roster = poisoned.roster()
-        batch = score_claimed(poisoned, CONFIG, fleet, now, roster, load_baselines(poisoned) or learned["poisoned"])
+        batch = score_claimed(poisoned, CONFIG, fleet, now, FleetReads.read(poisoned, since), load_baselines(poisoned) or learned["poisoned"])
         got = {v.device_id: to_wire(v) for v in batch.verdicts}
         assert "scoring run failed" not in caplog.text  # the window never reached the detectors
         assert set(batch.broken) == {hostile} and HOSTILE_END in batch.broken[hostile]  # counted as a device error
