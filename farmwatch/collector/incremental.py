@@ -50,7 +50,7 @@ BASELINE_MAX_AGE = timedelta(hours=1)
 BASELINE_BATCH = 500
 """Devices whose frames are held at once while the baselines are refreshed."""
 BASELINE = "fleet"
-_FITTED: dict[str, Any] = {}  # Baselines.fitted's last answer and what it was fitted from
+_FITTED: dict[str, Any] = {}  # Baselines.fitted's last (Baselines, what they were fitted from, detectors)
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,18 @@ class Baselines:
     def fitted(self, config: DetectionConfig) -> dict[str, Detector]:
         """The two fleet detectors, fitted as a full re-read would fit them on the same records
         (the last ones fitted are kept: a scoring loop asks for them once per batch of devices)."""
+        # The same Baselines as the last call's (every batch of a run passes the run's) are not
+        # hashed again: hashing is a pass over the whole fleet's features, per batch. The last
+        # answer is one tuple, replaced whole, so threads scoring at once never mix two answers.
+        last = _FITTED.get("last")
+        if last is not None and last[0] is self:
+            known: dict[str, Detector] = last[2]
+            return known
         learned = self.device_features
         key = (self.params, orjson.dumps(self.input_thresholds, option=orjson.OPT_SORT_KEYS),
                int(pd.util.hash_pandas_object(learned).sum()), tuple(learned.columns))
-        if _FITTED.get("key") != key:
-            _FITTED.clear()
-            _FITTED.update(key=key, detectors=self._fit(config))
-        detectors: dict[str, Detector] = _FITTED["detectors"]
+        detectors: dict[str, Detector] = last[2] if last is not None and last[1] == key else self._fit(config)
+        _FITTED["last"] = (self, key, detectors)
         return detectors
 
     def _fit(self, config: DetectionConfig) -> dict[str, Detector]:

@@ -8,14 +8,18 @@ reduced by the collector's reducer in steps, as reports arrive during a run.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pandas as pd
+import pytest
 
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.incremental import FleetReads, refresh_baselines, score_devices
+from farmwatch.collector import incremental
+from farmwatch.collector.incremental import Baselines, FleetReads, load_baselines, refresh_baselines, score_devices
 from farmwatch.collector.rollups import FleetLastWindowEnd, catch_up, devices_since, last_window_end
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import rollups
@@ -98,3 +102,33 @@ def test_a_batch_takes_only_its_own_devices_roster_entries_in_the_roster_s_order
         assert reads.roster_of([]) == []
     finally:
         storage.close()
+
+
+def test_the_fleet_detectors_are_fitted_once_and_the_same_baselines_not_hashed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, storage = _fleet(tmp_path)
+    try:
+        load_records(storage, records)
+        now = _time(records[-1]["received_at"]) + timedelta(minutes=1)
+        catch_up(storage, now)
+        baselines = refresh_baselines(storage, now, CONFIG)
+        stored = load_baselines(storage)
+        assert stored is not None and stored is not baselines
+    finally:
+        storage.close()
+    hashed, fitted = [], []
+    hash_features = pd.util.hash_pandas_object
+    fit = Baselines._fit
+    monkeypatch.setattr(incremental.pd.util, "hash_pandas_object", lambda frame: hashed.append(1) or hash_features(frame))
+    monkeypatch.setattr(Baselines, "_fit", lambda self, config: fitted.append(1) or fit(self, config))
+    monkeypatch.setattr(incremental, "_FITTED", {})
+
+    first = baselines.fitted(CONFIG.detection)
+    assert baselines.fitted(CONFIG.detection) is first and baselines.fitted(CONFIG.detection) is first
+    assert (len(hashed), len(fitted)) == (1, 1)  # every batch of a run after the first: neither
+    assert stored.fitted(CONFIG.detection) is first  # equal baselines read again: hashed, not refitted
+    assert (len(hashed), len(fitted)) == (2, 1)
+    changed = dataclasses.replace(baselines, device_features=baselines.device_features * 2)
+    assert changed.fitted(CONFIG.detection) is not first  # other features: fitted on them
+    assert (len(hashed), len(fitted)) == (3, 2)
+    assert set(changed.fitted(CONFIG.detection)) == set(first)
