@@ -201,7 +201,7 @@ class AgentHealthDetector(Detector):
         newest = pd.Series(window_ends[first + count - 1])
         silent = (min(context.now, fleet_last.to_pydatetime()) - newest).dt.total_seconds() / 3600
         odd |= (silent >= self.silent_hours).to_numpy()
-        flagged = set(np.flatnonzero(odd))
+        flagged: set[int] = set(np.flatnonzero(odd).tolist())  # device codes
         # Per row against the device's row before: enrolment rises, long silences, holes between windows.
         same = np.zeros(len(reports), dtype=bool)
         same[1:] = devices[1:] == devices[:-1]

@@ -128,8 +128,8 @@ class ColocationDetector(Detector):
         if seen.empty:
             return []
         # The employee of each device code (the device itself when not in the roster), as a number.
-        employee = pd.factorize(np.array([e.employee_id if (e := context.roster.get(d)) else d for d in ids],
-                                         dtype=object))[0]
+        employees = [e.employee_id if (e := context.roster.get(d)) is not None else d for d in ids]
+        employee = pd.factorize(np.array(employees, dtype=object))[0]
         pairs = seen.merge(seen, on=["kind", "key", "hour"])
         x, y = pairs["device_id_x"].to_numpy(), pairs["device_id_y"].to_numpy()
         pairs = pairs[(x < y) & (employee[x] != employee[y])]
@@ -152,7 +152,8 @@ class ColocationDetector(Detector):
         columns = ["device_id", "kind", "key", "hour"]
         shared = pd.concat([pairs[[side, "kind", "key", "hour"]].set_axis(columns, axis=1)
                             for side in ("device_id_x", "device_id_y")])
-        # Hours with a report per device: the hour never falls within a device's time-sorted rows.
+        # Hours with a report per device: hours never go back within a device's time-sorted run, so
+        # each row where the device or the hour changes starts a new one.
         codes, hours = frames.reports["device_code"].to_numpy(), frames.reports["hour"].to_numpy()
         new_hour = np.diff(codes, prepend=-1) != 0
         new_hour[1:] |= np.diff(hours) != 0

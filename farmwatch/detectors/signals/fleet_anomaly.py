@@ -54,8 +54,8 @@ def raw_device_features(frames: Frames, context: Context, interval_seconds: floa
     ids = device_ids(reports)
     hours = pd.Series(np.nan, index=reports.index)
     # Each roster zone's rows read on its wall clock ("" for a device without one: UTC).
-    zones, zone_names = pd.factorize(np.array([(entry.timezone or "") if (entry := context.roster.get(device)) else ""
-                                               for device in ids], dtype=object))
+    zone_of = [(entry.timezone or "") if (entry := context.roster.get(device)) is not None else "" for device in ids]
+    zones, zone_names = pd.factorize(np.array(zone_of, dtype=object))
     row_zones = zones[codes]
     for zone, tz in enumerate(zone_names):
         index = np.flatnonzero(row_zones == zone)

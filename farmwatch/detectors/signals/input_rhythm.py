@@ -118,8 +118,8 @@ class InputRhythmDetector(Detector):
         counted = reports["has_input"].to_numpy() & ((events + injected) > 0)
         windows = np.bincount(codes[counted], minlength=len(ids))
         with_injected = np.bincount(codes[counted], weights=injected_window[counted], minlength=len(ids))
-        judged = np.flatnonzero(windows)
-        inj_share = pd.Series(with_injected[judged] / windows[judged], index=ids[judged])
+        with_input = np.flatnonzero(windows)
+        inj_share = pd.Series(with_injected[with_input] / windows[with_input], index=ids[with_input])
         virtual = reports.loc[reports["virtual_devices"] != "", ["device_id", "virtual_devices"]]
         virtual_by_device = virtual.groupby("device_id")["virtual_devices"].agg(set).to_dict()
         found = []

@@ -62,9 +62,10 @@ class LocationProofDetector(Detector):
             return []
         # The claimed distance per device and anchor (a few anchors per device), spread to the
         # probe rows: the haversine once per pair, not once per probe.
-        each_device, each_anchor = len(anchor_names), len(names)
-        pair_km = great_circle_km(np.repeat(device_place[:, 0], each_device), np.repeat(device_place[:, 1], each_device),
-                                  np.tile(anchor_place[:, 0], each_anchor), np.tile(anchor_place[:, 1], each_anchor))
+        per_device, per_anchor = len(anchor_names), len(names)  # the device-major grid of pairs
+        pair_km = np.asarray(great_circle_km(
+            np.repeat(device_place[:, 0], per_device), np.repeat(device_place[:, 1], per_device),
+            np.tile(anchor_place[:, 0], per_anchor), np.tile(anchor_place[:, 1], per_anchor)))
         claim_km = pair_km[probe_devices[usable] * len(anchor_names) + targets[usable]]
         probes["claim_km"] = claim_km
         probes["bound_km"] = max_distance_km(probes["rtt_min_ms"].to_numpy())

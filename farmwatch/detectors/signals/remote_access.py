@@ -255,8 +255,8 @@ def _tool_uses(tools: pd.DataFrame, context: Context, ids: np.ndarray) -> dict[s
     driven = (live_recs["injected"].to_numpy()
               | pd.MultiIndex.from_frame(live_recs[_KEYS + ["rec"]]).isin(
                   pd.MultiIndex.from_frame(inbound[_KEYS + ["rec"]])))
-    zones = np.array([(entry.timezone if (entry := context.roster.get(device)) else None) or "" for device in ids],
-                     dtype=object)
+    zones = np.array([(entry.timezone or "") if (entry := context.roster.get(device)) is not None else ""
+                      for device in ids], dtype=object)
     outside = np.zeros(len(live_recs), dtype=bool)
     zone_of = zones[live_recs["device_id"].to_numpy()]
     for zone in pd.unique(zone_of):
