@@ -127,35 +127,37 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
             progress = _hold_progress(tx, wait, since)
             if progress is None:
                 return Reduced(0, 0, 0)
-            return _commit(tx, _prepare(tx, progress[0], limit), progress, now)
+            return _commit(tx, *_prepare(tx, progress[0], limit, now), progress)
     while True:
         with storage.engine.connect() as reader, reader.begin():  # BEGIN (deferred): a snapshot, no lock
-            filing = _prepare(reader, _read_floor(reader, since), limit)
+            filing, settled = _prepare(reader, _read_floor(reader, since), limit, now)
         with storage._writer.begin() as tx:
             progress = _hold_progress(tx, wait, since)
             if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
                 return Reduced(0, 0, 0)
             if _still_holds(tx, filing, progress[0]):
-                return _commit(tx, filing, progress, now)
+                return _commit(tx, filing, settled, progress)
 
 
-def _prepare(connection: Connection, floor: int, limit: int) -> Filing:
+def _prepare(connection: Connection, floor: int, limit: int, now: datetime) -> tuple[Filing, int | None]:
     """The next batch: up to ``limit`` reports above ``floor`` without a reduced marker, reduced
-    and merged into their rollups as ``connection`` reads them (nothing is written)."""
+    and merged into their rollups as ``connection`` reads them (nothing is written); and the
+    highest report id the floor may move up to (:func:`_settled`)."""
     pending = connection.execute(
         sa.select(reports.c.id, reports.c.device_id, reports.c.received_at, reports.c.record)
         .where(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
         .order_by(reports.c.id).limit(limit)
     ).all()
-    return _reduce(connection, pending)
+    return _reduce(connection, pending), _settled(connection, floor, now)
 
 
-def _commit(tx: Connection, filing: Filing, progress: tuple[int, int], now: datetime) -> Reduced:
-    """Write ``filing`` as the next batch under the held reducer ``progress`` (floor, last batch), and move the floor."""
+def _commit(tx: Connection, filing: Filing, settled: int | None, progress: tuple[int, int]) -> Reduced:
+    """Write ``filing`` as the next batch under the held reducer ``progress`` (floor, last batch),
+    and move the floor up to ``settled`` at most."""
     floor, last_batch = progress
     batch = last_batch + 1 if filing.report_ids else last_batch
     skipped = _write(tx, filing, batch) if filing.report_ids else 0
-    new_floor = _advance_floor(tx, floor, now)
+    new_floor = _advance_floor(tx, floor, settled)
     tx.execute(rollup_progress.update().where(rollup_progress.c.name == PROGRESS)
                .values(batch=batch, floor_report_id=new_floor))
     return Reduced(batch if filing.report_ids else 0, len(filing.report_ids), skipped)
@@ -175,24 +177,22 @@ def _still_holds(tx: Connection, filing: Filing, floor: int) -> bool:
     """Whether ``filing``, read before ``tx`` took the lock, may be written as it is: each of its
     reports still stored, above the held ``floor`` (markers below it are deleted) and without a
     marker, and each rollup row it merged into still the one it read (a row's ``batch`` changes
-    with every write to it, since batch numbers only grow; a deleted row is missing)."""
-    ids = filing.report_ids
-    unreduced = 0
-    for start in range(0, len(ids), CHUNK):
-        unreduced += len(tx.execute(sa.select(reports.c.id).where(
-            reports.c.id.in_(ids[start:start + CHUNK]), reports.c.id > floor,
-            ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))).all())
-    if unreduced != len(ids):
+    with every write to it, since batch numbers only grow; a deleted row is missing).
+
+    SQLite only (the one caller): each side is one statement over a JSON array of the batch
+    (``json_each``), so the check costs the lookups, not a statement per few hundred keys."""
+    ids = sa.func.json_each(orjson.dumps(filing.report_ids).decode()).table_valued("value")
+    unreduced = tx.execute(sa.select(sa.func.count()).select_from(ids).join(reports, reports.c.id == ids.c.value).where(
+        reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))).scalar_one()
+    if unreduced != len(filing.report_ids):
         return False
-    keys = sorted(filing.read)
-    for start in range(0, len(keys), CHUNK):
-        chunk = keys[start:start + CHUNK]
-        stored = {(row.device_id, row.hour): int(row.batch) for row in tx.execute(
-            sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.batch)
-            .where(sa.tuple_(rollups.c.device_id, rollups.c.hour).in_(chunk)))}
-        if any(stored.get(key) != filing.read[key] for key in chunk):
-            return False
-    return True
+    read = sa.func.json_each(orjson.dumps([[*key, batch] for key, batch in filing.read.items()]).decode()
+                             ).table_valued("value")
+    changed = tx.execute(sa.select(sa.func.count()).select_from(read).outerjoin(rollups, sa.and_(
+        rollups.c.device_id == sa.func.json_extract(read.c.value, "$[0]"),
+        rollups.c.hour == sa.func.json_extract(read.c.value, "$[1]"))).where(
+        rollups.c.batch.is_distinct_from(sa.func.json_extract(read.c.value, "$[2]")))).scalar_one()
+    return changed == 0
 
 
 def refile_device(tx: Connection, device_id: str, report_ids: Collection[int]) -> None:
@@ -362,12 +362,21 @@ def _add_sightings(tx: Connection, seen: set[tuple[str, str, int, str]], batch: 
             index_elements=[sightings.c.kind, sightings.c.identity, sightings.c.hour, sightings.c.device_id]), rows)
 
 
-def _advance_floor(tx: Connection, floor: int, now: datetime) -> int:
-    """The highest report id below which every report is reduced and surely committed; drops the
-    markers under it."""
-    settled = tx.execute(sa.select(sa.func.max(reports.c.id)).where(
+def _settled(connection: Connection, floor: int, now: datetime) -> int | None:
+    """The highest report id above ``floor`` received ``SETTLE_SECONDS`` before ``now`` (so surely
+    committed, module docstring), or None. A scan of every report above the floor, so read before
+    the write lock: a report's id and receipt time never change, and a report stored since with an
+    id up to it (an id SQLite reuses after a purge) has no marker, which :func:`_advance_floor`
+    sees under the lock."""
+    settled = connection.execute(sa.select(sa.func.max(reports.c.id)).where(
         reports.c.id > floor, reports.c.received_at < now - timedelta(seconds=SETTLE_SECONDS))).scalar()
-    if settled is None:
+    return None if settled is None else int(settled)
+
+
+def _advance_floor(tx: Connection, floor: int, settled: int | None) -> int:
+    """The highest report id up to ``settled`` (:func:`_settled`) below which every report is
+    reduced; drops the markers under it."""
+    if settled is None or settled <= floor:
         return floor
     gap = tx.execute(sa.select(sa.func.min(reports.c.id)).where(
         reports.c.id > floor, reports.c.id <= settled,
