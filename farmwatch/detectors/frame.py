@@ -257,16 +257,19 @@ def _column(name: str, values: Sequence[Any]) -> Any:
 def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
     """Build :class:`Frames` from reduced windows (:class:`Window`, or the lists JSON gives back),
     in the order given (ties of device, window end and seq keep it): their :func:`window_columns`,
-    a chunk of windows at a time, through :func:`frames_from_columns`."""
+    a chunk of windows at a time, through :func:`frames_from_columns`. Strings are pooled as each
+    chunk is made, so a million records' copies of the same few values are never all held."""
+    pool: dict[str, str] = {}
+
     def chunks() -> Iterator[dict[str, Any]]:
         chunk: list[Sequence[Any]] = []
         for window in windows:
             chunk.append(window)
             if len(chunk) == _CHUNK_WINDOWS:
-                yield window_columns(chunk)
+                yield window_columns(chunk, pool)
                 chunk = []
-        yield window_columns(chunk)
-    return frames_from_columns(chunks())
+        yield window_columns(chunk, pool)
+    return frames_from_columns(chunks(), pool)
 
 
 _CHUNK_WINDOWS = 4096  # windows turned into columns at a time by frames_from_windows
@@ -277,7 +280,7 @@ WINDOW = "window"
 _PART_KEYS = {part: (WINDOW, *names) for part, names in _PARTS}
 
 
-def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+def window_columns(windows: Sequence[Sequence[Any]], pool: dict[str, str] | None = None) -> dict[str, Any]:
     """The column form of ``windows`` (each a :class:`Window`'s six parts, in the current
     :data:`WINDOW_LAYOUT`), plain JSON values, as the collector stores one device-hour of them::
 
@@ -291,7 +294,8 @@ def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
     Most of a laptop's report columns keep one value for an hour, so they are stored once. Columns
     are named, so a reader maps an older layout by name (a column it lacks is None).
     :func:`frames_from_columns` builds frames from any number of these; :func:`windows_of_columns`
-    gives the windows back."""
+    gives the windows back. With ``pool``, the strings of text columns' lists are pooled in it
+    (:func:`_pooled`)."""
     same: dict[str, Any] = {}
     plain: dict[str, list[Any]] = {}
     for name, values in zip(_REPORT_COLUMNS, _transposed([window[0] for window in windows], len(_REPORT_COLUMNS))):
@@ -300,7 +304,7 @@ def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
             same[name] = values[0]
         else:
             same[name] = None
-            plain[name] = list(values)
+            plain[name] = list(_pooled(values, pool, name))
     columns: dict[str, Any] = {"windows": len(windows), "reports": {"same": same, "plain": plain}}
     for index, (part, names) in enumerate(_PARTS, start=1):
         owners: list[int] = []
@@ -310,7 +314,7 @@ def window_columns(windows: Sequence[Sequence[Any]]) -> dict[str, Any]:
             if entries:
                 owners.extend(repeat(window_index, len(entries)))
                 items.extend(entries)
-        columns[part] = {WINDOW: owners, **{name: list(values) for name, values in
+        columns[part] = {WINDOW: owners, **{name: list(_pooled(values, pool, name)) for name, values in
                                             zip(names, _transposed(items, len(names)))}}
     sets: dict[tuple[Any, ...], int] = {}
     window_set = [sets.setdefault((_items_key(window[4]), _items_key(window[5])), len(sets)) for window in windows]
@@ -361,7 +365,7 @@ def windows_of_columns(columns: dict[str, Any]) -> list[list[Any]]:
     return windows
 
 
-def frames_from_columns(blocks: Iterable[dict[str, Any]]) -> Frames:
+def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] | None = None) -> Frames:
     """Build :class:`Frames` from column forms of windows (:func:`window_columns`), the windows in
     the order given (ties of device, window end and seq keep it), as :func:`frames_from_windows`
     builds them from the windows themselves.
@@ -370,11 +374,16 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]]) -> Frames:
     as one tuple, its differing columns and list parts as whole lists; each column of the batch is
     then assembled (numpy repeats the single values and places the lists) and converted once.
     Strings of text columns are pooled (one object per distinct value: about half the frames'
-    memory at fleet scale)."""
+    memory at fleet scale), a block's lists as it is taken, so the batch never holds every
+    decoded copy; ``pool``: the one the blocks' lists were already pooled in
+    (:func:`window_columns`), so only their single values are pooled here."""
+    lists_pool: dict[str, str] | None = None  # pooled already as the blocks were made: not again
+    if pool is None:
+        pool = lists_pool = {}
     counts: list[int] = []
     singles: list[tuple[Any, ...]] = []  # per block: each report column's one value (None where it differs)
-    differing: dict[str, tuple[list[int], list[list[Any]]]] = {name: ([], []) for name in _REPORT_COLUMNS}
-    parts: dict[str, list[tuple[list[Any], ...]]] = {part: [] for part, _ in _PARTS}
+    differing: dict[str, tuple[list[int], list[Sequence[Any]]]] = {name: ([], []) for name in _REPORT_COLUMNS}
+    parts: dict[str, list[tuple[Sequence[Any], ...]]] = {part: [] for part, _ in _PARTS}
     part_offsets: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
     hardware = _Hardware()
     offset = 0
@@ -389,16 +398,17 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]]) -> Frames:
             found = differing.get(name)  # a column this layout no longer has is left out
             if found is not None:
                 found[0].append(len(counts))
-                found[1].append(values)
+                found[1].append(_pooled(values, lists_pool, name))
         for part, _ in _PARTS:
             columns = block[part]
             if columns[WINDOW]:
-                parts[part].append(_part_values(columns, _PART_KEYS[part]))
+                keys = _PART_KEYS[part]
+                parts[part].append(tuple(_pooled(values, lists_pool, key)
+                                         for key, values in zip(keys, _part_values(columns, keys))))
                 part_offsets[part].append(offset)
         hardware.add(block["hardware"])
         counts.append(count)
         offset += count
-    pool: dict[str, str] = {}
     repeats = np.asarray(counts, dtype=np.int64)
     by_column = _transposed(singles, len(_REPORT_COLUMNS))
     del singles
@@ -406,13 +416,13 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]]) -> Frames:
     for index, name in enumerate(_REPORT_COLUMNS):
         blocks_of, lists = differing.pop(name)
         if len(lists) == len(counts):  # its own value in every window (times, input counts)
-            reports[name] = _converted(name, list(chain.from_iterable(lists)), pool)
+            reports[name] = _converted(name, list(chain.from_iterable(lists)), None)
         else:
             column = np.repeat(_converted(name, by_column[index], pool), repeats)
             if lists:
                 placed = np.zeros(len(counts), dtype=bool)
                 placed[blocks_of] = True
-                column[np.repeat(placed, repeats)] = _converted(name, list(chain.from_iterable(lists)), pool)
+                column[np.repeat(placed, repeats)] = _converted(name, list(chain.from_iterable(lists)), None)
             reports[name] = column
         by_column[index] = ()
     tables = {}
@@ -424,7 +434,7 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]]) -> Frames:
         del stored_parts
         recs = np.asarray(concatenated[0], dtype=np.int64)
         recs += np.repeat(np.asarray(part_offsets[part], dtype=np.int64), lengths)
-        tables[part] = {"rec": recs, **{name: _pooled(values, pool, name) for name, values in zip(names, concatenated[1:])}}
+        tables[part] = {"rec": recs, **dict(zip(names, concatenated[1:]))}
     return _frames(reports, tables["tools"], tables["sessions"], tables["probes"], hardware)
 
 
@@ -434,16 +444,16 @@ _POOLED = frozenset(name for name in (*_REPORT_COLUMNS, *(name for _, names in _
                     if name not in _NUMERIC | _INTEGER | _BOOLEAN and name not in _PARSED_TIMES)
 
 
-def _pooled(values: Sequence[Any], pool: dict[str, str], name: str) -> Sequence[Any]:
+def _pooled(values: Sequence[Any], pool: dict[str, str] | None, name: str) -> Sequence[Any]:
     """``values`` of column ``name`` with each string replaced by the first equal one ``pool`` holds
-    (only for text columns)."""
-    if name not in _POOLED:
+    (only for text columns, and only with a pool)."""
+    if pool is None or name not in _POOLED:
         return values
     keep = pool.setdefault
     return [keep(value, value) if type(value) is str else value for value in values]
 
 
-def _converted(name: str, values: Sequence[Any], pool: dict[str, str]) -> Any:
+def _converted(name: str, values: Sequence[Any], pool: dict[str, str] | None) -> Any:
     """Column ``name``'s ``values`` as the array its table holds (:func:`_column`), strings pooled;
     window times stay text (an object array), parsed once the column is whole."""
     if name not in _PARSED_TIMES:

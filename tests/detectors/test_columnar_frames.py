@@ -139,3 +139,15 @@ def test_a_column_an_older_layout_lacks_reads_as_not_reported() -> None:
     assert {window[0][hostname] for window in windows_of_columns(stored)} == {None}
     _assert_same_frames(per_window_frames(windows), dataclasses.replace(
         built, reports=built.reports.assign(hostname=per_window_frames(windows).reports["hostname"])))
+
+
+def test_text_values_are_pooled_one_object_per_distinct_string(fleet: Fleet) -> None:
+    """Each record (and each decoded rollup) brings its own copy of the same few strings; the frames
+    keep one object per distinct value, whichever way they were built."""
+    windows = _json([list(reduce_record(record)) for record in fleet.records[:3000]])
+    for frames in (flatten(fleet.records[:3000]),
+                   frames_from_columns(_json(window_columns(hour)) for hour in _device_hours(windows))):
+        for table, column in (("reports", "device_id"), ("reports", "asn_org"), ("reports", "timezone"),
+                              ("probes", "target")):
+            values = [value for value in getattr(frames, table)[column] if value is not None]
+            assert values and len({id(value) for value in values}) == len(set(values)), (table, column)
