@@ -22,10 +22,11 @@ pytestmark = pytest.mark.slow
 
 
 def _filed(db_path: Path) -> list[tuple[str, int]]:
-    """(device, report id) of every window in the rollups, read with the stdlib sqlite3 module."""
+    """(device, report id) of every window in the rollups (stored as columns: rollups.COLUMNS), read
+    with the stdlib sqlite3 module."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        return sorted((device, window[1]) for device, text in db.execute("SELECT device_id, windows FROM rollups")
-                      for window in orjson.loads(text))
+        return sorted((device, report_id) for device, text in db.execute("SELECT device_id, windows FROM rollups")
+                      for report_id in orjson.loads(text)["report_id"])
 
 
 def _stored(db_path: Path) -> list[tuple[str, int]]:
@@ -114,23 +115,9 @@ def test_the_reducer_runs_in_a_child_process_started_again_when_killed(
     second.wait(timeout=40)  # it stops with serve (psutil.TimeoutExpired otherwise)
 
 
-def test_on_sqlite_the_reducer_keeps_the_serving_process_priority(
-        collector_factory: Callable[..., RunningCollector]) -> None:
-    # It holds the one write lock every report's commit waits for: descheduled, it would stall ingest.
-    collector = collector_factory()
-    device = collector.enrol(hardware_id="hw-nice-sqlite", hostname="host-nice-sqlite")
-    _send(collector, device, 1)
-    _until_filed(collector, 1)  # the child has opened the store, where it would have lowered its priority
-    assert collector.process is not None
-    assert _reducer_child(collector).nice() == psutil.Process(collector.process.pid).nice()
-
-
-@pytest.mark.root
-def test_on_postgresql_the_reducer_yields_the_cores_to_ingest(
-        postgres: str, collector_factory: Callable[..., RunningCollector]) -> None:
+def _yields_the_cores_to_ingest(collector: RunningCollector) -> None:
     from farmwatch.collector.reducer_process import NICENESS
 
-    collector = collector_factory(database=postgres)
     assert collector.process is not None
     serving = psutil.Process(collector.process.pid).nice()
     child = _reducer_child(collector)
@@ -139,3 +126,18 @@ def test_on_postgresql_the_reducer_yields_the_cores_to_ingest(
         time.sleep(0.2)
     assert child.nice() == min(19, serving + NICENESS)
     assert psutil.Process(collector.process.pid).nice() == serving  # the serving process keeps its own
+
+
+def test_on_sqlite_the_reducer_yields_the_cores_to_ingest(collector_factory: Callable[..., RunningCollector]) -> None:
+    # It holds the one write lock every report's commit waits for only to write a batch it reduced before.
+    collector = collector_factory()
+    _yields_the_cores_to_ingest(collector)
+    device = collector.enrol(hardware_id="hw-nice-sqlite", hostname="host-nice-sqlite")
+    _send(collector, device, 1)
+    assert _until_filed(collector, 1) == _stored(collector.db_path)  # and still files what is stored
+
+
+@pytest.mark.root
+def test_on_postgresql_the_reducer_yields_the_cores_to_ingest(
+        postgres: str, collector_factory: Callable[..., RunningCollector]) -> None:
+    _yields_the_cores_to_ingest(collector_factory(database=postgres))
