@@ -12,6 +12,8 @@ another with nobody in between.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -90,7 +92,7 @@ def between(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[], 
     def install(step: Callable[[], object]) -> list[bool]:
         pending = [step]
 
-        def prepared(*args: Any, **kwargs: Any) -> rollups.Filing:
+        def prepared(*args: Any, **kwargs: Any) -> tuple[rollups.Filing, int | None]:
             filing = prepare(*args, **kwargs)
             if pending:
                 pending.pop()()
@@ -212,3 +214,44 @@ def test_a_rollup_row_deleted_meanwhile_is_merged_into_as_it_is_now(
         assert row.reports == 1  # the late report alone: what pruning first and reducing then gives
     finally:
         storage.close()
+
+
+def test_reducers_racing_in_threads_while_reports_arrive_file_what_one_reducer_would(
+        tmp_path: Path, fleet: list[dict[str, Any]]) -> None:
+    """No hook: three reducers on their own connections (as the serving process's reducer, the
+    scorer's catch-up and a second replica would be) race for real while the rest of the fleet is
+    stored; what they filed equals one reducer's work, each report once."""
+    half = len(fleet) // 2
+    serial = _open(tmp_path / "serial.db", fleet)
+    racing = _open(tmp_path / "racing.db", fleet[:half])
+    replicas = [Storage.open(f"sqlite:///{tmp_path / 'racing.db'}", migrate="check") for _ in range(3)]
+    now = _time(fleet[-1]["received_at"]) + timedelta(minutes=1)
+    failures: list[BaseException] = []
+    arriving = threading.Event()
+
+    def reducer(store: Storage) -> None:
+        try:
+            while rollups.reduce_pending(store, now, limit=150, wait=True).reports or arriving.is_set():
+                time.sleep(0.01)
+        except BaseException as failure:  # noqa: BLE001 - reported by the assertion below
+            failures.append(failure)
+
+    try:
+        _reduce_all(serial, now)
+        arriving.set()
+        threads = [threading.Thread(target=reducer, args=(store,)) for store in replicas]
+        for thread in threads:
+            thread.start()
+        load_records(racing, fleet[half:])
+        arriving.clear()
+        for thread in threads:
+            thread.join(timeout=600)
+        assert not failures, failures
+        _reduce_all(racing, now)
+        _once_each(racing)
+        assert _filed(racing) == _filed(serial)
+    finally:
+        for store in replicas:
+            store.close()
+        racing.close()
+        serial.close()
