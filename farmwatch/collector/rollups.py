@@ -53,7 +53,7 @@ from farmwatch.detectors.sightings import window_sightings
 log = logging.getLogger("farmwatch.collector.rollups")
 
 BATCH = 500
-"""Reports per reduction transaction (on SQLite ingest waits for it: a few hundred ms at most)."""
+"""Reports per reduction batch (on SQLite ingest waits for its write transaction only: tens of ms)."""
 SETTLE_SECONDS = 600.0
 """How long after receipt a report is surely committed (module docstring: the floor)."""
 CHUNK = 400  # keys per IN list (SQLite caps bound variables)
