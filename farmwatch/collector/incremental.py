@@ -123,11 +123,15 @@ class DeviceScores:
 
 
 def score_devices(storage: Storage, devices: Collection[str], now: datetime, config: CollectorConfig,
-                  baselines: Baselines | None = None, fleet_reads: FleetReads | None = None) -> DeviceScores:
+                  baselines: Baselines | None = None, fleet_reads: FleetReads | None = None,
+                  reduce_first: bool = True) -> DeviceScores:
     """Verdicts for ``devices`` (those with a report received in the lookback window), from rollups.
 
-    Reduces whatever is still pending first, so the verdicts cover every report stored before the
-    call. Loads the rollups of ``devices`` and of every device they may share a network with (so a
+    Reduces whatever is still pending first (``reduce_first``), so the verdicts cover every report
+    stored before the call; a scoring run reduces once, before its first batch, and passes False for
+    its batches (each reduction call takes the write lock and looks over every report not yet
+    settled, about two intervals of the whole fleet's reports, so per batch its cost grew with the
+    fleet; a report stored during the run marks its device for the next run). Loads the rollups of ``devices`` and of every device they may share a network with (so a
     co-location cluster is judged whole), and scores with ``baselines`` (default: the stored ones,
     refreshed when older than ``BASELINE_MAX_AGE`` or learned under another config) and
     ``fleet_reads`` (default: read now; a scoring run passes one for all its batches). Verdicts of
@@ -138,7 +142,8 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     the windows break a detector (as :func:`farmwatch.detectors.pipeline.score` does, so
     :mod:`farmwatch.collector.isolation` can find the device)."""
     since = now - timedelta(hours=config.lookback_hours)
-    catch_up(storage, now, since)
+    if reduce_first:
+        catch_up(storage, now, since)
     wanted = set(devices)
     fleet = baselines or current_baselines(storage, now, config)
     reads = fleet_reads or FleetReads.read(storage, since)

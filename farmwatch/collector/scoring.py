@@ -79,7 +79,8 @@ class ScoredBatch:
 def score_claimed(storage: Storage, config: CollectorConfig, devices: Sequence[str], now: datetime,
                   fleet_reads: FleetReads, baselines: Baselines) -> ScoredBatch:
     """``devices``' verdicts from their rollups (:func:`farmwatch.collector.incremental.score_devices`),
-    with what the run read of the whole fleet (``fleet_reads``: the roster, the fleet's newest window end).
+    with what the run read of the whole fleet (``fleet_reads``: the roster, the fleet's newest window end),
+    as reduced so far: the run reduces pending reports before its first batch, not before each.
 
     Devices whose windows break the detectors get a review verdict of their own
     (:mod:`farmwatch.collector.isolation`); the others are scored together."""
@@ -87,7 +88,8 @@ def score_claimed(storage: Storage, config: CollectorConfig, devices: Sequence[s
     refused: dict[str, str] = {}
 
     def score_part(part: Collection[str] | None) -> list[Verdict]:
-        scored = score_devices(storage, devices if part is None else part, now, config, baselines, fleet_reads)
+        scored = score_devices(storage, devices if part is None else part, now, config, baselines, fleet_reads,
+                               reduce_first=False)  # the run reduced before its first batch
         kinds.update(scored.network_kinds)
         refused.update(scored.refused)
         return scored.verdicts

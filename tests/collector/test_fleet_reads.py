@@ -9,21 +9,29 @@ reduced by the collector's reducer in steps, as reports arrive during a run.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pandas as pd
 import pytest
+from collector_helpers import report_for
+from prometheus_client import CollectorRegistry
 
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector import incremental
 from farmwatch.collector.incremental import Baselines, FleetReads, load_baselines, refresh_baselines, score_devices
+from farmwatch.collector.ingest import digest, ingest_record, parse_report
+from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.rollups import FleetLastWindowEnd, catch_up, devices_since, last_window_end
+from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import rollups
 from farmwatch.contract import to_wire
+from farmwatch.detectors.base import Detector
+from farmwatch.detectors.config import DetectionConfig
 from farmwatch.roster import load_anchors, load_roster
 from farmwatch.simulator.cli import write_fleet
 from farmwatch.simulator.store import load_records
@@ -52,14 +60,15 @@ def test_the_fleet_s_newest_window_end_follows_each_reduction_as_a_full_read_doe
         since = now - timedelta(hours=CONFIG.lookback_hours)
         newest = FleetLastWindowEnd(storage, since)
         assert newest() is None  # nothing reduced yet
-        answers = []
+        answers: list[datetime] = []
         cuts = [_time(records[0]["received_at"]), end - timedelta(hours=6), end - timedelta(hours=1),
                 end + timedelta(seconds=1)]
         for start, cut in zip(cuts, cuts[1:]):  # the reports arriving in steps, reduced after each
             load_records(storage, [r for r in records if start <= _time(r["received_at"]) < cut])
             catch_up(storage, now)
-            answers.append(newest())
-            assert answers[-1] == last_window_end(storage, since)
+            found = newest()
+            assert found is not None and found == last_window_end(storage, since)
+            answers.append(found)
         assert answers[0] < answers[1] < answers[2]  # it grew with every step, as the fleet reported
 
         # Later calls read only rollups written by later reduction batches: a rollup changed behind
@@ -116,11 +125,20 @@ def test_the_fleet_detectors_are_fitted_once_and_the_same_baselines_not_hashed_a
         assert stored is not None and stored is not baselines
     finally:
         storage.close()
-    hashed, fitted = [], []
-    hash_features = pd.util.hash_pandas_object
-    fit = Baselines._fit
-    monkeypatch.setattr(incremental.pd.util, "hash_pandas_object", lambda frame: hashed.append(1) or hash_features(frame))
-    monkeypatch.setattr(Baselines, "_fit", lambda self, config: fitted.append(1) or fit(self, config))
+    hashed: list[pd.DataFrame] = []
+    fitted: list[Baselines] = []
+    hash_features, fit = pd.util.hash_pandas_object, Baselines._fit
+
+    def hash_counted(frame: pd.DataFrame) -> pd.Series:
+        hashed.append(frame)
+        return hash_features(frame)
+
+    def fit_counted(self: Baselines, config: DetectionConfig) -> dict[str, Detector]:
+        fitted.append(self)
+        return fit(self, config)
+
+    monkeypatch.setattr(pd.util, "hash_pandas_object", hash_counted)
+    monkeypatch.setattr(Baselines, "_fit", fit_counted)
     monkeypatch.setattr(incremental, "_FITTED", {})
 
     first = baselines.fitted(CONFIG.detection)
@@ -132,3 +150,40 @@ def test_the_fleet_detectors_are_fitted_once_and_the_same_baselines_not_hashed_a
     assert changed.fitted(CONFIG.detection) is not first  # other features: fitted on them
     assert (len(hashed), len(fitted)) == (3, 2)
     assert set(changed.fitted(CONFIG.detection)) == set(first)
+
+
+def test_a_run_reduces_once_and_a_report_stored_during_it_is_scored_by_the_next_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = Storage.open(f"sqlite:///{tmp_path / 'collector.db'}")
+    clock = [datetime(2026, 11, 28, 5, 0, tzinfo=timezone.utc)]
+    config = dataclasses.replace(CONFIG, batch_devices=1)
+    scorer = Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: clock[0])
+
+    def store(device: str, seq: int) -> None:
+        report = parse_report(json.dumps(report_for(device, seq)).encode())
+        geo = {"country": None, "asn": None, "asn_org": None, "network_kind": "unknown"}
+        storage.add_report(ingest_record(report, clock[0], "127.0.0.1", geo), digest(report), clock[0])
+
+    try:
+        for device in ("dev-a", "dev-b"):
+            storage.enrol(hardware_id=f"hw-{device}", hostname="h", source_ip="127.0.0.1", new_device_id=device,
+                          token=f"token-{device}", now=clock[0])
+            store(device, 1)
+        claim = storage.claim_scoring
+        arrived: list[str] = []
+
+        def claim_after_a_report_arrives(*args: Any, **kwargs: Any) -> Any:
+            if not arrived:  # the run has reduced and marked; a report arrives as its batches begin
+                store("dev-a", 2)
+                arrived.append("dev-a")
+            return claim(*args, **kwargs)
+
+        monkeypatch.setattr(storage, "claim_scoring", claim_after_a_report_arrives)
+        assert scorer.run(bounded=True) == 2
+        assert scorer.stale_devices() == {"dev-a"}
+        assert catch_up(storage, clock[0]) == 1  # the run's batches left the report that came in to the reducer
+        clock[0] += timedelta(minutes=5)
+        assert scorer.run(bounded=True) == 1  # marked by its new rollup, scored once more
+        assert scorer.stale_devices() == set()
+    finally:
+        storage.close()
