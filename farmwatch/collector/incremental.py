@@ -38,7 +38,7 @@ from farmwatch.collector.tables import fleet_baselines
 from farmwatch.contract import RosterEntry, Verdict
 from farmwatch.detectors.base import Context, Detector
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.frame import Frames, frames_from_windows, paused_gc
+from farmwatch.detectors.frame import Frames, frames_from_columns, paused_gc
 from farmwatch.detectors.pipeline import score_frames
 from farmwatch.detectors.signals.fleet_anomaly import FEATURES, FleetAnomalyDetector, raw_device_features
 from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
@@ -153,7 +153,7 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     with paused_gc():
         loaded = neighbours(storage, wanted)
         roster = reads.roster_of(loaded)
-        frames = frames_from_windows(windows(storage, loaded, since))
+        frames = frames_from_columns(windows(storage, loaded, since))
         verdicts = score_frames(frames, roster, anchors, now, config.detection, suppressed,
                                 fitted=fleet.fitted(config.detection), fleet_last_report=fleet_last_report)
     mine = {v.device_id: v for v in verdicts if v.device_id in wanted}  # in the pipeline's order
@@ -200,7 +200,7 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
     typed, features = [], []
     devices = devices_since(storage, since)  # sorted: the features come out in a full re-read's order
     def learn(batch: Sequence[str]) -> None:
-        frames = frames_from_windows(windows(storage, batch, since))
+        frames = frames_from_columns(windows(storage, batch, since))
         found = rhythm.typed_windows(frames.reports)
         features.append(raw_device_features(frames, context, anomaly.interval_seconds, anomaly.active_seconds))
         typed.append(found)
@@ -212,7 +212,7 @@ def refresh_baselines(storage: Storage, now: datetime, config: CollectorConfig) 
             # scoring_error, farmwatch.collector.isolation).
             for device, failure in isolate(learn, devices[start:start + BASELINE_BATCH]).items():
                 log.warning("device %s left out of the fleet baselines: %s", device, failure)
-    empty = frames_from_windows([])
+    empty = frames_from_columns([])
     fleet_typed = pd.concat(typed, ignore_index=True) if typed else empty.reports
     rhythm.fit(dataclasses.replace(empty, reports=fleet_typed), context)
     baselines = Baselines(now, _params_digest(config), rhythm.thresholds_,
