@@ -12,7 +12,7 @@ with two exceptions: detection_quality's default is one seed per variant (``--fu
 whole sweep, about 25 min here), and scripts in LEFT_TO_FULL are not run at all, because no size
 of theirs fits yet: the run prints each one's reason and the targets it leaves unchecked, and
 results.json lists them under ``not_run``. ``--full`` runs everything at its full sizes (well over
-an hour here); ``--only NAME`` runs the scripts named, LEFT_TO_FULL ones included.
+an hour here); ``--only NAME`` runs the scripts named, LEFT_TO_FULL and BY_HAND ones included.
 Scripts run one after another, never side by side while anything is timed: most figures are
 timings, and a second benchmark on the same two cores would move them. One exception, in BESIDE:
 detection_quality, whose figures are counts of verdicts (it scores its fleets two at a time itself),
@@ -41,6 +41,9 @@ import report
 HERE = Path(__file__).resolve().parent
 NOT_BENCHMARKS = {"run_all.py", "report.py"}
 BUDGET_SECONDS = 15 * 60  # issue 13: a full make bench on the 2-core development machine
+BY_HAND = {"detector_cost"}
+"""Scripts that time a code change against another commit (``--against REF``), not the product: run
+only when ``--only`` names them (CI's quick pass does), never by ``make bench`` or ``--full``."""
 LEFT_TO_FULL: dict[str, str] = {  # script: why make bench leaves it out, and the targets left unchecked
     "scoring_scale": "issue 12's one scoring interval of 20,000 laptops (targets <= 60 s and <= 1 GB) needs "
                      "stores of 1,000, 2,000 and 20,000 laptops over 72 h: building the 20,000 took 790 s and scoring "
@@ -87,6 +90,14 @@ class Beside:
         if self.figures.exists():
             report.PUBLISHED.extend(report.read_figures(self.figures))
         return code == 0, seconds
+
+
+def chosen(scripts: list[Path], only: list[str] | None, sized_down: bool) -> tuple[list[Path], dict[str, str]]:
+    """The scripts a run starts (``scripts`` already narrowed to ``only`` when given), and those it
+    leaves out for size with why (LEFT_TO_FULL: only a ``make bench`` run, ``sized_down``, without
+    ``--only``). BY_HAND scripts start only when ``only`` names them."""
+    not_run = {p.stem: LEFT_TO_FULL[p.stem] for p in scripts if p.stem in LEFT_TO_FULL} if sized_down and not only else {}
+    return [p for p in scripts if p.stem not in not_run and (p.stem not in BY_HAND or p.stem in (only or ()))], not_run
 
 
 def arguments() -> argparse.Namespace:
@@ -147,9 +158,7 @@ def main() -> int:
             return 2
         scripts = [p for p in scripts if p.stem in args.only]
     given = FULL_ARGUMENTS if args.full else {}
-    not_run = {} if args.quick or args.full or args.only else {
-        p.stem: LEFT_TO_FULL[p.stem] for p in scripts if p.stem in LEFT_TO_FULL}
-    scripts = [p for p in scripts if p.stem not in not_run]
+    scripts, not_run = chosen(scripts, args.only, sized_down=not (args.quick or args.full))
     by_name = {p.stem: p for p in scripts}
     beside = {host: by_name[guest] for host, guest in BESIDE.items() if host in by_name and guest in by_name}
     scripts = [p for p in scripts if p not in beside.values()]

@@ -64,3 +64,18 @@ def test_run_all_collects_every_published_figure_into_results_json(tmp_path: Pat
                                    "baseline": 5.0, "baseline_is": "", "ratio": 2.0,
                                    "target": ">= 1.5x baseline", "met": True}]
     assert "== every figure" in done.stdout and "met" in done.stdout.split("== every figure")[1]
+
+
+def test_make_bench_leaves_out_the_scripts_for_full_runs_and_by_hand() -> None:
+    sys.path.insert(0, str(BENCH))  # run_all imports its sibling report.py
+    try:
+        chosen = runpy.run_path(str(BENCH / "run_all.py"))["chosen"]
+    finally:
+        sys.path.remove(str(BENCH))
+    scripts = [BENCH / f"{name}.py" for name in ("agent_cost", "detector_cost", "scoring_scale")]
+    started, not_run = chosen(scripts, None, sized_down=True)  # make bench
+    assert [p.stem for p in started] == ["agent_cost"] and set(not_run) == {"scoring_scale"}
+    started, not_run = chosen(scripts, None, sized_down=False)  # --full or --quick
+    assert [p.stem for p in started] == ["agent_cost", "scoring_scale"] and not not_run
+    started, not_run = chosen(scripts[1:2], ["detector_cost"], sized_down=True)  # --only detector_cost
+    assert [p.stem for p in started] == ["detector_cost"] and not not_run
