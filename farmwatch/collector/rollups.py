@@ -349,16 +349,11 @@ def _merge_rollups(by_hour: dict[tuple[str, int], list[StoredWindow]], last_end:
     """Each device-hour's rollup row (without its batch) once ``by_hour``'s windows are added to the ``existing`` one."""
     merged: dict[tuple[str, int], dict[str, Any]] = {}
     for key in sorted(by_hour):
-        added = by_hour[key]
         old = existing.get(key)
-        if old is None:
-            merged[key] = {"device_id": key[0], "hour": key[1], "layout": COLUMNS, "reports": len(added),
-                           "last_window_end": last_end[key], "windows": _stored_text(sorted(added))}
-            continue
-        windows = _stored_windows(orjson.loads(old.windows), old.layout, layouts) + added
+        windows = by_hour[key] if old is None else _stored_windows(orjson.loads(old.windows), old.layout, layouts) + by_hour[key]
         windows.sort()  # receipt time, then report id: the order a full re-read streams them in
         merged[key] = {"device_id": key[0], "hour": key[1], "layout": COLUMNS, "reports": len(windows),
-                       "last_window_end": max(old.last_window_end, last_end[key]),
+                       "last_window_end": last_end[key] if old is None else max(old.last_window_end, last_end[key]),
                        "windows": _stored_text(windows)}
     return merged
 
