@@ -40,6 +40,15 @@ is its own:
 
 Without verdict listeners: alerts are decided in the verdicts' transaction in a collector, which this
 leaves out. ``--quick`` (``run_all.py --quick``): 30 laptops, 2 hours, baselines at 10 and 20 laptops.
+
+Building the 20,000-laptop store takes 13 to 33 minutes and a measurement changes it (the interval
+is reduced and scored). ``--store-dir DIR`` keeps every store the run builds in DIR, with its fleet
+baselines learned, and a later run with the same DIR reuses it instead of building it again; every
+measurement then runs on a copy of the kept store (``N-laptops.run.db``, deleted afterwards), so each
+starts from the same state. Beside each store, ``N-laptops.json`` says what it holds: its reports, the
+lookback, and the commit whose code built it. A store built by other code is reused as it is (the
+reducer reads rollups of earlier formats); delete the folder to build again. ``--fleet-only`` skips the
+1,000 and 2,000-laptop full re-reads (the baseline): it prints the measured fleet's interval alone.
 """
 
 from __future__ import annotations
@@ -48,12 +57,14 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -298,8 +309,71 @@ def child(kind: str, url: str, now: datetime, hours: int, batch: int) -> dict[st
     return {**answer, "seconds": time.perf_counter() - began}
 
 
+def _path(store: Store) -> Path:
+    return Path(sa.make_url(store.url).database or "")
+
+
 def _drop(store: Store) -> None:
-    Path(sa.make_url(store.url).database or "").unlink()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{_path(store)}{suffix}").unlink(missing_ok=True)
+
+
+def _commit() -> str:
+    """The commit of the code running (with ``+`` when the work tree differs from it)."""
+    here = Path(__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True).stdout.strip()
+    return (head or "unknown") + ("+" if dirty else "")
+
+
+def prepared(folder: Path, laptops: int, hours: int, keep_reports: bool, kept: bool) -> tuple[Store, dict[str, Any]]:
+    """The store of ``laptops`` laptops in ``folder``, its fleet baselines learned (the hourly job,
+    timed), and its description: reused when ``kept`` and a previous run kept one there (with its
+    ``N-laptops.json``, the same lookback and, if ``keep_reports``, the raw reports), else built;
+    kept stores are described for the next run."""
+    path = folder / f"{laptops}-laptops.db"
+    about = path.with_suffix(".json")
+    if kept and path.exists() and about.exists():
+        described = json.loads(about.read_text())
+        if described["hours"] != hours or (keep_reports and not described["keep_reports"]):
+            raise SystemExit(f"{path} holds {described['hours']} h {'with' if described['keep_reports'] else 'without'} "
+                             f"raw reports; this run needs {hours} h{' with them' if keep_reports else ''}: "
+                             f"delete it or choose another --store-dir")
+        store = Store(f"sqlite:///{path}", laptops, described["records"], described["new"],
+                      datetime.fromisoformat(described["now"]))
+        print(f"{laptops:,} laptops: reusing {path} (built at {described['commit']}: {store.records:,} reports over "
+              f"{hours} h, {store.new:,} in the interval)", flush=True)
+    else:
+        store = build(folder, laptops, hours, keep_reports)
+        described = {"laptops": laptops, "hours": hours, "keep_reports": keep_reports, "records": store.records,
+                     "new": store.new, "now": store.now.isoformat(), "commit": _commit()}
+    if "baselines" not in described:  # learned once per store: a measurement's copy finds them stored
+        described["baselines"] = {**measure("baselines", store, hours), "commit": _commit()}
+        if kept:
+            about.write_text(json.dumps(described, indent=1))
+    else:
+        print(f"  fleet baselines learned when the store was kept, at {described['baselines']['commit']}: "
+              f"{described['baselines']['seconds']:.1f} s, {described['baselines']['gb']:.2f} GB", flush=True)
+    return store, described
+
+
+@contextmanager
+def scratch(store: Store, kept: bool) -> Iterator[Store]:
+    """The store a measurement may change: ``store`` itself, or, when it is kept for later runs, a copy
+    beside it (deleted afterwards; copying the file takes seconds, rebuilding it minutes)."""
+    if not kept:
+        yield store
+        return
+    copy = _path(store).with_suffix(".run.db")
+    for suffix in ("", "-wal"):  # a store closed cleanly has no WAL left; copied whole if it has one
+        if Path(f"{_path(store)}{suffix}").exists():
+            shutil.copyfile(f"{_path(store)}{suffix}", f"{copy}{suffix}")
+    run = Store(f"sqlite:///{copy}", store.laptops, store.records, store.new, store.now)
+    try:
+        yield run
+    finally:
+        _drop(run)
 
 
 def per_report(points: list[tuple[float, float]], at: float) -> float:
@@ -315,35 +389,51 @@ def linear(points: list[tuple[float, float]], at: float) -> float:
     return y1 + (y1 - y0) / (x1 - x0) * (at - x1)
 
 
-def main(laptops: int, processes: int, batch: int) -> int:
-    hours, sizes = (2, (10, 20)) if quick() else (72, (1_000, 2_000))
+def main(laptops: int, processes: int, batch: int, store_dir: Path | None = None, fleet_only: bool = False) -> int:
+    hours, sizes = (2, [10, 20]) if quick() else (72, [1_000, 2_000])
+    sizes = [] if fleet_only else sizes
     laptops = 30 if quick() else laptops
+    kept = store_dir is not None
     with tempfile.TemporaryDirectory(prefix="farmwatch-scoring-scale-", dir=os.environ.get("FARMWATCH_BENCH_DIR")) as tmp:
-        folder = Path(tmp)
+        folder = store_dir or Path(tmp)
         full: list[tuple[int, dict[str, Any]]] = []
         small: list[tuple[Store, dict[str, Any]]] = []
         for size in sizes:
-            store = build(folder, size, hours)
-            full.append((store.records, measure("full", store, hours)))
-            measure("baselines", store, hours)  # the hourly job, done before the interval (as at full size)
-            small.append((store, measure("incremental", store, hours, processes, batch)))
-            _drop(store)  # about 2 GB per 1,000 laptops: keep one store on disk at a time
-        fleet = build(folder, laptops, hours, keep_reports=False)  # only the full re-read reads raw reports
-        refreshed = measure("baselines", fleet, hours)
-        interval = measure("incremental", fleet, hours, processes, batch)
+            store, _ = prepared(folder, size, hours, keep_reports=True, kept=kept)
+            with scratch(store, kept) as run:
+                full.append((store.records, measure("full", run, hours)))
+            with scratch(store, kept) as run:
+                small.append((store, measure("incremental", run, hours, processes, batch)))
+            if not kept:
+                _drop(store)  # about 2 GB per 1,000 laptops: keep one store on disk at a time
+        # only the full re-read reads raw reports
+        fleet, described = prepared(folder, laptops, hours, keep_reports=False, kept=kept)
+        refreshed = described["baselines"]
+        with scratch(fleet, kept) as run:
+            interval = measure("incremental", run, hours, processes, batch)
+    print(f"code measured: {_commit()}; the {laptops:,}-laptop store built at {described['commit']}", flush=True)
     for (records, done), (store, incremental) in zip(full, small):
         print(f"{store.laptops:,} laptops, {records:,} reports: full re-read {done['seconds']:.1f} s, "
               f"peak {done['gb']:.2f} GB; one interval incremental ({incremental['devices']:.0f} devices) "
               f"{incremental['seconds']:.1f} s, {incremental['cpu']:.1f} CPU s, peak {incremental['gb']:.2f} GB "
               f"({processes} scoring process{'es' if processes > 1 else ''})")
+    scored = (f"{laptops:,} laptops, {fleet.records:,} reports in {hours} h, {fleet.new:,} new in the interval: "
+              f"{interval['devices']:.0f} devices scored, {interval['verdicts']} verdicts in {interval['seconds']:.1f} s "
+              f"by {processes} scoring process{'es' if processes > 1 else ''}, batches of {batch} ({interval['cpu']:.1f} CPU s, "
+              f"{interval['cpu'] / max(interval['devices'], 1) * 1000:.1f} ms per device), "
+              f"peak {interval['gb']:.2f} GB summed over them (fleet baselines, hourly: {refreshed['seconds']:.1f} s, "
+              f"{refreshed['gb']:.2f} GB)")
+    if not full:
+        print(scored + "; no full re-read measured (--fleet-only)")
+        publish([Figure(f"one interval's scoring, {laptops:,} laptops, {hours} h stored", interval["seconds"], "s",
+                        target=at_most(TARGET_SECONDS)),
+                 Figure(f"peak memory of one interval's scoring, {laptops:,} laptops, summed over {processes} process(es)",
+                        interval["gb"], "GB", target=at_most(TARGET_GB))])
+        return 0
     seconds_line = [(float(records), done["seconds"]) for records, done in full]
     memory_line = [(float(records), done["gb"]) for records, done in full]
     full_seconds, full_gb = per_report(seconds_line, fleet.records), linear(memory_line, fleet.records)
-    print(f"{laptops:,} laptops, {fleet.records:,} reports in {hours} h, {fleet.new:,} new in the interval: "
-          f"{interval['devices']:.0f} devices scored, {interval['verdicts']} verdicts in {interval['seconds']:.1f} s "
-          f"by {processes} scoring process{'es' if processes > 1 else ''}, batches of {batch} ({interval['cpu']:.1f} CPU s), "
-          f"peak {interval['gb']:.2f} GB summed over them (fleet baselines, hourly: {refreshed['seconds']:.1f} s, {refreshed['gb']:.2f} GB); "
-          f"full re-read EXTRAPOLATED from {sizes[0]:,}/{sizes[-1]:,} laptops: {full_seconds:.0f} s, {full_gb:.1f} GB")
+    print(scored + f"; full re-read EXTRAPOLATED from {sizes[0]:,}/{sizes[-1]:,} laptops: {full_seconds:.0f} s, {full_gb:.1f} GB")
     if laptops < 20_000 and not quick():
         print(f"EXTRAPOLATED, not measured: one interval at 20,000 laptops, in proportion to the fleet from "
               f"{laptops:,}: {interval['seconds'] * 20_000 / laptops:.0f} s with {processes} scoring process(es)")
@@ -375,6 +465,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--batch-devices", type=int, default=100,
                         help="[detection] batch_devices of the incremental runs (default 100: each process then "
                              "holds 100 devices' frames at once, so two stay under 1 GB together)")
+    parser.add_argument("--store-dir", type=Path,
+                        help="keep the stores this run builds in this folder (with their fleet baselines) and reuse "
+                             "the ones a previous run kept there; every measurement runs on a copy, so the kept "
+                             "stores stay as built (the 20,000-laptop one takes 13-33 minutes to build)")
+    parser.add_argument("--fleet-only", action="store_true",
+                        help="measure only the --laptops fleet's interval: no 1,000/2,000-laptop full re-reads, "
+                             "so no baseline is printed")
     parser.add_argument("--measure", choices=("full", "incremental", "baselines"),
                         help="internal: run one measurement on --db at --now and print it as JSON")
     parser.add_argument("--db", help="internal: the store --measure reads")
@@ -390,4 +487,4 @@ if __name__ == "__main__":
         raise SystemExit(0)
     if args.quick:
         os.environ[QUICK_ENV] = "1"
-    raise SystemExit(main(args.laptops, args.processes, args.batch_devices))
+    raise SystemExit(main(args.laptops, args.processes, args.batch_devices, args.store_dir, args.fleet_only))
