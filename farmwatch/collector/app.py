@@ -7,7 +7,6 @@ Blocking database work runs in the thread pool so one slow query never stalls th
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import math
@@ -282,7 +281,7 @@ def create_app(
         arriving = ArrivingReport(record, ingest.wire_digest(record["report"]), received_at, len(body), config.limits,
                                   token_sha256)
         try:
-            stored = await asyncio.wrap_future(storage.submit_report(arriving))
+            stored = await storage.write_report(arriving)
         except sa.exc.SQLAlchemyError as failure:
             if not unavailable(failure):
                 raise

@@ -10,10 +10,16 @@ written alone in its own SAVEPOINT, so a failing item fails alone and only its c
 error. A database failure (full disk, lost file, lost server) aborts the whole batch: nothing of it
 is stored, and every caller gets the error (503, the agents retry). Nobody is answered before the
 commit that holds their write has returned.
+
+Callers on an event loop use :meth:`GroupCommit.write`: the committer wakes each loop once per batch
+(one ``call_soon_threadsafe``), not once per item as awaiting each item's future through
+``asyncio.wrap_future`` does; under load that per-item wake-up (a self-pipe write in the committer,
+a callback and a future copy on the loop) was a visible share of the serving process's CPU (issue 13).
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -26,6 +32,8 @@ from sqlalchemy.engine import Connection
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+"""Where a :meth:`GroupCommit.write` caller waits: its loop, and the future set once its item is answered."""
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -42,7 +50,7 @@ class GroupCommit(Generic[Item, Result]):
         self.max_batch = max_batch
         # SimpleQueue: a put is one C call; queue.Queue's Python-level lock and condition were ~5% of
         # the ingest process's GIL time under load (py-spy --gil, issue 13).
-        self._queue: queue.SimpleQueue[tuple[Item, Future[Result]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Item, Future[Result], Waiter | None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="farmwatch-group-commit", daemon=True)
         self._thread.start()
         self.batches = 0  # committed transactions, for tests and benchmarks
@@ -51,8 +59,22 @@ class GroupCommit(Generic[Item, Result]):
     def submit(self, item: Item) -> Future[Result]:
         """Queue ``item`` for the next shared transaction; the future completes once that commit is done."""
         done: Future[Result] = Future()
-        self._queue.put((item, done))
+        self._queue.put((item, done, None))
         return done
+
+    async def write(self, item: Item) -> Result:
+        """Write ``item`` in the next shared transaction from an event loop; returns (or raises) once that
+        commit is done. Cancelled before its batch begins, the item is left out, as with :meth:`submit`."""
+        loop = asyncio.get_running_loop()
+        done: Future[Result] = Future()
+        answered: asyncio.Future[None] = loop.create_future()
+        self._queue.put((item, done, (loop, answered)))
+        try:
+            await answered
+        except asyncio.CancelledError:
+            done.cancel()  # only succeeds before its batch began: then it is never written
+            raise
+        return done.result()
 
     def run(self, item: Item) -> Result:
         """Write ``item`` in the next shared transaction; returns (or raises) once that commit is done."""
@@ -80,22 +102,23 @@ class GroupCommit(Generic[Item, Result]):
                 batch.append(more)
             # A caller that gave up (its request was cancelled) before the batch began is left out;
             # from here on a future cannot be cancelled, so each one is answered exactly once.
-            batch = [(item, done) for item, done in batch if done.set_running_or_notify_cancel()]
+            batch = [entry for entry in batch if entry[1].set_running_or_notify_cancel()]
             if batch:
                 self._commit(batch)
+                _wake([waiter for _, _, waiter in batch if waiter is not None])
 
-    def _commit(self, batch: list[tuple[Item, Future[Result]]]) -> None:
-        items = [item for item, _ in batch]
+    def _commit(self, batch: list[tuple[Item, Future[Result], Waiter | None]]) -> None:
+        items = [item for item, _, _ in batch]
         try:
             with self._begin() as tx:
                 outcomes = self._write_all(tx, items)
         except BaseException as failure:  # noqa: BLE001 - every waiting caller must hear of it
-            for _, done in batch:
+            for _, done, _ in batch:
                 done.set_exception(failure)
             return
         self.batches += 1
         self.steps += len(batch)
-        for (_, done), (ok, value) in zip(batch, outcomes):
+        for (_, done, _), (ok, value) in zip(batch, outcomes):
             if ok:
                 done.set_result(value)
             else:
@@ -121,3 +144,21 @@ class GroupCommit(Generic[Item, Result]):
             except Exception as failure:  # noqa: BLE001 - handed to the one caller it belongs to
                 outcomes.append((False, failure))
         return outcomes
+
+
+def _wake(waiters: list[Waiter]) -> None:
+    """Tell every :meth:`GroupCommit.write` caller of a batch that its answer is set: one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for loop, answered in waiters:
+        by_loop.setdefault(loop, []).append(answered)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_answer, futures)
+        except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is waiting there any more
+            pass
+
+
+def _answer(futures: list[asyncio.Future[None]]) -> None:
+    for answered in futures:
+        if not answered.done():  # a caller cancelled after its batch began: its item was written all the same
+            answered.set_result(None)

@@ -40,8 +40,7 @@ def _starts(now: datetime) -> dict[str, datetime]:
     return {HOUR: hour, DAY: hour.replace(hour=0)}
 
 
-def _lengths() -> dict[str, timedelta]:
-    return {HOUR: timedelta(hours=1), DAY: timedelta(days=1)}
+_LENGTHS = {HOUR: timedelta(hours=1), DAY: timedelta(days=1)}
 
 
 @dataclass
@@ -70,7 +69,6 @@ def usage(tx: Connection, device_ids: Collection[str], now: datetime) -> Usage:
 
 def wait_for(used: Used, now: datetime, size: int, limits: Limits) -> float | None:
     """Seconds until a device with ``used`` may store a report of ``size`` bytes, or None when it may now."""
-    starts, lengths = _starts(now), _lengths()
     over = []
     if used[HOUR][0] + 1 > limits.reports_per_device_per_hour:
         over.append(HOUR)
@@ -78,7 +76,8 @@ def wait_for(used: Used, now: datetime, size: int, limits: Limits) -> float | No
         over.append(DAY)
     if not over:
         return None
-    return max((starts[period] + lengths[period] - now).total_seconds() for period in over)
+    starts = _starts(now)  # only here: this runs twice for every report a batch stores (issue 13)
+    return max((starts[period] + _LENGTHS[period] - now).total_seconds() for period in over)
 
 
 def charge(found: Usage, device_id: str, size: int) -> None:

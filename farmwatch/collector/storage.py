@@ -264,6 +264,10 @@ class Storage:
         (with SQLite's synchronous=FULL each commit waits for the disk), a few statements per batch."""
         return self._group_commit().submit(arriving)
 
+    async def write_report(self, arriving: ArrivingReport) -> StoredReport:
+        """:meth:`submit_report` awaited on the running event loop, woken once per batch (:meth:`GroupCommit.write`)."""
+        return await self._group_commit().write(arriving)
+
     def _group_commit(self) -> GroupCommit[ArrivingReport, StoredReport]:
         with self._group_lock:
             if self._group is None:

@@ -4,6 +4,7 @@ Here each item is a step (a function of the transaction), written in order by ``
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -121,4 +122,41 @@ def test_a_write_whose_caller_gave_up_before_its_batch_is_left_out(engine: sa.En
     assert kept.result(10) == 2 and held.result(10) is None
     assert rows(engine) == [2]  # nobody waits for row 1, so it was never written
     assert not held.cancel()  # once its batch began, a write can no longer be abandoned
+    group.close()
+
+
+def test_writes_awaited_on_an_event_loop_share_a_batch_and_hear_their_own_outcome(engine: sa.Engine) -> None:
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold(tx: Connection) -> str:
+        started.set()
+        release.wait(10)
+        return "held"
+
+    def broken(tx: Connection) -> None:
+        tx.exec_driver_sql("INSERT INTO rows (n) VALUES (100)")
+        raise ValueError("this step's own problem")
+
+    async def scenario() -> tuple[list[object], list[int]]:
+        held = group.submit(hold)
+        assert started.wait(10)
+        writes = [asyncio.ensure_future(group.write(step)) for step in (insert(1), broken, insert(2), insert(3))]
+        abandoned = asyncio.ensure_future(group.write(insert(4)))
+        while group._queue.qsize() < 5:  # every write is queued behind the held batch
+            await asyncio.sleep(0.01)
+        assert rows(engine) == []  # nobody answered, nothing committed
+        abandoned.cancel()  # the client hung up before its batch began
+        await asyncio.sleep(0)
+        release.set()
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        assert held.result(10) == "held"
+        return outcomes, rows(engine)
+
+    outcomes, stored = asyncio.run(scenario())
+    assert outcomes[0] == 1 and outcomes[2:] == [2, 3]
+    assert isinstance(outcomes[1], ValueError)
+    assert stored == [1, 2, 3]  # row 100 rolled back alone, row 4 never written
+    assert (group.batches, group.steps) == (2, 5)  # the four remaining writes shared one commit
     group.close()
