@@ -348,6 +348,8 @@ def prepared(folder: Path, laptops: int, hours: int, keep_reports: bool, kept: b
         store = build(folder, laptops, hours, keep_reports)
         described = {"laptops": laptops, "hours": hours, "keep_reports": keep_reports, "records": store.records,
                      "new": store.new, "now": store.now.isoformat(), "commit": _commit()}
+        if kept:  # described as soon as built: a failed baselines step below leaves it to the next run
+            about.write_text(json.dumps(described, indent=1))
     if "baselines" not in described:  # learned once per store: a measurement's copy finds them stored
         described["baselines"] = {**measure("baselines", store, hours), "commit": _commit()}
         if kept:
