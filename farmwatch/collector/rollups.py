@@ -47,7 +47,9 @@ from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import (
     reduced_reports, refused_reports, reports, rollup_layouts, rollup_progress, rollups, sightings,
 )
-from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, reduce_record, window_columns, windows_of_columns
+from farmwatch.detectors.frame import (
+    WINDOW_LAYOUT, RecordError, packed_columns, reduce_record, unpacked_columns, window_columns, windows_of_columns,
+)
 from farmwatch.detectors.sightings import window_sightings
 
 log = logging.getLogger("farmwatch.collector.rollups")
@@ -58,12 +60,17 @@ SETTLE_SECONDS = 600.0
 """How long after receipt a report is surely committed (module docstring: the floor)."""
 CHUNK = 400  # keys per IN list (SQLite caps bound variables)
 PROGRESS = "reducer"
+PACKED = "packed"
+"""``rollups.layout`` of a row written now: one :func:`farmwatch.detectors.frame.packed_columns` object
+per device-hour (the :data:`COLUMNS` form with number columns as base64 arrays and text columns
+dictionary-coded, so decoding makes a few Python objects per column, not one per value), with
+``received`` (microseconds since the epoch) and ``report_id`` lists beside it, in order of receipt."""
 COLUMNS = "columns"
-"""``rollups.layout`` of a row whose windows are stored as named columns: one
-:func:`farmwatch.detectors.frame.window_columns` object per device-hour, with ``received`` (microseconds
-since the epoch) and ``report_id`` lists beside it, in order of receipt. Scoring extends each column
-across a batch and converts it once, with no Python work per window (issue 12). A column a row lacks
-(written under an older layout) reads as None."""
+"""``rollups.layout`` of a row the previous release wrote: the same object as :data:`PACKED`'s, each
+column a JSON list (:func:`farmwatch.detectors.frame.window_columns`). Scoring extends each column
+across a batch and converts it once, with no Python work per window (issue 12). Read as it is (packed
+first, so a batch is all of one form), and rewritten as :data:`PACKED` when a batch merges into it. A
+column a row lacks (written under an older layout) reads as None."""
 LAYOUT = hashlib.sha256(orjson.dumps(WINDOW_LAYOUT)).hexdigest()[:16]
 """Any other ``rollups.layout`` is a ``rollup_layouts`` digest naming the columns of the row-shaped
 windows earlier versions stored (a JSON list of ``StoredWindow``); this one is the current
@@ -352,7 +359,7 @@ def _merge_rollups(by_hour: dict[tuple[str, int], list[StoredWindow]], last_end:
         old = existing.get(key)
         windows = by_hour[key] if old is None else _stored_windows(orjson.loads(old.windows), old.layout, layouts) + by_hour[key]
         windows.sort()  # receipt time, then report id: the order a full re-read streams them in
-        merged[key] = {"device_id": key[0], "hour": key[1], "layout": COLUMNS, "reports": len(windows),
+        merged[key] = {"device_id": key[0], "hour": key[1], "layout": PACKED, "reports": len(windows),
                        "last_window_end": last_end[key] if old is None else max(old.last_window_end, last_end[key]),
                        "windows": _stored_text(windows)}
     return merged
@@ -394,8 +401,8 @@ def _advance_floor(tx: Connection, floor: int, settled: int | None) -> int:
 # --- layouts -------------------------------------------------------------------------------------
 
 def _stored_text(windows: list[StoredWindow]) -> str:
-    """``windows`` (in order of receipt) as a rollup row's ``windows`` text in the :data:`COLUMNS` layout."""
-    columns = window_columns([window[2:] for window in windows])
+    """``windows`` (in order of receipt) as a rollup row's ``windows`` text in the :data:`PACKED` layout."""
+    columns = packed_columns(window_columns([window[2:] for window in windows]))
     columns["received"] = [window[0] for window in windows]
     columns["report_id"] = [window[1] for window in windows]
     return orjson.dumps(columns).decode()
@@ -403,10 +410,10 @@ def _stored_text(windows: list[StoredWindow]) -> str:
 
 def _stored_windows(stored: Any, layout: str, layouts: dict[str, dict[str, list[str]]]) -> list[StoredWindow]:
     """A rollup row's windows (its ``windows`` text decoded) in the current layout, whichever wrote them."""
-    if layout != COLUMNS:
+    if layout not in (PACKED, COLUMNS):
         return relayout(stored, layout, layouts)
     return [[received, report_id, *window] for received, report_id, window
-            in zip(stored["received"], stored["report_id"], windows_of_columns(stored))]
+            in zip(stored["received"], stored["report_id"], windows_of_columns(unpacked_columns(stored)))]
 
 
 def _layouts(connection: Connection) -> dict[str, dict[str, list[str]]]:
@@ -436,11 +443,12 @@ def relayout(windows: list[StoredWindow], layout: str, layouts: dict[str, dict[s
 
 def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iterator[dict[str, Any]]:
     """The reduced windows of ``devices`` received at or after ``since``, in column form
-    (:func:`farmwatch.detectors.frame.window_columns`, for
+    (:func:`farmwatch.detectors.frame.packed_columns`, for
     :func:`farmwatch.detectors.frame.frames_from_columns`), one per device-hour: device by device,
-    each device's in order of receipt (as :meth:`Storage.records` streams them). A row stored as
-    columns is passed on as decoded unless the lookback starts inside its hour; a row-shaped one
-    (an earlier version's) is converted."""
+    each device's in order of receipt (as :meth:`Storage.records` streams them). A row stored packed
+    is passed on as decoded unless the lookback starts inside its hour; any other (an earlier
+    version's, or one the lookback cuts) is converted, so every block is packed and the frames are
+    assembled from packed pieces only."""
     since_us, first_hour = _micros(since), hour_of(since)
     wanted = sorted(devices)
     with storage.engine.connect() as connection:
@@ -451,13 +459,13 @@ def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iter
                      .order_by(rollups.c.device_id, rollups.c.hour))
             for row in connection.execution_options(yield_per=2000).execute(query):
                 stored = orjson.loads(row.windows)
-                if row.layout == COLUMNS and (row.hour > first_hour or stored["received"][0] >= since_us):
-                    yield stored
+                if row.layout in (PACKED, COLUMNS) and (row.hour > first_hour or stored["received"][0] >= since_us):
+                    yield stored if row.layout == PACKED else packed_columns(stored)
                     continue
                 kept = [window[2:] for window in _stored_windows(stored, row.layout, layouts)
                         if row.hour > first_hour or window[0] >= since_us]
                 if kept:
-                    yield window_columns(kept)
+                    yield packed_columns(window_columns(kept))
 
 
 def neighbours(storage: Storage, devices: Collection[str]) -> set[str]:

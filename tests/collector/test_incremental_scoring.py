@@ -32,7 +32,9 @@ from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts, rollup_progress, sightings
 from farmwatch.collector.tables import rollups as rollups_table
 from farmwatch.contract import Verdict, to_wire
-from farmwatch.detectors.frame import WINDOW_LAYOUT, frames_from_columns, reduce_record, windows_of_columns
+from farmwatch.detectors.frame import (
+    WINDOW_LAYOUT, frames_from_columns, reduce_record, unpacked_columns, window_columns, windows_of_columns,
+)
 from farmwatch.detectors.pipeline import score
 from farmwatch.detectors.registry import REGISTRY
 from farmwatch.roster import load_anchors, load_roster
@@ -257,10 +259,10 @@ def _rewrite_row_shaped(storage: Storage, layout: str, columns: dict[str, list[s
         rows = tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.layout,
                                     rollups_table.c.windows)).all()
         for row in rows:
-            assert row.layout == rollups.COLUMNS
+            assert row.layout == rollups.PACKED
             older = []
             for received, report_id, window in zip(*itemgetter("received", "report_id")(orjson.loads(row.windows)),
-                                                  windows_of_columns(orjson.loads(row.windows))):
+                                                  windows_of_columns(unpacked_columns(orjson.loads(row.windows)))):
                 parts = dict(zip(WINDOW_LAYOUT, window))
                 older.append([received, report_id, [parts["reports"][i] for i in at["reports"]],
                               *([[item[i] for i in at[part]] for item in parts[part]] for part in list(WINDOW_LAYOUT)[1:])])
@@ -270,13 +272,32 @@ def _rewrite_row_shaped(storage: Storage, layout: str, columns: dict[str, list[s
     return len(rows)
 
 
-@pytest.mark.parametrize("layout", ["previous-release", "older-columns"])
+def _rewrite_as_plain_columns(storage: Storage) -> int:
+    """Store every rollup row as the previous release did (layout ``columns``: window_columns of the
+    row's reports, reduced again from the stored records, each column a JSON list); returns how many."""
+    with storage._writer.begin() as tx:
+        rows = tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.windows)).all()
+        for row in rows:
+            stored = orjson.loads(row.windows)
+            records = dict(tx.execute(sa.select(reports.c.id, reports.c.record)
+                                      .where(reports.c.id.in_(stored["report_id"]))).all())
+            columns = window_columns([list(reduce_record(orjson.loads(records[report_id])))
+                                      for report_id in stored["report_id"]])
+            text = orjson.dumps({**columns, "received": stored["received"], "report_id": stored["report_id"]}).decode()
+            tx.execute(rollups_table.update().where(rollups_table.c.device_id == row.device_id,
+                                                    rollups_table.c.hour == row.hour)
+                       .values(layout=rollups.COLUMNS, windows=text))
+    return len(rows)
+
+
+@pytest.mark.parametrize("layout", ["previous-release", "older-columns", "plain-columns"])
 def test_rollups_an_earlier_version_stored_row_shaped_are_read_and_merged_into_as_columns(
         tmp_path: Path, layout: str) -> None:
-    """Rows written per window (the format before columns) by the previous release (its layout, the
-    current columns) or one whose reports lacked ``seq_conflicts`` and put ``hostname`` first: read,
-    they build the frames the rows stored as columns built (the missing column null); a later batch
-    merges into them and rewrites them as columns; scoring then matches a full re-read."""
+    """Rows written per window (the format before columns) by an earlier release (its layout, the
+    current columns) or one whose reports lacked ``seq_conflicts`` and put ``hostname`` first, or
+    written as plain JSON columns (the previous release, before packing): read, they build the frames
+    the packed rows built (the missing column null); a later batch merges into them and rewrites them
+    packed; scoring then matches a full re-read."""
     records, roster, anchors = _fleet(tmp_path / "fleet", 23)
     cut = _time(records[-1]["received_at"]) - timedelta(minutes=35)  # mid-hour: that hour's rows get merged into
     storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", [r for r in records if _time(r["received_at"]) <= cut],
@@ -288,13 +309,17 @@ def test_rollups_an_earlier_version_stored_row_shaped_are_read_and_merged_into_a
         devices = devices_since(storage, since)
         current = frames_from_columns(rollups.windows(storage, devices, since))
         columns = {part: list(names) for part, names in WINDOW_LAYOUT.items()}
-        if layout == "previous-release":
-            layout = rollups.LAYOUT  # what the previous release wrote: the same columns, per window
+        if layout == "plain-columns":
+            layout = rollups.COLUMNS
+            rewritten = _rewrite_as_plain_columns(storage)
         else:
-            columns["reports"] = ["hostname"] + [c for c in columns["reports"] if c not in ("hostname", "seq_conflicts")]
-        rewritten = _rewrite_row_shaped(storage, layout, columns)
+            if layout == "previous-release":
+                layout = rollups.LAYOUT  # what an earlier release wrote: the same columns, per window
+            else:
+                columns["reports"] = ["hostname"] + [c for c in columns["reports"] if c not in ("hostname", "seq_conflicts")]
+            rewritten = _rewrite_row_shaped(storage, layout, columns)
         read = frames_from_columns(rollups.windows(storage, devices, since))
-        if layout != rollups.LAYOUT:
+        if layout not in (rollups.LAYOUT, rollups.COLUMNS):
             assert read.reports["seq_conflicts"].isna().all() and current.reports["seq_conflicts"].notna().any()
             read.reports["seq_conflicts"] = current.reports["seq_conflicts"]
         for part in ("reports", "tools", "sessions", "probes", "usb", "displays"):
@@ -306,9 +331,9 @@ def test_rollups_an_earlier_version_stored_row_shaped_are_read_and_merged_into_a
         with storage.engine.connect() as connection:
             layouts = dict(connection.execute(sa.select(rollups_table.c.layout, sa.func.count())
                                               .group_by(rollups_table.c.layout)).all())
-        assert 0 < layouts[layout] < rewritten and layouts[rollups.COLUMNS] > 0  # merged-into rows became columns
+        assert 0 < layouts[layout] < rewritten and layouts[rollups.PACKED] > 0  # merged-into rows became packed
         _reduced_once(storage)
-        if layout == rollups.LAYOUT:  # nothing lost: the verdicts of a full re-read
+        if layout in (rollups.LAYOUT, rollups.COLUMNS):  # nothing lost: the verdicts of a full re-read
             devices = devices_since(storage, now - timedelta(hours=CONFIG.lookback_hours))
             _assert_same(_full_reread(storage, now), _wire(score_devices(storage, devices, now, CONFIG).verdicts))
     finally:

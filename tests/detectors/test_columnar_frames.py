@@ -24,7 +24,8 @@ from per_window_frames import frames_from_windows as per_window_frames
 
 from farmwatch.contract import to_wire
 from farmwatch.detectors.frame import (
-    WINDOW_LAYOUT, Frames, flatten, frames_from_columns, reduce_record, window_columns, windows_of_columns,
+    WINDOW_LAYOUT, Frames, flatten, frames_from_columns, packed_columns, reduce_record, unpacked_columns, window_columns,
+    windows_of_columns,
 )
 from farmwatch.detectors.pipeline import score_frames
 from farmwatch.roster import Anchor, RosterEntry, load_anchors, load_roster
@@ -151,3 +152,76 @@ def test_text_values_are_pooled_one_object_per_distinct_string(fleet: Fleet) -> 
                               ("probes", "target")):
             values = [value for value in getattr(frames, table)[column] if value is not None]
             assert values and len({id(value) for value in values}) == len(set(values)), (table, column)
+
+
+def _packed_hours(windows: list[Any]) -> list[list[Any]]:
+    """Device-hours of every length, not only twelve windows (an hour of a few windows is padded)."""
+    hours = _device_hours(windows)
+    return [part for hour in hours for part in ([hour[:5], hour[5:]] if len(hour) > 5 else [hour])]
+
+
+def test_packed_device_hours_build_the_frames_their_windows_build(fleet: Fleet) -> None:
+    """As the collector stores rollups now (packed_columns through JSON), alone and mixed with plain
+    column forms (rows an earlier release stored) in one batch."""
+    windows = _json([list(reduce_record(record)) for record in fleet.records])
+    hours = _packed_hours(windows)
+    expected = per_window_frames([window for hour in hours for window in hour])
+    packed = [_json(packed_columns(window_columns(hour))) for hour in hours]
+    assert any(isinstance(column, str) for column in packed[0]["reports"]["plain"].values())  # numbers packed
+    assert all(isinstance(block["probes"].get("target", {}), dict) for block in packed)  # text coded
+    _assert_same_frames(expected, frames_from_columns(packed))
+    mixed = [block if index % 3 else _json(window_columns(hour)) for index, (hour, block) in enumerate(zip(hours, packed))]
+    _assert_same_frames(expected, frames_from_columns(mixed))
+
+
+def test_a_packed_form_gives_its_windows_back(fleet: Fleet) -> None:
+    """What the reducer merges new windows into: the same windows, numbers as the floats frames hold."""
+    windows = _json([list(reduce_record(record)) for record in fleet.records[:2000]])
+    for hour in _packed_hours(windows):
+        back = windows_of_columns(unpacked_columns(_json(packed_columns(window_columns(hour)))))
+        assert len(back) == len(hour)
+        for given, read in zip(hour, _json(back)):
+            for part, columns, values, found in zip(WINDOW_LAYOUT, WINDOW_LAYOUT.values(), given, read):
+                rows = [values] if part == "reports" else values
+                got = [found] if part == "reports" else found
+                assert len(rows) == len(got), part
+                for row, row_read in zip(rows, got):
+                    for name, value, value_read in zip(columns, row, row_read):
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(value_read, float):
+                            assert float(value) == value_read, (part, name)
+                        else:
+                            assert value == value_read, (part, name)
+
+
+def test_packing_keeps_what_it_cannot_pack_exactly_as_it_was() -> None:
+    """A number column holding anything but numbers and nulls stays a list (it converts, or fails,
+    as it did); a non-finite float reads as null as JSON stores it; more than 256 distinct strings
+    take wider codes, mixed in one batch with one-byte ones."""
+    windows = _json([list(reduce_record(record)) for record in _hand_made()])
+    seq = WINDOW_LAYOUT["reports"].index("seq")
+    key_events = WINDOW_LAYOUT["reports"].index("key_events")
+    mouse_events = WINDOW_LAYOUT["reports"].index("mouse_events")
+    hostname = WINDOW_LAYOUT["reports"].index("hostname")
+    for number, window in enumerate(windows):
+        window[0][key_events] = "12" if number == 1 else number
+        window[0][hostname] = f"host-{number}"
+    wide = [[list(window[0][:hostname]) + [f"name-{i}"] + list(window[0][hostname + 1:]), *window[1:]]
+            for i, window in enumerate(windows[0] for _ in range(300))]
+    for i, window in enumerate(wide):
+        window[0][seq] = i
+    blocks = [packed_columns(window_columns(windows[:4])), packed_columns(window_columns(windows[4:])),
+              packed_columns(window_columns(wide))]
+    first = blocks[0]["reports"]["plain"]
+    assert first["key_events"] == [0, "12", 2, 3]  # kept: a string among the numbers
+    infinite = packed_columns(window_columns(windows[4:]))
+    infinite["reports"]["plain"]["mouse_events"] = packed_columns(
+        {**window_columns(windows[4:]), "reports": {"same": {}, "plain": {"mouse_events": [float("inf"), 1.5, None, 2]}}}
+    )["reports"]["plain"]["mouse_events"]
+    built = frames_from_columns(_json(blocks))
+    _assert_same_frames(per_window_frames(windows + wide), built)
+    assert blocks[2]["reports"]["plain"]["hostname"]["codes"] != first["hostname"]["codes"]  # both coded
+    windows_inf = [list(window) for window in windows[4:]]
+    for window, value in zip(windows_inf, [None, 1.5, None, 2]):  # infinity stored by JSON: null
+        window[0] = list(window[0])
+        window[0][mouse_events] = value
+    _assert_same_frames(per_window_frames(windows_inf), frames_from_columns(_json([infinite])))
