@@ -46,6 +46,10 @@ from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ru
 from farmwatch.detectors.clock import local_times
 from farmwatch.detectors.frame import Frames
 
+_READ_PER_DEVICE = ("seq", "hardware_id", "os", "hostname", "clock_skew_seconds", "window_start", "window_end",
+                    "boot_time", "enrolments", "seq_conflicts")
+"""The report columns :meth:`AgentHealthDetector.detect` reads of each candidate device's rows."""
+
 WORKDAY_HOURS = (9, 18)
 """The roster's working hours for a stopped agent: 09:00-18:00 local on Monday to Friday."""
 
@@ -105,9 +109,11 @@ class AgentHealthDetector(Detector):
         first, count = device_runs(reports["device_code"].to_numpy())
         positions = {device: np.arange(at, at + n)
                      for device, at, n in zip(reports["device_id"].to_numpy()[first], first, count)}
+        # Only the columns read per device: taking a device's rows copies each column of the frame.
+        read = reports[list(_READ_PER_DEVICE)]
         for device in self._candidates(reports, context, fleet_last):  # sorted
             mine = positions[device]
-            rows = reports.iloc[mine]
+            rows = read.iloc[mine]
             parts: dict[str, float] = {}
             sentences = []
             step = np.diff(rows["seq"].dropna().to_numpy())
