@@ -12,6 +12,7 @@ never as evidence.
 
 from __future__ import annotations
 
+import binascii
 import gc
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -477,25 +478,26 @@ def windows_of_columns(columns: dict[str, Any]) -> list[list[Any]]:
 
 
 def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] | None = None) -> Frames:
-    """Build :class:`Frames` from column forms of windows (:func:`window_columns`), the windows in
-    the order given (ties of device, window end and seq keep it), as :func:`frames_from_windows`
-    builds them from the windows themselves.
+    """Build :class:`Frames` from column forms of windows (:func:`window_columns`, or the packed
+    form :func:`packed_columns` makes of one, or both mixed), the windows in the order given (ties
+    of device, window end and seq keep it), as :func:`frames_from_windows` builds them from the
+    windows themselves.
 
     Python touches each block a few times, never each window: a block's single values are taken
-    as one tuple, its differing columns and list parts as whole lists; each column of the batch is
-    then assembled (numpy repeats the single values and places the lists) and converted once.
-    Strings of text columns are pooled (one object per distinct value: about half the frames'
-    memory at fleet scale), a block's lists as it is taken, so the batch never holds every
-    decoded copy; ``pool``: the one the blocks' lists were already pooled in
-    (:func:`window_columns`), so only their single values are pooled here."""
+    as one tuple, its differing columns and list parts as whole pieces (lists, packed numbers or
+    dictionary-coded text); each column of the batch is then assembled (numpy repeats the single
+    values, joins the pieces and places them) and converted once. Strings of text columns are
+    pooled (one object per distinct value: about half the frames' memory at fleet scale), a
+    block's lists as it is taken, so the batch never holds every decoded copy; ``pool``: the one
+    the blocks' lists were already pooled in (:func:`window_columns`), so only their single values
+    and dictionaries are pooled here."""
     lists_pool: dict[str, str] | None = None  # pooled already as the blocks were made: not again
     if pool is None:
         pool = lists_pool = {}
     counts: list[int] = []
     singles: list[tuple[Any, ...]] = []  # per block: each report column's one value (None where it differs)
-    differing: dict[str, tuple[list[int], list[Sequence[Any]]]] = {name: ([], []) for name in _REPORT_COLUMNS}
-    parts: dict[str, list[tuple[Sequence[Any], ...]]] = {part: [] for part, _ in _PARTS}
-    part_offsets: dict[str, list[int]] = {part: [] for part, _ in _PARTS}
+    differing: dict[str, tuple[list[int], list[Any]]] = {name: ([], []) for name in _REPORT_COLUMNS}
+    parts = {part: _Part(keys) for part, keys in _PART_KEYS.items()}
     hardware = _Hardware()
     offset = 0
     for block in blocks:
@@ -509,14 +511,9 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] |
             found = differing.get(name)  # a column this layout no longer has is left out
             if found is not None:
                 found[0].append(len(counts))
-                found[1].append(_pooled(values, lists_pool, name))
-        for part, _ in _PARTS:
-            columns = block[part]
-            if columns[WINDOW]:
-                keys = _PART_KEYS[part]
-                parts[part].append(tuple(_pooled(values, lists_pool, key)
-                                         for key, values in zip(keys, _part_values(columns, keys))))
-                part_offsets[part].append(offset)
+                found[1].append(_pooled(values, lists_pool, name) if type(values) is list else values)
+        for part, taken in parts.items():
+            taken.add(block[part], offset, count, lists_pool)
         hardware.add(block["hardware"])
         counts.append(count)
         offset += count
@@ -525,27 +522,18 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] |
     del singles
     reports: dict[str, Any] = {}
     for index, name in enumerate(_REPORT_COLUMNS):
-        blocks_of, lists = differing.pop(name)
-        if len(lists) == len(counts):  # its own value in every window (times, input counts)
-            reports[name] = _converted(name, list(chain.from_iterable(lists)), None)
+        blocks_of, pieces = differing.pop(name)
+        if len(pieces) == len(counts):  # its own value in every window (times, input counts)
+            reports[name] = _joined(name, pieces, repeats, pool)
         else:
             column = np.repeat(_converted(name, by_column[index], pool), repeats)
-            if lists:
+            if pieces:
                 placed = np.zeros(len(counts), dtype=bool)
                 placed[blocks_of] = True
-                column[np.repeat(placed, repeats)] = _converted(name, list(chain.from_iterable(lists)), None)
+                column[np.repeat(placed, repeats)] = _joined(name, pieces, repeats[blocks_of], pool)
             reports[name] = column
         by_column[index] = ()
-    tables = {}
-    for part, names in _PARTS:
-        stored_parts = parts.pop(part)
-        keys = _PART_KEYS[part]
-        concatenated = [list(chain.from_iterable(values)) for values in _transposed(stored_parts, len(keys))]
-        lengths = np.asarray([len(values[0]) for values in stored_parts], dtype=np.int64)
-        del stored_parts
-        recs = np.asarray(concatenated[0], dtype=np.int64)
-        recs += np.repeat(np.asarray(part_offsets[part], dtype=np.int64), lengths)
-        tables[part] = {"rec": recs, **dict(zip(names, concatenated[1:]))}
+    tables = {part: taken.columns(pool) for part, taken in parts.items()}
     return _frames(reports, tables["tools"], tables["sessions"], tables["probes"], hardware)
 
 
@@ -553,6 +541,11 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] |
 # and the window times are parsed, not kept).
 _POOLED = frozenset(name for name in (*_REPORT_COLUMNS, *(name for _, names in _PARTS for name in names))
                     if name not in _NUMERIC | _INTEGER | _BOOLEAN and name not in _PARSED_TIMES)
+# How packed_columns stores a number column's values: the array its frame holds, little-endian.
+_PACKED_NUMBERS = {**dict.fromkeys(_NUMERIC, np.dtype("<f8")), **dict.fromkeys(_INTEGER, np.dtype("<i8"))}
+_COUNTS = "window_counts"
+"""In a packed list part, in place of :data:`WINDOW`: how many of its rows each window has."""
+_COUNT_TYPE = np.dtype("<i4")
 
 
 def _pooled(values: Sequence[Any], pool: dict[str, str] | None, name: str) -> Sequence[Any]:
@@ -561,11 +554,6 @@ def _pooled(values: Sequence[Any], pool: dict[str, str] | None, name: str) -> Se
     if pool is None or name not in _POOLED:
         return values
     keep = pool.setdefault
-    types = set(map(type, values))
-    if str not in types:  # no text to pool (nulls only; ports or numbers in a text column)
-        return values
-    if len(types) == 1:  # only strings: one pass at C speed
-        return list(map(keep, values, values))
     return [keep(value, value) if type(value) is str else value for value in values]
 
 
@@ -577,6 +565,201 @@ def _converted(name: str, values: Sequence[Any], pool: dict[str, str] | None) ->
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array
+
+
+def packed_columns(columns: dict[str, Any]) -> dict[str, Any]:
+    """``columns`` (:func:`window_columns`'s form, plain JSON) with fewer, cheaper values to decode,
+    as the collector stores a device-hour (issue 12: decoding each number and string as a Python
+    object was most of rebuilding frames). Still JSON; :func:`frames_from_columns` reads it as it
+    reads the plain form, and :func:`unpacked_columns` gives the plain form back.
+
+    * a number column's list (report columns that differ within the hour, list parts' numbers): the
+      float64 (``listening``: int64) array its frame column holds, as base64 of its little-endian
+      bytes, when every value is an int, a float or null (a non-finite float reads as null, as
+      JSON stores it); any other list is kept as it is, so it converts as it did;
+    * a text column's list of strings and nulls: ``{"values": [each distinct one], "codes":
+      base64 of each row's index into them}`` (uint8, uint16 or int32 as their number needs):
+      probe targets, tools and their states repeat all hour;
+    * a list part without rows is ``{}``; one with rows has ``window_counts`` (base64 int32, rows
+      per window, in window order) in place of ``window``;
+    * other columns (times, flags, the single values, hardware) stay as they were."""
+    reports = columns["reports"]
+    packed = {**columns, "reports": {"same": reports["same"], "plain": {
+        name: _packed(name, values) for name, values in reports["plain"].items()}}}
+    for part, _ in _PARTS:
+        stored = columns[part]
+        owners = stored[WINDOW]
+        if not owners:
+            packed[part] = {}
+            continue
+        rows = np.asarray(owners, dtype=np.int64)
+        head: dict[str, Any] = ({WINDOW: owners} if (np.diff(rows) < 0).any() else  # not in window order: kept
+                                {_COUNTS: _base64(np.bincount(rows, minlength=columns["windows"]).astype(_COUNT_TYPE))})
+        packed[part] = {**head, **{name: _packed(name, values) for name, values in stored.items() if name != WINDOW}}
+    return packed
+
+
+def _base64(array: Any) -> str:
+    """``array``'s bytes as base64, padded with zeros to a multiple of three values so that no ``=``
+    ends it: the pieces of a column are then joined as text and decoded at once (:func:`_arrays`;
+    an hour of twelve windows needs no padding)."""
+    padded = np.concatenate([array, np.zeros(-len(array) % 3, dtype=array.dtype)]) if len(array) % 3 else array
+    return binascii.b2a_base64(padded.tobytes(), newline=False).decode("ascii")
+
+
+def _arrays(pieces: Sequence[str], kind: np.dtype[Any], lengths: Any) -> Any:
+    """The values of base64 pieces (:func:`_base64`) of arrays of ``kind``, ``lengths`` values each,
+    joined in native byte order: one decode for all of them, each piece's padding dropped by index."""
+    values = np.frombuffer(binascii.a2b_base64("".join(pieces)), dtype=kind)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(values) != lengths.sum():  # some piece was padded
+        padded = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)) * 3 // (4 * kind.itemsize)
+        ends = np.cumsum(lengths)
+        values = values[np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(np.cumsum(padded) - padded - ends + lengths, lengths)]
+    return values.astype(kind.newbyteorder("="))
+
+
+def _code_type(distinct: int) -> np.dtype[Any]:
+    return np.dtype("<u1") if distinct <= 1 << 8 else np.dtype("<u2") if distinct <= 1 << 16 else np.dtype("<i4")
+
+
+def _packed(name: str, values: list[Any]) -> Any:
+    """One column's list as :func:`packed_columns` stores it."""
+    kind = _PACKED_NUMBERS.get(name)
+    if kind is not None:
+        if not all(type(value) in (int, float) or value is None for value in values):
+            return values
+        try:
+            array = np.array(values, dtype=kind)  # the conversion _column makes
+        except OverflowError:  # an int beyond 64 bits (JSON cannot store it either)
+            return values
+        if kind.kind == "f":
+            array[~np.isfinite(array)] = np.nan  # JSON has no infinity: orjson writes null
+        return _base64(array)
+    if name in _POOLED and all(type(value) is str or value is None for value in values):
+        distinct: dict[str | None, int] = {}
+        codes = [distinct.setdefault(value, len(distinct)) for value in values]
+        return {"values": list(distinct), "codes": _base64(np.array(codes, dtype=_code_type(len(distinct))))}
+    return values
+
+
+def _decoded_text(pieces: Sequence[dict[str, Any]], lengths: Any, pool: dict[str, str] | None) -> Any:
+    """Dictionary-coded text pieces of ``lengths`` rows each joined into one object array, their
+    strings pooled."""
+    values: list[Any] = []
+    starts: list[int] = []
+    for piece in pieces:
+        starts.append(len(values))
+        values.extend(piece["values"])
+    if pool is not None:
+        keep = pool.setdefault
+        values = [keep(value, value) if type(value) is str else value for value in values]
+    kind = _code_type(max(len(piece["values"]) for piece in pieces))
+    if kind == _code_type(1):  # every piece's codes one byte wide (nearly always): decoded at once
+        codes = _arrays([piece["codes"] for piece in pieces], kind, lengths)
+    else:
+        codes = np.concatenate([_arrays([piece["codes"]], _code_type(len(piece["values"])), [length])
+                                for piece, length in zip(pieces, lengths)])
+    codes = codes.astype(np.int64) + np.repeat(np.asarray(starts, dtype=np.int64), lengths)
+    table = np.empty(len(values), dtype=object)
+    table[:] = values
+    return table[codes]
+
+
+def _joined(name: str, pieces: Sequence[Any], lengths: Any, pool: dict[str, str] | None) -> Any:
+    """Column ``name`` of the pieces' blocks (``lengths`` rows each), in order, as the array its
+    table holds: pieces are lists (pooled already), packed numbers or dictionary-coded text
+    (:func:`packed_columns`)."""
+    kinds = set(map(type, pieces))
+    if kinds <= {list}:  # (no pieces: an empty batch)
+        return _converted(name, list(chain.from_iterable(pieces)), None)
+    if kinds == {str}:
+        return _arrays(pieces, _PACKED_NUMBERS[name], lengths)
+    if kinds == {dict}:
+        return _decoded_text(pieces, lengths, pool)
+    # Packed and plain blocks mixed (the plain ones kept as they were): each converted, then joined.
+    return np.concatenate([_joined(name, [piece], [length], pool) for piece, length in zip(pieces, lengths)])
+
+
+class _Part:
+    """A list part's (tools, sessions, probes) pieces as blocks give them (:func:`frames_from_columns`)."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.pieces: dict[str, list[Any]] = {name: [] for name in keys[1:]}
+        self.owners: list[Any] = []  # per block with rows: its WINDOW list, or its packed _COUNTS
+        self.offsets: list[int] = []  # the batch's index of that block's first window
+        self.windows: list[int] = []  # and its number of windows
+
+    def add(self, stored: dict[str, Any], offset: int, count: int, pool: dict[str, str] | None) -> None:
+        owners = stored.get(WINDOW) or stored.get(_COUNTS)
+        if not owners:
+            return
+        self.owners.append(owners)
+        self.offsets.append(offset)
+        self.windows.append(count)
+        for name, pieces in self.pieces.items():
+            piece = stored.get(name)
+            if piece is None:  # a column this block's layout lacks: not reported
+                piece = [None] * len(_recs(owners, 0, count))
+            pieces.append(_pooled(piece, pool, name) if type(piece) is list else piece)
+
+    def columns(self, pool: dict[str, str] | None) -> dict[str, Any]:
+        """``rec`` (each row's window in the batch) and every column, joined."""
+        windows = np.asarray(self.windows, dtype=np.int64)
+        if not self.owners:
+            recs, rows = np.zeros(0, dtype=np.int64), windows
+        elif all(type(owners) is str for owners in self.owners):  # packed: rows per window, all at once
+            per_window = _arrays(self.owners, _COUNT_TYPE, windows)
+            starts = np.cumsum(windows) - windows
+            first = np.arange(len(per_window), dtype=np.int64) + np.repeat(np.asarray(self.offsets, dtype=np.int64) - starts, windows)
+            recs = np.repeat(first, per_window)
+            rows = np.add.reduceat(per_window.astype(np.int64), starts)
+        else:
+            each = [_recs(owners, offset, count) for owners, offset, count in zip(self.owners, self.offsets, self.windows)]
+            recs, rows = np.concatenate(each), np.asarray([len(recs) for recs in each], dtype=np.int64)
+        columns = {"rec": recs}
+        for name, pieces in self.pieces.items():
+            columns[name] = _joined(name, pieces, rows, pool) if pieces else []
+        self.pieces.clear()
+        return columns
+
+
+def _recs(owners: Any, offset: int, count: int) -> Any:
+    """The batch's window of each row of one block's part (of ``count`` windows, the first at
+    ``offset``), from its WINDOW list or packed counts."""
+    if type(owners) is str:
+        return np.repeat(np.arange(offset, offset + count, dtype=np.int64), _arrays([owners], _COUNT_TYPE, [count]))
+    return np.asarray(owners, dtype=np.int64) + offset
+
+
+def unpacked_columns(columns: dict[str, Any]) -> dict[str, Any]:
+    """The plain form (:func:`window_columns`) of a packed one (:func:`packed_columns`), for
+    :func:`windows_of_columns`; a plain one is given back as it is. Numbers come back as the floats
+    their frames hold (3.0 for 3)."""
+    count = columns["windows"]
+    reports = columns["reports"]
+    plain = {name: _plain(name, values, count) for name, values in reports["plain"].items()}
+    unpacked = {**columns, "reports": {"same": reports["same"], "plain": plain}}
+    for part, _ in _PARTS:
+        stored = columns[part]
+        owners = stored.get(WINDOW) or stored.get(_COUNTS)
+        names = [name for name in stored if name not in (WINDOW, _COUNTS)]
+        if not owners:
+            unpacked[part] = {WINDOW: [], **{name: [] for name in names}}
+            continue
+        rows = _recs(owners, 0, count).tolist()
+        unpacked[part] = {WINDOW: rows, **{name: _plain(name, stored[name], len(rows)) for name in names}}
+    return unpacked
+
+
+def _plain(name: str, values: Any, length: int) -> list[Any]:
+    """One column of ``length`` rows as a list, whichever way it is stored."""
+    if type(values) is str:
+        return list(_arrays([values], _PACKED_NUMBERS[name], [length]).tolist())
+    if type(values) is dict:
+        codes = _arrays([values["codes"]], _code_type(len(values["values"])), [length])
+        return [values["values"][code] for code in codes.tolist()]
+    return list(values)
 
 
 class _Hardware:
