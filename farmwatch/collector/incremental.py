@@ -124,7 +124,7 @@ class DeviceScores:
 
 def score_devices(storage: Storage, devices: Collection[str], now: datetime, config: CollectorConfig,
                   baselines: Baselines | None = None, fleet_reads: FleetReads | None = None,
-                  reduce_first: bool = True) -> DeviceScores:
+                  reduce_first: bool = True, neighbourhood: Collection[str] | None = None) -> DeviceScores:
     """Verdicts for ``devices`` (those with a report received in the lookback window), from rollups.
 
     Reduces whatever is still pending first (``reduce_first``), so the verdicts cover every report
@@ -140,7 +140,9 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     ``review`` (such reports never become windows, so they reach no one else's frames). Raises
     ValueError for a naive ``now`` or a detection config naming unknown detectors, RecordError when
     the windows break a detector (as :func:`farmwatch.detectors.pipeline.score` does, so
-    :mod:`farmwatch.collector.isolation` can find the device)."""
+    :mod:`farmwatch.collector.isolation` can find the device). ``neighbourhood``: the devices to load
+    when the caller read them already (:func:`farmwatch.collector.rollups.neighbours` of ``devices``,
+    or of devices whose neighbourhood holds them all: the scorer reads it to claim the neighbours)."""
     since = now - timedelta(hours=config.lookback_hours)
     if reduce_first:
         catch_up(storage, now, since)
@@ -151,7 +153,7 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     fleet_last_report = reads.last_window_end()
 
     with paused_gc():
-        loaded = neighbours(storage, wanted)
+        loaded = set(neighbourhood) | wanted if neighbourhood is not None else neighbours(storage, wanted)
         roster = reads.roster_of(loaded)
         frames = frames_from_columns(windows(storage, loaded, since))
         verdicts = score_frames(frames, roster, anchors, now, config.detection, suppressed,
@@ -166,7 +168,7 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
 
 
 def _newest_network_kinds(frames: Frames, wanted: set[str]) -> dict[str, str]:
-    reports = frames.reports
+    reports = frames.reports[["device_id", "network_kind"]]  # not every column of the batch's frame copied
     newest = reports[reports["device_id"].isin(wanted)].groupby("device_id").tail(1)  # sorted by window end
     return {str(d): str(k) for d, k in zip(newest["device_id"], newest["network_kind"]) if k is not None}
 

@@ -48,7 +48,7 @@ class Claim:
     until: datetime
 
 
-def _insert(connection: Connection, table: sa.Table = scoring_work) -> postgresql.Insert | sqlite.Insert:
+def dialect_insert(connection: Connection, table: sa.Table = scoring_work) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, which has ON CONFLICT (both backends' syntax is the same here)."""
     return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
 
@@ -58,7 +58,7 @@ def mark(tx: Connection, device_ids: Collection[str], at: datetime) -> None:
     unique = sorted(set(device_ids))
     for start in range(0, len(unique), CHUNK):
         rows = [{"device_id": device, "version": 1, "dirtied_at": at} for device in unique[start:start + CHUNK]]
-        insert = _insert(tx)
+        insert = dialect_insert(tx)
         tx.execute(insert.values(rows).on_conflict_do_update(
             index_elements=[scoring_work.c.device_id], set_={"version": scoring_work.c.version + 1}))
 
@@ -83,7 +83,7 @@ def mark_changed(tx: Connection, changed_since: ChangedSince, at: datetime,
     marked = sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == MARKED).with_for_update()
     since = tx.execute(marked).scalar()
     if since is None:
-        tx.execute(_insert(tx, rollup_progress).values(name=MARKED, batch=0, floor_report_id=0)
+        tx.execute(dialect_insert(tx, rollup_progress).values(name=MARKED, batch=0, floor_report_id=0)
                    .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
         since = tx.execute(marked).scalar_one()
     if read_ahead is not None and read_ahead[0] == since:
@@ -106,7 +106,7 @@ def mark_aged_out(tx: Connection, aged_out: AgedOut, lookback_start: datetime, a
     held = sa.select(rollup_progress.c.batch).where(rollup_progress.c.name == AGED_OUT).with_for_update()
     last = tx.execute(held).scalar()
     if last is None:
-        tx.execute(_insert(tx, rollup_progress).values(name=AGED_OUT, batch=gone, floor_report_id=0)
+        tx.execute(dialect_insert(tx, rollup_progress).values(name=AGED_OUT, batch=gone, floor_report_id=0)
                    .on_conflict_do_nothing(index_elements=[rollup_progress.c.name]))
         return 0
     if gone <= last:
@@ -128,7 +128,7 @@ def mark_stale(tx: Connection, seen_since: datetime, at: datetime) -> int:
         .where(devices.c.last_seen >= seen_since,
                sa.or_(verdicts.c.device_id.is_(None), verdicts.c.through_report_id < devices.c.last_report_id))
     )
-    insert = _insert(tx).from_select(["device_id", "version", "dirtied_at"], stale)
+    insert = dialect_insert(tx).from_select(["device_id", "version", "dirtied_at"], stale)
     return tx.execute(insert.on_conflict_do_nothing(index_elements=[scoring_work.c.device_id])).rowcount or 0
 
 

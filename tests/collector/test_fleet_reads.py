@@ -21,11 +21,11 @@ from collector_helpers import report_for
 from prometheus_client import CollectorRegistry
 
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector import incremental
+from farmwatch.collector import incremental, scoring
 from farmwatch.collector.incremental import Baselines, FleetReads, load_baselines, refresh_baselines, score_devices
 from farmwatch.collector.ingest import digest, ingest_record, parse_report
 from farmwatch.collector.metrics import Metrics
-from farmwatch.collector.rollups import FleetLastWindowEnd, catch_up, devices_since, last_window_end
+from farmwatch.collector.rollups import FleetLastWindowEnd, catch_up, devices_since, last_window_end, neighbours
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import rollups
@@ -185,5 +185,51 @@ def test_a_run_reduces_once_and_a_report_stored_during_it_is_scored_by_the_next_
         clock[0] += timedelta(minutes=5)
         assert scorer.run(bounded=True) == 1  # marked by its new rollup, scored once more
         assert scorer.stale_devices() == set()
+    finally:
+        storage.close()
+
+
+def test_a_batch_s_neighbourhood_is_read_once_and_scores_as_a_batch_that_reads_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, storage = _fleet(tmp_path)  # shared egress: devices have neighbours
+    try:
+        load_records(storage, records)
+        now = _time(records[-1]["received_at"]) + timedelta(minutes=1)
+        since = now - timedelta(hours=CONFIG.lookback_hours)
+        catch_up(storage, now)
+        baselines = refresh_baselines(storage, now, CONFIG)
+        devices = devices_since(storage, since)
+        linked = [device for device in devices if neighbours(storage, [device]) != {device}]
+        for batch in ([linked[0]], [linked[-1], devices[0]]):
+            around = neighbours(storage, batch)
+            assert around - set(batch)  # the batch loads more devices than it scores
+            given = score_devices(storage, batch, now, CONFIG, baselines, neighbourhood=around)
+            alone = score_devices(storage, batch, now, CONFIG, baselines)
+            assert [to_wire(v) for v in given.verdicts] == [to_wire(v) for v in alone.verdicts]
+            assert given.network_kinds == alone.network_kinds
+
+        read: list[int] = []
+
+        def counted(reader: int) -> Any:
+            def read_neighbours(*args: Any) -> set[str]:
+                read.append(reader)
+                return neighbours(*args)
+            return read_neighbours
+
+        monkeypatch.setattr(incremental, "neighbours", counted(0))
+        monkeypatch.setattr(scoring, "neighbours", counted(1))
+        claims = storage.claim_scoring
+        claimed: list[int] = []
+
+        def claim(*args: Any, **kwargs: Any) -> Any:
+            claimed.append(len(kwargs))
+            return claims(*args, **kwargs)
+
+        monkeypatch.setattr(storage, "claim_scoring", claim)
+        config = dataclasses.replace(CONFIG, batch_devices=3)
+        scorer = Scorer(storage, config, Metrics(CollectorRegistry(), lambda: 0), lambda: now)
+        assert scorer.run(bounded=True) == len(devices)
+        batches = claimed.count(0)  # claims of a batch (the neighbours' claims pass ``among``) and the last, empty one
+        assert batches > 2 and read == [1] * (batches - 1)  # once per batch, by the scorer, never by score_devices
     finally:
         storage.close()
