@@ -46,8 +46,10 @@ is reduced and scored). ``--store-dir DIR`` keeps every store the run builds in 
 baselines learned, and a later run with the same DIR reuses it instead of building it again; every
 measurement then runs on a copy of the kept store (``N-laptops.run.db``, deleted afterwards), so each
 starts from the same state. Beside each store, ``N-laptops.json`` says what it holds: its reports, the
-lookback, and the commit whose code built it. A store built by other code is reused as it is (the
-reducer reads rollups of earlier formats); delete the folder to build again. ``--fleet-only`` skips the
+lookback, and the commit whose code built it. A store kept by code that stored rollups in an earlier
+layout has its rows rewritten once in the current one (``current_layout``: what the reducer's next
+merge into each row would write), so it scores as a store built now; anything else the other code did
+differently stays: delete the folder to build again. ``--fleet-only`` skips the
 1,000 and 2,000-laptop full re-reads (the baseline): it prints the measured fleet's interval alone.
 """
 
@@ -70,6 +72,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from report import QUICK_ENV, Figure, at_most, publish, quick
@@ -77,11 +80,13 @@ from report import QUICK_ENV, Figure, at_most, publish, quick
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.incremental import refresh_baselines
 from farmwatch.collector.metrics import Metrics
+from farmwatch.collector import rollups as reducer
 from farmwatch.collector.rollups import changed_devices, reduce_pending
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import devices, reports, rollup_progress, rollups, scoring_work
 from farmwatch.contract import Anchor, RosterEntry
+from farmwatch.detectors.frame import packed_columns
 from farmwatch.detectors.pipeline import score
 from farmwatch.simulator.fleet import make_fleet
 from farmwatch.simulator.places import ANCHORS
@@ -344,10 +349,17 @@ def prepared(folder: Path, laptops: int, hours: int, keep_reports: bool, kept: b
                       datetime.fromisoformat(described["now"]))
         print(f"{laptops:,} laptops: reusing {path} (built at {described['commit']}: {store.records:,} reports over "
               f"{hours} h, {store.new:,} in the interval)", flush=True)
+        if described.get("layout") != reducer.PACKED:  # kept by code that stored rollups otherwise
+            began = time.perf_counter()
+            rewritten = current_layout(store)
+            described.update(layout=reducer.PACKED, rewritten_at=_commit())
+            about.write_text(json.dumps(described, indent=1))
+            print(f"  {rewritten:,} rollup rows of an earlier layout rewritten in the current one "
+                  f"in {time.perf_counter() - began:.0f} s", flush=True)
     else:
         store = build(folder, laptops, hours, keep_reports)
         described = {"laptops": laptops, "hours": hours, "keep_reports": keep_reports, "records": store.records,
-                     "new": store.new, "now": store.now.isoformat(), "commit": _commit()}
+                     "new": store.new, "now": store.now.isoformat(), "commit": _commit(), "layout": reducer.PACKED}
         if kept:  # described as soon as built: a failed baselines step below leaves it to the next run
             about.write_text(json.dumps(described, indent=1))
     if "baselines" not in described:  # learned once per store: a measurement's copy finds them stored
@@ -358,6 +370,48 @@ def prepared(folder: Path, laptops: int, hours: int, keep_reports: bool, kept: b
         print(f"  fleet baselines learned when the store was kept, at {described['baselines']['commit']}: "
               f"{described['baselines']['seconds']:.1f} s, {described['baselines']['gb']:.2f} GB", flush=True)
     return store, described
+
+
+CHECKED_ROWS = 1_000
+"""Rows of the plain-column layout whose quick conversion is checked against the reducer's own."""
+REWRITE_DEVICES = 50
+"""Devices whose rollup rows are rewritten per transaction."""
+
+
+def current_layout(store: Store) -> int:
+    """Rewrite the store's rollup rows of an earlier layout in the one the reducer writes now
+    (``rollups.PACKED``), as the reducer's next merge into each row would write it, so a store kept
+    by earlier code scores as one built now (an older row is converted on every read instead);
+    returns how many rows were rewritten. A plain-column row (``rollups.COLUMNS``) is packed as it
+    is (``frame.packed_columns``), checked on the first ``CHECKED_ROWS`` against the reducer's
+    conversion (its windows taken apart and packed again); older rows take that conversion."""
+    storage = Storage.open(store.url)
+    _scratch(storage)
+    rewritten = 0
+    try:
+        with storage.engine.connect() as connection:
+            layouts = reducer._layouts(connection)
+            stale = sorted(set(connection.execute(sa.select(rollups.c.device_id).where(
+                rollups.c.layout != reducer.PACKED)).scalars()))
+        for start in range(0, len(stale), REWRITE_DEVICES):
+            with storage._writer.begin() as tx:
+                rows = tx.execute(sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.layout, rollups.c.windows).where(
+                    rollups.c.device_id.in_(stale[start:start + REWRITE_DEVICES]), rollups.c.layout != reducer.PACKED)).all()
+                updates = []
+                for row in rows:
+                    stored = orjson.loads(row.windows)
+                    checked = row.layout != reducer.COLUMNS or rewritten < CHECKED_ROWS
+                    theirs = reducer._stored_text(reducer._stored_windows(stored, row.layout, layouts)) if checked else ""
+                    text = orjson.dumps(packed_columns(stored)).decode() if row.layout == reducer.COLUMNS else theirs
+                    if checked and text != theirs:
+                        raise RuntimeError(f"{row.device_id} hour {row.hour}: packing differs from the reducer's")
+                    updates.append({"d": row.device_id, "h": row.hour, "text": text})
+                    rewritten += 1
+                tx.execute(rollups.update().where(rollups.c.device_id == sa.bindparam("d"), rollups.c.hour == sa.bindparam("h"))
+                           .values(layout=reducer.PACKED, windows=sa.bindparam("text")), updates)
+    finally:
+        storage.close()
+    return rewritten
 
 
 @contextmanager
