@@ -541,8 +541,15 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] |
 # and the window times are parsed, not kept).
 _POOLED = frozenset(name for name in (*_REPORT_COLUMNS, *(name for _, names in _PARTS for name in names))
                     if name not in _NUMERIC | _INTEGER | _BOOLEAN and name not in _PARSED_TIMES)
-# How packed_columns stores a number column's values: the array its frame holds, little-endian.
-_PACKED_NUMBERS = {**dict.fromkeys(_NUMERIC, np.dtype("<f8")), **dict.fromkeys(_INTEGER, np.dtype("<i8"))}
+# How packed_columns stores a number column's piece: a tag, then base64 of little-endian values.
+# Tags are outside the base64 alphabet, so a2b_base64 skips them: pieces of one tag are joined and
+# decoded as they are.
+_INTEGERS = "#"  # int64 as they are (listening)
+_FLOATS = "."  # float64 as they are
+_CONSTANT = "*"  # one float64, the value of every row
+_SCALED = {"!": 1.0, "%": 100.0, "^": 10_000.0}  # int32 n: the float n / scale (agents send few decimals)
+_NULL = np.iinfo(np.int32).min  # a null among scaled values
+_FLOAT, _INT32, _INT64 = np.dtype("<f8"), np.dtype("<i4"), np.dtype("<i8")
 _COUNTS = "window_counts"
 """In a packed list part, in place of :data:`WINDOW`: how many of its rows each window has."""
 _COUNT_TYPE = np.dtype("<i4")
@@ -573,10 +580,13 @@ def packed_columns(columns: dict[str, Any]) -> dict[str, Any]:
     object was most of rebuilding frames). Still JSON; :func:`frames_from_columns` reads it as it
     reads the plain form, and :func:`unpacked_columns` gives the plain form back.
 
-    * a number column's list (report columns that differ within the hour, list parts' numbers): the
-      float64 (``listening``: int64) array its frame column holds, as base64 of its little-endian
-      bytes, when every value is an int, a float or null (a non-finite float reads as null, as
-      JSON stores it); any other list is kept as it is, so it converts as it did;
+    * a number column's list (report columns that differ within the hour, list parts' numbers), when
+      every value is an int, a float or null: the float64 array its frame column holds (``listening``:
+      int64; a non-finite float reads as null, as JSON stores it), as a tag and base64 of
+      little-endian values: ``*`` one value for every row, ``!``/``%``/``^`` int32 of the values
+      times 1, 100 or 10,000 (null: int32's minimum) when that gives back every bit, else ``.``
+      float64 (``#`` int64 for ``listening``); any other list is kept as it is, so it converts as
+      it did;
     * a text column's list of strings and nulls: ``{"values": [each distinct one], "codes":
       base64 of each row's index into them}`` (uint8, uint16 or int32 as their number needs):
       probe targets, tools and their states repeat all hour;
@@ -613,7 +623,8 @@ def _arrays(pieces: Sequence[str], kind: np.dtype[Any], lengths: Any) -> Any:
     values = np.frombuffer(binascii.a2b_base64("".join(pieces)), dtype=kind)
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(values) != lengths.sum():  # some piece was padded
-        padded = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)) * 3 // (4 * kind.itemsize)
+        # each piece's values with padding (a number's one-character tag is left out by the // 4)
+        padded = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)) // 4 * 3 // kind.itemsize
         ends = np.cumsum(lengths)
         values = values[np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(np.cumsum(padded) - padded - ends + lengths, lengths)]
     return values.astype(kind.newbyteorder("="))
@@ -625,22 +636,76 @@ def _code_type(distinct: int) -> np.dtype[Any]:
 
 def _packed(name: str, values: list[Any]) -> Any:
     """One column's list as :func:`packed_columns` stores it."""
-    kind = _PACKED_NUMBERS.get(name)
-    if kind is not None:
+    if name in _NUMERIC or name in _INTEGER:
         if not all(type(value) in (int, float) or value is None for value in values):
             return values
+        integers = name in _INTEGER
         try:
-            array = np.array(values, dtype=kind)  # the conversion _column makes
-        except OverflowError:  # an int beyond 64 bits (JSON cannot store it either)
+            array = np.array(values, dtype=_INT64 if integers else _FLOAT)  # the conversion _column makes
+        except (OverflowError, TypeError):  # an int beyond 64 bits (JSON cannot store it either), a null int
             return values
-        if kind.kind == "f":
-            array[~np.isfinite(array)] = np.nan  # JSON has no infinity: orjson writes null
-        return _base64(array)
+        if integers:
+            return _INTEGERS + _base64(array)
+        array[~np.isfinite(array)] = np.nan  # JSON has no infinity: orjson writes null
+        return _packed_floats(array)
     if name in _POOLED and all(type(value) is str or value is None for value in values):
         distinct: dict[str | None, int] = {}
         codes = [distinct.setdefault(value, len(distinct)) for value in values]
         return {"values": list(distinct), "codes": _base64(np.array(codes, dtype=_code_type(len(distinct))))}
     return values
+
+
+def _packed_floats(array: Any) -> str:
+    """The smallest tagged form that gives back every bit of ``array`` (float64): one value, int32
+    of a decimal scale, or the float64 themselves."""
+    bits = array.view(np.int64)
+    if len(array) and (bits == bits[0]).all():
+        return _CONSTANT + _base64(array[:1])
+    known = ~np.isnan(array)
+    for tag, scale in _SCALED.items():
+        scaled = np.round(array[known] * scale)
+        if (np.abs(scaled) < -_NULL - 1).all():
+            ints = np.full(len(array), _NULL, dtype=_INT32)
+            ints[known] = scaled
+            if np.array_equal(_scaled_floats(ints, scale).view(np.int64), bits):  # every bit, -0.0 too
+                return tag + _base64(ints)
+    return _FLOATS + _base64(array)
+
+
+def _scaled_floats(ints: Any, scale: float) -> Any:
+    values = ints.astype(np.float64)
+    if scale != 1.0:
+        values /= scale  # correctly rounded: the float nearest n / scale, as parsing its decimal text gives
+    values[ints == _NULL] = np.nan
+    return values
+
+
+def _numbers(name: str, pieces: Sequence[str], lengths: Any) -> Any:
+    """Packed number pieces of column ``name`` (``lengths`` values each) joined into the array its
+    frame holds: the pieces of each tag decoded at once (nearly always a column has one)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    tags = {piece[0] for piece in pieces}
+    if len(tags) == 1:
+        return _tagged(tags.pop(), pieces, lengths)
+    joined = np.empty(int(lengths.sum()), dtype=np.int64 if name in _INTEGER else np.float64)
+    starts = np.cumsum(lengths) - lengths
+    for tag in tags:
+        chosen = np.asarray([index for index, piece in enumerate(pieces) if piece[0] == tag], dtype=np.int64)
+        taken = lengths[chosen]
+        ends = np.cumsum(taken)
+        joined[np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts[chosen] - ends + taken, taken)] = _tagged(
+            tag, [pieces[index] for index in chosen], taken)
+    return joined
+
+
+def _tagged(tag: str, texts: Sequence[str], lengths: Any) -> Any:
+    if tag == _INTEGERS:
+        return _arrays(texts, _INT64, lengths)
+    if tag == _FLOATS:
+        return _arrays(texts, _FLOAT, lengths)
+    if tag == _CONSTANT:
+        return np.repeat(_arrays(texts, _FLOAT, np.ones(len(texts), dtype=np.int64)), lengths)
+    return _scaled_floats(_arrays(texts, _INT32, lengths), _SCALED[tag])
 
 
 def _decoded_text(pieces: Sequence[dict[str, Any]], lengths: Any, pool: dict[str, str] | None) -> Any:
@@ -674,7 +739,7 @@ def _joined(name: str, pieces: Sequence[Any], lengths: Any, pool: dict[str, str]
     if kinds <= {list}:  # (no pieces: an empty batch)
         return _converted(name, list(chain.from_iterable(pieces)), None)
     if kinds == {str}:
-        return _arrays(pieces, _PACKED_NUMBERS[name], lengths)
+        return _numbers(name, pieces, lengths)
     if kinds == {dict}:
         return _decoded_text(pieces, lengths, pool)
     # Packed and plain blocks mixed (the plain ones kept as they were): each converted, then joined.
@@ -755,7 +820,7 @@ def unpacked_columns(columns: dict[str, Any]) -> dict[str, Any]:
 def _plain(name: str, values: Any, length: int) -> list[Any]:
     """One column of ``length`` rows as a list, whichever way it is stored."""
     if type(values) is str:
-        return list(_arrays([values], _PACKED_NUMBERS[name], [length]).tolist())
+        return list(_numbers(name, [values], [length]).tolist())
     if type(values) is dict:
         codes = _arrays([values["codes"]], _code_type(len(values["values"])), [length])
         return [values["values"][code] for code in codes.tolist()]

@@ -16,6 +16,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import pytest
@@ -225,3 +226,28 @@ def test_packing_keeps_what_it_cannot_pack_exactly_as_it_was() -> None:
         window[0] = list(window[0])
         window[0][mouse_events] = value
     _assert_same_frames(per_window_frames(windows_inf), frames_from_columns(_json([infinite])))
+
+
+NUMBER_FORMS = {"*": [3, 3.0, 3], "!": [1, 2, None], "%": [19.46, 0.5, None], "^": [0.0127, 1.5, 2],
+                ".": [0.1 + 0.2, 1.0, 2.0], ". (signed zero)": [-0.0, 1.0, 2.0]}
+
+
+@pytest.mark.parametrize("form", list(NUMBER_FORMS))
+def test_numbers_are_packed_in_the_smallest_form_that_gives_every_bit_back(form: str) -> None:
+    """One value for every row (3 and 3.0: differing values to JSON), int32 of a decimal scale, or
+    float64 (``-0.0`` keeps its sign);
+    read back alone and in a batch whose blocks chose other forms, the frames are the windows'."""
+    windows = _json([list(reduce_record(record)) for record in _hand_made()])[:3]
+    active = WINDOW_LAYOUT["reports"].index("active_seconds")
+    mine = [[[*window[0][:active], value, *window[0][active + 1:]], *window[1:]]
+            for window, value in zip(windows, NUMBER_FORMS[form])]
+    packed = _json(packed_columns(window_columns(mine)))
+    piece = packed["reports"]["plain"]["active_seconds"]
+    assert piece[0] == form[0]
+    back = unpacked_columns(packed)["reports"]["plain"]["active_seconds"]
+    assert np.array_equal(np.array(back, dtype=np.float64).view(np.int64),
+                          np.array(NUMBER_FORMS[form], dtype=np.float64).view(np.int64))
+    others = [[[*window[0][:active], value, *window[0][active + 1:]], *window[1:]]
+              for values in NUMBER_FORMS.values() for window, value in zip(windows, values)]
+    blocks = [_json(packed_columns(window_columns(others[start:start + 3]))) for start in range(0, len(others), 3)]
+    _assert_same_frames(per_window_frames(mine + others), frames_from_columns([packed, *blocks]))
