@@ -284,8 +284,9 @@ seq_conflicts = sa.Table(
 
 # --- incremental features (farmwatch/collector/rollups.py, incremental.py; issue 12) ------------
 # Reports reduced once, by a background reducer, to what detectors read: one row per device and
-# hour of receipt holding that hour's reduced windows (JSON: named columns when ``layout`` is
-# "columns", rollups.COLUMNS; earlier versions' one list per window, column order named by ``layout``).
+# hour of receipt holding that hour's reduced windows (JSON: named columns, packed when ``layout`` is
+# "packed", rollups.PACKED, plain lists when "columns", rollups.COLUMNS; earlier versions' one list per
+# window, column order named by ``layout``).
 rollups = sa.Table(
     "rollups",
     metadata,

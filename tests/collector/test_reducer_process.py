@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 def _filed(db_path: Path) -> list[tuple[str, int]]:
-    """(device, report id) of every window in the rollups (stored as columns: rollups.COLUMNS), read
-    with the stdlib sqlite3 module."""
+    """(device, report id) of every window in the rollups (stored as packed columns, rollups.PACKED,
+    their report ids a plain list), read with the stdlib sqlite3 module."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
         return sorted((device, report_id) for device, text in db.execute("SELECT device_id, windows FROM rollups")
                       for report_id in orjson.loads(text)["report_id"])
