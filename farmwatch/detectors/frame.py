@@ -297,7 +297,7 @@ def _reduce(record: Any, where: str | int) -> Window:
         ";".join(host.keyboard_layouts or ()),
         ";".join(host.input_methods or ()),
         *_network_values(network),
-        next((i.vpn_product for i in vpn if i.vpn_product), None),
+        next((i.vpn_product for i in vpn if i.vpn_product), None) if vpn else None,
         bool(vpn),
         *_input_values(inp),
         ";".join(inp.virtual_devices or ()),
@@ -410,7 +410,10 @@ def window_columns(windows: Sequence[Sequence[Any]], pool: dict[str, str] | None
     plain: dict[str, list[Any]] = {}
     for name, values in zip(_REPORT_COLUMNS, _transposed([window[0] for window in windows], len(_REPORT_COLUMNS))):
         # One value of one type (1, 1.0 and True compare equal); the count and the type set run at C speed.
-        if values and values.count(values[0]) == len(values) and len(set(map(type, values))) == 1:
+        # The last value is compared first, as count compares (identity, then ==): most columns of a
+        # chunk of several devices differ there, and count would still compare every value.
+        if (values and (values[-1] is values[0] or values[-1] == values[0])
+                and values.count(values[0]) == len(values) and len(set(map(type, values))) == 1):
             same[name] = values[0]
         else:
             same[name] = None
@@ -561,6 +564,11 @@ def _pooled(values: Sequence[Any], pool: dict[str, str] | None, name: str) -> Se
     if pool is None or name not in _POOLED:
         return values
     keep = pool.setdefault
+    types = set(map(type, values))
+    if str not in types:  # no text to pool (nulls only; ports or numbers in a text column)
+        return values
+    if len(types) == 1:  # only strings: one pass at C speed
+        return list(map(keep, values, values))
     return [keep(value, value) if type(value) is str else value for value in values]
 
 
