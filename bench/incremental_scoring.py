@@ -16,6 +16,7 @@ fleet baselines (the hourly cost), which the incremental path pays outside the i
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -94,8 +95,15 @@ def timed_in_process(module: Any, name: str, spent: dict[str, float], label: str
     setattr(module, name, timed)
 
 
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--laptops", type=int, default=None,
+                        help="simulated fleet size, 4 days of reports (default 600; 60 with run_all.py --quick)")
+    return parser.parse_args()
+
+
 def main() -> int:
-    laptops = 60 if quick() else 600
+    laptops = arguments().laptops or (60 if quick() else 600)
     with tempfile.TemporaryDirectory(prefix="farmwatch-incremental-") as tmp:
         files = write_fleet(Path(tmp), seed=21, legit=laptops * 5 // 6, farms=laptops // 6, days=4)
         last = max(_time(r["received_at"]) for r in _records(files.records, lambda _: True))
