@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from farmwatch.collector import driver_sql
 from farmwatch.collector.tables import enrolments, seq_conflicts
 
 
@@ -33,18 +33,16 @@ def note_seq_conflict(tx: Connection, device_id: str, seq: int, now: datetime) -
                                                  last_seq=seq))
 
 
-_ENROLMENTS = (sa.select(enrolments.c.device_id, sa.func.count())
-               .where(enrolments.c.device_id.in_(sa.bindparam("devices", expanding=True)))
-               .group_by(enrolments.c.device_id))
-_CONFLICTS = sa.select(seq_conflicts.c.device_id, seq_conflicts.c.conflicts).where(
-    seq_conflicts.c.device_id.in_(sa.bindparam("devices", expanding=True)))
+# Read for every group-commit batch: straight to the driver (driver_sql.py).
+_ENROLMENTS = f"SELECT device_id, count(*) FROM {enrolments.name} WHERE device_id IN :devices GROUP BY device_id"
+_CONFLICTS = f"SELECT device_id, conflicts FROM {seq_conflicts.name} WHERE device_id IN :devices"
 
 
 def stamps(tx: Connection, device_ids: Collection[str]) -> dict[str, dict[str, int]]:
     """Per device of ``device_ids``, the ingest record's ``enrolments`` and ``seq_conflicts`` for a report
     stored now: two statements for a whole group-commit batch, built once (not two per device)."""
     asked = {"devices": sorted(device_ids)}
-    enrolled: dict[str, int] = {row[0]: row[1] for row in tx.execute(_ENROLMENTS, asked)}
-    refused: dict[str, int] = {row[0]: row[1] for row in tx.execute(_CONFLICTS, asked)}
+    enrolled: dict[str, int] = dict(driver_sql.fetch(tx, _ENROLMENTS, asked))
+    refused: dict[str, int] = dict(driver_sql.fetch(tx, _CONFLICTS, asked))
     return {device_id: {"enrolments": int(enrolled.get(device_id, 0)), "seq_conflicts": int(refused.get(device_id) or 0)}
             for device_id in device_ids}

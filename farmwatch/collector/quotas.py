@@ -14,9 +14,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from farmwatch.collector import driver_sql
 from farmwatch.collector.limits import Limits
 from farmwatch.collector.tables import device_quota
 
@@ -24,15 +24,12 @@ HOUR, DAY = "hour", "day"
 Used = dict[str, tuple[int, int]]
 """Per period: (reports, bytes) stored in the current hour and day."""
 
-_READ = sa.select(device_quota).where(device_quota.c.device_id.in_(sa.bindparam("devices", expanding=True)))
-_UPDATE = (
-    device_quota.update()
-    .where(device_quota.c.device_id == sa.bindparam("device"), device_quota.c.period == sa.bindparam("kind"))
-    .values(period_start=sa.bindparam("start"), reports=sa.bindparam("count"), bytes=sa.bindparam("size"))
-)
-_INSERT = device_quota.insert().values(
-    device_id=sa.bindparam("device"), period=sa.bindparam("kind"), period_start=sa.bindparam("start"),
-    reports=sa.bindparam("count"), bytes=sa.bindparam("size"))
+_READ = f"SELECT device_id, period, period_start, reports, bytes FROM {device_quota.name} WHERE device_id IN :devices"
+# Rewritten for every device of every group-commit batch: straight to the driver (driver_sql.py).
+_UPDATE = (f"UPDATE {device_quota.name} SET period_start = :start, reports = :count, bytes = :size "
+           "WHERE device_id = :device AND period = :kind")
+_INSERT = (f"INSERT INTO {device_quota.name} (device_id, period, period_start, reports, bytes) "
+           "VALUES (:device, :kind, :start, :count, :size)")
 
 
 def _starts(now: datetime) -> dict[str, datetime]:
@@ -58,12 +55,13 @@ class Usage:
 
 def usage(tx: Connection, device_ids: Collection[str], now: datetime) -> Usage:
     """The current hour's and day's use of every device in ``device_ids``, in one query."""
-    starts = _starts(now)
+    # Compared as stored: the driver hands back the column's raw form (SQLite: SQLAlchemy's text of it).
+    starts = {period: driver_sql.stored_time(tx, start) for period, start in _starts(now).items()}
     found = Usage(now)
-    for row in tx.execute(_READ, {"devices": list(device_ids)}):
-        found.rows.add((row.device_id, row.period))
-        if row.period in starts and row.period_start == starts[row.period]:
-            found.used.setdefault(row.device_id, {HOUR: (0, 0), DAY: (0, 0)})[row.period] = (row.reports, row.bytes)
+    for device_id, period, period_start, reports, stored in driver_sql.fetch(tx, _READ, {"devices": list(device_ids)}):
+        found.rows.add((device_id, period))
+        if period in starts and period_start == starts[period]:
+            found.used.setdefault(device_id, {HOUR: (0, 0), DAY: (0, 0)})[period] = (reports, stored)
     return found
 
 
@@ -91,13 +89,12 @@ def save(tx: Connection, found: Usage) -> None:
     """Write the rows of every device charged since :func:`usage` (an update where a row exists)."""
     updates: list[dict[str, object]] = []
     inserts: list[dict[str, object]] = []
+    starts = {period: driver_sql.stored_time(tx, start) for period, start in _starts(found.now).items()}
     for device_id in sorted(found.changed):
-        for period, start in _starts(found.now).items():
+        for period, start in starts.items():
             reports, stored = found.used[device_id][period]
             row = {"device": device_id, "kind": period, "start": start, "count": reports, "size": stored}
             (updates if (device_id, period) in found.rows else inserts).append(row)
-    if updates:
-        tx.execute(_UPDATE, updates)
-    if inserts:
-        tx.execute(_INSERT, inserts)
+    driver_sql.executemany(tx, _UPDATE, updates)
+    driver_sql.executemany(tx, _INSERT, inserts)
 

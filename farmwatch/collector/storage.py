@@ -22,7 +22,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from farmwatch.collector import agent_history, quotas, scoring_work
+from farmwatch.collector import agent_history, driver_sql, quotas, scoring_work
 from farmwatch.collector.group_commit import GroupCommit
 from farmwatch.collector.limits import Limits
 from farmwatch.collector.migrate import MigrateMode, ensure_current
@@ -512,37 +512,35 @@ class Storage:
 
 
 # The statements of a report batch, built once: each batch only binds values (no expression building).
-_LOCK_DEVICES = (
-    sa.select(devices.c.device_id, devices.c.last_seq)
-    .where(devices.c.device_id.in_(sa.bindparam("devices", expanding=True)))
-    .order_by(devices.c.device_id)  # replicas lock devices in one order: batches cannot deadlock
-    .with_for_update()
-)
-_LIVE_TOKENS = sa.select(tokens.c.token_sha256, tokens.c.device_id).where(
-    tokens.c.token_sha256.in_(sa.bindparam("tokens", expanding=True)), tokens.c.revoked_at.is_(None))
-_INSERT_REPORTS = reports.insert().returning(reports.c.id, sort_by_parameter_order=True)
-_UPDATE_DEVICE = (
-    devices.update()
-    .where(devices.c.device_id == sa.bindparam("device"))
-    .values(last_seen=sa.bindparam("seen"), last_report_id=sa.bindparam("report_id"), last_seq=sa.bindparam("top_seq"))
-)
+# A batch's statements go straight to the driver (driver_sql.py: Core's per-statement work was most
+# of the committer's CPU). Locking the device rows first (FOR UPDATE, PostgreSQL; SQLite's BEGIN
+# IMMEDIATE already holds the one write lock) serializes concurrent batches of one device; replicas
+# lock devices in one order, so batches cannot deadlock.
+_LOCK_DEVICES = f"SELECT device_id, last_seq FROM {devices.name} WHERE device_id IN :devices ORDER BY device_id"
+_LIVE_TOKENS = f"SELECT token_sha256, device_id FROM {tokens.name} WHERE token_sha256 IN :tokens AND revoked_at IS NULL"
+# The per-report rows go straight to the driver (driver_sql.py); the device's newest report id is
+# read back by its unique (device_id, seq), so the INSERT needs no RETURNING.
+_INSERT_REPORTS = (f"INSERT INTO {reports.name} (device_id, seq, digest, received_at, record) "
+                   "VALUES (:device_id, :seq, :digest, :received_at, :record)")
+_UPDATE_DEVICE = (f"UPDATE {devices.name} SET last_seen = :seen, last_seq = :top_seq, last_report_id = "
+                  f"(SELECT id FROM {reports.name} WHERE device_id = :device AND seq = :seq) WHERE device_id = :device")
 
 
 @functools.cache
-def _stored_query(pairs: int) -> sa.TextClause:
+def _stored_query(pairs: int) -> str:
     """The digests stored under ``pairs`` (device, seq) pairs: ``(device_id = :d0 AND seq = :s0) OR ...``.
 
     An OR of pairs is one unique-index lookup each on SQLite (MULTI-INDEX OR) and PostgreSQL (BitmapOr);
     a row-value IN list makes SQLite scan the whole table. One text per batch size, built once."""
     alternatives = " OR ".join(f"(device_id = :d{n} AND seq = :s{n})" for n in range(pairs))
-    return sa.text(f"SELECT device_id, seq, digest FROM reports WHERE {alternatives}")
+    return f"SELECT device_id, seq, digest FROM {reports.name} WHERE {alternatives}"
 
 
 def _stored_digests(tx: Connection, pairs: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
     bound: dict[str, Any] = {}
     for n, (device_id, seq) in enumerate(pairs):
         bound[f"d{n}"], bound[f"s{n}"] = device_id, seq
-    return {(row.device_id, row.seq): row.digest for row in tx.execute(_stored_query(len(pairs)), bound)}
+    return {(device_id, seq): digest for device_id, seq, digest in driver_sql.fetch(tx, _stored_query(len(pairs)), bound)}
 
 
 def store_report_batch(tx: Connection, batch: list[ArrivingReport]) -> list[StoredReport]:
@@ -552,10 +550,10 @@ def store_report_batch(tx: Connection, batch: list[ArrivingReport]) -> list[Stor
     a duplicate, as it would be one batch later. A device that does not exist raises: :class:`GroupCommit`
     then writes each report alone to find whose it was."""
     device_ids = sorted({item.record["report"]["device_id"] for item in batch})
-    # Locks the device rows first, so concurrent batches of one device serialize (PostgreSQL).
-    last_seq = {row.device_id: row.last_seq or 0 for row in tx.execute(_LOCK_DEVICES, {"devices": device_ids})}
+    lock = "" if tx.dialect.name == "sqlite" else " FOR UPDATE"
+    last_seq = {device_id: seq or 0 for device_id, seq in driver_sql.fetch(tx, _LOCK_DEVICES + lock, {"devices": device_ids})}
     asked = sorted({item.token_sha256 for item in batch if item.token_sha256 is not None})
-    live = {row.token_sha256: row.device_id for row in tx.execute(_LIVE_TOKENS, {"tokens": asked})} if asked else {}
+    live = dict(driver_sql.fetch(tx, _LIVE_TOKENS, {"tokens": asked})) if asked else {}
     taken = _stored_digests(tx, sorted({(i.record["report"]["device_id"], i.record["report"]["seq"]) for i in batch}))
     # The first receipt time decides the quota's hour and day for the whole batch (it spans milliseconds).
     quota = quotas.usage(tx, device_ids, batch[0].received_at) if any(i.limits for i in batch) else None
@@ -587,14 +585,14 @@ def store_report_batch(tx: Connection, batch: list[ArrivingReport]) -> list[Stor
     if accepted:
         stamps = agent_history.stamps(tx, {item.record["report"]["device_id"] for item in accepted})
         rows = [{"device_id": item.record["report"]["device_id"], "seq": item.record["report"]["seq"],
-                 "digest": item.digest, "received_at": item.received_at,
+                 "digest": item.digest, "received_at": driver_sql.stored_time(tx, item.received_at),
                  "record": orjson.dumps({**item.record, **stamps[item.record["report"]["device_id"]]}).decode()}
                 for item in accepted]
-        report_ids = tx.execute(_INSERT_REPORTS, rows).scalars().all()
-        newest = {row["device_id"]: (row, report_id) for row, report_id in zip(rows, report_ids)}
-        tx.execute(_UPDATE_DEVICE, [
-            {"device": device_id, "seen": row["received_at"], "report_id": report_id, "top_seq": last_seq[device_id]}
-            for device_id, (row, report_id) in newest.items()])
+        driver_sql.executemany(tx, _INSERT_REPORTS, rows)
+        newest = {row["device_id"]: row for row in rows}  # each device's last report of the batch
+        driver_sql.executemany(tx, _UPDATE_DEVICE, [
+            {"device": device_id, "seen": row["received_at"], "seq": row["seq"], "top_seq": last_seq[device_id]}
+            for device_id, row in newest.items()])
     if quota is not None:
         quotas.save(tx, quota)
     stored = iter(accepted)

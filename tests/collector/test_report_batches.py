@@ -81,6 +81,11 @@ def test_one_batch_is_judged_report_by_report_in_arrival_order(storage: Storage)
         last = {row.device_id: row.last_seq for row in db.execute(
             sa.select(devices.c.device_id, devices.c.last_seq).where(devices.c.device_id.in_([device, other])))}
         assert last == {device: 2, other: 1}
+        newest = dict(db.execute(sa.select(devices.c.device_id, devices.c.last_report_id)
+                                 .where(devices.c.device_id.in_([device, other]))).all())
+        stored_ids = dict(db.execute(sa.select(reports.c.device_id, sa.func.max(reports.c.id))
+                                     .where(reports.c.device_id.in_([device, other])).group_by(reports.c.device_id)).all())
+        assert newest == stored_ids  # each device points at its newest stored report (scoring reads it)
         counted = db.execute(sa.select(device_quota.c.reports).where(device_quota.c.device_id == device,
                                                                      device_quota.c.period == "hour")).scalar_one()
         assert counted == 2
