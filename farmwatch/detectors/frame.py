@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import gc
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -564,11 +565,6 @@ def _pooled(values: Sequence[Any], pool: dict[str, str] | None, name: str) -> Se
     if pool is None or name not in _POOLED:
         return values
     keep = pool.setdefault
-    types = set(map(type, values))
-    if str not in types:  # no text to pool (nulls only; ports or numbers in a text column)
-        return values
-    if len(types) == 1:  # only strings: one pass at C speed
-        return list(map(keep, values, values))
     return [keep(value, value) if type(value) is str else value for value in values]
 
 
@@ -645,17 +641,14 @@ def _code_type(distinct: int) -> np.dtype[Any]:
 def _packed(name: str, values: list[Any]) -> Any:
     """One column's list as :func:`packed_columns` stores it."""
     if name in _NUMERIC or name in _INTEGER:
-        if not all(type(value) in (int, float) or value is None for value in values):
-            return values
-        integers = name in _INTEGER
         try:
-            array = np.array(values, dtype=_INT64 if integers else _FLOAT)  # the conversion _column makes
-        except (OverflowError, TypeError):  # an int beyond 64 bits (JSON cannot store it either), a null int
-            return values
-        if integers:
-            return _INTEGERS + _base64(array)
-        array[~np.isfinite(array)] = np.nan  # JSON has no infinity: orjson writes null
-        return _packed_floats(array)
+            if name in _NUMERIC:
+                return _packed_floats(values)
+            if all(type(value) is int for value in values):
+                return _INTEGERS + _base64(np.array(values, dtype=_INT64))  # the conversion _column makes
+        except OverflowError:  # an int beyond 64 (float: 1024) bits, which JSON cannot store either
+            pass
+        return values
     if name in _POOLED and all(type(value) is str or value is None for value in values):
         distinct: dict[str | None, int] = {}
         codes = [distinct.setdefault(value, len(distinct)) for value in values]
@@ -663,27 +656,49 @@ def _packed(name: str, values: list[Any]) -> Any:
     return values
 
 
-def _packed_floats(array: Any) -> str:
-    """The smallest tagged form that gives back every bit of ``array`` (float64): one value, int32
-    of a decimal scale, or the float64 themselves."""
-    bits = array.view(np.int64)
-    if len(array) and (bits == bits[0]).all():
-        return _CONSTANT + _base64(array[:1])
-    known = ~np.isnan(array)
+def _packed_floats(values: list[Any]) -> Any:
+    """The smallest tagged form that gives back every bit of the float64 of ``values``: one value,
+    int32 of a decimal scale, or the float64 themselves; ``values`` as they are when one is not an
+    int, a float or null. A non-finite float reads as null, as JSON stores it. In Python, value by
+    value: an hour's column is a dozen values, for which numpy's per-call cost is most of the work
+    (the reducer packs every row it merges into)."""
+    floats: list[float | None] = []
+    for given in values:
+        kind = type(given)
+        if kind is float or kind is int:
+            value = float(given)  # as np.array(values, dtype=float64) converts it
+            floats.append(value if math.isfinite(value) else None)
+        elif given is None:
+            floats.append(None)
+        else:  # kept: it converts (or fails) as it did
+            return values
+    signed = {None if value is None else (value, math.copysign(1.0, value)) for value in floats}
+    if len(signed) == 1:
+        return _CONSTANT + _base64(np.array(floats[:1], dtype=_FLOAT))
     for tag, scale in _SCALED.items():
-        scaled = np.round(array[known] * scale)
-        if (np.abs(scaled) < -_NULL - 1).all():
-            ints = np.full(len(array), _NULL, dtype=_INT32)
-            ints[known] = scaled
-            if np.array_equal(_scaled_floats(ints, scale).view(np.int64), bits):  # every bit, -0.0 too
-                return tag + _base64(ints)
-    return _FLOATS + _base64(array)
+        ints = _scaled(floats, scale)
+        if ints is not None:
+            return tag + _base64(np.array(ints, dtype=_INT32))
+    return _FLOATS + _base64(np.array(floats, dtype=_FLOAT))
+
+
+def _scaled(floats: list[float | None], scale: float) -> list[int] | None:
+    """Each value times ``scale`` as an int32 (null: _NULL) when :func:`_scaled_floats` gives back
+    exactly it (n / scale is correctly rounded both here and there; -0.0 would come back 0.0)."""
+    ints = []
+    for value in floats:
+        if value is None:
+            ints.append(_NULL)
+            continue
+        scaled = round(value * scale)
+        if abs(scaled) >= -_NULL - 1 or scaled / scale != value or (value == 0 and math.copysign(1.0, value) < 0):
+            return None
+        ints.append(scaled)
+    return ints
 
 
 def _scaled_floats(ints: Any, scale: float) -> Any:
-    values = ints.astype(np.float64)
-    if scale != 1.0:
-        values /= scale  # correctly rounded: the float nearest n / scale, as parsing its decimal text gives
+    values = ints.astype(np.float64) / scale  # correctly rounded: the float nearest n / scale, as parsing its decimal text gives
     values[ints == _NULL] = np.nan
     return values
 
