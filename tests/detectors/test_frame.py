@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from detector_records import connection, make_record, tool, user_input
 
-from farmwatch.detectors.frame import RecordError, flatten
+from farmwatch.detectors.frame import WINDOW_LAYOUT, RecordError, flatten, read_records, reduce_json, reduce_record
 
 PIKVM = {"usb": [{"vendor_id": "1d6b", "product_id": "0104", "manufacturer": "PiKVM", "product": "PiKVM Composite Device",
                   "interface_classes": ["hid"]}], "displays": []}
@@ -87,3 +91,46 @@ def test_hardware_frames_hold_only_what_the_contract_carries() -> None:
     assert set(frames.usb.columns) - bookkeeping == set(UsbDevice.model_fields) - {"interface_classes"}
     assert set(frames.displays.columns) - bookkeeping == set(Display.model_fields)
     assert frames.usb.iloc[0]["vendor_id"] == "2b04"
+
+
+def test_one_reduction_from_a_dict_from_stored_json_and_from_the_reader(tmp_path: Path) -> None:
+    """The collector reduces a stored report from its JSON text (reduce_json), farmwatch-detect from
+    its reader's parsed records, callers with dicts through reduce_record: one window, value for value
+    and type for type (1 is not 1.0 is not True)."""
+    records = [
+        make_record("a", 0, hardware=PIKVM, input=user_input(injected=7),
+                    remote_access=[tool("rustdesk", "rustdesk", connection("10.0.0.5", "outbound", 12.5))]),
+        make_record("b", 5, geo={"country": "US", "asn": 7922, "asn_org": "Comcast", "network_kind": "residential"}),
+    ]
+    records[1]["report"]["sessions"] = [{"kind": "ssh", "user": "u", "remote_ip": "10.0.0.9", "rtt_ms": 1,
+                                         "state": "ESTABLISHED"}]
+    records[1]["report"]["network"] = {"interfaces": [{"kind": "vpn", "vpn_product": None},
+                                                      {"kind": "vpn", "vpn_product": "WireGuard"}],
+                                       "probes": [{"target": "us-east", "sent": 3, "received": 3, "rtt_min_ms": 20,
+                                                   "rtt_median_ms": 21.5}]}
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
+
+    def typed(window: Any) -> str:
+        return repr([[(type(value).__name__, value) for value in row] for row in [window.row, *window.tools,
+                     *window.sessions, *window.probes, *window.usb, *window.displays]])
+
+    from_dicts = [typed(reduce_record(record)) for record in records]
+    assert [typed(reduce_json(orjson.dumps(record))) for record in records] == from_dicts
+    assert [typed(reduce_record(record)) for record in read_records(path)] == from_dicts
+    assert reduce_record(records[1]).row[WINDOW_LAYOUT["reports"].index("vpn_product")] == "WireGuard"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    (b'{"report": {"device_id": "a", "window_end": "2026-11-02T13:40:00Z", "host": "text"}}',
+     "line 1: not a record (Expected `object | null`, got `str` - at `$.report.host`)"),
+    (b'{"report": {"device_id": "a", "probes": 1', "line 1: not valid JSON"),
+    (b'[1, 2]', "line 1: expected a JSON object"),
+])
+def test_the_reader_names_a_line_that_is_no_record(tmp_path: Path, line: bytes, message: str) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(line + b"\n")
+    with pytest.raises(RecordError, match=re.escape(f"{path} {message}")):
+        list(read_records(path))
+    with pytest.raises(RecordError, match=re.escape(f"report 7: {message.removeprefix('line 1: ')}")):
+        reduce_json(line, "report 7")
