@@ -12,6 +12,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
+
 from farmwatch.contract import Anchor, Finding, RosterEntry, Verdict
 from farmwatch.detectors.base import Context, Detector
 from farmwatch.detectors.config import DetectionConfig
@@ -21,14 +23,15 @@ from farmwatch.detectors.risk import combine, label
 
 
 def score(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[dict[str, Any] | msgspec.Struct],
     roster: Sequence[RosterEntry],
     anchors: Sequence[Anchor],
     now: datetime,
     config: DetectionConfig | None = None,
     suppressed: Mapping[str, Collection[str]] | None = None,
 ) -> list[Verdict]:
-    """One :class:`Verdict` per device in ``records`` (any order), sorted by device id.
+    """One :class:`Verdict` per device in ``records`` (any order; ingest records as dicts, or as
+    :func:`farmwatch.detectors.frame.read_records` parses them), sorted by device id.
 
     ``suppressed`` maps a device id to detectors whose findings for that device an analyst marked
     false positive: they are dropped before the risk combiner, so they move neither risk nor verdict.
