@@ -720,7 +720,7 @@ def _numbers(name: str, pieces: Sequence[str], lengths: Any) -> Any:
     lengths = np.asarray(lengths, dtype=np.int64)
     tags = {piece[0] for piece in pieces}
     if len(tags) == 1:
-        return _tagged(tags.pop(), pieces, lengths)
+        return _tagged(name, tags.pop(), pieces, lengths)
     joined = np.empty(int(lengths.sum()), dtype=np.int64 if name in _INTEGER else np.float64)
     starts = np.cumsum(lengths) - lengths
     for tag in tags:
@@ -728,11 +728,15 @@ def _numbers(name: str, pieces: Sequence[str], lengths: Any) -> Any:
         taken = lengths[chosen]
         ends = np.cumsum(taken)
         joined[np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts[chosen] - ends + taken, taken)] = _tagged(
-            tag, [pieces[index] for index in chosen], taken)
+            name, tag, [pieces[index] for index in chosen], taken)
     return joined
 
 
-def _tagged(tag: str, texts: Sequence[str], lengths: Any) -> Any:
+def _tagged(name: str, tag: str, texts: Sequence[str], lengths: Any) -> Any:
+    if tag not in _SCALED and tag not in (_FLOATS, _CONSTANT, _INTEGERS):
+        # No tag (a base64 character): a row packed at a946228, before tags (stores kept for the
+        # benchmarks were built then): float64, int64 for listening.
+        return _arrays(texts, _INT64 if name in _INTEGER else _FLOAT, lengths)
     if tag == _INTEGERS:
         return _arrays(texts, _INT64, lengths)
     if tag == _FLOATS:
