@@ -15,6 +15,7 @@ from __future__ import annotations
 import binascii
 import gc
 import math
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -563,7 +564,7 @@ _INTEGERS = "#"  # int64 as they are (listening)
 _FLOATS = "."  # float64 as they are
 _CONSTANT = "*"  # one float64, the value of every row
 _SCALED = {"!": 1.0, "%": 100.0, "^": 10_000.0}  # int32 n: the float n / scale (agents send few decimals)
-_NULL = np.iinfo(np.int32).min  # a null among scaled values
+_NULL = int(np.iinfo(np.int32).min)  # a null among scaled values
 _FLOAT, _INT32, _INT64 = np.dtype("<f8"), np.dtype("<i4"), np.dtype("<i8")
 _COUNTS = "window_counts"
 """In a packed list part, in place of :data:`WINDOW`: how many of its rows each window has."""
@@ -850,19 +851,47 @@ def unpacked_columns(columns: dict[str, Any]) -> dict[str, Any]:
         if not owners:
             unpacked[part] = {WINDOW: [], **{name: [] for name in names}}
             continue
-        rows = _recs(owners, 0, count).tolist()
+        rows = (list(owners) if type(owners) is list else
+                [window for window, rows in enumerate(_values(owners, _COUNT_TYPE, count)) for _ in range(rows)])
         unpacked[part] = {WINDOW: rows, **{name: _plain(name, stored[name], len(rows)) for name in names}}
     return unpacked
 
 
+# One row's pieces are decoded here in plain Python (binascii + struct), not numpy: a dozen values,
+# for which numpy's per-call cost was most of the work, and the reducer unpacks every row it merges
+# into. The values are those :func:`_numbers` and :func:`_arrays` give, bit for bit (int32 n / scale
+# is the same correctly rounded division; a scaled null is NaN there too).
 def _plain(name: str, values: Any, length: int) -> list[Any]:
     """One column of ``length`` rows as a list, whichever way it is stored."""
     if type(values) is str:
-        return list(_numbers(name, [values], [length]).tolist())
+        return _plain_numbers(name, values, length)
     if type(values) is dict:
-        codes = _arrays([values["codes"]], _code_type(len(values["values"])), [length])
-        return [values["values"][code] for code in codes.tolist()]
+        distinct = values["values"]
+        return [distinct[code] for code in _values(values["codes"], _code_type(len(distinct)), length)]
     return list(values)
+
+
+def _plain_numbers(name: str, piece: str, length: int) -> list[Any]:
+    """One packed number piece (:func:`_packed`) of ``length`` values as the Python numbers
+    :func:`_numbers` gives (float64 as floats, int64 as ints)."""
+    tag = piece[0]
+    if tag == _CONSTANT:
+        return _values(piece, _FLOAT, 1) * length
+    if tag in _SCALED:
+        scale = _SCALED[tag]
+        return [math.nan if value == _NULL else value / scale for value in _values(piece, _INT32, length)]
+    # "#", "." or no tag (a row packed at a946228: see _tagged)
+    integer = tag == _INTEGERS or (tag != _FLOATS and name in _INTEGER)
+    return _values(piece, _INT64 if integer else _FLOAT, length)
+
+
+def _values(piece: str, kind: np.dtype[Any], length: int) -> list[Any]:
+    """The first ``length`` little-endian values of ``kind`` in one base64 piece (a tag, if any, is
+    skipped by a2b_base64; the rest is padding: :func:`_base64`)."""
+    return list(struct.unpack_from(f"<{length}{_STRUCT_CODES[kind]}", binascii.a2b_base64(piece)))
+
+
+_STRUCT_CODES = {_FLOAT: "d", _INT32: "i", _INT64: "q", _code_type(1): "B", _code_type(1 << 16): "H"}
 
 
 class _Hardware:
