@@ -721,7 +721,7 @@ def _numbers(name: str, pieces: Sequence[str], lengths: Any) -> Any:
     lengths = np.asarray(lengths, dtype=np.int64)
     tags = {piece[0] for piece in pieces}
     if len(tags) == 1:
-        return _tagged(name, tags.pop(), pieces, lengths)
+        return _tagged(tags.pop(), pieces, lengths)
     joined = np.empty(int(lengths.sum()), dtype=np.int64 if name in _INTEGER else np.float64)
     starts = np.cumsum(lengths) - lengths
     for tag in tags:
@@ -729,15 +729,11 @@ def _numbers(name: str, pieces: Sequence[str], lengths: Any) -> Any:
         taken = lengths[chosen]
         ends = np.cumsum(taken)
         joined[np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts[chosen] - ends + taken, taken)] = _tagged(
-            name, tag, [pieces[index] for index in chosen], taken)
+            tag, [pieces[index] for index in chosen], taken)
     return joined
 
 
-def _tagged(name: str, tag: str, texts: Sequence[str], lengths: Any) -> Any:
-    if tag not in _SCALED and tag not in (_FLOATS, _CONSTANT, _INTEGERS):
-        # No tag (a base64 character): a row packed at a946228, before tags (stores kept for the
-        # benchmarks were built then): float64, int64 for listening.
-        return _arrays(texts, _INT64 if name in _INTEGER else _FLOAT, lengths)
+def _tagged(tag: str, texts: Sequence[str], lengths: Any) -> Any:
     if tag == _INTEGERS:
         return _arrays(texts, _INT64, lengths)
     if tag == _FLOATS:
@@ -842,7 +838,7 @@ def unpacked_columns(columns: dict[str, Any]) -> dict[str, Any]:
     their frames hold (3.0 for 3)."""
     count = columns["windows"]
     reports = columns["reports"]
-    plain = {name: _plain(name, values, count) for name, values in reports["plain"].items()}
+    plain = {name: _plain(values, count) for name, values in reports["plain"].items()}
     unpacked = {**columns, "reports": {"same": reports["same"], "plain": plain}}
     for part, _ in _PARTS:
         stored = columns[part]
@@ -853,7 +849,7 @@ def unpacked_columns(columns: dict[str, Any]) -> dict[str, Any]:
             continue
         rows = (list(owners) if type(owners) is list else
                 [window for window, rows in enumerate(_values(owners, _COUNT_TYPE, count)) for _ in range(rows)])
-        unpacked[part] = {WINDOW: rows, **{name: _plain(name, stored[name], len(rows)) for name in names}}
+        unpacked[part] = {WINDOW: rows, **{name: _plain(stored[name], len(rows)) for name in names}}
     return unpacked
 
 
@@ -861,17 +857,17 @@ def unpacked_columns(columns: dict[str, Any]) -> dict[str, Any]:
 # for which numpy's per-call cost was most of the work, and the reducer unpacks every row it merges
 # into. The values are those :func:`_numbers` and :func:`_arrays` give, bit for bit (int32 n / scale
 # is the same correctly rounded division; a scaled null is NaN there too).
-def _plain(name: str, values: Any, length: int) -> list[Any]:
+def _plain(values: Any, length: int) -> list[Any]:
     """One column of ``length`` rows as a list, whichever way it is stored."""
     if type(values) is str:
-        return _plain_numbers(name, values, length)
+        return _plain_numbers(values, length)
     if type(values) is dict:
         distinct = values["values"]
         return [distinct[code] for code in _values(values["codes"], _code_type(len(distinct)), length)]
     return list(values)
 
 
-def _plain_numbers(name: str, piece: str, length: int) -> list[Any]:
+def _plain_numbers(piece: str, length: int) -> list[Any]:
     """One packed number piece (:func:`_packed`) of ``length`` values as the Python numbers
     :func:`_numbers` gives (float64 as floats, int64 as ints)."""
     tag = piece[0]
@@ -880,9 +876,7 @@ def _plain_numbers(name: str, piece: str, length: int) -> list[Any]:
     if tag in _SCALED:
         scale = _SCALED[tag]
         return [math.nan if value == _NULL else value / scale for value in _values(piece, _INT32, length)]
-    # "#", "." or no tag (a row packed at a946228: see _tagged)
-    integer = tag == _INTEGERS or (tag != _FLOATS and name in _INTEGER)
-    return _values(piece, _INT64 if integer else _FLOAT, length)
+    return _values(piece, _WIDE[tag], length)
 
 
 def _values(piece: str, kind: np.dtype[Any], length: int) -> list[Any]:
@@ -891,6 +885,7 @@ def _values(piece: str, kind: np.dtype[Any], length: int) -> list[Any]:
     return list(struct.unpack_from(f"<{length}{_STRUCT_CODES[kind]}", binascii.a2b_base64(piece)))
 
 
+_WIDE = {_INTEGERS: _INT64, _FLOATS: _FLOAT}
 _STRUCT_CODES = {_FLOAT: "d", _INT32: "i", _INT64: "q", _code_type(1): "B", _code_type(1 << 16): "H"}
 
 

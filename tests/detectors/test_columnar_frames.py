@@ -11,7 +11,6 @@ older layout lacks.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -254,38 +253,18 @@ def test_numbers_are_packed_in_the_smallest_form_that_gives_every_bit_back(form:
     _assert_same_frames(per_window_frames(mine + others), frames_from_columns([packed, *blocks]))
 
 
-def test_a_row_packed_before_number_tags_reads_as_float64() -> None:
-    """Rows a946228 packed (number columns untagged: float64, listening int64) still read, so
-    stores kept from then for the benchmarks score as they did."""
-    windows = _json([list(reduce_record(record)) for record in _hand_made()])
-    packed = _json(packed_columns(window_columns(windows)))
-    for name, values in window_columns(windows)["reports"]["plain"].items():
-        if isinstance(packed["reports"]["plain"][name], str):
-            floats = np.array(values, dtype=np.float64)
-            padded = np.concatenate([floats, np.zeros(-len(floats) % 3)])
-            packed["reports"]["plain"][name] = base64.b64encode(padded.tobytes()).decode()
-    assert any(isinstance(piece, str) for piece in packed["reports"]["plain"].values())
-    _assert_same_frames(per_window_frames(windows), frames_from_columns([packed]))
-
-
 def test_the_merge_unpacks_each_stored_form_as_frames_read_it() -> None:
     """``unpacked_columns`` (the reducer reads a stored row with it before merging into it, one piece
     at a time in plain Python) gives back the windows ``frames_from_columns`` reads from the same
-    row: numbers untagged (a946228) and in every tagged form, text codes one and two bytes wide."""
+    row: numbers in every tagged form, text codes one and two bytes wide."""
     windows = _json([list(reduce_record(record)) for record in _hand_made()])
     active = WINDOW_LAYOUT["reports"].index("active_seconds")
     hostname = WINDOW_LAYOUT["reports"].index("hostname")
     forms = [[[*window[0][:active], value, *window[0][active + 1:]], *window[1:]]
              for values in NUMBER_FORMS.values() for window, value in zip(windows, values)]
     wide = [[[*windows[0][0][:hostname], f"name-{i}", *windows[0][0][hostname + 1:]], *windows[0][1:]] for i in range(300)]
-    untagged = _json(packed_columns(window_columns(windows)))
-    for name, piece in untagged["reports"]["plain"].items():
-        if isinstance(piece, str):
-            untagged["reports"]["plain"][name] = base64.b64encode(np.concatenate([
-                np.array(window_columns(windows)["reports"]["plain"][name], dtype=np.float64),
-                np.zeros(-len(windows) % 3)]).tobytes()).decode()
     rows = [*(_json(packed_columns(window_columns(forms[start:start + 3]))) for start in range(0, len(forms), 3)),
-            _json(packed_columns(window_columns(wide))), untagged]
-    assert isinstance(rows[-2]["reports"]["plain"]["hostname"]["codes"], str)
+            _json(packed_columns(window_columns(wide)))]
+    assert isinstance(rows[-1]["reports"]["plain"]["hostname"]["codes"], str)
     for row in rows:
         _assert_same_frames(frames_from_columns([row]), per_window_frames(_json(windows_of_columns(unpacked_columns(row)))))
