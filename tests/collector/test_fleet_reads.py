@@ -52,6 +52,16 @@ def _fleet(folder: Path) -> tuple[list[dict[str, Any]], Storage]:
     return records, storage
 
 
+def _reduced(storage: Storage, records: list[dict[str, Any]]) -> tuple[datetime, datetime, Baselines, list[str]]:
+    """Store and reduce every record; a minute after the last: that time, the lookback's start, the
+    fleet baselines learned then and the devices in the lookback."""
+    load_records(storage, records)
+    now = _time(records[-1]["received_at"]) + timedelta(minutes=1)
+    since = now - timedelta(hours=CONFIG.lookback_hours)
+    catch_up(storage, now)
+    return now, since, refresh_baselines(storage, now, CONFIG), devices_since(storage, since)
+
+
 def test_the_fleet_s_newest_window_end_follows_each_reduction_as_a_full_read_does(tmp_path: Path) -> None:
     records, storage = _fleet(tmp_path)
     try:
@@ -84,12 +94,7 @@ def test_the_fleet_s_newest_window_end_follows_each_reduction_as_a_full_read_doe
 def test_a_batch_scored_with_the_run_s_fleet_reads_gets_a_fresh_read_s_verdicts(tmp_path: Path) -> None:
     records, storage = _fleet(tmp_path)
     try:
-        load_records(storage, records)
-        now = _time(records[-1]["received_at"]) + timedelta(minutes=1)
-        since = now - timedelta(hours=CONFIG.lookback_hours)
-        catch_up(storage, now)
-        baselines = refresh_baselines(storage, now, CONFIG)
-        devices = devices_since(storage, since)
+        now, since, baselines, devices = _reduced(storage, records)
         reads = FleetReads.read(storage, since)
         for batch in (devices[:3], devices[3:8], devices[8:]):
             alone = score_devices(storage, batch, now, CONFIG, baselines)
@@ -193,12 +198,7 @@ def test_a_batch_s_neighbourhood_is_read_once_and_scores_as_a_batch_that_reads_i
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records, storage = _fleet(tmp_path)  # shared egress: devices have neighbours
     try:
-        load_records(storage, records)
-        now = _time(records[-1]["received_at"]) + timedelta(minutes=1)
-        since = now - timedelta(hours=CONFIG.lookback_hours)
-        catch_up(storage, now)
-        baselines = refresh_baselines(storage, now, CONFIG)
-        devices = devices_since(storage, since)
+        now, since, baselines, devices = _reduced(storage, records)
         linked = [device for device in devices if neighbours(storage, [device]) != {device}]
         for batch in ([linked[0]], [linked[-1], devices[0]]):
             around = neighbours(storage, batch)

@@ -43,19 +43,27 @@ def insert(n: int) -> Callable[[Connection], int]:
     return step
 
 
-def test_queued_writes_share_one_commit_and_a_failing_step_fails_alone(engine: sa.Engine) -> None:
-    group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
-    release = threading.Event()
-    started = threading.Event()
+def holding() -> tuple[threading.Event, threading.Event, Callable[[Connection], str]]:
+    """A step that keeps the committer busy (``started`` once it runs) until ``release`` is set, so
+    that the writes submitted meanwhile queue up for the next batch."""
+    started, release = threading.Event(), threading.Event()
 
-    def hold(tx: Connection) -> str:  # keeps the committer busy while the others queue up
+    def hold(tx: Connection) -> str:
         started.set()
         release.wait(10)
         return "held"
+    return started, release, hold
 
-    def broken(tx: Connection) -> None:
-        tx.exec_driver_sql("INSERT INTO rows (n) VALUES (100)")
-        raise ValueError("this step's own problem")
+
+def broken(tx: Connection) -> None:
+    """A step that writes a row and then fails on its own (row 100 must be rolled back alone)."""
+    tx.exec_driver_sql("INSERT INTO rows (n) VALUES (100)")
+    raise ValueError("this step's own problem")
+
+
+def test_queued_writes_share_one_commit_and_a_failing_step_fails_alone(engine: sa.Engine) -> None:
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
+    started, release, hold = holding()
 
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(group.run, hold)
@@ -77,12 +85,7 @@ def test_queued_writes_share_one_commit_and_a_failing_step_fails_alone(engine: s
 
 def test_a_database_failure_fails_every_step_of_the_batch(engine: sa.Engine) -> None:
     group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
-    release = threading.Event()
-    started = threading.Event()
-
-    def hold(tx: Connection) -> None:
-        started.set()
-        release.wait(10)
+    started, release, hold = holding()
 
     def lost(tx: Connection) -> None:
         tx.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")  # an OperationalError, like a full disk
@@ -107,19 +110,14 @@ def test_a_database_failure_fails_every_step_of_the_batch(engine: sa.Engine) -> 
 
 def test_a_write_whose_caller_gave_up_before_its_batch_is_left_out(engine: sa.Engine) -> None:
     group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
-    release = threading.Event()
-    started = threading.Event()
-
-    def hold(tx: Connection) -> None:
-        started.set()
-        release.wait(10)
+    started, release, hold = holding()
 
     held = group.submit(hold)
     assert started.wait(10)
     abandoned, kept = group.submit(insert(1)), group.submit(insert(2))
     assert abandoned.cancel()  # e.g. the client hung up while its report was queued
     release.set()
-    assert kept.result(10) == 2 and held.result(10) is None
+    assert kept.result(10) == 2 and held.result(10) == "held"
     assert rows(engine) == [2]  # nobody waits for row 1, so it was never written
     assert not held.cancel()  # once its batch began, a write can no longer be abandoned
     group.close()
@@ -127,17 +125,7 @@ def test_a_write_whose_caller_gave_up_before_its_batch_is_left_out(engine: sa.En
 
 def test_writes_awaited_on_an_event_loop_share_a_batch_and_hear_their_own_outcome(engine: sa.Engine) -> None:
     group = GroupCommit(engine.execution_options(write=True).begin, run_steps)
-    release = threading.Event()
-    started = threading.Event()
-
-    def hold(tx: Connection) -> str:
-        started.set()
-        release.wait(10)
-        return "held"
-
-    def broken(tx: Connection) -> None:
-        tx.exec_driver_sql("INSERT INTO rows (n) VALUES (100)")
-        raise ValueError("this step's own problem")
+    started, release, hold = holding()
 
     async def scenario() -> tuple[list[object], list[int]]:
         held = group.submit(hold)
