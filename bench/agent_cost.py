@@ -52,7 +52,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "fixtures"))
 from collector_process import SERVE, die_with_parent, free_port, launch_collector, wait_for_tls  # noqa: E402  (the tests')
 from throwaway_ca import make_pki  # noqa: E402
-from report import Figure, at_most, idle_phase, publish, quick  # noqa: E402
+from report import Figure, at_most, describe, idle_phase, publish, quick  # noqa: E402
 
 REPETITIONS = 3 if quick() else 30
 INTERVAL_SECONDS = 5 if quick() else 60
@@ -251,4 +251,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--cycle-worker"]:
         cycle_worker(int(sys.argv[2]))
         raise SystemExit(0)
+    describe(__doc__)
     raise SystemExit(main())

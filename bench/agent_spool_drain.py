@@ -31,7 +31,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collector_process import launch_collector  # noqa: E402  (the tests' real-collector launcher)
-from report import Figure, at_least, publish, quick  # noqa: E402
+from report import Figure, at_least, describe, publish, quick  # noqa: E402
 
 BACKLOG = 30 if quick() else 300
 NESTED = b"[" * 100_000 + b"]" * 100_000
@@ -113,4 +113,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    describe(__doc__)
     raise SystemExit(main())

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import Figure, publish, quick  # noqa: E402
+from report import Figure, describe, publish, quick  # noqa: E402
 from siem_receivers import HttpReceiver  # noqa: E402
 
 from farmwatch.collector.delivery import Alerting  # noqa: E402
@@ -105,4 +105,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    describe(__doc__)
     raise SystemExit(main())

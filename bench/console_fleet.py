@@ -30,7 +30,7 @@ sys.path.insert(0, str(TESTS / "collector"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collector_process import launch_collector  # noqa: E402
 from console_helpers import add_analyst, signed_in  # noqa: E402
-from report import Figure, at_most, publish, quick  # noqa: E402
+from report import Figure, at_most, describe, publish, quick  # noqa: E402
 
 from farmwatch.collector.storage import Storage  # noqa: E402
 from farmwatch.collector.tables import devices, fleet_index, roster  # noqa: E402
@@ -122,4 +122,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    describe(__doc__)
     raise SystemExit(main())

@@ -29,7 +29,7 @@ from farmwatch.detectors.frame import read_records
 from farmwatch.simulator.cli import write_fleet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import Figure, at_most, publish, quick  # noqa: E402
+from report import Figure, at_most, describe, publish, quick  # noqa: E402
 
 RECORDS = 20_000 if quick() else 1_000_000
 
@@ -96,4 +96,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    describe(__doc__)
     raise SystemExit(main())

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "fixtures"))
 from evdev_devices import MOUSE, Machine  # noqa: E402  (the tests' replay)
-from report import Figure, at_most, publish, quick  # noqa: E402
+from report import Figure, at_most, describe, publish, quick  # noqa: E402
 
 from farmwatch.agent.probes.input import evdev_listener  # noqa: E402
 from farmwatch.agent.probes.input.stats import InputStats  # noqa: E402
@@ -87,4 +87,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    describe(__doc__)
     raise SystemExit(main())

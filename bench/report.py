@@ -19,6 +19,7 @@ ratio=True)``); a figure without one is printed for information.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -33,6 +34,12 @@ QUICK_ENV = "FARMWATCH_BENCH_QUICK"
 FIGURES_ENV = "FARMWATCH_BENCH_FIGURES"
 """A file path: a script run_all.py starts as a child process (beside another) also appends every
 figure it publishes there, one JSON object a line (:func:`read_figures` reads them back)."""
+
+
+def describe(doc: str | None) -> None:
+    """The command line of a script that takes no options: ``--help`` prints its docstring (what it
+    measures, against what), and any other argument is refused."""
+    argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 
 def quick() -> bool:

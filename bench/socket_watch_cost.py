@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import Figure, at_most, publish, quick
+from report import Figure, at_most, describe, publish, quick
 
 from farmwatch.agent.kernel.socket_watch import SocketWatch, SocketWatcher
 from farmwatch.agent.kernel.tcpinfo import TCP_LISTEN
@@ -200,4 +200,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    describe(__doc__)
     raise SystemExit(main())

@@ -79,3 +79,17 @@ def test_make_bench_leaves_out_the_scripts_for_full_runs_and_by_hand() -> None:
     assert [p.stem for p in started] == ["agent_cost", "scoring_scale"] and not not_run
     started, not_run = chosen(scripts[1:2], ["detector_cost"], sized_down=True)  # --only detector_cost
     assert [p.stem for p in started] == ["detector_cost"] and not not_run
+
+
+def test_every_benchmark_explains_itself_on_help_and_refuses_what_it_does_not_take() -> None:
+    scripts = sorted(path for path in BENCH.glob("*.py") if path.name != "report.py")
+    assert len(scripts) > 10
+    for script in scripts:
+        helped = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+        assert helped.returncode == 0, (script.name, helped.stderr)
+        doc = runpy.run_path(str(script), run_name="not_main").get("__doc__") or ""
+        assert helped.stdout.startswith("usage: ") and doc.split("\n")[0][:40] in helped.stdout, script.name
+        if script.name != "_parse_and_discard.py":  # its --port is required: it is only ever started by another bench
+            refused = subprocess.run([sys.executable, str(script), "--no-such-option"], capture_output=True,
+                                     text=True, timeout=120)
+            assert refused.returncode == 2 and "unrecognized arguments: --no-such-option" in refused.stderr, script.name
