@@ -107,14 +107,19 @@ class ColocationDetector(Detector):
         gateway = pd.factorize(reports["gateway_mac_hash"].to_numpy(), use_na_sentinel=True)[0]
         bssid = pd.factorize(reports["wifi_bssid_hash"].to_numpy(), use_na_sentinel=True)[0]
         keyed = (np.where(shared_egress, -1, egress), gateway, bssid)  # in KINDS order
+        # The rows are sorted by device and time, so one device's hour is one run of rows: a key's
+        # first sighting per device-hour is its first row with that (run, key), found by hashing
+        # one integer per row instead of four columns (DataFrame.drop_duplicates).
+        run = np.cumsum((np.diff(devices, prepend=-1) != 0) | (np.diff(hours, prepend=hours[:1] - 1) != 0))
         rows = []
         for kind, codes in enumerate(keyed):
-            kept = codes >= 0
-            rows.append(pd.DataFrame({"kind": np.full(int(kept.sum()), kind, dtype=np.int8), "key": codes[kept],
-                                      "device_id": devices[kept], "hour": hours[kept],
-                                      "gateway": gateway[kept], "bssid": bssid[kept]}))
-        seen = pd.concat(rows, ignore_index=True)
-        return seen.drop_duplicates(["kind", "key", "device_id", "hour"])
+            kept = np.flatnonzero(codes >= 0)
+            key = run[kept] * (int(codes.max(initial=-1)) + 1) + codes[kept]
+            first = kept[~pd.Series(key).duplicated().to_numpy()]
+            rows.append({"kind": np.full(len(first), kind, dtype=np.int8), "key": codes[first],
+                         "device_id": devices[first], "hour": hours[first],
+                         "gateway": gateway[first], "bssid": bssid[first]})
+        return pd.DataFrame({name: np.concatenate([part[name] for part in rows]) for name in rows[0]})
 
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         # Only the columns read here and in _moving_together: a filtered copy of every column cost more
@@ -157,12 +162,13 @@ class ColocationDetector(Detector):
         codes, hours = frames.reports["device_code"].to_numpy(), frames.reports["hour"].to_numpy()
         new_hour = np.diff(codes, prepend=-1) != 0
         new_hour[1:] |= np.diff(hours) != 0
-        hours_total = pd.Series(np.bincount(codes[new_hour], minlength=len(ids)), index=ids)
-        hours_shared = shared.groupby("device_id")["hour"].nunique()
-        kinds = {device: set(found) for device, found in
-                 shared.drop_duplicates(["device_id", "kind"]).groupby("device_id")["kind"]}
-        best_kind = pd.Series({device: max(KIND_WEIGHT[k] for k in found) for device, found in kinds.items()},
-                              dtype=float)
+        hours_total = dict(zip(ids, np.bincount(codes[new_hour], minlength=len(ids)).tolist()))
+        shared_per_device = shared.groupby("device_id")["hour"].nunique()
+        hours_shared = dict(zip(shared_per_device.index, shared_per_device.tolist()))  # looked up per member
+        kinds: dict[str, set[str]] = {}
+        for device, kind in zip(shared["device_id"].to_numpy(), shared["kind"].to_numpy()):  # no frame per device
+            kinds.setdefault(device, set()).add(kind)
+        best_kind = {device: max(KIND_WEIGHT[k] for k in found) for device, found in kinds.items()}
         clusters: dict[str, list[str]] = {}
         for device in sorted(set(together["device_id_x"]) | set(together["device_id_y"])):
             clusters.setdefault(components.find(device), []).append(device)
@@ -207,8 +213,9 @@ class ColocationDetector(Detector):
                 keep[row] = False
         return together[keep].reset_index(drop=True)
 
-    def _cluster(self, members: list[str], together: pd.DataFrame, hours_total: pd.Series, hours_shared: pd.Series,
-                 best_kind: pd.Series, kinds_seen: dict[str, set[str]], context: Context) -> list[DeviceFinding]:
+    def _cluster(self, members: list[str], together: pd.DataFrame, hours_total: dict[str, int],
+                 hours_shared: dict[str, int], best_kind: dict[str, float], kinds_seen: dict[str, set[str]],
+                 context: Context) -> list[DeviceFinding]:
         employees = sorted({context.roster[d].employee_id if d in context.roster else d for d in members})
         size = len(employees)
         base = self.size_scores[min(size, len(self.size_scores) - 1)]
