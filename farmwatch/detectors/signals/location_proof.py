@@ -91,14 +91,19 @@ class LocationProofDetector(Detector):
         probe_codes = device_codes[probes["rec"].to_numpy()]
         in_order = np.argsort(probe_codes, kind="stable")
         probe_rows = _runs(probe_codes[in_order], in_order)
+        # A violating device's rows are taken from these arrays, not as frames (iloc per device).
+        probe_columns = {name: probes[name].to_numpy() for name in
+                         ("rec", "target", "rtt_min_ms", "claim_km", "bound_km", "violation_km")}
+        report_columns = {name: per_report[name].to_numpy() for name in ("violation", "violating")}
         found = []
         for code, row in devices.iterrows():
             device = names[code]
             report_rows_of, probe_rows_of = report_rows[code], probe_rows[code]
             entry = claimed[str(device)]
             if row["violating"]:
-                found.append(self._proof(str(device), probes.iloc[probe_rows_of], per_report.iloc[report_rows_of],
-                                         entry, frames))
+                mine = {name: column[probe_rows_of] for name, column in probe_columns.items()}
+                reports_of = {name: column[report_rows_of] for name, column in report_columns.items()}
+                found.append(self._proof(str(device), mine, reports_of, entry, frames))
             elif row["direct"] >= self.min_reports and row["slow"] >= 0.9 * row["direct"]:
                 mine = per_report.iloc[report_rows_of]
                 excess = float(mine.loc[mine["direct"], "excess"].median())
@@ -109,28 +114,37 @@ class LocationProofDetector(Detector):
                 found.append(self.finding(str(device), self.slow_score, summary, evidence, row["first"], row["last"]))
         return found
 
-    def _proof(self, device: str, rows: pd.DataFrame, per_report: pd.DataFrame, entry: RosterEntry,
+    def _proof(self, device: str, rows: dict[str, np.ndarray], per_report: dict[str, np.ndarray], entry: RosterEntry,
                frames: Frames) -> DeviceFinding:
+        """The finding of a device with a violating report, from its probe ``rows`` and ``per_report``
+        rows (columns as arrays, rows in frame order)."""
         violating = per_report["violating"]
         share = float(violating.mean())
-        bad = rows[rows["violation_km"] > 0]
-        worst = bad.loc[bad.groupby("target")["violation_km"].idxmax()].sort_values("violation_km").iloc[-1]
-        typical = float(np.median(per_report.loc[violating, "violation"]))
+        bad = np.flatnonzero(rows["violation_km"] > 0)
+        violation = rows["violation_km"][bad]
+        # The worst anchor: each anchor's first row of its largest violation, anchors in name order,
+        # then the last after sorting those by violation (as a groupby idxmax, sort_values, iloc[-1]).
+        _, anchor_of = np.unique(rows["target"][bad], return_inverse=True)
+        by_anchor = np.lexsort((np.arange(len(bad)), -violation, anchor_of))
+        firsts = by_anchor[np.flatnonzero(np.diff(anchor_of[by_anchor], prepend=-1))]
+        at = bad[firsts[np.argsort(violation[firsts], kind="quicksort")[-1]]]
+        worst = {name: column[at] for name, column in rows.items()}
+        typical = float(np.median(per_report["violation"][violating]))
         strength = min(max(typical / self.full_violation_km, 0.3), 1.0)
         # Squared share: a week's trip (a third of reports) weighs a ninth, a farm laptop (all reports) fully.
         score = self.proof_score * share**2 * strength
         summary = (
             f"Anchor {worst['target']} answered in {worst['rtt_min_ms']:.1f} ms, so the laptop was within "
             f"{worst['bound_km']:,.0f} km of it, but the roster's {entry.city or entry.country} is "
-            f"{worst['claim_km']:,.0f} km away: the laptop was elsewhere in {share:.0%} of {len(per_report)} reports "
+            f"{worst['claim_km']:,.0f} km away: the laptop was elsewhere in {share:.0%} of {len(violating)} reports "
             f"(by at least {typical:,.0f} km typically)."
         )
         evidence = {
             "kind": "light_speed_violation", "anchor": worst["target"], "rtt_min_ms": worst["rtt_min_ms"],
             "bound_km": worst["bound_km"], "claimed_distance_km": worst["claim_km"],
-            "typical_violation_km": typical, "violating_share": share, "reports": len(per_report),
+            "typical_violation_km": typical, "violating_share": share, "reports": len(violating),
         }
-        times = frames.times(bad)
+        times = frames.reports["window_end"].array.take(rows["rec"][bad])
         return self.finding(device, score, summary, evidence, times.min(), times.max())
 
 
