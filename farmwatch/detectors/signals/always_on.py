@@ -52,7 +52,8 @@ class AlwaysOnDetector(Detector):
             entry = context.roster.get(str(device))
             local = local_times(rows["window_end"], entry.timezone if entry else None)
             active = rows["active_seconds"].fillna(0).to_numpy() >= self.active_seconds
-            night = ((local.dt.hour >= NIGHT_HOURS[0]) & (local.dt.hour < NIGHT_HOURS[1])).to_numpy()
+            hour = local.dt.hour.to_numpy()  # once: each .dt.hour converts every time again
+            night = (hour >= NIGHT_HOURS[0]) & (hour < NIGHT_HOURS[1])
             night_share = float((active & night).sum() / max(active.sum(), 1))
             if coverage < self.coverage or night_share < self.night_active_share:
                 continue
