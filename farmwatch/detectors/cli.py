@@ -12,8 +12,9 @@ import orjson
 
 from farmwatch.contract import to_wire
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.frame import RecordError, read_records
-from farmwatch.detectors.pipeline import score
+from farmwatch.detectors.frame import RecordError, paused_gc
+from farmwatch.detectors.pipeline import score_frames
+from farmwatch.detectors.shards import cpus, read_frames
 from farmwatch.roster import TableError, load_anchors, load_roster
 from farmwatch.times import parse_utc
 
@@ -48,7 +49,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corporate-network", action="append", default=[], metavar="CIDR", type=_cidr,
                         help="the company's own egress range (offices, corporate VPN), as in the collector's "
                              "[geo] corporate_networks; repeat for several")
+    parser.add_argument("--workers", type=_positive, default=cpus(), metavar="N",
+                        help="read and reduce the records in N processes, each an equal part of the file "
+                             "(at least 1 MiB each); the detectors then run once on all of them "
+                             "(default: the CPUs this process may use, here %(default)s; 1: one process)")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a number of processes (1 or more): {text!r}")
+    return number
 
 
 def _cidr(text: str) -> str:
@@ -74,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         roster = load_roster(args.roster)
         anchors = load_anchors(args.anchors) if args.anchors else []
         config = DetectionConfig(corporate_networks=tuple(args.corporate_network))
-        verdicts = score(read_records(args.records), roster, anchors, now, config)
+        with paused_gc():
+            verdicts = score_frames(read_frames(args.records, args.workers), roster, anchors, now, config)
     except (RecordError, TableError) as problem:
         print(f"farmwatch-detect: {problem}", file=sys.stderr)
         return 2

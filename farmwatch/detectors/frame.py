@@ -230,24 +230,48 @@ READ_BUFFER = 1 << 20
 against the default 8 KiB (fewer read calls for a 2 GB export)."""
 
 
-def read_records(path: Path) -> Iterator[Any]:
+def read_records(path: Path, start: int = 0, end: int | None = None) -> Iterator[Any]:
     """Yield each record of a JSON-lines file (blank lines skipped) as a :data:`ParsedRecord`;
     a line that is not JSON, not an object, or whose sections are not what the contract makes
     them (an object where one is expected, a list of objects where a list) raises RecordError
-    naming it."""
+    naming it.
+
+    ``start``, ``end``: only the lines that begin at a byte offset from ``start`` to before ``end``
+    (a shard of the file: shards cut at any offsets hold every line once); a line is then named
+    by its number within the shard."""
     try:
         handle = path.open("rb", buffering=READ_BUFFER)
     except OSError as failure:
-        raise RecordError(f"{path}: cannot be read ({failure.strerror or failure})") from None
+        raise unreadable(path, failure) from None
     decode = _record_decoder.decode
     with handle:
-        for number, line in enumerate(handle, start=1):
+        lines: Iterable[bytes] = handle
+        if start:
+            handle.seek(start - 1)
+            start += len(handle.readline()) - 1  # the line holding the byte before start is the previous shard's
+        if end is not None:
+            lines = _lines_before(handle, end - start)
+        for number, line in enumerate(lines, start=1):
             try:
                 yield decode(line)
             except msgspec.DecodeError as refused:
                 if not line.strip():  # checked only here: stripping every ~2 KB line copies it
                     continue
                 raise RecordError(f"{path} line {number}: {_why_refused(line, refused)}") from None
+
+
+def unreadable(path: Path, failure: OSError) -> RecordError:
+    """The error for a records file that cannot be opened."""
+    return RecordError(f"{path}: cannot be read ({failure.strerror or failure})")
+
+
+def _lines_before(lines: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The lines that begin within the next ``size`` bytes of ``lines``."""
+    for line in lines:
+        if size <= 0:
+            return
+        size -= len(line)
+        yield line
 
 
 def _why_refused(line: bytes | str, refused: msgspec.DecodeError) -> str:
@@ -386,13 +410,18 @@ def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
     in the order given (ties of device, window end and seq keep it): their :func:`window_columns`,
     a chunk of windows at a time, through :func:`frames_from_columns`. Strings are pooled as each
     chunk is made, so a million records' copies of the same few values are never all held."""
+    return frames_from_gathered([gather_windows(windows)])
+
+
+def gather_windows(windows: Iterable[Sequence[Any]]) -> Gathered:
+    """The columns :func:`frames_from_windows` builds frames from, not yet sorted into frames."""
     pool: dict[str, str] = {}
 
     def chunks() -> Iterator[dict[str, Any]]:
         given = iter(windows)
         while chunk := list(islice(given, _CHUNK_WINDOWS)):
             yield window_columns(chunk, pool)
-    return frames_from_columns(chunks(), pool)
+    return gather_columns(chunks(), pool)
 
 
 _CHUNK_WINDOWS = 4096  # windows turned into columns at a time by frames_from_windows
@@ -507,6 +536,23 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] |
     block's lists as it is taken, so the batch never holds every decoded copy; ``pool``: the one
     the blocks' lists were already pooled in (:func:`window_columns`), so only their single values
     and dictionaries are pooled here."""
+    return frames_from_gathered([gather_columns(blocks, pool)])
+
+
+@dataclass
+class Gathered:
+    """The columns of a batch of windows, joined in the order given but not yet sorted into
+    :class:`Frames` (:func:`frames_from_gathered`). Numpy arrays, cheap to pickle: the form in which
+    farmwatch-detect's worker processes hand back the windows of their part of a file."""
+
+    windows: int
+    reports: dict[str, Any]  # each report column, one value per window
+    parts: dict[str, dict[str, Any]]  # tools, sessions, probes: "rec" (each row's window, 0..) and their columns
+    hardware: _Hardware
+
+
+def gather_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] | None = None) -> Gathered:
+    """The columns :func:`frames_from_columns` builds frames from, not yet sorted into frames."""
     lists_pool: dict[str, str] | None = None  # pooled already as the blocks were made: not again
     if pool is None:
         pool = lists_pool = {}
@@ -549,8 +595,33 @@ def frames_from_columns(blocks: Iterable[dict[str, Any]], pool: dict[str, str] |
                 column[np.repeat(placed, repeats)] = _joined(name, pieces, repeats[blocks_of], pool)
             reports[name] = column
         by_column[index] = ()
-    tables = {part: taken.columns(pool) for part, taken in parts.items()}
-    return _frames(reports, tables["tools"], tables["sessions"], tables["probes"], hardware)
+    return Gathered(offset, reports, {part: taken.columns(pool) for part, taken in parts.items()}, hardware)
+
+
+def frames_from_gathered(batches: Sequence[Gathered]) -> Frames:
+    """Build :class:`Frames` from batches of windows' columns, their windows in the order given,
+    as from one batch of them all (the frames of a file whose parts were reduced apart). The
+    batches' arrays are emptied as they are joined."""
+    batches = [batch for batch in batches if batch.windows] or list(batches[:1])
+    whole = batches[0] if len(batches) == 1 else _concatenated(batches)
+    return _frames(whole.reports, whole.parts["tools"], whole.parts["sessions"], whole.parts["probes"], whole.hardware)
+
+
+def _concatenated(batches: Sequence[Gathered]) -> Gathered:
+    """One batch of the windows of ``batches`` (none empty), in order."""
+    reports = {name: np.concatenate([batch.reports.pop(name) for batch in batches]) for name in _REPORT_COLUMNS}
+    firsts = np.cumsum([0] + [batch.windows for batch in batches[:-1]])  # each batch's first window in the whole
+    parts = {}
+    for part, keys in _PART_KEYS.items():
+        given = [batch.parts.pop(part) for batch in batches]
+        holding = [(columns, first) for columns, first in zip(given, firsts) if len(columns["rec"])]
+        parts[part] = {"rec": np.concatenate([columns["rec"] + first for columns, first in holding]),
+                       **{name: np.concatenate([columns[name] for columns, _ in holding]) for name in keys[1:]}
+                       } if holding else given[0]
+    hardware = _Hardware()
+    for batch in batches:
+        hardware.add_batch(batch.hardware)
+    return Gathered(sum(batch.windows for batch in batches), reports, parts, hardware)
 
 
 # Text columns: their strings are pooled (numbers are not: 1, 1.0 and True are equal dict keys,
@@ -908,6 +979,10 @@ class _Hardware:
                 self.sets.append(key)
             mapping.append(found)
         self.window_set.extend([mapping[index] for index in stored["window_set"]])
+
+    def add_batch(self, other: _Hardware) -> None:
+        """The hardware of another batch's windows, after this one's."""
+        self.add({"sets": other.sets, "window_set": other.window_set})
 
     def folded(self, devices: Any, new_rec: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         """One row per device and identity, usb and displays, in the order each first appears among

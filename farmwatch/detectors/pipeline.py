@@ -1,7 +1,8 @@
 """Scoring end to end: ingest records + roster + anchors -> one verdict per device seen.
 
-The live collector and ``farmwatch-detect`` both call :func:`score`, so a verdict served by the API
-is the verdict the offline tool computes from the same export.
+The live collector and ``farmwatch-detect`` both score through :func:`score_frames`, on frames built
+by the same reduction, so a verdict served by the API is the verdict the offline tool computes from
+the same export.
 """
 
 from __future__ import annotations

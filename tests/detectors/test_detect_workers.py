@@ -1,0 +1,102 @@
+"""farmwatch-detect --workers: the records file cut into parts, each read and reduced in its own
+process, gives the frames, verdicts and refusals of one process reading it whole, though a
+device's records lie in several parts (the simulated fleet's records interleaved as they arrive)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+
+from farmwatch.detectors.frame import Frames, flatten, read_records
+from farmwatch.detectors.shards import MIN_PART_BYTES, read_frames
+from farmwatch.simulator.cli import FleetFiles, write_fleet
+
+DETECT = Path(sys.executable).with_name("farmwatch-detect")
+NOW = "2026-11-04T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetFiles:
+    """A simulated fleet (a hardware-changing tactic included), its records in order of receipt:
+    every device's records spread over the whole file."""
+    files = write_fleet(tmp_path_factory.mktemp("fleet"), seed=2, legit=8, farms=3, days=2, tactics=("kvm-reflashed",))
+    lines = files.records.read_bytes().splitlines()
+    lines.sort(key=lambda line: orjson.loads(line)["received_at"])
+    files.records.write_bytes(b"\n".join(lines) + b"\n")
+    assert files.records.stat().st_size >= 3 * MIN_PART_BYTES  # cut into three parts below
+    return files
+
+
+def _devices(path: Path, start: int, end: int | None) -> set[str]:
+    return {record.report.device_id for record in read_records(path, start, end)}
+
+
+def _detect(files: FleetFiles, records: Path, workers: int) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(DETECT), str(records), "--roster", str(files.roster), "--anchors", str(files.anchors),
+                           "--now", NOW, "--workers", str(workers)], capture_output=True, timeout=300)
+
+
+def test_parts_cut_anywhere_hold_every_line_once(tmp_path: Path) -> None:
+    """Cut at every byte offset (inside a line, on its newline, on blank lines, before a last line
+    without one), the parts' records are the file's, in order."""
+    lines = [orjson.dumps({"report": {"device_id": f"d{n}", "window_end": "2026-11-01T00:00:00Z"}}) for n in range(5)]
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(lines[0] + b"\n\n" + lines[1] + b"\n  \n" + b"\n".join(lines[2:]))
+    whole = [record.report.device_id for record in read_records(path)]
+    assert whole == [f"d{n}" for n in range(5)]
+    size = path.stat().st_size
+    for cut in range(size + 1):
+        for second in (cut, cut + 7, size):
+            parts = [read_records(path, 0, cut), read_records(path, cut, second), read_records(path, second)]
+            assert [record.report.device_id for part in parts for record in part] == whole, (cut, second)
+
+
+def test_parts_read_in_other_processes_build_the_frames_of_one(fleet: FleetFiles) -> None:
+    size = fleet.records.stat().st_size
+    for start, end in ((0, size // 3), (size // 3, 2 * size // 3)):  # read_frames' cuts for three workers
+        # a device on both sides of each cut: joined wrongly, its windows or hardware would differ
+        assert _devices(fleet.records, start, end) & _devices(fleet.records, end, None)
+    whole = flatten(read_records(fleet.records))
+    built = read_frames(fleet.records, workers=3)
+    for field in dataclasses.fields(Frames):
+        pd.testing.assert_frame_equal(getattr(built, field.name), getattr(whole, field.name), check_exact=True,
+                                      obj=f"Frames.{field.name}")
+    assert len(whole.usb) and len(whole.displays) and len(whole.tools) and len(whole.sessions) and len(whole.probes)
+
+
+def test_two_workers_write_the_verdicts_of_one(fleet: FleetFiles) -> None:
+    one, two = _detect(fleet, fleet.records, 1), _detect(fleet, fleet.records, 2)
+    assert one.returncode == two.returncode == 0, (one.stderr, two.stderr)
+    assert two.stdout == one.stdout
+    verdicts = {verdict["device_id"]: verdict["verdict"] for verdict in map(orjson.loads, one.stdout.splitlines())}
+    assert set(verdicts) == _devices(fleet.records, 0, None)
+    assert {"farm", "clear"} <= set(verdicts.values())
+
+
+@pytest.mark.parametrize(("bad", "named"), [
+    (b"{not json", "{path} line {line}: not valid JSON ("),
+    (b'{"report": {"seq": 1}}', "record {record}: report.device_id and report.window_end are required"),
+])
+def test_a_refused_record_in_a_later_part_is_named_as_one_process_names_it(
+        fleet: FleetFiles, tmp_path: Path, bad: bytes, named: str) -> None:
+    lines = fleet.records.read_bytes().splitlines()
+    at = len(lines) * 9 // 10  # in the second part of two
+    lines[at:at] = [b"", bad]  # after a blank line: lines and records are numbered apart
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"\n".join(lines) + b"\n")
+    one, two = _detect(fleet, records, 1), _detect(fleet, records, 2)
+    assert one.returncode == two.returncode == 2
+    assert two.stderr == one.stderr
+    [message] = one.stderr.decode().splitlines()
+    assert message.startswith(f"farmwatch-detect: {named.format(path=records, line=at + 2, record=at + 1)}")
+
+
+def test_workers_must_be_a_positive_number(fleet: FleetFiles) -> None:
+    done = _detect(fleet, fleet.records, 0)
+    assert done.returncode == 2 and b"--workers: not a number of processes (1 or more): '0'" in done.stderr
