@@ -107,7 +107,7 @@ class InputRhythmDetector(Detector):
                             list(_TYPED)]
         odd = self.odd_windows(typed)
         odd["device_id"] = typed["device_id"]
-        odd["time"] = typed["window_end"]
+        odd["device_code"] = typed["device_code"]
         odd["regular"] = self.regular_windows(typed)
         events = (reports["key_events"].fillna(0) + reports["mouse_events"].fillna(0)).to_numpy()
         injected = reports["injected_events"].fillna(0).to_numpy()
@@ -134,18 +134,21 @@ class InputRhythmDetector(Detector):
         first, count = device_runs(codes)
         runs = dict(zip(ids, zip(first, count)))
         ends = reports["window_end"].array
+        # A device's typed windows are slices of these arrays (no frame per device).
+        typed_ends, odd_flags = typed["window_end"].array, odd["odd"].to_numpy()
+        odd_features, regular_flags = odd[list(_FEATURES)].to_numpy(), odd["regular"].to_numpy()
         for device in devices:
             start, length = typed_runs.get(device, (0, 0))
-            rows = odd.iloc[start:start + length]
+            rows = slice(start, start + length)
             parts: dict[str, float] = {}
-            evidence: dict[str, object] = {"typed_windows": len(rows)}
+            evidence: dict[str, object] = {"typed_windows": length}
             sentences = []
-            if len(rows) >= self.min_windows:
-                share = float(rows["odd"].mean())
+            if length >= self.min_windows:
+                share = float(odd_flags[rows].mean())
                 # Against its own history: a laptop typed on locally for weeks that turns remote
                 # (handed to a facilitator after onboarding) shows it in its recent windows.
-                recent = rows.iloc[len(rows) // 2:]
-                recent_share = float(recent["odd"].mean()) if len(recent) >= self.min_windows else share
+                recent = slice(start + length // 2, start + length)
+                recent_share = float(odd_flags[recent].mean()) if length - length // 2 >= self.min_windows else share
                 judged = max(share, recent_share)
                 evidence.update(remote_like_share=share, recent_remote_like_share=recent_share,
                                 thresholds=self.thresholds_)
@@ -153,18 +156,18 @@ class InputRhythmDetector(Detector):
                     parts["rhythm"] = self.top_score * min((judged - 0.1) / 0.4, 1.0)
                     # Share of the odd windows showing each feature (numpy: pandas' per-call cost
                     # was over a quarter of the detector; both divide the count by the windows).
-                    shown = rows[list(_FEATURES)].to_numpy()[rows["odd"].to_numpy()]
+                    shown = odd_features[rows][odd_flags[rows]]
                     features = pd.Series(shown.mean(axis=0), index=list(_FEATURES))
                     evidence["odd_feature_share"] = features.round(3).to_dict()
-                    since = (f", {recent_share:.0%} since {recent['time'].iloc[0]:%Y-%m-%d %H:%M} UTC"
+                    since = (f", {recent_share:.0%} since {typed_ends[recent.start]:%Y-%m-%d %H:%M} UTC"
                              if recent_share > share + self.recent_rise else "")
-                    sentences.append(f"{share:.0%} of {len(rows)} typed windows had remote-control rhythm "
+                    sentences.append(f"{share:.0%} of {length} typed windows had remote-control rhythm "
                                      f"(bunched keys, network-rate mouse, jumps){since}")
-            regular = int(rows["regular"].sum())
-            if regular >= self.min_regular_windows and regular / len(rows) >= self.regular_share:
-                parts["regular"] = self.regular_score * min(regular / len(rows) / 0.3, 1.0)
+            regular = int(regular_flags[rows].sum())
+            if regular >= self.min_regular_windows and regular / length >= self.regular_share:
+                parts["regular"] = self.regular_score * min(regular / length / 0.3, 1.0)
                 evidence["too_regular_windows"] = regular
-                sentences.append(f"{regular} of {len(rows)} typed windows had keys at a machine's fixed pace "
+                sentences.append(f"{regular} of {length} typed windows had keys at a machine's fixed pace "
                                  f"(90th percentile interval within {self.regular_spread:g}x of the 10th, nothing "
                                  "injected): typed by a device such as an IP-KVM, not by hands")
             share_injected = float(inj_share.get(device, 0.0))
@@ -191,20 +194,21 @@ class InputRhythmDetector(Detector):
         """Devices whose typed windows can give a rhythm or a regular-keys part, decided over whole
         columns (a small margin keeps every device :meth:`detect` would find): only those, and the
         devices with injected input or virtual devices, get the per-device work."""
-        grouped = odd.groupby("device_id")
-        windows = grouped.size()
-        if windows.empty:
+        # Each device's typed windows are one run (rows sorted by device and time): sums per run.
+        first, windows = device_runs(odd["device_code"].to_numpy())
+        if not len(first):
             return set()
-        later = grouped.cumcount().to_numpy() >= (windows[odd["device_id"]].to_numpy() // 2)  # the recent half
-        odd_windows = grouped["odd"].sum()
-        recent_odd = odd.loc[later].groupby("device_id")["odd"].sum().reindex(windows.index, fill_value=0)
+        later = np.arange(int(windows.sum())) - np.repeat(first, windows) >= np.repeat(windows // 2, windows)
+        odd_flags = odd["odd"].to_numpy()
+        odd_windows = np.add.reduceat(odd_flags.astype(np.int64), first)
+        recent_odd = np.add.reduceat((odd_flags & later).astype(np.int64), first)  # in the recent half
         recent = windows - windows // 2
         share = odd_windows / windows
-        recent_share = (recent_odd / recent).where(recent >= self.min_windows, share)
+        recent_share = np.where(recent >= self.min_windows, recent_odd / recent, share)
         rhythm = (windows >= self.min_windows) & (np.maximum(share, recent_share) > 0.1 - 1e-9)
-        regular = grouped["regular"].sum()
+        regular = np.add.reduceat(odd["regular"].to_numpy().astype(np.int64), first)
         regular_keys = (regular >= self.min_regular_windows) & (regular / windows >= self.regular_share - 1e-9)
-        return set(windows.index[rhythm | regular_keys])
+        return set(odd["device_id"].to_numpy()[first[rhythm | regular_keys]].tolist())
 
     def regular_windows(self, typed: pd.DataFrame) -> pd.Series:
         """Per typed window: keys at a fixed pace, neither bunched nor injected (module docstring)."""
