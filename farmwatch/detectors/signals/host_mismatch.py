@@ -70,24 +70,27 @@ class HostMismatchDetector(Detector):
         first, count = device_runs(reports["device_code"].to_numpy())
         ids = reports["device_id"].to_numpy()
         positions = {ids[at]: np.arange(at, at + n) for at, n in zip(first, count)}
-        narrow = reports[list(_READ)]  # the per-device rows: only the columns read
+        columns = {name: reports[name].array for name in _READ}  # a device's rows: one slice of each
         for device in self._candidates(reports, positions, context):
-            rows = narrow.iloc[positions[device]]
+            at = positions[device]
+            rows = {name: column[at[0]:at[-1] + 1] for name, column in columns.items()}
             entry = context.roster.get(str(device))
             # A clock following the laptop abroad (egress from another country) is travel, not a
             # mismatch; an operator's zone on a laptop that egresses at home is.
-            home = rows
+            offsets = np.asarray(rows["utc_offset_minutes"], dtype=float)
             if entry is not None and entry.country:
-                home = rows[rows["country"].isna() | (rows["country"] == entry.country)]
-            offsets = home["utc_offset_minutes"].dropna()
+                country = np.asarray(rows["country"], dtype=object)
+                offsets = offsets[pd.isna(country) | (country == entry.country)]
+            offsets = offsets[~np.isnan(offsets)]
             evidence: dict[str, object] = {}
             score = 0.0
             sentences = []
             if entry is not None and len(offsets):
-                expected = utc_offset_minutes(entry.timezone, rows["window_end"].iloc[len(rows) // 2].to_pydatetime())
+                expected = utc_offset_minutes(entry.timezone, rows["window_end"][len(at) // 2].to_pydatetime())
                 share = float((offsets != expected).mean()) if expected is not None else 0.0
                 if expected is not None and share >= self.min_share:
-                    seen = int(offsets.mode().iloc[0])
+                    values, times = np.unique(offsets, return_counts=True)
+                    seen = int(values[times == times.max()][0])  # the mode (the smallest of several, as Series.mode)
                     # Travellers inside a continent shift a few hours; a clock set to an operator's
                     # zone (Asia from the US) is half a day away.
                     far = abs(seen - expected) >= self.far_hours * 60
@@ -95,8 +98,8 @@ class HostMismatchDetector(Detector):
                     evidence.update(utc_offset_minutes=seen, roster_offset_minutes=expected, mismatch_share=share)
                     sentences.append(f"its clock runs at UTC{seen / 60:+g} while the roster's "
                                      f"{entry.timezone} is UTC{expected / 60:+g}")
-            typed = ";".join(list(rows["keyboard_layouts"].unique()) + list(rows["input_methods"].unique())
-                             + list(rows["locale"].dropna().unique()))
+            typed = ";".join(list(pd.unique(rows["keyboard_layouts"])) + list(pd.unique(rows["input_methods"]))
+                             + list(pd.unique(rows["locale"].dropna())))
             languages = _languages(typed)
             if languages:
                 score = 1.0 - (1.0 - score) * (1.0 - self.language_score)
