@@ -8,6 +8,8 @@ DOJ laptop-farm cases and Microsoft's Jasper Sleet write-up name Astrill VPN as 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -47,50 +49,61 @@ class GeoMismatchDetector(Detector):
         # Only the columns read here (a filtered copy of every column cost a third of the detector).
         outside = reports.loc[~corporate_mask(frames, context.config.corporate_networks), list(_READ)]
         found = []
-        for device, rows in self._candidates(outside, context).groupby("device_id", sort=True):
+        candidates = self._candidates(outside, context)
+        # Each candidate device's rows are one run (sorted by device and time): slices of these
+        # arrays, not a frame per device.
+        first, count = device_runs(candidates["device_code"].to_numpy())
+        ids, window_ends = candidates["device_id"].to_numpy(), candidates["window_end"].array
+        columns = {name: candidates[name].to_numpy(dtype=object) for name in ("country", "asn_org", "vpn_product")}
+        kinds, asns = candidates["network_kind"].to_numpy(dtype=object), candidates["asn"].to_numpy(dtype=float)
+        for at, length in zip(first.tolist(), count.tolist()):
+            rows = slice(at, at + length)
+            device = ids[at]
+            country, kind = columns["country"][rows], kinds[rows]
             entry = context.roster.get(str(device))
             parts: dict[str, float] = {}
-            evidence: dict[str, object] = {"reports": len(rows)}
+            evidence: dict[str, object] = {"reports": length}
             sentences = []
-            known = rows[rows["country"].notna() & ~rows["network_kind"].isin(["vpn", "hosting"])]
-            if entry is not None and entry.country and len(known):
-                foreign = known["country"] != entry.country
+            anonymised = (kind == "vpn") | (kind == "hosting")
+            known = ~pd.isna(country) & ~anonymised
+            known_countries, known_ends = country[known], window_ends[rows][known]
+            if entry is not None and entry.country and len(known_countries):
+                foreign = known_countries != entry.country
                 share = float(foreign.mean())
                 if share > 0:
                     # Sustained foreign egress weighs fully; a trip abroad (a minority of reports) less.
                     parts["country"] = self.country_score * share * (1.0 if share >= 0.5 else 0.5)
-                    countries = sorted(known.loc[foreign, "country"].unique())
+                    countries = sorted(set(known_countries[foreign]))
                     evidence.update(foreign_countries=countries, foreign_share=share)
                     sentences.append(f"left from {', '.join(countries)} in {share:.0%} of reports "
                                      f"(roster: {entry.country})")
-            anonymised = rows["network_kind"].isin(["vpn", "hosting"])
             if anonymised.any():
                 share = float(anonymised.mean())
                 parts["anonymiser"] = self.anonymiser_score * share
                 evidence.update(anonymiser_share=share,
-                                anonymiser_networks=sorted(rows.loc[anonymised, "asn_org"].dropna().unique())[:5])
+                                anonymiser_networks=_named(columns["asn_org"][rows][anonymised])[:5])
                 sentences.append(f"exited through a VPN or hosting network in {share:.0%} of reports")
             # A network the geo database knows (an ASN) but cannot classify: weak, and only when it
             # is where the laptop usually is.
-            unclassified = rows["network_kind"].eq("unknown") & rows["asn"].notna()
+            unclassified = (kind == "unknown") & ~np.isnan(asns[rows])
             if unclassified.mean() >= 0.5:
                 share = float(unclassified.mean())
                 parts["unknown_network"] = self.unknown_score * share
                 evidence.update(unknown_share=share,
-                                unknown_networks=sorted(rows.loc[unclassified, "asn_org"].dropna().unique())[:5])
+                                unknown_networks=_named(columns["asn_org"][rows][unclassified])[:5])
                 sentences.append(f"left through a network of unknown kind in {share:.0%} of reports")
-            products = sorted({str(p).lower() for p in rows["vpn_product"].dropna()} & OPERATOR_VPNS)
+            products = sorted({str(p).lower() for p in columns["vpn_product"][rows] if not pd.isna(p)} & OPERATOR_VPNS)
             if products:
                 parts["operator_vpn"] = self.operator_vpn_score
                 evidence["operator_vpn"] = products
                 sentences.append(f"runs {', '.join(products)} VPN, named in public laptop-farm cases")
-            hops = self._hops(known)
+            hops = self._hops(known_countries, known_ends)
             if hops:
                 parts["impossible_travel"] = self.hop_score
                 evidence["country_hops"] = hops
                 sentences.append(f"changed country {hops} time(s) within {self.hop_hours:g} h")
             finding = self.combined(str(device), parts, sentences, "Egress ", evidence,
-                                    rows["window_end"].min(), rows["window_end"].max())
+                                    window_ends[rows].min(), window_ends[rows].max())
             if finding is not None:
                 found.append(finding)
         return found
@@ -124,10 +137,16 @@ class GeoMismatchDetector(Detector):
         flagged[codes[odd.to_numpy()]] = True
         return outside[flagged[codes]]
 
-    def _hops(self, rows: pd.DataFrame) -> int:
-        """Consecutive reports from different countries closer in time than any flight allows."""
-        if len(rows) < 2:
+    def _hops(self, countries: np.ndarray, window_ends: Any) -> int:
+        """Consecutive reports from different countries (none missing) closer in time than any
+        flight allows."""
+        if len(countries) < 2:
             return 0
-        changed = rows["country"].ne(rows["country"].shift()) & rows["country"].shift().notna()
-        quick = rows["window_end"].diff() < pd.Timedelta(hours=self.hop_hours)
+        changed = countries[1:] != countries[:-1]
+        quick = np.asarray((window_ends[1:] - window_ends[:-1]) < pd.Timedelta(hours=self.hop_hours))
         return int((changed & quick).sum())
+
+
+def _named(organisations: np.ndarray) -> list[str]:
+    """The distinct names among ``organisations`` (missing left out), sorted."""
+    return sorted({name for name in organisations if not pd.isna(name)})
