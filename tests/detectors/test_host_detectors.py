@@ -133,3 +133,21 @@ def test_agent_health_nightly_sleep_is_no_gap() -> None:
     minutes = [day * 1440 + 5 * k for day in range(3) for k in range(108)]  # 9 h a day
     records = [make_record("d1", m, seq=n + 1) for n, m in enumerate(minutes)]
     assert run(AgentHealthDetector, records, [roster_entry("d1")]) == {}
+
+
+def test_agent_health_steady_clock_skew_among_unknown_skews() -> None:
+    # d1: a clock 300 s ahead in every report that says (missing skews in between: sorted apart in the
+    # prefilter); d2: as steady and as far, but too few reports say; d3: not steady (median -150 s, spread 700 s).
+    skews = {"d1": [None, 301, None, 299, None, 300, None, 302, None, 300, None, 300],
+             "d2": [None, -300, None, -301, None, -299, None, -300, None, -302],
+             "d3": [-500, -500, -500, -500, -500, 200, 200, 200, 200, 200]}
+    records = []
+    for device, values in skews.items():
+        for k, skew in enumerate(values):
+            record = make_record(device, 5 * k)
+            record["clock_skew_seconds"] = skew
+            records.append(record)
+    found = run(AgentHealthDetector, records, [roster_entry(device) for device in skews])
+    assert found["d1"].evidence["parts"] == {"clock_skew": 0.15}
+    assert found["d1"].evidence["clock_skew_seconds_median"] == 300
+    assert set(found) == {"d1"}

@@ -201,8 +201,14 @@ class AgentHealthDetector(Detector):
                 values, first)
         refused = reports["seq_conflicts"].to_numpy(dtype=float)  # a rise of the refused-seq count (all missing: none)
         odd |= np.nan_to_num(np.fmax.reduceat(refused, first) - np.fmin.reduceat(refused, first)) > 0
-        skew = reports["clock_skew_seconds"].groupby(devices).agg(["median", "count"]).reindex(range(len(first)))
-        odd |= ((skew["count"] >= self.min_skew_reports) & (skew["median"].abs() >= self.skew_seconds)).to_numpy()
+        # A steady skew needs enough reports and a median at least skew_seconds off: the median lies
+        # between the two middle values (each device's known skews sorted, missing last), so the
+        # larger of their sizes bounds it (numbers sorted per run, not an object-column groupby).
+        skews = reports["clock_skew_seconds"].to_numpy(dtype=float)  # missing: NaN
+        known = np.add.reduceat((~np.isnan(skews)).astype(np.int64), first)
+        ranked = np.abs(skews[np.lexsort((skews, devices))])
+        lower, upper = ranked[first + np.maximum(known - 1, 0) // 2], ranked[first + np.maximum(known, 1) // 2]
+        odd |= (known >= self.min_skew_reports) & (np.maximum(lower, upper) >= self.skew_seconds - 1e-9)
         window_ends = reports["window_end"].array
         newest = pd.Series(window_ends[first + count - 1])
         silent = (min(context.now, fleet_last.to_pydatetime()) - newest).dt.total_seconds() / 3600
