@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -273,30 +274,32 @@ def _tool_uses(tools: pd.DataFrame, context: Context, ids: np.ndarray) -> dict[s
     live_span = live.groupby(_KEYS, sort=True).agg(
         first=("time", "min"), last=("time", "max"), live_connections=("time", "size"),
         longest=("duration_seconds", "max"))
-    ended = live[live["state"].astype(str).str.upper().to_numpy() == "CLOSED"].groupby(_KEYS).size()
-    inbound_count = inbound.groupby(_KEYS).size()
-    inbound_peers = inbound.groupby(_KEYS)["remote_ip"].unique()
-    outbound = live[(live["direction"] == "outbound").to_numpy()]
-    outbound_peers = outbound.groupby(_KEYS)["remote_ip"].unique()
-    domains = live.dropna(subset=["domain"]).groupby(_KEYS)["domain"].unique()
-    matched = tools.dropna(subset=["matched_by"]).groupby(_KEYS)["matched_by"].unique()
+    ended = live[live["state"].astype(str).str.upper().to_numpy() == "CLOSED"].groupby(_KEYS).size().to_dict()
+    inbound_count = inbound.groupby(_KEYS).size().to_dict()
+    inbound_peers = _distinct(inbound, "remote_ip")
+    outbound_peers = _distinct(live[(live["direction"] == "outbound").to_numpy()], "remote_ip")
+    domains = _distinct(live, "domain")
+    matched = _distinct(tools, "matched_by")
+    # Looked up per device and tool below: plain dicts of rows, not a MultiIndex .loc per key.
+    counts_of = dict(zip(per_rec.index, per_rec.itertuples(index=False)))
+    span_of = dict(zip(live_span.index, live_span.itertuples(index=False)))
     uses: dict[str, list[ToolUse]] = {}
     for key, row in zip(used.index, used.itertuples(index=False)):
         device, tool = str(ids[key[0]]), str(key[1])
-        counts = per_rec.loc[key] if key in per_rec.index else None
-        session_reports = int(counts["session_reports"]) if counts is not None else 0
-        driven_reports = int(counts["driven_reports"]) if counts is not None else 0
-        injected = int(counts["injected"]) if counts is not None else 0
+        counts = counts_of.get(key)
+        session_reports = int(counts.session_reports) if counts is not None else 0
+        driven_reports = int(counts.driven_reports) if counts is not None else 0
+        injected = int(counts.injected) if counts is not None else 0
         timed = driven_reports if driven_reports else session_reports
         outside_timed = (0 if counts is None else
-                         int(counts["outside_driven"] if driven_reports else counts["outside"]))
-        span = live_span.loc[key] if key in live_span.index else None
-        longest = None if span is None or pd.isna(span["longest"]) else float(span["longest"])
+                         int(counts.outside_driven if driven_reports else counts.outside))
+        span = span_of.get(key)
+        longest = None if span is None or pd.isna(span.longest) else float(span.longest)
         uses.setdefault(device, []).append(ToolUse(
             tool=tool, process=None if pd.isna(row.process) else str(row.process),
             ways={way for joined in matched.get(key, ()) for way in str(joined).split(";") if way},
             first_used=row.first_used,
-            live_connections=0 if span is None else int(span["live_connections"]),
+            live_connections=0 if span is None else int(span.live_connections),
             inbound_connections=int(inbound_count.get(key, 0)),
             inbound_peers=[str(ip) for ip in inbound_peers.get(key, ())],
             outbound_peers=[str(ip) for ip in outbound_peers.get(key, ())],
@@ -306,10 +309,22 @@ def _tool_uses(tools: pd.DataFrame, context: Context, ids: np.ndarray) -> dict[s
             session_reports=session_reports, driven_reports=driven_reports, timed_reports=timed,
             injected_share=injected / session_reports if session_reports else 0.0,
             outside_share=outside_timed / timed if timed else 0.0,
-            first=row.first_used if span is None else span["first"],
-            last=row.used_last if span is None else span["last"],
+            first=row.first_used if span is None else span.first,
+            last=row.used_last if span is None else span.last,
         ))
     return uses
+
+
+def _distinct(rows: pd.DataFrame, column: str) -> dict[tuple[Any, Any], list[Any]]:
+    """Per (device code, tool) of ``rows``: the distinct values of ``column`` it has (missing left
+    out), in the order they first appear, as ``groupby(_KEYS)[column].unique()`` lists them (one pass
+    over plain values: that groupby ran Python code per group)."""
+    found: dict[tuple[Any, Any], dict[Any, None]] = {}
+    values = rows[column].to_numpy(dtype=object)
+    for device, tool, value in zip(rows["device_id"].to_numpy(), rows["tool"].to_numpy(dtype=object), values):
+        if not pd.isna(value):
+            found.setdefault((device, tool), {})[value] = None
+    return {key: list(distinct) for key, distinct in found.items()}
 
 
 def _session_rows(frames: Frames) -> pd.DataFrame:
