@@ -469,14 +469,16 @@ def window_columns(windows: Sequence[Sequence[Any]], pool: dict[str, str] | None
         columns[part] = {WINDOW: owners, **{name: list(_pooled(values, pool, name)) for name, values in
                                             zip(names, _transposed(items, len(names)))}}
     keys = list(zip([window[4] for window in windows], [window[5] for window in windows]))
+    # Each key hashed once (a nested tuple's hash is not kept): each set's first window, by key.
+    firsts: dict[Any, int] = {}
     try:  # reduce_record's hardware is tuples of tuples: its own key
-        distinct = dict.fromkeys(keys)
+        window_first = list(map(firsts.setdefault, keys, range(len(keys))))
     except TypeError:  # lists, as JSON gives windows back
         keys = [(_items_key(usb), _items_key(displays)) for usb, displays in keys]
-        distinct = dict.fromkeys(keys)
-    sets = {key: number for number, key in enumerate(distinct)}
-    columns["hardware"] = {"sets": [[list(map(list, usb)), list(map(list, displays))] for usb, displays in sets],
-                           "window_set": list(map(sets.__getitem__, keys))}
+        window_first = list(map(firsts.setdefault, keys, range(len(keys))))
+    numbers = {first: number for number, first in enumerate(firsts.values())}  # sets numbered as first seen
+    columns["hardware"] = {"sets": [[list(map(list, usb)), list(map(list, displays))] for usb, displays in firsts],
+                           "window_set": list(map(numbers.__getitem__, window_first))}
     return columns
 
 
