@@ -51,8 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "[geo] corporate_networks; repeat for several")
     parser.add_argument("--workers", type=_positive, default=cpus(), metavar="N",
                         help="read and reduce the records in N processes, each an equal part of the file "
-                             "(at least 1 MiB each); the detectors then run once on all of them "
-                             "(default: the CPUs this process may use, here %(default)s; 1: one process)")
+                             "(at least 1 MiB each), then share the detectors among N processes (each "
+                             "detector runs once, on all the records; where the system cannot fork, in this "
+                             "one); default: the CPUs this process may use, here %(default)s; 1: one process")
     return parser.parse_args(argv)
 
 
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         anchors = load_anchors(args.anchors) if args.anchors else []
         config = DetectionConfig(corporate_networks=tuple(args.corporate_network))
         with paused_gc():
-            verdicts = score_frames(read_frames(args.records, args.workers), roster, anchors, now, config)
+            verdicts = score_frames(read_frames(args.records, args.workers), roster, anchors, now, config,
+                                    processes=args.workers)
     except (RecordError, TableError) as problem:
         print(f"farmwatch-detect: {problem}", file=sys.stderr)
         return 2

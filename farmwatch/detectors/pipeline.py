@@ -8,6 +8,7 @@ the same export.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -16,7 +17,7 @@ from typing import Any
 import msgspec
 
 from farmwatch.contract import Anchor, Finding, RosterEntry, Verdict
-from farmwatch.detectors.base import Context, Detector
+from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import Frames, flatten, paused_gc
 from farmwatch.detectors.registry import REGISTRY
@@ -71,12 +72,16 @@ def score_frames(
     suppressed: Mapping[str, Collection[str]] | None = None,
     fitted: Mapping[str, Detector] | None = None,
     fleet_last_report: datetime | None = None,
+    processes: int = 1,
 ) -> list[Verdict]:
     """:func:`score` over records already flattened.
 
     ``fitted`` holds detectors whose fleet baseline was learned elsewhere (from the whole fleet when
     ``frames`` hold only some devices, :mod:`farmwatch.collector.incremental`); they are used as
-    given instead of being fitted on ``frames``. ``fleet_last_report``: see :class:`Context`."""
+    given instead of being fitted on ``frames``. ``fleet_last_report``: see :class:`Context`.
+    ``processes``: the detectors are shared out among this process and ``processes - 1`` forked
+    ones (:func:`_detected`); each still runs once, on all the frames, and the verdicts are those
+    of one process."""
     config = config or DetectionConfig()
     _check_now(now)
     check_config(config)
@@ -88,12 +93,9 @@ def score_frames(
         fleet_last_report=fleet_last_report,
     )
     by_device: dict[str, list[Finding]] = defaultdict(list)
-    for name, kind in REGISTRY.items():
-        params = config.params(name)
-        if "random_state" in inspect.signature(kind.__init__).parameters:
-            params.setdefault("random_state", config.random_state)
-        detector = (fitted or {}).get(name) or kind(**params).fit(frames, context)
-        for item in detector.detect(frames, context):
+    detected = _detected(frames, context, fitted or {}, processes)
+    for name in REGISTRY:  # in the registry's order, wherever each detector ran
+        for item in detected[name]:
             if item.finding.score > 0 and name not in (suppressed or {}).get(item.device_id, ()):
                 by_device[item.device_id].append(item.finding)
     verdicts = []
@@ -112,3 +114,65 @@ def score_frames(
             )
         )
     return verdicts
+
+
+def _detected(frames: Frames, context: Context, fitted: Mapping[str, Detector],
+              processes: int) -> dict[str, list[DeviceFinding]]:
+    """Each detector's findings on ``frames``, by name. With ``processes`` > 1 (where the system
+    forks), ``processes - 1`` forked processes share the frames as they are (copy-on-write, nothing
+    pickled) and, with this one, each takes the next detector not yet taken until none is left; the
+    findings come back pickled, and a detector's failure is raised here."""
+    names = list(REGISTRY)
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return {name: _findings(name, frames, context, fitted) for name in names}
+    forking = multiprocessing.get_context("fork")
+    taken = forking.Value("i", 0)  # the index in ``names`` of the next detector to run
+    helpers = []
+    for _ in range(processes - 1):
+        receiver, sender = forking.Pipe(duplex=False)
+        helper = forking.Process(target=_send_taken, args=(sender, names, taken, frames, context, fitted), daemon=True)
+        helper.start()
+        sender.close()
+        helpers.append((helper, receiver))
+    detected = _run_taken(names, taken, frames, context, fitted)
+    for helper, receiver in helpers:
+        outcome = receiver.recv()
+        helper.join()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        detected.update(outcome)
+    return detected
+
+
+def _run_taken(names: Sequence[str], taken: Any, frames: Frames, context: Context,
+               fitted: Mapping[str, Detector]) -> dict[str, list[DeviceFinding]]:
+    """Run the next detector not yet taken (``taken``: a shared counter) until none is left."""
+    mine: dict[str, list[DeviceFinding]] = {}
+    while True:
+        with taken.get_lock():
+            index = taken.value
+            taken.value = index + 1
+        if index >= len(names):
+            return mine
+        mine[names[index]] = _findings(names[index], frames, context, fitted)
+
+
+def _send_taken(sender: Any, names: Sequence[str], taken: Any, frames: Frames, context: Context,
+                fitted: Mapping[str, Detector]) -> None:
+    """A forked helper's work: :func:`_run_taken`, its findings (or its failure) sent back."""
+    try:
+        outcome: Any = _run_taken(names, taken, frames, context, fitted)
+    except BaseException as failure:  # sent whole: the parent raises it
+        outcome = failure
+    sender.send(outcome)
+
+
+def _findings(name: str, frames: Frames, context: Context, fitted: Mapping[str, Detector]) -> list[DeviceFinding]:
+    """Detector ``name``'s findings: fitted on ``frames`` with its configured parameters, unless
+    ``fitted`` holds it."""
+    kind = REGISTRY[name]
+    params = context.config.params(name)
+    if "random_state" in inspect.signature(kind.__init__).parameters:
+        params.setdefault("random_state", context.config.random_state)
+    detector = fitted.get(name) or kind(**params).fit(frames, context)
+    return list(detector.detect(frames, context))

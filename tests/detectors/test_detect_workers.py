@@ -1,20 +1,30 @@
 """farmwatch-detect --workers: the records file cut into parts, each read and reduced in its own
 process, gives the frames, verdicts and refusals of one process reading it whole, though a
-device's records lie in several parts (the simulated fleet's records interleaved as they arrive)."""
+device's records lie in several parts (the simulated fleet's records interleaved as they arrive);
+the detectors shared among forked processes give the verdicts of one."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pandas as pd
 import pytest
 
+from farmwatch.contract import to_wire
+from farmwatch.detectors import pipeline
+from farmwatch.detectors.base import DeviceFinding
 from farmwatch.detectors.frame import Frames, flatten, read_records
 from farmwatch.detectors.shards import MIN_PART_BYTES, read_frames
+from farmwatch.roster import load_anchors, load_roster
 from farmwatch.simulator.cli import FleetFiles, write_fleet
 
 DETECT = Path(sys.executable).with_name("farmwatch-detect")
@@ -95,6 +105,40 @@ def test_a_refused_record_in_a_later_part_is_named_as_one_process_names_it(
     assert two.stderr == one.stderr
     [message] = one.stderr.decode().splitlines()
     assert message.startswith(f"farmwatch-detect: {named.format(path=records, line=at + 2, record=at + 1)}")
+
+
+def test_detectors_shared_among_processes_give_the_verdicts_of_one(fleet: FleetFiles) -> None:
+    frames = flatten(read_records(fleet.records))
+    roster, anchors = load_roster(fleet.roster), load_anchors(fleet.anchors)
+    now = datetime(2026, 11, 4, tzinfo=timezone.utc)
+    one, three = (pipeline.score_frames(frames, roster, anchors, now, processes=processes) for processes in (1, 3))
+    assert [to_wire(verdict) for verdict in three] == [to_wire(verdict) for verdict in one]
+    assert len({finding.detector for verdict in one for finding in verdict.findings}) >= 4  # from several detectors
+
+
+class _Slow:
+    """Runs first and long (in the scoring process), so the forked helper takes the next detector."""
+
+    def fit(self, frames: Frames, context: Any) -> _Slow:
+        time.sleep(1)
+        return self
+
+    def detect(self, frames: Frames, context: Any) -> Iterator[DeviceFinding]:
+        return iter(())
+
+
+class _Failing(_Slow):
+    def fit(self, frames: Frames, context: Any) -> _Slow:
+        raise ValueError(f"failed in process {os.getpid()}")
+
+
+def test_a_detector_failing_in_a_forked_process_fails_the_scoring(
+        fleet: FleetFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "REGISTRY", {"slow": _Slow, "failing": _Failing})
+    frames = flatten(read_records(fleet.records))
+    with pytest.raises(ValueError, match="failed in process") as failed:
+        pipeline.score_frames(frames, [], [], datetime(2026, 11, 4, tzinfo=timezone.utc), processes=2)
+    assert str(os.getpid()) not in str(failed.value)  # it failed in the helper, and was raised here
 
 
 def test_workers_must_be_a_positive_number(fleet: FleetFiles) -> None:
