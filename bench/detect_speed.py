@@ -10,10 +10,12 @@ farmwatch-detect's own reader takes alone (``farmwatch.detectors.frame.read_reco
 decodes each line into only the fields the reduction reads).
 Targets: at most 3x the parse-only time (issue 13), under a minute on this 2-core machine (issue 5).
 The command runs as it runs by default: its reading on every CPU (``--workers``: worker processes
-read and reduce parts of the file). Its memory is printed as the peak of the RSS summed over the
-command and its workers (sampled from /proc every 50 ms, so a peak shorter than that may be missed),
-beside the largest single process's peak RSS (the kernel's maximum over the command and the
-children it waited for: exact, but not a sum). A collector's full re-read holds the same frames.
+read and reduce parts of the file, and share the detectors). Its memory is printed as the peak of
+the PSS summed over the command and its workers (proportional set size: a page shared by forked
+processes counts once in the sum, where RSS would count it in each; sampled from /proc every 50 ms,
+so a peak shorter than that may be missed), beside the largest single process's peak RSS (the
+kernel's maximum over the command and the children it waited for: exact, but not a sum). A
+collector's full re-read holds the same frames.
 For information it also prints both sides' CPU seconds (the command's include its workers'): on a
 machine shared with other work, wall time moves with the load and CPU time much less (the load
 average is printed beside them).
@@ -64,8 +66,8 @@ def reader_only(path: Path) -> tuple[float, float]:
 SAMPLE_SECONDS = 0.05
 
 
-class SummedRss:
-    """The peak, over samples every :data:`SAMPLE_SECONDS`, of the RSS summed over a process and
+class SummedPss:
+    """The peak, over samples every :data:`SAMPLE_SECONDS`, of the PSS summed over a process and
     all its descendants (farmwatch-detect and its workers), in bytes, sampled in a thread until
     :meth:`stop`."""
 
@@ -81,7 +83,7 @@ class SummedRss:
             total = 0
             try:
                 for process in [self._process, *self._process.children(recursive=True)]:
-                    total += process.memory_info().rss
+                    total += process.memory_full_info().pss
             except psutil.Error:  # a process ended between the listing and its reading: this sample is partial
                 pass
             self.peak = max(self.peak, total)
@@ -106,7 +108,7 @@ def main() -> int:
                    "--out", str(Path(tmp) / "verdicts.jsonl")]
         began = time.perf_counter()
         child = subprocess.Popen(command)
-        summed = SummedRss(child.pid)
+        summed = SummedPss(child.pid)
         _, status, usage = os.wait4(child.pid, 0)  # this child's rusage and its workers', whatever ran before here
         summed_peak = summed.stop()
         detect_seconds = time.perf_counter() - began
@@ -129,7 +131,7 @@ def main() -> int:
         Figure(f"farmwatch-detect on {files.count:,} records, wall time", detect_seconds, "s", target=at_most(60)),
         Figure(f"farmwatch-detect on {files.count:,} records, CPU time", detect_cpu, "s", parse_cpu,
                "reading and parsing the same records whole (orjson), CPU time, same run"),
-        Figure(f"farmwatch-detect on {files.count:,} records, peak RSS summed over its processes", summed_peak / 2**20,
+        Figure(f"farmwatch-detect on {files.count:,} records, peak PSS summed over its processes", summed_peak / 2**20,
                "MB"),
         Figure(f"farmwatch-detect on {files.count:,} records, largest process's peak RSS", usage.ru_maxrss / 2**10,
                "MB"),
