@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from detector_records import connection, make_record, roster_entry, run, tool, user_input
 from sklearn.ensemble import IsolationForest
 
 from farmwatch.detectors.base import Context
 from farmwatch.detectors.config import DetectionConfig
-from farmwatch.detectors.signals.fleet_anomaly import FleetAnomalyDetector, device_features
+from farmwatch.detectors.signals.fleet_anomaly import FleetAnomalyDetector, _largest_first, device_features
 from farmwatch.detectors.frame import flatten
 from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
 from farmwatch.detectors.signals.ipkvm import IpKvmDetector
@@ -107,6 +108,18 @@ def test_fleet_anomaly_names_what_sets_the_outlier_apart() -> None:
     margin = float(forest.decision_function(features.loc[["x"]].to_numpy())[0])
     assert finding.score == pytest.approx(round(0.3 * min(-margin / 0.15, 1.0), 4))
     assert all(f.score <= finding.score for f in found.values())
+
+
+@pytest.mark.parametrize("values", [
+    [0.5, 3.0, 0.5, 3.0, 1.0, 3.0, 0.0, 0.5, 2.0],  # ties: the order pandas gives them is kept
+    [1.0, float("nan"), 2.0, 2.0, float("nan"), 0.0, 2.0, 1.0, 1.0],  # NaN last
+    [4.0] * 9,
+])
+def test_fleet_anomaly_names_features_in_the_order_sort_values_gives(values: list[float]) -> None:
+    # The features explaining an outlier are its largest |z| first, ties as Series.sort_values(ascending=False)
+    # orders them (the evidence and summary name the first three).
+    expected = pd.Series(values).sort_values(ascending=False).index.to_numpy()
+    assert _largest_first(np.array(values)).tolist() == expected.tolist()
 
 
 def test_fleet_anomaly_scores_the_frames_it_is_given() -> None:

@@ -132,19 +132,31 @@ class FleetAnomalyDetector(Detector):
         features = device_features(frames, context, self.interval_seconds, self.active_seconds, fill=self.median_)
         if features.empty:
             return []
-        decision = self.model_.decision_function(features.to_numpy())
-        z = (features - self.median_) / self.scale_
+        values = features.to_numpy()
+        decision = self.model_.decision_function(values)
+        robust = (features - self.median_) / self.scale_
+        names, z = list(robust.columns), robust.to_numpy()
         found = []
         for at in np.flatnonzero(decision < 0):  # only the outliers get the per-device work
-            device, margin, row = features.index[at], decision[at], z.iloc[at]
-            top = row.abs().sort_values(ascending=False).head(self.explain)
-            reasons = {name: {"value": float(features.loc[device, name]),
+            device, margin = features.index[at], decision[at]
+            top = [names[column] for column in _largest_first(np.abs(z[at]))[:self.explain]]
+            value = dict(zip(features.columns, values[at]))
+            reasons = {name: {"value": float(value[name]),
                               "fleet_median": float(self.median_[name]),
-                              "robust_z": float(row[name])} for name in top.index}
+                              "robust_z": float(z[at, names.index(name)])} for name in top}
             score = self.top_score * min(-margin / self.full_margin, 1.0)
             summary = ("Unlike the fleet in " + ", ".join(
-                f"{FEATURES[name]} ({features.loc[device, name]:.3g} vs {self.median_[name]:.3g})"
-                for name in top.index) + ".")
+                f"{FEATURES[name]} ({value[name]:.3g} vs {self.median_[name]:.3g})"
+                for name in top) + ".")
             found.append(self.finding(str(device), score, summary,
                                       {"decision": float(margin), "features": reasons}))
         return found
+
+
+def _largest_first(values: np.ndarray) -> np.ndarray:
+    """Positions of ``values`` from the largest (NaN last), as ``Series.sort_values(ascending=False)``
+    orders them: pandas sorts the reversed values ascending with the same quicksort and reverses
+    that order, which this repeats without a Series per device."""
+    missing = np.isnan(values)
+    backwards = np.flatnonzero(~missing)[::-1]
+    return np.concatenate([backwards[values[~missing][::-1].argsort(kind="quicksort")][::-1], np.flatnonzero(missing)])
