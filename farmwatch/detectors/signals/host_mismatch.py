@@ -98,8 +98,10 @@ class HostMismatchDetector(Detector):
                     evidence.update(utc_offset_minutes=seen, roster_offset_minutes=expected, mismatch_share=share)
                     sentences.append(f"its clock runs at UTC{seen / 60:+g} while the roster's "
                                      f"{entry.timezone} is UTC{expected / 60:+g}")
-            typed = ";".join(list(pd.unique(rows["keyboard_layouts"])) + list(pd.unique(rows["input_methods"]))
-                             + list(pd.unique(rows["locale"].dropna())))
+            layouts, methods, locales = (np.asarray(rows[name], dtype=object)
+                                         for name in ("keyboard_layouts", "input_methods", "locale"))
+            typed = ";".join(list(pd.unique(layouts)) + list(pd.unique(methods))
+                             + list(pd.unique(locales[~pd.isna(locales)])))
             languages = _languages(typed)
             if languages:
                 score = 1.0 - (1.0 - score) * (1.0 - self.language_score)
