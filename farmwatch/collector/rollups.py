@@ -17,7 +17,8 @@ transaction, so a crash loses the whole batch and the next one redoes it, and a 
 marker is never reduced again. Batches are numbered under the same lock, so a batch number is a mark
 that orders what scoring has seen (:func:`changed_devices`). On SQLite the batch is reduced before
 that transaction, from a read-only snapshot, and written only if what the snapshot read still holds
-under the lock (:func:`reduce_pending`).
+under the lock (:func:`reduce_pending`); its devices are claimed first (``reduction_claims``), so
+reducers running at once reduce different devices' reports, each once.
 
 PostgreSQL assigns report ids before commit, so a report can become visible after one with a
 higher id. The reducer therefore looks for reports without a marker above a floor, and moves the
@@ -30,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,7 +47,8 @@ from sqlalchemy.engine import Connection
 from farmwatch.collector.periodic import PeriodicWorker
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import (
-    reduced_reports, refused_reports, reports, rollup_layouts, rollup_progress, rollups, sightings,
+    reduced_reports, reduction_claims, refused_reports, reports, rollup_layouts, rollup_progress, rollups,
+    sightings,
 )
 from farmwatch.detectors.frame import (
     WINDOW_LAYOUT, RecordError, packed_columns, reduce_json, unpacked_columns, window_columns, windows_of_columns,
@@ -56,6 +59,14 @@ log = logging.getLogger("farmwatch.collector.rollups")
 
 BATCH = 500
 """Reports per reduction batch (on SQLite ingest waits for its write transaction only: tens of ms)."""
+CLAIM_SECONDS = 60.0
+"""How long a reducer's claim on SQLite holds its batch's devices (:func:`_claim`): far longer than
+a batch of ``BATCH`` takes to reduce; a reducer that dies leaves its claim to lapse after this."""
+TAKE_HELD_AFTER_SECONDS = 10.0
+"""How long a reducer that must finish (``reduce_pending(wait=True)``, a scoring run's catch-up)
+waits for other reducers' claimed batches before reducing those reports itself."""
+CLAIM_POLL_SECONDS = 0.05
+"""How often such a reducer looks whether the claimed batches were written."""
 SETTLE_SECONDS = 600.0
 """How long after receipt a report is surely committed (module docstring: the floor)."""
 CHUNK = 400  # keys per IN list (SQLite caps bound variables)
@@ -121,40 +132,121 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
     database: reports received before it are never reduced, since scoring never reads them (a
     database upgraded with weeks of reports starts scoring without reducing all of them first).
 
-    On SQLite the batch is read, parsed, reduced and merged into its rollups in a read-only snapshot
-    (WAL: it blocks no writer), outside the one write lock that every report's commit waits for
-    (issue 13: reduced under that lock, it set ingest's p99). The write transaction that follows
-    only checks that what the snapshot read still holds (:func:`_still_holds`) and writes; when it
-    does not (another reducer, a purge or retention got there first), nothing is written and the
-    batch is read again. On PostgreSQL the progress row is held first and the batch reduced under
-    it: ingest never waits for that row lock, and a second replica skips at once instead of
-    reducing the same reports for nothing."""
+    On SQLite the batch's devices are claimed first (:func:`_claim`: ``reduction_claims`` rows,
+    written in a short write transaction); their pending reports are then read, parsed, reduced and
+    merged into their rollups in a read-only snapshot (WAL: it blocks no writer), outside the one
+    write lock that every report's commit waits for (issue 13: reduced under that lock, it set
+    ingest's p99). The write transaction that follows only checks that what the snapshot read still
+    holds (:func:`_still_holds`) and writes, deleting the claim; when it does not (a purge or
+    retention got there first), nothing is written and the claimed devices' reports are read again.
+    Other reducers claim other devices meanwhile, so two scoring processes catching up at once reduce
+    different batches side by side, and their batches write different rollup rows, instead of each
+    preparing every batch and one throwing its work away. With nothing left but reports of devices
+    others hold, ``wait`` True waits for their batches to be written (a claim is deleted with its
+    batch), and after ``TAKE_HELD_AFTER_SECONDS`` reduces those reports too, unclaimed (their holder
+    may be the niced reducer process, descheduled on busy cores, or dead): whichever writes first
+    files them, the other's check fails. On PostgreSQL the progress row is held first and the batch reduced under
+    it: ingest never waits for that row lock, and a second replica skips at once (``wait`` False)
+    or waits for the batch (``wait`` True) instead of reducing the same reports."""
     if storage.engine.dialect.name != "sqlite":
         with storage._writer.begin() as tx:
             progress = _hold_progress(tx, wait, since)
             if progress is None:
                 return Reduced(0, 0, 0)
             return _commit(tx, *_prepare(tx, progress[0], limit, now), progress)
+    holder = uuid.uuid4().hex
+    waiting_since: float | None = None  # when this call found only reports others hold
+    try:
+        while True:
+            take_held = waiting_since is not None and time.monotonic() - waiting_since >= TAKE_HELD_AFTER_SECONDS
+            devices, held = _claim(storage, holder, now, limit, since, take_held)
+            if not devices and held and wait:
+                waiting_since = time.monotonic() if waiting_since is None else waiting_since
+                time.sleep(CLAIM_POLL_SECONDS)
+                continue
+            with storage.engine.connect() as reader, reader.begin():  # BEGIN (deferred): a snapshot, no lock
+                floor = _read_floor(reader, since)
+                filing, settled = (_prepare(reader, floor, limit, now, devices) if devices
+                                   else (_reduce(reader, []), _settled(reader, floor, now)))
+            with storage._writer.begin() as tx:
+                progress = _hold_progress(tx, wait, since)
+                if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
+                    return Reduced(0, 0, 0)
+                if _still_holds(tx, filing, progress[0]):
+                    tx.execute(reduction_claims.delete().where(reduction_claims.c.holder == holder))
+                    return _commit(tx, filing, settled, progress)
+    except BaseException:
+        _unclaim(storage, holder)
+        raise
+
+
+def _claim(storage: Storage, holder: str, now: datetime, limit: int, since: datetime | None,
+           take_held: bool) -> tuple[list[str], bool]:
+    """The devices whose pending reports the next batch reduces, on SQLite, and whether every
+    pending report is of a device another reducer holds. The devices: those ``holder`` holds (its
+    batch is being read again), else those of the first ``limit`` pending reports of devices
+    nobody holds, claimed for ``holder`` until ``CLAIM_SECONDS`` after ``now``; none when nothing
+    is pending or others hold every pending report, unless ``take_held``: then the devices of the
+    first ``limit`` of those, not claimed (:func:`reduce_pending`).
+
+    The pending reports are looked for in a snapshot, not under the write lock (a scan of every
+    report above the floor); the write transaction claims those of the devices nobody claimed
+    meanwhile, and when that is none of them (two reducers read the same pending reports at once),
+    they are looked for again."""
+    held = sa.exists().where(reduction_claims.c.device_id == reports.c.device_id, reduction_claims.c.claimed_until >= now)
+    mine = sa.select(reduction_claims.c.device_id).where(reduction_claims.c.holder == holder)
     while True:
-        with storage.engine.connect() as reader, reader.begin():  # BEGIN (deferred): a snapshot, no lock
-            filing, settled = _prepare(reader, _read_floor(reader, since), limit, now)
+        with storage.engine.connect() as reader, reader.begin():
+            claimed = list(reader.execute(mine).scalars())
+            if claimed:
+                return claimed, False
+            pending = _pending(_read_floor(reader, since))
+            free = _devices_of(reader.execute(sa.select(reports.c.device_id).where(pending, ~held)
+                                              .order_by(reports.c.id).limit(limit)).scalars())
+            if not free:
+                others = _devices_of(reader.execute(
+                    sa.select(reports.c.device_id).where(pending).order_by(reports.c.id).limit(limit)).scalars())
+                return (others if take_held else []), bool(others)
+        until = now + timedelta(seconds=CLAIM_SECONDS)
         with storage._writer.begin() as tx:
-            progress = _hold_progress(tx, wait, since)
-            if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
-                return Reduced(0, 0, 0)
-            if _still_holds(tx, filing, progress[0]):
-                return _commit(tx, filing, settled, progress)
+            tx.execute(reduction_claims.delete().where(reduction_claims.c.claimed_until < now))
+            tx.execute(sqlite.insert(reduction_claims).on_conflict_do_nothing(index_elements=[reduction_claims.c.device_id]),
+                       [{"device_id": device, "holder": holder, "claimed_until": until} for device in free])
+            claimed = list(tx.execute(mine).scalars())
+        if claimed:
+            return claimed, False
+        # Another reducer claimed every one of them meanwhile (both read the same pending reports): look again.
 
 
-def _prepare(connection: Connection, floor: int, limit: int, now: datetime) -> tuple[Filing, int | None]:
-    """The next batch: up to ``limit`` reports above ``floor`` without a reduced marker, reduced
-    and merged into their rollups as ``connection`` reads them (nothing is written); and the
-    highest report id the floor may move up to (:func:`_settled`)."""
-    pending = connection.execute(
-        sa.select(reports.c.id, reports.c.device_id, reports.c.received_at, reports.c.record)
-        .where(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
-        .order_by(reports.c.id).limit(limit)
-    ).all()
+def _devices_of(device_ids: Iterator[str]) -> list[str]:
+    """Each device once, in order of its first report."""
+    return list(dict.fromkeys(device_ids))
+
+
+def _unclaim(storage: Storage, holder: str) -> None:
+    """Give up ``holder``'s claim after a failure, if the database lets us (else it lapses)."""
+    try:
+        with storage._writer.begin() as tx:
+            tx.execute(reduction_claims.delete().where(reduction_claims.c.holder == holder))
+    except sa.exc.SQLAlchemyError:
+        log.warning("could not give up a reduction claim; it lapses in %.0f s", CLAIM_SECONDS)
+
+
+def _pending(floor: int) -> sa.ColumnElement[bool]:
+    """Reports above ``floor`` without a reduced marker: not reduced yet."""
+    return sa.and_(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
+
+
+def _prepare(connection: Connection, floor: int, limit: int, now: datetime,
+             devices: Collection[str] | None = None) -> tuple[Filing, int | None]:
+    """The next batch: up to ``limit`` reports above ``floor`` without a reduced marker (of
+    ``devices`` only, when given), reduced and merged into their rollups as ``connection`` reads
+    them (nothing is written); and the highest report id the floor may move up to (:func:`_settled`)."""
+    query = sa.select(reports.c.id, reports.c.device_id, reports.c.received_at, reports.c.record).where(_pending(floor))
+    if devices is not None:  # one bound JSON array, whatever the count (SQLite caps bound variables)
+        listed = sa.func.json_each(orjson.dumps(sorted(devices)).decode()).table_valued("value")
+        query = query.where(reports.c.device_id.in_(sa.select(listed.c.value)))
+    pending = connection.execute(query.order_by(reports.c.id).limit(limit)).all()
     return _reduce(connection, pending), _settled(connection, floor, now)
 
 

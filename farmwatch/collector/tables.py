@@ -321,6 +321,18 @@ reduced_reports = sa.Table(
     sa.Column("report_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
     sa.Column("batch", sa.BigInteger, nullable=False),
 )
+# SQLite only: devices whose pending reports a reducer claimed before reducing them
+# (rollups.reduce_pending), so two reducers reduce different devices' reports at once instead of
+# the same reports twice (and, writing different devices' rollup rows, never undo each other's
+# batch). Held until claimed_until (a dead holder's lapse); deleted in the transaction that files
+# the batch. PostgreSQL's reducers hold the rollup_progress row instead and never use this table.
+reduction_claims = sa.Table(
+    "reduction_claims",
+    metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False, index=True),
+    sa.Column("claimed_until", UtcDateTime(), nullable=False),
+)
 # Stored reports the reducer refused (a time outside the contract's bounds, unreadable JSON): each
 # is its own device's error evidence (a scoring_error finding), never a window in anyone's frames.
 refused_reports = sa.Table(

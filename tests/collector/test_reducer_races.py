@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,14 +23,22 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
 
 from farmwatch.collector import rollups
+from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.incremental import refresh_baselines
+from farmwatch.collector.metrics import Metrics
 from farmwatch.collector.purge import purge_device
 from farmwatch.collector.retention import RetentionSettings, prune
+from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import reduced_reports, refused_reports, reports, sightings
+from farmwatch.collector.tables import (
+    reduced_reports, reduction_claims, refused_reports, reports, scoring_work, sightings, verdicts,
+)
 from farmwatch.collector.tables import rollups as rollups_table
-from farmwatch.simulator.cli import write_fleet
+from farmwatch.roster import load_roster
+from farmwatch.simulator.cli import FleetFiles, write_fleet
 from farmwatch.simulator.store import load_records
 
 
@@ -38,9 +47,13 @@ def _time(text: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    files = write_fleet(tmp_path_factory.mktemp("fleet"), seed=41, legit=12, farms=3, days=3)
-    records = [orjson.loads(line) for line in files.records.open("rb")]
+def fleet_files(tmp_path_factory: pytest.TempPathFactory) -> FleetFiles:
+    return write_fleet(tmp_path_factory.mktemp("fleet"), seed=41, legit=12, farms=3, days=3)
+
+
+@pytest.fixture(scope="module")
+def fleet(fleet_files: FleetFiles) -> list[dict[str, Any]]:
+    records = [orjson.loads(line) for line in fleet_files.records.open("rb")]
     records.sort(key=lambda record: record["received_at"])  # as they would arrive
     return records
 
@@ -138,22 +151,29 @@ def test_the_write_lock_is_free_while_a_batch_is_being_reduced(
 
 
 def test_a_batch_another_reducer_filed_meanwhile_is_not_filed_again(
-        tmp_path: Path, fleet: list[dict[str, Any]], between: Callable[[Callable[[], object]], list[bool]]) -> None:
-    """Two reducers (the serving process's and the scorer's catch-up) prepare the same reports: the
-    one that writes second finds them marked, writes nothing, and goes on with the next batch."""
+        tmp_path: Path, fleet: list[dict[str, Any]], between: Callable[[Callable[[], object]], list[bool]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two reducers at once, the other one (a scorer's catch-up, here done waiting for claimed
+    batches at once) with nothing left but reports of devices the first one claimed: it reduces some
+    of those too, unclaimed, and writes first; the first finds them filed, writes nothing, and
+    reads its devices' reports again."""
     serial = _open(tmp_path / "serial.db", fleet)
     racing = _open(tmp_path / "racing.db", fleet)
     other = Storage.open(f"sqlite:///{tmp_path / 'racing.db'}", migrate="check")
     now = _time(fleet[-1]["received_at"]) + timedelta(minutes=1)
     try:
         _reduce_all(serial, now, limit=400)
+        # The first reducer's batch holds reports of every device, so the other one finds none free.
+        assert len({record["report"]["device_id"] for record in fleet[:2000]}) == \
+            len({record["report"]["device_id"] for record in fleet})
         # The other reducer takes a smaller batch: part of what the first read is filed, and rollup
         # rows the first merged into are rewritten, by the time the first takes the lock.
-        checks = between(lambda: rollups.reduce_pending(other, now, limit=150))
-        first = rollups.reduce_pending(racing, now, limit=400, wait=True)
-        # The other reducer's batch written, then the first's refused, then its next one written.
+        monkeypatch.setattr(rollups, "TAKE_HELD_AFTER_SECONDS", 0.0)
+        checks = between(lambda: rollups.reduce_pending(other, now, limit=150, wait=True))
+        first = rollups.reduce_pending(racing, now, limit=2000, wait=True)
+        # The other reducer's batch written, then the first's refused, then its devices' reports read again.
         assert checks == [True, False, True]
-        assert first.reports == 400 and first.batch == 2
+        assert first.reports == 2000 and first.batch == 2
         _reduce_all(racing, now, limit=400)
         _once_each(racing)
         assert _filed(racing) == _filed(serial)
@@ -255,3 +275,114 @@ def test_reducers_racing_in_threads_while_reports_arrive_file_what_one_reducer_w
             store.close()
         racing.close()
         serial.close()
+
+
+def test_two_scoring_runs_starting_together_reduce_each_report_once(
+        tmp_path: Path, fleet_files: FleetFiles, fleet: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two scorers on one SQLite file start their runs at the same moment (as ``serve``'s two scoring
+    processes do at an interval's tick), with an interval's reports not reduced yet: each report is
+    parsed and reduced by one of them only (each run claims its batches before reducing them; before,
+    both prepared every batch and the one that wrote second threw its work away), each device with a
+    new report gets a verdict covering it, and nothing is left to score."""
+    new = 1_600  # four of the reducer's batches
+    storage = _open(tmp_path / "collector.db", fleet[:-new])
+    storage.replace_roster(load_roster(fleet_files.roster))
+    now = _time(fleet[-1]["received_at"]) + timedelta(minutes=1)
+    config = CollectorConfig(enroll_secret="e" * 20, analyst_token="a" * 20, lookback_hours=72)
+    replicas = [Storage.open(f"sqlite:///{tmp_path / 'collector.db'}", migrate="check") for _ in range(2)]
+    try:
+        _reduce_all(storage, now)
+        refresh_baselines(storage, now, config)
+        load_records(storage, fleet[-new:])
+        with storage.engine.connect() as connection:
+            new_ids = set(connection.execute(sa.select(reports.c.id).order_by(reports.c.id.desc()).limit(new)).scalars())
+        reduced: Counter[str] = Counter()
+        reduce_json = rollups.reduce_json
+
+        def counted(data: bytes | str, where: str | int = "record") -> Any:
+            reduced[str(where)] += 1
+            return reduce_json(data, where)
+
+        monkeypatch.setattr(rollups, "reduce_json", counted)
+        start = threading.Barrier(2)
+        failures: list[BaseException] = []
+
+        def run(replica: Storage) -> None:
+            scorer = Scorer(replica, config, Metrics(CollectorRegistry(), lambda: 0), lambda: now)
+            try:
+                start.wait()
+                scorer.run(bounded=True)
+            except BaseException as failure:  # noqa: BLE001 - reported by the assertion below
+                failures.append(failure)
+
+        threads = [threading.Thread(target=run, args=(replica,)) for replica in replicas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        assert not failures, failures
+        assert reduced == Counter({f"report {report_id}": 1 for report_id in new_ids})
+        _once_each(storage)
+        newest = {record["report"]["device_id"] for record in fleet[-new:]}
+        with storage.engine.connect() as connection:
+            covered = set(connection.execute(sa.select(verdicts.c.device_id).where(
+                verdicts.c.through_report_id >= max(new_ids))).scalars())
+            assert newest <= covered
+            assert connection.execute(sa.select(sa.func.count()).select_from(scoring_work)).scalar() == 0
+    finally:
+        for replica in replicas:
+            replica.close()
+        storage.close()
+
+
+def test_a_dead_reducers_claim_keeps_others_off_its_devices_until_it_lapses(
+        tmp_path: Path, fleet: list[dict[str, Any]]) -> None:
+    """A reducer that died holding a claim: a reducer that does not wait (the background one) leaves
+    the claimed devices' reports alone until the claim lapses, then reduces them and drops the claim."""
+    storage = _open(tmp_path / "collector.db", fleet[:600])
+    now = _time(fleet[599]["received_at"]) + timedelta(minutes=1)
+    devices = sorted({record["report"]["device_id"] for record in fleet[:600]})
+    try:
+        with storage._writer.begin() as tx:
+            tx.execute(reduction_claims.insert(), [{"device_id": device, "holder": "dead",
+                                                    "claimed_until": now + timedelta(seconds=30)} for device in devices])
+        assert rollups.reduce_pending(storage, now).reports == 0
+        assert _count(storage, sa.select(sa.func.count()).select_from(reduced_reports)) == 0
+        _reduce_all(storage, now + timedelta(seconds=31))
+        _once_each(storage)
+        assert _count(storage, sa.select(sa.func.count()).select_from(reduction_claims)) == 0
+    finally:
+        storage.close()
+
+
+def test_devices_claimed_by_another_reducer_between_looking_and_claiming_are_left_to_it(
+        tmp_path: Path, fleet: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two reducers find the same pending reports at once and the other claims their devices first:
+    this one looks again and reduces the reports of the devices left (before, it found nothing to
+    claim and returned as if nothing were pending, so its scoring run began without reducing)."""
+    storage = _open(tmp_path / "collector.db", fleet[:600])
+    now = _time(fleet[599]["received_at"]) + timedelta(minutes=1)
+    first = sorted({record["report"]["device_id"] for record in fleet[:50]})
+    devices_of = rollups._devices_of
+    pending = [True]
+
+    def claimed_meanwhile(device_ids: Iterator[str]) -> list[str]:
+        found = devices_of(device_ids)
+        if pending:  # this reducer found the first 50 reports' devices free; the other one claims them now
+            pending.pop()
+            assert sorted(found) == first
+            with storage._writer.begin() as tx:
+                tx.execute(reduction_claims.insert(), [{"device_id": device, "holder": "other",
+                                                        "claimed_until": now + timedelta(seconds=30)} for device in first])
+        return found
+
+    try:
+        monkeypatch.setattr(rollups, "_devices_of", claimed_meanwhile)
+        done = rollups.reduce_pending(storage, now, limit=50)
+        assert not pending and done.reports > 0
+        with storage.engine.connect() as connection:
+            filed = set(connection.execute(sa.select(reports.c.device_id).join(
+                reduced_reports, reduced_reports.c.report_id == reports.c.id)).scalars())
+        assert filed and not filed & set(first)
+    finally:
+        storage.close()
