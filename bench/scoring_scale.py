@@ -31,7 +31,9 @@ is its own:
   ``[detection] batch_devices``, score each batch from rollups (with its co-location neighbourhood
   and the stored baselines), store the verdicts and release the claims. Its time is the slowest
   process's; CPU seconds and peak memory are summed over the processes. Target: at most 60 s and
-  1 GB.
+  1 GB. With several processes each one's time, how much of it it spent off the CPU (waiting for a
+  core, for a lock, or done before the others; waiting for a core is also printed alone, from
+  ``/proc/self/schedstat``) and its peak are printed too.
 * **baseline, today's full re-read**: ``pipeline.score`` over every stored report of the 72 h window and
   the verdicts stored, as the single leased scorer did before issue 12. At 20,000 laptops that needs
   far more memory than this machine has, so it is measured at 1,000 and 2,000 laptops in the same
@@ -275,20 +277,24 @@ def measure(kind: str, store: Store, hours: int, processes: int = 1, batch: int 
     began = time.perf_counter()
     children = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(processes)]
     done: dict[str, Any] = {"gb": 0.0, "cpu": 0.0}
+    each = []
     for child in children:
         assert child.stdout is not None
-        answer = child.stdout.read()
+        answer = json.loads(child.stdout.read())
         _, status, usage = os.wait4(child.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{' '.join(command)} failed (status {status})")
-        for key, value in json.loads(answer).items():
+        for key, value in answer.items():
             done[key] = max(done.get(key, 0), value) if key == "seconds" else done.get(key, 0) + value
         done["gb"] += usage.ru_maxrss / 2**20
         done["cpu"] += usage.ru_utime + usage.ru_stime
+        each.append(f"{answer['seconds']:.1f} s, of it {answer['seconds'] - answer['busy']:.1f} s off the CPU "
+                    f"({answer['queued']:.1f} s waiting for a core), {usage.ru_maxrss / 2**20:.2f} GB")
     done["wall"] = time.perf_counter() - began
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())  # a shared machine: say how busy it was
     print(f"  {kind} at {store.laptops:,} laptops, {processes} process{'es' if processes > 1 else ''}: "
-          f"{done['seconds']:.1f} s, {done['cpu']:.1f} CPU s, peak {done['gb']:.2f} GB (load average {load})", flush=True)
+          f"{done['seconds']:.1f} s, {done['cpu']:.1f} CPU s, peak {done['gb']:.2f} GB (load average {load})"
+          + (f"; each: {'; '.join(each)}" if processes > 1 else ""), flush=True)
     return done
 
 
@@ -296,7 +302,7 @@ def child(kind: str, url: str, now: datetime, hours: int, batch: int) -> dict[st
     """The measured work (in the child process)."""
     storage = Storage.open(url)
     settings = config(hours, batch)
-    began = time.perf_counter()
+    began, began_cpu, began_queued = time.perf_counter(), time.process_time(), _queued()
     if kind == "baselines":
         refresh_baselines(storage, now, settings)
         answer: dict[str, Any] = {}
@@ -311,7 +317,19 @@ def child(kind: str, url: str, now: datetime, hours: int, batch: int) -> dict[st
                          settings.detection, storage.suppressed_detectors(now))
         storage.save_verdicts(verdicts, through)
         answer = {"verdicts": len(verdicts)}
-    return {**answer, "seconds": time.perf_counter() - began}
+    # Off the CPU (seconds - busy): waiting for a core (queued), or for a lock, or idle while the others finish.
+    return {**answer, "seconds": time.perf_counter() - began, "busy": time.process_time() - began_cpu,
+            "queued": _queued() - began_queued}
+
+
+def _queued() -> float:
+    """Seconds this process's main thread (the scorer's, here) has spent runnable but waiting for a
+    core (Linux: ``/proc/self/schedstat``; 0 elsewhere). On a shared machine it tells waiting for a
+    core apart from waiting for a lock or for work."""
+    try:
+        return int(Path("/proc/self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _path(store: Store) -> Path:
