@@ -145,3 +145,24 @@ def test_reports_from_older_agents_count_as_found_by_name() -> None:
                            input=user_input())]
     [finding] = _finding(records, [roster_entry("d12")])
     assert finding.evidence["matched_by"] == ["name"] and finding.evidence["recognised_without_its_name"] is False
+
+
+@pytest.mark.parametrize("dtype", ["str", object])
+def test_distinct_values_per_device_and_tool_match_pandas_groupby_unique(dtype) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from farmwatch.detectors.signals.remote_access import _distinct
+
+    rows = pd.DataFrame({
+        "device_id": np.array([2, 0, 2, 0, 2, 0, 2, 1], dtype=np.int64),
+        "tool": pd.Series(["vnc", "anydesk", "vnc", "anydesk", "rdp", "anydesk", "vnc", "rdp"], dtype=dtype),
+        "remote_ip": pd.Series(["b", None, "a", "c", "a", "c", "b", None], dtype=dtype),
+    })
+    expected = {key: [value for value in values if not pd.isna(value)]
+                for key, values in rows.groupby(["device_id", "tool"])["remote_ip"].unique().items()}
+    expected = {key: values for key, values in expected.items() if values}  # a group with only missing: absent
+    found = _distinct(rows, "remote_ip")
+    assert found == expected
+    assert found[(2, "vnc")] == ["b", "a"]  # first appearance, not sorted
+    assert (1, "rdp") not in found

@@ -274,7 +274,9 @@ def _tool_uses(tools: pd.DataFrame, context: Context, ids: np.ndarray) -> dict[s
     live_span = live.groupby(_KEYS, sort=True).agg(
         first=("time", "min"), last=("time", "max"), live_connections=("time", "size"),
         longest=("duration_seconds", "max"))
-    ended = live[live["state"].astype(str).str.upper().to_numpy() == "CLOSED"].groupby(_KEYS).size().to_dict()
+    # The state's spellings upper-cased once each, not per row.
+    closed = [state for state in pd.unique(live["state"].to_numpy(dtype=object)) if str(state).upper() == "CLOSED"]
+    ended = live[live["state"].isin(closed).to_numpy()].groupby(_KEYS).size().to_dict()
     inbound_count = inbound.groupby(_KEYS).size().to_dict()
     inbound_peers = _distinct(inbound, "remote_ip")
     outbound_peers = _distinct(live[(live["direction"] == "outbound").to_numpy()], "remote_ip")
@@ -317,14 +319,16 @@ def _tool_uses(tools: pd.DataFrame, context: Context, ids: np.ndarray) -> dict[s
 
 def _distinct(rows: pd.DataFrame, column: str) -> dict[tuple[Any, Any], list[Any]]:
     """Per (device code, tool) of ``rows``: the distinct values of ``column`` it has (missing left
-    out), in the order they first appear, as ``groupby(_KEYS)[column].unique()`` lists them (one pass
-    over plain values: that groupby ran Python code per group)."""
-    found: dict[tuple[Any, Any], dict[Any, None]] = {}
-    values = rows[column].to_numpy(dtype=object)
-    for device, tool, value in zip(rows["device_id"].to_numpy(), rows["tool"].to_numpy(dtype=object), values):
-        if not pd.isna(value):
-            found.setdefault((device, tool), {})[value] = None
-    return {key: list(distinct) for key, distinct in found.items()}
+    out), in the order they first appear, as ``groupby(_KEYS)[column].unique()`` lists them (the
+    missing values dropped and the repeats removed on whole columns; only the distinct ones are
+    walked in Python: that groupby ran Python code per group)."""
+    present = rows[column].notna().to_numpy()
+    distinct = rows.loc[present, [*_KEYS, column]].drop_duplicates()  # keeps each first appearance, in order
+    found: dict[tuple[Any, Any], list[Any]] = {}
+    for device, tool, value in zip(distinct["device_id"].to_numpy(), distinct["tool"].to_numpy(dtype=object),
+                                   distinct[column].to_numpy(dtype=object)):
+        found.setdefault((device, tool), []).append(value)
+    return found
 
 
 def _session_rows(frames: Frames) -> pd.DataFrame:
