@@ -324,6 +324,12 @@ class Storage:
     def roster(self) -> list[RosterEntry]:
         return [RosterEntry.model_validate_json(text) for text in self._entries(roster)]
 
+    def roster_texts(self) -> dict[str, str]:
+        """Each device's roster entry as stored (JSON, :meth:`roster` parses it), in the roster's order."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(roster.c.device_id, roster.c.entry).order_by(roster.c.device_id))
+            return {device: entry for device, entry in rows}
+
     def anchors(self) -> list[Anchor]:
         return [Anchor.model_validate_json(text) for text in self._entries(anchors)]
 

@@ -110,7 +110,7 @@ def test_a_batch_takes_only_its_own_devices_roster_entries_in_the_roster_s_order
     _, storage = _fleet(tmp_path)
     try:
         roster = storage.roster()
-        reads = FleetReads(roster, lambda: None)
+        reads = FleetReads(storage.roster_texts(), lambda: None)
         wanted = {roster[5].device_id, roster[1].device_id, "not-in-the-roster", roster[9].device_id}
         assert reads.roster_of(wanted) == [roster[1], roster[5], roster[9]]
         assert reads.roster_of([]) == []
