@@ -15,10 +15,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from farmwatch.collector.console.oidc import OidcConfigError, OidcSettings, parse_settings
 from farmwatch.collector.limits import Limits, LimitsError, load_limits
 from farmwatch.collector.migrate import MIGRATE_MODES, MigrateMode
 from farmwatch.collector.retention import RetentionError, RetentionSettings, load_retention
@@ -26,6 +25,9 @@ from farmwatch.collector.outputs import REGISTRY as OUTPUT_TYPES
 from farmwatch.collector.outputs.base import OutputConfigError, OutputSettings, parse_outputs
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.errors import FarmwatchError
+
+if TYPE_CHECKING:  # imported where [console.oidc] is parsed (_oidc), not by every process reading a config
+    from farmwatch.collector.console.oidc import OidcSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -213,6 +215,10 @@ def _oidc(table: Any, public_url: Any, where: str) -> OidcSettings | None:
     if public_url is None:
         raise ConfigError(f"{where} [console.oidc] needs [collector] public_url: the provider sends analysts back "
                           "to PUBLIC_URL/console/oidc/callback")
+    # Here, not at the top: the OpenID client (authlib, starlette) and the console's accounts (an
+    # argon2 hash at import, 64 MiB) cost every scoring process 16 MB and 0.6 s to import otherwise.
+    from farmwatch.collector.console.oidc import OidcConfigError, parse_settings
+
     try:
         return parse_settings(table, f"{where} [console.oidc]")
     except OidcConfigError as problem:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,13 @@ def test_bad_values_are_named(tmp_path: Path, text: str, words: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "c.toml", enroll_secret_file=tmp_path / "s", analyst_token_file=tmp_path / "s")
     assert words in str(caught.value)
+
+
+def test_a_scoring_process_does_not_import_the_consoles_openid_client() -> None:
+    """A scoring child imports the scorer and the config module (its config arrives pickled); the
+    OpenID client and the console's accounts (an argon2 hash at import: 64 MiB, a sixth of a second)
+    are imported only where ``[console.oidc]`` is parsed."""
+    heavy = ("authlib", "farmwatch.collector.console.oidc", "farmwatch.collector.console.accounts")
+    code = f"import sys, farmwatch.collector.scoring_process; print([m for m in {heavy!r} if m in sys.modules])"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"
