@@ -155,14 +155,29 @@ def test_distinct_values_per_device_and_tool_match_pandas_groupby_unique(dtype) 
     from farmwatch.detectors.signals.remote_access import _distinct
 
     rows = pd.DataFrame({
-        "device_id": np.array([2, 0, 2, 0, 2, 0, 2, 1], dtype=np.int64),
-        "tool": pd.Series(["vnc", "anydesk", "vnc", "anydesk", "rdp", "anydesk", "vnc", "rdp"], dtype=dtype),
+        "pair": np.array([5, 0, 5, 0, 4, 0, 5, 3], dtype=np.int64),
         "remote_ip": pd.Series(["b", None, "a", "c", "a", "c", "b", None], dtype=dtype),
     })
     expected = {key: [value for value in values if not pd.isna(value)]
-                for key, values in rows.groupby(["device_id", "tool"])["remote_ip"].unique().items()}
+                for key, values in rows.groupby("pair")["remote_ip"].unique().items()}
     expected = {key: values for key, values in expected.items() if values}  # a group with only missing: absent
     found = _distinct(rows, "remote_ip")
     assert found == expected
-    assert found[(2, "vnc")] == ["b", "a"]  # first appearance, not sorted
-    assert (1, "rdp") not in found
+    assert found[5] == ["b", "a"]  # first appearance, not sorted
+    assert 3 not in found
+
+
+def test_findings_come_sorted_by_device_then_tool_whatever_order_the_rows_came_in() -> None:
+    def uses(device: str, *tools: str) -> dict:
+        return make_record(device, 0, remote_access=[tool(name, name, connection("127.0.0.1", "outbound"))
+                                                     for name in tools], input=user_input())
+
+    from farmwatch.detectors.base import Context
+    from farmwatch.detectors.config import DetectionConfig
+    from farmwatch.detectors.frame import flatten
+    from farmwatch.detectors.signals.remote_access import RemoteAccessDetector
+
+    frames = flatten([uses("d21", "vnc", "anydesk"), uses("d20", "rustdesk", "anydesk", "parsec")])
+    found = RemoteAccessDetector().detect(frames, Context({}, {}, NOW, DetectionConfig()))
+    assert [(item.device_id, item.finding.evidence["tool"]) for item in found] == [
+        ("d20", "anydesk"), ("d20", "parsec"), ("d20", "rustdesk"), ("d21", "anydesk"), ("d21", "vnc")]
