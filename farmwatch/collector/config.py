@@ -216,7 +216,7 @@ def _oidc(table: Any, public_url: Any, where: str) -> OidcSettings | None:
         raise ConfigError(f"{where} [console.oidc] needs [collector] public_url: the provider sends analysts back "
                           "to PUBLIC_URL/console/oidc/callback")
     # Here, not at the top: the OpenID client (authlib, starlette) and the console's accounts (an
-    # argon2 hash at import, 64 MiB) cost every scoring process 16 MB and 0.6 s to import otherwise.
+    # argon2 hash at import, 64 MiB) cost every scoring process 16 MB and 0.3 s to import otherwise.
     from farmwatch.collector.console.oidc import OidcConfigError, parse_settings
 
     try:
