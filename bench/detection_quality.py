@@ -55,8 +55,8 @@ from pathlib import Path
 
 from report import Figure, at_least, at_most, publish, quick
 
-from farmwatch.detectors.cli import read_records
 from farmwatch.detectors.config import DetectionConfig
+from farmwatch.detectors.frame import read_records
 from farmwatch.detectors.pipeline import score
 from farmwatch.roster import load_anchors, load_roster
 from farmwatch.simulator.cli import write_fleet
