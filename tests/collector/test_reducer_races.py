@@ -386,3 +386,20 @@ def test_devices_claimed_by_another_reducer_between_looking_and_claiming_are_lef
         assert filed and not filed & set(first)
     finally:
         storage.close()
+
+
+def test_a_claimed_batch_is_found_above_the_floor_not_through_each_devices_history(
+        tmp_path: Path, fleet: list[dict[str, Any]]) -> None:
+    """A claimed batch's reports are looked for by the primary key above the floor, then filtered
+    by device: matched through the (device_id, seq) index, SQLite read every stored report of each
+    claimed device (30 days of them by default) for every batch. Asked of SQLite's own planner, on a
+    store with its real indexes and a reduced history."""
+    storage = _open(tmp_path / "store.db", fleet)
+    _reduce_all(storage, _time(fleet[-1]["received_at"]) + timedelta(hours=1))
+    devices = sorted({record["report"]["device_id"] for record in fleet})[:3]
+    query = rollups._batch_query(floor=len(fleet) // 2, limit=rollups.BATCH, devices=devices)
+    sql = str(query.compile(storage.engine, compile_kwargs={"literal_binds": True}))
+    with storage.engine.connect() as connection:
+        plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    searches = [step for step in plan if step.startswith(("SEARCH reports", "SCAN reports"))]
+    assert searches == ["SEARCH reports USING INTEGER PRIMARY KEY (rowid>?)"], plan
