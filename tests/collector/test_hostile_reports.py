@@ -148,8 +148,10 @@ def test_a_failed_run_is_counted_and_the_api_answers_with_stale_verdicts(collect
     assert post(collector, token, raw(report_for(device_id, 1))).status_code == 202
     first = httpx.get(f"{collector.url}/api/v1/devices", headers=auth(collector.analyst_token), timeout=300)
     assert first.status_code == 200 and first.json()[0]["stale"] is False
-    with sqlite3.connect(collector.db_path) as db:  # a roster row no run can read: no device to blame
-        db.execute("INSERT INTO roster (device_id, entry) VALUES ('someone', 'not json')")
+    # Stored fleet baselines no run can read: a run reads them before it claims any device, so no
+    # device is to blame (a bad roster or anchor row is read per batch, where isolation looks for a device to blame).
+    with sqlite3.connect(collector.db_path) as db:
+        assert db.execute("UPDATE fleet_baselines SET body = 'not json'").rowcount == 1
     assert post(collector, token, raw(report_for(device_id, 2))).status_code == 202
 
     listed = httpx.get(f"{collector.url}/api/v1/devices", headers=auth(collector.analyst_token), timeout=300)
