@@ -32,6 +32,13 @@ def test_every_data_folder_ships() -> None:
     assert data_folders == set(CONFIG["package-data"])
 
 
+def test_the_package_states_the_version_the_distribution_has() -> None:
+    """Agents report farmwatch.__version__ (no metadata lookup); the packages are built from pyproject's."""
+    import farmwatch
+
+    assert farmwatch.__version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
 @pytest.mark.slow
 def test_the_wheel_holds_every_data_file(tmp_path: Path) -> None:
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
