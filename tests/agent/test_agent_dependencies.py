@@ -62,6 +62,14 @@ def test_the_agent_prints_a_report_without_any_collector_library(tmp_path: Path)
     assert report.device_id and report.seq == 1
 
 
+def test_the_agent_never_imports_ctypes_on_linux(tmp_path: Path) -> None:
+    """ctypes held ~0.4 MB of the agent's resident memory (issue 13); on Linux only the DNS answer
+    listener needed it, for an address the array module gives."""
+    done, requested = launch(tmp_path, ["ctypes"], "agent", "once", "--print", "--window", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert requested == []
+
+
 def test_a_collector_command_without_its_extra_names_the_extra_in_one_line(tmp_path: Path) -> None:
     done, requested = launch(tmp_path, COLLECTOR_ONLY, "collector", "export", "--db", str(tmp_path / "x.db"))
     assert done.returncode == 3

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import socket
 import struct
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from farmwatch.agent.probes.remote_access.catalog import CATALOG_PATH, Catalog, 
 from farmwatch.agent.probes.remote_access.dns_answers import (
     MAX_ADDRESSES,
     WINDOWS_RESOLVER_CACHE,
+    DnsAnswerListener,
     RelayAddresses,
     learn_windows_resolver_cache,
     parse_answers,
@@ -195,6 +199,36 @@ def test_a_cname_chain_gives_the_address_every_name_that_leads_to_it() -> None:
     relays = RelayAddresses(catalog())
     relays.learn_message(message)
     assert relays.lookup("198.51.100.7") == ("anydesk", "net.anydesk.com")
+
+
+@pytest.mark.root
+def test_the_listener_learns_answers_sent_from_port_53_only() -> None:
+    """The real packet socket with its BPF filter attached: a catalogued answer from UDP port 53 is
+    learned, the same kind of message from another port never reaches the listener."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_NET_RAW) for the packet socket")
+    relays = RelayAddresses(catalog())
+    listener = DnsAnswerListener(relays)
+    listener.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as resolver, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as asker:
+            try:
+                resolver.bind(("127.0.0.9", 53))
+            except OSError as taken:
+                pytest.skip(f"cannot bind UDP port 53 on 127.0.0.9: {taken}")
+            asker.bind(("127.0.0.1", 0))
+            for sender, address in ((other, 9), (resolver, 8)):
+                record = (POINTER_TO_QUESTION, 1, bytes([198, 51, 100, address]))
+                sender.sendto(_response(f"relay-{address}.net.anydesk.com", [record]), asker.getsockname())
+            deadline = time.monotonic() + 10
+            while relays.lookup("198.51.100.8") is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        listener.stop()
+    assert relays.lookup("198.51.100.8") == ("anydesk", "net.anydesk.com")
+    assert relays.lookup("198.51.100.9") is None  # sent first, from another port: filtered out
 
 
 def test_uncatalogued_names_are_not_kept_and_queries_and_garbage_are_ignored() -> None:
