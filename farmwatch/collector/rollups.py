@@ -17,8 +17,8 @@ transaction, so a crash loses the whole batch and the next one redoes it, and a 
 marker is never reduced again. Batches are numbered under the same lock, so a batch number is a mark
 that orders what scoring has seen (:func:`changed_devices`). On SQLite the batch is reduced before
 that transaction, from a read-only snapshot, and written only if what the snapshot read still holds
-under the lock (:func:`reduce_pending`); its devices are claimed first (``reduction_claims``), so
-reducers running at once reduce different devices' reports, each once.
+under the lock (:func:`reduce_pending`); a scoring run's reducer claims its devices first
+(``reduction_claims``), so reducers running at once reduce different devices' reports, each once.
 
 PostgreSQL assigns report ids before commit, so a report can become visible after one with a
 higher id. The reducer therefore looks for reports without a marker above a floor, and moves the
@@ -132,19 +132,22 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
     database: reports received before it are never reduced, since scoring never reads them (a
     database upgraded with weeks of reports starts scoring without reducing all of them first).
 
-    On SQLite the batch's devices are claimed first (:func:`_claim`: ``reduction_claims`` rows,
-    written in a short write transaction); their pending reports are then read, parsed, reduced and
-    merged into their rollups in a read-only snapshot (WAL: it blocks no writer), outside the one
-    write lock that every report's commit waits for (issue 13: reduced under that lock, it set
+    On SQLite a reducer that must finish (``wait`` True) claims the batch's devices first
+    (:func:`_claim`: ``reduction_claims`` rows, written in a short write transaction); the
+    background reducer (``wait`` False) takes the devices of the first pending reports nobody holds
+    and claims none (one query finds its batch: no claim scan, no claim transaction), so a scoring
+    run never waits behind the niced reducer process, and each batch takes the write lock once.
+    The batch's pending reports are then read, parsed, reduced and merged into their rollups in a
+    read-only snapshot (WAL: it blocks no writer), outside the one write lock that every report's commit waits for (issue 13: reduced under that lock, it set
     ingest's p99). The write transaction that follows only checks that what the snapshot read still
     holds (:func:`_still_holds`) and writes, deleting the claim; when it does not (a purge or
     retention got there first), nothing is written and the claimed devices' reports are read again.
-    Other reducers claim other devices meanwhile, so two scoring processes catching up at once reduce
+    Reducers that claim take other devices meanwhile, so two scoring processes catching up at once reduce
     different batches side by side, and their batches write different rollup rows, instead of each
     preparing every batch and one throwing its work away. With nothing left but reports of devices
     others hold, ``wait`` True waits for their batches to be written (a claim is deleted with its
     batch), and after ``TAKE_HELD_AFTER_SECONDS`` reduces those reports too, unclaimed (their holder
-    may be the niced reducer process, descheduled on busy cores, or dead): whichever writes first
+    may be another scoring process, descheduled on busy cores, or dead): whichever writes first
     files them, the other's check fails. On PostgreSQL the progress row is held first and the batch reduced under
     it: ingest never waits for that row lock, and a second replica skips at once (``wait`` False)
     or waits for the batch (``wait`` True) instead of reducing the same reports."""
@@ -159,21 +162,26 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
     try:
         while True:
             take_held = waiting_since is not None and time.monotonic() - waiting_since >= TAKE_HELD_AFTER_SECONDS
-            devices, held = _claim(storage, holder, now, limit, since, take_held)
-            if not devices and held and wait:
-                waiting_since = time.monotonic() if waiting_since is None else waiting_since
-                time.sleep(CLAIM_POLL_SECONDS)
-                continue
+            devices: list[str] | None = None  # the background reducer's batch: devices nobody holds
+            if wait:
+                devices, held = _claim(storage, holder, now, limit, since, take_held)
+                if not devices and held:
+                    waiting_since = time.monotonic() if waiting_since is None else waiting_since
+                    time.sleep(CLAIM_POLL_SECONDS)
+                    continue
             with storage.engine.connect() as reader, reader.begin():  # BEGIN (deferred): a snapshot, no lock
                 floor = _read_floor(reader, since)
-                filing, settled = (_prepare(reader, floor, limit, now, devices) if devices
-                                   else (_reduce(reader, []), _settled(reader, floor, now)))
+                if devices == []:  # a claiming reducer found nothing pending
+                    filing, settled = _reduce(reader, []), _settled(reader, floor, now)
+                else:
+                    filing, settled = _prepare(reader, floor, limit, now, devices, unheld_at=None if devices else now)
             with storage._writer.begin() as tx:
                 progress = _hold_progress(tx, wait, since)
                 if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
                     return Reduced(0, 0, 0)
-                if _still_holds(tx, filing, progress[0]):
-                    tx.execute(reduction_claims.delete().where(reduction_claims.c.holder == holder))
+                if _still_holds(tx, filing, progress[0]):  # its claim goes, and any that lapsed
+                    tx.execute(reduction_claims.delete().where(
+                        sa.or_(reduction_claims.c.holder == holder, reduction_claims.c.claimed_until < now)))
                     return _commit(tx, filing, settled, progress)
     except BaseException:
         _unclaim(storage, holder)
@@ -193,7 +201,7 @@ def _claim(storage: Storage, holder: str, now: datetime, limit: int, since: date
     report above the floor); the write transaction claims those of the devices nobody claimed
     meanwhile, and when that is none of them (two reducers read the same pending reports at once),
     they are looked for again."""
-    held = sa.exists().where(reduction_claims.c.device_id == reports.c.device_id, reduction_claims.c.claimed_until >= now)
+    held = _held(now)
     mine = sa.select(reduction_claims.c.device_id).where(reduction_claims.c.holder == holder)
     while True:
         with storage.engine.connect() as reader, reader.begin():
@@ -218,6 +226,11 @@ def _claim(storage: Storage, holder: str, now: datetime, limit: int, since: date
         # Another reducer claimed every one of them meanwhile (both read the same pending reports): look again.
 
 
+def _held(now: datetime) -> sa.Exists:
+    """A report's device is claimed by a reducer whose claim has not lapsed at ``now``."""
+    return sa.exists().where(reduction_claims.c.device_id == reports.c.device_id, reduction_claims.c.claimed_until >= now)
+
+
 def _devices_of(device_ids: Iterator[str]) -> list[str]:
     """Each device once, in order of its first report."""
     return list(dict.fromkeys(device_ids))
@@ -238,17 +251,18 @@ def _pending(floor: int) -> sa.ColumnElement[bool]:
 
 
 def _prepare(connection: Connection, floor: int, limit: int, now: datetime,
-             devices: Collection[str] | None = None) -> tuple[Filing, int | None]:
+             devices: Collection[str] | None = None, unheld_at: datetime | None = None) -> tuple[Filing, int | None]:
     """The next batch: up to ``limit`` reports above ``floor`` without a reduced marker (of
-    ``devices`` only, when given), reduced and merged into their rollups as ``connection`` reads
-    them (nothing is written); and the highest report id the floor may move up to (:func:`_settled`)."""
-    pending = connection.execute(_batch_query(floor, limit, devices)).all()
+    ``devices`` only, when given; of devices no reducer holds at ``unheld_at``, when given), reduced
+    and merged into their rollups as ``connection`` reads them (nothing is written); and the highest report id the floor may move up to (:func:`_settled`)."""
+    pending = connection.execute(_batch_query(floor, limit, devices, unheld_at)).all()
     return _reduce(connection, pending), _settled(connection, floor, now)
 
 
-def _batch_query(floor: int, limit: int, devices: Collection[str] | None = None) -> sa.Select[Any]:
+def _batch_query(floor: int, limit: int, devices: Collection[str] | None = None,
+                 unheld_at: datetime | None = None) -> sa.Select[Any]:
     """The query of :func:`_prepare`'s batch: the first ``limit`` reports above ``floor`` without a
-    reduced marker, of ``devices`` only when given.
+    reduced marker, of ``devices`` only when given, of devices nobody holds at ``unheld_at`` when given.
 
     The devices are matched as ``device_id || ''``, an expression no index covers, so the database
     finds the batch by the primary key above the floor (the last minutes' reports) and filters it by
@@ -259,6 +273,8 @@ def _batch_query(floor: int, limit: int, devices: Collection[str] | None = None)
     if devices is not None:  # one bound JSON array, whatever the count (SQLite caps bound variables)
         listed = sa.func.json_each(orjson.dumps(sorted(devices)).decode()).table_valued("value")
         query = query.where(reports.c.device_id.concat("").in_(sa.select(listed.c.value)))
+    if unheld_at is not None:
+        query = query.where(~_held(unheld_at))
     return query.order_by(reports.c.id).limit(limit)
 
 

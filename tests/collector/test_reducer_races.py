@@ -195,7 +195,7 @@ def test_reports_purged_meanwhile_are_not_filed(
             purged_ids = list(connection.execute(sa.select(reports.c.id).where(reports.c.device_id == device)).scalars())
         checks = between(lambda: purge_device(storage.engine, device, None, "test", now))
         _reduce_all(storage, now)
-        assert checks[0] is False
+        assert False in checks  # the background batch, prepared before the catch-up wrote, was not written
         _once_each(storage)
         with storage.engine.connect() as connection:
             for table in (rollups_table, sightings):
@@ -378,7 +378,7 @@ def test_devices_claimed_by_another_reducer_between_looking_and_claiming_are_lef
 
     try:
         monkeypatch.setattr(rollups, "_devices_of", claimed_meanwhile)
-        done = rollups.reduce_pending(storage, now, limit=50)
+        done = rollups.reduce_pending(storage, now, limit=50, wait=True)  # a scoring run's reducer claims
         assert not pending and done.reports > 0
         with storage.engine.connect() as connection:
             filed = set(connection.execute(sa.select(reports.c.device_id).join(
@@ -403,3 +403,30 @@ def test_a_claimed_batch_is_found_above_the_floor_not_through_each_devices_histo
         plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
     searches = [step for step in plan if step.startswith(("SEARCH reports", "SCAN reports"))]
     assert searches == ["SEARCH reports USING INTEGER PRIMARY KEY (rowid>?)"], plan
+
+
+def test_the_background_reducer_claims_nothing_so_a_scoring_catch_up_never_waits_for_it(
+        tmp_path: Path, fleet: list[dict[str, Any]], between: Callable[[Callable[[], object]], list[bool]]) -> None:
+    """The background reducer (``wait`` False) prepares a batch without claiming its devices: a scoring
+    run's catch-up that starts meanwhile finds nothing held, reduces those reports itself at once
+    (before, it polled for up to TAKE_HELD_AFTER_SECONDS behind the niced reducer's claim), and the
+    background batch, no longer holding under the lock, is not written: each report filed once."""
+    storage = _open(tmp_path / "collector.db", fleet[:600])
+    scoring = Storage.open(f"sqlite:///{tmp_path / 'collector.db'}", migrate="check")
+    now = _time(fleet[599]["received_at"]) + timedelta(minutes=1)
+    held_meanwhile: list[int] = []
+
+    def scoring_catch_up() -> None:
+        held_meanwhile.append(_count(scoring, sa.select(sa.func.count()).select_from(reduction_claims)))
+        assert rollups.catch_up(scoring, now) > 0
+
+    try:
+        checks = between(scoring_catch_up)
+        rollups.reduce_pending(storage, now)
+        assert held_meanwhile == [0]
+        assert False in checks  # the background batch, prepared before the catch-up wrote, was not written
+        _reduce_all(storage, now)
+        _once_each(storage)
+    finally:
+        scoring.close()
+        storage.close()
