@@ -80,6 +80,9 @@ def in_child(work: Callable[[], Any]) -> tuple[Any, float, float, float]:
 FRAME_BUILDERS = ("frames_from_columns", "frames_from_windows")
 """What ``score_devices`` rebuilds frames with (reading and decoding the rollups included): the first
 one its module has is timed (frames_from_windows before the columnar rollups)."""
+DETECTOR_RUNNERS = ("detect", "score_frames")
+"""What ``score_devices`` runs the detectors with: the first one its module has is timed (score_frames
+before a batch's devices were scored in parts and co-location on its neighbourhood's columns)."""
 
 
 def timed_in_process(module: Any, name: str, spent: dict[str, float], label: str) -> None:
@@ -143,7 +146,8 @@ def main() -> int:
             spent: dict[str, float] = {}
             builder = next(name for name in FRAME_BUILDERS if hasattr(incremental_scoring, name))
             timed_in_process(incremental_scoring, builder, spent, "frames")
-            timed_in_process(incremental_scoring, "score_frames", spent, "detectors")
+            runner = next(name for name in DETECTOR_RUNNERS if hasattr(incremental_scoring, name))
+            timed_in_process(incremental_scoring, runner, spent, "detectors")
             verdicts = {v.device_id: to_wire(v) for v in score_devices(store, changed, now, CONFIG).verdicts}
             return {"verdicts": verdicts, "cpu": spent}
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import sqlalchemy as sa
@@ -36,10 +37,12 @@ from farmwatch.collector.rollups import (
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import fleet_baselines
 from farmwatch.contract import RosterEntry, Verdict
-from farmwatch.detectors.base import Context, Detector
+from farmwatch.detectors.base import Context, Detector, DeviceFinding
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import Frames, frames_from_columns, paused_gc
-from farmwatch.detectors.pipeline import score_frames
+from farmwatch.detectors.pipeline import detect, detection_context, verdicts_of
+from farmwatch.detectors.registry import REGISTRY
+from farmwatch.detectors.signals.colocation import REPORT_COLUMNS, ColocationDetector
 from farmwatch.detectors.signals.fleet_anomaly import FEATURES, FleetAnomalyDetector, raw_device_features
 from farmwatch.detectors.signals.input_rhythm import InputRhythmDetector
 
@@ -135,18 +138,28 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     stored before the call; a scoring run reduces once, before its first batch, and passes False for
     its batches (each reduction call takes the write lock and looks over every report not yet
     settled, about two intervals of the whole fleet's reports, so per batch its cost grew with the
-    fleet; a report stored during the run marks its device for the next run). Loads the rollups of ``devices`` and of every device they may share a network with (so a
-    co-location cluster is judged whole), and scores with ``baselines`` (default: the stored ones,
-    refreshed when older than ``BASELINE_MAX_AGE`` or learned under another config) and
-    ``fleet_reads`` (default: read now; a scoring run passes one for all its batches). Verdicts of
-    the neighbours loaded alongside are not returned. A device with reports the reducer refused
-    (:func:`farmwatch.collector.rollups.refusals`) has them as its own error evidence, at least
-    ``review`` (such reports never become windows, so they reach no one else's frames). Raises
-    ValueError for a naive ``now`` or a detection config naming unknown detectors, RecordError when
-    the windows break a detector (as :func:`farmwatch.detectors.pipeline.score` does, so
-    :mod:`farmwatch.collector.isolation` can find the device). ``neighbourhood``: the devices to load
-    when the caller read them already (:func:`farmwatch.collector.rollups.neighbours` of ``devices``,
-    or of devices whose neighbourhood holds them all: the scorer reads it to claim the neighbours)."""
+    fleet; a report stored during the run marks its device for the next run). Scores with
+    ``baselines`` (default: the stored ones, refreshed when older than ``BASELINE_MAX_AGE`` or
+    learned under another config) and ``fleet_reads`` (default: read now; a scoring run passes one
+    for all its batches).
+
+    Holds the frames of at most ``[detection] batch_devices`` devices at once: ``devices`` are
+    scored in parts of that size (:func:`_parts`) by every detector but ``colocation``
+    (:data:`OWN_DATA`), and of each part's frames only the co-location columns are kept. The devices they may share a network with (their neighbourhood) are read in parts too,
+    for those columns only, and ``colocation`` then judges the whole neighbourhood at once (so a
+    cluster is judged whole, and its findings are those of one frame of every device). Verdicts of
+    the neighbours are not made. A scoring batch grows by the marked devices of its neighbourhood
+    (:class:`farmwatch.collector.scoring.Scorer`) and the largest co-location clusters reach
+    hundreds of devices: held whole, their frames made each scoring process's peak memory.
+
+    A device with reports the reducer refused (:func:`farmwatch.collector.rollups.refusals`) has
+    them as its own error evidence, at least ``review`` (such reports never become windows, so they
+    reach no one else's frames). Raises ValueError for a naive ``now`` or a detection config naming
+    unknown detectors, RecordError when the windows break a detector (as
+    :func:`farmwatch.detectors.pipeline.score` does, so :mod:`farmwatch.collector.isolation` can
+    find the device). ``neighbourhood``: the devices to load when the caller read them already
+    (:func:`farmwatch.collector.rollups.neighbours` of ``devices``, or of devices whose
+    neighbourhood holds them all: the scorer reads it to claim the neighbours)."""
     since = now - timedelta(hours=config.lookback_hours)
     if reduce_first:
         catch_up(storage, now, since)
@@ -159,16 +172,60 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     with paused_gc():
         loaded = set(neighbourhood) | wanted if neighbourhood is not None else neighbours(storage, wanted)
         roster = reads.roster_of(loaded)
-        frames = frames_from_columns(windows(storage, loaded, since))
-        verdicts = score_frames(frames, roster, anchors, now, config.detection, suppressed,
-                                fitted=fleet.fitted(config.detection), fleet_last_report=fleet_last_report)
-    mine = {v.device_id: v for v in verdicts if v.device_id in wanted}  # in the pipeline's order
+        context = detection_context(roster, anchors, now, config.detection, fleet_last_report)
+        fitted = fleet.fitted(config.detection)
+        detected: dict[str, list[DeviceFinding]] = {name: [] for name in REGISTRY}
+        colocated: list[pd.DataFrame] = []
+        scored: set[str] = set()
+        network_kinds: dict[str, str] = {}
+        for part in _parts(sorted(wanted), config.batch_devices):
+            frames = frames_from_columns(windows(storage, part, since))
+            for name, found in detect(frames, context, OWN_DATA, fitted).items():
+                detected[name].extend(found)
+            scored.update(frames.reports["device_id"].unique())
+            network_kinds.update(_newest_network_kinds(frames, wanted))
+            colocated.append(frames.reports[list(REPORT_COLUMNS)])
+            del frames  # the next part's frames take its place
+        for part in _parts(sorted(loaded - wanted), config.batch_devices):
+            colocated.append(frames_from_columns(windows(storage, part, since)).reports[list(REPORT_COLUMNS)])
+        detected.update(detect(_colocation_frames(colocated), context, [ColocationDetector.name]))
+        del colocated
+        verdicts = verdicts_of(scored, detected, context, suppressed)
+    mine = {v.device_id: v for v in verdicts}  # in the pipeline's order
     employees = {entry.device_id: entry.employee_id for entry in roster}
     refused = refusals(storage, wanted, since)
     for device, reasons in sorted(refused.items()):
         mine[device] = with_refusals(mine.get(device), device, employees.get(device), reasons, now, config.detection)
-    return DeviceScores(list(mine.values()), _newest_network_kinds(frames, wanted),
+    return DeviceScores(list(mine.values()), network_kinds,
                         {device: reasons[-1] for device, reasons in refused.items()})
+
+
+OWN_DATA = tuple(name for name in REGISTRY if name != ColocationDetector.name)
+"""The detectors that judge each device on its own windows (and the fleet baselines, the roster and
+anchors): run on a part of a batch's devices, each gives their findings as on all the batch's. Only
+``colocation`` reads other devices' windows, and of them only :data:`REPORT_COLUMNS`."""
+
+
+def _parts(devices: Sequence[str], size: int) -> list[Sequence[str]]:
+    """``devices`` in consecutive parts of at most ``size``, as even as that allows (each part costs
+    every detector's fixed work once more: about 0.1 s of CPU at 20,000 laptops)."""
+    count = -(-len(devices) // size)
+    return [devices[len(devices) * i // count:len(devices) * (i + 1) // count] for i in range(count)]
+
+
+def _colocation_frames(parts: Sequence[pd.DataFrame]) -> Frames:
+    """Frames holding only the co-location columns of ``parts`` (``Frames.reports`` columns of
+    disjoint sets of devices, each sorted by device and window end), as one frame of all those
+    devices would hold them: sorted by device id, ``device_code`` renumbered 0.. in that order."""
+    empty = frames_from_columns([])
+    if not parts:
+        return dataclasses.replace(empty, reports=empty.reports[list(REPORT_COLUMNS)])
+    reports = pd.concat(parts, ignore_index=True)
+    codes = pd.factorize(reports["device_id"].to_numpy(), sort=True)[0]
+    order = np.argsort(codes, kind="stable")  # each device's rows stay in their order
+    reports = reports.iloc[order].reset_index(drop=True)
+    reports["device_code"] = codes[order]
+    return dataclasses.replace(empty, reports=reports)
 
 
 def _newest_network_kinds(frames: Frames, wanted: set[str]) -> dict[str, str]:

@@ -241,10 +241,10 @@ class Scorer(PeriodicWorker):
     def _with_neighbours(self, claim: Claim, hold: float, dirtied_by: datetime | None) -> tuple[Claim, set[str]]:
         """``claim`` and the marked devices of its co-location neighbourhood that nobody holds (as the
         claim would take them: not marked after ``dirtied_by``), and that neighbourhood (also the
-        neighbourhood of the grown claim, which the batch loads). Scoring a batch loads its whole
-        neighbourhood's frames and scores every device in them, so a neighbour's verdict from this
-        batch is exactly its own batch's would be; claimed here it is stored here, instead of scored
-        again in a batch of its own (on 1,000 laptops, batches of 100 read 78 % more devices than
+        neighbourhood of the grown claim, which the batch loads). Scoring a batch judges co-location
+        on its whole neighbourhood, so a neighbour's verdict from this batch is exactly its own
+        batch's would be; claimed here it is stored here, instead of its neighbourhood read and
+        judged again for a batch of its own (on 1,000 laptops, batches of 100 read 78 % more devices than
         they claimed, batches of 500 18 %)."""
         neighbourhood = neighbours(self.storage, claim.devices)
         around = neighbourhood - set(claim.devices)

@@ -83,25 +83,49 @@ def score_frames(
     ones (:func:`_detected`); each still runs once, on all the frames, and the verdicts are those
     of one process."""
     config = config or DetectionConfig()
+    context = detection_context(roster, anchors, now, config, fleet_last_report)
+    detected = _detected(frames, context, fitted or {}, processes, list(REGISTRY))
+    return verdicts_of(frames.reports["device_id"].unique(), detected, context, suppressed)
+
+
+def detection_context(roster: Sequence[RosterEntry], anchors: Sequence[Anchor], now: datetime,
+                      config: DetectionConfig, fleet_last_report: datetime | None = None) -> Context:
+    """What the detectors know besides the frames (:class:`Context`); raises ValueError for a naive
+    ``now`` or a config naming unknown detectors or parameters."""
     _check_now(now)
     check_config(config)
-    context = Context(
+    return Context(
         roster={entry.device_id: entry for entry in roster},
         anchors={anchor.name: anchor for anchor in anchors},
         now=now.astimezone(timezone.utc),
         config=config,
         fleet_last_report=fleet_last_report,
     )
+
+
+def detect(frames: Frames, context: Context, names: Sequence[str],
+           fitted: Mapping[str, Detector] | None = None) -> dict[str, list[DeviceFinding]]:
+    """The findings of the detectors ``names`` on ``frames``, by name, each fitted as
+    :func:`score_frames` fits it. A caller may run the detectors on different frames (a detector
+    that only judges each device on its own data on the device's frames, ``colocation`` on the
+    co-location columns of its whole neighbourhood) and hand all the findings to :func:`verdicts_of`."""
+    return _detected(frames, context, fitted or {}, 1, names)
+
+
+def verdicts_of(devices: Iterable[str], detected: Mapping[str, Sequence[DeviceFinding]], context: Context,
+                suppressed: Mapping[str, Collection[str]] | None = None) -> list[Verdict]:
+    """One verdict per device of ``devices``, sorted by device id, from the findings of every
+    detector (``detected``, by name: as :func:`detect` returns them); findings of other devices are
+    left out. A device's findings are taken in the registry's order of detectors, as found."""
     by_device: dict[str, list[Finding]] = defaultdict(list)
-    detected = _detected(frames, context, fitted or {}, processes)
     for name in REGISTRY:  # in the registry's order, wherever each detector ran
-        for item in detected[name]:
+        for item in detected.get(name, ()):
             if item.finding.score > 0 and name not in (suppressed or {}).get(item.device_id, ()):
                 by_device[item.device_id].append(item.finding)
     verdicts = []
-    for device in sorted(frames.reports["device_id"].unique()):
+    for device in sorted(devices):
         findings = sorted(by_device.get(device, []), key=lambda f: (-f.score, f.detector, f.summary))
-        risk = combine(findings, config)
+        risk = combine(findings, context.config)
         entry = context.roster.get(device)
         verdicts.append(
             Verdict(
@@ -109,7 +133,7 @@ def score_frames(
                 employee_id=entry.employee_id if entry else None,
                 scored_at=context.now,
                 risk=risk,
-                verdict=label(risk, config),
+                verdict=label(risk, context.config),
                 findings=findings,
             )
         )
@@ -117,12 +141,11 @@ def score_frames(
 
 
 def _detected(frames: Frames, context: Context, fitted: Mapping[str, Detector],
-              processes: int) -> dict[str, list[DeviceFinding]]:
-    """Each detector's findings on ``frames``, by name. With ``processes`` > 1 (where the system
-    forks), ``processes - 1`` forked processes share the frames as they are (copy-on-write, nothing
-    pickled) and, with this one, each takes the next detector not yet taken until none is left; the
-    findings come back pickled, and a detector's failure is raised here."""
-    names = list(REGISTRY)
+              processes: int, names: Sequence[str]) -> dict[str, list[DeviceFinding]]:
+    """The findings of each detector of ``names`` on ``frames``, by name. With ``processes`` > 1
+    (where the system forks), ``processes - 1`` forked processes share the frames as they are
+    (copy-on-write, nothing pickled) and, with this one, each takes the next detector not yet taken
+    until none is left; the findings come back pickled, and a detector's failure is raised here."""
     if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return {name: _findings(name, frames, context, fitted) for name in names}
     forking = multiprocessing.get_context("fork")

@@ -9,6 +9,7 @@ must be equal in every field, and between them the fleets must fire every regist
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from farmwatch.collector import retention, rollups
+from farmwatch.collector import incremental, retention, rollups
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.incremental import refresh_baselines, score_devices
 from farmwatch.collector.purge import purge_device
@@ -140,6 +141,39 @@ def test_one_new_interval_rescores_the_changed_devices_as_a_full_reread_would(tm
         scored = score_devices(storage, changed, now, CONFIG, baselines)
         _assert_same(_full_reread(storage, now, changed), _wire(scored.verdicts))
         assert set(scored.network_kinds) == changed
+    finally:
+        storage.close()
+
+
+def test_a_batch_holds_frames_of_batch_devices_at_a_time_and_judges_co_location_on_its_neighbourhood(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, roster, anchors = _fleet(tmp_path / "fleet", 11, shared_egress=True)
+    storage = _store(f"sqlite:///{tmp_path / 'collector.db'}", records, roster, anchors)
+    try:
+        now = _time(records[-1]["received_at"]) + timedelta(minutes=7)
+        _reduce_all(storage, now, limit=5000)
+        full = _full_reread(storage, now)
+        colocated = sorted(d for d, v in full.items() if any(f["detector"] == "colocation" for f in v["findings"]))
+        devices = devices_since(storage, now - timedelta(hours=CONFIG.lookback_hours))
+        baselines = refresh_baselines(storage, now, CONFIG)
+        held: list[int] = []  # devices of each frame built
+        build = incremental.frames_from_columns
+
+        def frames_from_columns(*args: Any) -> Any:
+            frames = build(*args)
+            held.append(frames.reports["device_id"].nunique())
+            return frames
+
+        monkeypatch.setattr(incremental, "frames_from_columns", frames_from_columns)
+        config = dataclasses.replace(CONFIG, batch_devices=4)
+        # Half of a co-location cluster (its other members are only its neighbours), then the fleet.
+        for batch in (colocated[::2] + devices[:3], devices):
+            assert len(rollups.neighbours(storage, batch)) > len(batch) or batch == devices
+            held.clear()
+            scored = score_devices(storage, batch, now, config, baselines)
+            _assert_same(_full_reread(storage, now, set(batch)), _wire(scored.verdicts))
+            assert held and max(held) <= config.batch_devices  # no frame of the whole batch or neighbourhood
+        assert len(colocated) >= 4
     finally:
         storage.close()
 

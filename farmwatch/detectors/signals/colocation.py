@@ -35,8 +35,10 @@ KIND_WEIGHT = {"gateway_mac": 1.0, "wifi_bssid": 1.0, "egress_ip": 0.8}
 """How much sharing one network identity means: a LAN identity is a room; a public address may be a house."""
 LAN_KINDS = ("gateway_mac", "wifi_bssid")
 KINDS = ("egress_ip", *LAN_KINDS)
-_READ = ("device_id", "device_code", "hour", "window_end", "source_ip", "network_kind", "gateway_ip",
-         "gateway_mac_hash", "wifi_bssid_hash")
+REPORT_COLUMNS = ("device_id", "device_code", "hour", "window_end", "source_ip", "network_kind", "gateway_ip",
+                  "gateway_mac_hash", "wifi_bssid_hash")
+"""All the detector reads of the frames: these columns of ``Frames.reports`` (no other table), so a
+neighbourhood's co-location can be judged from them alone (:mod:`farmwatch.collector.incremental`)."""
 SHARED_BY_STRANGERS = frozenset({"mobile", "cgnat", "vpn", "hosting"})
 """``geo.network_kind`` values whose public addresses carry many unrelated customers at once."""
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
@@ -124,7 +126,7 @@ class ColocationDetector(Detector):
     def detect(self, frames: Frames, context: Context) -> list[DeviceFinding]:
         # Only the columns read here and in _moving_together: a filtered copy of every column cost more
         # than the rest of the detector.
-        reports = frames.reports.loc[~corporate_mask(frames, context.config.corporate_networks), list(_READ)]
+        reports = frames.reports.loc[~corporate_mask(frames, context.config.corporate_networks), list(REPORT_COLUMNS)]
         # Devices as their codes (in device id order) until the pairs are known: the grouping and
         # joins below then hash numbers, not id strings of every window.
         seen = self._sightings(reports)
