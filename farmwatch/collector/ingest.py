@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from farmwatch.collector.config import Network
@@ -91,10 +92,27 @@ def digest(report: Report) -> str:
     return wire_digest(to_wire(report))
 
 
+def _may_be_spelt_otherwise(canonical: bytes) -> bool:
+    """Whether orjson's ``canonical`` may spell a number otherwise than json.dumps does: where they
+    differ (a float below 1e-4: ``1e-05`` against ``0.00001``, ``1.5e-07`` against ``1.5e-7``) it holds
+    one of these; elsewhere their compact, key-sorted UTF-8 spellings are the same bytes (strings and
+    escapes, 64-bit ints, other floats). Text that holds one only costs the standard library's spelling."""
+    return b"e-" in canonical or b"e+" in canonical or b"0.0000" in canonical
+
+
 def wire_digest(wire: dict[str, Any]) -> str:
-    """:func:`digest` of a report already in its wire form (an ingest record's ``report``)."""
-    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """:func:`digest` of a report already in its wire form (an ingest record's ``report``).
+
+    The bytes hashed are ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``'s,
+    as stored digests were made (a resend is told from a conflict by them); orjson spells them about
+    five times faster, and the standard library only when a number may be spelt otherwise."""
+    try:
+        canonical: bytes | None = orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits (an extra field), a lone surrogate
+        canonical = None
+    if canonical is None or _may_be_spelt_otherwise(canonical):
+        canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def source_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:

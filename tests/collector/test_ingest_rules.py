@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import ipaddress
 import json
 import threading
@@ -11,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,8 +23,9 @@ from collector_process import free_port
 
 from farmwatch.collector.app import create_app
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.ingest import Rejected, digest, parse_report, read_body, source_address
+from farmwatch.collector.ingest import Rejected, digest, parse_report, read_body, source_address, wire_digest
 from farmwatch.collector.storage import Storage
+from farmwatch.contract import to_wire
 
 
 def read(chunks: list[bytes], limit: int, encoding: str | None = None, length: str | None = None) -> bytes:
@@ -100,6 +103,27 @@ def test_digest_ignores_spelling_but_not_content() -> None:
     assert digest(compact) == digest(spaced)
     report["input"]["key_events"] += 1
     assert digest(parse_report(json.dumps(report).encode())) != digest(compact)
+
+
+def _stored_spelling(wire: dict[str, Any]) -> str:
+    """The digest as stored digests were made: SHA-256 of the standard library's canonical JSON."""
+    return hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def test_a_report_digest_hashes_the_bytes_stored_digests_were_made_of() -> None:
+    """wire_digest spells the canonical JSON with orjson where that gives json.dumps's bytes, and
+    with json.dumps where a number may be spelt otherwise: a resend of a report stored before is
+    still told from a conflict. Numbers of every magnitude (where orjson's spelling differs: 1e-05,
+    1e+16), strings with escapes, non-ASCII and number-like text, nested in lists and objects."""
+    wire = to_wire(parse_report(json.dumps(report_for("lt-1", 3)).encode()))
+    assert wire_digest(wire) == _stored_spelling(wire)
+    magnitudes = [0.0, -0.0, 1e-300, 5e-324, 1e-7, -1.5e-5, 9.99e-5, 1e-4, 0.00012, 0.1, 2.5, 123.456, 1e15,
+                  9.999999999999998e15, 1e16, -1e16, 1.5e17, 1e22, 1.7976931348623157e308, 2**63 - 1, -(2**63)]
+    texts = ["", "plain", "quote \" and \\ slash", "\n\t\r\b\f\x00\x1f\x7f", "\u2028 é 漢字 🙂", "ab3e5", ":1e5", ",0.00001"]
+    for value in [*magnitudes, *texts]:
+        for placed in ({**wire, "extra": value}, {**wire, "extra": [1, {"z": value, "a": [value]}]}):
+            assert wire_digest(placed) == _stored_spelling(placed), value
+    assert wire_digest({**wire, "extra": 2**70}) == _stored_spelling({**wire, "extra": 2**70})  # beyond orjson's ints
 
 
 @contextmanager
