@@ -33,6 +33,17 @@ def test_a_token_is_remembered_for_its_ttl_and_forgotten_with_its_device() -> No
     assert memory.device("sha-b") is None and memory.device("sha-b2") is None
 
 
+def test_a_token_is_remembered_across_agents_report_intervals() -> None:
+    """By default a token outlives several of an agent's 300-s report intervals, so a report does not
+    cost a token query each (the write re-checks the token at its commit)."""
+    now = [100.0]
+    memory = TokenMemory(clock=lambda: now[0])
+    memory.remember("sha-a", "dev-a")
+    for _ in range(11):
+        now[0] += 300
+        assert memory.device("sha-a") == "dev-a"
+
+
 def test_a_spent_quota_is_remembered_until_it_refills_or_a_commit_finds_room() -> None:
     spent = SpentQuotas()
     assert spent.wait("dev-a", T0) is None
