@@ -538,7 +538,7 @@ def arguments() -> argparse.Namespace:
                              "this machine's cores)")
     parser.add_argument("--batch-devices", type=int, default=100,
                         help="[detection] batch_devices of the incremental runs (default 100: each process then "
-                             "holds 100 devices' frames at once, so two stay under 1 GB together)")
+                             "holds 100-199 devices' frames at once, so two stay under 1 GB together)")
     parser.add_argument("--store-dir", type=Path,
                         help="keep the stores this run builds in this folder (with their fleet baselines) and reuse "
                              "the ones a previous run kept there; every measurement runs on a copy, so the kept "

@@ -143,9 +143,10 @@ def score_devices(storage: Storage, devices: Collection[str], now: datetime, con
     learned under another config) and ``fleet_reads`` (default: read now; a scoring run passes one
     for all its batches).
 
-    Holds the frames of at most ``[detection] batch_devices`` devices at once: ``devices`` are
-    scored in parts of that size (:func:`_parts`) by every detector but ``colocation``
-    (:data:`OWN_DATA`), and of each part's frames only the co-location columns are kept. The devices they may share a network with (their neighbourhood) are read in parts too,
+    Holds the frames of fewer than twice ``[detection] batch_devices`` devices at once: ``devices``
+    are scored in parts of that size or a little more (:func:`_parts`) by every detector but
+    ``colocation`` (:data:`OWN_DATA`), and of each part's frames only the co-location columns are
+    kept. The devices they may share a network with (their neighbourhood) are read in parts too,
     for those columns only, and ``colocation`` then judges the whole neighbourhood at once (so a
     cluster is judged whole, and its findings are those of one frame of every device). Verdicts of
     the neighbours are not made. A scoring batch grows by the marked devices of its neighbourhood
@@ -207,9 +208,13 @@ anchors): run on a part of a batch's devices, each gives their findings as on al
 
 
 def _parts(devices: Sequence[str], size: int) -> list[Sequence[str]]:
-    """``devices`` in consecutive parts of at most ``size``, as even as that allows (each part costs
-    every detector's fixed work once more: about 0.1 s of CPU at 20,000 laptops)."""
-    count = -(-len(devices) // size)
+    """``devices`` in consecutive, even parts of at least ``size`` and fewer than twice that (all in
+    one part when fewer than ``2 * size``). Not at most ``size``: each part costs every detector's
+    fixed work once more (about 0.1 CPU s at 20,000 laptops), and a claimed batch is usually a
+    little over ``size`` (the claim and its marked neighbours: 120-150 devices with ``size`` 100),
+    so parts of at most ``size`` doubled the detectors' calls: about 15 CPU s more in one interval
+    there, for no lower peak (docs/scaling.md)."""
+    count = max(len(devices) // size, 1) if devices else 0
     return [devices[len(devices) * i // count:len(devices) * (i + 1) // count] for i in range(count)]
 
 

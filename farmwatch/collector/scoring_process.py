@@ -13,8 +13,8 @@ refreshed by whichever one holds the ``fleet-baselines`` lease. The serving proc
 scorer for on-demand refreshes only (the analyst API), which claims like any other.
 
 Peak memory is the sum of the processes: each child holds an interpreter with the detectors
-(about 0.2 GB) plus the frames of at most ``[detection] batch_devices`` devices and the
-co-location columns of one claimed batch's neighbourhood.
+(about 0.2 GB) plus the frames of fewer than twice ``[detection] batch_devices`` devices and
+the co-location columns of one claimed batch's neighbourhood.
 
 The children's scoring metrics reach the serving process's ``/metrics`` (each sends its samples up
 a pipe every second), added to the serving process's own: counters and histograms summed, the
