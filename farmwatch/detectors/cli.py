@@ -13,8 +13,7 @@ import orjson
 from farmwatch.contract import to_wire
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import RecordError, paused_gc
-from farmwatch.detectors.pipeline import score_frames
-from farmwatch.detectors.shards import cpus, read_frames
+from farmwatch.detectors.shards import FileReading, cpus
 from farmwatch.roster import TableError, load_anchors, load_roster
 from farmwatch.times import parse_utc
 
@@ -50,8 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the company's own egress range (offices, corporate VPN), as in the collector's "
                              "[geo] corporate_networks; repeat for several")
     parser.add_argument("--workers", type=_positive, default=cpus(), metavar="N",
-                        help="read and reduce the records in N processes, each an equal part of the file "
-                             "(at least 1 MiB each), then share the detectors among N processes (each "
+                        help="read and reduce the records in N processes, which take parts of the file "
+                             "(at least 1 MiB each) in turn, then share the detectors among N processes (each "
                              "detector runs once, on all the records; where the system cannot fork, in this "
                              "one); default: the CPUs this process may use, here %(default)s; 1: one process")
     return parser.parse_args(argv)
@@ -90,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         roster = load_roster(args.roster)
         anchors = load_anchors(args.anchors) if args.anchors else []
         config = DetectionConfig(corporate_networks=tuple(args.corporate_network))
-        with paused_gc():
-            verdicts = score_frames(read_frames(args.records, args.workers), roster, anchors, now, config,
-                                    processes=args.workers)
+        with paused_gc(), FileReading(args.records, args.workers) as reading:
+            # The detectors' libraries (scikit-learn, scipy: about 1 s of CPU) are imported here,
+            # while the other processes already read; this one then takes fewer parts of the file.
+            from farmwatch.detectors.pipeline import score_frames
+
+            verdicts = score_frames(reading.frames(), roster, anchors, now, config, processes=args.workers)
     except (RecordError, TableError) as problem:
         print(f"farmwatch-detect: {problem}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from itertools import chain, count, islice, repeat
 from operator import attrgetter
 from pathlib import Path
@@ -373,8 +374,15 @@ def _check_times(where: str | int, rows: Sequence[Sequence[Any]], times: tuple[t
 
 
 def _within_bounds(value: Any) -> bool:
+    return _text_within_bounds(value if type(value) is str else str(value))
+
+
+@lru_cache(maxsize=1 << 16)
+def _text_within_bounds(text: str) -> bool:
+    """Cached: a fleet's windows begin and end at few distinct times (agents report on a schedule),
+    so nearly every record's times were checked before (0.4 us each, against 0.1 us for the look-up)."""
     try:
-        moment = datetime.fromisoformat(str(value))
+        moment = datetime.fromisoformat(text)
         return moment.tzinfo is not None and EARLIEST <= moment < LATEST
     except (ValueError, OverflowError):  # not RFC 3339, or no UTC form (9999-12-31T23:30:00-05:00)
         return False
@@ -413,9 +421,10 @@ def frames_from_windows(windows: Iterable[Sequence[Any]]) -> Frames:
     return frames_from_gathered([gather_windows(windows)])
 
 
-def gather_windows(windows: Iterable[Sequence[Any]]) -> Gathered:
-    """The columns :func:`frames_from_windows` builds frames from, not yet sorted into frames."""
-    pool: dict[str, str] = {}
+def gather_windows(windows: Iterable[Sequence[Any]], pool: dict[str, str] | None = None) -> Gathered:
+    """The columns :func:`frames_from_windows` builds frames from, not yet sorted into frames;
+    their strings pooled in ``pool`` (by default a new one)."""
+    pool = {} if pool is None else pool
 
     def chunks() -> Iterator[dict[str, Any]]:
         given = iter(windows)

@@ -8,7 +8,6 @@ the same export.
 from __future__ import annotations
 
 import inspect
-import multiprocessing
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ import msgspec
 from farmwatch.contract import Anchor, Finding, RosterEntry, Verdict
 from farmwatch.detectors.base import Context, DeviceFinding, Detector
 from farmwatch.detectors.config import DetectionConfig
+from farmwatch.detectors.forked import SharedTasks
 from farmwatch.detectors.frame import Frames, flatten, paused_gc
 from farmwatch.detectors.registry import REGISTRY
 from farmwatch.detectors.risk import combine, label
@@ -140,54 +140,25 @@ def verdicts_of(devices: Iterable[str], detected: Mapping[str, Sequence[DeviceFi
     return verdicts
 
 
+SLOWEST_DETECTORS = ("agent_health", "colocation", "fleet_anomaly", "location_proof")
+"""Taken first, slowest first, when processes share the detectors, so that the last ones taken are
+short and the processes finish together: on 1,000,000 simulated records they took 1.12, 0.55, 0.52
+and 0.41 of the twelve detectors' 3.8 CPU s (the next, 0.25 s). Only the sharing depends on it, not
+a finding."""
+
+
 def _detected(frames: Frames, context: Context, fitted: Mapping[str, Detector],
               processes: int, names: Sequence[str]) -> dict[str, list[DeviceFinding]]:
     """The findings of each detector of ``names`` on ``frames``, by name. With ``processes`` > 1
     (where the system forks), ``processes - 1`` forked processes share the frames as they are
     (copy-on-write, nothing pickled) and, with this one, each takes the next detector not yet taken
-    until none is left; the findings come back pickled, and a detector's failure is raised here."""
-    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return {name: _findings(name, frames, context, fitted) for name in names}
-    forking = multiprocessing.get_context("fork")
-    taken = forking.Value("i", 0)  # the index in ``names`` of the next detector to run
-    helpers = []
-    for _ in range(processes - 1):
-        receiver, sender = forking.Pipe(duplex=False)
-        helper = forking.Process(target=_send_taken, args=(sender, names, taken, frames, context, fitted), daemon=True)
-        helper.start()
-        sender.close()
-        helpers.append((helper, receiver))
-    detected = _run_taken(names, taken, frames, context, fitted)
-    for helper, receiver in helpers:
-        outcome = receiver.recv()
-        helper.join()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        detected.update(outcome)
-    return detected
-
-
-def _run_taken(names: Sequence[str], taken: Any, frames: Frames, context: Context,
-               fitted: Mapping[str, Detector]) -> dict[str, list[DeviceFinding]]:
-    """Run the next detector not yet taken (``taken``: a shared counter) until none is left."""
-    mine: dict[str, list[DeviceFinding]] = {}
-    while True:
-        with taken.get_lock():
-            index = taken.value
-            taken.value = index + 1
-        if index >= len(names):
-            return mine
-        mine[names[index]] = _findings(names[index], frames, context, fitted)
-
-
-def _send_taken(sender: Any, names: Sequence[str], taken: Any, frames: Frames, context: Context,
-                fitted: Mapping[str, Detector]) -> None:
-    """A forked helper's work: :func:`_run_taken`, its findings (or its failure) sent back."""
-    try:
-        outcome: Any = _run_taken(names, taken, frames, context, fitted)
-    except BaseException as failure:  # sent whole: the parent raises it
-        outcome = failure
-    sender.send(outcome)
+    until none is left (:class:`~farmwatch.detectors.forked.SharedTasks`, the slowest first); the
+    findings come back pickled, and a detector's failure is raised here."""
+    order = list(names) if processes < 2 else sorted(
+        names, key=lambda name: SLOWEST_DETECTORS.index(name) if name in SLOWEST_DETECTORS else len(SLOWEST_DETECTORS))
+    shared = SharedTasks(len(order), lambda task: _findings(order[task], frames, context, fitted), processes - 1)
+    found = {order[task]: findings for task, findings in shared.results().items()}
+    return {name: found[name] for name in names}
 
 
 def _findings(name: str, frames: Frames, context: Context, fitted: Mapping[str, Detector]) -> list[DeviceFinding]:

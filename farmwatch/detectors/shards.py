@@ -1,18 +1,19 @@
 """farmwatch-detect's reading on several cores: the records file is cut into parts (byte ranges,
-each holding the lines that begin in it), each part is read and reduced in its own process into
-columns (:class:`~farmwatch.detectors.frame.Gathered`: numpy arrays, cheap to hand back), and the
-frames are built once from all of them in the file's order. They are the frames one process
-builds: a device's records may lie in several parts, and the windows are sorted by device only
-once they are joined.
+each holding the lines that begin in it), each part is read and reduced into columns
+(:class:`~farmwatch.detectors.frame.Gathered`: numpy arrays, cheap to hand back) by whichever
+process is free next (:class:`~farmwatch.detectors.forked.SharedTasks`), and the frames are built
+once from all of them in the file's order. They are the frames one process builds: a device's
+records may lie in several parts, and the windows are sorted by device only once they are joined.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from itertools import count
 from pathlib import Path
+from types import TracebackType
 
+from farmwatch.detectors.forked import SharedTasks
 from farmwatch.detectors.frame import (
     Frames,
     Gathered,
@@ -29,6 +30,10 @@ from farmwatch.detectors.frame import (
 MIN_PART_BYTES = 1 << 20
 """A file is cut into parts of at least this many bytes (1 MiB, about 500 records): a smaller
 part is not worth a process."""
+PARTS_PER_PROCESS = 16
+"""Parts per reading process: a process that starts late (this one imports the detectors while
+the others read) or runs slower (other work on the machine) takes fewer, and all finish within
+about one part's time (a 2 GB file read by two processes: 32 parts of about 0.7 s each)."""
 
 
 def cpus() -> int:
@@ -38,31 +43,58 @@ def cpus() -> int:
     return os.cpu_count() or 1
 
 
-def read_frames(path: Path, workers: int) -> Frames:
+class FileReading:
     """The frames of the ingest records in ``path`` (JSON lines, as :func:`flatten` of
     :func:`read_records` builds them), read and reduced by up to ``workers`` processes: this one
-    and ``workers - 1`` others, each taking an equal part of the file (fewer for a file under
-    ``workers`` MiB). Raises RecordError for a record it cannot use, named as one process names it."""
-    try:
-        size = path.stat().st_size
-    except OSError as failure:
-        raise unreadable(path, failure) from None
-    parts = max(1, min(workers, size // MIN_PART_BYTES))
-    if parts == 1:
-        return flatten(read_records(path))
-    bounds = [size * index // parts for index in range(parts + 1)]
-    with ProcessPoolExecutor(parts - 1) as pool:
-        others = [pool.submit(_gathered_part, path, start, end) for start, end in zip(bounds[1:-1], bounds[2:])]
-        first = _gathered_part(path, 0, bounds[1])
-        return frames_from_gathered([first, *(other.result() for other in others)])
+    and ``workers - 1`` forked ones, which start reading when this is made (one process for a file
+    under ``workers`` MiB). :meth:`frames` joins them. Raises RecordError for a record it cannot
+    use, named as one process names it. Used as a context manager, it stops the forked processes
+    if the frames are never asked for."""
+
+    def __init__(self, path: Path, workers: int) -> None:
+        self._path = path
+        try:
+            size = path.stat().st_size
+        except OSError as failure:
+            raise unreadable(path, failure) from None
+        processes = max(1, min(workers, size // MIN_PART_BYTES))
+        parts = 1 if processes == 1 else min(processes * PARTS_PER_PROCESS, size // MIN_PART_BYTES)
+        self._bounds = [size * index // parts for index in range(parts + 1)]
+        pool: dict[str, str] = {}  # each process's own copy: the strings of all the parts it reads, pooled
+        self._shared: SharedTasks[Gathered] | None = None
+        if parts > 1:
+            bounds = self._bounds
+            self._shared = SharedTasks(parts, lambda part: _gathered_part(path, bounds[part], bounds[part + 1], pool),
+                                       processes - 1)
+
+    def frames(self) -> Frames:
+        if self._shared is None:
+            return flatten(read_records(self._path))
+        shared, self._shared = self._shared, None
+        gathered = shared.results()
+        return frames_from_gathered([gathered.pop(part) for part in range(len(self._bounds) - 1)])
+
+    def __enter__(self) -> FileReading:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, failure: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._shared is not None:
+            self._shared.stop()
 
 
-def _gathered_part(path: Path, start: int, end: int) -> Gathered:
+def read_frames(path: Path, workers: int) -> Frames:
+    """:meth:`FileReading.frames` of ``path`` read by ``workers`` processes."""
+    with FileReading(path, workers) as reading:
+        return reading.frames()
+
+
+def _gathered_part(path: Path, start: int, end: int, pool: dict[str, str]) -> Gathered:
     """The columns of the records on the lines of ``path`` that begin from byte ``start`` to
-    before ``end``."""
+    before ``end``, their strings pooled in ``pool``."""
     with paused_gc():
         try:
-            return gather_windows(map(reduce_record, read_records(path, start, end), count(1)))
+            return gather_windows(map(reduce_record, read_records(path, start, end), count(1)), pool)
         except RecordError:
             if not start:
                 raise

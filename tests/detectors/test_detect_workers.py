@@ -23,7 +23,7 @@ from farmwatch.contract import to_wire
 from farmwatch.detectors import pipeline
 from farmwatch.detectors.base import DeviceFinding
 from farmwatch.detectors.frame import Frames, flatten, read_records
-from farmwatch.detectors.shards import MIN_PART_BYTES, read_frames
+from farmwatch.detectors.shards import MIN_PART_BYTES, FileReading, read_frames
 from farmwatch.roster import load_anchors, load_roster
 from farmwatch.simulator.cli import FleetFiles, write_fleet
 
@@ -144,3 +144,29 @@ def test_a_detector_failing_in_a_forked_process_fails_the_scoring(
 def test_workers_must_be_a_positive_number(fleet: FleetFiles) -> None:
     done = _detect(fleet, fleet.records, 0)
     assert done.returncode == 2 and b"--workers: not a number of processes (1 or more): '0'" in done.stderr
+
+
+def test_the_command_forks_its_readers_before_importing_the_detectors() -> None:
+    """farmwatch-detect's module imports no detector library, so its reading processes start (and
+    are forked) without them: the scoring process imports them while the others read."""
+    code = "import sys, farmwatch.detectors.cli; print(sorted({'sklearn', 'scipy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_process_busy_elsewhere_takes_fewer_parts(fleet: FleetFiles) -> None:
+    """The parts are taken by whichever process is free: while this one is busy (it imports the
+    detectors in farmwatch-detect), the other reads every part, and the frames are still those of
+    one process reading the file whole."""
+    reading = FileReading(fleet.records, workers=2)
+    shared = reading._shared
+    assert shared is not None and shared._tasks >= 3
+    deadline = time.monotonic() + 120
+    while shared._taken.value <= shared._tasks and time.monotonic() < deadline:  # the helper takes every part
+        time.sleep(0.05)
+    taken = list(shared._each_taken())
+    assert taken == []  # none left for this process
+    built, whole = reading.frames(), flatten(read_records(fleet.records))
+    for field in dataclasses.fields(Frames):
+        pd.testing.assert_frame_equal(getattr(built, field.name), getattr(whole, field.name), check_exact=True,
+                                      obj=f"Frames.{field.name}")
