@@ -69,7 +69,7 @@ def test_parts_cut_anywhere_hold_every_line_once(tmp_path: Path) -> None:
 
 def test_parts_read_in_other_processes_build_the_frames_of_one(fleet: FleetFiles) -> None:
     size = fleet.records.stat().st_size
-    for start, end in ((0, size // 3), (size // 3, 2 * size // 3)):  # read_frames' cuts for three workers
+    for start, end in ((0, size // 3), (size // 3, 2 * size // 3)):  # cuts as read_frames makes (1 MiB or more)
         # a device on both sides of each cut: joined wrongly, its windows or hardware would differ
         assert _devices(fleet.records, start, end) & _devices(fleet.records, end, None)
     whole = flatten(read_records(fleet.records))
