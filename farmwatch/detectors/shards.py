@@ -83,12 +83,6 @@ class FileReading:
             self._shared.stop()
 
 
-def read_frames(path: Path, workers: int) -> Frames:
-    """:meth:`FileReading.frames` of ``path`` read by ``workers`` processes."""
-    with FileReading(path, workers) as reading:
-        return reading.frames()
-
-
 def _gathered_part(path: Path, start: int, end: int, pool: dict[str, str]) -> Gathered:
     """The columns of the records on the lines of ``path`` that begin from byte ``start`` to
     before ``end``, their strings pooled in ``pool``."""

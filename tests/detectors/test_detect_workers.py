@@ -23,7 +23,7 @@ from farmwatch.contract import to_wire
 from farmwatch.detectors import pipeline
 from farmwatch.detectors.base import DeviceFinding
 from farmwatch.detectors.frame import Frames, flatten, read_records
-from farmwatch.detectors.shards import MIN_PART_BYTES, FileReading, read_frames
+from farmwatch.detectors.shards import MIN_PART_BYTES, FileReading
 from farmwatch.roster import load_anchors, load_roster
 from farmwatch.simulator.cli import FleetFiles, write_fleet
 
@@ -69,11 +69,12 @@ def test_parts_cut_anywhere_hold_every_line_once(tmp_path: Path) -> None:
 
 def test_parts_read_in_other_processes_build_the_frames_of_one(fleet: FleetFiles) -> None:
     size = fleet.records.stat().st_size
-    for start, end in ((0, size // 3), (size // 3, 2 * size // 3)):  # cuts as read_frames makes (1 MiB or more)
+    for start, end in ((0, size // 3), (size // 3, 2 * size // 3)):  # cuts as FileReading makes (1 MiB or more)
         # a device on both sides of each cut: joined wrongly, its windows or hardware would differ
         assert _devices(fleet.records, start, end) & _devices(fleet.records, end, None)
     whole = flatten(read_records(fleet.records))
-    built = read_frames(fleet.records, workers=3)
+    with FileReading(fleet.records, 3) as reading:
+        built = reading.frames()
     for field in dataclasses.fields(Frames):
         pd.testing.assert_frame_equal(getattr(built, field.name), getattr(whole, field.name), check_exact=True,
                                       obj=f"Frames.{field.name}")
