@@ -8,11 +8,12 @@ in software through uinput live under ``/sys/devices/virtual/``; their events co
 Blind spot: input injected inside a display server (XTest, xrdp, Wayland remote-desktop portals)
 never passes through the kernel, so the X11 listener is preferred whenever a display is reachable.
 
-Cost: events are read in batches. After a wake-up the loop waits :data:`BATCH_SECONDS` before it
-reads again, so the kernel queues a 1000 Hz mouse's frames ten at a time instead of waking the
-agent for each; the timing aggregates do not change, since every event carries the kernel's own
-time stamp, not the time it was read (bench/input_listener_cost.py measures the share of a core).
-A device too fast for that (its queue overflows) turns the wait off for a while.
+Cost: events are read in batches. After a wake-up the loop waits before it reads again, as long as
+the devices that woke it can queue (:func:`queue_events`), so the kernel queues a 1000 Hz mouse's
+frames twenty at a time instead of waking the agent for each; the timing aggregates do not change,
+since every event carries the kernel's own time stamp, not the time it was read
+(bench/input_listener_cost.py measures the share of a core). A device too fast for that (its queue
+overflows) turns the wait off for a while.
 
 Privacy: a key's code is looked at only to tell a key from a mouse button and is then dropped;
 absolute positions (touchpads, tablets) only tell that the pointer moved.
@@ -48,14 +49,20 @@ ABS_X, ABS_Y = 0x00, 0x01
 KEY_PRESS = 1  # 0 is a release, 2 an auto-repeat: neither is a keystroke
 EVIOCSCLOCKID = 0x400445A0  # _IOW('E', 0xa0, int): stamp events with CLOCK_MONOTONIC, as InputStats wants
 BATCH_SECONDS = 0.01
-"""How long the kernel queues a device's events between two reads. A 1000 Hz mouse fills 10 frames
-(30 events) meanwhile, inside the smallest per-reader queue evdev allocates (64 events,
-EVDEV_MIN_BUFFER_SIZE in drivers/input/evdev.c; a mouse's is 128): nothing is dropped, and the
-reader wakes at most 100 times a second instead of once per frame. A faster device (a 4000 or
-8000 Hz gaming mouse) can overflow its queue meanwhile: the kernel says so with SYN_DROPPED, and
-the listener then reads without waiting for :data:`UNBATCHED_SECONDS`."""
+"""How long the kernel queues a device's events between two reads, for the smallest per-reader queue
+evdev allocates (64 events, EVDEV_MIN_BUFFER_SIZE in drivers/input/evdev.c); a device with a longer
+queue waits as much longer (a mouse's 128: 20 ms); the shortest queue among the devices that woke
+the reader sets the wait. A 1000 Hz mouse fills 20 frames (60 events) of its 128 meanwhile; a
+device that had nothing to read and starts during that wait fills its queue (64 at least) only
+above 3200 events a second, which keyboards and buttons never send: nothing is dropped, and the
+reader wakes about 50 times a second instead of once per frame. A faster device (a 4000 or 8000 Hz
+gaming mouse) can overflow its queue meanwhile: the kernel says so with SYN_DROPPED, and the
+listener then reads without waiting for :data:`UNBATCHED_SECONDS`."""
+SMALLEST_QUEUE = 64  # EVDEV_MIN_BUFFER_SIZE: the queue BATCH_SECONDS is sized for
+QUEUED_PACKETS = 8  # EVDEV_BUF_PACKETS: evdev queues this many of a device's largest frames
+MT_AXES = range(0x2F, 0x3E)  # ABS_MT_SLOT .. ABS_MT_TOOL_Y: counted per touch slot, a number sysfs does not show
 UNBATCHED_SECONDS = 10.0  # after a queue overflowed, read every event as it comes for this long
-READ_EVENTS = 512  # events taken per read(): more than any evdev queue holds, so one read empties it
+READ_EVENTS = 512  # events taken per read(): a keyboard's or mouse's whole queue; a longer one takes more reads
 
 
 def capability_bits(text: str) -> set[int]:
@@ -68,6 +75,22 @@ def capability_bits(text: str) -> set[int]:
     return bits
 
 
+def queue_events(caps: dict[str, set[int]]) -> int:
+    """How many events the kernel queues at least for one reader of a device with these capabilities.
+
+    evdev_compute_buffer_size (drivers/input/evdev.c): eight of the frames that
+    input_estimate_events_per_packet (drivers/input/input.c) expects (a SYN_REPORT, one event per
+    relative and absolute axis, seven for keys and MSC, one per touch slot for each multi-touch axis),
+    at least 64, rounded up to a power of two. Touch slots count as none here and drivers may ask for
+    more: the kernel's queue is never shorter than this.
+    """
+    axes = len(caps["rel"]) if EV_REL in caps["ev"] else 0
+    if EV_ABS in caps["ev"]:
+        axes += len(caps["abs"] - set(MT_AXES))
+    events = max(QUEUED_PACKETS * (1 + axes + 7), SMALLEST_QUEUE)
+    return 1 << (events - 1).bit_length()
+
+
 @dataclass(frozen=True)
 class EventDevice:
     """One evdev node worth listening to."""
@@ -75,6 +98,7 @@ class EventDevice:
     node: str  # e.g. "event3"
     name: str
     injected: bool  # created in software (uinput)
+    queue_events: int = SMALLEST_QUEUE  # what the kernel queues for us at least: see queue_events()
 
 
 def input_devices(sys_root: Path) -> list[EventDevice]:
@@ -92,7 +116,7 @@ def input_devices(sys_root: Path) -> list[EventDevice]:
         mouse = EV_REL in caps["ev"] and {REL_X, REL_Y} <= caps["rel"]
         touchpad = EV_ABS in caps["ev"] and {ABS_X, ABS_Y} <= caps["abs"] and bool(caps["key"] & set(BUTTONS))
         if keyboard or mouse or touchpad:
-            found.append(EventDevice(event.name, name, "/devices/virtual/" in where))
+            found.append(EventDevice(event.name, name, "/devices/virtual/" in where, queue_events(caps)))
     return found
 
 
@@ -183,11 +207,15 @@ class EvdevInputListener:
         next_scan = time.monotonic() + self.rescan_seconds
         while not self._stop.is_set():
             ready = self._selector.select(timeout=0.2)
+            # Looked up before the reads, which close an unplugged device's node.
+            shortest_queue = min((self._reading[key.data].device.queue_events for key, _ in ready), default=0)
             for key, _ in ready:
                 self._drain(key.data)
             self.reads += len(ready)
             if ready and time.monotonic() - self._overflowed_at > UNBATCHED_SECONDS:
-                time.sleep(BATCH_SECONDS)  # let the kernel queue the next frames: one read takes them all
+                # Let the kernel queue the next frames, as many as the shortest queue that woke us
+                # holds at BATCH_SECONDS' pace: one read takes them all.
+                time.sleep(BATCH_SECONDS * shortest_queue / SMALLEST_QUEUE)
             if time.monotonic() >= next_scan:
                 self._open(input_devices(self.sys_root))
                 next_scan = time.monotonic() + self.rescan_seconds
@@ -207,38 +235,44 @@ class EvdevInputListener:
         data = reading.pending + chunk
         whole = len(data) - len(data) % INPUT_EVENT.size
         reading.pending = data[whole:]
-        for seconds, micros, kind, code, value in INPUT_EVENT.iter_unpack(data[:whole]):
-            self._handle(reading, seconds + micros / 1e6, kind, code, value)
+        self._reduce(reading, data[:whole])
 
-    def _handle(self, reading: _Reading, at: float, kind: int, code: int, value: int) -> None:
-        injected = reading.device.injected
-        if kind == EV_SYN:
-            if code == SYN_DROPPED:
-                reading.dropping = True
-                self._overflowed_at = time.monotonic()
-            elif code == SYN_REPORT:
-                if not reading.dropping and (reading.dx or reading.dy):
-                    self.sink.move(at, math.hypot(reading.dx, reading.dy), injected)
-                elif not reading.dropping and reading.moved_absolute:
-                    self.sink.move(at, None, injected)  # device units, not pixels: distance unknown
-                reading.dx = reading.dy = 0.0
-                reading.moved_absolute = reading.dropping = False
-            return
-        if reading.dropping:
-            return
-        if kind == EV_KEY and value == KEY_PRESS:
-            if code in TOUCH_STATE:
-                return
-            if code in BUTTONS:
-                self.sink.button(at, injected)
-            else:
-                self.sink.key(at, injected)
-        elif kind == EV_REL:
-            if code == REL_X:
-                reading.dx += value
-            elif code == REL_Y:
-                reading.dy += value
-            elif code in (REL_WHEEL, REL_HWHEEL):
-                self.sink.button(at, injected)  # a wheel step, as X11 reports it (buttons 4-7)
-        elif kind == EV_ABS and code in (ABS_X, ABS_Y):
-            reading.moved_absolute = True
+    def _reduce(self, reading: _Reading, events: bytes) -> None:
+        """Hands the sink the times in whole ``struct input_event`` records. One loop with the frame in
+        progress in local variables, the commonest events tested first: a 1000 Hz mouse passes 3000
+        events a second through it."""
+        sink, injected = self.sink, reading.device.injected
+        dx, dy, moved_absolute, dropping = reading.dx, reading.dy, reading.moved_absolute, reading.dropping
+        for seconds, micros, kind, code, value in INPUT_EVENT.iter_unpack(events):
+            if kind == EV_REL:
+                if dropping:
+                    continue
+                if code == REL_X:
+                    dx += value
+                elif code == REL_Y:
+                    dy += value
+                elif code == REL_WHEEL or code == REL_HWHEEL:
+                    sink.button(seconds + micros / 1e6, injected)  # a wheel step, as X11 reports it (buttons 4-7)
+            elif kind == EV_SYN:
+                if code == SYN_REPORT:
+                    if not dropping and (dx or dy):
+                        sink.move(seconds + micros / 1e6, math.hypot(dx, dy), injected)
+                    elif not dropping and moved_absolute:
+                        sink.move(seconds + micros / 1e6, None, injected)  # device units, not pixels: distance unknown
+                    dx = dy = 0.0
+                    moved_absolute = dropping = False
+                elif code == SYN_DROPPED:
+                    dropping = True
+                    self._overflowed_at = time.monotonic()
+            elif dropping:
+                continue
+            elif kind == EV_KEY:
+                if value != KEY_PRESS or code in TOUCH_STATE:
+                    continue
+                if code in BUTTONS:
+                    sink.button(seconds + micros / 1e6, injected)
+                else:
+                    sink.key(seconds + micros / 1e6, injected)
+            elif kind == EV_ABS and (code == ABS_X or code == ABS_Y):
+                moved_absolute = True
+        reading.dx, reading.dy, reading.moved_absolute, reading.dropping = dx, dy, moved_absolute, dropping
