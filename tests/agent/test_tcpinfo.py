@@ -279,3 +279,58 @@ def test_a_refused_one_walk_request_falls_back_to_one_request_per_family(monkeyp
     with _connected(socket.AF_INET, "127.0.0.1") as client:
         assert _pair(client) in {s.pair for s in tcp_sockets()}
     assert tcpinfo._one_walk.answered is False
+
+
+def _sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """(type, flags, idiag_ext) of every netlink request sent from now on."""
+    sent: list[tuple[int, int, int]] = []
+    send = socket.socket.sendto
+
+    def spy(sock: socket.socket, data: bytes, address: object) -> int:
+        offset = 0
+        while offset < len(data):
+            length, kind, flags = struct.unpack_from("=IHH", data, offset)
+            ext_at = 3 if kind == 18 else 2  # TCPDIAG_GETSOCK's inet_diag_req, else inet_diag_req_v2
+            sent.append((kind, flags, data[offset + NLMSG_HEADER.size + ext_at]))
+            offset += length
+        return send(sock, data, address)
+
+    monkeypatch.setattr(socket.socket, "sendto", spy)
+    return sent
+
+
+@pytest.mark.parametrize("lookup_limit", [256, 0], ids=["looked-up", "over-the-limit"])
+def test_kept_sockets_have_the_rtts_a_full_dump_gives(monkeypatch: pytest.MonkeyPatch, lookup_limit: int) -> None:
+    """With ``keep``, the dump asks for no tcp_info (two thirds of its bytes, filled in by the kernel for
+    every socket it sends) and each kept socket is looked up with it; past the limit a second dump
+    asks for it. Either way the kept sockets are those a full dump gives, with their own RTTs."""
+    monkeypatch.setattr(tcpinfo, "_LOOKUP_LIMIT", lookup_limit)
+    with _connected(socket.AF_INET, "127.0.0.1") as v4, _connected(socket.AF_INET6, "::1") as v6:
+        pairs = {_pair(v4), _pair(v6)}
+        ports = {pair[1] for pair in pairs}
+        full = {s.pair: s for s in tcp_sockets() if s.pair in pairs}
+        sent = _sent(monkeypatch)
+        kept = {s.pair: s for s in tcp_sockets(keep=lambda inode, port: port in ports) if s.pair in pairs}
+        own_min = {_pair(v4): _own_tcp_info(v4)[1], _pair(v6): _own_tcp_info(v6)[1]}
+    assert kept.keys() == full.keys() == pairs
+    for pair, sock in kept.items():
+        assert (sock.state, sock.inode, sock.uid) == (full[pair].state, full[pair].inode, full[pair].uid)
+        assert sock.rtt_ms is not None and sock.min_rtt_ms == own_min[pair] / 1000.0
+    dumps = [ext for _, flags, ext in sent if flags & 0x300]
+    lookups = [kind for kind, flags, _ in sent if not flags & 0x300]
+    assert dumps[0] == 0  # the first dump leaves tcp_info out
+    if lookup_limit:
+        assert len(dumps) == 1 and len(lookups) >= 2 and set(lookups) == {20}  # SOCK_DIAG_BY_FAMILY, one socket each
+    else:
+        assert dumps[1:] == [2] and not lookups  # the second dump asks for INET_DIAG_INFO
+
+
+def test_a_kept_socket_gone_before_its_lookup_is_kept_as_the_dump_saw_it() -> None:
+    with _connected(socket.AF_INET, "127.0.0.1") as client:
+        port = client.getsockname()[1]
+        request = tcpinfo.dump_request(socket.AF_INET, 1 << tcpinfo.TCP_ESTABLISHED, 1, tcp_info=False)
+        [(payload, at)] = [kept for kept in tcpinfo._dump([request], lambda inode, local: local == port)]
+    gone = payload[:6] + struct.pack("!H", 1) + payload[8:]  # the peer's port: 1, where no connection is
+    [sock] = tcpinfo._looked_up([(gone, at)])
+    assert (sock.local_port, sock.remote_port, sock.state) == (port, 1, "ESTABLISHED")
+    assert (sock.rtt_ms, sock.min_rtt_ms) == (None, None)

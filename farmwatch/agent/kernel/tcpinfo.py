@@ -6,9 +6,11 @@ minimum is the physics: light in fibre covers ~200 km per ms one way, so a round
 bounds the peer's distance to r x 100 km, and congestion only ever adds to it. ``ss -ti`` reads
 the same numbers through inet_diag (``INET_DIAG_INFO``); we send inet_diag's dump request (the
 TCPDIAG_GETSOCK form, one walk of the kernel's tables for IPv4 and IPv6; SOCK_DIAG_BY_FAMILY per
-family where a kernel refuses it) and unpack the answer with :mod:`struct` (a netlink library cost the agent more
-memory than everything else it reads). An unprivileged process may dump every TCP socket of its
-network namespace with ``INET_DIAG_INFO``, so the default path needs no root.
+family where a kernel refuses it) and unpack the answer with :mod:`struct` (a netlink library cost
+the agent more memory than everything else it reads). A caller that keeps only a few of the sockets
+(the socket watch) gets a dump without tcp_info and a lookup of each kept socket with it. An
+unprivileged process may dump every TCP socket of its network namespace with ``INET_DIAG_INFO``, so
+the default path needs no root.
 
 macOS exposes ``TCP_CONNECTION_INFO`` only for the caller's own sockets and Windows'
 ``GetPerTcpConnectionEStats`` needs administrator rights and per-connection enabling; neither is
@@ -17,6 +19,7 @@ implemented, and :func:`tcp_rtts` says so by raising :class:`RttUnavailable`.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -53,6 +56,7 @@ _NO_SAMPLE = 0xFFFFFFFF
 # NLMSG_ERROR carrying a negative errno.
 _NETLINK_SOCK_DIAG = 4
 _NLMSG_HEADER = struct.Struct("=IHHII")
+_LENGTH_KIND = struct.Struct("=IH")  # the header's first two fields
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
 _NLM_F_REQUEST = 0x01
@@ -65,6 +69,14 @@ _SOCK_DIAG_BY_FAMILY = 20
 # of idiag_ext asks for struct tcp_info as an INET_DIAG_INFO attribute.
 _REQUEST = struct.Struct("=BBBxI48x")
 _INET_DIAG_INFO = 2
+_INFO_EXT = 1 << (_INET_DIAG_INFO - 1)
+# The same request without NLM_F_DUMP and with a socket's own inet_diag_sockid (cookie included)
+# asks for that one socket (inet_diag_get_exact): a hash lookup, not a walk. An ENOENT answer: it
+# closed meanwhile.
+_EXACT_REQUEST = struct.Struct("=BBBxI")  # then the 48-byte sockid, as the dump gave it
+_SOCKID = slice(4, 52)  # of an inet_diag_msg
+_LOOKUP_BATCH = 32  # lookups sent at once: their answers (about 400 bytes each) fit a netlink socket's receive buffer
+_LOOKUP_LIMIT = 256  # kept sockets up to which lookups cost less than a second dump with tcp_info
 # The same header's TCPDIAG_GETSOCK request, older than SOCK_DIAG_BY_FAMILY: struct inet_diag_req
 # {u8 family, src_len, dst_len, ext; struct inet_diag_sockid id; u32 states; u32 dbs}. The kernel
 # answers it (inet_diag_dump_compat in net/ipv4/inet_diag.c) with the family set to AF_UNSPEC: IPv4
@@ -90,8 +102,9 @@ _DIAG_HEAD = struct.Struct("=BBxx")
 _PORTS = struct.Struct("!HH")
 _DIAG_TAIL = struct.Struct("=12xII")  # after the 48-byte sockid: expires, rqueue, wqueue skipped
 _DIAG_MSG_SIZE = _DIAG_HEAD.size + 48 + _DIAG_TAIL.size
-_INODE = struct.Struct("=I")
-_INODE_OFFSET = _DIAG_MSG_SIZE - _INODE.size
+# From a message's start: nlmsg_len and nlmsg_type, then in its inet_diag_msg the local port's two
+# bytes (big-endian) and the inode: a whole nlmsghdr and inet_diag_msg.
+_LENGTH_KIND_PORT_INODE = struct.Struct("=IH10x" + "4xBB" + "62xI")
 # include/uapi/linux/rtnetlink.h: struct rtattr {u16 len; u16 type}; the top two type bits are flags.
 _RTATTR = struct.Struct("=HH")
 _RTATTR_TYPE_MASK = 0x3FFF
@@ -155,20 +168,22 @@ def local_port_filter(ranges: Sequence[tuple[int, int]]) -> bytes:
     return program
 
 
-def dump_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> bytes:
+def dump_request(family: int, states: int, seq: int, bytecode: bytes = b"", tcp_info: bool = True) -> bytes:
     """A SOCK_DIAG_BY_FAMILY dump request for the TCP sockets of ``family`` in ``states``, filtered
-    in the kernel by ``bytecode`` (see :func:`local_port_filter`) when given."""
-    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (_INET_DIAG_INFO - 1), states)
+    in the kernel by ``bytecode`` (see :func:`local_port_filter`) when given, each with its tcp_info
+    (RTTs) unless ``tcp_info`` is False."""
+    body = _REQUEST.pack(family, socket.IPPROTO_TCP, _INFO_EXT if tcp_info else 0, states)
     if bytecode:
         body += _RTATTR.pack(_RTATTR.size + len(bytecode), _INET_DIAG_REQ_BYTECODE) + bytecode
     flags = _NLM_F_REQUEST | _NLM_F_DUMP
     return _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
 
 
-def one_walk_request(states: int, seq: int, bytecode: bytes = b"") -> bytes:
+def one_walk_request(states: int, seq: int, bytecode: bytes = b"", tcp_info: bool = True) -> bytes:
     """A TCPDIAG_GETSOCK dump request for the TCP sockets of both families in ``states``, filtered
-    in the kernel by ``bytecode`` when given (see ``_TCPDIAG_GETSOCK``)."""
-    body = _ONE_WALK_REQUEST.pack(0, 0, 0, 1 << (_INET_DIAG_INFO - 1), states, 0)
+    in the kernel by ``bytecode`` when given (see ``_TCPDIAG_GETSOCK``), each with its tcp_info
+    unless ``tcp_info`` is False."""
+    body = _ONE_WALK_REQUEST.pack(0, 0, 0, _INFO_EXT if tcp_info else 0, states, 0)
     if bytecode:
         body += _RTATTR.pack(_RTATTR.size + len(bytecode), _INET_DIAG_REQ_BYTECODE) + bytecode
     flags = _NLM_F_REQUEST | _NLM_F_DUMP
@@ -182,29 +197,46 @@ def parse_dump_part(data: bytes, keep: Keep | None = None) -> tuple[list[TcpSock
     Raises :class:`OSError` with the kernel's errno for NLMSG_ERROR (or a failed dump's DONE), and
     :class:`RttUnavailable` naming the offset for bytes that do not hold whole messages.
     """
-    found: list[TcpSocket] = []
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < _NLMSG_HEADER.size:
-            raise _malformed(f"{len(data) - offset} bytes left at offset {offset}, too few for a nlmsghdr")
-        length, kind, _, _, _ = _NLMSG_HEADER.unpack_from(data, offset)
-        if length < _NLMSG_HEADER.size or offset + length > len(data):
-            raise _malformed(f"message at offset {offset} claims {length} bytes of the {len(data) - offset} left")
-        payload = data[offset + _NLMSG_HEADER.size:offset + length]
-        if kind == _NLMSG_ERROR:
-            errno = -_ERRNO.unpack_from(payload)[0] if len(payload) >= _ERRNO.size else 0
-            if errno <= 0:  # an acknowledgement, which a dump request does not ask for
+    kept, done = _dump_part(data, keep)
+    return [_parse_diag_msg(payload, at) for payload, at in kept], done
+
+
+Kept = list[tuple[bytes, int]]
+"""inet_diag_msg payloads of a dump answer with their offsets (named in errors), not parsed yet."""
+
+
+def _dump_part(data: bytes, keep: Keep | None) -> tuple[Kept, bool]:
+    """:func:`parse_dump_part` short of parsing the sockets."""
+    found: Kept = []
+    offset, end = 0, len(data)
+    # One loop turn per socket the kernel sends (thousands per poll on a busy machine): the header
+    # fields and keep's two are read in place with one unpack, and only a kept socket's bytes are
+    # copied out. Past a message shorter than a socket's, the unpack reads the next one's bytes:
+    # they are not used (the length says it is no socket).
+    while offset < end:
+        if end - offset >= _LENGTH_KIND_PORT_INODE.size:
+            length, kind, port_high, port_low, inode = _LENGTH_KIND_PORT_INODE.unpack_from(data, offset)
+        elif end - offset >= _NLMSG_HEADER.size:
+            (length, kind), port_high, port_low, inode = _LENGTH_KIND.unpack_from(data, offset), 0, 0, 0
+        else:
+            raise _malformed(f"{end - offset} bytes left at offset {offset}, too few for a nlmsghdr")
+        if length < _NLMSG_HEADER.size or offset + length > end:
+            raise _malformed(f"message at offset {offset} claims {length} bytes of the {end - offset} left")
+        if kind == _SOCK_DIAG_BY_FAMILY or kind == _TCPDIAG_GETSOCK:
+            if keep is None or length < _LENGTH_KIND_PORT_INODE.size or keep(inode, port_high << 8 | port_low):
+                found.append((data[offset + _NLMSG_HEADER.size:offset + length], offset))
+        elif kind == _NLMSG_ERROR:
+            payload = data[offset + _NLMSG_HEADER.size:offset + length]
+            refusal = -_ERRNO.unpack_from(payload)[0] if len(payload) >= _ERRNO.size else 0
+            if refusal <= 0:  # an acknowledgement, which a dump request does not ask for
                 raise _malformed(f"NLMSG_ERROR at offset {offset} carries no errno")
-            raise OSError(errno, os.strerror(errno))
-        if kind == _NLMSG_DONE:  # a dump that failed part-way puts its negative errno here
+            raise OSError(refusal, os.strerror(refusal))
+        elif kind == _NLMSG_DONE:  # a dump that failed part-way puts its negative errno here
+            payload = data[offset + _NLMSG_HEADER.size:offset + length]
             status = _ERRNO.unpack_from(payload)[0] if len(payload) >= _ERRNO.size else 0
             if status < 0:
                 raise OSError(-status, os.strerror(-status))
             return found, True
-        if kind in (_SOCK_DIAG_BY_FAMILY, _TCPDIAG_GETSOCK) and (
-                keep is None or len(payload) < _DIAG_MSG_SIZE
-                or keep(_INODE.unpack_from(payload, _INODE_OFFSET)[0], _PORTS.unpack_from(payload, _DIAG_HEAD.size)[0])):
-            found.append(_parse_diag_msg(payload, offset))
         offset += _align(length)
     return found, False
 
@@ -221,7 +253,7 @@ def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform,
     try:
         if _one_walk.answered is not False:
             try:
-                found = _dump([one_walk_request(states, 1, bytecode)], keep)
+                found = _sockets(lambda tcp_info: [one_walk_request(states, 1, bytecode, tcp_info)], keep)
             except RttUnavailable:
                 raise
             except OSError:
@@ -232,7 +264,8 @@ def tcp_sockets(states: int = ALL_STATES, platform: str = sys.platform,
                 _one_walk.answered = True
                 return found
         families = (socket.AF_INET, socket.AF_INET6)
-        return _dump([dump_request(family, states, seq, bytecode) for seq, family in enumerate(families, 1)], keep)
+        return _sockets(lambda tcp_info: [dump_request(family, states, seq, bytecode, tcp_info)
+                                          for seq, family in enumerate(families, 1)], keep)
     except RttUnavailable:
         raise
     except OSError as failure:
@@ -248,17 +281,66 @@ class _OneWalk:
 _one_walk = _OneWalk()
 
 
-def _dump(requests: list[bytes], keep: Keep | None) -> list[TcpSocket]:
+def _sockets(requests: Callable[[bool], list[bytes]], keep: Keep | None) -> list[TcpSocket]:
+    """The sockets the kernel answers ``requests(with tcp_info)`` with, those ``keep`` accepts.
+
+    With ``keep``, the dump leaves tcp_info out: the kernel fills it in for every socket it sends
+    and it is two thirds of the bytes, for the few sockets kept. Those are looked up one by one with
+    it, unless so many are kept that a second dump with it costs less."""
+    if keep is None:
+        return [_parse_diag_msg(payload, at) for payload, at in _dump(requests(True), None)]
+    kept = _dump(requests(False), keep)
+    if len(kept) > _LOOKUP_LIMIT:
+        return [_parse_diag_msg(payload, at) for payload, at in _dump(requests(True), keep)]
+    return _looked_up(kept)
+
+
+def _dump(requests: list[bytes], keep: Keep | None) -> Kept:
     """The sockets the kernel answers ``requests`` (dump requests, sent one after the other) with."""
-    found: list[TcpSocket] = []
+    found: Kept = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
         for request in requests:
             diag.sendto(request, (0, 0))
             done = False
             while not done:
-                part, done = parse_dump_part(diag.recv(_RECV_BYTES), keep)
+                part, done = _dump_part(diag.recv(_RECV_BYTES), keep)
                 found.extend(part)
     return found
+
+
+def _looked_up(kept: Kept) -> list[TcpSocket]:
+    """The dumped sockets ``kept`` (without tcp_info) as the kernel answers a lookup of each with it;
+    one that closed since the dump as the dump saw it, its RTTs unknown."""
+    found: list[TcpSocket] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
+        for start in range(0, len(kept), _LOOKUP_BATCH):
+            batch = kept[start:start + _LOOKUP_BATCH]
+            diag.sendto(b"".join(_exact_request(payload, seq) for seq, (payload, _) in enumerate(batch)), (0, 0))
+            answers: dict[int, bytes] = {}
+            for _ in batch:  # one datagram per lookup, the socket or an NLMSG_ERROR
+                answer = diag.recv(_RECV_BYTES)
+                if len(answer) < _NLMSG_HEADER.size:
+                    raise _malformed(f"a lookup's answer has {len(answer)} bytes, too few for a nlmsghdr")
+                answers[_NLMSG_HEADER.unpack_from(answer)[3]] = answer
+            for seq, (payload, at) in enumerate(batch):
+                if seq not in answers:
+                    raise _malformed(f"no answer to lookup {seq} of {len(batch)}")
+                try:
+                    answered, _ = parse_dump_part(answers[seq])
+                except OSError as failure:
+                    if failure.errno != errno.ENOENT or isinstance(failure, RttUnavailable):
+                        raise
+                    answered = [_parse_diag_msg(payload, at)]
+                if len(answered) != 1:
+                    raise _malformed(f"lookup {seq} was answered with {len(answered)} sockets")
+                found.extend(answered)
+    return found
+
+
+def _exact_request(payload: bytes, seq: int) -> bytes:
+    """A lookup of the socket a dump's inet_diag_msg ``payload`` describes, with its tcp_info."""
+    body = _EXACT_REQUEST.pack(payload[0], socket.IPPROTO_TCP, _INFO_EXT, ALL_STATES) + payload[_SOCKID]
+    return _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, seq, 0) + body
 
 
 def tcp_rtts(pairs: Iterable[Pair]) -> dict[Pair, RttPair]:
