@@ -268,3 +268,19 @@ def test_the_merge_unpacks_each_stored_form_as_frames_read_it() -> None:
     assert isinstance(rows[-1]["reports"]["plain"]["hostname"]["codes"], str)
     for row in rows:
         _assert_same_frames(frames_from_columns([row]), per_window_frames(_json(windows_of_columns(unpacked_columns(row)))))
+
+
+def test_a_stored_block_may_list_its_rows_out_of_window_order(fleet: Fleet) -> None:
+    """A list part whose ``window`` list is not in window order (a stored block, as ``packed_columns``
+    keeps one) gives each window's rows in the order stored, as the windows' own: here the windows'
+    rows listed from the last window back, each window's rows in their order."""
+    windows = _json([list(reduce_record(record)) for record in fleet.records[:40]])
+    block = window_columns(windows)
+    for part in ("tools", "probes"):
+        stored = block[part]
+        rows = sorted(range(len(stored["window"])), key=lambda row: -stored["window"][row])  # stable: in order within a window
+        block[part] = {name: [values[row] for row in rows] for name, values in stored.items()}
+        assert block[part]["window"] != sorted(block[part]["window"]) and len(set(block[part]["window"])) > 1
+    built = frames_from_columns([_json(packed_columns(block))])
+    _assert_same_frames(per_window_frames(windows), built)
+    assert len(built.probes) and len(built.tools)
