@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import farmwatch.entry
 from farmwatch.contract import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,3 +126,17 @@ def test_corporate_networks_are_not_colocation(tmp_path: Path) -> None:
     assert detectors == [set(), set(), set(), {"colocation"}, {"colocation"}, {"colocation"}]
     bad = _detect(records, "--roster", roster, "--corporate-network", "office")
     assert bad.returncode == 2 and "--corporate-network" in bad.stderr
+
+
+def test_the_console_script_freezes_the_heap_once_the_verdicts_are_written(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """farmwatch-detect's console script (farmwatch.entry.detect) freezes every object left once its
+    work is done, so the interpreter's shutdown skips collecting them; run here in this process
+    with the freeze recorded instead of done (a frozen test process would never collect again)."""
+    out = tmp_path / "verdicts.jsonl"
+    frozen_after: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen_after.append(out.exists()))
+    monkeypatch.setattr(sys, "argv", ["farmwatch-detect", str(EXAMPLES / "records.jsonl"), "--roster",
+                                      str(EXAMPLES / "roster.csv"), "--out", str(out), "--workers", "1"])
+    assert farmwatch.entry.detect() == 0
+    assert frozen_after == [True]
