@@ -708,11 +708,14 @@ def _child_table(given: Sequence[tuple[dict[str, Any], int]], names: tuple[str, 
     # A row's place: its window's first row once sorted, plus its place among its window's rows;
     # with the rows of each window together in window order (as gathered; a stored block may list
     # them otherwise: then grouped so first, each window's in the order given).
-    grouped = np.argsort(recs, kind="stable") if (np.diff(recs) < 0).any() else np.arange(len(recs))
-    in_groups = recs[grouped]
-    places = np.empty(len(recs), dtype=np.int64)
-    places[grouped] = ((np.cumsum(sorted_counts) - sorted_counts)[new_rec[in_groups]]
-                       + np.arange(len(recs), dtype=np.int64) - (np.cumsum(counts) - counts)[in_groups])
+    grouped = np.argsort(recs, kind="stable") if (np.diff(recs) < 0).any() else None
+    in_groups = recs if grouped is None else recs[grouped]
+    places = (np.cumsum(sorted_counts) - sorted_counts)[new_rec[in_groups]]  # (in place: 3M rows of probes)
+    places += np.arange(len(recs), dtype=np.int64)
+    places -= (np.cumsum(counts) - counts)[in_groups]
+    if grouped is not None:
+        places[grouped] = places.copy()
+    del recs, in_groups, grouped
     sorted_rec = np.repeat(np.arange(len(order), dtype=np.int64), sorted_counts)
     rows = np.split(places, np.cumsum(lengths)[:-1])
     table = {"rec": sorted_rec}
