@@ -148,3 +148,28 @@ def test_writes_awaited_on_an_event_loop_share_a_batch_and_hear_their_own_outcom
     assert stored == [1, 2, 3]  # row 100 rolled back alone, row 4 never written
     assert (group.batches, group.steps) == (2, 5)  # the four remaining writes shared one commit
     group.close()
+
+
+def test_after_a_batch_of_several_writes_the_next_batch_gathers_the_writes_that_follow(engine: sa.Engine) -> None:
+    # A window far longer than the test: a batch ends early only by reaching max_batch.
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps, max_batch=3, gather_seconds=60)
+    started, release, hold = holding()
+
+    lone = group.submit(hold)
+    assert started.wait(10)
+    queued = [group.submit(insert(n)) for n in (1, 2)]
+    while group._queue.qsize() < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    assert lone.result(10) == "held"  # the first write after a quiet spell did not wait to gather
+    assert [f.result(10) for f in queued] == [1, 2]
+    assert group.batches == 2  # the held write alone, then the two queued behind it
+
+    first = group.submit(insert(3))  # writers were concurrent: this batch waits for more ...
+    threading.Event().wait(0.2)
+    assert not first.done()
+    later = [group.submit(insert(n)) for n in (4, 5)]  # ... and takes these, full at max_batch
+    assert [f.result(10) for f in (first, *later)] == [3, 4, 5]
+    assert (group.batches, group.steps) == (3, 6)
+    assert rows(engine) == [1, 2, 3, 4, 5]
+    group.close()
