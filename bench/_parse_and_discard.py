@@ -1,7 +1,8 @@
 """The ingest benchmark's baseline server: the collector's HTTP stack that parses each report and keeps nothing.
 
 FastAPI on uvicorn as ``farmwatch-collector serve`` runs them (the report route a plain Starlette
-route, the same event loop, HTTP parser, garbage-collector settings and worker count), and the
+route served ahead of the middleware stack, ``direct_route.serve_ahead``; the same event loop, HTTP
+parser, garbage-collector settings and worker count), and the
 collector's own body reading (size cap, gzip) and strict contract parsing
 (``ingest.parse_report``); no token lookup, no quota, no database. What the collector does beyond
 this is what storing costs. Run by bench/collector_ingest.py:
@@ -21,6 +22,8 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from farmwatch.collector import ingest
+from farmwatch.collector.app import REPORTS_PATH
+from farmwatch.collector.direct_route import serve_ahead
 from farmwatch.collector.gc_tuning import settle_long_lived
 from farmwatch.collector.limits import Limits
 
@@ -41,7 +44,8 @@ def discarding_app() -> FastAPI:
             return JSONResponse({"errors": refused.errors}, status_code=refused.status)
         return JSONResponse({"accepted": report.seq}, status_code=202)
 
-    app.router.routes.insert(0, Route("/api/v1/reports", post_report, methods=["POST"]))  # as the collector's
+    app.router.routes.insert(0, Route(REPORTS_PATH, post_report, methods=["POST"]))  # as the collector's
+    serve_ahead(app, "POST", REPORTS_PATH, post_report)
     return app
 
 
