@@ -37,7 +37,7 @@ from farmwatch.collector.rollups import (
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import fleet_baselines
 from farmwatch.contract import RosterEntry, Verdict
-from farmwatch.detectors.base import Context, Detector, DeviceFinding
+from farmwatch.detectors.base import Context, Detector, DeviceFinding, device_runs
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import Frames, frames_from_columns, paused_gc
 from farmwatch.detectors.pipeline import detect, detection_context, verdicts_of
@@ -234,9 +234,14 @@ def _colocation_frames(parts: Sequence[pd.DataFrame]) -> Frames:
 
 
 def _newest_network_kinds(frames: Frames, wanted: set[str]) -> dict[str, str]:
-    reports = frames.reports[["device_id", "network_kind"]]  # not every column of the batch's frame copied
-    newest = reports[reports["device_id"].isin(wanted)].groupby("device_id").tail(1)  # sorted by window end
-    return {str(d): str(k) for d, k in zip(newest["device_id"], newest["network_kind"]) if k is not None}
+    """Each wanted device's ``network_kind`` of its newest window (its last row: the rows are sorted
+    by device, then window end), unless missing: only each device's last row is looked at (a
+    groupby of every row took about 6 ms per part of 130 devices)."""
+    first, rows = device_runs(frames.reports["device_code"].to_numpy())
+    last = first + rows - 1
+    devices = frames.reports["device_id"].to_numpy()[last]
+    kinds = frames.reports["network_kind"].to_numpy()[last]
+    return {str(d): str(k) for d, k in zip(devices, kinds) if d in wanted and k is not None}
 
 
 def current_baselines(storage: Storage, now: datetime, config: CollectorConfig) -> Baselines:

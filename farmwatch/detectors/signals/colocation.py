@@ -26,7 +26,7 @@ import ipaddress
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, aggregated_columns, device_ids
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.distance import great_circle_km
 from farmwatch.detectors.networks import corporate_mask
@@ -141,8 +141,8 @@ class ColocationDetector(Detector):
         x, y = pairs["device_id_x"].to_numpy(), pairs["device_id_y"].to_numpy()
         pairs = pairs[(x < y) & (employee[x] != employee[y])]
         pairs = pairs[~self._rooms_disagree(pairs)]
-        together = pairs.groupby(["device_id_x", "device_id_y"]).agg(
-            hours=("hour", "nunique"), first=("hour", "min"), last=("hour", "max"))
+        together = aggregated_columns(pairs.groupby(["device_id_x", "device_id_y"]),
+                                      hours=("hour", "nunique"), first=("hour", "min"), last=("hour", "max"))
         together = together[together["hours"] >= self.min_overlap_hours].reset_index()
         pairs = pairs.assign(kind=np.asarray(KINDS, dtype=object)[pairs["kind"].to_numpy()],
                              device_id_x=ids[pairs["device_id_x"].to_numpy()],

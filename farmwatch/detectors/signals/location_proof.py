@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from farmwatch.contract import RosterEntry
-from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids, device_runs
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, aggregated_columns, device_ids, device_runs
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.distance import (
     ACCESS_OVERHEAD_MS,
@@ -71,15 +71,16 @@ class LocationProofDetector(Detector):
         probes["bound_km"] = max_distance_km(probes["rtt_min_ms"].to_numpy())
         probes["violation_km"] = probes["claim_km"] - probes["bound_km"] - self.slack_km
         probes["excess_ms"] = probes["rtt_min_ms"] - (ACCESS_OVERHEAD_MS + claim_km / SLOW_PATH_KM_PER_RTT_MS)
-        per_report = probes.groupby("rec", sort=True).agg(violation=("violation_km", "max"),
-                                                          excess=("excess_ms", "min"))
+        per_report = aggregated_columns(probes.groupby("rec", sort=True), violation=("violation_km", "max"),
+                                        excess=("excess_ms", "min"))
         recs = per_report.index.to_numpy()
         per_report["device_id"] = device_codes[recs]  # device codes (in id order) until the devices with a finding
         per_report["direct"] = ~frames.reports["has_vpn_interface"].to_numpy()[recs]
         per_report["violating"] = per_report["violation"] > 0
         per_report["slow"] = per_report["direct"] & (per_report["excess"] > self.slow_excess_ms)
         per_report["time"] = frames.reports["window_end"].array.take(recs)
-        devices = per_report.groupby("device_id", sort=True).agg(
+        devices = aggregated_columns(
+            per_report.groupby("device_id", sort=True),
             reports=("violation", "size"), violating=("violating", "sum"), direct=("direct", "sum"),
             slow=("slow", "sum"), first=("time", "min"), last=("time", "max"))
         too_slow = (devices["direct"] >= self.min_reports) & (devices["slow"] >= 0.9 * devices["direct"])

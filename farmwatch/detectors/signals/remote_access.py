@@ -34,7 +34,7 @@ import pandas as pd
 
 from farmwatch.agent.probes.remote_access.catalog import catalog
 from farmwatch.contract import RosterEntry
-from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids, device_runs
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, aggregated_columns, device_ids, device_runs
 from farmwatch.detectors.clock import local_times, outside_working_time
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.networks import peer_country
@@ -269,14 +269,14 @@ def _tool_uses(tools: pd.DataFrame, context: Context, ids: np.ndarray) -> dict[s
         outside[at] = outside_working_time(local_times(live_recs["time"][at], zone or None)).to_numpy()
     recs = pd.DataFrame({_KEY: live_recs[_KEY].to_numpy(), "injected": live_recs["injected"].to_numpy(), "driven": driven,
                          "outside": outside, "outside_driven": outside & driven})
-    per_rec = recs.groupby(_KEY, sort=True).agg(
-        session_reports=("driven", "size"), driven_reports=("driven", "sum"), injected=("injected", "sum"),
-        outside=("outside", "sum"), outside_driven=("outside_driven", "sum"))
-    used = tools.groupby(_KEY, sort=True).agg(process=("process", "first"), first_used=("time", "min"),
-                                               used_last=("time", "max"))
-    live_span = live.groupby(_KEY, sort=True).agg(
-        first=("time", "min"), last=("time", "max"), live_connections=("time", "size"),
-        longest=("duration_seconds", "max"))
+    # Each column's own reduction over one grouping, not named aggregation (aggregated_columns).
+    per_rec = aggregated_columns(recs.groupby(_KEY, sort=True), session_reports=("driven", "size"),
+                                 driven_reports=("driven", "sum"), injected=("injected", "sum"),
+                                 outside=("outside", "sum"), outside_driven=("outside_driven", "sum"))
+    used = aggregated_columns(tools.groupby(_KEY, sort=True), process=("process", "first"),
+                              first_used=("time", "min"), used_last=("time", "max"))
+    live_span = aggregated_columns(live.groupby(_KEY, sort=True), first=("time", "min"), last=("time", "max"),
+                                   live_connections=("time", "size"), longest=("duration_seconds", "max"))
     # The state's spellings upper-cased once each, not per row.
     closed = [state for state in pd.unique(live["state"].to_numpy(dtype=object)) if str(state).upper() == "CLOSED"]
     ended = live[live["state"].isin(closed).to_numpy()].groupby(_KEY).size().to_dict()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from farmwatch.detectors.base import Context, DeviceFinding, Detector, device_ids
+from farmwatch.detectors.base import Context, DeviceFinding, Detector, aggregated_columns, device_ids
 from farmwatch.detectors.frame import Frames
 from farmwatch.detectors.distance import (
     ACCESS_OVERHEAD_MS,
@@ -92,7 +92,8 @@ class SessionDistanceDetector(Detector):
         codes = frames.reports["device_code"].to_numpy()
         ids = device_ids(frames.reports)
         paths["device_id"] = codes[paths["rec"].to_numpy()]
-        per_peer = paths.groupby(["device_id", "via", "peer", "direction"], sort=True).agg(
+        per_peer = aggregated_columns(
+            paths.groupby(["device_id", "via", "peer", "direction"], sort=True),
             min_rtt_ms=("min_rtt_ms", "min"), reports=("rec", "nunique"), tool=("tool", "any"),
             local_hands_share=("local_hands", "mean"), first=("time", "min"), last=("time", "max"),
             session_seconds=("duration_seconds", "max")).reset_index()
