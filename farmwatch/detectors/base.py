@@ -124,12 +124,11 @@ def device_runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def aggregated_columns(grouped: DataFrameGroupBy, **columns: tuple[str, str]) -> pd.DataFrame:
     """What ``grouped.agg(**columns)`` gives (named aggregation: each output column a pair of input
-    column and reduction, ``size`` for the group's rows), from each column's own reduction over the
-    one grouping: named aggregation plans the whole aggregation anew on every call, a few ms that a
-    scoring run pays for each detector and part of every batch (issue 12: about 170 parts at 20,000
-    laptops), whatever the part's size."""
-    return pd.DataFrame({name: grouped.size() if how == "size" else getattr(grouped[column], how)()
-                         for name, (column, how) in columns.items()})
+    column and reduction), from each column's own reduction over the one grouping: named aggregation
+    plans the whole aggregation anew on every call, a few ms that a scoring run pays for each
+    detector and part of every batch (issue 12: about 170 parts at 20,000 laptops), whatever the
+    part's size."""
+    return pd.DataFrame({name: getattr(grouped[column], how)() for name, (column, how) in columns.items()})
 
 
 def device_ids(reports: pd.DataFrame) -> np.ndarray:
