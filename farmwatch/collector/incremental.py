@@ -241,7 +241,8 @@ def _newest_network_kinds(frames: Frames, wanted: set[str]) -> dict[str, str]:
     last = first + rows - 1
     devices = frames.reports["device_id"].to_numpy()[last]
     kinds = frames.reports["network_kind"].to_numpy()[last]
-    return {str(d): str(k) for d, k in zip(devices, kinds) if d in wanted and k is not None}
+    # A missing kind is NaN in the frame's text column, not None: pd.notna tells either apart.
+    return {str(d): str(k) for d, k in zip(devices, kinds) if d in wanted and pd.notna(k)}
 
 
 def current_baselines(storage: Storage, now: datetime, config: CollectorConfig) -> Baselines:

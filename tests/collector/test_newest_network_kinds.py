@@ -28,17 +28,13 @@ def test_each_wanted_devices_last_row() -> None:
     assert list(kinds) == ["a", "d", "e"]
 
 
-def test_as_a_groupby_of_every_row_took_it() -> None:
-    """Missing kinds too (None in the rows; the frame's text column holds them as NaN): the answer
-    of the groupby this replaced, which scoring's fleet rows were made from."""
+def test_a_device_whose_newest_kind_is_missing_is_left_out() -> None:
+    """The frame's text column holds a missing kind as NaN: the device is left out (the fleet index
+    then shows no kind), never the text "nan"; an older kind does not stand in for it."""
     rows = [("a", "residential"), ("a", None), ("b", None), ("b", "mobile"), ("c", None), ("d", "vpn")]
     frames = _frames(rows)
-    wanted = {"a", "b", "c"}
-    reports = frames.reports  # type: ignore[attr-defined]
-    newest = reports[reports["device_id"].isin(wanted)].groupby("device_id").tail(1)
-    grouped = {str(d): str(k) for d, k in zip(newest["device_id"], newest["network_kind"]) if k is not None}
-    assert _newest_network_kinds(frames, wanted) == grouped  # type: ignore[arg-type]
-    assert grouped["b"] == "mobile"
+    assert pd.isna(frames.reports["network_kind"].iloc[1])  # type: ignore[attr-defined]
+    assert _newest_network_kinds(frames, {"a", "b", "c"}) == {"b": "mobile"}  # type: ignore[arg-type]
 
 
 def test_no_rows() -> None:
