@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -92,12 +93,20 @@ def digest(report: Report) -> str:
     return wire_digest(to_wire(report))
 
 
+_OTHERWISE_SPELT = re.compile(rb"[:,\[]-?[0-9]+(?:\.[0-9]+)?[eE]|0\.0000")
+"""A number in exponent form (a value: after a colon, comma or bracket), or a float below 1e-4 spelt
+out. Hex digests in strings (``"7c1e5d"``) do not match, so a typical report is hashed as orjson
+spells it."""
+
+
 def _may_be_spelt_otherwise(canonical: bytes) -> bool:
     """Whether orjson's ``canonical`` may spell a number otherwise than json.dumps does: where they
-    differ (a float below 1e-4: ``1e-05`` against ``0.00001``, ``1.5e-07`` against ``1.5e-7``) it holds
-    one of these; elsewhere their compact, key-sorted UTF-8 spellings are the same bytes (strings and
-    escapes, 64-bit ints, other floats). Text that holds one only costs the standard library's spelling."""
-    return b"e-" in canonical or b"e+" in canonical or b"0.0000" in canonical
+    differ it holds an exponent (``1e-05`` against ``0.00001``, ``1.5e-07`` against ``1.5e-7``; orjson
+    3.10.0, the lowest pyproject allows, spells ``1e16`` where 3.13 and json.dumps spell ``1e+16``) or
+    a spelt-out float below 1e-4; elsewhere their compact, key-sorted UTF-8 spellings are the same bytes (strings and escapes,
+    64-bit ints, other floats). A string that looks like one (``":1e5"``) only costs the standard
+    library's spelling."""
+    return _OTHERWISE_SPELT.search(canonical) is not None
 
 
 def wire_digest(wire: dict[str, Any]) -> str:

@@ -29,8 +29,8 @@ def build() -> tuple[FastAPI, list[str]]:
     seen: list[str] = []
 
     class Recording:
-        def __init__(self, inner: ASGIApp) -> None:
-            self.inner = inner
+        def __init__(self, app: ASGIApp) -> None:  # Starlette before 0.37 passes it by name
+            self.inner = app
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import ipaddress
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -23,7 +25,15 @@ from collector_process import free_port
 
 from farmwatch.collector.app import create_app
 from farmwatch.collector.config import CollectorConfig
-from farmwatch.collector.ingest import Rejected, digest, parse_report, read_body, source_address, wire_digest
+from farmwatch.collector.ingest import (
+    Rejected,
+    _may_be_spelt_otherwise,
+    digest,
+    parse_report,
+    read_body,
+    source_address,
+    wire_digest,
+)
 from farmwatch.collector.storage import Storage
 from farmwatch.contract import to_wire
 
@@ -108,6 +118,19 @@ def test_digest_ignores_spelling_but_not_content() -> None:
 def _stored_spelling(wire: dict[str, Any]) -> str:
     """The digest as stored digests were made: SHA-256 of the standard library's canonical JSON."""
     return hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def test_a_typical_report_is_hashed_as_orjson_spells_it() -> None:
+    """The standard library's spelling is the slow path: hex digests in strings ("7c1e5d...", which
+    hold a digit before an "e") must not send a typical report there; a number in exponent form,
+    spelt with or without its sign (orjson 3.10.0 writes 1e16), must."""
+    wire = to_wire(parse_report(json.dumps(report_for("lt-1", 3)).encode()))
+    spelt = orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)
+    assert re.search(rb'"[0-9a-f]*[0-9]e[0-9a-f]*"', spelt)  # the fixture holds such a digest
+    assert not _may_be_spelt_otherwise(spelt)
+    for number in (b"1e16", b"-1e+16", b"1.5e17", b"1e-05", b"0.00001"):
+        assert _may_be_spelt_otherwise(b'{"a":[1,' + number + b"]}"), number
+        assert _may_be_spelt_otherwise(b'{"a":' + number + b"}"), number
 
 
 def test_a_report_digest_hashes_the_bytes_stored_digests_were_made_of() -> None:
