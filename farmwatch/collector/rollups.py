@@ -5,7 +5,8 @@ before it reads) parses each stored report once with the detectors' own reductio
 (:func:`farmwatch.detectors.frame.reduce_json`: only the fields detectors read) and files it in
 
 * ``rollups``: one row per device and hour of receipt, holding that hour's reduced windows (about a
-  tenth of a raw report each, already parsed), so scoring reads no raw JSON;
+  tenth of a raw report each, already parsed), so scoring reads no raw JSON (windows appended
+  batch by batch while the hour is the device's latest, packed once a later hour comes: :data:`LAYOUT`);
 * ``sightings``: one row per network identity (egress address, gateway MAC hash, Wi-Fi BSSID hash)
   x hour x device, so the devices that may share a network with a device are found in SQL.
 
@@ -33,7 +34,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -69,6 +70,11 @@ CLAIM_POLL_SECONDS = 0.05
 """How often such a reducer looks whether the claimed batches were written."""
 SETTLE_SECONDS = 600.0
 """How long after receipt a report is surely committed (module docstring: the floor)."""
+FLOOR_CHECK_SECONDS = 30.0
+"""How often the background reducer moves the floor (:class:`Reducer`): finding how far it may go
+scans every report above it (:func:`_settled`), and the floor stays put for ``SETTLE_SECONDS``
+anyway, so a reducer keeping up with ingest in small batches paid that scan per batch for nothing
+(22 % of its samples in ``bench/collector_ingest.py``, issue 13)."""
 CHUNK = 400  # keys per IN list (SQLite caps bound variables)
 PROGRESS = "reducer"
 PACKED = "packed"
@@ -85,8 +91,20 @@ column a row lacks (written under an older layout) reads as None."""
 LAYOUT = hashlib.sha256(orjson.dumps(WINDOW_LAYOUT)).hexdigest()[:16]
 """Any other ``rollups.layout`` is a ``rollup_layouts`` digest naming the columns of the row-shaped
 windows earlier versions stored (a JSON list of ``StoredWindow``); this one is the current
-:data:`WINDOW_LAYOUT`'s. Such rows are read through :func:`relayout` (columns mapped by name) and
-rewritten as columns when a batch merges into them."""
+:data:`WINDOW_LAYOUT`'s. Such rows are read through :func:`relayout` (columns mapped by name).
+
+A device-hour still being filled is stored so, under this layout: each batch that files reports
+into the device's latest hour appends their windows to the row's text (about 0.7 KB and 1 us of
+JSON a window; nothing decoded). Packing costs about as much for one window as for twelve (a cost
+per column: ~190 us), so re-packing the hour in every batch that added a report to it cost each
+report a pack and an unpack of the hour so far (issue 13). The first batch that files a later hour
+of the device packs the row (:data:`PACKED`; :func:`_read_rollups` finds it within
+``PACK_REACH_HOURS``), so scoring reads one packed block per finished hour; until then scoring
+packs it as it reads (:func:`windows`). A row of an older layout gets the same: packed when a batch
+merges into an earlier hour, rewritten under this layout when into the latest."""
+PACK_REACH_HOURS = 24
+"""How far back a batch looks for a device's :data:`LAYOUT` rows to pack: a device back after a
+longer silence leaves its last row unpacked (read the same, only slower: :func:`windows` packs it)."""
 
 StoredWindow = list[Any]
 """``[received_at_us, report_id, *Window]`` (microseconds since the epoch of receipt)."""
@@ -123,7 +141,7 @@ class Reduced:
 
 
 def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False,
-                   since: datetime | None = None) -> Reduced:
+                   since: datetime | None = None, move_floor: bool = True) -> Reduced:
     """Reduce up to ``limit`` stored reports that have not been reduced, and file them in one transaction.
 
     Returns at once with batch 0 when another replica holds the reducer (``wait`` False) or when
@@ -131,6 +149,7 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
     ``since`` (the start of the scoring lookback) matters once, when the reducer first runs on a
     database: reports received before it are never reduced, since scoring never reads them (a
     database upgraded with weeks of reports starts scoring without reducing all of them first).
+    ``move_floor`` False leaves the floor where it is (and skips :func:`_settled`'s scan).
 
     On SQLite a reducer that must finish (``wait`` True) claims the batch's devices first
     (:func:`_claim`: ``reduction_claims`` rows, written in a short write transaction); the
@@ -156,7 +175,7 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
             progress = _hold_progress(tx, wait, since)
             if progress is None:
                 return Reduced(0, 0, 0)
-            return _commit(tx, *_prepare(tx, progress[0], limit, now), progress)
+            return _commit(tx, *_prepare(tx, progress[0], limit, now, move_floor=move_floor), progress)
     holder = uuid.uuid4().hex
     waiting_since: float | None = None  # when this call found only reports others hold
     try:
@@ -172,9 +191,10 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
             with storage.engine.connect() as reader, reader.begin():  # BEGIN (deferred): a snapshot, no lock
                 floor = _read_floor(reader, since)
                 if devices == []:  # a claiming reducer found nothing pending
-                    filing, settled = _reduce(reader, []), _settled(reader, floor, now)
+                    filing, settled = _reduce(reader, []), _settled(reader, floor, now) if move_floor else None
                 else:
-                    filing, settled = _prepare(reader, floor, limit, now, devices, unheld_at=None if devices else now)
+                    filing, settled = _prepare(reader, floor, limit, now, devices, unheld_at=None if devices else now,
+                                               move_floor=move_floor)
             with storage._writer.begin() as tx:
                 progress = _hold_progress(tx, wait, since)
                 if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
@@ -250,13 +270,13 @@ def _pending(floor: int) -> sa.ColumnElement[bool]:
     return sa.and_(reports.c.id > floor, ~sa.exists().where(reduced_reports.c.report_id == reports.c.id))
 
 
-def _prepare(connection: Connection, floor: int, limit: int, now: datetime,
-             devices: Collection[str] | None = None, unheld_at: datetime | None = None) -> tuple[Filing, int | None]:
+def _prepare(connection: Connection, floor: int, limit: int, now: datetime, devices: Collection[str] | None = None,
+             unheld_at: datetime | None = None, move_floor: bool = True) -> tuple[Filing, int | None]:
     """The next batch: up to ``limit`` reports above ``floor`` without a reduced marker (of
     ``devices`` only, when given; of devices no reducer holds at ``unheld_at``, when given), reduced
-    and merged into their rollups as ``connection`` reads them (nothing is written); and the highest report id the floor may move up to (:func:`_settled`)."""
+    and merged into their rollups as ``connection`` reads them (nothing is written); and the highest report id the floor may move up to (:func:`_settled`; None, not looked for, unless ``move_floor``)."""
     pending = connection.execute(_batch_query(floor, limit, devices, unheld_at)).all()
-    return _reduce(connection, pending), _settled(connection, floor, now)
+    return _reduce(connection, pending), _settled(connection, floor, now) if move_floor else None
 
 
 def _batch_query(floor: int, limit: int, devices: Collection[str] | None = None,
@@ -451,7 +471,9 @@ def _write(tx: Connection, filing: Filing, batch: int) -> int:
 
 
 def _read_rollups(connection: Connection, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
-    """The stored rollup rows of ``keys`` (device, hour) that exist.
+    """The stored rollup rows of ``keys`` (device, hour) that exist, and the :data:`LAYOUT` rows of
+    those devices in the ``PACK_REACH_HOURS`` before each device's latest hour among ``keys`` (to be
+    packed: :func:`_merge_rollups`).
 
     Asked as devices and an hour range, which both backends answer from the primary key, and the
     rows not asked for dropped here: SQLite does not use the primary key for a row-value
@@ -461,27 +483,51 @@ def _read_rollups(connection: Connection, keys: Sequence[tuple[str, int]]) -> di
     for start in range(0, len(keys), CHUNK):
         chunk = set(keys[start:start + CHUNK])
         hours = [hour for _, hour in chunk]
+        latest = _latest_hours(chunk)
         existing.update(((row.device_id, row.hour), row) for row in connection.execute(
-            sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.layout, rollups.c.windows,
+            sa.select(rollups.c.device_id, rollups.c.hour, rollups.c.layout, rollups.c.reports, rollups.c.windows,
                       rollups.c.last_window_end, rollups.c.batch)
-            .where(rollups.c.device_id.in_(sorted({device for device, _ in chunk})),
-                   rollups.c.hour.between(min(hours), max(hours))))
-            if (row.device_id, row.hour) in chunk)
+            .where(rollups.c.device_id.in_(sorted(latest)),
+                   rollups.c.hour.between(min(hours) - PACK_REACH_HOURS, max(hours)),
+                   sa.or_(rollups.c.hour >= min(hours), rollups.c.layout == LAYOUT)))
+            if (row.device_id, row.hour) in chunk
+            or (row.layout == LAYOUT and latest[row.device_id] - PACK_REACH_HOURS <= row.hour < latest[row.device_id]))
     return existing
+
+
+def _latest_hours(keys: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Each device's latest hour among ``keys`` (device, hour)."""
+    latest: dict[str, int] = {}
+    for device, hour in keys:
+        latest[device] = max(hour, latest.get(device, hour))
+    return latest
 
 
 def _merge_rollups(by_hour: dict[tuple[str, int], list[StoredWindow]], last_end: dict[tuple[str, int], datetime],
                    existing: dict[tuple[str, int], Any], layouts: dict[str, dict[str, list[str]]],
                    ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Each device-hour's rollup row (without its batch) once ``by_hour``'s windows are added to the ``existing`` one."""
+    """Each device-hour's rollup row (without its batch) once ``by_hour``'s windows are added to the
+    ``existing`` one: the device's latest hour in the batch as :data:`LAYOUT` (the new windows'
+    text appended), every earlier hour :data:`PACKED` (so are ``existing`` :data:`LAYOUT` rows of
+    earlier hours that get no windows)."""
+    latest = _latest_hours(by_hour)
     merged: dict[tuple[str, int], dict[str, Any]] = {}
-    for key in sorted(by_hour):
-        old = existing.get(key)
-        windows = by_hour[key] if old is None else _stored_windows(orjson.loads(old.windows), old.layout, layouts) + by_hour[key]
-        windows.sort()  # receipt time, then report id: the order a full re-read streams them in
-        merged[key] = {"device_id": key[0], "hour": key[1], "layout": PACKED, "reports": len(windows),
-                       "last_window_end": last_end[key] if old is None else max(old.last_window_end, last_end[key]),
-                       "windows": _stored_text(windows)}
+    for key in sorted(by_hour.keys() | existing.keys()):
+        old, new = existing.get(key), sorted(by_hour.get(key, []))
+        if old is None:
+            row = {"reports": len(new), "last_window_end": last_end[key]}
+        else:
+            row = {"reports": int(old.reports) + len(new),
+                   "last_window_end": max(old.last_window_end, last_end[key]) if new else old.last_window_end}
+        if old is not None and (old.layout != LAYOUT or key[1] < latest[key[0]]):
+            new = sorted(_stored_windows(orjson.loads(old.windows), old.layout, layouts) + new)
+            old = None
+        if key[1] < latest[key[0]]:
+            row.update(layout=PACKED, windows=_stored_text(new))
+        else:
+            text = orjson.dumps(new).decode()
+            row.update(layout=LAYOUT, windows=text if old is None else f"{old.windows[:-1]},{text[1:]}")
+        merged[key] = {"device_id": key[0], "hour": key[1], **row}
     return merged
 
 
@@ -529,9 +575,10 @@ def _stored_text(windows: list[StoredWindow]) -> str:
 
 
 def _stored_windows(stored: Any, layout: str, layouts: dict[str, dict[str, list[str]]]) -> list[StoredWindow]:
-    """A rollup row's windows (its ``windows`` text decoded) in the current layout, whichever wrote them."""
-    if layout not in (PACKED, COLUMNS):
-        return relayout(stored, layout, layouts)
+    """A rollup row's windows (its ``windows`` text decoded) in the current layout, whichever wrote
+    them, in order of receipt."""
+    if layout not in (PACKED, COLUMNS):  # row-shaped: appended to batch by batch (:data:`LAYOUT`)
+        return sorted(relayout(stored, layout, layouts))
     return [[received, report_id, *window] for received, report_id, window
             in zip(stored["received"], stored["report_id"], windows_of_columns(unpacked_columns(stored)))]
 
@@ -566,9 +613,10 @@ def windows(storage: Storage, devices: Collection[str], since: datetime) -> Iter
     (:func:`farmwatch.detectors.frame.packed_columns`, for
     :func:`farmwatch.detectors.frame.frames_from_columns`), one per device-hour: device by device,
     each device's in order of receipt (as :meth:`Storage.records` streams them). A row stored packed
-    is passed on as decoded unless the lookback starts inside its hour; any other (an earlier
-    version's, or one the lookback cuts) is converted, so every block is packed and the frames are
-    assembled from packed pieces only."""
+    is passed on as decoded unless the lookback starts inside its hour; any other (an hour still
+    being filled, :data:`LAYOUT`, an earlier version's, or one the lookback cuts) is converted, its
+    windows in order of receipt, so every block is packed as the reducer packs the hour (the blocks
+    are those it would hold once packed) and the frames are assembled from packed pieces only."""
     since_us, first_hour = _micros(since), hour_of(since)
     wanted = sorted(devices)
     with storage.engine.connect() as connection:
@@ -720,15 +768,20 @@ class Reducer(PeriodicWorker):
         self.lookback = timedelta(hours=lookback_hours)
         self.reduced = Counter("farmwatch_reduced_reports", "Stored reports this replica reduced into rollups.",
                                registry=registry)
+        self.floor_checked: float | None = None  # time.monotonic() when this reducer last moved the floor
         self.last_success = Gauge("farmwatch_reduction_last_success_timestamp_seconds",
                                   "Unix time this replica last found nothing left to reduce, or another replica reducing (0: not yet).",
                                   registry=registry)
 
     def step(self) -> None:
-        """Reduce batch after batch until none is left (or the reducer stops)."""
+        """Reduce batch after batch until none is left (or the reducer stops), moving the floor at
+        most every ``FLOOR_CHECK_SECONDS``."""
         while not self.stopping:
             now = self.clock()
-            done = reduce_pending(self.storage, now, since=now - self.lookback)
+            move_floor = self.floor_checked is None or time.monotonic() - self.floor_checked >= FLOOR_CHECK_SECONDS
+            done = reduce_pending(self.storage, now, since=now - self.lookback, move_floor=move_floor)
+            if move_floor:
+                self.floor_checked = time.monotonic()
             self.reduced.inc(done.reports)
             if not done.reports:
                 self.last_success.set(time.time())

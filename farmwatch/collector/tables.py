@@ -285,14 +285,14 @@ seq_conflicts = sa.Table(
 # --- incremental features (farmwatch/collector/rollups.py, incremental.py; issue 12) ------------
 # Reports reduced once, by a background reducer, to what detectors read: one row per device and
 # hour of receipt holding that hour's reduced windows (JSON: named columns, packed when ``layout`` is
-# "packed", rollups.PACKED, plain lists when "columns", rollups.COLUMNS; earlier versions' one list per
-# window, column order named by ``layout``).
+# "packed", rollups.PACKED, plain lists when "columns", rollups.COLUMNS; else one list per window,
+# column order named by ``layout``: earlier versions' rows, and an hour still being filled, rollups.LAYOUT).
 rollups = sa.Table(
     "rollups",
     metadata,
     sa.Column("device_id", sa.String(128), primary_key=True),
     sa.Column("hour", sa.BigInteger, primary_key=True),  # hours since the epoch of the reports' receipt
-    sa.Column("layout", sa.String(16), nullable=False),  # "columns", or rollup_layouts.layout (per-window rows)
+    sa.Column("layout", sa.String(16), nullable=False),  # "packed", "columns", or rollup_layouts.layout (per-window rows)
     sa.Column("reports", sa.Integer, nullable=False),
     sa.Column("last_window_end", UtcDateTime(), nullable=False),
     sa.Column("windows", sa.Text, nullable=False),

@@ -13,7 +13,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
-from operator import itemgetter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from farmwatch.collector.tables import reduced_reports, reports, rollup_layouts,
 from farmwatch.collector.tables import rollups as rollups_table
 from farmwatch.contract import Verdict, to_wire
 from farmwatch.detectors.frame import (
-    WINDOW_LAYOUT, frames_from_columns, reduce_record, unpacked_columns, window_columns, windows_of_columns,
+    WINDOW_LAYOUT, frames_from_columns, reduce_record, window_columns,
 )
 from farmwatch.detectors.pipeline import score
 from farmwatch.detectors.registry import REGISTRY
@@ -179,7 +178,8 @@ def test_a_batch_holds_frames_of_batch_devices_at_a_time_and_judges_co_location_
 
 
 def _report_ids(windows: str) -> list[int]:
-    """The reports a rollup row's ``windows`` text holds, stored as columns or (earlier versions) per window."""
+    """The reports a rollup row's ``windows`` text holds, stored as columns or per window (an hour
+    still being filled, and earlier versions' rows)."""
     stored = orjson.loads(windows)
     return stored["report_id"] if isinstance(stored, dict) else [window[1] for window in stored]
 
@@ -293,10 +293,9 @@ def _rewrite_row_shaped(storage: Storage, layout: str, columns: dict[str, list[s
         rows = tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.layout,
                                     rollups_table.c.windows)).all()
         for row in rows:
-            assert row.layout == rollups.PACKED
+            assert row.layout in (rollups.PACKED, rollups.LAYOUT)
             older = []
-            for received, report_id, window in zip(*itemgetter("received", "report_id")(orjson.loads(row.windows)),
-                                                  windows_of_columns(unpacked_columns(orjson.loads(row.windows)))):
+            for received, report_id, *window in rollups._stored_windows(orjson.loads(row.windows), row.layout, {}):
                 parts = dict(zip(WINDOW_LAYOUT, window))
                 older.append([received, report_id, [parts["reports"][i] for i in at["reports"]],
                               *([[item[i] for i in at[part]] for item in parts[part]] for part in list(WINDOW_LAYOUT)[1:])])
@@ -310,14 +309,15 @@ def _rewrite_as_plain_columns(storage: Storage) -> int:
     """Store every rollup row as the previous release did (layout ``columns``: window_columns of the
     row's reports, reduced again from the stored records, each column a JSON list); returns how many."""
     with storage._writer.begin() as tx:
-        rows = tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.windows)).all()
+        rows = tx.execute(sa.select(rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.layout,
+                                    rollups_table.c.windows)).all()
         for row in rows:
-            stored = orjson.loads(row.windows)
+            received, report_ids = zip(*(window[:2] for window in rollups._stored_windows(
+                orjson.loads(row.windows), row.layout, {})))
             records = dict(tx.execute(sa.select(reports.c.id, reports.c.record)
-                                      .where(reports.c.id.in_(stored["report_id"]))).all())
-            columns = window_columns([list(reduce_record(orjson.loads(records[report_id])))
-                                      for report_id in stored["report_id"]])
-            text = orjson.dumps({**columns, "received": stored["received"], "report_id": stored["report_id"]}).decode()
+                                      .where(reports.c.id.in_(report_ids))).all())
+            columns = window_columns([list(reduce_record(orjson.loads(records[report_id]))) for report_id in report_ids])
+            text = orjson.dumps({**columns, "received": received, "report_id": report_ids}).decode()
             tx.execute(rollups_table.update().where(rollups_table.c.device_id == row.device_id,
                                                     rollups_table.c.hour == row.hour)
                        .values(layout=rollups.COLUMNS, windows=text))

@@ -23,10 +23,12 @@ pytestmark = pytest.mark.slow
 
 def _filed(db_path: Path) -> list[tuple[str, int]]:
     """(device, report id) of every window in the rollups (stored as packed columns, rollups.PACKED,
-    their report ids a plain list), read with the stdlib sqlite3 module."""
+    their report ids a plain list, or while the hour is being filled as a list of windows, each
+    ``[received, report id, ...]``, rollups.LAYOUT), read with the stdlib sqlite3 module."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        return sorted((device, report_id) for device, text in db.execute("SELECT device_id, windows FROM rollups")
-                      for report_id in orjson.loads(text)["report_id"])
+        rows = [(device, orjson.loads(text)) for device, text in db.execute("SELECT device_id, windows FROM rollups")]
+    return sorted((device, report_id) for device, stored in rows
+                  for report_id in (stored["report_id"] if isinstance(stored, dict) else [window[1] for window in stored]))
 
 
 def _stored(db_path: Path) -> list[tuple[str, int]]:

@@ -70,10 +70,14 @@ def _reduce_all(storage: Storage, now: datetime, limit: int = rollups.BATCH) -> 
 
 
 def _filed(storage: Storage) -> dict[str, Any]:
-    """Everything the reducer derived, batch numbers left out (they count transactions, not content)."""
+    """Everything the reducer derived, batch numbers left out (they count transactions, not content),
+    and rollups by the reports whose windows they hold, in order (an hour still being filled holds
+    a block per batch that added to it, so its text depends on how the reports were batched)."""
     with storage.engine.connect() as connection:
         return {
-            "rollups": sorted(tuple(row) for row in connection.execute(sa.select(
+            "rollups": sorted((row.device_id, row.hour, row.reports, row.last_window_end,
+                               [window[1] for window in rollups._stored_windows(orjson.loads(row.windows), row.layout, {})])
+                              for row in connection.execute(sa.select(
                 rollups_table.c.device_id, rollups_table.c.hour, rollups_table.c.layout, rollups_table.c.reports,
                 rollups_table.c.last_window_end, rollups_table.c.windows))),
             "sightings": sorted(tuple(row) for row in connection.execute(sa.select(
