@@ -93,10 +93,12 @@ def digest(report: Report) -> str:
     return wire_digest(to_wire(report))
 
 
-_OTHERWISE_SPELT = re.compile(rb"[:,\[]-?[0-9]+(?:\.[0-9]+)?[eE]|0\.0000")
-"""A number in exponent form (a value: after a colon, comma or bracket), or a float below 1e-4 spelt
-out. Hex digests in strings (``"7c1e5d"``) do not match, so a typical report is hashed as orjson
-spells it."""
+_EXPONENT = re.compile(rb"e[-+]?[0-9]+[,}\]]")
+"""The tail of a number in exponent form: orjson (and json.dumps) spell it with a lowercase ``e``, and
+in compact JSON a number ends at a comma or a closing bracket. Hex digests in strings (``"7c1e5d"``)
+do not match, so a typical report is hashed as orjson spells it. Led by the literal ``e`` with no
+alternation, the regex engine skips from ``e`` to ``e``: 3.6 us over a typical report's 2 KB, where
+the number-start pattern with ``|0\.0000`` took 28 us on the serving event loop (issue 13)."""
 
 
 def _may_be_spelt_otherwise(canonical: bytes) -> bool:
@@ -104,9 +106,9 @@ def _may_be_spelt_otherwise(canonical: bytes) -> bool:
     differ it holds an exponent (``1e-05`` against ``0.00001``, ``1.5e-07`` against ``1.5e-7``; orjson
     3.10.0, the lowest pyproject allows, spells ``1e16`` where 3.13 and json.dumps spell ``1e+16``) or
     a spelt-out float below 1e-4; elsewhere their compact, key-sorted UTF-8 spellings are the same bytes (strings and escapes,
-    64-bit ints, other floats). A string that looks like one (``":1e5"``) only costs the standard
+    64-bit ints, other floats). A string that looks like one (``"1e5,"``) only costs the standard
     library's spelling."""
-    return _OTHERWISE_SPELT.search(canonical) is not None
+    return b"0.0000" in canonical or _EXPONENT.search(canonical) is not None
 
 
 def wire_digest(wire: dict[str, Any]) -> str:

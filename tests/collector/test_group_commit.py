@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -150,17 +151,23 @@ def test_writes_awaited_on_an_event_loop_share_a_batch_and_hear_their_own_outcom
     group.close()
 
 
-def test_after_a_batch_of_several_writes_the_next_batch_gathers_the_writes_that_follow(engine: sa.Engine) -> None:
-    # A window far longer than the test: a batch ends early only by reaching max_batch.
-    group = GroupCommit(engine.execution_options(write=True).begin, run_steps, max_batch=3, gather_seconds=60)
+def concurrent_writes(group: GroupCommit[Any, Any]) -> tuple[Future[Any], list[Future[Any]]]:
+    """A held write, then inserts 1 and 2 queued behind it, so that they share the next batch and
+    the batch after that gathers (writers were concurrent); returns their futures."""
     started, release, hold = holding()
-
     lone = group.submit(hold)
     assert started.wait(10)
     queued = [group.submit(insert(n)) for n in (1, 2)]
     while group._queue.qsize() < 2:
         threading.Event().wait(0.01)
     release.set()
+    return lone, queued
+
+
+def test_after_a_batch_of_several_writes_the_next_batch_gathers_the_writes_that_follow(engine: sa.Engine) -> None:
+    # A window far longer than the test: a batch ends early only by reaching max_batch.
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps, max_batch=3, gather_seconds=60)
+    lone, queued = concurrent_writes(group)
     assert lone.result(10) == "held"  # the first write after a quiet spell did not wait to gather
     assert [f.result(10) for f in queued] == [1, 2]
     assert group.batches == 2  # the held write alone, then the two queued behind it
@@ -172,4 +179,35 @@ def test_after_a_batch_of_several_writes_the_next_batch_gathers_the_writes_that_
     assert [f.result(10) for f in (first, *later)] == [3, 4, 5]
     assert (group.batches, group.steps) == (3, 6)
     assert rows(engine) == [1, 2, 3, 4, 5]
+    group.close()
+
+
+def voluntary_switches(thread: threading.Thread) -> int:
+    """How often ``thread`` has gone to sleep so far (Linux counts it per thread)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread counts are read from Linux's /proc")
+def test_a_gathering_batch_sleeps_through_the_writes_that_join_it_until_one_fills_it(engine: sa.Engine) -> None:
+    """The committer is not woken by each write queued while it gathers (each wake-up took the GIL
+    from the serving event loop), only by the one that fills the batch."""
+    group = GroupCommit(engine.execution_options(write=True).begin, run_steps, max_batch=41, gather_seconds=60)
+    lone, queued = concurrent_writes(group)
+    assert [f.result(10) for f in (lone, *queued)] == ["held", 1, 2]  # two writes shared a batch: the next gathers
+
+    first = group.submit(insert(3))
+    while group._queue.qsize():  # the committer took it and gathers ...
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.05)
+    asleep = voluntary_switches(group._thread)
+    joining = []
+    for n in range(4, 43):  # ... while 39 writes join, one every 2 ms
+        joining.append(group.submit(insert(n)))
+        threading.Event().wait(0.002)
+    assert voluntary_switches(group._thread) - asleep <= 1
+    assert not first.done()
+    filling = group.submit(insert(43))  # the 41st of the batch
+    assert [f.result(10) for f in (first, *joining, filling)] == list(range(3, 44))
+    assert (group.batches, group.steps) == (3, 44)
     group.close()
