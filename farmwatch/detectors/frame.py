@@ -25,15 +25,20 @@ from itertools import chain, count, islice, repeat
 from operator import attrgetter
 from pathlib import Path
 from types import GenericAlias
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import numpy as np
 import orjson
-import pandas as pd
 
 from farmwatch.contract import EARLIEST, LATEST
 from farmwatch.errors import FarmwatchError
+
+if TYPE_CHECKING:
+    # pandas is imported in the functions that build frames, not here: farmwatch-detect's reading
+    # processes fork once this module is imported, and reduce their parts without pandas (its
+    # import, ~0.2 s, then runs in the main process while they read, not before they start).
+    import pandas as pd
 
 # The fields detectors read, by report section (everything else in a record is skipped).
 _HOST = ("timezone", "utc_offset_minutes", "locale")
@@ -119,6 +124,7 @@ class Frames:
 
     def times(self, table: pd.DataFrame, column: str = "rec") -> pd.Series:
         """The window end of the record each row of ``table`` came from."""
+        import pandas as pd
         recs = table[column].to_numpy(dtype="int64")
         return pd.Series(self.reports["window_end"].array.take(recs), index=table.index)
 
@@ -389,6 +395,7 @@ def _text_within_bounds(text: str) -> bool:
 
 
 def _utc(values: Any) -> pd.Series:
+    import pandas as pd
     return pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
 
 
@@ -619,6 +626,7 @@ def frames_from_gathered(batches: Sequence[Gathered]) -> Frames:
     and then reordering it copied each twice: on a million records that and a sort that reordered
     every column only to keep the order were about half of the frames' 2.1 CPU s, all of it in one
     process while farmwatch-detect's other processes wait."""
+    import pandas as pd
     batches = [batch for batch in batches if batch.windows] or list(batches[:1])
     firsts = np.cumsum([0] + [batch.windows for batch in batches])  # each batch's first window; last: the count
     hardware = batches[0].hardware
@@ -701,6 +709,7 @@ def _child_table(given: Sequence[tuple[dict[str, Any], int]], names: tuple[str, 
     first window among all of them, its rows placed as the windows they belong to are sorted
     (``order``: the windows in their sorted order, ``new_rec``: each one's place in it; a window's
     rows in the order given), with each row's device. The batches' columns are emptied as they are used."""
+    import pandas as pd
     lengths = [len(columns["rec"]) for columns, _ in given]
     recs = _whole([columns.pop("rec") + first for columns, first in given])  # each row's window, as given
     counts = np.bincount(recs, minlength=len(new_rec))  # rows per window, as given
@@ -1090,6 +1099,7 @@ class _Hardware:
         the windows as given, with the first and last ``rec`` (``new_rec``: each window's row after
         the sort) holding it and how many times windows held it. ``devices``: each window's device,
         as given."""
+        import pandas as pd
         usb: dict[tuple[Any, ...], list[int]] = {}
         displays: dict[tuple[Any, ...], list[int]] = {}
         window_set = np.asarray(self.window_set, dtype=np.int64)
@@ -1127,5 +1137,6 @@ def _count(seen: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], first: 
 
 
 def _folded(seen: dict[tuple[Any, ...], list[int]], key: tuple[str, ...]) -> pd.DataFrame:
+    import pandas as pd
     rows = [identity + tuple(counts) for identity, counts in seen.items()]
     return pd.DataFrame(rows, columns=list(key) + ["first_rec", "last_rec", "reports"])

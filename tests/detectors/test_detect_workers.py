@@ -23,7 +23,8 @@ from farmwatch.contract import to_wire
 from farmwatch.detectors import pipeline
 from farmwatch.detectors.base import DeviceFinding
 from farmwatch.detectors.frame import Frames, flatten, read_records
-from farmwatch.detectors.shards import MIN_PART_BYTES, FileReading
+from farmwatch.detectors import shards
+from farmwatch.detectors.shards import MIN_PART_BYTES, FileReading, part_bounds
 from farmwatch.roster import load_anchors, load_roster
 from farmwatch.simulator.cli import FleetFiles, write_fleet
 
@@ -67,18 +68,54 @@ def test_parts_cut_anywhere_hold_every_line_once(tmp_path: Path) -> None:
             assert [record.report.device_id for part in parts for record in part] == whole, (cut, second)
 
 
+def assert_read_in_parts_as_whole(records: Path, processes: int) -> Frames:
+    """The frames ``processes`` processes build from ``records`` equal those of one reading it whole
+    (returned)."""
+    whole = flatten(read_records(records))
+    with FileReading(records, processes) as reading:
+        built = reading.frames()
+    for field in dataclasses.fields(Frames):
+        pd.testing.assert_frame_equal(getattr(built, field.name), getattr(whole, field.name), check_exact=True,
+                                      obj=f"Frames.{field.name}")
+    return whole
+
+
 def test_parts_read_in_other_processes_build_the_frames_of_one(fleet: FleetFiles) -> None:
     size = fleet.records.stat().st_size
     for start, end in ((0, size // 3), (size // 3, 2 * size // 3)):  # cuts as FileReading makes (1 MiB or more)
         # a device on both sides of each cut: joined wrongly, its windows or hardware would differ
         assert _devices(fleet.records, start, end) & _devices(fleet.records, end, None)
-    whole = flatten(read_records(fleet.records))
-    with FileReading(fleet.records, 3) as reading:
-        built = reading.frames()
-    for field in dataclasses.fields(Frames):
-        pd.testing.assert_frame_equal(getattr(built, field.name), getattr(whole, field.name), check_exact=True,
-                                      obj=f"Frames.{field.name}")
+    whole = assert_read_in_parts_as_whole(fleet.records, 3)
     assert len(whole.usb) and len(whole.displays) and len(whole.tools) and len(whole.sessions) and len(whole.probes)
+
+
+def _sizes(bounds: list[int]) -> list[int]:
+    return [end - start for start, end in zip(bounds, bounds[1:])]
+
+
+def test_the_last_parts_are_a_half_and_a_quarter_part() -> None:
+    """Two processes on a 2 GB file: 32 parts, the last two a quarter of a part and the two before
+    them a half, so neither process waits long for the other's last part; a file too small for
+    such a tail (a quarter part under 1 MiB) is cut into parts of one size, and one process reads
+    it whole."""
+    size = 2_056_196_855
+    bounds = part_bounds(size, 2)
+    sizes = _sizes(bounds)
+    assert bounds[0] == 0 and bounds[-1] == size and len(sizes) == 32
+    part = sizes[0]
+    assert {abs(each - part) <= 1 for each in sizes[:28]} == {True}
+    assert [round(each / part, 3) for each in sizes[28:]] == [0.5, 0.5, 0.25, 0.25]
+    small = 40 * MIN_PART_BYTES
+    assert _sizes(part_bounds(small, 2)) == [small // 32] * 32
+    assert part_bounds(small, 1) == [0, small]
+
+
+def test_parts_with_a_smaller_tail_build_the_frames_of_one(fleet: FleetFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards, "MIN_PART_BYTES", 1 << 14)  # parts small enough for the fleet's 3 MiB to taper
+    size = fleet.records.stat().st_size
+    sizes = _sizes(part_bounds(size, 2))
+    assert len(sizes) == 32 and sizes[-1] < sizes[-3] < sizes[0]
+    assert_read_in_parts_as_whole(fleet.records, 2)
 
 
 def test_two_workers_write_the_verdicts_of_one(fleet: FleetFiles) -> None:
@@ -148,11 +185,21 @@ def test_workers_must_be_a_positive_number(fleet: FleetFiles) -> None:
 
 
 def test_the_command_forks_its_readers_before_importing_the_detectors() -> None:
-    """farmwatch-detect's module imports no detector library, so its reading processes start (and
-    are forked) without them: the scoring process imports them while the others read."""
-    code = "import sys, farmwatch.detectors.cli; print(sorted({'sklearn', 'scipy'} & set(sys.modules)))"
+    """farmwatch-detect's module imports no detector library, nor pandas, so its reading processes
+    start (and are forked) without them: the scoring process imports them while the others read."""
+    code = "import sys, farmwatch.detectors.cli; print(sorted({'sklearn', 'scipy', 'pandas'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_part_is_read_and_reduced_without_pandas(fleet: FleetFiles) -> None:
+    """A reading process reduces its part of the file into columns without importing pandas (the
+    frames are built, with pandas, in the scoring process only)."""
+    code = ("import sys; from farmwatch.detectors.shards import _gathered_part; "
+            f"part = _gathered_part(__import__('pathlib').Path({str(fleet.records)!r}), 0, {MIN_PART_BYTES}, {{}}); "
+            "print(part.windows > 0, 'pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == ["True", "False"]
 
 
 def test_a_process_busy_elsewhere_takes_fewer_parts(fleet: FleetFiles) -> None:
