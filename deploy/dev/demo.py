@@ -30,6 +30,7 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
+from devrun import die_with_parent  # deploy/dev/devrun.py, beside this script
 from farmwatch.collector.console.accounts import Accounts
 from farmwatch.collector.storage import Storage
 from farmwatch.collector.tables import devices, reports
@@ -155,7 +156,8 @@ def serve(folder: Path, db_url: str, port: int) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "farmwatch.collector.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
              "--db", db_url, "--config", str(config), "--enroll-secret-file", str(folder / "enroll-secret"),
              "--analyst-token-file", str(folder / "analyst-token"), "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent)  # a demo killed outright (SIGKILL) takes its collector with it
     if not _healthy(f"http://127.0.0.1:{port}", collector):
         stop(collector)
         raise RuntimeError(f"the collector did not start:\n{(folder / 'collector.log').read_text()}")

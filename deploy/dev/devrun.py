@@ -126,7 +126,7 @@ class DevRun:
             # Own process group: Ctrl-C reaches only devrun, which then stops the children in order.
             self.children[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                                   preexec_fn=_die_with_parent)
+                                                   preexec_fn=die_with_parent)
 
     def _log(self, name: str) -> Path:
         return self.folder / f"{name}.log"
@@ -252,8 +252,8 @@ def _stop_signal() -> list[bool]:
     return flag
 
 
-def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM when devrun itself dies, even by SIGKILL (Linux prctl)."""
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the process that started it dies, even by SIGKILL (Linux prctl)."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from collector_process import free_port
 from console_helpers import csrf_of
@@ -54,6 +55,46 @@ def test_demo_shows_simulated_farms_in_the_console(tmp_path: Path) -> None:
         assert demo.wait(timeout=60) == 0
         assert not Path(folder.group(1)).exists()
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        if demo.poll() is None:  # a failed assertion: let the demo stop its collector, as Ctrl-C does
+            demo.send_signal(signal.SIGINT)
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {dev!r})
+import demo
+from farmwatch.collector.storage import Storage
+folder, port = Path(sys.argv[1]), int(sys.argv[2])
+url = f"sqlite:///{{folder / 'demo.db'}}"
+Storage.open(url).close()
+print(demo.serve(folder, url, port).pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the collector follows its parent by Linux's PR_SET_PDEATHSIG")
+def test_a_demo_killed_outright_takes_its_collector_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves the demo no chance to stop its collector (its own session, so Ctrl-C reaches only
+    the demo): the kernel stops it instead. Before, such a collector kept running."""
+    starter = subprocess.Popen([sys.executable, "-c", STARTER.format(dev=str(DEMO.parent)), str(tmp_path),
+                                str(free_port())], stdout=subprocess.PIPE)
+    try:
+        assert starter.stdout is not None
+        collector = psutil.Process(int(starter.stdout.readline()))
+        assert collector.is_running() and "serve" in collector.cmdline()
+    finally:
+        starter.kill()
+        starter.wait()
+    began = time.monotonic()
+    try:
+        collector.wait(timeout=60)
+    except psutil.TimeoutExpired:
+        collector.kill()
+        pytest.fail("the collector outlived the demo killed outright")
+    print(f"the collector stopped {time.monotonic() - began:.1f} s after the demo was killed")
