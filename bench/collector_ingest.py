@@ -18,7 +18,13 @@ each device counting its own seq, one device's reports in order on one connectio
   sensitive than rates to whatever else shares the machine's cores; and again once the reducer has
   filed every report of the phase into rollups (it works behind ingest), with how long that took;
 - **load generator CPU per report**: this process's own CPU over the rate phase, since it shares the
-  cores with the servers (the same generator drives the parse-and-discard baseline).
+  cores with the servers (the same generator drives the parse-and-discard baseline);
+- **where the CPU goes** (rate phase, per report): the collectors' event-loop threads, their other
+  threads (the group commit's committer; /proc/<pid>/task), their reducer children and, on
+  PostgreSQL, the server's own processes (postmaster and every backend, those that ended too). Then
+  what 0.5x parse-and-discard would leave the collector: at half the baseline's rate, this machine's
+  cores give ``cores / rate`` CPU seconds per report, less PostgreSQL's and the load generator's
+  (an upper bound: it counts every core as free for the benchmark).
 
 SQLite: one collector process (one writer; synchronous=FULL, group commit). PostgreSQL (when this
 machine can start a throwaway cluster: root and the server binaries; fsync=off there, so an upper
@@ -215,6 +221,56 @@ def stored_reports(database_url: str) -> tuple[int, int]:
     return int(rows), int(distinct)
 
 
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds so far of the collector processes, by part, and of the PostgreSQL server (0 on SQLite)."""
+
+    event_loops: float
+    other_threads: float
+    children: float
+    database: float
+
+    def __sub__(self, other: CpuSplit) -> CpuSplit:
+        return CpuSplit(self.event_loops - other.event_loops, self.other_threads - other.other_threads,
+                        self.children - other.children, self.database - other.database)
+
+
+def main_thread_seconds(pid: int) -> float:
+    """User + system CPU of the process's main thread (its event loop) from /proc/<pid>/task/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def postgres_seconds(postmaster: int | None) -> float:
+    """User + system CPU of the PostgreSQL server: the postmaster, its live children (backends,
+    walwriter, autovacuum ...) and those it has reaped (backends that ended)."""
+    if postmaster is None:
+        return 0.0
+    process = psutil.Process(postmaster)
+    own = process.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for child in process.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:  # ended meanwhile: counted in the postmaster's children_* next time
+            continue
+        total += times.user + times.system
+    return total
+
+
+def cpu_split(pids: list[int], postmaster: int | None) -> CpuSplit:
+    """Where the collectors' (and the database server's) CPU went so far."""
+    loops = others = children = 0.0
+    for pid in pids:
+        process = psutil.Process(pid)
+        times = process.cpu_times()
+        loop = main_thread_seconds(pid)
+        loops += loop
+        others += times.user + times.system - loop
+        children += sum(sum(child.cpu_times()[:2]) for child in process.children(recursive=True))
+    return CpuSplit(loops, others, children, postgres_seconds(postmaster))
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU so far of the processes ``pids`` and their children (PostgreSQL's backends not included)."""
     total = 0.0
@@ -271,8 +327,9 @@ def parse_and_discard(workers: int) -> Iterator[tuple[int, int]]:
         server.wait(timeout=30)
 
 
-def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
-    """Every figure of one store: rate beside the parse-and-discard rate, p99 at FIXED_RATE, exactly once."""
+def measure(store: str, collectors: list[RunningCollector], postmaster: int | None = None) -> list[Figure]:
+    """Every figure of one store: rate beside the parse-and-discard rate, p99 at FIXED_RATE, exactly once;
+    ``postmaster``: the PostgreSQL server's pid, whose CPU is counted beside the collectors'."""
     devices = enrol(collectors[0])
     ports = [collector.port for collector in collectors]
     now = datetime.now(timezone.utc)
@@ -281,9 +338,11 @@ def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
     fixed = [request(ports[0], device, seq, now) for seq in fixed_seqs for device in devices][:FIXED_RATE * FIXED_SECONDS]
     pids = [collector.process.pid for collector in collectors if collector.process is not None]
     before = cpu_seconds(pids)
+    split_before = cpu_split(pids, postmaster)
     generator_before = time.process_time()
     rate_run, cpu = server_cpu(pids, as_fast_as_answered(ports, loaded))
     generator_cpu = (time.process_time() - generator_before) / rate_run.answered * 1e6
+    split = cpu_split(pids, postmaster) - split_before
     # The reducer files stored reports into rollups behind ingest: its share is counted once it caught up.
     catch_up = until_reduced(collectors[0].db_url, stored_reports(collectors[0].db_url)[0])
     cpu_reduced = (cpu_seconds(pids) - before) / rate_run.answered * 1e6
@@ -300,6 +359,16 @@ def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
           f"{distinct:,} distinct device/seq of {acknowledged:,} acknowledged", flush=True)
     discard = "parse-and-discard server, same stack, same run"
     missing = (sent - acknowledged) + abs(rows - acknowledged) + (rows - distinct)
+    per_report = 1e6 / rate_run.answered
+    cores = len(os.sched_getaffinity(0))
+    # At half the baseline's rate every core's second buys cores / (0.5 * floor) CPU seconds per report.
+    left = cores * 1e6 / (0.5 * floor) - split.database * per_report - generator_cpu
+    database = [
+        Figure(f"postgresql server CPU per report, {store}", split.database * per_report, "us", cpu,
+               "collector CPU per report"),
+        Figure(f"CPU per report left for the collector at 0.5x parse-and-discard on {cores} cores, {store}", left,
+               "us", cpu, "collector CPU per report"),
+    ] if postmaster is not None else []
     return [
         Figure(f"ingest rate, {store}", rate, "reports/s", floor, discard, at_least(1_500 if store == "sqlite" else 1_000)),
         Figure(f"ingest rate / parse-and-discard, {store}", rate, "reports/s", floor, discard, at_least(0.5, ratio=True)),
@@ -316,12 +385,18 @@ def measure(store: str, collectors: list[RunningCollector]) -> list[Figure]:
                "collector CPU per report"),
         Figure(f"laptops carried at a {AGENT_INTERVAL_SECONDS} s interval, {store}", rate * AGENT_INTERVAL_SECONDS,
                "laptops"),
+        Figure(f"collector event-loop threads' CPU per report, {store}", split.event_loops * per_report, "us"),
+        Figure(f"collector other threads' (group commit) CPU per report, {store}", split.other_threads * per_report,
+               "us"),
+        Figure(f"reducer processes' CPU per report during the rate phase, {store}", split.children * per_report, "us"),
+        *database,
     ]
 
 
 @contextmanager
-def postgres_database() -> Iterator[str | None]:
-    """A throwaway PostgreSQL URL, or None (after saying why) when this machine cannot start one."""
+def postgres_database() -> Iterator[tuple[str, int] | None]:
+    """A throwaway PostgreSQL cluster: (URL, postmaster pid), or None (after saying why) when this
+    machine cannot start one."""
     why = postgres_server.unavailable()
     if why:
         print(f"postgresql: not measured ({why})")
@@ -329,7 +404,8 @@ def postgres_database() -> Iterator[str | None]:
         return
     server = postgres_server.PostgresServer(free_port())
     try:
-        yield server.start()
+        url = server.start()
+        yield url, int((server.data / "postmaster.pid").read_text().split()[0])
     finally:
         server.stop()
 
@@ -351,13 +427,14 @@ def main() -> int:
                 figures += measure("sqlite", [collector])
             finally:
                 collector.stop()
-        with postgres_database() if store in ("postgresql", "both") else nullcontext() as url:
-            if url:
+        with postgres_database() if store in ("postgresql", "both") else nullcontext() as cluster:
+            if cluster:
+                url, postmaster = cluster
                 replicas: list[RunningCollector] = []
                 try:
                     for n in range(REPLICAS):
                         replicas.append(launch_collector(Path(folder) / f"postgres-{n}", CONFIG, database=url))
-                    figures += measure(f"postgresql, {REPLICAS} replicas (fsync=off)", replicas)
+                    figures += measure(f"postgresql, {REPLICAS} replicas (fsync=off)", replicas, postmaster)
                 finally:
                     for replica in replicas:
                         replica.stop()
