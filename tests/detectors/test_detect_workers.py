@@ -6,6 +6,7 @@ the detectors shared among forked processes give the verdicts of one."""
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -154,29 +155,35 @@ def test_detectors_shared_among_processes_give_the_verdicts_of_one(fleet: FleetF
     assert len({finding.detector for verdict in one for finding in verdict.findings}) >= 4  # from several detectors
 
 
-class _Slow:
-    """Runs first and long (in the scoring process), so the forked helper takes the next detector."""
+_SCORING_PROCESS = os.getpid()
+_FAILED_ELSEWHERE = multiprocessing.Event()  # created before the fork: shared with the forked helper
 
-    def fit(self, frames: Frames, context: Any) -> _Slow:
-        time.sleep(1)
+
+class _FailingInHelper:
+    """Fails in a forked helper; in the scoring process it waits for that failure and succeeds. So
+    whichever of two such detectors each process takes first (under load the helper can start its
+    first one before the scoring process does), the failure is the helper's."""
+
+    def fit(self, frames: Frames, context: Any) -> _FailingInHelper:
+        if os.getpid() != _SCORING_PROCESS:
+            _FAILED_ELSEWHERE.set()
+            raise ValueError(f"failed in process {os.getpid()}")
+        assert _FAILED_ELSEWHERE.wait(timeout=120), "the forked helper took no detector"
         return self
 
     def detect(self, frames: Frames, context: Any) -> Iterator[DeviceFinding]:
         return iter(())
 
 
-class _Failing(_Slow):
-    def fit(self, frames: Frames, context: Any) -> _Slow:
-        raise ValueError(f"failed in process {os.getpid()}")
-
-
 def test_a_detector_failing_in_a_forked_process_fails_the_scoring(
         fleet: FleetFiles, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "REGISTRY", {"slow": _Slow, "failing": _Failing})
+    monkeypatch.setattr(pipeline, "REGISTRY", {"first": _FailingInHelper, "second": _FailingInHelper})
     frames = flatten(read_records(fleet.records))
+    _FAILED_ELSEWHERE.clear()
     with pytest.raises(ValueError, match="failed in process") as failed:
         pipeline.score_frames(frames, [], [], datetime(2026, 11, 4, tzinfo=timezone.utc), processes=2)
     assert str(os.getpid()) not in str(failed.value)  # it failed in the helper, and was raised here
+    assert _FAILED_ELSEWHERE.is_set()
 
 
 def test_workers_must_be_a_positive_number(fleet: FleetFiles) -> None:
