@@ -234,6 +234,11 @@ class CpuSplit:
         return CpuSplit(self.event_loops - other.event_loops, self.other_threads - other.other_threads,
                         self.children - other.children, self.database - other.database)
 
+    @property
+    def collectors(self) -> float:
+        """The collector processes' own and their children's (PostgreSQL's backends not included)."""
+        return self.event_loops + self.other_threads + self.children
+
 
 def main_thread_seconds(pid: int) -> float:
     """User + system CPU of the process's main thread (its event loop) from /proc/<pid>/task/<pid>/stat."""
@@ -271,22 +276,12 @@ def cpu_split(pids: list[int], postmaster: int | None) -> CpuSplit:
     return CpuSplit(loops, others, children, postgres_seconds(postmaster))
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU so far of the processes ``pids`` and their children (PostgreSQL's backends not included)."""
-    total = 0.0
-    for pid in pids:
-        process = psutil.Process(pid)
-        for one in [process, *process.children(recursive=True)]:
-            times = one.cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def server_cpu(pids: list[int], phase: Coroutine[Any, Any, Outcome]) -> tuple[Outcome, float]:
-    """Run ``phase``; its outcome and the servers' CPU microseconds per answered request."""
-    before = cpu_seconds(pids)
+def server_cpu(pids: list[int], postmaster: int | None,
+               phase: Coroutine[Any, Any, Outcome]) -> tuple[Outcome, CpuSplit]:
+    """Run ``phase``; its outcome and where the servers' CPU went meanwhile."""
+    before = cpu_split(pids, postmaster)
     outcome = asyncio.run(phase)
-    return outcome, (cpu_seconds(pids) - before) / outcome.answered * 1e6
+    return outcome, cpu_split(pids, postmaster) - before
 
 
 def filed_reports(database_url: str) -> int:
@@ -337,18 +332,19 @@ def measure(store: str, collectors: list[RunningCollector], postmaster: int | No
     fixed_seqs = range(REPORTS_PER_DEVICE + 1, REPORTS_PER_DEVICE + 1 + -(-FIXED_RATE * FIXED_SECONDS // DEVICES))
     fixed = [request(ports[0], device, seq, now) for seq in fixed_seqs for device in devices][:FIXED_RATE * FIXED_SECONDS]
     pids = [collector.process.pid for collector in collectors if collector.process is not None]
-    before = cpu_seconds(pids)
-    split_before = cpu_split(pids, postmaster)
+    before = cpu_split(pids, postmaster)
     generator_before = time.process_time()
-    rate_run, cpu = server_cpu(pids, as_fast_as_answered(ports, loaded))
-    generator_cpu = (time.process_time() - generator_before) / rate_run.answered * 1e6
-    split = cpu_split(pids, postmaster) - split_before
+    rate_run, split = server_cpu(pids, postmaster, as_fast_as_answered(ports, loaded))
+    per_report = 1e6 / rate_run.answered
+    generator_cpu = (time.process_time() - generator_before) * per_report
+    cpu = split.collectors * per_report
     # The reducer files stored reports into rollups behind ingest: its share is counted once it caught up.
     catch_up = until_reduced(collectors[0].db_url, stored_reports(collectors[0].db_url)[0])
-    cpu_reduced = (cpu_seconds(pids) - before) / rate_run.answered * 1e6
+    cpu_reduced = (cpu_split(pids, postmaster) - before).collectors * per_report
     fixed_run = asyncio.run(at_fixed_rate(ports, fixed, FIXED_RATE))
     with parse_and_discard(len(collectors)) as (port, pid):
-        floor_run, floor_cpu = server_cpu([pid], as_fast_as_answered([port], loaded))
+        floor_run, floor_split = server_cpu([pid], None, as_fast_as_answered([port], loaded))
+    floor_cpu = floor_split.collectors / floor_run.answered * 1e6
     rows, distinct = stored_reports(collectors[0].db_url)
     acknowledged = rate_run.statuses.get(202, 0) + fixed_run.statuses.get(202, 0)
     sent = rate_run.answered + fixed_run.answered
@@ -359,7 +355,6 @@ def measure(store: str, collectors: list[RunningCollector], postmaster: int | No
           f"{distinct:,} distinct device/seq of {acknowledged:,} acknowledged", flush=True)
     discard = "parse-and-discard server, same stack, same run"
     missing = (sent - acknowledged) + abs(rows - acknowledged) + (rows - distinct)
-    per_report = 1e6 / rate_run.answered
     cores = len(os.sched_getaffinity(0))
     # At half the baseline's rate every core's second buys cores / (0.5 * floor) CPU seconds per report.
     left = cores * 1e6 / (0.5 * floor) - split.database * per_report - generator_cpu
