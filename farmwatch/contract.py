@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from farmwatch.times import EARLIEST, LATEST
+
 REPORT_SCHEMA = "farmwatch.report/v1"
 
 SALTED_HASH = r"^[0-9a-f]{64}$"
@@ -31,10 +33,6 @@ INT_LIMIT = 2**53 - 1
 """Largest integer magnitude accepted anywhere in a report: exact as a float64 (pandas holds an integer
 column with gaps as float64) and far inside int64 (SQLite INTEGER, PostgreSQL BIGINT, numpy), so
 ``seq + 1`` never overflows either. The same bound as I-JSON's interoperable integers (RFC 7493 §2.2)."""
-EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-"""No report time lies before this (no agent ran then; older is a broken or hostile clock)."""
-LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
-"""No time lies at or after this, whatever the context: well inside pandas' range (2262-04-11)."""
 NOT_AFTER = "not_after"
 """Validation-context key: the latest acceptable time (the collector passes receipt time + allowed
 clock skew), e.g. ``Report.model_validate_json(body, context={NOT_AFTER: limit})``."""

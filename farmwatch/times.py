@@ -1,8 +1,16 @@
-"""RFC 3339 times typed by people on command lines (--since, --now)."""
+"""RFC 3339 times typed by people on command lines (--since, --now), and the bounds of any time farmwatch accepts."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+
+# The bounds of every time the contract accepts (farmwatch.contract checks reports against them).
+# Here, not in the contract, so farmwatch-detect's reading processes check records against them
+# without importing pydantic before they fork.
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+"""No report time lies before this (no agent ran then; older is a broken or hostile clock)."""
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+"""No time lies at or after this, whatever the context: well inside pandas' range (2262-04-11)."""
 
 
 def parse_utc(text: str) -> datetime:

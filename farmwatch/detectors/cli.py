@@ -10,11 +10,10 @@ from pathlib import Path
 
 import orjson
 
-from farmwatch.contract import to_wire
 from farmwatch.detectors.config import DetectionConfig
 from farmwatch.detectors.frame import RecordError, paused_gc
 from farmwatch.detectors.shards import FileReading, cpus
-from farmwatch.roster import TableError, load_anchors, load_roster
+from farmwatch.errors import FarmwatchError
 from farmwatch.times import parse_utc
 
 DESCRIPTION = """\
@@ -86,16 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         now = _now(args.now)
-        roster = load_roster(args.roster)
-        anchors = load_anchors(args.anchors) if args.anchors else []
         config = DetectionConfig(corporate_networks=tuple(args.corporate_network))
         with paused_gc(), FileReading(args.records, args.workers) as reading:
-            # The detectors' libraries (scikit-learn, scipy: about 1 s of CPU) are imported here,
-            # while the other processes already read; this one then takes fewer parts of the file.
+            # Imported here, while the other processes already read (they fork as FileReading is
+            # made, so they do not wait for these): the detectors' libraries (scikit-learn, scipy:
+            # about 1 s of CPU) and the roster's and verdicts' models (pydantic: about 0.25 s); this
+            # process then takes fewer parts of the file. A bad roster still stops the run before
+            # any verdict, and the reading with it.
+            from farmwatch.contract import to_wire
             from farmwatch.detectors.pipeline import score_frames
+            from farmwatch.roster import load_anchors, load_roster
 
+            roster = load_roster(args.roster)
+            anchors = load_anchors(args.anchors) if args.anchors else []
             verdicts = score_frames(reading.frames(), roster, anchors, now, config, processes=args.workers)
-    except (RecordError, TableError) as problem:
+    except FarmwatchError as problem:  # RecordError, the roster's TableError: bad input, named
         print(f"farmwatch-detect: {problem}", file=sys.stderr)
         return 2
     lines = b"".join(orjson.dumps(to_wire(verdict)) + b"\n" for verdict in verdicts)

@@ -192,9 +192,11 @@ def test_workers_must_be_a_positive_number(fleet: FleetFiles) -> None:
 
 
 def test_the_command_forks_its_readers_before_importing_the_detectors() -> None:
-    """farmwatch-detect's module imports no detector library, nor pandas, so its reading processes
-    start (and are forked) without them: the scoring process imports them while the others read."""
-    code = "import sys, farmwatch.detectors.cli; print(sorted({'sklearn', 'scipy', 'pandas'} & set(sys.modules)))"
+    """farmwatch-detect's module imports no detector library, nor pandas, nor the contract's models
+    (pydantic, for the roster and the verdicts), so its reading processes start (and are forked)
+    without them: the scoring process imports them while the others read."""
+    code = ("import sys, farmwatch.detectors.cli; "
+            "print(sorted({'sklearn', 'scipy', 'pandas', 'pydantic'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "[]"
 
@@ -225,3 +227,16 @@ def test_a_process_busy_elsewhere_takes_fewer_parts(fleet: FleetFiles) -> None:
     for field in dataclasses.fields(Frames):
         pd.testing.assert_frame_equal(getattr(built, field.name), getattr(whole, field.name), check_exact=True,
                                       obj=f"Frames.{field.name}")
+
+
+def test_a_bad_roster_found_while_the_other_process_reads_stops_the_run(fleet: FleetFiles, tmp_path: Path) -> None:
+    """The roster is read once the reading processes are forked (its models' import then runs beside
+    their reading): a bad one still ends the run with exit status 2, its line named, no verdict
+    written."""
+    roster = tmp_path / "roster.csv"
+    roster.write_text(fleet.roster.read_text().replace(",", ";", 1))  # the header names no columns the roster has
+    out = tmp_path / "verdicts.jsonl"
+    done = subprocess.run([str(DETECT), str(fleet.records), "--roster", str(roster), "--workers", "2",
+                           "--out", str(out)], capture_output=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.decode().startswith(f"farmwatch-detect: {roster} line 1:")
+    assert not out.exists()
