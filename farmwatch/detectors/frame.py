@@ -383,8 +383,8 @@ _KNOWN_WITHIN: set[str] = set()
 """Time texts already found within the bounds (at most :data:`_KNOWN_WITHIN_LIMIT`), looked up
 inline by :func:`_check_times` before any call: a fleet's windows begin and end at few distinct
 times, so nearly every record's were checked before, and a set look-up costs less than the calls
-to the cached check (three or more times per record; 1.37-1.41 -> x CPU s for the first 128 MB
-of the bench's million records)."""
+to the cached check (three or more times per record). With the pooling in :func:`_pooled`, the
+first 128 MB of the bench's 1,000,000 records took 1.38-1.46 -> 1.28-1.36 CPU s (load 7-9)."""
 _KNOWN_WITHIN_LIMIT = 1 << 16
 
 
@@ -454,7 +454,12 @@ def gather_windows(windows: Iterable[Sequence[Any]], pool: dict[str, str] | None
     return gather_columns(chunks(), pool)
 
 
-_CHUNK_WINDOWS = 4096  # windows turned into columns at a time by frames_from_windows
+_CHUNK_WINDOWS = 256
+"""Windows turned into columns at a time by :func:`frames_from_windows`: few enough that a chunk's
+reduced windows (a few KB of Python objects each) are still in the CPU's cache when
+:func:`window_columns` walks them and when they are freed. On the bench's 1,000,000 records
+(first 128 MB, one process, on a 2 MiB L2 cache per core): 4096 windows 1.37-1.41 CPU s, 1024:
+1.32-1.35, 512: 1.23-1.28, 256: 1.08-1.18, 128: 1.06-1.10, 64: 1.06-1.13 (load 8-9)."""
 _PARTS = (("tools", _TOOL_COLUMNS[1:]), ("sessions", _SESSION_COLUMNS[1:]), ("probes", _PROBE_COLUMNS[1:]))
 WINDOW = "window"
 """The first column of a list part (tools, sessions, probes) in :func:`window_columns`: which window,
