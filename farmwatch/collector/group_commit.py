@@ -29,7 +29,7 @@ The committer lets go of the GIL around every step SQLite takes (each statement,
 ``executemany`` writes or a query returns: over a hundred for a batch of 16 reports) and takes it back
 after each. While the event loop is busy in Python, taking it back waits for the loop's switch
 interval, CPython's 5 ms by default (the "convoy effect", https://bugs.python.org/issue7946), so a
-batch's few milliseconds of work stretched over tens of milliseconds: a serving process sets
+batch's ~2 ms of work stretched over several times that: a serving process sets
 :data:`SWITCH_INTERVAL_SECONDS` (:func:`hand_over_the_gil_sooner`).
 """
 
@@ -61,9 +61,10 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 """How long a thread holding the GIL keeps it once another thread asks for it, in a serving process.
 Writing a batch of 16 reports (~1.7 ms of the committer's CPU) while another thread spun in Python took
 37 ms at CPython's default 5 ms and 12-14 ms at 0.5 ms, about as long as at 1 or 0.2 ms (in-process, on
-this loaded 2-core machine). Under bench/collector_ingest.py, six alternating pairs at load 8-12, the
-rate / parse-and-discard ratio read 0.11-0.26x (median 0.21x) at 5 ms and 0.18-0.31x (median 0.24x) at
-0.5 ms, higher in five pairs of six; the CPU per report did not move beyond the noise (issue 13)."""
+this loaded 2-core machine). Under bench/collector_ingest.py's rate phase (load ~3) a batch of 25-28
+reports took 10.5 ms from its first statement to its commit's return at 5 ms, 7.8 ms at 0.5 ms; the rate
+/ parse-and-discard ratio did not rise measurably (nine alternating pairs at load 3-12: median 0.21x
+against 0.22x) and neither did the CPU per report (docs/scaling.md, issue 13)."""
 
 
 def hand_over_the_gil_sooner() -> None:
