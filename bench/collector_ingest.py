@@ -32,7 +32,9 @@ bound): REPLICAS collectors on the one database, the supported scale-out, connec
 them as a balancer would. Load generator, collectors and database share this machine's cores, so
 the figures are a floor for a dedicated collector host.
 
-``--store`` measures one store only (both by default); ``FARMWATCH_BENCH_QUICK=1`` shrinks the run to
+``--store`` measures one store only (both by default); ``--statements`` starts PostgreSQL with
+pg_stat_statements and prints, per statement, what it cost per stored report over the rate phase and
+the reducer's catch-up (calls, time, rows, blocks dirtied and written, WAL bytes); ``FARMWATCH_BENCH_QUICK=1`` shrinks the run to
 show that it still works (bench/report.py).
 """
 
@@ -58,6 +60,7 @@ from typing import Any
 
 import httpx
 import psutil
+import psycopg
 import sqlalchemy
 
 HERE = Path(__file__).resolve().parent
@@ -322,9 +325,35 @@ def parse_and_discard(workers: int) -> Iterator[tuple[int, int]]:
         server.wait(timeout=30)
 
 
-def measure(store: str, collectors: list[RunningCollector], postmaster: int | None = None) -> list[Figure]:
+STATEMENT_COSTS = """SELECT calls, total_exec_time, rows, shared_blks_hit, shared_blks_dirtied, shared_blks_written,
+wal_bytes, query FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_exec_time DESC"""
+
+
+def reset_statements(database_url: str) -> None:
+    """Forget what pg_stat_statements counted so far (the extension created on first use)."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        connection.execute("SELECT pg_stat_statements_reset()")
+
+
+def print_statements(database_url: str, stored: int) -> None:
+    """Each statement's cost since :func:`reset_statements`, per stored report, costliest first."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        rows = connection.execute(STATEMENT_COSTS).fetchall()
+    total = sum(row[1] for row in rows)
+    print(f"pg_stat_statements per stored report ({stored:,} stored; {total / stored * 1000:.0f} us of execution in all):")
+    print(f"{'calls':>7} {'exec us':>8} {'rows':>7} {'hit':>7} {'dirtied':>8} {'written':>8} {'WAL B':>8}  statement")
+    for calls, ms, found, hit, dirtied, written, wal, query in rows[:25]:
+        print(f"{calls / stored:7.3f} {ms / stored * 1000:8.1f} {found / stored:7.2f} {hit / stored:7.2f} "
+              f"{dirtied / stored:8.3f} {written / stored:8.3f} {float(wal) / stored:8.0f}  {' '.join(query.split())[:160]}")
+
+
+def measure(store: str, collectors: list[RunningCollector], postmaster: int | None = None,
+            statements: bool = False) -> list[Figure]:
     """Every figure of one store: rate beside the parse-and-discard rate, p99 at FIXED_RATE, exactly once;
-    ``postmaster``: the PostgreSQL server's pid, whose CPU is counted beside the collectors'."""
+    ``postmaster``: the PostgreSQL server's pid, whose CPU is counted beside the collectors';
+    ``statements``: print pg_stat_statements' figures of the rate phase and the reducer's catch-up."""
     devices = enrol(collectors[0])
     ports = [collector.port for collector in collectors]
     now = datetime.now(timezone.utc)
@@ -332,6 +361,8 @@ def measure(store: str, collectors: list[RunningCollector], postmaster: int | No
     fixed_seqs = range(REPORTS_PER_DEVICE + 1, REPORTS_PER_DEVICE + 1 + -(-FIXED_RATE * FIXED_SECONDS // DEVICES))
     fixed = [request(ports[0], device, seq, now) for seq in fixed_seqs for device in devices][:FIXED_RATE * FIXED_SECONDS]
     pids = [collector.process.pid for collector in collectors if collector.process is not None]
+    if statements:
+        reset_statements(collectors[0].db_url)
     before = cpu_split(pids, postmaster)
     generator_before = time.process_time()
     rate_run, split = server_cpu(pids, postmaster, as_fast_as_answered(ports, loaded))
@@ -340,6 +371,8 @@ def measure(store: str, collectors: list[RunningCollector], postmaster: int | No
     cpu = split.collectors * per_report
     # The reducer files stored reports into rollups behind ingest: its share is counted once it caught up.
     catch_up = until_reduced(collectors[0].db_url, stored_reports(collectors[0].db_url)[0])
+    if statements:
+        print_statements(collectors[0].db_url, stored_reports(collectors[0].db_url)[0])
     cpu_reduced = (cpu_split(pids, postmaster) - before).collectors * per_report
     fixed_run = asyncio.run(at_fixed_rate(ports, fixed, FIXED_RATE))
     with parse_and_discard(len(collectors)) as (port, pid):
@@ -389,9 +422,9 @@ def measure(store: str, collectors: list[RunningCollector], postmaster: int | No
 
 
 @contextmanager
-def postgres_database() -> Iterator[tuple[str, int] | None]:
+def postgres_database(statements: bool) -> Iterator[tuple[str, int] | None]:
     """A throwaway PostgreSQL cluster: (URL, postmaster pid), or None (after saying why) when this
-    machine cannot start one."""
+    machine cannot start one; ``statements``: with pg_stat_statements loaded."""
     why = postgres_server.unavailable()
     if why:
         print(f"postgresql: not measured ({why})")
@@ -399,7 +432,8 @@ def postgres_database() -> Iterator[tuple[str, int] | None]:
         return
     server = postgres_server.PostgresServer(free_port())
     try:
-        url = server.start()
+        url = server.start(("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all")
+                           if statements else ())
         yield url, int((server.data / "postmaster.pid").read_text().split()[0])
     finally:
         server.stop()
@@ -409,11 +443,14 @@ def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both",
                         help="which store to measure (default: both; PostgreSQL needs root and its server binaries)")
+    parser.add_argument("--statements", action="store_true",
+                        help="PostgreSQL: print pg_stat_statements' cost per stored report of each statement")
     return parser.parse_args()
 
 
 def main() -> int:
-    store = arguments().store
+    options = arguments()
+    store = options.store
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="farmwatch-ingest-") as folder:
         if store in ("sqlite", "both"):
@@ -422,14 +459,15 @@ def main() -> int:
                 figures += measure("sqlite", [collector])
             finally:
                 collector.stop()
-        with postgres_database() if store in ("postgresql", "both") else nullcontext() as cluster:
+        with postgres_database(options.statements) if store in ("postgresql", "both") else nullcontext() as cluster:
             if cluster:
                 url, postmaster = cluster
                 replicas: list[RunningCollector] = []
                 try:
                     for n in range(REPLICAS):
                         replicas.append(launch_collector(Path(folder) / f"postgres-{n}", CONFIG, database=url))
-                    figures += measure(f"postgresql, {REPLICAS} replicas (fsync=off)", replicas, postmaster)
+                    figures += measure(f"postgresql, {REPLICAS} replicas (fsync=off)", replicas, postmaster,
+                                       options.statements)
                 finally:
                     for replica in replicas:
                         replica.stop()
