@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from collector_helpers import report_for, wire_time
+from postgres_server import new_database as new_postgres_database
 from prometheus_client import CollectorRegistry
 
 from farmwatch.collector import rollups as reducer
 from farmwatch.collector.rollups import _read_rollups, catch_up
 from farmwatch.collector.storage import Storage
-from farmwatch.collector.tables import reports, rollups
+from farmwatch.collector.tables import reduced_reports, reports, rollups, sightings
 from farmwatch.detectors.frame import Frames, frames_from_columns, packed_columns, reduce_json, window_columns
 from farmwatch.simulator.cli import write_fleet
 from farmwatch.simulator.store import load_records
@@ -170,3 +171,69 @@ def test_the_background_reducer_moves_the_floor_at_most_once_per_floor_check(
     finally:
         sa.event.remove(storage.engine, "before_cursor_execute", seen)
         storage.close()
+
+
+def test_between_floor_checks_the_background_reducer_looks_above_its_cursor_and_a_late_report_waits_for_the_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floor lags ``SETTLE_SECONDS`` behind ingest, so a batch that looked for pending reports
+    from the floor walked every report reduced since (issue 13); between floor checks the reducer
+    looks above the highest id it reduced. A report that becomes visible below that id (PostgreSQL
+    gives ids before commit) is filed at the next floor check, once."""
+    start = datetime(2026, 10, 2, 10, 0, tzinfo=timezone.utc)
+    storage = Storage.open(f"sqlite:///{tmp_path / 'collector.db'}")
+    load_records(storage, [{"received_at": wire_time(start + timedelta(seconds=n / 20)),
+                            "report": report_for(f"laptop-{n % 50}", n // 50 + 1)} for n in range(1200)])
+    # A minute after the last: none settled, so the floor stays below the late report (module docstring).
+    now = start + timedelta(minutes=2)
+    worker = reducer.Reducer(storage, lambda: now, CollectorRegistry(), lookback_hours=72)
+    filed = sa.select(sa.func.coalesce(sa.func.sum(rollups.c.reports), 0))
+    try:
+        with storage._writer.begin() as tx:  # report 100 is not visible yet: its transaction has not committed
+            late = tx.execute(sa.select(reports).where(reports.c.id == 100)).one()._asdict()
+            tx.execute(reports.delete().where(reports.c.id == 100))
+        worker.step()
+        assert worker.cursor == 1200
+        with storage._writer.begin() as tx:  # now it is
+            tx.execute(reports.insert().values(late))
+        worker.step()
+        with storage.engine.connect() as connection:
+            assert connection.execute(filed).scalar() == 1199
+        monkeypatch.setattr(reducer, "FLOOR_CHECK_SECONDS", 0.0)
+        worker.step()
+        worker.step()
+        with storage.engine.connect() as connection:
+            assert connection.execute(filed).scalar() == 1200
+    finally:
+        storage.close()
+
+
+def test_on_postgresql_a_batch_writes_its_markers_and_sightings_in_one_statement_each(
+        postgres: str, tmp_path: Path) -> None:
+    """Row by row (executemany) each marker and sighting cost PostgreSQL a statement execution
+    (issue 13); bound as arrays, a batch writes each in one, and files what SQLite's reducer files."""
+    start = datetime(2026, 10, 2, 10, 0, tzinfo=timezone.utc)
+    records = [{"received_at": wire_time(start + timedelta(seconds=n / 10)), "report": report_for(f"laptop-{n % 50}", n // 50 + 1)}
+               for n in range(1200)]
+    filed: list[set[tuple[Any, ...]]] = []
+    statements: list[tuple[str, bool]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, executemany: bool) -> None:
+        if statement.startswith(("INSERT INTO sightings", "INSERT INTO reduced_reports")):
+            statements.append((statement.split()[2], executemany))
+
+    for url in (new_postgres_database(postgres, "one_statement"), f"sqlite:///{tmp_path / 'collector.db'}"):
+        storage = Storage.open(url)
+        sa.event.listen(storage.engine, "before_cursor_execute", seen)
+        try:
+            load_records(storage, records)
+            catch_up(storage, start + timedelta(minutes=5))  # none settled: every marker stays
+            with storage.engine.connect() as connection:
+                filed.append(set(connection.execute(sa.select(sightings.c.kind, sightings.c.identity, sightings.c.hour,
+                                                              sightings.c.device_id)).all())
+                             | set(connection.execute(sa.select(reduced_reports.c.report_id)).all()))
+        finally:
+            sa.event.remove(storage.engine, "before_cursor_execute", seen)
+            storage.close()
+        if url.startswith("postgresql"):
+            assert statements == [("sightings", False), ("reduced_reports", False)] * 3  # batches of 500, 500, 200
+    assert filed[0] == filed[1] and len(filed[0]) > 1200  # batches differ: SQLite's catch-up claims devices
