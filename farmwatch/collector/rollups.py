@@ -25,11 +25,11 @@ PostgreSQL assigns report ids before commit, so a report can become visible afte
 higher id. The reducer therefore looks for reports without a marker above a floor, and moves the
 floor only up to reports received ``SETTLE_SECONDS`` ago (an ingest transaction lasts well under a
 second), never past one still unreduced; markers below the floor are deleted. Between floor
-moves the background reducer looks only above the highest id it reduced (its cursor), since the
-floor lags ``SETTLE_SECONDS`` behind and walking every reduced report above it cost each batch more
-than the batch itself on PostgreSQL; a report that became visible below the cursor is found at the
-next floor move (every ``FLOOR_CHECK_SECONDS``), or by scoring's catch-up (:func:`catch_up`), which
-always looks from the floor.
+moves the background reducer looks only above the highest reduced report (the highest marker, by
+whichever replica), since the floor lags ``SETTLE_SECONDS`` behind and walking every reduced report
+above it cost each batch more than the batch itself on PostgreSQL; a report that became visible
+below it is found at the next floor move (every ``FLOOR_CHECK_SECONDS``), or by scoring's catch-up
+(:func:`catch_up`), which always looks from the floor.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ SETTLE_SECONDS = 600.0
 """How long after receipt a report is surely committed (module docstring: the floor)."""
 FLOOR_CHECK_SECONDS = 30.0
 """How often the background reducer moves the floor and looks for pending reports above it, not
-only above its cursor (:class:`Reducer`): finding how far the floor may go scans every report above
+only above the highest reduced report (:class:`Reducer`): finding how far the floor may go scans every report above
 it (:func:`_settled`), and the floor stays put for ``SETTLE_SECONDS`` anyway, so a reducer keeping
 up with ingest in small batches paid that scan per batch for nothing (22 % of its samples in
 ``bench/collector_ingest.py``, issue 13). So did the batch's own query, which walked every reduced
@@ -145,11 +145,10 @@ class Reduced:
     batch: int  # its number (0: nothing to do, or another replica was reducing)
     reports: int  # reports reduced
     skipped: int  # reports the reduction refused (logged, kept in refused_reports; marked so they are not retried)
-    last_report_id: int = 0  # the highest report id it reduced (0: none)
 
 
 def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False,
-                   since: datetime | None = None, move_floor: bool = True, after_report_id: int = 0) -> Reduced:
+                   since: datetime | None = None, move_floor: bool = True, from_floor: bool = True) -> Reduced:
     """Reduce up to ``limit`` stored reports that have not been reduced, and file them in one transaction.
 
     Returns at once with batch 0 when another replica holds the reducer (``wait`` False) or when
@@ -158,9 +157,9 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
     database: reports received before it are never reduced, since scoring never reads them (a
     database upgraded with weeks of reports starts scoring without reducing all of them first).
     ``move_floor`` False leaves the floor where it is (and skips :func:`_settled`'s scan).
-    ``after_report_id``: look only at reports with a higher id (the background reducer's cursor,
-    :class:`Reducer`), not at every report above the floor; a report below it still pending (one
-    that became visible late, module docstring) waits for a call without it.
+    ``from_floor`` False: look only above the highest reduced report (:func:`_highest_reduced`), not
+    at every report above the floor; a report below it still pending (one that became visible late,
+    module docstring) waits for a call from the floor.
 
     On SQLite a reducer that must finish (``wait`` True) claims the batch's devices first
     (:func:`_claim`: ``reduction_claims`` rows, written in a short write transaction); the
@@ -187,7 +186,7 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
             if progress is None:
                 return Reduced(0, 0, 0)
             return _commit(tx, *_prepare(tx, progress[0], limit, now, move_floor=move_floor,
-                                         after_report_id=after_report_id), progress)
+                                         from_floor=from_floor), progress)
     holder = uuid.uuid4().hex
     waiting_since: float | None = None  # when this call found only reports others hold
     try:
@@ -206,7 +205,7 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
                     filing, settled = _reduce(reader, []), _settled(reader, floor, now) if move_floor else None
                 else:
                     filing, settled = _prepare(reader, floor, limit, now, devices, unheld_at=None if devices else now,
-                                               move_floor=move_floor, after_report_id=after_report_id)
+                                               move_floor=move_floor, from_floor=from_floor)
             with storage._writer.begin() as tx:
                 progress = _hold_progress(tx, wait, since)
                 if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
@@ -284,14 +283,20 @@ def _pending(floor: int) -> sa.ColumnElement[bool]:
 
 def _prepare(connection: Connection, floor: int, limit: int, now: datetime, devices: Collection[str] | None = None,
              unheld_at: datetime | None = None, move_floor: bool = True,
-             after_report_id: int = 0) -> tuple[Filing, int | None]:
-    """The next batch: up to ``limit`` reports above ``floor`` and ``after_report_id`` without a
-    reduced marker (of ``devices`` only, when given; of devices no reducer holds at ``unheld_at``,
-    when given), reduced and merged into their rollups as ``connection`` reads them (nothing is
-    written); and the highest report id the floor may move up to (:func:`_settled`; None, not looked
-    for, unless ``move_floor``)."""
-    pending = connection.execute(_batch_query(max(floor, after_report_id), limit, devices, unheld_at)).all()
+             from_floor: bool = True) -> tuple[Filing, int | None]:
+    """The next batch: up to ``limit`` reports above ``floor`` (unless ``from_floor`` is False: above
+    the highest reduced report) without a reduced marker (of ``devices`` only, when given; of devices
+    no reducer holds at ``unheld_at``, when given), reduced and merged into their rollups as
+    ``connection`` reads them (nothing is written); and the highest report id the floor may move up
+    to (:func:`_settled`; None, not looked for, unless ``move_floor``)."""
+    above = floor if from_floor else max(floor, _highest_reduced(connection))
+    pending = connection.execute(_batch_query(above, limit, devices, unheld_at)).all()
     return _reduce(connection, pending), _settled(connection, floor, now) if move_floor else None
+
+
+def _highest_reduced(connection: Connection) -> int:
+    """The highest report id with a reduced marker (0: none): one step down the markers' primary key."""
+    return int(connection.execute(sa.select(sa.func.coalesce(sa.func.max(reduced_reports.c.report_id), 0))).scalar_one())
 
 
 def _batch_query(floor: int, limit: int, devices: Collection[str] | None = None,
@@ -322,7 +327,7 @@ def _commit(tx: Connection, filing: Filing, settled: int | None, progress: tuple
     new_floor = _advance_floor(tx, floor, settled)
     tx.execute(rollup_progress.update().where(rollup_progress.c.name == PROGRESS)
                .values(batch=batch, floor_report_id=new_floor))
-    return Reduced(batch if filing.report_ids else 0, len(filing.report_ids), skipped, max(filing.report_ids, default=0))
+    return Reduced(batch if filing.report_ids else 0, len(filing.report_ids), skipped)
 
 
 def _read_floor(connection: Connection, since: datetime | None) -> int:
@@ -805,22 +810,20 @@ class Reducer(PeriodicWorker):
         self.reduced = Counter("farmwatch_reduced_reports", "Stored reports this replica reduced into rollups.",
                                registry=registry)
         self.floor_checked: float | None = None  # time.monotonic() when this reducer last moved the floor
-        self.cursor = 0  # the highest report id this reducer reduced: between floor checks it looks above it only
         self.last_success = Gauge("farmwatch_reduction_last_success_timestamp_seconds",
                                   "Unix time this replica last found nothing left to reduce, or another replica reducing (0: not yet).",
                                   registry=registry)
 
     def step(self) -> None:
         """Reduce batch after batch until none is left (or the reducer stops), moving the floor and
-        looking for pending reports below the cursor at most every ``FLOOR_CHECK_SECONDS``."""
+        looking for pending reports below the highest reduced one at most every ``FLOOR_CHECK_SECONDS``."""
         while not self.stopping:
             now = self.clock()
             move_floor = self.floor_checked is None or time.monotonic() - self.floor_checked >= FLOOR_CHECK_SECONDS
             done = reduce_pending(self.storage, now, since=now - self.lookback, move_floor=move_floor,
-                                  after_report_id=0 if move_floor else self.cursor)
+                                  from_floor=move_floor)
             if move_floor:
                 self.floor_checked = time.monotonic()
-            self.cursor = max(self.cursor, done.last_report_id)
             self.reduced.inc(done.reports)
             if not done.reports:
                 self.last_success.set(time.time())
