@@ -34,7 +34,8 @@ the figures are a floor for a dedicated collector host.
 
 ``--store`` measures one store only (both by default); ``--statements`` starts PostgreSQL with
 pg_stat_statements and prints, per statement, what it cost per stored report over the rate phase and
-the reducer's catch-up (calls, time, rows, blocks dirtied and written, WAL bytes); ``FARMWATCH_BENCH_QUICK=1`` shrinks the run to
+the reducer's catch-up (calls, time, rows, blocks dirtied and written, WAL bytes), and each
+table's inserts, updates (HOT ones apart) and scans; ``FARMWATCH_BENCH_QUICK=1`` shrinks the run to
 show that it still works (bench/report.py).
 """
 
@@ -330,23 +331,36 @@ wal_bytes, query FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_databa
 ORDER BY total_exec_time DESC"""
 
 
+TABLE_WRITES = """SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, seq_scan, idx_scan
+FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY n_tup_ins + n_tup_upd DESC"""
+
+
 def reset_statements(database_url: str) -> None:
     """Forget what pg_stat_statements counted so far (the extension created on first use)."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         connection.execute("SELECT pg_stat_statements_reset()")
+        connection.execute("SELECT pg_stat_reset()")
 
 
 def print_statements(database_url: str, stored: int) -> None:
     """Each statement's cost since :func:`reset_statements`, per stored report, costliest first."""
+    # An idle backend sends its table counts within PGSTAT_IDLE_INTERVAL, 10 s (PostgreSQL 15, src/backend/utils/activity/pgstat.c).
+    time.sleep(11)
     with psycopg.connect(database_url, autocommit=True) as connection:
         rows = connection.execute(STATEMENT_COSTS).fetchall()
+        tables = connection.execute(TABLE_WRITES).fetchall()
     total = sum(row[1] for row in rows)
     print(f"pg_stat_statements per stored report ({stored:,} stored; {total / stored * 1000:.0f} us of execution in all):")
     print(f"{'calls':>7} {'exec us':>8} {'rows':>7} {'hit':>7} {'dirtied':>8} {'written':>8} {'WAL B':>8}  statement")
     for calls, ms, found, hit, dirtied, written, wal, query in rows[:25]:
         print(f"{calls / stored:7.3f} {ms / stored * 1000:8.1f} {found / stored:7.2f} {hit / stored:7.2f} "
               f"{dirtied / stored:8.3f} {written / stored:8.3f} {float(wal) / stored:8.0f}  {' '.join(query.split())[:160]}")
+    print("tables per stored report (pg_stat_user_tables):")
+    print(f"{'inserts':>8} {'updates':>8} {'HOT':>8} {'deletes':>8} {'seq scans':>10} {'idx scans':>10}  table")
+    for name, inserted, updated, hot, deleted, seq_scans, idx_scans in tables:
+        print(f"{inserted / stored:8.3f} {updated / stored:8.3f} {hot / stored:8.3f} {deleted / stored:8.3f} "
+              f"{seq_scans / stored:10.3f} {(idx_scans or 0) / stored:10.3f}  {name}")
 
 
 def measure(store: str, collectors: list[RunningCollector], postmaster: int | None = None,
