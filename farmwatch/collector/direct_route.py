@@ -5,7 +5,9 @@ limit, exception handlers, an exit stack) and the router before its endpoint, ea
 its own ``send`` wrapper: about a fifth of the serving event loop's time per report under
 bench/collector_ingest.py's load (py-spy --gil, issue 13), for a route that reads its own body,
 answers its own refusals and sets no middleware state. :func:`serve_ahead` hands that one route's
-requests straight to its endpoint; everything else goes through the stack as before. What the
+requests straight to its endpoint; everything else goes through the stack as before. Only
+Starlette's own layers are skipped so: middleware the app adds itself (``add_middleware``) is there
+to see every request, so an app with any serves the route through the stack too. What the
 endpoint raises is answered by the app's own exception handler for it, found as Starlette finds it
 (the exception's classes in order), so a refusal looks the same either way; anything without one
 is answered 500 by the app's ``Exception`` handler and then re-raised for the server's log, as
@@ -28,11 +30,15 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def serve_ahead(app: Starlette, method: str, path: str, endpoint: Endpoint) -> None:
     """Serve ``method`` requests for ``path`` with ``endpoint`` before ``app``'s middleware stack.
 
-    The route stays in ``app``'s own routes too (other methods on ``path`` get its 405 there)."""
+    The route stays in ``app``'s own routes too (other methods on ``path`` get its 405 there). When
+    the stack is built (at the app's first request), an app with middleware of its own serves the
+    route through the stack, where that middleware sees it."""
     build_stack = app.build_middleware_stack
 
     def build_with_route_ahead() -> ASGIApp:
         stack = build_stack()
+        if app.user_middleware:
+            return stack
 
         async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http" and scope["method"] == method and _route_path(scope) == path:

@@ -1,6 +1,7 @@
 """A route served ahead of the middleware stack (direct_route.serve_ahead), on a real FastAPI app:
-its requests skip the middleware, its failures are answered by the app's own exception handlers,
-and every other request (other methods on its path included) goes through the stack as before."""
+its requests skip the stack, its failures are answered by the app's own exception handlers, and
+every other request (other methods on its path included) goes through the stack as before; an app
+with middleware of its own serves the route through the stack, where that middleware sees it."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ class RefusedHarder(Refused):
     pass
 
 
-def build() -> tuple[FastAPI, list[str]]:
-    """An app whose middleware records every path it sees, with ``POST /busy`` served ahead."""
+def build(own_middleware: bool = False) -> tuple[FastAPI, list[str]]:
+    """An app with ``POST /busy`` served ahead, and the requests that reached its middleware stack
+    (recorded outside Starlette's own layers, or by middleware of the app's own)."""
     app = FastAPI()
     seen: list[str] = []
 
@@ -37,7 +39,11 @@ def build() -> tuple[FastAPI, list[str]]:
                 seen.append(f"{scope['method']} {scope['path']}")
             await self.inner(scope, receive, send)
 
-    app.add_middleware(Recording)
+    if own_middleware:
+        app.add_middleware(Recording)
+    else:
+        build_stack = app.build_middleware_stack
+        app.build_middleware_stack = lambda: Recording(build_stack())  # type: ignore[method-assign]
 
     async def busy(request: Request) -> Response:
         body = await request.body()
@@ -64,7 +70,7 @@ def build() -> tuple[FastAPI, list[str]]:
     return app, seen
 
 
-def test_the_route_skips_the_middleware_and_everything_else_goes_through_it() -> None:
+def test_the_route_skips_the_stack_and_everything_else_goes_through_it() -> None:
     app, seen = build()
     with TestClient(app) as client:
         answer = client.post("/busy", content=b"hello")
@@ -89,3 +95,13 @@ def test_an_unexpected_failure_gets_the_apps_500_answer_and_reaches_the_server()
     assert (answer.status_code, answer.json()) == (500, {"errors": [{"field": "(server)", "message": "internal"}]})
     with TestClient(app) as client, pytest.raises(RuntimeError, match="unexpected"):
         client.post("/busy", content=b"break")  # re-raised after the answer, for the server's log
+
+
+def test_middleware_of_the_apps_own_sees_the_route_too() -> None:
+    app, seen = build(own_middleware=True)
+    with TestClient(app) as client:
+        answer = client.post("/busy", content=b"hello")
+        assert (answer.status_code, answer.json()) == (202, {"got": "hello"})
+        refused = client.post("/busy", content=b"refuse")
+    assert (refused.status_code, refused.json()) == (422, {"errors": [{"field": "(body)", "message": "no"}]})
+    assert seen == ["POST /busy", "POST /busy"]
