@@ -49,10 +49,23 @@ def in_driver_style(sql: str, paramstyle: str, sizes: tuple[tuple[str, int], ...
     raise UnsupportedDriver(f"no driver SQL for parameter style {paramstyle!r}")
 
 
-def executemany(tx: Connection, sql: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Run ``sql`` once per row of ``rows`` in ``tx``, through the driver's ``executemany``."""
+def execute_values(tx: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run ``sql`` once in ``tx`` with its ``:rows`` spelt out as a ``VALUES`` list, one tuple per row of
+    ``rows`` (all rows the same length; ``sql`` has no other parameter). One statement and one step of
+    the driver for all rows, where the driver's ``executemany`` steps once per row: sqlite3 releases and retakes
+    the GIL around each step, and the serving event loop shares the process (issue 13)."""
     if rows:
-        _run(tx, in_driver_style(sql, tx.dialect.paramstyle), list(rows), many=True)
+        bound = [value for row in rows for value in row]
+        _run(tx, _values_in_driver_style(sql, tx.dialect.paramstyle, len(rows), len(rows[0])), bound)
+
+
+@functools.cache
+def _values_in_driver_style(sql: str, paramstyle: str, count: int, width: int) -> str:
+    marks = {"qmark": "?", "pyformat": "%s", "format": "%s"}
+    if paramstyle not in marks:
+        raise UnsupportedDriver(f"no driver SQL for parameter style {paramstyle!r}")
+    row = "(" + ", ".join([marks[paramstyle]] * width) + ")"
+    return sql.replace(":rows", ", ".join([row] * count))
 
 
 def fetch(tx: Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -63,18 +76,15 @@ def fetch(tx: Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, .
         if not size:
             raise ValueError(f"the list parameter {name!r} is empty")
         bound.update((f"{name}_{n}", element) for n, element in enumerate(params[name]))
-    return _run(tx, in_driver_style(sql, tx.dialect.paramstyle, sizes), bound, many=False)
+    return _run(tx, in_driver_style(sql, tx.dialect.paramstyle, sizes), bound)
 
 
-def _run(tx: Connection, sql: str, params: Any, *, many: bool) -> list[tuple[Any, ...]]:
+def _run(tx: Connection, sql: str, params: Any) -> list[tuple[Any, ...]]:
     dialect = tx.dialect
     cursor = tx.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        if many:
-            cursor.executemany(sql, params)
-            return []
         cursor.execute(sql, params)
-        return list(cursor.fetchall())
+        return list(cursor.fetchall()) if cursor.description is not None else []  # psycopg: no rows to fetch
     except dialect.loaded_dbapi.Error as failure:
         raise sa.exc.DBAPIError.instance(sql, params, failure, dialect.loaded_dbapi.Error, dialect=dialect) from failure
     finally:

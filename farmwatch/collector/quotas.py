@@ -25,11 +25,11 @@ Used = dict[str, tuple[int, int]]
 """Per period: (reports, bytes) stored in the current hour and day."""
 
 _READ = f"SELECT device_id, period, period_start, reports, bytes FROM {device_quota.name} WHERE device_id IN :devices"
-# Rewritten for every device of every group-commit batch: straight to the driver (driver_sql.py).
-_UPDATE = (f"UPDATE {device_quota.name} SET period_start = :start, reports = :count, bytes = :size "
-           "WHERE device_id = :device AND period = :kind")
-_INSERT = (f"INSERT INTO {device_quota.name} (device_id, period, period_start, reports, bytes) "
-           "VALUES (:device, :kind, :start, :count, :size)")
+# Rewritten for every device of every group-commit batch: straight to the driver (driver_sql.py), in
+# one statement for all the batch's rows, new or not (upsert: SQLite 3.24+, https://sqlite.org/lang_upsert.html).
+_SAVE = (f"INSERT INTO {device_quota.name} (device_id, period, period_start, reports, bytes) VALUES :rows "
+         "ON CONFLICT (device_id, period) DO UPDATE SET period_start = excluded.period_start, "
+         "reports = excluded.reports, bytes = excluded.bytes")
 
 
 def _starts(now: datetime) -> dict[str, datetime]:
@@ -46,7 +46,6 @@ class Usage:
 
     now: datetime
     used: dict[str, Used] = field(default_factory=dict)
-    rows: set[tuple[str, str]] = field(default_factory=set)  # (device, period) rows that exist
     changed: set[str] = field(default_factory=set)
 
     def of(self, device_id: str) -> Used:
@@ -59,7 +58,6 @@ def usage(tx: Connection, device_ids: Collection[str], now: datetime) -> Usage:
     starts = {period: driver_sql.stored_time(tx, start) for period, start in _starts(now).items()}
     found = Usage(now)
     for device_id, period, period_start, reports, stored in driver_sql.fetch(tx, _READ, {"devices": list(device_ids)}):
-        found.rows.add((device_id, period))
         if period in starts and period_start == starts[period]:
             found.used.setdefault(device_id, {HOUR: (0, 0), DAY: (0, 0)})[period] = (reports, stored)
     return found
@@ -86,15 +84,9 @@ def charge(found: Usage, device_id: str, size: int) -> None:
 
 
 def save(tx: Connection, found: Usage) -> None:
-    """Write the rows of every device charged since :func:`usage` (an update where a row exists)."""
-    updates: list[dict[str, object]] = []
-    inserts: list[dict[str, object]] = []
+    """Write the rows of every device charged since :func:`usage`."""
     starts = {period: driver_sql.stored_time(tx, start) for period, start in _starts(found.now).items()}
-    for device_id in sorted(found.changed):
-        for period, start in starts.items():
-            reports, stored = found.used[device_id][period]
-            row = {"device": device_id, "kind": period, "start": start, "count": reports, "size": stored}
-            (updates if (device_id, period) in found.rows else inserts).append(row)
-    driver_sql.executemany(tx, _UPDATE, updates)
-    driver_sql.executemany(tx, _INSERT, inserts)
+    driver_sql.execute_values(tx, _SAVE, [
+        (device_id, period, start, *found.used[device_id][period])
+        for device_id in sorted(found.changed) for period, start in starts.items()])
 

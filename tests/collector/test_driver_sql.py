@@ -1,5 +1,6 @@
 """The group commit's driver statements (driver_sql.py) on a real SQLite file and a real PostgreSQL
-(skipped with the reason where it cannot start): list parameters expand, times are bound as Core
+(skipped with the reason where it cannot start): list parameters expand, a VALUES list writes many
+rows in one statement, times are bound as Core
 binds them, and a driver error arrives as SQLAlchemy's wrapper, so the group commit still tells a
 failed database (OperationalError: the whole batch is refused with 503) from one report's problem."""
 
@@ -36,8 +37,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
 def test_rows_written_through_the_driver_read_back_as_core_wrote_them(engine: sa.Engine) -> None:
     with engine.begin() as tx:
         tx.execute(things.insert().values(name="by-core", seen=MOMENT))
-        driver_sql.executemany(tx, f"INSERT INTO {things.name} (name, seen) VALUES (:name, :seen)",
-                               [{"name": f"by-driver-{n}", "seen": driver_sql.stored_time(tx, MOMENT)} for n in range(3)])
+        driver_sql.execute_values(tx, f"INSERT INTO {things.name} (name, seen) VALUES :rows",
+                                  [(f"by-driver-{n}", driver_sql.stored_time(tx, MOMENT)) for n in range(3)])
     with engine.connect() as db:
         read = dict(db.execute(sa.select(things.c.name, things.c.seen)).all())
     assert read == {"by-core": MOMENT, "by-driver-0": MOMENT, "by-driver-1": MOMENT, "by-driver-2": MOMENT}
@@ -53,13 +54,24 @@ def test_rows_written_through_the_driver_read_back_as_core_wrote_them(engine: sa
 def test_a_driver_error_is_raised_as_sqlalchemys_wrapper(engine: sa.Engine) -> None:
     with pytest.raises(sa.exc.IntegrityError):
         with engine.begin() as tx:
-            driver_sql.executemany(tx, f"INSERT INTO {things.name} (name, seen) VALUES (:name, :seen)",
-                                   [{"name": "twice", "seen": driver_sql.stored_time(tx, MOMENT)}] * 2)
+            driver_sql.execute_values(tx, f"INSERT INTO {things.name} (name, seen) VALUES :rows",
+                                      [("twice", driver_sql.stored_time(tx, MOMENT))] * 2)
     with pytest.raises(sa.exc.ProgrammingError if engine.dialect.name == "postgresql" else sa.exc.OperationalError):
         with engine.begin() as tx:
             driver_sql.fetch(tx, "SELECT name FROM no_such_table WHERE name = :name", {"name": "x"})
     with engine.connect() as db:
         assert db.execute(sa.select(sa.func.count()).select_from(things)).scalar_one() == 0  # nothing half-written
+
+
+def test_one_statement_updates_many_rows_from_a_values_list(engine: sa.Engine) -> None:
+    later = MOMENT.replace(hour=0)
+    with engine.begin() as tx:
+        tx.execute(things.insert(), [{"name": name, "seen": MOMENT} for name in ("a", "b", "c")])
+        driver_sql.execute_values(tx, f"UPDATE {things.name} SET seen = given.column2 FROM (VALUES :rows) AS given "
+                                      f"WHERE {things.name}.name = given.column1",
+                                  [(name, driver_sql.stored_time(tx, later)) for name in ("a", "c", "absent")])
+    with engine.connect() as db:
+        assert dict(db.execute(sa.select(things.c.name, things.c.seen)).all()) == {"a": later, "b": MOMENT, "c": later}
 
 
 def test_parameters_are_written_in_the_drivers_style() -> None:
@@ -70,3 +82,6 @@ def test_parameters_are_written_in_the_drivers_style() -> None:
         "SELECT a FROM t WHERE b IN (%(names_0)s) AND c = %(c)s AND d IN (%(named_0)s)")
     with pytest.raises(driver_sql.UnsupportedDriver):
         driver_sql.in_driver_style(sql, "format")
+    values = "INSERT INTO t (a, b) VALUES :rows"
+    assert driver_sql._values_in_driver_style(values, "qmark", 2, 2) == "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+    assert driver_sql._values_in_driver_style(values, "pyformat", 1, 2) == "INSERT INTO t (a, b) VALUES (%s, %s)"

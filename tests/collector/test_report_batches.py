@@ -102,3 +102,38 @@ def test_a_later_batch_sees_what_an_earlier_one_stored(storage: Storage) -> None
     first = storage.submit_report(arriving(device, 1, f"t-{suffix}")).result(timeout=30)
     again = storage.submit_report(arriving(device, 1, f"t-{suffix}")).result(timeout=30)
     assert first.new and again == StoredReport(new=False, conflict=False)
+
+
+def test_a_batch_writes_all_its_devices_in_one_statement_per_table(storage: Storage) -> None:
+    suffix = NOW.strftime("%H%M%S%f")
+    device, other = f"dev-d{suffix}", f"dev-e{suffix}"
+    enrol(storage, device, f"d-{suffix}")
+    enrol(storage, other, f"e-{suffix}")
+    plenty = Limits(reports_per_device_per_hour=100)
+    with storage.engine.begin() as tx:  # the device's quota rows exist before the batch, the other's do not
+        store_report_batch(tx, [arriving(device, 1, f"d-{suffix}", plenty)])
+    batch = [arriving(device, 2, f"d-{suffix}", plenty), arriving(other, 1, f"e-{suffix}", plenty),
+             arriving(device, 4, f"d-{suffix}", plenty), arriving(device, 3, f"d-{suffix}", plenty)]
+    statements: list[str] = []
+    with storage.engine.begin() as tx:
+        if tx.dialect.name == "sqlite":  # the driver's own trace: every statement it runs
+            tx.connection.dbapi_connection.set_trace_callback(statements.append)  # type: ignore[union-attr]
+        assert all(outcome.new for outcome in store_report_batch(tx, batch))
+        if tx.dialect.name == "sqlite":
+            tx.connection.dbapi_connection.set_trace_callback(None)  # type: ignore[union-attr]
+            writes = [sql.split("(")[0].split(" SET")[0].strip() for sql in statements if not sql.startswith("SELECT")]
+            assert sorted(writes) == [f"INSERT INTO {device_quota.name}", f"INSERT INTO {reports.name}",
+                                      f"UPDATE {devices.name}"]
+    with storage.engine.connect() as db:
+        ids = {(row.device_id, row.seq): row.id for row in db.execute(
+            sa.select(reports.c.device_id, reports.c.seq, reports.c.id).where(reports.c.device_id.in_([device, other])))}
+        assert sorted(ids) == [(device, 1), (device, 2), (device, 3), (device, 4), (other, 1)]
+        newest = {row.device_id: (row.last_seq, row.last_report_id) for row in db.execute(
+            sa.select(devices.c.device_id, devices.c.last_seq, devices.c.last_report_id)
+            .where(devices.c.device_id.in_([device, other])))}
+        # the highest seq, and the report the device sent last (seq 3, after its seq 4)
+        assert newest == {device: (4, ids[(device, 3)]), other: (1, ids[(other, 1)])}
+        used = {(row.device_id, row.period): (row.reports, row.bytes) for row in db.execute(
+            sa.select(device_quota).where(device_quota.c.device_id.in_([device, other])))}
+        assert used == {(device, "hour"): (4, 4000), (device, "day"): (4, 4000),
+                        (other, "hour"): (1, 1000), (other, "day"): (1, 1000)}
