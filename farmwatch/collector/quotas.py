@@ -5,7 +5,7 @@ A device may store ``reports_per_device_per_hour`` reports in each UTC clock hou
 ones: one row per device and period, rewritten inside the transaction that stores the report (which
 already holds the device row's lock), so the check and the charge cannot race between replicas.
 A group-commit batch reads the rows of all its devices at once (:func:`usage`), checks and charges
-in memory (:func:`wait_for`, :func:`charged`) and writes the changed rows back at once (:func:`save`).
+in memory (:func:`wait_for`, :func:`charge`) and writes the changed rows back at once (:func:`save`).
 """
 
 from __future__ import annotations
