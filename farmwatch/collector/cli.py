@@ -148,7 +148,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     from farmwatch.collector.app import create_app
     from farmwatch.collector.gc_tuning import settle_long_lived
-    from farmwatch.collector.group_commit import hand_over_the_gil_sooner
 
     config = load_config(
         args.config,
@@ -161,7 +160,6 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(storage, config, reducer_process=True)
         settle_long_lived()  # what is built by now lives as long as the process (gc_tuning.py)
-        hand_over_the_gil_sooner()  # the group commit's thread shares this process's GIL with the event loop
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
         # own; the collector applies [collector] trusted_proxies itself (ingest.source_address).
         uvicorn.run(

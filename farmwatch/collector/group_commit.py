@@ -24,20 +24,12 @@ Callers on an event loop use :meth:`GroupCommit.write`: the committer wakes each
 (one ``call_soon_threadsafe``), not once per item as awaiting each item's future through
 ``asyncio.wrap_future`` does; under load that per-item wake-up (a self-pipe write in the committer,
 a callback and a future copy on the loop) was a visible share of the serving process's CPU (issue 13).
-
-The committer lets go of the GIL around every step SQLite takes (each statement, and each row an
-``executemany`` writes or a query returns: over a hundred for a batch of 16 reports) and takes it back
-after each. While the event loop is busy in Python, taking it back waits for the loop's switch
-interval, CPython's 5 ms by default (the "convoy effect", https://bugs.python.org/issue7946), so a
-batch's ~2 ms of work stretched over several times that: a serving process sets
-:data:`SWITCH_INTERVAL_SECONDS` (:func:`hand_over_the_gil_sooner`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -56,21 +48,6 @@ GATHER_SECONDS = 0.006
 serving event loop's time here; a small part of an agent's request, and of the p99 target (100 ms).
 Against 2 ms, under bench/collector_ingest.py's load the committer thread's CPU per report fell from
 ~170 to 120-155 us and SQLite's writes from ~15 to ~13 KB per report (fewer, larger commits; issue 13)."""
-
-SWITCH_INTERVAL_SECONDS = 0.0005
-"""How long a thread holding the GIL keeps it once another thread asks for it, in a serving process.
-Writing a batch of 16 reports (~1.7 ms of the committer's CPU) while another thread spun in Python took
-37 ms at CPython's default 5 ms and 12-14 ms at 0.5 ms, about as long as at 1 or 0.2 ms (in-process, on
-this loaded 2-core machine). Under bench/collector_ingest.py's rate phase (load ~3) a batch of 25-28
-reports took 10.5 ms from its first statement to its commit's return at 5 ms, 7.8 ms at 0.5 ms; the rate
-/ parse-and-discard ratio did not rise measurably (nine alternating pairs at load 3-12: median 0.21x
-against 0.22x) and neither did the CPU per report (docs/scaling.md, issue 13)."""
-
-
-def hand_over_the_gil_sooner() -> None:
-    """Set :data:`SWITCH_INTERVAL_SECONDS` for this process: call it in a process whose event loop
-    shares the GIL with a group commit's committer."""
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
 class GroupCommit(Generic[Item, Result]):

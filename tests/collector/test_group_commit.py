@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from farmwatch.collector.group_commit import SWITCH_INTERVAL_SECONDS, GroupCommit, hand_over_the_gil_sooner
+from farmwatch.collector.group_commit import GroupCommit
 from farmwatch.collector.storage import open_engine
 
 
@@ -212,13 +211,3 @@ def test_a_gathering_batch_sleeps_through_the_writes_that_join_it_until_one_fill
     assert [f.result(10) for f in (first, *joining, filling)] == list(range(3, 44))
     assert (group.batches, group.steps) == (3, 44)
     group.close()
-
-
-def test_a_serving_process_hands_the_gil_to_the_committer_sooner_than_cpython_s_default() -> None:
-    before = sys.getswitchinterval()
-    try:
-        hand_over_the_gil_sooner()
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)
-        assert SWITCH_INTERVAL_SECONDS < 0.005  # CPython's default
-    finally:
-        sys.setswitchinterval(before)
