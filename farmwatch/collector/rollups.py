@@ -148,7 +148,7 @@ class Reduced:
 
 
 def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bool = False,
-                   since: datetime | None = None, move_floor: bool = True, from_floor: bool = True) -> Reduced:
+                   since: datetime | None = None, from_floor: bool = True) -> Reduced:
     """Reduce up to ``limit`` stored reports that have not been reduced, and file them in one transaction.
 
     Returns at once with batch 0 when another replica holds the reducer (``wait`` False) or when
@@ -156,10 +156,10 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
     ``since`` (the start of the scoring lookback) matters once, when the reducer first runs on a
     database: reports received before it are never reduced, since scoring never reads them (a
     database upgraded with weeks of reports starts scoring without reducing all of them first).
-    ``move_floor`` False leaves the floor where it is (and skips :func:`_settled`'s scan).
     ``from_floor`` False: look only above the highest reduced report (:func:`_highest_reduced`), not
-    at every report above the floor; a report below it still pending (one that became visible late,
-    module docstring) waits for a call from the floor.
+    at every report above the floor, and leave the floor where it is (skipping :func:`_settled`'s
+    scan); a report below it still pending (one that became visible late, module docstring) waits
+    for a call from the floor.
 
     On SQLite a reducer that must finish (``wait`` True) claims the batch's devices first
     (:func:`_claim`: ``reduction_claims`` rows, written in a short write transaction); the
@@ -185,8 +185,7 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
             progress = _hold_progress(tx, wait, since)
             if progress is None:
                 return Reduced(0, 0, 0)
-            return _commit(tx, *_prepare(tx, progress[0], limit, now, move_floor=move_floor,
-                                         from_floor=from_floor), progress)
+            return _commit(tx, *_prepare(tx, progress[0], limit, now, from_floor=from_floor), progress)
     holder = uuid.uuid4().hex
     waiting_since: float | None = None  # when this call found only reports others hold
     try:
@@ -202,10 +201,10 @@ def reduce_pending(storage: Storage, now: datetime, limit: int = BATCH, wait: bo
             with storage.engine.connect() as reader, reader.begin():  # BEGIN (deferred): a snapshot, no lock
                 floor = _read_floor(reader, since)
                 if devices == []:  # a claiming reducer found nothing pending
-                    filing, settled = _reduce(reader, []), _settled(reader, floor, now) if move_floor else None
+                    filing, settled = _reduce(reader, []), _settled(reader, floor, now) if from_floor else None
                 else:
                     filing, settled = _prepare(reader, floor, limit, now, devices, unheld_at=None if devices else now,
-                                               move_floor=move_floor, from_floor=from_floor)
+                                               from_floor=from_floor)
             with storage._writer.begin() as tx:
                 progress = _hold_progress(tx, wait, since)
                 if progress is None:  # not on SQLite (BEGIN IMMEDIATE serializes writers); kept for the type
@@ -282,16 +281,15 @@ def _pending(floor: int) -> sa.ColumnElement[bool]:
 
 
 def _prepare(connection: Connection, floor: int, limit: int, now: datetime, devices: Collection[str] | None = None,
-             unheld_at: datetime | None = None, move_floor: bool = True,
-             from_floor: bool = True) -> tuple[Filing, int | None]:
+             unheld_at: datetime | None = None, from_floor: bool = True) -> tuple[Filing, int | None]:
     """The next batch: up to ``limit`` reports above ``floor`` (unless ``from_floor`` is False: above
     the highest reduced report) without a reduced marker (of ``devices`` only, when given; of devices
     no reducer holds at ``unheld_at``, when given), reduced and merged into their rollups as
     ``connection`` reads them (nothing is written); and the highest report id the floor may move up
-    to (:func:`_settled`; None, not looked for, unless ``move_floor``)."""
+    to (:func:`_settled`; None, not looked for, unless ``from_floor``)."""
     above = floor if from_floor else max(floor, _highest_reduced(connection))
     pending = connection.execute(_batch_query(above, limit, devices, unheld_at)).all()
-    return _reduce(connection, pending), _settled(connection, floor, now) if move_floor else None
+    return _reduce(connection, pending), _settled(connection, floor, now) if from_floor else None
 
 
 def _highest_reduced(connection: Connection) -> int:
@@ -819,10 +817,9 @@ class Reducer(PeriodicWorker):
         looking for pending reports below the highest reduced one at most every ``FLOOR_CHECK_SECONDS``."""
         while not self.stopping:
             now = self.clock()
-            move_floor = self.floor_checked is None or time.monotonic() - self.floor_checked >= FLOOR_CHECK_SECONDS
-            done = reduce_pending(self.storage, now, since=now - self.lookback, move_floor=move_floor,
-                                  from_floor=move_floor)
-            if move_floor:
+            from_floor = self.floor_checked is None or time.monotonic() - self.floor_checked >= FLOOR_CHECK_SECONDS
+            done = reduce_pending(self.storage, now, since=now - self.lookback, from_floor=from_floor)
+            if from_floor:
                 self.floor_checked = time.monotonic()
             self.reduced.inc(done.reports)
             if not done.reports:
