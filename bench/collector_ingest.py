@@ -459,7 +459,10 @@ def arguments() -> argparse.Namespace:
                         help="which store to measure (default: both; PostgreSQL needs root and its server binaries)")
     parser.add_argument("--statements", action="store_true",
                         help="PostgreSQL: print pg_stat_statements' cost per stored report of each statement")
-    return parser.parse_args()
+    options = parser.parse_args()
+    if options.statements and options.store == "sqlite":
+        parser.error("--statements: PostgreSQL's statement costs; measure it with --store postgresql or both")
+    return options
 
 
 def main() -> int:

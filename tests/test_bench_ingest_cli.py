@@ -1,5 +1,6 @@
 """bench/collector_ingest.py's command line: ``--help`` explains the benchmark and starts nothing, and a
-wrong ``--store`` is refused by name (the whole benchmark takes minutes on two cores)."""
+wrong ``--store``, or ``--statements`` without PostgreSQL, is refused by name (the whole benchmark
+takes minutes on two cores)."""
 
 from __future__ import annotations
 
@@ -29,4 +30,11 @@ def test_an_unknown_store_is_refused_by_name(tmp_path: Path) -> None:
     done = run(tmp_path, "--store", "mysql")
     assert done.returncode == 2
     assert "--store" in done.stderr and "mysql" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_statements_without_postgresql_are_refused(tmp_path: Path) -> None:
+    done = run(tmp_path, "--store", "sqlite", "--statements")
+    assert done.returncode == 2
+    assert "--statements" in done.stderr and "--store postgresql" in done.stderr
     assert list(tmp_path.iterdir()) == []
