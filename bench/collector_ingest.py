@@ -14,19 +14,20 @@ each device counting its own seq, one device's reports in order on one connectio
 - **exactly once**: afterwards the store is counted: every acknowledged (202) report must be there
   once, and nothing unacknowledged;
 - **CPU per report**: user + system CPU of the collector processes (and their children: serve's
-  reducer process) over the rate phase, beside the parse-and-discard server's over its own: less
+  report writer and reducer processes) over the rate phase, beside the parse-and-discard server's over its own: less
   sensitive than rates to whatever else shares the machine's cores; and again once the reducer has
   filed every report of the phase into rollups (it works behind ingest), with how long that took;
 - **load generator CPU per report**: this process's own CPU over the rate phase, since it shares the
   cores with the servers (the same generator drives the parse-and-discard baseline);
 - **where the CPU goes** (rate phase, per report): the collectors' event-loop threads, their other
-  threads (the group commit's committer; /proc/<pid>/task), their reducer children and, on
+  threads (/proc/<pid>/task: the thread pool's), their report writer children (writer_process.py),
+  their reducer children and, on
   PostgreSQL, the server's own processes (postmaster and every backend, those that ended too). Then
   what 0.5x parse-and-discard would leave the collector: at half the baseline's rate, this machine's
   cores give ``cores / rate`` CPU seconds per report, less PostgreSQL's and the load generator's
   (an upper bound: it counts every core as free for the benchmark).
 
-SQLite: one collector process (one writer; synchronous=FULL, group commit). PostgreSQL (when this
+SQLite: one collector process (one writer, its writer child; synchronous=FULL, a batch a commit). PostgreSQL (when this
 machine can start a throwaway cluster: root and the server binaries; fsync=off there, so an upper
 bound): REPLICAS collectors on the one database, the supported scale-out, connections spread over
 them as a balancer would. Load generator, collectors and database share this machine's cores, so
@@ -231,17 +232,18 @@ class CpuSplit:
 
     event_loops: float
     other_threads: float
+    writers: float
     children: float
     database: float
 
     def __sub__(self, other: CpuSplit) -> CpuSplit:
         return CpuSplit(self.event_loops - other.event_loops, self.other_threads - other.other_threads,
-                        self.children - other.children, self.database - other.database)
+                        self.writers - other.writers, self.children - other.children, self.database - other.database)
 
     @property
     def collectors(self) -> float:
         """The collector processes' own and their children's (PostgreSQL's backends not included)."""
-        return self.event_loops + self.other_threads + self.children
+        return self.event_loops + self.other_threads + self.writers + self.children
 
 
 def main_thread_seconds(pid: int) -> float:
@@ -269,15 +271,19 @@ def postgres_seconds(postmaster: int | None) -> float:
 
 def cpu_split(pids: list[int], postmaster: int | None) -> CpuSplit:
     """Where the collectors' (and the database server's) CPU went so far."""
-    loops = others = children = 0.0
+    loops = others = writers = children = 0.0
     for pid in pids:
         process = psutil.Process(pid)
         times = process.cpu_times()
         loop = main_thread_seconds(pid)
         loops += loop
         others += times.user + times.system - loop
-        children += sum(sum(child.cpu_times()[:2]) for child in process.children(recursive=True))
-    return CpuSplit(loops, others, children, postgres_seconds(postmaster))
+        for child in process.children(recursive=True):
+            if child.name() == "fw-writer":  # serve's report writer (writer_process.py names it)
+                writers += sum(child.cpu_times()[:2])
+            else:
+                children += sum(child.cpu_times()[:2])
+    return CpuSplit(loops, others, writers, children, postgres_seconds(postmaster))
 
 
 def server_cpu(pids: list[int], postmaster: int | None,
@@ -428,8 +434,8 @@ def measure(store: str, collectors: list[RunningCollector], postmaster: int | No
         Figure(f"laptops carried at a {AGENT_INTERVAL_SECONDS} s interval, {store}", rate * AGENT_INTERVAL_SECONDS,
                "laptops"),
         Figure(f"collector event-loop threads' CPU per report, {store}", split.event_loops * per_report, "us"),
-        Figure(f"collector other threads' (group commit) CPU per report, {store}", split.other_threads * per_report,
-               "us"),
+        Figure(f"collector other threads' CPU per report, {store}", split.other_threads * per_report, "us"),
+        Figure(f"report writer processes' CPU per report, {store}", split.writers * per_report, "us"),
         Figure(f"reducer processes' CPU per report during the rate phase, {store}", split.children * per_report, "us"),
         *database,
     ]

@@ -46,6 +46,7 @@ from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.scoring_process import ScoringProcesses
 from farmwatch.collector.storage import ArrivingReport, Storage, token_digest
 from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
+from farmwatch.collector.writer_process import WriterProcess
 from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
 
 log = logging.getLogger("farmwatch.collector.app")
@@ -79,25 +80,29 @@ def create_app(
     clock: Callable[[], datetime] = utcnow,
     background_scoring: bool = True,
     reducer_process: bool = False,
+    writer_process: bool = False,
 ) -> FastAPI:
     """The collector app over ``storage``; metrics go to ``registry`` (a fresh one when None).
 
     ``reducer_process``: reduce stored reports into rollups in a child process (``serve`` does:
-    :mod:`farmwatch.collector.reducer_process`), not in a thread beside ingest."""
+    :mod:`farmwatch.collector.reducer_process`), not in a thread beside ingest. ``writer_process``:
+    store reports from a child process fed by the event loop (``serve`` does:
+    :mod:`farmwatch.collector.writer_process`), not from a committer thread in this one."""
     metrics = Metrics(registry or CollectorRegistry(), device_count=lambda: _safe_count(storage))
     geo = GeoLookup(config.corporate_networks, config.city_db, config.asn_db)
     scorer = Scorer(storage, config, metrics, clock)
     alerting = Alerting(storage, config.outputs, config.public_url, metrics.registry, clock)
     retention = RetentionJob(storage, config.retention, metrics.registry, clock)
+    url = storage.engine.url.render_as_string(hide_password=False)  # for the child processes
+    reports: Storage | WriterProcess = WriterProcess(url, metrics.registry) if writer_process else storage
     # Stored reports into rollups, outside the request path.
     reducer: Reducer | ReducerProcess = (
-        ReducerProcess(storage.engine.url.render_as_string(hide_password=False), config.lookback_hours, metrics.registry)
+        ReducerProcess(url, config.lookback_hours, metrics.registry)
         if reducer_process else Reducer(storage, clock, metrics.registry, config.lookback_hours))
     # [detection] scoring_processes: the periodic scoring in child processes; this one keeps the
     # on-demand refreshes (scoring_process.py).
     scoring: Scorer | ScoringProcesses = scorer
     if background_scoring and config.scoring_processes:
-        url = storage.engine.url.render_as_string(hide_password=False)
         scoring = ScoringProcesses(url, config, metrics, config.scoring_processes)
 
     @asynccontextmanager
@@ -107,9 +112,13 @@ def create_app(
         alerting.start()
         retention.start()
         reducer.start()
+        if isinstance(reports, WriterProcess):
+            await reports.start()
         try:
             yield
         finally:
+            if isinstance(reports, WriterProcess):
+                await reports.stop()
             scoring.stop()
             scorer.stop()
             alerting.stop()
@@ -236,6 +245,9 @@ def create_app(
             )
         )
         metrics.enrolments.labels("renewal" if done.renewal else "new").inc()
+        # Its first report needs no token query: a renewal revoked the device's other tokens.
+        reporting_tokens.forget_device(done.device_id)
+        reporting_tokens.remember(token_digest(token), done.device_id)
         return {"device_id": done.device_id, "token": token, "next_seq": done.next_seq}
 
     @app.post("/api/v1/token")
@@ -245,6 +257,7 @@ def create_app(
         token = secrets.token_urlsafe(32)
         await run_in_threadpool(storage.rotate_token, device, token, clock())
         reporting_tokens.forget_device(device)
+        reporting_tokens.remember(token_digest(token), device)
         log.info("device %s rotated its token", device)
         return {"device_id": device, "token": token}
 
@@ -283,7 +296,7 @@ def create_app(
         arriving = ArrivingReport(record, ingest.wire_digest(record["report"]), received_at, len(body), config.limits,
                                   token_sha256)
         try:
-            stored = await storage.write_report(arriving)
+            stored = await reports.write_report(arriving)
         except sa.exc.SQLAlchemyError as failure:
             if not unavailable(failure):
                 raise

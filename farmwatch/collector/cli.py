@@ -158,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     storage = Storage.open(database_url(args.db), migrate=args.migrate or config.migrate)
     try:
-        app = create_app(storage, config, reducer_process=True)
+        app = create_app(storage, config, reducer_process=True, writer_process=True)
         settle_long_lived()  # what is built by now lives as long as the process (gc_tuning.py)
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 on its
         # own; the collector applies [collector] trusted_proxies itself (ingest.source_address).

@@ -153,29 +153,41 @@ class GroupCommit(Generic[Item, Result]):
                 done.set_exception(value)
 
     def _write_all(self, items: list[Item]) -> list[tuple[bool, Any]]:
-        # The whole batch first, with no SAVEPOINT around it (SAVEPOINT and RELEASE through SQLAlchemy
-        # cost ~77 us of the committer's CPU per batch here, issue 13): when it fails, its transaction
-        # is rolled back whole, and the items are written again, each alone, in a new transaction.
-        try:
-            with self._begin() as tx:
-                results = self._write(tx, items)
-            return [(True, result) for result in results]
-        except sa.exc.OperationalError:
-            raise  # the database itself failed: the whole batch goes
-        except Exception:  # noqa: BLE001 - one item's problem: find whose, writing each alone
-            if len(items) == 1:
+        return write_in_transactions(self._begin, self._write, items)
+
+
+def write_in_transactions(
+    begin: Callable[[], AbstractContextManager[Connection]],
+    write: Callable[[Connection, list[Item]], list[Result]],
+    items: list[Item],
+) -> list[tuple[bool, Any]]:
+    """Write ``items`` with ``write`` in one transaction from ``begin()``: one (ok, result or error) per
+    item, in order. One item's problem is found by writing each again alone, and fails alone; a
+    database failure (``OperationalError``) raises, nothing of the batch stored."""
+    # The whole batch first, with no SAVEPOINT around it (SAVEPOINT and RELEASE through SQLAlchemy
+    # cost ~77 us of the committer's CPU per batch here, issue 13): when it fails, its transaction
+    # is rolled back whole, and the items are written again, each alone, in a new transaction.
+    try:
+        with begin() as tx:
+            results = write(tx, items)
+        return [(True, result) for result in results]
+    except sa.exc.OperationalError:
+        raise  # the database itself failed: the whole batch goes
+    except Exception:  # noqa: BLE001 - one item's problem: find whose, writing each alone
+        if len(items) == 1:
+            raise
+    outcomes: list[tuple[bool, Any]] = []
+    with begin() as tx:
+        for item in items:
+            try:
+                with tx.begin_nested():
+                    outcomes.append((True, write(tx, [item])[0]))
+            except sa.exc.OperationalError:
                 raise
-        outcomes: list[tuple[bool, Any]] = []
-        with self._begin() as tx:
-            for item in items:
-                try:
-                    with tx.begin_nested():
-                        outcomes.append((True, self._write(tx, [item])[0]))
-                except sa.exc.OperationalError:
-                    raise
-                except Exception as failure:  # noqa: BLE001 - handed to the one caller it belongs to
-                    outcomes.append((False, failure))
-        return outcomes
+            except Exception as failure:  # noqa: BLE001 - handed to the one caller it belongs to
+                outcomes.append((False, failure))
+    return outcomes
+
 
 def _wake(waiters: list[Waiter]) -> None:
     """Tell every :meth:`GroupCommit.write` caller of a batch that its answer is set: one call per loop."""

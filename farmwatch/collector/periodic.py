@@ -12,8 +12,11 @@ the next step is the retry. :class:`SupervisedChild` is such a worker whose step
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import signal
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -96,6 +99,18 @@ REPORT_SECONDS = 1.0
 """How often a supervised child sends its news (its metrics) up its pipe."""
 STOP_SECONDS = JOIN_SECONDS - 5
 """A stopping child may finish its batch (one transaction), then is killed."""
+
+
+PR_SET_NAME = 15  # <linux/prctl.h>: the thread's name, /proc/<pid>/comm, what ps and top show
+
+
+def become_child(name: str) -> None:
+    """What each of serve's child processes does first: ignore Ctrl-C, which reaches the whole process
+    group (the parent stops its children), and take ``name`` as its process name, so ``ps`` and
+    ``top`` tell the children apart (Linux keeps 15 bytes of it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15])
 
 
 def report_until_stopped(parent: Connection, collect: Callable[[], list[Any]], work: PeriodicWorker,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
@@ -38,7 +37,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from farmwatch.collector.gc_tuning import settle_long_lived
-from farmwatch.collector.periodic import SupervisedChild, report_until_stopped
+from farmwatch.collector.periodic import SupervisedChild, become_child, report_until_stopped
 
 
 NICENESS = 10
@@ -55,7 +54,7 @@ def run_child(url: str, lookback_hours: float, parent: Connection) -> None:
     from farmwatch.collector.rollups import Reducer  # the child imports the reduction, the parent need not
     from farmwatch.collector.storage import Storage
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    become_child("fw-reducer")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     reducer: %(message)s")
     storage = Storage.open(url, migrate="check")  # the serving process migrated before it started us
     os.nice(NICENESS)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -41,7 +40,7 @@ from farmwatch.collector.alerts import AlertRecorder
 from farmwatch.collector.config import CollectorConfig
 from farmwatch.collector.gc_tuning import settle_long_lived
 from farmwatch.collector.metrics import Metrics
-from farmwatch.collector.periodic import SupervisedChild, report_until_stopped
+from farmwatch.collector.periodic import SupervisedChild, become_child, report_until_stopped
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.storage import Storage
 
@@ -61,7 +60,7 @@ def utcnow() -> datetime:
 def run_child(url: str, config: CollectorConfig, index: int, parent: Connection) -> None:
     """One scoring child's whole life: open the store, score every interval, send its scoring metrics
     up until told to stop (or the serving process is gone)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    become_child("fw-scoring")
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s:     scoring {index}: %(message)s")
     storage = Storage.open(url, migrate="check")  # the serving process migrated before it started us
     storage.verdict_listener = AlertRecorder.configured(config.outputs, config.public_url)  # alerts with verdicts

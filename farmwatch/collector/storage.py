@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from farmwatch.collector import agent_history, driver_sql, quotas, scoring_work
-from farmwatch.collector.group_commit import GroupCommit
+from farmwatch.collector.group_commit import GroupCommit, write_in_transactions
 from farmwatch.collector.limits import Limits
 from farmwatch.collector.migrate import MigrateMode, ensure_current
 from farmwatch.collector.migrate import upgrade as upgrade_schema
@@ -297,6 +297,12 @@ class Storage:
     async def write_report(self, arriving: ArrivingReport) -> StoredReport:
         """:meth:`submit_report` awaited on the running event loop, woken once per batch (:meth:`GroupCommit.write`)."""
         return await self._group_commit().write(arriving)
+
+    def write_report_batch(self, batch: list[ArrivingReport]) -> list[tuple[bool, StoredReport | Exception]]:
+        """Store ``batch`` in one transaction now, as the group commit does (serve's writer process
+        calls this: :mod:`farmwatch.collector.writer_process`): one (stored?, outcome or error) per
+        report, in order; a database failure raises and stores none of them."""
+        return write_in_transactions(self._writer.begin, store_report_batch, batch)
 
     def _group_commit(self) -> GroupCommit[ArrivingReport, StoredReport]:
         with self._group_lock:

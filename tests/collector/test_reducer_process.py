@@ -86,9 +86,8 @@ def _reducer_child(collector: RunningCollector) -> psutil.Process:
     assert collector.process is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        # multiprocessing's resource tracker is a child too; the reducer is the one spawn_main started
-        children = [child for child in psutil.Process(collector.process.pid).children()
-                    if "spawn_main" in " ".join(child.cmdline())]
+        # multiprocessing's resource tracker and serve's report writer are children too
+        children = [child for child in psutil.Process(collector.process.pid).children() if child.name() == "fw-reducer"]
         if children:
             assert len(children) == 1
             return children[0]

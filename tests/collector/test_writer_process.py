@@ -1,0 +1,158 @@
+"""serve's report writes in a child process (writer_process.py, issue 13): answers cross the process
+boundary as the group commit gave them (new, resend, conflict, one report's error alone), the child
+is a real spawned process named fw-writer, a child that dies has its waiting reports answered 503
+(the agent sends them again, stored once) and is started again, and it stops with the app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from collector_helpers import auth, report_for
+from collector_process import RunningCollector
+from prometheus_client import CollectorRegistry
+from test_report_batches import GEO, arriving, enrol
+
+from farmwatch.collector.ingest import digest, ingest_record, parse_report
+from farmwatch.collector.storage import ArrivingReport, Storage, StoredReport, token_digest
+from farmwatch.collector.writer_process import WriterGone, WriterProcess
+
+NOW = datetime.now(timezone.utc).replace(minute=10)
+
+
+def test_answers_cross_from_the_child_as_the_group_commit_gives_them(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'writer.db'}"
+    storage = Storage.open(url)
+    enrol(storage, "dev-w", "token-w")
+
+    async def scenario() -> list[object]:
+        writer = WriterProcess(url, CollectorRegistry())
+        await writer.start()
+        try:
+            first = await writer.write_report(arriving("dev-w", 1, "token-w"))
+            assert writer.child is not None and writer.child.pid != os.getpid()
+            assert psutil.Process(writer.child.pid).name() == "fw-writer"  # named by then: it has written
+            together = await asyncio.gather(
+                writer.write_report(arriving("dev-w", 1, "token-w")),  # a resend
+                writer.write_report(arriving("dev-w", 1, "token-w", comment="other content")),  # a conflict
+                writer.write_report(arriving("dev-w", 2, "token-w")),
+                writer.write_report(_unknown_device()),  # fails alone
+                return_exceptions=True)
+            return [first, *together]
+        finally:
+            child = writer.child
+            await writer.stop()
+            assert child is not None and not child.is_alive()  # the app's shutdown ends it
+
+    first, resend, conflict, second, unknown = asyncio.run(scenario())
+    assert first == StoredReport(new=True, conflict=False)
+    assert resend == StoredReport(new=False, conflict=False)
+    assert conflict == StoredReport(new=False, conflict=True)
+    assert second == StoredReport(new=True, conflict=False)
+    assert isinstance(unknown, LookupError) and "dev-nobody" in str(unknown)
+    assert [record["report"]["seq"] for record in storage.device_records("dev-w")] == [1, 2]
+    storage.close()
+
+
+def _unknown_device() -> ArrivingReport:
+    report = parse_report(json.dumps(report_for("dev-nobody", 1)).encode())
+    return ArrivingReport(ingest_record(report, NOW, "127.0.0.1", GEO), digest(report), NOW, 1000, None,
+                          token_digest("token-nobody"))
+
+
+def test_a_write_soon_after_the_child_died_is_unavailable_then_a_new_child_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'writer.db'}"
+    storage = Storage.open(url)
+    enrol(storage, "dev-w", "token-w")
+    registry = CollectorRegistry()
+
+    async def scenario() -> tuple[BaseException | None, StoredReport, int, int]:
+        writer = WriterProcess(url, registry)
+        await writer.start()
+        first = writer.child
+        assert first is not None and first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+        await asyncio.to_thread(first.join, 30)
+        refused: BaseException | None = None
+        try:  # within RESTART_SECONDS of the last start: refused, not a new start at once
+            await writer.write_report(arriving("dev-w", 1, "token-w"))
+        except WriterGone as failure:
+            refused = failure
+        await asyncio.sleep(2.1)
+        stored = await writer.write_report(arriving("dev-w", 1, "token-w"))
+        second = writer.child
+        assert second is not None and second.pid is not None
+        await writer.stop()
+        return refused, stored, first.pid, second.pid
+
+    refused, stored, first_pid, second_pid = asyncio.run(scenario())
+    assert isinstance(refused, WriterGone)
+    assert stored == StoredReport(new=True, conflict=False)
+    assert second_pid != first_pid
+    assert registry.get_sample_value("farmwatch_writer_restarts_total") == 1
+    storage.close()
+
+
+def _writer_child(collector: RunningCollector) -> psutil.Process:
+    assert collector.process is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = [child for child in psutil.Process(collector.process.pid).children() if child.name() == "fw-writer"]
+        if children:
+            assert len(children) == 1
+            return children[0]
+        time.sleep(0.2)
+    raise AssertionError(f"serve started no writer process:\n{collector.log()}")
+
+
+@pytest.mark.slow
+def test_a_report_waiting_on_a_writer_that_dies_is_503_and_stored_once_when_sent_again(
+        collector_factory: Callable[..., RunningCollector]) -> None:
+    collector = collector_factory()
+    device = collector.enrol(hardware_id="hw-writer", hostname="host-writer")
+    device_id, token = str(device["device_id"]), device["token"]
+
+    def post(seq: int) -> httpx.Response:
+        return httpx.post(f"{collector.url}/api/v1/reports", content=json.dumps(report_for(device_id, seq)).encode(),
+                          headers={**auth(token), "Content-Type": "application/json"}, timeout=30)
+
+    assert post(1).status_code == 202
+    writer = _writer_child(collector)
+    writer.suspend()  # the next batch waits in its socket, unread
+    with httpx.Client(timeout=30) as client:
+        waiting = client.build_request("POST", f"{collector.url}/api/v1/reports",
+                                       content=json.dumps(report_for(device_id, 2)).encode(),
+                                       headers={**auth(token), "Content-Type": "application/json"})
+
+        async def send_then_kill() -> httpx.Response:
+            async with httpx.AsyncClient(timeout=30) as async_client:
+                sent = asyncio.create_task(async_client.send(waiting))
+                await asyncio.sleep(1.0)
+                assert not sent.done()  # not acknowledged: its batch is not written
+                writer.kill()
+                return await sent
+
+        answer = asyncio.run(send_then_kill())
+    assert answer.status_code == 503 and answer.json()["errors"][0]["field"] == "(server)", answer.text
+    assert int(answer.headers["retry-after"]) >= 1
+    deadline = time.monotonic() + 30
+    while (again := post(2)).status_code == 503 and time.monotonic() < deadline:  # as the agent's spool does
+        time.sleep(0.5)
+    assert again.status_code == 202, again.text
+    assert post(2).status_code == 202  # a resend now: stored once
+    assert _writer_child(collector).pid != writer.pid
+    with sqlite3.connect(collector.db_path) as db:
+        stored = db.execute("SELECT seq, count(*) FROM reports GROUP BY seq ORDER BY seq").fetchall()
+    assert stored == [(1, 1), (2, 1)]
+    metrics = httpx.get(f"{collector.url}/metrics", timeout=10).text
+    assert "farmwatch_writer_restarts_total 1.0" in metrics
