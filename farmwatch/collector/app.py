@@ -44,7 +44,7 @@ from farmwatch.collector.retention import RetentionJob
 from farmwatch.collector.rollups import Reducer
 from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.scoring_process import ScoringProcesses
-from farmwatch.collector.storage import ArrivingReport, Storage, token_digest
+from farmwatch.collector.storage import Storage, StoredReport, token_digest
 from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
 from farmwatch.collector.writer_process import WriterProcess
 from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
@@ -54,6 +54,22 @@ REPORTS_PATH = "/api/v1/reports"
 SMALL_BODY = 64 * 1024  # enrol and verify requests are a few hundred bytes
 INLINE_PARSE_BYTES = 64 * 1024  # a report this small parses faster than a hop to the thread pool
 Text = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
+
+
+class LocalWrites:
+    """Report writes in this process (``create_app`` without ``writer_process``): each report is
+    parsed here (a large one in the thread pool) and stored by the storage's group commit."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def write_report(self, received: ingest.Received) -> tuple[StoredReport, int]:
+        """Parse and store ``received`` (:func:`farmwatch.collector.ingest.arriving`): its outcome and seq."""
+        if len(received.body) <= INLINE_PARSE_BYTES:
+            arriving = ingest.arriving(received)
+        else:
+            arriving = await run_in_threadpool(ingest.arriving, received)
+        return await self.storage.write_report(arriving), arriving.record["report"]["seq"]
 
 
 class EnrolRequest(BaseModel):
@@ -94,7 +110,7 @@ def create_app(
     alerting = Alerting(storage, config.outputs, config.public_url, metrics.registry, clock)
     retention = RetentionJob(storage, config.retention, metrics.registry, clock)
     url = storage.engine.url.render_as_string(hide_password=False)  # for the child processes
-    reports: Storage | WriterProcess = WriterProcess(url, metrics.registry) if writer_process else storage
+    writes: LocalWrites | WriterProcess = WriterProcess(url, metrics.registry) if writer_process else LocalWrites(storage)
     # Stored reports into rollups, outside the request path.
     reducer: Reducer | ReducerProcess = (
         ReducerProcess(url, config.lookback_hours, metrics.registry)
@@ -112,13 +128,13 @@ def create_app(
         alerting.start()
         retention.start()
         reducer.start()
-        if isinstance(reports, WriterProcess):
-            await reports.start()
+        if isinstance(writes, WriterProcess):
+            await writes.start()
         try:
             yield
         finally:
-            if isinstance(reports, WriterProcess):
-                await reports.stop()
+            if isinstance(writes, WriterProcess):
+                await writes.stop()
             scoring.stop()
             scorer.stop()
             alerting.stop()
@@ -170,7 +186,7 @@ def create_app(
     spent_quotas = SpentQuotas()
 
     async def reporting_device(request: Request) -> tuple[str, str]:
-        """The device of a report's token and the token's digest, remembered for a minute."""
+        """The device of a report's token and the token's digest, remembered for a while (admission.TokenMemory)."""
         token = _bearer(request)
         hashed = token_digest(token) if token else ""
         device = reporting_tokens.device(hashed) if token else None
@@ -284,19 +300,11 @@ def create_app(
             encoding=request.headers.get("content-encoding"),
         )
         received_at = clock()
-        not_after = received_at + timedelta(seconds=config.limits.max_clock_skew_seconds)
-        if len(body) <= INLINE_PARSE_BYTES:
-            report = ingest.parse_report(body, not_after)
-        else:
-            report = await run_in_threadpool(ingest.parse_report, body, not_after)
-        if report.device_id != device:
-            raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
         source_ip = _source(request, config)
-        record = ingest.ingest_record(report, received_at, source_ip, geo.lookup(source_ip))
-        arriving = ArrivingReport(record, ingest.wire_digest(record["report"]), received_at, len(body), config.limits,
-                                  token_sha256)
+        received = ingest.Received(body, received_at, received_at + timedelta(seconds=config.limits.max_clock_skew_seconds),
+                                   device, source_ip, geo.lookup(source_ip), config.limits, token_sha256)
         try:
-            stored = await reports.write_report(arriving)
+            stored, seq = await writes.write_report(received)
         except sa.exc.SQLAlchemyError as failure:
             if not unavailable(failure):
                 raise
@@ -310,9 +318,9 @@ def create_app(
         if stored.retry_after is not None:
             raise _over_quota(stored.retry_after)
         if stored.conflict:
-            raise Rejected(409, "conflict", [{"field": "seq", "message": f"seq {report.seq} is already stored with different content"}])
+            raise Rejected(409, "conflict", [{"field": "seq", "message": f"seq {seq} is already stored with different content"}])
         metrics.reports_accepted.labels("new" if stored.new else "resend").inc()
-        return {"accepted": report.seq}
+        return {"accepted": seq}
 
     # The busiest route is served ahead of the middleware stack (direct_route.py), and is a plain
     # Starlette route in the table for its other methods' 405: FastAPI's per-request work for an

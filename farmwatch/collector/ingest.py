@@ -12,6 +12,7 @@ import json
 import re
 import zlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,8 @@ from pydantic import ValidationError
 
 from farmwatch.collector.config import Network
 from farmwatch.collector.egress import with_report_evidence, within
+from farmwatch.collector.limits import Limits
+from farmwatch.collector.storage import ArrivingReport
 from farmwatch.contract import NOT_AFTER, IngestRecord, Report, field_errors, to_wire
 from farmwatch.errors import FarmwatchError
 
@@ -35,6 +38,10 @@ class Rejected(FarmwatchError):
         self.reason = reason
         self.errors = errors
         self.retry_after = retry_after  # seconds, sent as Retry-After (429, 503)
+
+    def __reduce__(self) -> tuple[type[Rejected], tuple[int, str, list[dict[str, str]], float | None]]:
+        # Pickled as it was made (serve's writer process sends refusals back: writer_process.py).
+        return Rejected, (self.status, self.reason, self.errors, self.retry_after)
 
 
 def _too_large(limit: int, what: str) -> Rejected:
@@ -150,3 +157,28 @@ def ingest_record(report: Report, received_at: datetime, source_ip: str, geo: di
     record = {"received_at": received_at, "source_ip": source_ip, "geo": geo, "report": report, "clock_skew_seconds": skew}
     return to_wire(IngestRecord.model_validate(record))
 
+
+@dataclass(frozen=True)
+class Received:
+    """One report's body as read, with what its request told: what :func:`arriving` turns into a report
+    to store (in serve's writer process, off the event loop: :mod:`farmwatch.collector.writer_process`)."""
+
+    body: bytes  # inflated
+    received_at: datetime
+    not_after: datetime  # no time in the report may lie later (receipt plus the allowed clock skew)
+    device_id: str  # the device the request's token belongs to
+    source_ip: str
+    geo: dict[str, Any]  # egress.GeoLookup's answer for source_ip
+    limits: Limits | None  # the quotas to charge; None: none apply
+    token_sha256: str  # checked again at the commit
+
+
+def arriving(received: Received) -> ArrivingReport:
+    """Parse ``received`` strictly (422 naming each bad field), check it is its token's device's (403),
+    and make the ingest record and digest to store."""
+    report = parse_report(received.body, received.not_after)
+    if report.device_id != received.device_id:
+        raise Rejected(403, "forbidden", [{"field": "device_id", "message": f"{report.device_id!r} is not the device this token was issued to"}])
+    record = ingest_record(report, received.received_at, received.source_ip, received.geo)
+    return ArrivingReport(record, wire_digest(record["report"]), received.received_at, len(received.body),
+                          received.limits, received.token_sha256)

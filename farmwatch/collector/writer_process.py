@@ -4,10 +4,13 @@ In the serving process, the group commit's committer thread (:mod:`farmwatch.col
 shared one GIL with the event loop that answers agents: under ``bench/collector_ingest.py``'s load
 the serving process was bound by that one GIL (the loop ~240 us of CPU a report, the committer
 ~90-230), and every batch handed the GIL back and forth between them. With the commit left out
-altogether the same loop answered about twice as many reports a second. Here the event loop sends
-each batch to a child process over a socket pair and reads the child's answer as it comes; no
-thread of the serving process takes part, and nothing of a write holds its GIL but packing the
-batch (one orjson dump a report, one pickle a batch) and setting each caller's future.
+altogether the same loop answered about twice as many reports a second. Here the event loop reads
+each report's body and sends it, with what the request told (:class:`farmwatch.collector.ingest.Received`),
+to a child process over a socket pair, a batch at a time; the child parses each report strictly,
+makes its ingest record and digest (:func:`farmwatch.collector.ingest.arriving`: a third of the
+loop's time per report before), stores the batch, and answers. No thread of the serving process
+takes part: what a report costs its GIL beyond reading the body is its share of one pickle and
+setting its caller's future.
 
 What stays as it was:
 
@@ -18,9 +21,13 @@ What stays as it was:
   again, and a resend of a stored (device, seq) with the same digest is a duplicate, stored once;
 - **one report's problem fails alone**, a database failure fails the whole batch (503), as in
   :func:`farmwatch.collector.group_commit.write_in_transactions`, which the child runs;
-- **batches**: the child writes one at a time, in the order sent (SQLite has one writer; on
-  PostgreSQL a replica's reports share commits as before); what queues meanwhile is the next batch,
-  at most ``max_batch`` reports (:data:`IN_FLIGHT`).
+- **batches**: one in flight at a time (SQLite has one writer; on PostgreSQL a replica's reports
+  share commits as before); what queues while the child writes one is the next, at most
+  ``max_batch`` reports, sent as soon as the answer is read. None waits to gather more, as the group
+  commit's batches do: that saved the serving process per-batch work, which is the child's now
+  (gathering 2 ms: 2,927 reports/s, 6 ms: 1,872/s, none: 3,579/s in bench/collector_ingest.py,
+  SQLite). Two in flight, so the child never waits for the loop to read an answer, made smaller
+  batches and cost the child more per report: 3,426/3,036 against 3,439/3,704 reports/s.
 
 The child is started with the app. One that dies is logged and counted
 (``farmwatch_writer_restarts_total``) and started again by the next write, or, within
@@ -31,7 +38,6 @@ closes: the serving process stopped or died.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import multiprocessing
 import os
@@ -43,26 +49,22 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 
+from farmwatch.collector.ingest import Received, Rejected, arriving
 from farmwatch.collector.periodic import become_child
-from farmwatch.collector.storage import ArrivingReport, StoredReport
+from farmwatch.collector.storage import ArrivingReport, Storage, StoredReport
 
-IN_FLIGHT = 2
-"""Batches sent and not yet answered, at most: the child reads the next batch as soon as it answered
-one, without waiting for the event loop to read that answer and send again (loop and child each on a
-core: 3,305 against 3,524 and 3,471 reports/s in bench/collector_ingest.py, SQLite, one in flight
-against two). Each batch takes what queued meanwhile; none waits to gather more, as the group commit's
-does, since the child's per-batch work is no longer the serving process's (gathering 2 ms: 2,927/s; 6 ms: 1,872/s)."""
 RESTART_SECONDS = 2.0
 """A write within this long of the child's last start, after it died, is refused (503), not a new start."""
 STOP_SECONDS = 25.0
 """How long a stopping app waits for the child to finish and exit before killing it."""
 _HEADER = struct.Struct("!i")  # multiprocessing.connection's frame: a big-endian 4-byte length, then the bytes
-Reply = tuple[str, Any]
-"""The child's answer to one batch: ("written", [(stored?, outcome or error), ...]) or ("failed", error)."""
+Written = tuple[StoredReport, int]
+"""A stored (or resent, refused at the commit...) report's outcome, and its seq."""
+Reply = list[tuple[bool, Any]]
+"""The child's answer to one batch: per report, in order, (True, :data:`Written`) or (False, the error)."""
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,9 @@ class WriterProcess:
         self._transport: asyncio.Transport | None = None
         self._started = float("-inf")
         self._stopping = False
-        self._pending: list[tuple[ArrivingReport, asyncio.Future[StoredReport]]] = []
-        self._in_flight: collections.deque[list[asyncio.Future[StoredReport]]] = collections.deque()
+        self._starting = asyncio.Lock()
+        self._pending: list[tuple[Received, asyncio.Future[Written]]] = []
+        self._in_flight: list[asyncio.Future[Written]] | None = None  # the batch the child is writing
 
     @property
     def child(self) -> BaseProcess | None:
@@ -113,13 +116,14 @@ class WriterProcess:
                 child.kill()
                 await asyncio.to_thread(child.join)
 
-    async def write_report(self, arriving: ArrivingReport) -> StoredReport:
-        """Store ``arriving`` in the child's next batch; returns once the commit that holds it is done.
-        Cancelled before its batch is sent, the report is left out."""
+    async def write_report(self, received: Received) -> Written:
+        """Parse and store ``received`` in the child's next batch (:func:`farmwatch.collector.ingest.arriving`:
+        a refusal raises :class:`~farmwatch.collector.ingest.Rejected`); returns once the commit that holds
+        it is done. Cancelled before its batch is sent, the report is left out."""
         if self._transport is None:
             await self._start_again()
-        answered: asyncio.Future[StoredReport] = asyncio.get_running_loop().create_future()
-        self._pending.append((arriving, answered))
+        answered: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        self._pending.append((received, answered))
         self._send_when_ready()
         return await answered
 
@@ -138,17 +142,20 @@ class WriterProcess:
             lambda: _Answers(self), sock=connection)
 
     async def _start_again(self) -> None:
-        if self._stopping or time.monotonic() - self._started < RESTART_SECONDS:
-            raise WriterGone("the report writer process is being started again")
-        old, self._child = self._child, None
-        if old is not None:
-            old.kill()  # gone already, or past saving: its socket closed
-            await asyncio.to_thread(old.join)
-        await self._start_child()
+        async with self._starting:  # reports arriving meanwhile wait for this start, not start their own
+            if self._transport is not None:
+                return
+            if self._stopping or time.monotonic() - self._started < RESTART_SECONDS:
+                raise WriterGone("the report writer process is being started again")
+            old, self._child = self._child, None
+            if old is not None:
+                old.kill()  # gone already, or past saving: its socket closed
+                await asyncio.to_thread(old.join)
+            await self._start_child()
 
     def _send_when_ready(self) -> None:
-        while self._transport is not None and self._pending and len(self._in_flight) < IN_FLIGHT:
-            self._send()
+        while self._transport is not None and self._pending and self._in_flight is None:
+            self._send()  # sends the next batch, or drops what was cancelled before it was sent
 
     def _send(self) -> None:
         assert self._transport is not None
@@ -156,32 +163,25 @@ class WriterProcess:
         batch = [(item, answered) for item, answered in taken if not answered.cancelled()]
         if not batch:
             return
-        payload = pickle.dumps([_packed(item) for item, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps([item for item, _ in batch], protocol=pickle.HIGHEST_PROTOCOL)
         self._transport.writelines([_HEADER.pack(len(payload)), payload])
-        self._in_flight.append([answered for _, answered in batch])
+        self._in_flight = [answered for _, answered in batch]
 
     def _answered(self, reply: Reply) -> None:
-        waiting = self._in_flight.popleft()
+        waiting, self._in_flight = self._in_flight or [], None
         self.batches += 1
-        kind, value = reply
-        if kind == "failed":
-            for answered in waiting:
-                if not answered.done():  # a caller that gave up after its batch was sent: written all the same
-                    answered.set_exception(value)
-        else:
-            for answered, (ok, outcome) in zip(waiting, value):
-                if not answered.done():
-                    if ok:
-                        answered.set_result(outcome)
-                    else:
-                        answered.set_exception(outcome)
+        for answered, (ok, outcome) in zip(waiting, reply):
+            if not answered.done():  # a caller that gave up after its batch was sent: written all the same
+                if ok:
+                    answered.set_result(outcome)
+                else:
+                    answered.set_exception(outcome)
         self._send_when_ready()
 
     def _lost(self) -> None:
         self._transport = None
-        waiting = [answered for batch in self._in_flight for answered in batch] + [answered for _, answered in self._pending]
-        self._in_flight.clear()
-        self._pending = []
+        waiting = (self._in_flight or []) + [answered for _, answered in self._pending]
+        self._in_flight, self._pending = None, []
         gone = WriterGone("the report writer process ended")
         for answered in waiting:
             if not answered.done():
@@ -214,21 +214,13 @@ class _Answers(asyncio.Protocol):
         self.writer._lost()
 
 
-def _packed(item: ArrivingReport) -> tuple[Any, ...]:
-    # The record as JSON: orjson dumps a report in a few microseconds, where pickling its dicts cost more.
-    return (orjson.dumps(item.record), item.digest, item.received_at, item.size, item.limits, item.token_sha256)
-
-
 def _pickled(reply: Reply) -> bytes:
     """``reply`` pickled; an error that does not pickle is sent as its kind and message, so a database
     failure still reads as one (a 503 naming it) and anything else as the error it was."""
     try:
         return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # noqa: BLE001 - some driver's error objects do not pickle
-        kind, value = reply
-        if kind == "failed":
-            return pickle.dumps((kind, _portable(value)))
-        return pickle.dumps((kind, [(ok, outcome if ok else _portable(outcome)) for ok, outcome in value]))
+        return pickle.dumps([(ok, outcome if ok else _portable(outcome)) for ok, outcome in reply])
 
 
 def _portable(failure: BaseException) -> Exception:
@@ -242,7 +234,6 @@ def run_child(url: str, parent: Connection) -> None:
     """The child's whole life: open the store, write each batch the parent sends and answer it, until
     the parent's socket closes."""
     from farmwatch.collector.gc_tuning import settle_long_lived
-    from farmwatch.collector.storage import Storage
 
     become_child("fw-writer")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     writer: %(message)s")
@@ -254,15 +245,33 @@ def run_child(url: str, parent: Connection) -> None:
                 message = parent.recv_bytes()
             except (EOFError, OSError):
                 return  # the serving process stopped or died
-            batch = [ArrivingReport(orjson.loads(record), *rest) for record, *rest in pickle.loads(message)]
-            reply: Reply
-            try:
-                reply = ("written", storage.write_report_batch(batch))
-            except Exception as failure:  # noqa: BLE001 - every report of the batch hears of it
-                reply = ("failed", failure)
+            reply = _write(storage, pickle.loads(message))
             try:
                 parent.send_bytes(_pickled(reply))
             except OSError:
                 return  # the serving process is gone; what it did not hear of, its agents send again
     finally:
         storage.close()
+
+
+def _write(storage: Storage, batch: list[Received]) -> Reply:
+    """Parse each report of ``batch`` (a refusal is its answer) and store the rest in one transaction."""
+    reply: Reply = [(False, None)] * len(batch)
+    prepared: list[tuple[int, ArrivingReport]] = []
+    for index, received in enumerate(batch):
+        try:
+            prepared.append((index, arriving(received)))
+        except Rejected as refused:  # 422 naming the fields, 403: that report's answer alone
+            reply[index] = (False, refused)
+        except Exception as failure:  # noqa: BLE001 - a bug: logged here, with its traceback; that report's 500
+            log.exception("making the ingest record of a report of %s failed", received.device_id)
+            reply[index] = (False, failure)
+    if not prepared:
+        return reply
+    try:
+        written = storage.write_report_batch([report for _, report in prepared])
+    except Exception as failure:  # noqa: BLE001 - the database failed: every report stored hears of it
+        written = [(False, failure)] * len(prepared)
+    for (index, report), (ok, outcome) in zip(prepared, written):
+        reply[index] = (True, (outcome, report.record["report"]["seq"])) if ok else (False, outcome)
+    return reply

@@ -12,7 +12,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -21,13 +21,20 @@ import pytest
 from collector_helpers import auth, report_for
 from collector_process import RunningCollector
 from prometheus_client import CollectorRegistry
-from test_report_batches import GEO, arriving, enrol
+from test_report_batches import GEO, enrol
 
-from farmwatch.collector.ingest import digest, ingest_record, parse_report
-from farmwatch.collector.storage import ArrivingReport, Storage, StoredReport, token_digest
+from farmwatch.collector.ingest import Received, Rejected
+from farmwatch.collector.storage import Storage, StoredReport, token_digest
 from farmwatch.collector.writer_process import WriterGone, WriterProcess
 
 NOW = datetime.now(timezone.utc).replace(minute=10)
+
+
+def received(device_id: str, seq: int, token: str, sender: str | None = None, body: bytes | None = None,
+             **changes: object) -> Received:
+    """A report as the event loop hands it over: ``sender``, the token's device (``device_id`` when None)."""
+    body = body if body is not None else json.dumps(report_for(device_id, seq, **changes)).encode()
+    return Received(body, NOW, NOW + timedelta(days=1), sender or device_id, "127.0.0.1", GEO, None, token_digest(token))
 
 
 def test_answers_cross_from_the_child_as_the_group_commit_gives_them(tmp_path: Path) -> None:
@@ -39,14 +46,16 @@ def test_answers_cross_from_the_child_as_the_group_commit_gives_them(tmp_path: P
         writer = WriterProcess(url, CollectorRegistry())
         await writer.start()
         try:
-            first = await writer.write_report(arriving("dev-w", 1, "token-w"))
+            first = await writer.write_report(received("dev-w", 1, "token-w"))
             assert writer.child is not None and writer.child.pid != os.getpid()
             assert psutil.Process(writer.child.pid).name() == "fw-writer"  # named by then: it has written
             together = await asyncio.gather(
-                writer.write_report(arriving("dev-w", 1, "token-w")),  # a resend
-                writer.write_report(arriving("dev-w", 1, "token-w", comment="other content")),  # a conflict
-                writer.write_report(arriving("dev-w", 2, "token-w")),
-                writer.write_report(_unknown_device()),  # fails alone
+                writer.write_report(received("dev-w", 1, "token-w")),  # a resend
+                writer.write_report(received("dev-w", 1, "token-w", comment="other content")),  # a conflict
+                writer.write_report(received("dev-w", 2, "token-w")),
+                writer.write_report(received("dev-nobody", 1, "token-nobody")),  # fails alone
+                writer.write_report(received("dev-w", 3, "token-w", body=b'{"seq": "three"}')),  # refused alone
+                writer.write_report(received("dev-w", 3, "token-w", sender="dev-other")),  # not the token's device
                 return_exceptions=True)
             return [first, *together]
         finally:
@@ -54,20 +63,17 @@ def test_answers_cross_from_the_child_as_the_group_commit_gives_them(tmp_path: P
             await writer.stop()
             assert child is not None and not child.is_alive()  # the app's shutdown ends it
 
-    first, resend, conflict, second, unknown = asyncio.run(scenario())
-    assert first == StoredReport(new=True, conflict=False)
-    assert resend == StoredReport(new=False, conflict=False)
-    assert conflict == StoredReport(new=False, conflict=True)
-    assert second == StoredReport(new=True, conflict=False)
+    first, resend, conflict, second, unknown, invalid, forbidden = asyncio.run(scenario())
+    assert first == (StoredReport(new=True, conflict=False), 1)
+    assert resend == (StoredReport(new=False, conflict=False), 1)
+    assert conflict == (StoredReport(new=False, conflict=True), 1)
+    assert second == (StoredReport(new=True, conflict=False), 2)
     assert isinstance(unknown, LookupError) and "dev-nobody" in str(unknown)
+    assert isinstance(invalid, Rejected) and invalid.status == 422
+    assert {error["field"] for error in invalid.errors} >= {"seq", "device_id"}
+    assert isinstance(forbidden, Rejected) and forbidden.status == 403 and forbidden.errors[0]["field"] == "device_id"
     assert [record["report"]["seq"] for record in storage.device_records("dev-w")] == [1, 2]
     storage.close()
-
-
-def _unknown_device() -> ArrivingReport:
-    report = parse_report(json.dumps(report_for("dev-nobody", 1)).encode())
-    return ArrivingReport(ingest_record(report, NOW, "127.0.0.1", GEO), digest(report), NOW, 1000, None,
-                          token_digest("token-nobody"))
 
 
 def test_a_write_soon_after_the_child_died_is_unavailable_then_a_new_child_writes(tmp_path: Path) -> None:
@@ -85,11 +91,11 @@ def test_a_write_soon_after_the_child_died_is_unavailable_then_a_new_child_write
         await asyncio.to_thread(first.join, 30)
         refused: BaseException | None = None
         try:  # within RESTART_SECONDS of the last start: refused, not a new start at once
-            await writer.write_report(arriving("dev-w", 1, "token-w"))
+            await writer.write_report(received("dev-w", 1, "token-w"))
         except WriterGone as failure:
             refused = failure
         await asyncio.sleep(2.1)
-        stored = await writer.write_report(arriving("dev-w", 1, "token-w"))
+        stored, _ = await writer.write_report(received("dev-w", 1, "token-w"))
         second = writer.child
         assert second is not None and second.pid is not None
         await writer.stop()
