@@ -82,31 +82,18 @@ def _metrics(collector: RunningCollector) -> dict[str, float]:
         httpx.get(f"{collector.url}/metrics", timeout=10).text) for sample in family.samples}
 
 
-def _reducer_child(collector: RunningCollector) -> psutil.Process:
-    assert collector.process is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        # multiprocessing's resource tracker and serve's report writer are children too
-        children = [child for child in psutil.Process(collector.process.pid).children() if child.name() == "fw-reducer"]
-        if children:
-            assert len(children) == 1
-            return children[0]
-        time.sleep(0.2)
-    raise AssertionError(f"serve started no reducer process:\n{collector.log()}")
-
-
 def test_the_reducer_runs_in_a_child_process_started_again_when_killed(
         collector_factory: Callable[..., RunningCollector]) -> None:
     collector = collector_factory()
     device = collector.enrol(hardware_id="hw-kill", hostname="host-kill")
     _send(collector, device, 1)
     assert _until_filed(collector, 1) == _stored(collector.db_path)
-    first = _reducer_child(collector)
+    first = collector.child("fw-reducer")
     first.kill()
     first.wait(timeout=10)
     _send(collector, device, 2)  # ingest does not wait for the reducer
     assert _until_filed(collector, 2) == _stored(collector.db_path)  # the new child filed it, and only it
-    second = _reducer_child(collector)
+    second = collector.child("fw-reducer")
     assert second.pid != first.pid
     metrics = _metrics(collector)
     assert metrics["farmwatch_reducer_restarts_total"] == 1
@@ -121,7 +108,7 @@ def _yields_the_cores_to_ingest(collector: RunningCollector) -> None:
 
     assert collector.process is not None
     serving = psutil.Process(collector.process.pid).nice()
-    child = _reducer_child(collector)
+    child = collector.child("fw-reducer")
     deadline = time.monotonic() + 30
     while child.nice() == serving and time.monotonic() < deadline:  # it lowers its priority once the store is open
         time.sleep(0.2)

@@ -109,18 +109,6 @@ def test_a_write_soon_after_the_child_died_is_unavailable_then_a_new_child_write
     storage.close()
 
 
-def _writer_child(collector: RunningCollector) -> psutil.Process:
-    assert collector.process is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        children = [child for child in psutil.Process(collector.process.pid).children() if child.name() == "fw-writer"]
-        if children:
-            assert len(children) == 1
-            return children[0]
-        time.sleep(0.2)
-    raise AssertionError(f"serve started no writer process:\n{collector.log()}")
-
-
 @pytest.mark.slow
 def test_a_report_waiting_on_a_writer_that_dies_is_503_and_stored_once_when_sent_again(
         collector_factory: Callable[..., RunningCollector]) -> None:
@@ -133,7 +121,7 @@ def test_a_report_waiting_on_a_writer_that_dies_is_503_and_stored_once_when_sent
                           headers={**auth(token), "Content-Type": "application/json"}, timeout=30)
 
     assert post(1).status_code == 202
-    writer = _writer_child(collector)
+    writer = collector.child("fw-writer")
     writer.suspend()  # the next batch waits in its socket, unread
     with httpx.Client(timeout=30) as client:
         waiting = client.build_request("POST", f"{collector.url}/api/v1/reports",
@@ -156,7 +144,7 @@ def test_a_report_waiting_on_a_writer_that_dies_is_503_and_stored_once_when_sent
         time.sleep(0.5)
     assert again.status_code == 202, again.text
     assert post(2).status_code == 202  # a resend now: stored once
-    assert _writer_child(collector).pid != writer.pid
+    assert collector.child("fw-writer").pid != writer.pid
     with sqlite3.connect(collector.db_path) as db:
         stored = db.execute("SELECT seq, count(*) FROM reports GROUP BY seq ORDER BY seq").fetchall()
     assert stored == [(1, 1), (2, 1)]
