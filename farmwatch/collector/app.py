@@ -46,7 +46,7 @@ from farmwatch.collector.scoring import Scorer
 from farmwatch.collector.scoring_process import ScoringProcesses
 from farmwatch.collector.storage import Storage, StoredReport, token_digest
 from farmwatch.collector.store_health import RETRY_AFTER_SECONDS, StoreHealth, disk_full, unavailable
-from farmwatch.collector.writer_process import WriterProcess
+from farmwatch.collector.writer_process import RESTART_SECONDS, WriterProcess
 from farmwatch.contract import NO_NUL, Report, field_errors, to_wire
 
 log = logging.getLogger("farmwatch.collector.app")
@@ -387,6 +387,11 @@ def create_app(
             problem = f"the database refused writes for lack of space since {_wire_time(full_since)}; free space on its disk"
             return JSONResponse({"status": "degraded", "problem": problem}, status_code=503,
                                 headers={"Retry-After": str(int(RETRY_AFTER_SECONDS))})
+        if isinstance(writes, WriterProcess) and not writes.running:
+            problem = ("the report writer process ended and is being started again "
+                       "(farmwatch_writer_restarts_total); reports are answered 503 until it runs")
+            return JSONResponse({"status": "degraded", "problem": problem}, status_code=503,
+                                headers={"Retry-After": str(int(RESTART_SECONDS))})
         if await run_in_threadpool(storage.ping):
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "the store does not answer"}, status_code=503)

@@ -30,9 +30,9 @@ What stays as it was:
   batches and cost the child more per report: 3,426/3,036 against 3,439/3,704 reports/s.
 
 The child is started with the app. One that dies is logged and counted
-(``farmwatch_writer_restarts_total``) and started again by the next write, or, within
-``RESTART_SECONDS`` of the last start, that write is answered 503. The child exits when its socket
-closes: the serving process stopped or died.
+(``farmwatch_writer_restarts_total``) and started again ``RESTART_SECONDS`` later (or by a report
+arriving after that); meanwhile reports are answered 503 and ``/healthz`` says degraded. The child
+exits when its socket closes: the serving process stopped or died.
 """
 
 from __future__ import annotations
@@ -91,8 +91,14 @@ class WriterProcess:
         self._started = float("-inf")
         self._stopping = False
         self._starting = asyncio.Lock()
+        self._restarting: asyncio.Future[None] | None = None  # a start after the child died, while it runs
         self._pending: list[tuple[Received, asyncio.Future[Written]]] = []
         self._in_flight: list[asyncio.Future[Written]] | None = None  # the batch the child is writing
+
+    @property
+    def running(self) -> bool:
+        """Whether a child is there to write (False after it died, until it is started again)."""
+        return self._transport is not None
 
     @property
     def child(self) -> BaseProcess | None:
@@ -188,9 +194,22 @@ class WriterProcess:
                 answered.set_exception(gone)
         if not self._stopping:
             pid = self._child.pid if self._child is not None else None
-            log.error("the report writer process %s ended; %d reports not acknowledged (the agents send them again)",
-                      pid, len(waiting))
+            log.error("the report writer process %s ended; %d reports not acknowledged (the agents send them "
+                      "again); starting it again in %.0f s", pid, len(waiting), RESTART_SECONDS)
             self.restarts.inc()
+            asyncio.get_running_loop().call_later(RESTART_SECONDS, self._restart)
+
+    def _restart(self) -> None:
+        """Start the child again after it died, whether or not a report asks for it meanwhile."""
+        if self._transport is not None or self._stopping:
+            return  # a report started it already
+        self._restarting = asyncio.ensure_future(self._start_again())
+        self._restarting.add_done_callback(_log_failure)
+
+
+def _log_failure(started: asyncio.Future[None]) -> None:
+    if not started.cancelled() and started.exception() is not None:
+        log.error("starting the report writer process again failed", exc_info=started.exception())
 
 
 class _Answers(asyncio.Protocol):

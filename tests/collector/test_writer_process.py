@@ -76,28 +76,35 @@ def test_answers_cross_from_the_child_as_the_group_commit_gives_them(tmp_path: P
     storage.close()
 
 
-def test_a_write_soon_after_the_child_died_is_unavailable_then_a_new_child_writes(tmp_path: Path) -> None:
+def test_a_child_that_died_is_started_again_and_reports_meanwhile_are_unavailable(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'writer.db'}"
     storage = Storage.open(url)
     enrol(storage, "dev-w", "token-w")
     registry = CollectorRegistry()
 
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
     async def scenario() -> tuple[BaseException | None, StoredReport, int, int]:
         writer = WriterProcess(url, registry)
         await writer.start()
         first = writer.child
-        assert first is not None and first.pid is not None
+        assert first is not None and first.pid is not None and writer.running
         os.kill(first.pid, signal.SIGKILL)
         await asyncio.to_thread(first.join, 30)
+        await until(lambda: not writer.running)
         refused: BaseException | None = None
-        try:  # within RESTART_SECONDS of the last start: refused, not a new start at once
+        try:  # within RESTART_SECONDS: refused, not a start of its own
             await writer.write_report(received("dev-w", 1, "token-w"))
         except WriterGone as failure:
             refused = failure
-        await asyncio.sleep(2.1)
-        stored, _ = await writer.write_report(received("dev-w", 1, "token-w"))
+        await until(lambda: writer.running)  # started again with no report asking for it
         second = writer.child
         assert second is not None and second.pid is not None
+        stored, _ = await writer.write_report(received("dev-w", 1, "token-w"))
         await writer.stop()
         return refused, stored, first.pid, second.pid
 
@@ -139,6 +146,13 @@ def test_a_report_waiting_on_a_writer_that_dies_is_503_and_stored_once_when_sent
         answer = asyncio.run(send_then_kill())
     assert answer.status_code == 503 and answer.json()["errors"][0]["field"] == "(server)", answer.text
     assert int(answer.headers["retry-after"]) >= 1
+    health = [httpx.get(f"{collector.url}/healthz", timeout=10)]  # the writer starts again 2 s after it died
+    while health[-1].status_code != 200 and len(health) < 200:
+        time.sleep(0.1)
+        health.append(httpx.get(f"{collector.url}/healthz", timeout=10))
+    assert health[0].status_code == 503 and health[0].json()["status"] == "degraded", health[0].text
+    assert "writer" in health[0].json()["problem"]
+    assert health[-1].status_code == 200, health[-1].text
     deadline = time.monotonic() + 30
     while (again := post(2)).status_code == 503 and time.monotonic() < deadline:  # as the agent's spool does
         time.sleep(0.5)
