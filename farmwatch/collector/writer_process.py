@@ -26,8 +26,9 @@ What stays as it was:
   ``max_batch`` reports, sent as soon as the answer is read. None waits to gather more, as the group
   commit's batches do: that saved the serving process per-batch work, which is the child's now
   (gathering 2 ms: 2,927 reports/s, 6 ms: 1,872/s, none: 3,579/s in bench/collector_ingest.py,
-  SQLite). Two in flight, so the child never waits for the loop to read an answer, made smaller
-  batches and cost the child more per report: 3,426/3,036 against 3,439/3,704 reports/s.
+  SQLite). Two in flight, so that the child never waits for the loop to read an answer, made
+  smaller batches that cost the child more per report: 3,426 and 3,036 reports/s against 3,439 and
+  3,704 with one.
 
 The child is started with the app. One that dies is logged and counted
 (``farmwatch_writer_restarts_total``) and started again ``RESTART_SECONDS`` later (or by a report
@@ -57,7 +58,7 @@ from farmwatch.collector.periodic import become_child
 from farmwatch.collector.storage import ArrivingReport, Storage, StoredReport
 
 RESTART_SECONDS = 2.0
-"""A write within this long of the child's last start, after it died, is refused (503), not a new start."""
+"""How long after the child died it is started again; reports meanwhile are refused (503)."""
 STOP_SECONDS = 25.0
 """How long a stopping app waits for the child to finish and exit before killing it."""
 _HEADER = struct.Struct("!i")  # multiprocessing.connection's frame: a big-endian 4-byte length, then the bytes
@@ -84,7 +85,7 @@ class WriterProcess:
         self.max_batch = max_batch
         self.restarts = Counter("farmwatch_writer_restarts",
                                 "Times the report writer's child process died and was started again.", registry=registry)
-        self.batches = 0  # answered batches, for tests and benchmarks
+        self.batches = 0  # batches the child answered (tests: concurrent reports share one)
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._child: BaseProcess | None = None
         self._transport: asyncio.Transport | None = None

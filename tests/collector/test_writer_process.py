@@ -57,6 +57,8 @@ def test_answers_cross_from_the_child_as_the_group_commit_gives_them(tmp_path: P
                 writer.write_report(received("dev-w", 3, "token-w", body=b'{"seq": "three"}')),  # refused alone
                 writer.write_report(received("dev-w", 3, "token-w", sender="dev-other")),  # not the token's device
                 return_exceptions=True)
+            # The first of them went alone, the child being idle; the other five queued behind it, one batch.
+            assert writer.batches == 3
             return [first, *together]
         finally:
             child = writer.child
