@@ -4,8 +4,8 @@ Every report's write re-checks both facts inside the transaction that stores it 
 still live, the device's quota has room: :func:`farmwatch.collector.storage.store_report_batch`), so
 what is remembered here only decides how early a request is answered, never what is stored:
 
-- :class:`TokenMemory`: device tokens seen live in the last ``ttl`` seconds, so a report does not
-  cost a token query before its body is read. A token revoked meanwhile (``farmwatch-collector
+- :class:`TokenMemory`: device tokens seen live (or issued here, by enrolment or rotation) in the
+  last ``ttl`` seconds, so a report does not cost a token query before its body is read. A token revoked meanwhile (``farmwatch-collector
   revoke``, a rotation on another replica) still has its report parsed, then refused with 401 by
   the write. Only the report endpoint uses it; every other device call asks the database.
 - :class:`SpentQuotas`: devices whose quota the last commit found spent, until the period ends, so
@@ -30,7 +30,8 @@ MAX_REMEMBERED = 100_000  # beyond it, everything is forgotten at once (then rel
 
 
 class TokenMemory:
-    """token SHA-256 -> device id, for tokens the database called live within the last ``ttl`` seconds."""
+    """token SHA-256 -> device id, for tokens the database called live (or this process issued) within
+    the last ``ttl`` seconds."""
 
     def __init__(self, ttl: float = TOKEN_TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
