@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from collector_helpers import auth, report_for, snapshot, wire_time
 from collector_process import DEFAULT_CONFIG, RunningCollector
+from test_ingest_rules import served
 
 from farmwatch.collector.admission import SpentQuotas, TokenMemory
+from farmwatch.collector.app import create_app
+from farmwatch.collector.config import CollectorConfig
+from farmwatch.collector.storage import Storage
 
 T0 = datetime(2026, 11, 28, 9, 40, tzinfo=timezone.utc)
 
@@ -93,3 +98,36 @@ def test_a_device_over_its_quota_is_refused_before_its_body_is_read(collector_fa
     assert post(collector, device["token"], recent(device_id, 2)).status_code == 429  # an identical resend waits too
     other = collector.enrol(hardware_id="hw-other")
     assert post(collector, other["token"], recent(str(other["device_id"]), 1)).status_code == 202
+
+
+def test_a_token_issued_here_needs_no_query_before_its_reports(tmp_path: Path) -> None:
+    """Enrolment and rotation remember the token they issue (a new device's first report costs no
+    token query); rotation forgets the old one, which is then refused (401)."""
+    storage = Storage.open(f"sqlite:///{tmp_path / 'admission.db'}")
+    asked: list[str] = []
+    query = storage.device_of_token
+
+    def counted(token: str) -> str | None:
+        asked.append(token)
+        return query(token)
+
+    storage.device_of_token = counted  # type: ignore[method-assign]
+    secret = "e" * 20
+    with served(create_app(storage, CollectorConfig(enroll_secret=secret, analyst_token="a" * 20),
+                           background_scoring=False)) as client:
+        enrolled = client.post("/api/v1/enroll", json={"enroll_secret": secret, "hostname": "h", "hardware_id": "hw-a"}).json()
+        device_id, first = enrolled["device_id"], enrolled["token"]
+
+        def report(token: str, seq: int) -> httpx.Response:
+            return client.post("/api/v1/reports", content=recent(device_id, seq),
+                               headers={**auth(token), "Content-Type": "application/json"})
+
+        assert report(first, 1).status_code == 202
+        assert asked == []
+        second = client.post("/api/v1/token", headers=auth(first)).json()["token"]  # asks the database itself
+        asked.clear()
+        assert report(second, 2).status_code == 202
+        assert asked == []
+        refused = report(first, 3)
+        assert refused.status_code == 401 and asked == [first]
+    storage.close()
