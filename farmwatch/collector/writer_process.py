@@ -56,6 +56,7 @@ from prometheus_client import CollectorRegistry, Counter
 from farmwatch.collector.ingest import Received, Rejected, arriving
 from farmwatch.collector.periodic import become_child
 from farmwatch.collector.storage import ArrivingReport, Storage, StoredReport
+from farmwatch.errors import FarmwatchError
 
 RESTART_SECONDS = 2.0
 """How long after the child died it is started again; reports meanwhile are refused (503)."""
@@ -70,8 +71,10 @@ Reply = list[tuple[bool, Any]]
 log = logging.getLogger(__name__)
 
 
-class WriterGone(sa.exc.OperationalError):
-    """The writer process ended (or is being started again): the report was not acknowledged; send it again."""
+class WriterGone(FarmwatchError, sa.exc.OperationalError):
+    """The writer process ended (or is being started again): the report was not acknowledged; send it
+    again. An ``OperationalError`` as well, so the report route answers it as any store that cannot
+    write now: 503 with Retry-After."""
 
     def __init__(self, why: str) -> None:
         super().__init__(None, None, ConnectionError(why))
