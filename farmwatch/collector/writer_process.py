@@ -238,19 +238,24 @@ class _Answers(asyncio.Protocol):
 
 
 def _pickled(reply: Reply) -> bytes:
-    """``reply`` pickled; an error that does not pickle is sent as its kind and message, so a database
-    failure still reads as one (a 503 naming it) and anything else as the error it was."""
+    """``reply`` pickled, each error in a form the serving process can unpickle (:func:`_portable`)."""
+    return pickle.dumps([(ok, outcome if ok else _portable(outcome)) for ok, outcome in reply],
+                        protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _portable(failure: BaseException) -> BaseException:
+    """``failure`` itself when it survives a pickle round trip; otherwise its kind and message, so a
+    database failure still reads as one (a 503 naming it) and anything else as an error (500). An
+    error that pickles but cannot be unpickled (its ``__init__`` wants other arguments than its
+    ``args``) would otherwise break the serving process's reading of every later answer."""
     try:
-        return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - some driver's error objects do not pickle
-        return pickle.dumps([(ok, outcome if ok else _portable(outcome)) for ok, outcome in reply])
-
-
-def _portable(failure: BaseException) -> Exception:
-    message = f"{type(failure).__name__}: {failure}"
-    if isinstance(failure, (sa.exc.OperationalError, sa.exc.InterfaceError)):
-        return sa.exc.OperationalError(None, None, RuntimeError(message))
-    return RuntimeError(message)
+        pickle.loads(pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL))
+        return failure
+    except Exception:  # noqa: BLE001 - some driver's and library's errors do not round-trip
+        message = f"{type(failure).__name__}: {failure}"
+        if isinstance(failure, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+            return sa.exc.OperationalError(None, None, RuntimeError(message))
+        return RuntimeError(message)
 
 
 def run_child(url: str, parent: Connection) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import time
@@ -25,7 +26,7 @@ from test_report_batches import GEO, enrol
 
 from farmwatch.collector.ingest import Received, Rejected
 from farmwatch.collector.storage import Storage, StoredReport, token_digest
-from farmwatch.collector.writer_process import WriterGone, WriterProcess
+from farmwatch.collector.writer_process import WriterGone, WriterProcess, _pickled
 
 NOW = datetime.now(timezone.utc).replace(minute=10)
 
@@ -166,3 +167,15 @@ def test_a_report_waiting_on_a_writer_that_dies_is_503_and_stored_once_when_sent
     assert stored == [(1, 1), (2, 1)]
     metrics = httpx.get(f"{collector.url}/metrics", timeout=10).text
     assert "farmwatch_writer_restarts_total 1.0" in metrics
+
+
+class _TwoArguments(Exception):
+    def __init__(self, what: str, where: str) -> None:  # pickles, but unpickling calls it with one argument
+        super().__init__(f"{what} at {where}")
+
+
+def test_an_error_that_does_not_unpickle_crosses_as_its_kind_and_message() -> None:
+    reply = pickle.loads(_pickled([(False, _TwoArguments("broken", "here")), (False, Rejected(422, "invalid", []))]))
+    (_, odd), (_, rejected) = reply
+    assert type(odd) is RuntimeError and str(odd) == "_TwoArguments: broken at here"
+    assert isinstance(rejected, Rejected) and rejected.status == 422  # one that round-trips is sent as it is
